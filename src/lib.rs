@@ -1,0 +1,12 @@
+//! `supervisor`: a zero-downtime hot-restart supervisor for network servers.
+//!
+//! The binary owns the listening sockets and hands them to each generation of
+//! the child server; this library is the child side of that contract, for Rust
+//! servers that want named listeners and readiness in a few lines. See
+//! [`child`].
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod child;
