@@ -1,4 +1,84 @@
-//! Child side of the socket-inheritance protocol (stub; being written).
+//! Child side of the socket-inheritance protocol.
+//!
+//! The supervisor binds the listening sockets once and starts every
+//! generation of the server with them, speaking the systemd protocols, so a
+//! server that already supports socket activation needs nothing from this
+//! module. It exists for Rust servers that want named listeners and readiness
+//! in one small place, with no dependency beyond `std` and `libc`.
+//!
+//! # The protocol
+//!
+//! A child is started with:
+//!
+//! - its listeners as fds 3, 4, … ([`LISTEN_FDS_START`]), not close-on-exec;
+//! - `LISTEN_FDS=<n>`, the number of listeners;
+//! - `LISTEN_PID=<pid>`, its own pid: a process that inherited the variables
+//!   from a parent sees another pid and must ignore them;
+//! - `LISTEN_FDNAMES=<name>:<name>:…`, one name per fd (every name is
+//!   `unknown` when absent);
+//! - `NOTIFY_SOCKET=<path or @abstract>`, a unix datagram socket for
+//!   `sd_notify`-style state messages;
+//! - `SUPERVISOR_GENERATION=<n>`, 1 for the first child.
+//!
+//! The child takes its listeners ([`Listeners`]), starts serving, and sends
+//! [`READY`] ([`ready`]). Only then does the supervisor stop the previous
+//! generation, by sending it SIGTERM: that process stops accepting, sends
+//! [`STOPPING`] ([`stopping`]), finishes its requests and exits.
+//!
+//! The listeners are shared with the supervisor and every other generation
+//! (duplicates of one open file description, one accept queue), which is what
+//! makes the hand-over lossless. Two consequences:
+//!
+//! - never call `shutdown(2)` on a listener: it would stop it for every
+//!   process; closing (dropping) your copy is enough to stop accepting;
+//! - `O_NONBLOCK` and socket options set on a listener are seen by every
+//!   holder.
+//!
+//! Nothing here mutates the environment: reading it is thread-safe, and the
+//! pid check keeps the variables from applying to processes the server
+//! spawns.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io;
+//! use std::net::TcpListener;
+//!
+//! use supervisor::child::{self, Listeners};
+//!
+//! fn main() -> io::Result<()> {
+//!     let mut listeners = Listeners::from_env()?;
+//!     // Under the supervisor: the inherited socket named "http". Started by
+//!     // hand (as this example is): a socket of our own.
+//!     let (listener, inherited) = match listeners.take_tcp_listener("http")? {
+//!         Some(listener) => (listener, true),
+//!         None => (TcpListener::bind("127.0.0.1:0")?, false),
+//!     };
+//!     let generation = child::generation().unwrap_or(0);
+//!     eprintln!("generation {generation} on {}", listener.local_addr()?);
+//!     if inherited {
+//!         // Returns Ok(false) when NOTIFY_SOCKET is not set.
+//!         child::ready()?;
+//!         child::status(&format!("serving generation {generation}"))?;
+//!     }
+//!     // Accept and serve until SIGTERM; then drop the listener, call
+//!     // child::stopping(), finish the requests in flight and exit.
+//!     Ok(())
+//! }
+//! ```
+
+use std::collections::BTreeSet;
+use std::env;
+use std::ffi::OsStr;
+use std::fmt;
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::sync::{Mutex, PoisonError};
 
 /// First inherited listener fd (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
@@ -22,5 +102,1002 @@ pub const SUPERVISOR_GENERATION: &str = "SUPERVISOR_GENERATION";
 /// Whether `name` is a valid `LISTEN_FDNAMES` entry: bytes 0x20..=0x7E except
 /// `:`, at most 255 bytes (systemd's `fdname_is_valid`).
 pub fn valid_fd_name(name: &str) -> bool {
-    name.len() <= 255 && name.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b':')
+    name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b':')
+}
+
+/// Notify message: the server is serving (startup finished).
+pub const READY: &str = "READY=1";
+/// Notify message: the server has begun shutting down.
+pub const STOPPING: &str = "STOPPING=1";
+/// Notify message: the server has begun reloading; `READY=1` must follow.
+pub const RELOADING: &str = "RELOADING=1";
+/// Prefix of a notify message carrying a one-line, human-readable status.
+pub const STATUS_PREFIX: &str = "STATUS=";
+
+/// Name given to every listener when `LISTEN_FDNAMES` is absent.
+const UNKNOWN_NAME: &str = "unknown";
+
+/// Inherited fds already turned into owned sockets, by any [`Listeners`] from
+/// [`Listeners::from_env`]. A set per value would let two values built from
+/// the same environment each take the same fd, giving it two owners that
+/// would both close it.
+static CLAIMED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// Selects an inherited listener: by name (the first one with that name not
+/// yet taken) or by 0-based position.
+///
+/// Built implicitly from `&str` and `usize`, so both
+/// `take_tcp_listener("http")` and `take_tcp_listener(0)` work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// The first not-yet-taken listener with this `LISTEN_FDNAMES` name.
+    Name(&'a str),
+    /// The listener at this position (fd `3 + index`).
+    Index(usize),
+}
+
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(name: &'a str) -> Self {
+        Key::Name(name)
+    }
+}
+
+impl From<usize> for Key<'_> {
+    fn from(index: usize) -> Self {
+        Key::Index(index)
+    }
+}
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Name(name) => write!(f, "{name:?}"),
+            Key::Index(index) => write!(f, "#{index}"),
+        }
+    }
+}
+
+/// The listeners this process inherited, each of which can be taken once.
+///
+/// Fds that are never taken stay open (and inheritable) for the life of the
+/// process, as with `sd_listen_fds`.
+#[derive(Debug)]
+pub struct Listeners {
+    slots: Vec<Slot>,
+    /// Whether the fds came from the environment and so are claimed in the
+    /// process-wide [`CLAIMED`] set.
+    inherited: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    fd: RawFd,
+    name: String,
+    taken: bool,
+}
+
+/// What a `take_*` accessor wants an fd to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    TcpListener,
+    UnixListener,
+    UdpSocket,
+}
+
+impl Want {
+    fn describe(self) -> &'static str {
+        match self {
+            Want::TcpListener => "a TCP listener",
+            Want::UnixListener => "a unix stream listener",
+            Want::UdpSocket => "a UDP socket",
+        }
+    }
+}
+
+/// The parsed `LISTEN_*` variables.
+#[derive(Debug, PartialEq, Eq)]
+struct ListenEnv {
+    count: usize,
+    /// `None` when `LISTEN_FDNAMES` is absent: every name is `unknown`.
+    /// Kept apart from `count` so that a bogus huge `LISTEN_FDS` is caught by
+    /// the open-fd check before anything is allocated per fd.
+    names: Option<Vec<String>>,
+}
+
+impl Listeners {
+    /// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` with the
+    /// semantics of `sd_listen_fds_with_names`, without modifying the
+    /// environment.
+    ///
+    /// The set is empty when `LISTEN_PID` or `LISTEN_FDS` is unset, or when
+    /// `LISTEN_PID` is not this process's pid (the variables were inherited
+    /// from a parent that was socket-activated itself).
+    ///
+    /// # Errors
+    ///
+    /// Fails, naming the variable and its value, when `LISTEN_PID` is not a
+    /// pid, `LISTEN_FDS` is not a positive count, `LISTEN_FDNAMES` does not
+    /// hold one name per fd, a variable is not valid UTF-8, or one of the
+    /// announced fds is not open.
+    pub fn from_env() -> io::Result<Listeners> {
+        let pid = env_str(LISTEN_PID)?;
+        let fds = env_str(LISTEN_FDS)?;
+        let names = env_str(LISTEN_FDNAMES)?;
+        let Some(parsed) = parse_listen_env(
+            pid.as_deref(),
+            fds.as_deref(),
+            names.as_deref(),
+            std::process::id(),
+        )?
+        else {
+            return Ok(Listeners {
+                slots: Vec::new(),
+                inherited: true,
+            });
+        };
+        // sd_listen_fds fails when it cannot set FD_CLOEXEC on one of the
+        // fds; checking that each is open gives the same verdict without
+        // changing them.
+        for index in 0..parsed.count {
+            let fd = fd_at(index)?;
+            if let Err(err) = fd_flags(fd) {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("{LISTEN_FDS}={}: fd {fd} is not open: {err}", parsed.count),
+                ));
+            }
+        }
+        let names = parsed
+            .names
+            .unwrap_or_else(|| vec![UNKNOWN_NAME.to_owned(); parsed.count]);
+        let slots = names
+            .into_iter()
+            .enumerate()
+            .map(|(index, name)| {
+                Ok(Slot {
+                    fd: fd_at(index)?,
+                    name,
+                    taken: false,
+                })
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Listeners {
+            slots,
+            inherited: true,
+        })
+    }
+
+    /// A set over explicit fds instead of fds 3…, for tests: the caller hands
+    /// over ownership of every fd, which a successful take wraps.
+    #[cfg(test)]
+    fn from_parts(parts: Vec<(RawFd, &str)>) -> Listeners {
+        let slots = parts
+            .into_iter()
+            .map(|(fd, name)| Slot {
+                fd,
+                name: name.to_owned(),
+                taken: false,
+            })
+            .collect();
+        Listeners {
+            slots,
+            inherited: false,
+        }
+    }
+
+    /// Number of inherited listeners, taken or not.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no listener was inherited.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every inherited listener as `(index, fd, name)`, in fd order, taken or
+    /// not.
+    pub fn names(&self) -> impl Iterator<Item = (usize, RawFd, &str)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| (index, slot.fd, slot.name.as_str()))
+    }
+
+    /// Takes the listener selected by `key` as a [`TcpListener`] (IPv4 or
+    /// IPv6), and sets `FD_CLOEXEC` on it.
+    ///
+    /// Returns `Ok(None)` when there is no such listener or it was already
+    /// taken.
+    ///
+    /// # Errors
+    ///
+    /// Fails, naming the fd, when it is not a listening `AF_INET`/`AF_INET6`
+    /// stream socket (`fd 4 is not a TCP listener (it is a UDP socket)`) or
+    /// a syscall inspecting it fails. The listener is then left untaken.
+    pub fn take_tcp_listener<'k>(
+        &mut self,
+        key: impl Into<Key<'k>>,
+    ) -> io::Result<Option<TcpListener>> {
+        Ok(self
+            .take(key.into(), Want::TcpListener)?
+            .map(TcpListener::from))
+    }
+
+    /// Takes the listener selected by `key` as a [`UnixListener`], and sets
+    /// `FD_CLOEXEC` on it.
+    ///
+    /// Returns `Ok(None)` when there is no such listener or it was already
+    /// taken.
+    ///
+    /// # Errors
+    ///
+    /// Fails, naming the fd, when it is not a listening `AF_UNIX` stream
+    /// socket or a syscall inspecting it fails. The listener is then left
+    /// untaken.
+    pub fn take_unix_listener<'k>(
+        &mut self,
+        key: impl Into<Key<'k>>,
+    ) -> io::Result<Option<UnixListener>> {
+        Ok(self
+            .take(key.into(), Want::UnixListener)?
+            .map(UnixListener::from))
+    }
+
+    /// Takes the socket selected by `key` as a [`UdpSocket`] (IPv4 or IPv6),
+    /// and sets `FD_CLOEXEC` on it.
+    ///
+    /// Returns `Ok(None)` when there is no such socket or it was already
+    /// taken.
+    ///
+    /// # Errors
+    ///
+    /// Fails, naming the fd, when it is not an `AF_INET`/`AF_INET6` datagram
+    /// socket or a syscall inspecting it fails. The socket is then left
+    /// untaken.
+    pub fn take_udp_socket<'k>(
+        &mut self,
+        key: impl Into<Key<'k>>,
+    ) -> io::Result<Option<UdpSocket>> {
+        Ok(self.take(key.into(), Want::UdpSocket)?.map(UdpSocket::from))
+    }
+
+    fn take(&mut self, key: Key<'_>, want: Want) -> io::Result<Option<OwnedFd>> {
+        // Held until the fd is owned, so that two sets from the environment
+        // racing for one fd cannot both take it.
+        let mut claimed = self
+            .inherited
+            .then(|| CLAIMED.lock().unwrap_or_else(PoisonError::into_inner));
+        let is_free =
+            |slot: &Slot| !slot.taken && claimed.as_ref().is_none_or(|set| !set.contains(&slot.fd));
+        let index = match key {
+            Key::Name(name) => self
+                .slots
+                .iter()
+                .position(|slot| slot.name == name && is_free(slot)),
+            Key::Index(index) => self
+                .slots
+                .get(index)
+                .filter(|slot| is_free(slot))
+                .map(|_| index),
+        };
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let slot = &mut self.slots[index];
+        check_socket(slot.fd, want)?;
+        set_cloexec(slot.fd)?;
+        slot.taken = true;
+        if let Some(set) = claimed.as_mut() {
+            set.insert(slot.fd);
+        }
+        // SAFETY: the fd is open (fstat just succeeded) and owned by nobody
+        // else in this process: the LISTEN_FDS protocol hands fds 3… to the
+        // process named by LISTEN_PID, which is us, and it is marked taken
+        // (locally and, for inherited fds, process-wide under the lock held
+        // since the is_free check) so no other call wraps it again. For
+        // `from_parts`, the caller handed over ownership.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(slot.fd) }))
+    }
+}
+
+/// Parses the three `LISTEN_*` values as `sd_listen_fds_with_names` does.
+///
+/// `Ok(None)` means "no listeners for us": `LISTEN_PID` or `LISTEN_FDS`
+/// unset, or `LISTEN_PID` names another process.
+fn parse_listen_env(
+    pid: Option<&str>,
+    fds: Option<&str>,
+    names: Option<&str>,
+    own_pid: u32,
+) -> io::Result<Option<ListenEnv>> {
+    let Some(pid) = pid else {
+        return Ok(None);
+    };
+    let listen_pid = match pid.parse::<u32>() {
+        Ok(listen_pid) if listen_pid > 0 => listen_pid,
+        _ => return Err(invalid(format!("{LISTEN_PID}={pid:?} is not a pid"))),
+    };
+    if listen_pid != own_pid {
+        return Ok(None);
+    }
+    let Some(fds) = fds else {
+        return Ok(None);
+    };
+    // The last fd number, 3 + n - 1, must fit in a C int.
+    let max = (i32::MAX - LISTEN_FDS_START) as usize;
+    let count = match fds.parse::<usize>() {
+        Ok(count) if (1..=max).contains(&count) => count,
+        _ => {
+            return Err(invalid(format!(
+                "{LISTEN_FDS}={fds:?} is not a listener count (1..={max})"
+            )));
+        }
+    };
+    let names = match names {
+        None => None,
+        Some(names) => {
+            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err(invalid(format!(
+                    "{LISTEN_FDNAMES}={joined:?} has {got} names for {LISTEN_FDS}={count}",
+                    joined = names.join(":"),
+                    got = names.len(),
+                )));
+            }
+            Some(names)
+        }
+    };
+    Ok(Some(ListenEnv { count, names }))
+}
+
+/// Sends one notify datagram holding `state` (for example [`READY`], or
+/// several `KEY=VALUE` lines) to the socket named by `$NOTIFY_SOCKET`.
+///
+/// Returns `Ok(false)` when `NOTIFY_SOCKET` is unset (not running under a
+/// supervisor or service manager), `Ok(true)` once the datagram is sent.
+///
+/// # Errors
+///
+/// Fails when `NOTIFY_SOCKET` is neither an absolute path nor `@` followed
+/// by an abstract socket name (the `vsock:` forms are not supported), or
+/// when the datagram cannot be sent whole.
+pub fn notify(state: &str) -> io::Result<bool> {
+    let Some(target) = env::var_os(NOTIFY_SOCKET) else {
+        return Ok(false);
+    };
+    send_notify(&target, state)?;
+    Ok(true)
+}
+
+fn send_notify(target: &OsStr, state: &str) -> io::Result<()> {
+    let addr = notify_addr(target)?;
+    let socket = UnixDatagram::unbound()?;
+    let sent = socket
+        .send_to_addr(state.as_bytes(), &addr)
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!(
+                    "send to {NOTIFY_SOCKET}={}: {err}",
+                    target.to_string_lossy()
+                ),
+            )
+        })?;
+    // Datagrams are sent whole or not at all; a short count would mean a
+    // truncated message that the receiver would misread.
+    if sent != state.len() {
+        return Err(io::Error::other(format!(
+            "send to {NOTIFY_SOCKET}={}: short datagram ({sent} of {} bytes)",
+            target.to_string_lossy(),
+            state.len(),
+        )));
+    }
+    Ok(())
+}
+
+/// Sends [`READY`]: the server is accepting and serving.
+///
+/// # Errors
+///
+/// As [`notify`].
+pub fn ready() -> io::Result<bool> {
+    notify(READY)
+}
+
+/// Sends [`STOPPING`]: the server has stopped accepting and is draining.
+///
+/// # Errors
+///
+/// As [`notify`].
+pub fn stopping() -> io::Result<bool> {
+    notify(STOPPING)
+}
+
+/// Sends `STATUS=<text>`, a human-readable status. The field is one line, so
+/// line breaks (and NULs, which would make the receiver drop the datagram)
+/// in `text` become spaces.
+///
+/// # Errors
+///
+/// As [`notify`].
+pub fn status(text: &str) -> io::Result<bool> {
+    notify(&status_message(text))
+}
+
+fn status_message(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\0') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("{STATUS_PREFIX}{line}")
+}
+
+/// This child's generation from `SUPERVISOR_GENERATION` (1 for the first),
+/// or `None` when it is unset or not a number.
+pub fn generation() -> Option<u64> {
+    env::var(SUPERVISOR_GENERATION).ok()?.parse().ok()
+}
+
+/// Reads a variable that must be UTF-8 if set.
+fn env_str(key: &str) -> io::Result<Option<String>> {
+    match env::var(key) {
+        Ok(value) => Ok(Some(value)),
+        Err(env::VarError::NotPresent) => Ok(None),
+        Err(env::VarError::NotUnicode(value)) => Err(invalid(format!(
+            "{key}={} is not valid UTF-8",
+            value.to_string_lossy()
+        ))),
+    }
+}
+
+fn notify_addr(target: &OsStr) -> io::Result<SocketAddr> {
+    let bytes = target.as_bytes();
+    let addr = match bytes {
+        [b'/', ..] => SocketAddr::from_pathname(target),
+        [b'@', name @ ..] if !name.is_empty() => SocketAddr::from_abstract_name(name),
+        _ => {
+            return Err(invalid(format!(
+                "{NOTIFY_SOCKET}={}: unsupported address (expected /path or @name)",
+                target.to_string_lossy()
+            )));
+        }
+    };
+    addr.map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("{NOTIFY_SOCKET}={}: {err}", target.to_string_lossy()),
+        )
+    })
+}
+
+fn fd_at(index: usize) -> io::Result<RawFd> {
+    i32::try_from(index)
+        .ok()
+        .and_then(|index| LISTEN_FDS_START.checked_add(index))
+        .ok_or_else(|| invalid(format!("listener #{index} has no fd number")))
+}
+
+/// Checks that `fd` is the kind of socket `want` asks for, before anything
+/// wraps it: handing an arbitrary fd to `TcpListener` would "work" until the
+/// first accept.
+fn check_socket(fd: RawFd, want: Want) -> io::Result<()> {
+    let actual = inspect(fd).map_err(|err| {
+        if err.raw_os_error() == Some(libc::EBADF) {
+            mismatch(fd, want, "it is not open")
+        } else {
+            io::Error::new(err.kind(), format!("inspect fd {fd}: {err}"))
+        }
+    })?;
+    let matches = match (want, &actual) {
+        (
+            Want::TcpListener,
+            FdKind::Socket {
+                domain,
+                ty,
+                listening,
+            },
+        ) => is_inet(*domain) && *ty == libc::SOCK_STREAM && *listening,
+        (
+            Want::UnixListener,
+            FdKind::Socket {
+                domain,
+                ty,
+                listening,
+            },
+        ) => *domain == libc::AF_UNIX && *ty == libc::SOCK_STREAM && *listening,
+        (Want::UdpSocket, FdKind::Socket { domain, ty, .. }) => {
+            is_inet(*domain) && *ty == libc::SOCK_DGRAM
+        }
+        (_, FdKind::NotSocket(_)) => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(mismatch(fd, want, &format!("it is {actual}")))
+    }
+}
+
+/// What an fd turned out to be, for checks and error messages.
+#[derive(Debug)]
+enum FdKind {
+    NotSocket(&'static str),
+    Socket {
+        domain: libc::c_int,
+        ty: libc::c_int,
+        listening: bool,
+    },
+}
+
+impl fmt::Display for FdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (domain, ty, listening) = match *self {
+            FdKind::NotSocket(what) => return f.write_str(what),
+            FdKind::Socket {
+                domain,
+                ty,
+                listening,
+            } => (domain, ty, listening),
+        };
+        let family = if is_inet(domain) {
+            match ty {
+                libc::SOCK_STREAM => Some("TCP"),
+                libc::SOCK_DGRAM => Some("UDP"),
+                _ => None,
+            }
+        } else if domain == libc::AF_UNIX {
+            match ty {
+                libc::SOCK_STREAM => Some("unix stream"),
+                libc::SOCK_DGRAM => Some("unix datagram"),
+                libc::SOCK_SEQPACKET => Some("unix seqpacket"),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match family {
+            None => write!(f, "a socket of domain {domain} and type {ty}"),
+            Some(family) if ty == libc::SOCK_DGRAM => write!(f, "a {family} socket"),
+            Some(family) if listening => write!(f, "a {family} listener"),
+            Some(family) => write!(f, "a {family} socket that is not listening"),
+        }
+    }
+}
+
+fn inspect(fd: RawFd) -> io::Result<FdKind> {
+    let mut stat = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes one `struct stat` to a valid, writable pointer to
+    // one; an fd that is not open is reported as EBADF, not undefined
+    // behaviour.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it filled in the whole struct.
+    let mode = unsafe { stat.assume_init() }.st_mode & libc::S_IFMT;
+    let file_type = match mode {
+        libc::S_IFSOCK => None,
+        libc::S_IFREG => Some("a regular file"),
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFIFO => Some("a pipe"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        libc::S_IFLNK => Some("a symbolic link"),
+        _ => Some("not a socket"),
+    };
+    if let Some(file_type) = file_type {
+        return Ok(FdKind::NotSocket(file_type));
+    }
+    Ok(FdKind::Socket {
+        domain: socket_option(fd, libc::SO_DOMAIN)?,
+        ty: socket_option(fd, libc::SO_TYPE)?,
+        listening: socket_option(fd, libc::SO_ACCEPTCONN)? != 0,
+    })
+}
+
+fn socket_option(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live locals; `len` holds the size of
+    // `value`, so the kernel writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFD takes no argument and touches no memory; a closed fd
+    // is reported as EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+/// Sets `FD_CLOEXEC`, which the launcher had to clear so the fd survived its
+/// `execve`, so that processes this server spawns do not inherit the
+/// listener.
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    let flags = fd_flags(fd)?;
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Ok(());
+    }
+    // SAFETY: F_SETFD takes an int flag set and touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } == -1 {
+        let err = io::Error::last_os_error();
+        return Err(io::Error::new(
+            err.kind(),
+            format!("set FD_CLOEXEC on fd {fd}: {err}"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_inet(domain: libc::c_int) -> bool {
+    domain == libc::AF_INET || domain == libc::AF_INET6
+}
+
+fn mismatch(fd: RawFd, want: Want, actual: &str) -> io::Error {
+    invalid(format!("fd {fd} is not {} ({actual})", want.describe()))
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::net::{TcpStream, UdpSocket};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const PID: u32 = 4242;
+
+    fn parse(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        names: Option<&str>,
+    ) -> io::Result<Option<ListenEnv>> {
+        parse_listen_env(pid, fds, names, PID)
+    }
+
+    fn tcp_listener_fd() -> RawFd {
+        TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd()
+    }
+
+    fn udp_fd() -> RawFd {
+        UdpSocket::bind("127.0.0.1:0").unwrap().into_raw_fd()
+    }
+
+    /// A fresh directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let path = env::temp_dir().join(format!(
+                "supervisor-child-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn error_text(result: io::Result<impl fmt::Debug>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn pid_unset_means_no_listeners() {
+        assert_eq!(parse(None, Some("2"), Some("a:b")).unwrap(), None);
+    }
+
+    #[test]
+    fn pid_of_another_process_means_no_listeners() {
+        assert_eq!(parse(Some("4243"), Some("2"), Some("a:b")).unwrap(), None);
+    }
+
+    #[test]
+    fn unparsable_pid_is_an_error() {
+        for pid in ["", "abc", "-1", "0", "12x"] {
+            let text = error_text(parse(Some(pid), Some("1"), None));
+            assert!(text.starts_with("LISTEN_PID="), "{text}");
+        }
+    }
+
+    #[test]
+    fn fds_unset_means_no_listeners() {
+        assert_eq!(parse(Some("4242"), None, Some("a")).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_fd_counts_are_errors_naming_the_value() {
+        for fds in ["0", "-1", "", "two", "2147483645"] {
+            let text = error_text(parse(Some("4242"), Some(fds), None));
+            assert!(text.starts_with(&format!("LISTEN_FDS={fds:?}")), "{text}");
+        }
+        assert_eq!(
+            parse(Some("4242"), Some("2147483644"), None)
+                .unwrap()
+                .unwrap()
+                .count,
+            2147483644
+        );
+    }
+
+    #[test]
+    fn names_absent_means_none() {
+        let parsed = parse(Some("4242"), Some("2"), None).unwrap().unwrap();
+        assert_eq!(
+            parsed,
+            ListenEnv {
+                count: 2,
+                names: None
+            }
+        );
+    }
+
+    #[test]
+    fn names_split_without_coalescing() {
+        let parsed = parse(Some("4242"), Some("3"), Some("x::z"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.names.unwrap(), ["x", "", "z"]);
+        let parsed = parse(Some("4242"), Some("1"), Some("")).unwrap().unwrap();
+        assert_eq!(parsed.names.unwrap(), [""]);
+    }
+
+    #[test]
+    fn name_count_mismatch_is_an_error() {
+        let text = error_text(parse(Some("4242"), Some("2"), Some("a:b:c")));
+        assert_eq!(
+            text,
+            "LISTEN_FDNAMES=\"a:b:c\" has 3 names for LISTEN_FDS=2"
+        );
+        assert!(parse(Some("4242"), Some("2"), Some("a")).is_err());
+    }
+
+    #[test]
+    fn key_conversions() {
+        assert_eq!(Key::from("http"), Key::Name("http"));
+        assert_eq!(Key::from(2usize), Key::Index(2));
+    }
+
+    #[test]
+    fn takes_tcp_listener_by_name_once() {
+        let fd = tcp_listener_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "http")]);
+        let listener = listeners.take_tcp_listener("http").unwrap().unwrap();
+        assert_eq!(listener.as_raw_fd(), fd);
+        assert_ne!(fd_flags(fd).unwrap() & libc::FD_CLOEXEC, 0);
+        assert!(listeners.take_tcp_listener("http").unwrap().is_none());
+        assert!(listeners.take_tcp_listener(0).unwrap().is_none());
+        // Still a working listener.
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn sets_cloexec_on_an_inheritable_fd() {
+        let fd = tcp_listener_fd();
+        // SAFETY: fd is a live listener owned by this test; F_SETFD touches no
+        // memory.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        let mut listeners = Listeners::from_parts(vec![(fd, "http")]);
+        let _listener = listeners.take_tcp_listener(0).unwrap().unwrap();
+        assert_ne!(fd_flags(fd).unwrap() & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn name_selects_the_first_untaken_fd_with_that_name() {
+        let (a, b, c) = (tcp_listener_fd(), tcp_listener_fd(), tcp_listener_fd());
+        let mut listeners = Listeners::from_parts(vec![(a, "web"), (b, "admin"), (c, "web")]);
+        assert_eq!(listeners.len(), 3);
+        assert!(!listeners.is_empty());
+        let names: Vec<_> = listeners.names().collect();
+        assert_eq!(names, [(0, a, "web"), (1, b, "admin"), (2, c, "web")]);
+        let first = listeners.take_tcp_listener("web").unwrap().unwrap();
+        let second = listeners.take_tcp_listener("web").unwrap().unwrap();
+        assert_eq!((first.as_raw_fd(), second.as_raw_fd()), (a, c));
+        assert!(listeners.take_tcp_listener("web").unwrap().is_none());
+        assert!(listeners.take_tcp_listener("nope").unwrap().is_none());
+        assert!(listeners.take_tcp_listener(3).unwrap().is_none());
+        let admin = listeners.take_tcp_listener(1).unwrap().unwrap();
+        assert_eq!(admin.as_raw_fd(), b);
+        // Taken listeners are still listed.
+        assert_eq!(listeners.names().count(), 3);
+    }
+
+    #[test]
+    fn udp_fd_is_not_a_tcp_listener_and_stays_untaken() {
+        let fd = udp_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "dns")]);
+        let text = error_text(listeners.take_tcp_listener("dns"));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a TCP listener (it is a UDP socket)")
+        );
+        let text = error_text(listeners.take_unix_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a unix stream listener (it is a UDP socket)")
+        );
+        let socket = listeners.take_udp_socket("dns").unwrap().unwrap();
+        assert_eq!(socket.as_raw_fd(), fd);
+        assert!(listeners.take_udp_socket("dns").unwrap().is_none());
+    }
+
+    #[test]
+    fn tcp_listener_is_not_a_udp_socket() {
+        let fd = tcp_listener_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "http")]);
+        let text = error_text(listeners.take_udp_socket(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a UDP socket (it is a TCP listener)")
+        );
+        let text = error_text(listeners.take_unix_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a unix stream listener (it is a TCP listener)")
+        );
+        assert!(listeners.take_tcp_listener(0).unwrap().is_some());
+    }
+
+    #[test]
+    fn connected_tcp_socket_is_not_a_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = TcpStream::connect(listener.local_addr().unwrap())
+            .unwrap()
+            .into_raw_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "http")]);
+        let text = error_text(listeners.take_tcp_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a TCP listener (it is a TCP socket that is not listening)")
+        );
+        // Hand the fd back to an owner so the test does not leak it.
+        // SAFETY: the take failed, so the fd is still ours and unowned.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+
+    #[test]
+    fn takes_unix_listener() {
+        let dir = TempDir::new("unix");
+        let path = dir.0.join("listener.sock");
+        let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "local")]);
+        let text = error_text(listeners.take_tcp_listener("local"));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a TCP listener (it is a unix stream listener)")
+        );
+        let listener = listeners.take_unix_listener("local").unwrap().unwrap();
+        assert_eq!(listener.as_raw_fd(), fd);
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn unix_datagram_socket_is_not_a_listener() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "x")]);
+        let text = error_text(listeners.take_unix_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a unix stream listener (it is a unix datagram socket)")
+        );
+        drop((a, b));
+    }
+
+    #[test]
+    fn regular_file_is_not_a_socket() {
+        let file = File::open("/proc/self/status").unwrap();
+        let fd = file.as_raw_fd();
+        let mut listeners = Listeners::from_parts(vec![(fd, "x")]);
+        let text = error_text(listeners.take_tcp_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a TCP listener (it is a regular file)")
+        );
+        drop(file);
+    }
+
+    #[test]
+    fn closed_fd_is_reported_as_not_open() {
+        // An fd number far above anything the test process opens.
+        let fd = 1_000_000;
+        let mut listeners = Listeners::from_parts(vec![(fd, "x")]);
+        let text = error_text(listeners.take_tcp_listener(0));
+        assert_eq!(
+            text,
+            format!("fd {fd} is not a TCP listener (it is not open)")
+        );
+    }
+
+    #[test]
+    fn notify_addresses() {
+        let path = notify_addr(OsStr::new("/run/notify")).unwrap();
+        assert_eq!(
+            path.as_pathname(),
+            Some(std::path::Path::new("/run/notify"))
+        );
+        let abstract_addr = notify_addr(OsStr::new("@supervisor/7")).unwrap();
+        assert_eq!(abstract_addr.as_abstract_name(), Some(&b"supervisor/7"[..]));
+        for bad in ["", "@", "relative/path", "vsock:2:1234"] {
+            let text = error_text(notify_addr(OsStr::new(bad)));
+            assert!(text.contains("unsupported address"), "{text}");
+        }
+    }
+
+    // notify() itself reads the process environment, which tests must not
+    // change while other test threads read it; send_notify is everything
+    // after the lookup.
+    #[test]
+    fn sends_one_datagram_to_a_path_socket() {
+        let dir = TempDir::new("notify");
+        let path = dir.0.join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        send_notify(path.as_os_str(), &status_message("two\nlines\r")).unwrap();
+        send_notify(path.as_os_str(), READY).unwrap();
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=two lines ");
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn sends_to_an_abstract_socket() {
+        let name = format!("supervisor-child-test-{}", std::process::id());
+        let receiver =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        send_notify(OsStr::new(&format!("@{name}")), STOPPING).unwrap();
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+    }
+
+    #[test]
+    fn sending_to_a_missing_socket_names_it() {
+        let text = error_text(send_notify(OsStr::new("/nonexistent/notify.sock"), READY));
+        assert!(
+            text.starts_with("send to NOTIFY_SOCKET=/nonexistent/notify.sock: "),
+            "{text}"
+        );
+    }
 }

@@ -1,3 +1,97 @@
-fn main() {
-    println!("Hello, world!");
+//! `supervisor`: run a server command under zero-downtime hot restarts.
+//!
+//! `main` blocks the handled signals before anything else (so that none can
+//! arrive before the signalfd reads them), parses the command line, binds
+//! the listeners and hands over to the driver. Errors of the supervisor's
+//! own set-up print one line to stderr and exit 1.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod cli;
+mod driver;
+mod listen;
+mod machine;
+mod notify;
+mod spawn;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigmaskHow, sigprocmask};
+use nix::sys::socket::Backlog;
+
+use crate::machine::{Config, Machine};
+
+fn main() -> ExitCode {
+    if let Err(e) = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&driver::handled_signals()),
+        None,
+    ) {
+        eprintln!("supervisor: error: block signals: {e}");
+        return ExitCode::from(1);
+    }
+    let args = cli::parse();
+    init_logging();
+    match run(args) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("supervisor: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: cli::Args) -> Result<i32> {
+    // Fail before binding anything if the command cannot run at all; each
+    // generation resolves it again, so a deploy may replace it.
+    spawn::resolve(&args.command[0])?;
+    let backlog = match args.backlog {
+        Some(n) => Backlog::new(n).context("--backlog")?,
+        None => Backlog::MAXALLOWABLE,
+    };
+    let listeners = listen::bind_all(&args.listen, backlog)?;
+    for (i, l) in listeners.iter().enumerate() {
+        log::info!(
+            "listening on {} as {:?} (fd {} in children)",
+            l.bound,
+            l.name,
+            supervisor::child::LISTEN_FDS_START + i as i32
+        );
+    }
+    // Orphans of our children are reparented to us, so we reap them too.
+    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    let cfg = Config {
+        ready: args.ready,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+        restart: args.restart.into(),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(10),
+        healthy_after: Duration::from_secs(10),
+    };
+    let settings = driver::Settings {
+        command: args.command,
+        stop_signal: args.stop_signal,
+    };
+    let machine = Machine::new(cfg, Instant::now());
+    driver::Driver::new(machine, settings, listeners)?.run()
+}
+
+fn init_logging() {
+    let pid = std::process::id();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} supervisor[{pid}] {}: {}",
+                buf.timestamp_millis(),
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            )
+        })
+        .init();
 }

@@ -1,0 +1,221 @@
+//! The command line: clap definitions, and the conversion of strings into
+//! typed settings (addresses, durations, signals) at the edge.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::listen::Spec;
+use crate::machine::{ReadyMode, RestartPolicy};
+
+const AFTER_HELP: &str = "\
+Each generation of CMD gets the listeners as fds 3, 4, ... in --listen order,
+with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET and
+SUPERVISOR_GENERATION set, as systemd socket activation does.
+
+Signals:
+  SIGHUP                   reload: start a new generation; once it is ready,
+                           stop the old one (which then drains)
+  SIGTERM, SIGINT, SIGQUIT stop: send the stop signal to every generation,
+                           wait for them to exit; a second one kills them now
+
+Exit status:
+  the active child's     its exit code, or 128+N if signal N killed it
+  0                      stopped with no child ever active
+  1                      the supervisor's own failure (bind, missing command)
+  2                      usage error
+
+Durations: 500ms, 30s, 2m, 1h (decimals allowed: 1.5s). Signals: TERM,
+SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
+
+/// Zero-downtime hot-restart supervisor for network servers.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT (every
+    /// address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable;
+    /// the name defaults to ADDR with ':' replaced by '_'.
+    #[arg(short, long = "listen", value_name = "[NAME=]ADDR")]
+    pub listen: Vec<Spec>,
+
+    /// Listen backlog (1 to 4096); default: the kernel's limit
+    /// (net.core.somaxconn).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=4096))]
+    pub backlog: Option<i32>,
+
+    /// How a generation proves it is ready: `notify` (it sends READY=1 to
+    /// NOTIFY_SOCKET; recommended) or `delay:DUR` (alive for DUR, or
+    /// READY=1 earlier).
+    #[arg(long, value_name = "MODE", default_value = "delay:1s", value_parser = parse_ready)]
+    pub ready: ReadyMode,
+
+    /// How long a new generation may take to become ready before it is
+    /// stopped and the reload counts as failed.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Signal that asks a generation to drain and exit (nginx wants QUIT,
+    /// HAProxy USR1).
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: Signal,
+
+    /// How long a stopped generation may drain before SIGKILL to its
+    /// process group.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// When the serving generation exits on its own: restart it (with
+    /// exponential backoff from 100ms to 10s, reset after 10s of healthy
+    /// run) on failure, always, or never (then the supervisor exits with
+    /// its status).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "on-failure")]
+    pub restart: Restart,
+
+    /// The server command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `--restart` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Restart {
+    /// Restart unless the child exited with status 0.
+    OnFailure,
+    /// Always restart.
+    Always,
+    /// Never restart.
+    Never,
+}
+
+impl From<Restart> for RestartPolicy {
+    fn from(r: Restart) -> RestartPolicy {
+        match r {
+            Restart::OnFailure => RestartPolicy::OnFailure,
+            Restart::Always => RestartPolicy::Always,
+            Restart::Never => RestartPolicy::Never,
+        }
+    }
+}
+
+/// Parse `500ms`, `30s`, `2m`, `1h`, `1.5s`, or `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("'{s}' has no unit (write e.g. 500ms, 30s, 2m, 1h)"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (write e.g. 500ms, 30s, 2m, 1h)"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("'{s}' is out of range"))
+}
+
+/// Parse `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("'{s}' is not a signal name (e.g. TERM, QUIT, USR1)"))
+}
+
+/// Parse `notify` or `delay:DUR`.
+pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    if s == "notify" {
+        return Ok(ReadyMode::Notify);
+    }
+    match s.strip_prefix("delay:") {
+        Some(d) => parse_duration(d).map(ReadyMode::Delay),
+        None => Err(format!(
+            "'{s}' is not a ready mode (use notify or delay:DUR)"
+        )),
+    }
+}
+
+/// Parse the command line; on a usage error print one line to stderr and
+/// exit 2 (help and version print as usual and exit 0).
+pub fn parse() -> Args {
+    match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("supervisor: error: {first} (see supervisor --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigquit"), Ok(Signal::SIGQUIT));
+        assert_eq!(parse_signal("10"), Ok(Signal::SIGUSR1));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(
+            parse_ready("delay:250ms"),
+            Ok(ReadyMode::Delay(Duration::from_millis(250)))
+        );
+        assert!(parse_ready("soon").is_err());
+    }
+
+    #[test]
+    fn command_after_dashes() {
+        let a = Args::try_parse_from(["supervisor", "-l", ":0", "--", "srv", "--flag"]).unwrap();
+        assert_eq!(
+            a.command,
+            vec![OsString::from("srv"), OsString::from("--flag")]
+        );
+        assert!(Args::try_parse_from(["supervisor", "-l", ":0"]).is_err());
+    }
+}

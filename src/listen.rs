@@ -1,0 +1,385 @@
+//! Listener specs (`[NAME=]ADDR`) and binding them.
+//!
+//! The supervisor binds each listener once, with CLOEXEC set (the spawner
+//! clears it on the child's copies only), and keeps it open for its whole
+//! life: the kernel's accept queue belongs to the socket, so it survives
+//! every reload, crash and restart of the child. A Unix socket file is
+//! unlinked at exit only if the supervisor created it and it is still the
+//! same file.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
+    SockaddrStorage, UnixAddr, bind, connect, getsockname, listen, setsockopt, socket, sockopt,
+};
+
+/// Where a listener binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// TCP on one address.
+    Tcp(SocketAddr),
+    /// TCP on every address: IPv6 `[::]` dual-stack, or `0.0.0.0` where the
+    /// host has no IPv6.
+    TcpAll(u16),
+    /// UDP on one address.
+    Udp(SocketAddr),
+    /// Unix stream socket at a path.
+    Unix(PathBuf),
+    /// Unix stream socket in the abstract namespace (`unix:@name`).
+    UnixAbstract(Vec<u8>),
+}
+
+/// One `--listen` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// The name passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// Where to bind.
+    pub addr: Addr,
+    /// The address as the user wrote it.
+    pub text: String,
+}
+
+const FORMS: &str = "expected [NAME=]ADDR with ADDR one of HOST:PORT, [IPV6]:PORT, :PORT, udp:HOST:PORT, unix:/PATH";
+
+impl FromStr for Spec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Spec, String> {
+        // Addresses never contain '=', so the first one ends a name.
+        let (name, text) = match s.split_once('=') {
+            Some((n, a)) => (Some(n), a),
+            None => (None, s),
+        };
+        let addr = parse_addr(text).map_err(|why| format!("invalid address '{text}': {why}"))?;
+        let name = match name {
+            Some(n) => {
+                if n.is_empty() || !supervisor::child::valid_fd_name(n) {
+                    return Err(format!(
+                        "invalid listener name '{n}': a name is 1 to 255 printable ASCII characters without ':'"
+                    ));
+                }
+                n.to_string()
+            }
+            // LISTEN_FDNAMES is ':'-separated, so the default name (the
+            // address) cannot keep its colons.
+            None => {
+                let n = text.replace(':', "_");
+                if !supervisor::child::valid_fd_name(&n) {
+                    return Err(format!(
+                        "address '{text}' cannot serve as a listener name; give one with NAME=ADDR"
+                    ));
+                }
+                n
+            }
+        };
+        Ok(Spec {
+            name,
+            addr,
+            text: text.to_string(),
+        })
+    }
+}
+
+fn parse_addr(text: &str) -> Result<Addr, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if let Some(abs) = path.strip_prefix('@') {
+            if abs.is_empty() || abs.len() > 107 {
+                return Err("an abstract name is 1 to 107 bytes".into());
+            }
+            return Ok(Addr::UnixAbstract(abs.as_bytes().to_vec()));
+        }
+        if path.is_empty() {
+            return Err("empty socket path".into());
+        }
+        if path.len() > 107 {
+            return Err("a socket path is at most 107 bytes".into());
+        }
+        return Ok(Addr::Unix(PathBuf::from(path)));
+    }
+    if let Some(rest) = text.strip_prefix("udp:") {
+        return match host_port(rest)? {
+            (Some(ip), port) => Ok(Addr::Udp(SocketAddr::new(ip, port))),
+            (None, port) => Ok(Addr::Udp(SocketAddr::new(
+                Ipv6Addr::UNSPECIFIED.into(),
+                port,
+            ))),
+        };
+    }
+    let rest = text.strip_prefix("tcp:").unwrap_or(text);
+    match host_port(rest)? {
+        (Some(ip), port) => Ok(Addr::Tcp(SocketAddr::new(ip, port))),
+        (None, port) => Ok(Addr::TcpAll(port)),
+    }
+}
+
+/// `HOST:PORT`, `[V6]:PORT` or `:PORT` (host `None`).
+fn host_port(s: &str) -> Result<(Option<IpAddr>, u16), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(FORMS.into());
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port '{port}' is not a number from 0 to 65535"))?;
+    if host.is_empty() {
+        return Ok((None, port));
+    }
+    let ip = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("'{v6}' is not an IPv6 address"))?
+    } else if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
+            if host.contains(':') {
+                format!("'{host}': write an IPv6 address in brackets, [{host}]:{port}")
+            } else {
+                format!("'{host}' is not an IP address ({FORMS})")
+            }
+        })?
+    };
+    Ok((Some(ip), port))
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::TcpAll(p) => write!(f, ":{p}"),
+            Addr::Udp(a) => write!(f, "udp:{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::UnixAbstract(n) => write!(f, "unix:@{}", String::from_utf8_lossy(n)),
+        }
+    }
+}
+
+/// A bound listener the supervisor owns.
+#[derive(Debug)]
+pub struct Listener {
+    /// Its name in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// What it is bound to, as the kernel reports it (port 0 resolved).
+    pub bound: String,
+    fd: OwnedFd,
+    /// Unix socket file we created: (path, device, inode), for cleanup.
+    created: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    /// The socket.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.created
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.dev() == *dev
+            && meta.ino() == *ino
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Bind every spec, in order.
+///
+/// # Errors
+/// The first spec that cannot be bound, naming its address and the reason.
+pub fn bind_all(specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
+    specs
+        .iter()
+        .map(|s| bind_one(s, backlog).with_context(|| format!("bind {}", s.text)))
+        .collect()
+}
+
+fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
+    let flags = SockFlag::SOCK_CLOEXEC;
+    let (fd, created) = match &spec.addr {
+        Addr::Tcp(a) => (bind_inet(*a, SockType::Stream, false, backlog)?, None),
+        Addr::Udp(a) => (bind_inet(*a, SockType::Datagram, false, backlog)?, None),
+        Addr::TcpAll(port) => {
+            let any6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port);
+            match bind_inet(any6, SockType::Stream, true, backlog) {
+                Ok(fd) => (fd, None),
+                // No IPv6 on this host: all IPv4 addresses, then.
+                Err(e)
+                    if e.downcast_ref::<Errno>().is_some_and(|e| {
+                        matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL)
+                    }) =>
+                {
+                    let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port);
+                    (bind_inet(any4, SockType::Stream, false, backlog)?, None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Addr::UnixAbstract(name) => {
+            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+            bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
+            listen(&fd, backlog)?;
+            (fd, None)
+        }
+        Addr::Unix(path) => {
+            remove_stale(path)?;
+            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+            bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+            let meta = std::fs::symlink_metadata(path)?;
+            let created = Some((path.clone(), meta.dev(), meta.ino()));
+            listen(&fd, backlog)?;
+            (fd, created)
+        }
+    };
+    let bound = describe(&fd).unwrap_or_else(|| spec.addr.to_string());
+    Ok(Listener {
+        name: spec.name.clone(),
+        bound,
+        fd,
+        created,
+    })
+}
+
+fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let proto = match ty {
+        SockType::Datagram => SockProtocol::Udp,
+        _ => SockProtocol::Tcp,
+    };
+    let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto)?;
+    // TIME_WAIT connections from a previous supervisor must not block the
+    // port; this is not SO_REUSEPORT, which would split the accept queue.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if family == AddressFamily::Inet6 {
+        // "[::]:80" means IPv6 only (as Server::Starter does); ":80" means
+        // every address, IPv4 included.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &!dual)?;
+    }
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
+    }
+    if ty == SockType::Stream {
+        listen(&fd, backlog)?;
+    }
+    Ok(fd)
+}
+
+/// A socket file left at `path` by a dead process is removed; one that a
+/// live process still accepts on, or a file that is not a socket, is an
+/// error.
+fn remove_stale(path: &std::path::Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context("inspect existing file"),
+    };
+    if !meta.file_type().is_socket() {
+        bail!("{} exists and is not a socket", path.display());
+    }
+    let probe = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match connect(probe.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) => bail!("{} is in use by a running process", path.display()),
+        Err(Errno::ECONNREFUSED) => {
+            log::info!("removing stale socket file {}", path.display());
+            std::fs::remove_file(path).context("remove stale socket file")
+        }
+        Err(e) => Err(e).context("probe existing socket file"),
+    }
+}
+
+fn describe(fd: &OwnedFd) -> Option<String> {
+    let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
+    let ty: SockType = nix::sys::socket::getsockopt(fd, sockopt::SockType).ok()?;
+    let udp = if ty == SockType::Datagram { "udp:" } else { "" };
+    if let Some(a) = addr.as_sockaddr_in() {
+        return Some(format!("{udp}{}", SocketAddr::from(*a)));
+    }
+    if let Some(a) = addr.as_sockaddr_in6() {
+        return Some(format!("{udp}{}", SocketAddr::from(*a)));
+    }
+    let u = addr.as_unix_addr()?;
+    if let Some(p) = u.path() {
+        return Some(format!("unix:{}", p.display()));
+    }
+    u.as_abstract()
+        .map(|n| format!("unix:@{}", String::from_utf8_lossy(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> Result<Spec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let s = spec("127.0.0.1:8080").unwrap();
+        assert_eq!(s.addr, Addr::Tcp("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(s.name, "127.0.0.1_8080");
+        let s = spec("http=[::1]:80").unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.addr),
+            ("http", Addr::Tcp("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(spec(":8080").unwrap().addr, Addr::TcpAll(8080));
+        assert_eq!(
+            spec("tcp:127.0.0.1:1").unwrap().addr,
+            Addr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            spec("dns=udp:127.0.0.1:5353").unwrap().addr,
+            Addr::Udp("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            spec("unix:/run/a.sock").unwrap().addr,
+            Addr::Unix("/run/a.sock".into())
+        );
+        assert_eq!(
+            spec("unix:@x").unwrap().addr,
+            Addr::UnixAbstract(b"x".to_vec())
+        );
+        assert_eq!(
+            spec("localhost:1").unwrap().addr,
+            Addr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        for (input, want) in [
+            ("8080", "invalid address '8080': expected"),
+            ("127.0.0.1:http", "port 'http' is not a number"),
+            ("127.0.0.1:70000", "port '70000' is not a number"),
+            ("example.com:80", "'example.com' is not an IP address"),
+            ("::1:80", "write an IPv6 address in brackets"),
+            ("[zz]:80", "'zz' is not an IPv6 address"),
+            ("unix:", "empty socket path"),
+            ("a:b=127.0.0.1:80", "invalid listener name 'a:b'"),
+            ("=127.0.0.1:80", "invalid listener name ''"),
+        ] {
+            let e = spec(input).unwrap_err();
+            assert!(e.contains(want), "{input}: {e}");
+        }
+    }
+}

@@ -1,0 +1,1084 @@
+//! The supervisor's lifecycle as a pure state machine (sans-IO).
+//!
+//! Inputs (a child is ready, a child exited, a reload or stop was requested,
+//! time passed) go in through [`Machine::handle`] and
+//! [`Machine::handle_timeout`]; the actions they cause (spawn, signal,
+//! report, exit) come out of [`Machine::poll_action`]. The machine makes no
+//! syscalls, reads no clock and knows no pids: time is an argument and
+//! children are [`Generation`]s. The driver executes the actions.
+//!
+//! Invariants, checked after every input:
+//! - at most one generation is starting and at most one is active; any number
+//!   may be draining;
+//! - an active generation is only ever stopped once a newer one is ready (or
+//!   the whole supervisor stops);
+//! - once stopping, nothing new is spawned.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// One start of the child command, numbered from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "generation {}", self.0)
+    }
+}
+
+/// Identifies one reload request, so that its requester can be answered.
+pub type Ticket = u64;
+
+/// How a child ended, as `waitpid` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal number.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Whether this is a clean exit (code 0).
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The status a shell would report: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// How a generation proves it is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// `READY=1` on the notify socket.
+    Notify,
+    /// Alive for this long (or `READY=1`, whichever comes first).
+    Delay(Duration),
+}
+
+/// What to do when the active generation exits on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart unless it exited with status 0.
+    OnFailure,
+    /// Always restart.
+    Always,
+    /// Never restart: the supervisor exits with the child's status.
+    Never,
+}
+
+impl RestartPolicy {
+    fn restarts(self, status: ExitStatus) -> bool {
+        match self {
+            RestartPolicy::OnFailure => !status.success(),
+            RestartPolicy::Always => true,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// The machine's timing and policy settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How readiness is proven.
+    pub ready: ReadyMode,
+    /// How long a starting generation may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a stopped generation may take to exit before SIGKILL.
+    pub drain_timeout: Duration,
+    /// Crash policy.
+    pub restart: RestartPolicy,
+    /// First restart delay after a crash; doubles with each further crash.
+    pub backoff_initial: Duration,
+    /// Upper bound of the restart delay.
+    pub backoff_max: Duration,
+    /// A generation active at least this long resets the backoff.
+    pub healthy_after: Duration,
+}
+
+/// Which signal the driver must send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The configured stop signal, to the child itself.
+    Stop,
+    /// SIGKILL, to the child's whole process group.
+    Kill,
+}
+
+/// Why a generation started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The first generation.
+    Initial,
+    /// A reload request.
+    Reload,
+    /// A restart after the active generation exited.
+    Restart,
+}
+
+/// Why a starting generation did not become ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// It could not be spawned (fork or exec failed).
+    Spawn(String),
+    /// It exited before it was ready.
+    Exited(ExitStatus),
+    /// It was not ready within the ready timeout.
+    NotReady(Duration),
+    /// The supervisor began to stop while it was starting.
+    Stopping,
+}
+
+/// The answer to a reload request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new generation is ready; `replaced` is now draining.
+    Ready {
+        /// The new active generation.
+        generation: Generation,
+        /// Time from spawn to ready.
+        after: Duration,
+        /// The generation it replaced, if one was active.
+        replaced: Option<Generation>,
+    },
+    /// The new generation failed; `serving` (if any) is untouched.
+    Failed {
+        /// The generation that failed.
+        generation: Generation,
+        /// Why.
+        why: StartFailure,
+        /// The generation still serving, if any.
+        serving: Option<Generation>,
+    },
+    /// The request was refused without starting anything.
+    Refused(String),
+}
+
+/// Something the driver should log (the machine's lifecycle events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A generation became ready (and active).
+    Ready {
+        /// The generation.
+        generation: Generation,
+        /// Time from spawn to ready.
+        after: Duration,
+        /// The generation it replaced.
+        replaced: Option<Generation>,
+    },
+    /// A starting generation failed.
+    StartFailed {
+        /// The generation.
+        generation: Generation,
+        /// Why it started.
+        cause: Cause,
+        /// Why it failed.
+        why: StartFailure,
+        /// The generation still serving, if any.
+        serving: Option<Generation>,
+        /// When the next start is due, if nothing serves and the crash
+        /// policy restarts.
+        restart_in: Option<Duration>,
+    },
+    /// The stop signal was sent to a generation.
+    Draining {
+        /// The generation.
+        generation: Generation,
+    },
+    /// A draining generation outlived the drain timeout and was killed.
+    Killed {
+        /// The generation.
+        generation: Generation,
+        /// The drain timeout it exceeded.
+        after: Duration,
+    },
+    /// A draining generation exited.
+    Drained {
+        /// The generation.
+        generation: Generation,
+        /// Time from the stop signal to its exit.
+        after: Duration,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// The active generation exited on its own.
+    Crashed {
+        /// The generation.
+        generation: Generation,
+        /// How it exited.
+        status: ExitStatus,
+        /// When it will be restarted, if it will.
+        restart_in: Option<Duration>,
+    },
+    /// A reload was requested while a generation is starting.
+    ReloadQueued {
+        /// The generation currently starting.
+        starting: Generation,
+    },
+    /// A graceful stop began.
+    Stopping,
+    /// A second stop request: everything is killed now.
+    ForcedStop,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Fork and exec this generation; report failure as
+    /// [`Input::SpawnFailed`].
+    Spawn(Generation),
+    /// Signal this generation.
+    Signal(Generation, Signal),
+    /// Log this event.
+    Report(Event),
+    /// Answer these reload requests.
+    Answer(Vec<Ticket>, ReloadOutcome),
+    /// Exit the supervisor with this status.
+    Exit(i32),
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The generation sent `READY=1`.
+    Ready(Generation),
+    /// The generation was reaped.
+    Exited(Generation, ExitStatus),
+    /// The generation could not be spawned (no process exists for it).
+    SpawnFailed(Generation, String),
+    /// Reload requested (SIGHUP or a control request).
+    Reload(Ticket),
+    /// Stop requested (SIGTERM, SIGINT); a second one forces.
+    Stop,
+}
+
+#[derive(Debug)]
+enum State {
+    Starting {
+        spawned: Instant,
+        deadline: Instant,
+        cause: Cause,
+        tickets: Vec<Ticket>,
+    },
+    Active {
+        since: Instant,
+    },
+    Draining {
+        since: Instant,
+        /// The SIGKILL deadline; `None` once SIGKILL was sent.
+        deadline: Option<Instant>,
+    },
+}
+
+/// The lifecycle state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Machine {
+    cfg: Config,
+    generations: BTreeMap<Generation, State>,
+    last: u64,
+    /// Reload requests waiting for the current start to end (at most one
+    /// queued reload, answering all of them).
+    queued: Option<Vec<Ticket>>,
+    restart_at: Option<Instant>,
+    /// Consecutive failures since the last healthy run, for the backoff.
+    failures: u32,
+    /// Stop state: `Some(forced)` once stopping.
+    stopping: Option<bool>,
+    /// The generation whose exit status becomes the supervisor's.
+    exit_with: Option<Generation>,
+    /// The status the supervisor exits with, once known.
+    exit_status: Option<ExitStatus>,
+    /// Status of the last generation that ended while serving or starting.
+    last_status: Option<ExitStatus>,
+    done: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Machine {
+    /// A machine that starts generation 1 at once.
+    pub fn new(cfg: Config, now: Instant) -> Machine {
+        let mut m = Machine {
+            cfg,
+            generations: BTreeMap::new(),
+            last: 0,
+            queued: None,
+            restart_at: None,
+            failures: 0,
+            stopping: None,
+            exit_with: None,
+            exit_status: None,
+            last_status: None,
+            done: false,
+            actions: VecDeque::new(),
+        };
+        m.spawn(now, Cause::Initial, Vec::new());
+        m
+    }
+
+    /// The next action for the driver, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Machine::handle_timeout`] must be called next, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timers = self.generations.values().filter_map(|s| match s {
+            State::Starting { deadline, .. } => Some(*deadline),
+            State::Draining { deadline, .. } => *deadline,
+            State::Active { .. } => None,
+        });
+        timers.chain(self.restart_at).min()
+    }
+
+    /// The generation currently serving, if any.
+    pub fn active(&self) -> Option<Generation> {
+        self.find(|s| matches!(s, State::Active { .. }))
+    }
+
+    /// The generation currently starting, if any.
+    pub fn starting(&self) -> Option<Generation> {
+        self.find(|s| matches!(s, State::Starting { .. }))
+    }
+
+    /// Whether the machine has asked the driver to exit.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Feed one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        if self.done {
+            return;
+        }
+        match input {
+            Input::Ready(g) => self.handle_ready(now, g),
+            Input::Exited(g, status) => self.handle_exit(now, g, Some(status), None),
+            Input::SpawnFailed(g, why) => self.handle_exit(now, g, None, Some(why)),
+            Input::Reload(t) => self.handle_reload(now, t),
+            Input::Stop => self.handle_stop(now),
+        }
+        self.check();
+    }
+
+    /// Act on every deadline that has passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        let due: Vec<(Generation, bool)> = self
+            .generations
+            .iter()
+            .filter_map(|(g, s)| match s {
+                State::Starting { deadline, .. } if *deadline <= now => Some((*g, true)),
+                State::Draining {
+                    deadline: Some(d), ..
+                } if *d <= now => Some((*g, false)),
+                _ => None,
+            })
+            .collect();
+        for (g, starting) in due {
+            if !starting {
+                // Re-check: an earlier entry of `due` may have changed it.
+                let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g) else {
+                    continue;
+                };
+                if deadline.take().is_none() {
+                    continue;
+                }
+                self.push(Action::Signal(g, Signal::Kill));
+                self.report(Event::Killed {
+                    generation: g,
+                    after: self.cfg.drain_timeout,
+                });
+            } else if let ReadyMode::Delay(_) = self.cfg.ready {
+                self.handle_ready(now, g);
+            } else {
+                self.fail_start(now, g, StartFailure::NotReady(self.cfg.ready_timeout), true);
+            }
+        }
+        if self.restart_at.is_some_and(|t| t <= now) {
+            self.restart_at = None;
+            if self.stopping.is_none() && self.starting().is_none() {
+                let tickets = self.queued.take().unwrap_or_default();
+                let cause = if tickets.is_empty() {
+                    Cause::Restart
+                } else {
+                    Cause::Reload
+                };
+                self.spawn(now, cause, tickets);
+            }
+        }
+        self.check();
+    }
+
+    fn handle_ready(&mut self, now: Instant, g: Generation) {
+        let Some(State::Starting {
+            spawned, tickets, ..
+        }) = self.generations.get(&g)
+        else {
+            // A duplicate READY=1, or one from a generation already being
+            // stopped: neither changes who serves.
+            return;
+        };
+        let (after, tickets) = (now.saturating_duration_since(*spawned), tickets.clone());
+        let replaced = self.active();
+        self.generations.insert(g, State::Active { since: now });
+        self.report(Event::Ready {
+            generation: g,
+            after,
+            replaced,
+        });
+        if let Some(old) = replaced {
+            self.drain(now, old);
+        }
+        if !tickets.is_empty() {
+            self.push(Action::Answer(
+                tickets,
+                ReloadOutcome::Ready {
+                    generation: g,
+                    after,
+                    replaced,
+                },
+            ));
+        }
+        self.start_queued(now);
+    }
+
+    fn handle_exit(
+        &mut self,
+        now: Instant,
+        g: Generation,
+        status: Option<ExitStatus>,
+        spawn_error: Option<String>,
+    ) {
+        // A generation that could not be spawned counts as exit status 127,
+        // as a shell reports a command it cannot run.
+        let status_or_127 = status.unwrap_or(ExitStatus::Code(127));
+        if self.exit_with == Some(g) {
+            self.exit_status = Some(status_or_127);
+        }
+        match self.generations.get(&g) {
+            None => return,
+            Some(State::Starting { .. }) => {
+                let why = match (status, spawn_error) {
+                    (_, Some(e)) => StartFailure::Spawn(e),
+                    (Some(s), None) => StartFailure::Exited(s),
+                    (None, None) => StartFailure::Exited(status_or_127),
+                };
+                self.fail_start(now, g, why, false);
+            }
+            Some(State::Active { since }) => {
+                let since = *since;
+                self.generations.remove(&g);
+                self.last_status = Some(status_or_127);
+                if now.saturating_duration_since(since) >= self.cfg.healthy_after {
+                    self.failures = 0;
+                }
+                let restart = self.cfg.restart.restarts(status_or_127);
+                // A generation already starting takes over by itself.
+                let restart_in = if restart && self.starting().is_none() {
+                    Some(self.schedule_restart(now))
+                } else {
+                    None
+                };
+                self.report(Event::Crashed {
+                    generation: g,
+                    status: status_or_127,
+                    restart_in,
+                });
+                if !restart && self.starting().is_none() {
+                    self.begin_stop(now, Some(status_or_127));
+                }
+            }
+            Some(State::Draining { since, .. }) => {
+                let since = *since;
+                self.generations.remove(&g);
+                self.report(Event::Drained {
+                    generation: g,
+                    after: now.saturating_duration_since(since),
+                    status: status_or_127,
+                });
+            }
+        }
+        self.maybe_exit();
+    }
+
+    fn handle_reload(&mut self, now: Instant, ticket: Ticket) {
+        if self.stopping.is_some() {
+            self.push(Action::Answer(
+                vec![ticket],
+                ReloadOutcome::Refused("the supervisor is stopping".into()),
+            ));
+        } else if let Some(starting) = self.starting() {
+            self.queued.get_or_insert_with(Vec::new).push(ticket);
+            self.report(Event::ReloadQueued { starting });
+        } else {
+            // A reload during a restart backoff starts at once.
+            self.restart_at = None;
+            self.spawn(now, Cause::Reload, vec![ticket]);
+        }
+    }
+
+    fn handle_stop(&mut self, now: Instant) {
+        match self.stopping {
+            None => {
+                let status = if self.active().is_some() {
+                    None
+                } else {
+                    Some(self.last_status.unwrap_or(ExitStatus::Code(0)))
+                };
+                self.begin_stop(now, status);
+            }
+            Some(false) => {
+                self.stopping = Some(true);
+                self.report(Event::ForcedStop);
+                let gens: Vec<Generation> = self.generations.keys().copied().collect();
+                for g in gens {
+                    if let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g)
+                        && deadline.take().is_some()
+                    {
+                        self.actions.push_back(Action::Signal(g, Signal::Kill));
+                    }
+                }
+            }
+            Some(true) => {}
+        }
+    }
+
+    /// Stop everything; exit with `status`, or with the active generation's
+    /// status once it has exited.
+    fn begin_stop(&mut self, now: Instant, status: Option<ExitStatus>) {
+        self.stopping = Some(false);
+        self.restart_at = None;
+        self.report(Event::Stopping);
+        if let Some(tickets) = self.queued.take() {
+            self.push(Action::Answer(
+                tickets,
+                ReloadOutcome::Refused("the supervisor is stopping".into()),
+            ));
+        }
+        match status {
+            Some(s) => self.exit_status = Some(s),
+            None => self.exit_with = self.active(),
+        }
+        let gens: Vec<Generation> = self.generations.keys().copied().collect();
+        for g in gens {
+            match self.generations.get(&g) {
+                Some(State::Starting { .. }) => {
+                    self.fail_start(now, g, StartFailure::Stopping, true);
+                }
+                Some(State::Active { .. }) => self.drain(now, g),
+                _ => {}
+            }
+        }
+        self.maybe_exit();
+    }
+
+    fn maybe_exit(&mut self) {
+        if self.stopping.is_some() && self.generations.is_empty() && !self.done {
+            self.done = true;
+            let code = self.exit_status.map_or(0, ExitStatus::shell_code);
+            self.push(Action::Exit(code));
+        }
+    }
+
+    /// A starting generation failed: report it, answer its requesters, stop
+    /// it if it still runs, then restart, start the queued reload or stop
+    /// the supervisor as the crash policy says.
+    fn fail_start(&mut self, now: Instant, g: Generation, why: StartFailure, still_running: bool) {
+        let Some(State::Starting { cause, tickets, .. }) = self.generations.remove(&g) else {
+            return;
+        };
+        let serving = self.active();
+        let mut restart_in = None;
+        let mut stop_with = None;
+        if self.stopping.is_none() && serving.is_none() && self.queued.is_none() {
+            // Nothing serves: the crash policy decides, as if the service
+            // had exited.
+            let status = match &why {
+                StartFailure::Exited(s) => *s,
+                StartFailure::Spawn(_) => ExitStatus::Code(127),
+                StartFailure::NotReady(_) | StartFailure::Stopping => ExitStatus::Code(1),
+            };
+            self.last_status = Some(status);
+            if self.cfg.restart.restarts(status) {
+                restart_in = Some(self.schedule_restart(now));
+            } else {
+                stop_with = Some(status);
+            }
+        }
+        self.report(Event::StartFailed {
+            generation: g,
+            cause,
+            why: why.clone(),
+            serving,
+            restart_in,
+        });
+        if !tickets.is_empty() {
+            self.push(Action::Answer(
+                tickets,
+                ReloadOutcome::Failed {
+                    generation: g,
+                    why,
+                    serving,
+                },
+            ));
+        }
+        if still_running {
+            self.drain(now, g);
+        }
+        if let Some(status) = stop_with {
+            self.begin_stop(now, Some(status));
+        } else {
+            self.start_queued(now);
+        }
+    }
+
+    fn start_queued(&mut self, now: Instant) {
+        if self.stopping.is_none()
+            && self.starting().is_none()
+            && let Some(tickets) = self.queued.take()
+        {
+            self.restart_at = None;
+            self.spawn(now, Cause::Reload, tickets);
+        }
+    }
+
+    fn schedule_restart(&mut self, now: Instant) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
+        let delay = self
+            .cfg
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.cfg.backoff_max);
+        self.failures = self.failures.saturating_add(1);
+        self.restart_at = Some(now + delay);
+        delay
+    }
+
+    fn spawn(&mut self, now: Instant, cause: Cause, tickets: Vec<Ticket>) {
+        self.last += 1;
+        let g = Generation(self.last);
+        let wait = match self.cfg.ready {
+            ReadyMode::Notify => self.cfg.ready_timeout,
+            ReadyMode::Delay(d) => d,
+        };
+        self.generations.insert(
+            g,
+            State::Starting {
+                spawned: now,
+                deadline: now + wait,
+                cause,
+                tickets,
+            },
+        );
+        self.push(Action::Spawn(g));
+    }
+
+    /// Send the stop signal and start the drain clock.
+    fn drain(&mut self, now: Instant, g: Generation) {
+        self.generations.insert(
+            g,
+            State::Draining {
+                since: now,
+                deadline: Some(now + self.cfg.drain_timeout),
+            },
+        );
+        self.push(Action::Signal(g, Signal::Stop));
+        self.report(Event::Draining { generation: g });
+    }
+
+    fn find(&self, f: impl Fn(&State) -> bool) -> Option<Generation> {
+        self.generations.iter().find(|(_, s)| f(s)).map(|(g, _)| *g)
+    }
+
+    fn report(&mut self, e: Event) {
+        self.actions.push_back(Action::Report(e));
+    }
+
+    fn push(&mut self, a: Action) {
+        self.actions.push_back(a);
+    }
+
+    fn check(&self) {
+        let count = |f: fn(&State) -> bool| self.generations.values().filter(|s| f(s)).count();
+        debug_assert!(count(|s| matches!(s, State::Starting { .. })) <= 1);
+        debug_assert!(count(|s| matches!(s, State::Active { .. })) <= 1);
+        if self.stopping.is_some() {
+            debug_assert!(count(|s| !matches!(s, State::Draining { .. })) == 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G1: Generation = Generation(1);
+    const G2: Generation = Generation(2);
+    const G3: Generation = Generation(3);
+
+    fn cfg(ready: ReadyMode, restart: RestartPolicy) -> Config {
+        Config {
+            ready,
+            ready_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(3),
+            restart,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(400),
+            healthy_after: Duration::from_secs(10),
+        }
+    }
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    fn actions(m: &mut Machine) -> Vec<Action> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn signals(acts: &[Action]) -> Vec<(Generation, Signal)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Signal(g, s) => Some((*g, *s)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn spawns(acts: &[Action]) -> Vec<Generation> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Spawn(g) => Some(*g),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A machine with generation 1 active (notify mode).
+    fn serving(restart: RestartPolicy) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(ReadyMode::Notify, restart), t0);
+        assert_eq!(actions(&mut m), vec![Action::Spawn(G1)]);
+        m.handle(ms(t0, 50), Input::Ready(G1));
+        let acts = actions(&mut m);
+        assert_eq!(
+            acts,
+            vec![Action::Report(Event::Ready {
+                generation: G1,
+                after: Duration::from_millis(50),
+                replaced: None
+            })]
+        );
+        assert_eq!(m.active(), Some(G1));
+        (m, t0)
+    }
+
+    #[test]
+    fn idle_active_generation_has_no_deadline() {
+        let (m, _) = serving(RestartPolicy::OnFailure);
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn delay_mode_is_ready_at_its_deadline() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(
+            cfg(
+                ReadyMode::Delay(Duration::from_secs(1)),
+                RestartPolicy::OnFailure,
+            ),
+            t0,
+        );
+        assert_eq!(actions(&mut m), vec![Action::Spawn(G1)]);
+        assert_eq!(m.next_deadline(), Some(ms(t0, 1000)));
+        m.handle_timeout(ms(t0, 999));
+        assert!(actions(&mut m).is_empty());
+        m.handle_timeout(ms(t0, 1000));
+        assert_eq!(m.active(), Some(G1));
+        // READY=1 before the delay also counts.
+        m.handle(ms(t0, 1100), Input::Reload(1));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 1200), Input::Ready(G2));
+        assert_eq!(m.active(), Some(G2));
+    }
+
+    #[test]
+    fn reload_stops_the_old_generation_only_once_the_new_one_is_ready() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(7));
+        assert_eq!(actions(&mut m), vec![Action::Spawn(G2)]);
+        m.handle_timeout(ms(t0, 4000));
+        assert!(
+            actions(&mut m).is_empty(),
+            "nothing happens to gen 1 while gen 2 starts"
+        );
+        m.handle(ms(t0, 400), Input::Ready(G2));
+        let acts = actions(&mut m);
+        let ready = ReloadOutcome::Ready {
+            generation: G2,
+            after: Duration::from_millis(300),
+            replaced: Some(G1),
+        };
+        assert_eq!(
+            acts,
+            vec![
+                Action::Report(Event::Ready {
+                    generation: G2,
+                    after: Duration::from_millis(300),
+                    replaced: Some(G1)
+                }),
+                Action::Signal(G1, Signal::Stop),
+                Action::Report(Event::Draining { generation: G1 }),
+                Action::Answer(vec![7], ready),
+            ]
+        );
+        assert_eq!(m.next_deadline(), Some(ms(t0, 3400)));
+        m.handle(ms(t0, 1600), Input::Exited(G1, ExitStatus::Code(0)));
+        assert_eq!(
+            actions(&mut m),
+            vec![Action::Report(Event::Drained {
+                generation: G1,
+                after: Duration::from_millis(1200),
+                status: ExitStatus::Code(0)
+            })]
+        );
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn new_generation_exiting_at_start_fails_the_reload_and_keeps_the_old() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 150), Input::Exited(G2, ExitStatus::Code(1)));
+        let acts = actions(&mut m);
+        assert!(signals(&acts).is_empty(), "{acts:?}");
+        assert!(acts.contains(&Action::Answer(
+            vec![1],
+            ReloadOutcome::Failed {
+                generation: G2,
+                why: StartFailure::Exited(ExitStatus::Code(1)),
+                serving: Some(G1)
+            }
+        )));
+        assert_eq!(m.active(), Some(G1));
+        assert_eq!(m.next_deadline(), None);
+        // A spawn failure reads the same way.
+        m.handle(ms(t0, 200), Input::Reload(2));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 201), Input::SpawnFailed(G3, "exec x: ENOENT".into()));
+        let acts = actions(&mut m);
+        assert!(signals(&acts).is_empty());
+        assert_eq!(m.active(), Some(G1));
+    }
+
+    #[test]
+    fn new_generation_never_ready_is_stopped_then_killed() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = actions(&mut m);
+        assert_eq!(m.next_deadline(), Some(ms(t0, 5100)));
+        m.handle_timeout(ms(t0, 5100));
+        let acts = actions(&mut m);
+        assert_eq!(signals(&acts), vec![(G2, Signal::Stop)]);
+        assert!(acts.contains(&Action::Answer(
+            vec![1],
+            ReloadOutcome::Failed {
+                generation: G2,
+                why: StartFailure::NotReady(Duration::from_secs(5)),
+                serving: Some(G1)
+            }
+        )));
+        // A late READY=1 from the failed generation changes nothing.
+        m.handle(ms(t0, 5200), Input::Ready(G2));
+        assert!(actions(&mut m).is_empty());
+        assert_eq!(m.active(), Some(G1));
+        m.handle_timeout(ms(t0, 8100));
+        assert_eq!(signals(&actions(&mut m)), vec![(G2, Signal::Kill)]);
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn old_generation_ignoring_its_stop_signal_is_killed_after_the_drain_timeout() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        m.handle(ms(t0, 200), Input::Ready(G2));
+        let _ = actions(&mut m);
+        m.handle_timeout(ms(t0, 3199));
+        assert!(actions(&mut m).is_empty());
+        m.handle_timeout(ms(t0, 3200));
+        let acts = actions(&mut m);
+        assert_eq!(signals(&acts), vec![(G1, Signal::Kill)]);
+        m.handle(ms(t0, 3210), Input::Exited(G1, ExitStatus::Signal(9)));
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [Action::Report(Event::Drained { generation: G1, .. })]
+        ));
+    }
+
+    #[test]
+    fn reloads_during_a_start_coalesce_into_one_queued_reload() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        m.handle(ms(t0, 110), Input::Reload(2));
+        m.handle(ms(t0, 120), Input::Reload(3));
+        let acts = actions(&mut m);
+        assert_eq!(spawns(&acts), vec![G2]);
+        m.handle(ms(t0, 200), Input::Ready(G2));
+        let acts = actions(&mut m);
+        assert_eq!(spawns(&acts), vec![G3]);
+        assert!(acts.iter().any(|a| matches!(a, Action::Answer(t, ReloadOutcome::Ready { generation: G2, .. }) if *t == vec![1])));
+        m.handle(ms(t0, 300), Input::Ready(G3));
+        let acts = actions(&mut m);
+        assert!(acts.iter().any(|a| matches!(a, Action::Answer(t, ReloadOutcome::Ready { generation: G3, .. }) if *t == vec![2, 3])));
+        assert_eq!(signals(&acts), vec![(G2, Signal::Stop)]);
+    }
+
+    #[test]
+    fn crash_restarts_with_capped_backoff_reset_by_a_healthy_run() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        let mut now = 1000;
+        let mut delays = Vec::new();
+        for g in 1..=5u64 {
+            m.handle(
+                ms(t0, now),
+                Input::Exited(Generation(g), ExitStatus::Code(1)),
+            );
+            let acts = actions(&mut m);
+            let Some(Action::Report(Event::Crashed {
+                restart_in: Some(d),
+                ..
+            })) = acts.first()
+            else {
+                panic!("{acts:?}");
+            };
+            delays.push(d.as_millis());
+            assert_eq!(m.next_deadline(), Some(ms(t0, now) + *d));
+            now += d.as_millis() as u64;
+            m.handle_timeout(ms(t0, now));
+            assert_eq!(actions(&mut m), vec![Action::Spawn(Generation(g + 1))]);
+            m.handle(ms(t0, now), Input::Ready(Generation(g + 1)));
+            let _ = actions(&mut m);
+        }
+        assert_eq!(delays, vec![100, 200, 400, 400, 400]);
+        // Ten seconds of healthy service resets the backoff.
+        now += 10_000;
+        m.handle(
+            ms(t0, now),
+            Input::Exited(Generation(6), ExitStatus::Signal(11)),
+        );
+        let acts = actions(&mut m);
+        assert!(matches!(
+            acts.first(),
+            Some(Action::Report(Event::Crashed { restart_in: Some(d), .. })) if d.as_millis() == 100
+        ));
+    }
+
+    #[test]
+    fn restart_policy_decides_on_a_clean_exit() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(0)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
+        let (mut m, t0) = serving(RestartPolicy::Always);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(0)));
+        let _ = actions(&mut m);
+        assert_eq!(m.next_deadline(), Some(ms(t0, 200)));
+        let (mut m, t0) = serving(RestartPolicy::Never);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Signal(6)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(134)));
+    }
+
+    #[test]
+    fn initial_spawn_failure_with_never_exits_127() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(ReadyMode::Notify, RestartPolicy::Never), t0);
+        let _ = actions(&mut m);
+        m.handle(t0, Input::SpawnFailed(G1, "exec: ENOENT".into()));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(127)));
+        assert!(m.is_done());
+    }
+
+    #[test]
+    fn stop_drains_everything_and_exits_with_the_active_status() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 200), Input::Stop);
+        let acts = actions(&mut m);
+        assert_eq!(signals(&acts), vec![(G1, Signal::Stop), (G2, Signal::Stop)]);
+        assert!(acts.contains(&Action::Answer(
+            vec![1],
+            ReloadOutcome::Failed {
+                generation: G2,
+                why: StartFailure::Stopping,
+                serving: None
+            }
+        )));
+        m.handle(ms(t0, 250), Input::Reload(2));
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [Action::Answer(_, ReloadOutcome::Refused(_))]
+        ));
+        m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(0)));
+        m.handle(ms(t0, 400), Input::Exited(G1, ExitStatus::Signal(15)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
+    }
+
+    #[test]
+    fn second_stop_kills_at_once() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Stop);
+        assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Stop)]);
+        m.handle(ms(t0, 200), Input::Stop);
+        let acts = actions(&mut m);
+        assert_eq!(signals(&acts), vec![(G1, Signal::Kill)]);
+        assert_eq!(m.next_deadline(), None);
+        m.handle(ms(t0, 210), Input::Exited(G1, ExitStatus::Signal(9)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(137)));
+    }
+
+    #[test]
+    fn stop_during_a_restart_backoff_exits_with_the_crash_status() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(3)));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 150), Input::Stop);
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(3)));
+    }
+
+    #[test]
+    fn reload_during_backoff_starts_at_once() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 120), Input::Reload(4));
+        assert_eq!(spawns(&actions(&mut m)), vec![G2]);
+        assert_eq!(m.next_deadline(), Some(ms(t0, 5120)));
+    }
+
+    #[test]
+    fn active_exit_during_a_reload_lets_the_new_generation_take_over() {
+        let (mut m, t0) = serving(RestartPolicy::Never);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 150), Input::Exited(G1, ExitStatus::Code(1)));
+        let acts = actions(&mut m);
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Exit(_))),
+            "{acts:?}"
+        );
+        m.handle(ms(t0, 200), Input::Ready(G2));
+        assert_eq!(m.active(), Some(G2));
+    }
+}

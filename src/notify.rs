@@ -1,0 +1,256 @@
+//! The sd_notify receiver: one datagram socket per generation.
+//!
+//! Each generation gets its own socket, in a private 0700 directory, as its
+//! `NOTIFY_SOCKET`. The socket a message arrives on names the generation,
+//! also when the sender is a helper process of the child (a shell running
+//! `systemd-notify --ready`) that may have exited before the datagram is
+//! read, so no pid lookup can race. Credentials then only keep out other
+//! users. Datagrams are parsed as systemd does (see protocols.md, section 2):
+//! truncated, fd-carrying, credential-less and NUL-holding messages are
+//! dropped, unknown keys ignored.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, bind, recvmsg,
+    setsockopt, socket, sockopt,
+};
+use nix::unistd::Uid;
+
+use supervisor::child;
+
+/// Largest message systemd accepts (`NOTIFY_BUFFER_MAX`, `PIPE_BUF`).
+const BUFFER_MAX: usize = 4096;
+
+/// The private directory holding the per-generation sockets; removed on
+/// drop.
+#[derive(Debug)]
+pub struct NotifyDir {
+    path: PathBuf,
+}
+
+impl NotifyDir {
+    /// Create a fresh 0700 directory under `$XDG_RUNTIME_DIR`, else the
+    /// system temporary directory.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn create() -> Result<NotifyDir> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let template = base.join(format!("supervisor-{}-XXXXXX", std::process::id()));
+        // mkdtemp creates the directory with mode 0700.
+        let path = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("create notify directory {}", template.display()))?;
+        Ok(NotifyDir { path })
+    }
+
+    /// Bind the socket for generation `generation`.
+    ///
+    /// # Errors
+    /// The socket cannot be created or bound.
+    pub fn socket(&self, generation: u64) -> Result<NotifySocket> {
+        let path = self.path.join(format!("gen-{generation}.sock"));
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .context("create notify socket")?;
+        setsockopt(&fd, sockopt::PassCred, &true).context("set SO_PASSCRED")?;
+        bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)
+            .with_context(|| format!("bind notify socket {}", path.display()))?;
+        Ok(NotifySocket { fd, path })
+    }
+}
+
+impl Drop for NotifyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One generation's notify socket; its file is removed on drop.
+#[derive(Debug)]
+pub struct NotifySocket {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    /// The value for the child's `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The socket, for poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Read one datagram: `Ok(None)` when none is waiting.
+    ///
+    /// # Errors
+    /// `recvmsg` failed for a reason other than an empty queue.
+    pub fn recv(&self) -> Result<Option<Result<Message, Rejected>>> {
+        let mut buf = [0u8; BUFFER_MAX];
+        let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
+        let (len, flags, mut uid, mut fds) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(m) => m,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => return Err(e).context("receive on notify socket"),
+            };
+            let mut uid = None;
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    match c {
+                        ControlMessageOwned::ScmCredentials(cred) => uid = Some(cred.uid()),
+                        ControlMessageOwned::ScmRights(rights) => fds.extend(rights),
+                        _ => {}
+                    }
+                }
+            }
+            (msg.bytes, msg.flags, uid.take(), fds)
+        };
+        let received_fds = !fds.is_empty();
+        for fd in fds.drain(..) {
+            // MSG_CMSG_CLOEXEC made them CLOEXEC; we only need to close them.
+            let _ = nix::unistd::close(fd);
+        }
+        let me = Uid::effective().as_raw();
+        Ok(Some(match uid.take() {
+            _ if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) => {
+                Err(Rejected::Truncated)
+            }
+            _ if received_fds => Err(Rejected::Fds),
+            None => Err(Rejected::NoCredentials),
+            Some(u) if u != me && u != 0 => Err(Rejected::Foreign(u)),
+            Some(_) => parse(&buf[..len.min(BUFFER_MAX)]),
+        }))
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Larger than the buffer, or its control data was cut.
+    Truncated,
+    /// It carried file descriptors (we store none).
+    Fds,
+    /// The kernel attached no credentials.
+    NoCredentials,
+    /// Sent by another user (this uid).
+    Foreign(u32),
+    /// Holds a NUL byte before its end.
+    Nul,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Truncated => write!(f, "longer than {BUFFER_MAX} bytes"),
+            Rejected::Fds => write!(f, "carries file descriptors"),
+            Rejected::NoCredentials => write!(f, "has no sender credentials"),
+            Rejected::Foreign(uid) => write!(f, "sent by uid {uid}, not ours"),
+            Rejected::Nul => write!(f, "holds a NUL byte"),
+        }
+    }
+}
+
+/// The fields of one message the supervisor acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// `READY=1`.
+    pub ready: bool,
+    /// `STOPPING=1`.
+    pub stopping: bool,
+    /// `RELOADING=1`.
+    pub reloading: bool,
+    /// `STATUS=...` (the last one in the message).
+    pub status: Option<String>,
+}
+
+/// Parse one datagram of newline-separated `KEY=VALUE` lines.
+///
+/// # Errors
+/// A NUL byte anywhere but at the very end.
+pub fn parse(data: &[u8]) -> Result<Message, Rejected> {
+    let data = data.strip_suffix(b"\0").unwrap_or(data);
+    if data.contains(&0) {
+        return Err(Rejected::Nul);
+    }
+    let mut m = Message::default();
+    for line in data.split(|&b| b == b'\n') {
+        match line {
+            l if l == child::READY.as_bytes() => m.ready = true,
+            l if l == child::STOPPING.as_bytes() => m.stopping = true,
+            l if l == child::RELOADING.as_bytes() => m.reloading = true,
+            l => {
+                if let Some(text) = l.strip_prefix(child::STATUS_PREFIX.as_bytes()) {
+                    // Invalid UTF-8 is ignored, as systemd does.
+                    if let Ok(t) = std::str::from_utf8(text) {
+                        m.status = Some(t.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_as_systemd() {
+        let m = parse(b"READY=1\nSTATUS=serving 3 conns\nX_FOO=bar\n").unwrap();
+        assert!(m.ready && !m.stopping);
+        assert_eq!(m.status.as_deref(), Some("serving 3 conns"));
+        assert_eq!(parse(b"READY=0").unwrap(), Message::default());
+        assert_eq!(parse(b"READY=1 ").unwrap(), Message::default());
+        assert!(parse(b"STOPPING=1\0").unwrap().stopping);
+        assert_eq!(parse(b"READY=1\0x"), Err(Rejected::Nul));
+        assert_eq!(parse(b"STATUS=\xff").unwrap().status, None);
+        assert_eq!(parse(b"").unwrap(), Message::default());
+    }
+
+    #[test]
+    fn receives_from_own_uid_only_whole_messages() {
+        let dir = NotifyDir::create().unwrap();
+        let sock = dir.socket(1).unwrap();
+        assert!(sock.recv().unwrap().is_none());
+        let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        tx.send_to(b"READY=1\nSTATUS=up", sock.path()).unwrap();
+        let m = sock.recv().unwrap().unwrap().unwrap();
+        assert!(m.ready);
+        assert_eq!(m.status.as_deref(), Some("up"));
+        tx.send_to(&[b'x'; BUFFER_MAX + 1], sock.path()).unwrap();
+        assert_eq!(sock.recv().unwrap().unwrap(), Err(Rejected::Truncated));
+        let path = dir.path.clone();
+        drop(sock);
+        drop(dir);
+        assert!(!path.exists());
+    }
+}
