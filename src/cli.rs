@@ -74,12 +74,7 @@ pub struct Args {
     pub restart: Restart,
 
     /// The server command and its arguments (after `--`).
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
@@ -165,10 +160,20 @@ pub fn parse() -> Args {
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 e.exit();
             }
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("supervisor: error: {first} (see supervisor --help)");
+            let message = if e.kind() == ErrorKind::MissingRequiredArgument {
+                "no command given: supervisor [OPTIONS] -- CMD [ARGS...]".to_string()
+            } else {
+                // clap's first paragraph, on one line.
+                let rendered = e.render().to_string();
+                let para: Vec<&str> = rendered
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let text = para.join(" ");
+                text.strip_prefix("error: ").unwrap_or(&text).to_string()
+            };
+            eprintln!("supervisor: error: {message} (see supervisor --help)");
             std::process::exit(2);
         }
     }
@@ -217,5 +222,10 @@ mod tests {
             vec![OsString::from("srv"), OsString::from("--flag")]
         );
         assert!(Args::try_parse_from(["supervisor", "-l", ":0"]).is_err());
+        // Options of the command after its name are the command's.
+        let a = Args::try_parse_from(["supervisor", "srv", "-l", "x"]).unwrap();
+        assert_eq!(a.command.len(), 3);
+        assert!(a.listen.is_empty());
+        assert!(Args::try_parse_from(["supervisor", "--bogus", "--", "srv"]).is_err());
     }
 }

@@ -531,7 +531,9 @@ impl Machine {
     fn handle_stop(&mut self, now: Instant) {
         match self.stopping {
             None => {
-                let status = if self.active().is_some() {
+                // The exit status will be the serving generation's, else the
+                // starting one's, else that of the last one that ended.
+                let status = if self.active().is_some() || self.starting().is_some() {
                     None
                 } else {
                     Some(self.last_status.unwrap_or(ExitStatus::Code(0)))
@@ -568,7 +570,7 @@ impl Machine {
         }
         match status {
             Some(s) => self.exit_status = Some(s),
-            None => self.exit_with = self.active(),
+            None => self.exit_with = self.active().or(self.starting()),
         }
         let gens: Vec<Generation> = self.generations.keys().copied().collect();
         for g in gens {
@@ -1032,6 +1034,17 @@ mod tests {
         ));
         m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(0)));
         m.handle(ms(t0, 400), Input::Exited(G1, ExitStatus::Signal(15)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
+    }
+
+    #[test]
+    fn stop_before_anything_is_ready_exits_with_the_starting_status() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(ReadyMode::Notify, RestartPolicy::OnFailure), t0);
+        let _ = actions(&mut m);
+        m.handle(ms(t0, 10), Input::Stop);
+        assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Stop)]);
+        m.handle(ms(t0, 20), Input::Exited(G1, ExitStatus::Signal(15)));
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
     }
 

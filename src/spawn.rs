@@ -268,7 +268,7 @@ struct ChildSetup {
 ///
 /// # Async-signal safety
 /// Runs between `fork` and `execve` and calls only async-signal-safe
-/// functions (`setpgid`, `sigaction`, `sigprocmask`, `prctl`, `getppid`,
+/// functions (`setpgid`, `rt_sigaction`, `rt_sigprocmask`, `prctl`, `getppid`,
 /// `fcntl`, `dup2`, `close_range`, `getpid`, `execve`, `write`, `_exit`) on
 /// memory prepared before the fork: no allocation, no locks, no formatting,
 /// no panics (no indexing that can fail, no unwrap).
@@ -285,17 +285,34 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
         // SIGKILL can reach the child's own children.
         libc::setpgid(0, 0);
 
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() + 1 {
+        // Default dispositions for every signal. Ignored ones would survive
+        // the exec. The raw syscall, because glibc's sigaction refuses its
+        // internal signals (32, 33), which a launcher may have ignored. An
+        // all-zero kernel sigaction is SIG_DFL with no flags and an empty
+        // mask, whatever the architecture's field order.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // Fails harmlessly for the signals libc reserves.
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    std::mem::size_of::<u64>(),
+                );
             }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // The raw syscall: glibc's sigprocmask leaves its own internal
+        // signals (32, 33) as they were, and a supervisor started by a
+        // multithreaded parent may have them blocked.
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
 
         // If the supervisor dies, its children are asked to stop rather than
         // live on with the sockets. The parent may already be gone: check.

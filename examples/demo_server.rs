@@ -1,0 +1,841 @@
+//! Demo HTTP/1.1 server built on `supervisor::child`: the fixture of the
+//! integration tests and the server of the README demo.
+//!
+//! It serves on the listener it inherits (TCP or unix), answers every request
+//! with `generation <G> pid <PID>`, and on SIGTERM or SIGINT drains without
+//! losing a request:
+//!
+//! 1. the acceptor stops and closes its copy of the listener (never
+//!    `shutdown(2)`: the socket is shared with the supervisor and the next
+//!    generation, which keeps accepting from the same queue);
+//! 2. `STOPPING=1` goes to the notify socket;
+//! 3. a request in flight is answered with `Connection: close`;
+//! 4. an idle keep-alive connection gets `--idle-grace` to send one more
+//!    request (answered with `Connection: close`), else it is closed;
+//! 5. every close is a lingering close, so a late client byte cannot turn it
+//!    into a reset;
+//! 6. the process exits 0 once every connection is closed.
+//!
+//! It must not be started by hand: without inherited listeners it exits 1.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+
+use supervisor::child::{self, Listeners};
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a started request may stall between reads, and how long a
+/// response write may block.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
+/// Connection threads need little stack: buffers live on the heap.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Demo HTTP server for the supervisor: serves `generation <G> pid <PID>` on
+/// the inherited listener and drains gracefully on SIGTERM/SIGINT.
+#[derive(Parser, Debug)]
+#[command(
+    name = "demo_server",
+    after_help = "Exit status: 0 after a graceful drain, 1 on a setup error (no inherited \
+                  listener, --fail-at-start), 2 on a usage error.\n\
+                  Signals: SIGTERM or SIGINT start the drain; more of them are ignored."
+)]
+struct Args {
+    /// Processing delay added to every request (e.g. 50ms, 1s); a request's
+    /// `?delay=MS` overrides it.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "0")]
+    delay: Duration,
+
+    /// Serve the inherited listener with this LISTEN_FDNAMES name [default:
+    /// the first one].
+    #[arg(long, value_name = "NAME")]
+    listener: Option<String>,
+
+    /// While draining, how long an idle keep-alive connection may take to
+    /// send one more request before it is closed.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    idle_grace: Duration,
+
+    /// Print an error and exit 1 at once, before ready (a broken release).
+    #[arg(long)]
+    fail_at_start: bool,
+
+    /// Serve, but never send READY=1.
+    #[arg(long)]
+    never_ready: bool,
+
+    /// Ignore SIGTERM and SIGINT entirely (only SIGKILL stops the server).
+    #[arg(long)]
+    ignore_sigterm: bool,
+
+    /// Extra line appended to every response body.
+    #[arg(long, value_name = "TEXT")]
+    body: Option<String>,
+}
+
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("demo_server[{}]: {}", std::process::id(), format_args!($($arg)*))
+    };
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.fail_at_start {
+        log!("error: --fail-at-start: exiting before ready");
+        return ExitCode::FAILURE;
+    }
+    // Before any thread exists, so every thread inherits the mask (or the
+    // dispositions) and the signals are only ever taken by sigwait.
+    if let Err(err) = setup_signals(args.ignore_sigterm) {
+        log!("error: set up signals: {err}");
+        return ExitCode::FAILURE;
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+fn setup_signals(ignore: bool) -> nix::Result<()> {
+    if ignore {
+        for sig in [Signal::SIGTERM, Signal::SIGINT] {
+            // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+            // signal context.
+            unsafe { signal(sig, SigHandler::SigIgn) }?;
+        }
+        Ok(())
+    } else {
+        stop_signals().thread_block()
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut listeners = Listeners::from_env().map_err(|err| err.to_string())?;
+    if listeners.is_empty() {
+        return Err(
+            "no inherited listener (LISTEN_FDS/LISTEN_PID not set for this process): \
+                    run me under the supervisor"
+                .to_owned(),
+        );
+    }
+    let (index, fd, name) = match &args.listener {
+        None => listeners.names().next(),
+        Some(wanted) => listeners.names().find(|(_, _, name)| name == wanted),
+    }
+    .map(|(index, fd, name)| (index, fd, name.to_owned()))
+    .ok_or_else(|| {
+        let names: Vec<String> = listeners
+            .names()
+            .map(|(_, _, name)| format!("{name:?}"))
+            .collect();
+        format!(
+            "no inherited listener named {:?} (have {})",
+            args.listener.as_deref().unwrap_or_default(),
+            names.join(", ")
+        )
+    })?;
+    let listener = take_listener(&mut listeners, index)?;
+    // O_NONBLOCK lives on the open file description, so this changes the
+    // socket for every process holding it. That is fine for the processes
+    // that accept from it (each generation of this server polls first and
+    // treats EAGAIN as "another process won the race"); the supervisor only
+    // holds it.
+    listener
+        .set_nonblocking(true)
+        .map_err(|err| format!("make fd {fd} nonblocking: {err}"))?;
+
+    let generation = child::generation().unwrap_or(0);
+    log!("generation {generation} serving on fd {fd} {name:?} ({listener})");
+
+    let (drain_wake, drain_trigger) =
+        UnixStream::pair().map_err(|err| format!("create drain socket pair: {err}"))?;
+    let shared = Arc::new(Shared {
+        generation,
+        delay: args.delay,
+        idle_grace: args.idle_grace,
+        extra_body: args.body,
+        draining: AtomicBool::new(false),
+        drain_started: OnceLock::new(),
+        drain_wake,
+        active: Mutex::new(0),
+        all_closed: Condvar::new(),
+        drained: AtomicUsize::new(0),
+    });
+
+    if !args.ignore_sigterm {
+        let shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || wait_for_signals(&shared, drain_trigger))
+            .map_err(|err| format!("spawn signal thread: {err}"))?;
+    }
+    let acceptor = {
+        let shared = Arc::clone(&shared);
+        let announce = !args.never_ready;
+        thread::Builder::new()
+            .name("acceptor".to_owned())
+            .spawn(move || accept_loop(listener, &shared, announce))
+            .map_err(|err| format!("spawn acceptor thread: {err}"))?
+    };
+    // The acceptor returns only once draining has begun and it has closed
+    // its listener copy, and no new connection can appear after that.
+    acceptor
+        .join()
+        .map_err(|_| "acceptor thread panicked".to_owned())?;
+    if let Err(err) = child::stopping() {
+        log!("warning: send STOPPING=1: {err}");
+    }
+
+    let active = shared.active.lock().unwrap_or_else(PoisonError::into_inner);
+    let _active = shared
+        .all_closed
+        .wait_while(active, |active| *active > 0)
+        .unwrap_or_else(PoisonError::into_inner);
+    let elapsed = shared
+        .drain_started
+        .get()
+        .map_or(Duration::ZERO, Instant::elapsed);
+    log!(
+        "drained {} connections in {}ms",
+        shared.drained.load(Ordering::Relaxed),
+        elapsed.as_millis()
+    );
+    Ok(())
+}
+
+fn take_listener(listeners: &mut Listeners, index: usize) -> Result<Listener, String> {
+    match listeners.take_tcp_listener(index) {
+        Ok(Some(listener)) => Ok(Listener::Tcp(listener)),
+        Ok(None) => Err(format!("listener #{index} is already taken")),
+        Err(tcp_err) => match listeners.take_unix_listener(index) {
+            Ok(Some(listener)) => Ok(Listener::Unix(listener)),
+            Ok(None) => Err(format!("listener #{index} is already taken")),
+            // Both failed for the same reason; the TCP message says what
+            // the fd really is.
+            Err(_) => Err(tcp_err.to_string()),
+        },
+    }
+}
+
+/// State shared by the signal, acceptor and connection threads.
+struct Shared {
+    generation: u64,
+    delay: Duration,
+    idle_grace: Duration,
+    extra_body: Option<String>,
+    /// Set once SIGTERM/SIGINT arrived; responses from then on close.
+    draining: AtomicBool,
+    drain_started: OnceLock<Instant>,
+    /// Becomes readable (EOF) for good when draining begins, which wakes
+    /// every thread blocked in poll at once.
+    drain_wake: UnixStream,
+    /// Open connections; `all_closed` fires when it drops to zero.
+    active: Mutex<usize>,
+    all_closed: Condvar,
+    /// Connections closed after draining began.
+    drained: AtomicUsize,
+}
+
+fn wait_for_signals(shared: &Shared, drain_trigger: UnixStream) {
+    let set = stop_signals();
+    let mut trigger = Some(drain_trigger);
+    loop {
+        let sig = match set.wait() {
+            Ok(sig) => sig,
+            Err(err) => {
+                log!("warning: sigwait: {err}");
+                continue;
+            }
+        };
+        let Some(trigger) = trigger.take() else {
+            log!("{sig}: already draining");
+            continue;
+        };
+        let _ = shared.drain_started.set(Instant::now());
+        shared.draining.store(true, Ordering::SeqCst);
+        let open = *shared.active.lock().unwrap_or_else(PoisonError::into_inner);
+        log!("{sig}: draining {open} open connections");
+        // Closing our end is the broadcast: the peer end polls readable
+        // (EOF) from now on.
+        drop(trigger);
+    }
+}
+
+fn accept_loop(listener: Listener, shared: &Arc<Shared>, announce: bool) {
+    if announce {
+        if let Err(err) = child::ready() {
+            log!("warning: send READY=1: {err}");
+        }
+        if let Err(err) = child::status(&format!("serving generation {}", shared.generation)) {
+            log!("warning: send STATUS: {err}");
+        }
+    }
+    while !shared.draining.load(Ordering::SeqCst) {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.drain_wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(err) => {
+                log!("warning: poll listener: {err}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        if fired(&fds[1]) {
+            break;
+        }
+        if fired(&fds[0]) {
+            accept_ready(&listener, shared);
+        }
+    }
+    // Dropping closes only this process's copy; the supervisor's copy keeps
+    // the socket and its queue alive for the next generation.
+    drop(listener);
+}
+
+/// Accepts until the queue is empty (or another process emptied it first).
+fn accept_ready(listener: &Listener, shared: &Arc<Shared>) {
+    while !shared.draining.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok(conn) => spawn_connection(conn, shared),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning on a
+                // readable listener.
+                log!("warning: accept: {err}");
+                thread::sleep(Duration::from_millis(100));
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_connection(conn: Conn, shared: &Arc<Shared>) {
+    // Linux does not pass O_NONBLOCK from the listener to accepted sockets,
+    // but other systems do; connections use blocking I/O after poll.
+    if let Err(err) = conn.configure() {
+        log!("warning: configure connection: {err}");
+        return;
+    }
+    *shared.active.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    let thread_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name("connection".to_owned())
+        .stack_size(CONNECTION_STACK)
+        .spawn(move || {
+            serve(conn, &thread_shared);
+            connection_closed(&thread_shared);
+        });
+    if let Err(err) = spawned {
+        log!("warning: spawn connection thread: {err}");
+        connection_closed(shared);
+    }
+}
+
+fn connection_closed(shared: &Shared) {
+    if shared.draining.load(Ordering::SeqCst) {
+        shared.drained.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut active = shared.active.lock().unwrap_or_else(PoisonError::into_inner);
+    *active -= 1;
+    if *active == 0 {
+        shared.all_closed.notify_all();
+    }
+}
+
+/// Serves one connection until it is closed, by either side.
+fn serve(mut conn: Conn, shared: &Shared) {
+    let mut buf = Vec::with_capacity(4096);
+    // Set when this connection first sees the drain: from then on it may
+    // idle only until this deadline.
+    let mut idle_deadline = None;
+    loop {
+        let request = match read_request(&mut conn, &mut buf, shared, &mut idle_deadline) {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(RequestError::Malformed(reason)) => {
+                let _ = write_bad_request(&mut conn, reason);
+                break;
+            }
+            Err(RequestError::Io) => return,
+        };
+        if skip_body(&mut conn, &mut buf, request.content_length).is_err() {
+            return;
+        }
+        thread::sleep(request.delay.unwrap_or(shared.delay));
+        // Checked after the processing delay, so a request in flight when
+        // the drain starts is still answered, with the close announced.
+        let close = !request.keep_alive || shared.draining.load(Ordering::SeqCst);
+        if write_response(&mut conn, shared, request.head_only, close).is_err() {
+            return;
+        }
+        if close {
+            break;
+        }
+    }
+    lingering_close(conn);
+}
+
+struct Request {
+    head_only: bool,
+    keep_alive: bool,
+    content_length: u64,
+    delay: Option<Duration>,
+}
+
+enum RequestError {
+    /// Answer 400 with this reason, then close.
+    Malformed(&'static str),
+    /// The connection failed or stalled: close it without a response.
+    Io,
+}
+
+/// Reads the next request head into `buf` (which may already hold it, when
+/// the client pipelines) and removes it from there.
+///
+/// `Ok(None)` means close without a response: the client closed between
+/// requests, or stayed idle past the drain deadline.
+fn read_request(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    shared: &Shared,
+    idle_deadline: &mut Option<Instant>,
+) -> Result<Option<Request>, RequestError> {
+    loop {
+        if let Some(end) = head_end(buf) {
+            if end > MAX_HEAD {
+                return Err(RequestError::Malformed("request head too large"));
+            }
+            let request = parse_head(&buf[..end]).map_err(RequestError::Malformed)?;
+            buf.drain(..end);
+            return Ok(Some(request));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(RequestError::Malformed("request head too large"));
+        }
+        if buf.is_empty() {
+            if !wait_between_requests(conn, shared, idle_deadline)? {
+                return Ok(None);
+            }
+        } else if !wait_readable(conn.as_fd(), IO_TIMEOUT) {
+            return Err(RequestError::Io);
+        }
+        let mut chunk = [0u8; 4096];
+        match conn.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(RequestError::Io),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(err) if is_transient(&err) => {}
+            Err(_) => return Err(RequestError::Io),
+        }
+    }
+}
+
+/// Waits for the first byte of a request on an idle connection. Returns
+/// false when the connection should be closed instead: it stayed idle past
+/// the drain's grace period.
+fn wait_between_requests(
+    conn: &Conn,
+    shared: &Shared,
+    idle_deadline: &mut Option<Instant>,
+) -> Result<bool, RequestError> {
+    loop {
+        if idle_deadline.is_none() && shared.draining.load(Ordering::SeqCst) {
+            *idle_deadline = Some(Instant::now() + shared.idle_grace);
+        }
+        if let Some(deadline) = *idle_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            return Ok(wait_readable(conn.as_fd(), left));
+        }
+        // Not draining: wait for the client or for the drain to begin.
+        let mut fds = [
+            PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.drain_wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return Err(RequestError::Io),
+        }
+        if fired(&fds[0]) {
+            return Ok(true);
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable (data, EOF or error:
+/// the read that follows tells which).
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(left)) {
+            Ok(0) if left.is_zero() => return false,
+            Ok(_) if fired(&fds[0]) => return true,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+fn skip_body(conn: &mut Conn, buf: &mut Vec<u8>, length: u64) -> io::Result<()> {
+    let buffered = usize::try_from(length).unwrap_or(usize::MAX).min(buf.len());
+    buf.drain(..buffered);
+    let mut left = length - buffered as u64;
+    let mut chunk = [0u8; 8192];
+    while left > 0 {
+        if !wait_readable(conn.as_fd(), IO_TIMEOUT) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let want = usize::try_from(left)
+            .unwrap_or(chunk.len())
+            .min(chunk.len());
+        match conn.read(&mut chunk[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => left -= n as u64,
+            Err(err) if is_transient(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Index just past the blank line ending the head, if it is in `buf`.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let newline = |i: usize| buf[i] == b'\n';
+    (0..buf.len()).find_map(|i| {
+        if !newline(i) {
+            None
+        } else if buf.get(i + 1) == Some(&b'\n') {
+            Some(i + 2)
+        } else if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+            Some(i + 3)
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
+    let head = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
+    let mut lines = head
+        .lines()
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
+    let request_line = lines.next().ok_or("empty request")?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("malformed request line");
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) || target.is_empty() {
+        return Err("malformed request line");
+    }
+    let mut keep_alive = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Err("unsupported HTTP version"),
+    };
+    let http11 = keep_alive;
+    let mut content_length = None;
+    for line in lines.take_while(|line| !line.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or("malformed header line")?;
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err("malformed header name");
+        }
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = value
+                .parse::<u64>()
+                .map_err(|_| "malformed Content-Length")?;
+            if content_length.is_some_and(|previous| previous != length) {
+                return Err("conflicting Content-Length headers");
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err("Transfer-Encoding is not supported");
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in value.split(',').map(str::trim) {
+                if option.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                }
+            }
+        }
+    }
+    // HTTP/1.0 keep-alive is an opt-in this server does not offer.
+    keep_alive &= http11;
+    Ok(Request {
+        head_only: method == "HEAD",
+        keep_alive,
+        content_length: content_length.unwrap_or(0),
+        delay: query_delay(target)?,
+    })
+}
+
+/// The `delay=MS` query parameter of a request target, if any.
+fn query_delay(target: &str) -> Result<Option<Duration>, &'static str> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Ok(None);
+    };
+    let mut delay = None;
+    for pair in query.split('&') {
+        if let Some(ms) = pair.strip_prefix("delay=") {
+            let ms = ms
+                .parse::<u64>()
+                .map_err(|_| "malformed delay parameter (want ms)")?;
+            delay = Some(Duration::from_millis(ms));
+        }
+    }
+    Ok(delay)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn write_response(
+    conn: &mut Conn,
+    shared: &Shared,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut body = format!(
+        "generation {} pid {}\n",
+        shared.generation,
+        std::process::id()
+    );
+    if let Some(extra) = &shared.extra_body {
+        body.push_str(extra);
+        body.push('\n');
+    }
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    if !head_only {
+        response.push_str(&body);
+    }
+    conn.write_all(response.as_bytes())
+}
+
+fn write_bad_request(conn: &mut Conn, reason: &str) -> io::Result<()> {
+    let body = format!("{reason}\n");
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(response.as_bytes())
+}
+
+/// Half-closes, then reads until the client closes its side (or `LINGER`
+/// passes) before the final close. Closing with unread data in the receive
+/// buffer makes the kernel send RST, which can destroy the response the
+/// client has not read yet.
+fn lingering_close(mut conn: Conn) {
+    if conn.shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !wait_readable(conn.as_fd(), left) {
+            return;
+        }
+        match conn.read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if is_transient(&err) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn fired(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|events| !events.is_empty())
+}
+
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Rounds up to whole milliseconds, so a sub-millisecond wait does not turn
+/// into a busy poll with timeout 0.
+fn poll_timeout(timeout: Duration) -> PollTimeout {
+    let ms = timeout.as_micros().div_ceil(1000);
+    PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
+}
+
+/// Parses `0`, `250us`, `50ms`, `1s`, `1.5s` or `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 50ms, 1s)"))?;
+    let seconds = match unit {
+        "" if value == 0.0 => 0.0,
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?} needs a unit: us, ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
+}
+
+/// The inherited listener, TCP or unix.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(listener) => listener.set_nonblocking(nonblocking),
+            Listener::Unix(listener) => listener.set_nonblocking(nonblocking),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(listener) => listener.accept().map(|(stream, _)| Conn::Tcp(stream)),
+            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Conn::Unix(stream)),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(listener) => listener.as_fd(),
+            Listener::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listener::Tcp(listener) => match listener.local_addr() {
+                Ok(addr) => write!(f, "{addr}"),
+                Err(_) => f.write_str("TCP"),
+            },
+            Listener::Unix(listener) => {
+                match listener
+                    .local_addr()
+                    .ok()
+                    .as_ref()
+                    .and_then(|addr| addr.as_pathname())
+                {
+                    Some(path) => write!(f, "unix:{}", path.to_string_lossy()),
+                    None => f.write_str("unix"),
+                }
+            }
+        }
+    }
+}
+
+/// An accepted connection, TCP or unix.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn configure(&self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(stream) => {
+                stream.set_nonblocking(false)?;
+                // Responses are small and written whole: send them at once.
+                stream.set_nodelay(true)?;
+                stream.set_write_timeout(Some(IO_TIMEOUT))
+            }
+            Conn::Unix(stream) => {
+                stream.set_nonblocking(false)?;
+                stream.set_write_timeout(Some(IO_TIMEOUT))
+            }
+        }
+    }
+
+    /// Half-closes this connection (not the listener it came from).
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(stream) => stream.shutdown(Shutdown::Write),
+            Conn::Unix(stream) => stream.shutdown(Shutdown::Write),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(stream) => stream.read(buf),
+            Conn::Unix(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(stream) => stream.write(buf),
+            Conn::Unix(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conn::Tcp(stream) => stream.as_fd(),
+            Conn::Unix(stream) => stream.as_fd(),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! What a child sees: exactly fds 0-2 and the listeners, an empty signal
+//! mask, default dispositions, its own process group, LISTEN_PID equal to
+//! its pid, and none of the supervisor's own protocol variables.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn unix_inode(path: &str) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.get(7) == Some(&path)).then(|| cols[6].to_string())
+    })
+}
+
+#[test]
+fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
+    let dir = TempDir::new("env");
+    let sock = dir.path("app.sock");
+    let sock = sock.to_str().unwrap();
+    // The supervisor itself inherits fd 9 without CLOEXEC and a launcher's
+    // protocol variables; none of it may reach the child.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("exec 9</dev/null; exec \"$0\" \"$@\"")
+        .arg(supervisor_bin())
+        .args([
+            "-l",
+            "web=127.0.0.1:0",
+            "-l",
+            &format!("unix:{sock}"),
+            "-l",
+            "dns=udp:127.0.0.1:0",
+        ])
+        .args(["--ready", "delay:50ms", "--", "sleep", "300"])
+        .env("LISTEN_FDS", "7")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDNAMES", "bogus")
+        .env("NOTIFY_SOCKET", "/nonexistent/notify")
+        .env("WATCHDOG_USEC", "1000000")
+        .env("SUPERVISOR_GENERATION", "99");
+    let mut sv = Supervisor::start_with(&mut cmd);
+    sv.wait_ready(1, T);
+    let pid = sv.generation_pid(1, T);
+    let tcp_port = sv.tcp_addr(0).port();
+    let udp_line = sv.wait_line("(fd 5 in children)", T);
+    let udp_port: u16 = udp_line
+        .split("listening on udp:127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{udp_line}"));
+
+    assert!(
+        fds(sv.pid).contains_key(&9),
+        "the harness did not give the supervisor fd 9"
+    );
+    let child_fds = fds(pid);
+    assert_eq!(
+        child_fds.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([0, 1, 2, 3, 4, 5]),
+        "{child_fds:?}"
+    );
+    let tcp = socket_inode("tcp", tcp_port).expect("listening TCP socket in /proc/net/tcp");
+    let udp = socket_inode("udp", udp_port).expect("UDP socket in /proc/net/udp");
+    let unix = unix_inode(sock).expect("unix socket in /proc/net/unix");
+    assert_eq!(child_fds[&3], format!("socket:[{tcp}]"));
+    assert_eq!(child_fds[&4], format!("socket:[{unix}]"));
+    assert_eq!(child_fds[&5], format!("socket:[{udp}]"));
+
+    assert_eq!(status_field(pid, "SigBlk"), "0000000000000000");
+    assert_eq!(status_field(pid, "SigIgn"), "0000000000000000");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let pgrp: i32 = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, pid, "child is not its own process group leader");
+
+    let env = environ(pid);
+    assert_eq!(env["LISTEN_PID"], pid.to_string());
+    assert_eq!(env["LISTEN_FDS"], "3");
+    assert_eq!(env["LISTEN_FDNAMES"], format!("web:unix_{sock}:dns"));
+    assert_eq!(env["SUPERVISOR_GENERATION"], "1");
+    assert!(!env.contains_key("WATCHDOG_USEC"));
+    let notify = &env["NOTIFY_SOCKET"];
+    assert_ne!(notify, "/nonexistent/notify");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(notify).unwrap().file_type().is_socket());
+
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert!(
+        !std::path::Path::new(sock).exists(),
+        "unix socket file left behind"
+    );
+    assert!(
+        !std::path::Path::new(notify).exists(),
+        "notify socket left behind"
+    );
+}
+
+#[test]
+fn second_generation_gets_its_own_pid_and_the_same_sockets() {
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "[::1]:0",
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    if sv.wait_line("", T).contains("error") {
+        eprintln!("skipped: no IPv6 loopback here: {}", sv.output());
+        return;
+    }
+    sv.wait_ready(1, T);
+    let p1 = sv.generation_pid(1, T);
+    let addr = sv.tcp_addr(0);
+    assert!(addr.is_ipv6());
+    let inode = socket_inode("tcp", addr.port()).unwrap();
+    assert_eq!(fds(p1)[&3], format!("socket:[{inode}]"));
+    sv.signal(libc::SIGHUP);
+    sv.wait_ready(2, T);
+    let p2 = sv.generation_pid(2, T);
+    assert_eq!(environ(p2)["LISTEN_PID"], p2.to_string());
+    assert_eq!(environ(p2)["SUPERVISOR_GENERATION"], "2");
+    assert_eq!(fds(p2)[&3], format!("socket:[{inode}]"));
+    // The accept queue is the same: a connection made now is accepted by
+    // whoever holds the socket.
+    std::net::TcpStream::connect(addr).expect("connect to [::1] listener");
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+}
+
+#[test]
+fn notify_readiness_from_a_helper_process_of_the_child_counts() {
+    // The READY=1 comes from a grandchild (python) that exits at once, as
+    // `systemd-notify --ready` in a shell script would.
+    let script = "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\\nSTATUS=warmed up\", os.environ[\"NOTIFY_SOCKET\"])'; exec sleep 300";
+    let mut sv = Supervisor::start(&[
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "15s",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    sv.wait_ready(1, T);
+    assert!(
+        sv.has_line("status: warmed up") || sv.wait_line("status: warmed up", T).contains("warmed")
+    );
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+}

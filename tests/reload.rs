@@ -1,0 +1,305 @@
+//! Hot reloads under load: zero failed requests, traffic moves to each new
+//! generation, failing new generations roll back, stubborn old ones are
+//! killed after the drain timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Reload `reloads` times under load from `clients` connections; every
+/// reload must move traffic to the new generation and drain the old one.
+fn reload_under_load(sv: &Supervisor, reloads: u64, clients: usize) {
+    sv.wait_ready(1, T);
+    let addr = sv.tcp_addr(0);
+    let load = Load::start(addr, clients, Duration::from_secs(240));
+    assert!(load.wait_served_by(1, 50, T), "generation 1 never served");
+    for g in 2..=reloads + 1 {
+        let old_pid = sv.generation_pid(g - 1, T);
+        sv.signal(libc::SIGHUP);
+        sv.wait_ready(g, T);
+        assert!(
+            load.wait_served_by(g, 20, T),
+            "traffic did not move to generation {g}"
+        );
+        sv.wait_line(
+            &format!("generation {} (pid {old_pid}) drained in", g - 1),
+            T,
+        );
+        // Reaped by the supervisor (which is alive), so not even a zombie.
+        assert!(wait_gone(old_pid, T), "generation {} not reaped", g - 1);
+        let failures = load.failures();
+        assert!(
+            failures.is_empty(),
+            "failed requests after reload {}: {failures:?}",
+            g - 1
+        );
+    }
+    let ok = load.ok();
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        ok > 100 * reloads,
+        "only {ok} requests over {reloads} reloads"
+    );
+    eprintln!(
+        "{ok} requests, 0 failures, by generation: {:?}",
+        stats.by_generation.lock().unwrap()
+    );
+}
+
+#[test]
+fn demo_server_reloads_ten_times_under_load_without_a_failed_request() {
+    let demo = example("demo_server");
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        demo.to_str().unwrap(),
+    ]);
+    reload_under_load(&sv, 10, 24);
+    sv.signal(libc::SIGTERM);
+    assert_eq!(
+        sv.wait_exit(T).code(),
+        Some(0),
+        "the demo server drains and exits 0"
+    );
+}
+
+#[test]
+fn python_child_reloads_ten_times_under_load_without_a_failed_request() {
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        panic!("python3 is required for this test (install it: apt-get install python3)");
+    }
+    let script = fixture("py_server.py");
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+    ]);
+    reload_under_load(&sv, 10, 16);
+    assert!(sv.has_line("status: python generation 11 serving"));
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(0));
+}
+
+/// A launcher script whose behaviour a test switches through a file, as a
+/// deploy switches releases: `ok`, `exit` (fails at start) or `never`
+/// (serves but never reports ready).
+fn switchable(dir: &TempDir) -> std::path::PathBuf {
+    let demo = example("demo_server");
+    let script = dir.path("release.sh");
+    let mode = dir.path("mode");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$(cat {mode})\" in\n  exit) echo 'broken release' >&2; exit 1;;\n  never) exec {demo} --never-ready;;\nesac\nexec {demo}\n",
+            mode = mode.display(),
+            demo = demo.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&mode, "ok").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn failing_new_generations_roll_back_while_the_old_one_keeps_serving() {
+    let dir = TempDir::new("rollback");
+    let script = switchable(&dir);
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "--drain-timeout",
+        "5s",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    let gen1 = sv.generation_pid(1, T);
+    let load = Load::start(sv.tcp_addr(0), 16, Duration::from_secs(120));
+    assert!(load.wait_served_by(1, 50, T));
+
+    // A release that exits at start.
+    std::fs::write(dir.path("mode"), "exit").unwrap();
+    sv.signal(libc::SIGHUP);
+    let line = sv.wait_line("reload failed: generation 2", T);
+    assert!(
+        line.contains("exited with status 1 before it was ready")
+            && line.contains(&format!("generation 1 (pid {gen1}) still serving")),
+        "{line}"
+    );
+    let gen2 = sv.generation_pid(2, T);
+    assert!(wait_gone(gen2, T), "failed generation 2 was not reaped");
+    assert!(
+        load.wait_served_by(1, 50, T),
+        "generation 1 stopped serving"
+    );
+
+    // A release that never becomes ready.
+    std::fs::write(dir.path("mode"), "never").unwrap();
+    sv.signal(libc::SIGHUP);
+    let gen3 = sv.generation_pid(3, T);
+    let line = sv.wait_line("reload failed: generation 3", T);
+    assert!(line.contains("was not ready within 1s"), "{line}");
+    assert!(line.contains("generation 1"), "{line}");
+    sv.wait_line(&format!("generation 3 (pid {gen3}) drained in"), T);
+    assert!(wait_gone(gen3, T), "failed generation 3 was not reaped");
+    assert!(
+        load.wait_served_by(1, 50, T),
+        "generation 1 stopped serving"
+    );
+    assert!(process_exists(gen1));
+    assert!(!sv.has_line(&format!("generation 1 (pid {gen1}) draining")));
+
+    // And a good release after that takes over.
+    std::fs::write(dir.path("mode"), "ok").unwrap();
+    sv.signal(libc::SIGHUP);
+    sv.wait_ready(4, T);
+    assert!(load.wait_served_by(4, 20, T));
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let by_gen = stats.by_generation.lock().unwrap().clone();
+    assert!(
+        !by_gen.contains_key(&2) && !by_gen.contains_key(&3),
+        "{by_gen:?}"
+    );
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(0));
+}
+
+#[test]
+fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
+    // The child ignores SIGTERM (and so does the grandchild it starts),
+    // and prints the grandchild's pid.
+    let script = "trap '' TERM; sleep 300 & echo \"grandchild $!\"; wait $!";
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:100ms",
+        "--drain-timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    sv.wait_ready(1, T);
+    let gen1 = sv.generation_pid(1, T);
+    let line = sv.wait_line("grandchild ", T);
+    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(process_exists(grandchild));
+    sv.signal(libc::SIGHUP);
+    sv.wait_ready(2, T);
+    let draining = sv.wait_line(&format!("generation 1 (pid {gen1}) draining"), T);
+    let seen = Instant::now();
+    sv.wait_line(
+        &format!("generation 1 (pid {gen1}) still running after the 1s drain timeout"),
+        T,
+    );
+    let line = sv.wait_line(&format!("generation 1 (pid {gen1}) drained in"), T);
+    assert!(line.contains("killed by signal 9"), "{line}");
+    assert!(
+        seen.elapsed() >= Duration::from_millis(800),
+        "killed before the drain timeout: {draining}"
+    );
+    assert!(wait_gone(gen1, T));
+    assert!(
+        wait_gone(grandchild, T),
+        "the grandchild outlived its parent"
+    );
+    // Generation 2 is untouched by all this.
+    let gen2 = sv.generation_pid(2, T);
+    assert_eq!(process_state(gen2).map(|s| s != 'Z'), Some(true));
+    sv.signal(libc::SIGTERM);
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(137));
+}
+
+#[test]
+fn crashed_child_is_restarted_and_queued_clients_are_served() {
+    let demo = example("demo_server");
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--",
+        demo.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    let addr = sv.tcp_addr(0);
+    let gen1 = sv.generation_pid(1, T);
+    // SAFETY: kill(2) on the supervisor's child, which the log named.
+    assert_eq!(unsafe { libc::kill(gen1, libc::SIGKILL) }, 0);
+    assert!(wait_gone(gen1, T));
+    // Nobody accepts now, but the socket is open: the connection waits in
+    // the accept queue and generation 2 answers it.
+    let mut c = Client::new(addr);
+    match c.get("/") {
+        Reply::Ok { generation, .. } => assert_eq!(generation, 2),
+        Reply::Failed(why) => panic!("request during the restart failed: {why}"),
+    }
+    let line = sv.wait_line(&format!("generation 1 (pid {gen1}) killed by signal 9"), T);
+    assert!(line.contains("restarting in 100ms"), "{line}");
+    sv.wait_ready(2, T);
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(0));
+}
+
+#[test]
+fn reload_requested_during_a_start_is_queued_and_runs_after_it() {
+    let demo = example("demo_server");
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:2s",
+        "--",
+        demo.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    sv.signal(libc::SIGHUP);
+    sv.generation_pid(2, T);
+    // Three more requests while generation 2 starts: one queued reload.
+    sv.signal(libc::SIGHUP);
+    sv.signal(libc::SIGHUP);
+    sv.signal(libc::SIGHUP);
+    sv.wait_line("reload queued: generation 2", T);
+    sv.wait_ready(2, T);
+    sv.wait_ready(3, T);
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(0));
+    // Signals may merge, but never more than one reload is queued: a
+    // second queued reload would have started generation 4 the moment
+    // generation 3 was ready, before the stop.
+    assert!(!sv.has_line("generation 4 (pid"), "{}", sv.output());
+}

@@ -1,0 +1,189 @@
+//! Stopping: exit status propagation, forced stop, no zombies, nothing
+//! left behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn run_to_exit(args: &[&str]) -> (i32, Supervisor) {
+    let mut sv = Supervisor::start(args);
+    let status = sv.wait_exit(T);
+    (status.code().expect("supervisor exited by itself"), sv)
+}
+
+#[test]
+fn restart_never_exits_with_the_child_status() {
+    let (code, sv) = run_to_exit(&[
+        "--restart",
+        "never",
+        "--ready",
+        "delay:10ms",
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(code, 7, "{}", sv.output());
+    let (code, sv) = run_to_exit(&[
+        "--restart",
+        "never",
+        "--ready",
+        "delay:10ms",
+        "--",
+        "sh",
+        "-c",
+        "kill -USR1 $$",
+    ]);
+    assert_eq!(code, 128 + libc::SIGUSR1, "{}", sv.output());
+    // Exits after it was ready, too.
+    let (code, sv) = run_to_exit(&[
+        "--restart",
+        "never",
+        "--ready",
+        "notify",
+        "--",
+        "sh",
+        "-c",
+        "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'; exit 4",
+    ]);
+    assert_eq!(code, 4, "{}", sv.output());
+    assert!(sv.has_line("generation 1 (pid"));
+}
+
+#[test]
+fn clean_exit_under_on_failure_is_not_restarted() {
+    let (code, sv) = run_to_exit(&["--ready", "delay:10ms", "--", "sh", "-c", "exit 0"]);
+    assert_eq!(code, 0, "{}", sv.output());
+    assert!(!sv.has_line("generation 2"), "{}", sv.output());
+}
+
+#[test]
+fn sigterm_stops_and_propagates_the_child_status() {
+    // Default disposition: the child dies of SIGTERM, 128+15.
+    let mut sv = Supervisor::start(&["--ready", "delay:50ms", "--", "sleep", "300"]);
+    sv.wait_ready(1, T);
+    let pid = sv.generation_pid(1, T);
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert!(wait_gone(pid, T));
+
+    // A child that handles it and exits 5; SIGINT works the same way.
+    let mut sv = Supervisor::start(&[
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 5' TERM; sleep 300 & wait",
+    ]);
+    sv.wait_ready(1, T);
+    sv.signal(libc::SIGINT);
+    assert_eq!(sv.wait_exit(T).code(), Some(5));
+}
+
+#[test]
+fn second_stop_signal_kills_everything_at_once() {
+    let mut sv = Supervisor::start(&[
+        "--ready",
+        "delay:50ms",
+        "--drain-timeout",
+        "60s",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM INT; sleep 300 & echo \"grandchild $!\"; wait $!",
+    ]);
+    sv.wait_ready(1, T);
+    let pid = sv.generation_pid(1, T);
+    let line = sv.wait_line("grandchild ", T);
+    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    sv.signal(libc::SIGINT);
+    sv.wait_line("stopping every generation", T);
+    sv.wait_line(&format!("generation 1 (pid {pid}) draining"), T);
+    let start = Instant::now();
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(137));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "waited for the drain timeout"
+    );
+    assert!(sv.has_line("second stop request: killing every generation now"));
+    assert!(wait_gone(pid, T));
+    assert!(wait_gone(grandchild, T), "grandchild left behind");
+}
+
+#[test]
+fn stop_during_a_reload_stops_both_generations() {
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:60s",
+        "--ready-timeout",
+        "60s",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // Generation 1 never gets ready within the test: stop it while it starts.
+    let pid = sv.generation_pid(1, T);
+    sv.signal(libc::SIGHUP);
+    sv.wait_line("reload queued", T);
+    sv.signal(libc::SIGTERM);
+    let code = sv.wait_exit(T).code();
+    // It was never active: the supervisor exits with the starting
+    // generation's status (sleep killed by SIGTERM), and nothing is left.
+    assert_eq!(code, Some(143), "{}", sv.output());
+    assert!(wait_gone(pid, T));
+    assert!(!sv.has_line("generation 2 (pid"), "{}", sv.output());
+}
+
+#[test]
+fn no_zombies_while_running_and_nothing_left_after_exit() {
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:50ms",
+        "--drain-timeout",
+        "5s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300 & sleep 300 & wait",
+    ]);
+    for g in 1..=5u64 {
+        sv.wait_ready(g, T);
+        sv.signal(libc::SIGHUP);
+    }
+    sv.wait_ready(6, T);
+    let pids = sv.all_generation_pids();
+    assert_eq!(pids.len(), 6);
+    for &pid in &pids[..5] {
+        assert!(
+            wait_gone(pid, T),
+            "old generation {pid} not reaped (state {:?})",
+            process_state(pid)
+        );
+    }
+    // No zombie children of the supervisor at all.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", sv.pid)).unwrap();
+    for c in children.split_whitespace() {
+        let c: i32 = c.parse().unwrap();
+        assert_ne!(process_state(c), Some('Z'), "zombie {c}");
+    }
+    let last = pids[5];
+    sv.signal(libc::SIGTERM);
+    // sh dies of SIGTERM; its sleeps die with its process group.
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert!(wait_gone(last, T));
+    assert!(
+        children
+            .split_whitespace()
+            .all(|c| wait_gone(c.parse().unwrap(), T))
+    );
+}
