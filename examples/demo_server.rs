@@ -536,9 +536,8 @@ fn skip_body(conn: &mut Conn, buf: &mut Vec<u8>, length: u64) -> io::Result<()> 
 
 /// Index just past the blank line ending the head, if it is in `buf`.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let newline = |i: usize| buf[i] == b'\n';
     (0..buf.len()).find_map(|i| {
-        if !newline(i) {
+        if buf[i] != b'\n' {
             None
         } else if buf.get(i + 1) == Some(&b'\n') {
             Some(i + 2)

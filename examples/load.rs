@@ -6,7 +6,9 @@
 //! sent and got no complete response is a failure: that is exactly what a
 //! lossless reload must never cause. The report counts requests by outcome,
 //! latency percentiles, and the `generation <G>` values seen in response
-//! bodies (as served by `demo_server`).
+//! bodies (as served by `demo_server`). A request's latency runs from its
+//! write, or from the connect when it needs a new connection, to the end of
+//! its response.
 //!
 //! It always ends: at `--duration`, after `--max-requests`, or on SIGINT /
 //! SIGTERM (which abandon the requests in flight and report the rest).

@@ -151,15 +151,6 @@ impl From<usize> for Key<'_> {
     }
 }
 
-impl fmt::Display for Key<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Key::Name(name) => write!(f, "{name:?}"),
-            Key::Index(index) => write!(f, "#{index}"),
-        }
-    }
-}
-
 /// The listeners this process inherited, each of which can be taken once.
 ///
 /// Fds that are never taken stay open (and inheritable) for the life of the
@@ -214,7 +205,9 @@ impl Listeners {
     ///
     /// The set is empty when `LISTEN_PID` or `LISTEN_FDS` is unset, or when
     /// `LISTEN_PID` is not this process's pid (the variables were inherited
-    /// from a parent that was socket-activated itself).
+    /// from a parent that was socket-activated itself). The optional
+    /// `LISTEN_PIDFDID` check is not made: the pid check suffices for
+    /// children of the supervisor, which never sets it.
     ///
     /// # Errors
     ///
