@@ -930,6 +930,29 @@ mod tests {
     }
 
     #[test]
+    fn several_old_generations_drain_at_once_each_with_its_own_deadline() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        for (g, at) in [(G2, 1000), (G3, 2000)] {
+            m.handle(ms(t0, at), Input::Reload(g.0));
+            m.handle(ms(t0, at + 10), Input::Ready(g));
+        }
+        let acts = actions(&mut m);
+        assert_eq!(signals(&acts), vec![(G1, Signal::Stop), (G2, Signal::Stop)]);
+        assert_eq!(m.active(), Some(G3));
+        // Generation 1's deadline (1010 + 3000) comes first, then 2's.
+        m.handle_timeout(ms(t0, 4010));
+        assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Kill)]);
+        m.handle_timeout(ms(t0, 5010));
+        assert_eq!(signals(&actions(&mut m)), vec![(G2, Signal::Kill)]);
+        m.handle(ms(t0, 5020), Input::Exited(G2, ExitStatus::Signal(9)));
+        m.handle(ms(t0, 5030), Input::Exited(G1, ExitStatus::Signal(9)));
+        let acts = actions(&mut m);
+        assert_eq!(acts.len(), 2);
+        assert_eq!(m.next_deadline(), None);
+        assert_eq!(m.active(), Some(G3));
+    }
+
+    #[test]
     fn reloads_during_a_start_coalesce_into_one_queued_reload() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Reload(1));

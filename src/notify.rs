@@ -40,10 +40,14 @@ impl NotifyDir {
     /// # Errors
     /// The directory cannot be created.
     pub fn create() -> Result<NotifyDir> {
+        // A socket path must fit in sun_path (108 bytes): leave room for
+        // "/supervisor-<pid>-XXXXXX/gen-<n>.sock".
+        let fits = |p: &PathBuf| p.is_absolute() && p.is_dir() && p.as_os_str().len() <= 60;
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|p| p.is_absolute() && p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+            .filter(fits)
+            .or_else(|| Some(std::env::temp_dir()).filter(fits))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         let template = base.join(format!("supervisor-{}-XXXXXX", std::process::id()));
         // mkdtemp creates the directory with mode 0700.
         let path = nix::unistd::mkdtemp(&template)

@@ -97,8 +97,14 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
     assert!(!env.contains_key("WATCHDOG_USEC"));
     let notify = &env["NOTIFY_SOCKET"];
     assert_ne!(notify, "/nonexistent/notify");
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     assert!(std::fs::metadata(notify).unwrap().file_type().is_socket());
+    // Only the supervisor's user can reach the notify socket at all.
+    let dir = std::path::Path::new(notify).parent().unwrap();
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     sv.signal(libc::SIGTERM);
     assert_eq!(sv.wait_exit(T).code(), Some(143));
