@@ -119,22 +119,37 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("'{s}' is out of range"))
+    // Far beyond any sensible timeout, and far from overflowing a deadline.
+    const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    match Duration::try_from_secs_f64(value * scale) {
+        Ok(d) if d <= MAX => Ok(d),
+        _ => Err(format!("'{s}' is out of range (at most 100 years)")),
+    }
 }
 
-/// Parse `TERM`, `SIGTERM`, `term` or `15`.
+/// Parse `TERM`, `SIGTERM`, `term` or `15`, refusing signals that cannot
+/// ask a process to exit (stop, continue, child status).
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
+    let sig = if let Ok(n) = s.parse::<i32>() {
+        Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"))?
     } else {
-        format!("SIG{upper}")
+        let upper = s.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        name.parse::<Signal>()
+            .map_err(|_| format!("'{s}' is not a signal name (e.g. TERM, QUIT, USR1)"))?
     };
-    name.parse::<Signal>()
-        .map_err(|_| format!("'{s}' is not a signal name (e.g. TERM, QUIT, USR1)"))
+    use Signal::*;
+    if matches!(
+        sig,
+        SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU | SIGCONT | SIGCHLD
+    ) {
+        return Err(format!("{sig} cannot serve as a stop signal"));
+    }
+    Ok(sig)
 }
 
 /// Parse `notify` or `delay:DUR`.
@@ -193,6 +208,11 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").is_err());
+        assert!(
+            parse_duration("2600000000000000h")
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 
     #[test]
@@ -202,6 +222,9 @@ mod tests {
         assert_eq!(parse_signal("10"), Ok(Signal::SIGUSR1));
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+        assert!(parse_signal("STOP").unwrap_err().contains("cannot serve"));
+        assert!(parse_signal("CONT").is_err());
+        assert_eq!(parse_signal("KILL"), Ok(Signal::SIGKILL));
     }
 
     #[test]

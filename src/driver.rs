@@ -56,7 +56,13 @@ struct Child {
     notify: NotifySocket,
     /// Set once waitpid has collected it: never signal it again.
     reaped: bool,
+    /// The last `STATUS=` text, logged only when it changes.
+    status: Option<String>,
 }
+
+/// At most this many notify datagrams are read per socket per wake-up, so
+/// that a flooding child cannot starve signals and deadlines.
+const NOTIFY_BATCH: usize = 64;
 
 /// The running supervisor.
 pub struct Driver {
@@ -67,6 +73,8 @@ pub struct Driver {
     signals: SignalFd,
     children: BTreeMap<Generation, Child>,
     next_ticket: u64,
+    /// Set when the machine asks to exit.
+    exit: Option<i32>,
 }
 
 impl Driver {
@@ -89,6 +97,7 @@ impl Driver {
             signals,
             children: BTreeMap::new(),
             next_ticket: 0,
+            exit: None,
         })
     }
 
@@ -98,8 +107,10 @@ impl Driver {
     /// Only failures of the supervisor itself (poll, signalfd): a child's
     /// failures are inputs, never errors.
     pub fn run(mut self) -> Result<i32> {
+        self.execute();
         loop {
-            if let Some(code) = self.execute()? {
+            if let Some(code) = self.exit {
+                self.kill_orphans();
                 return Ok(code);
             }
             let timeout = match self.machine.next_deadline() {
@@ -133,18 +144,55 @@ impl Driver {
                     .collect();
                 (sig, notify)
             };
-            if sig_ready {
-                self.read_signals()?;
-            }
+            // Signals first, whatever poll said about them: a child that
+            // died just before its ready delay ran out must count as dead,
+            // not ready. (The signalfd is non-blocking.)
+            let _ = sig_ready;
+            self.read_signals()?;
             for g in notify_ready {
-                self.read_notify(g);
+                if self.exit.is_none() {
+                    self.read_notify(g);
+                }
             }
-            self.machine.handle_timeout(Instant::now());
+            if self.exit.is_none() {
+                self.machine.handle_timeout(Instant::now());
+                self.execute();
+            }
+        }
+    }
+
+    /// Hand one input to the machine and carry out what it asks at once,
+    /// so that the next input meets the world the machine believes in.
+    fn feed(&mut self, input: Input) {
+        self.machine.handle(Instant::now(), input);
+        self.execute();
+    }
+
+    /// Before exiting: processes that left their generation's process group
+    /// (setsid) and were reparented to us would otherwise outlive the
+    /// supervisor and keep its sockets. They are our unreaped children, so
+    /// their pids are safe to signal.
+    fn kill_orphans(&mut self) {
+        let me = std::process::id();
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let pid = Pid::from_raw(pid);
+            log::warn!("killing pid {pid}, left behind outside its generation's process group");
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
         }
     }
 
     fn read_signals(&mut self) -> Result<()> {
-        while let Some(info) = self.signals.read_signal().context("read signalfd")? {
+        while self.exit.is_none() {
+            let Some(info) = self.signals.read_signal().context("read signalfd")? else {
+                break;
+            };
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
@@ -154,17 +202,12 @@ impl Driver {
                     log::info!("reload requested (SIGHUP)");
                     self.next_ticket += 1;
                     let t = self.next_ticket;
-                    self.machine.handle(Instant::now(), Input::Reload(t));
+                    self.feed(Input::Reload(t));
                 }
                 _ => {
                     log::info!("received {sig}: stopping");
-                    self.machine.handle(Instant::now(), Input::Stop);
+                    self.feed(Input::Stop);
                 }
-            }
-            // Act between signals, so that e.g. a stop then a second stop
-            // each take effect in order.
-            if self.machine.is_done() {
-                break;
             }
         }
         Ok(())
@@ -216,8 +259,7 @@ impl Driver {
                     if let Some(c) = self.children.get_mut(&g) {
                         c.reaped = true;
                     }
-                    self.machine
-                        .handle(Instant::now(), Input::Exited(g, status));
+                    self.feed(Input::Exited(g, status));
                 }
                 None => log::debug!("reaped orphan pid {pid}: {}", describe_status(status)),
             }
@@ -225,7 +267,7 @@ impl Driver {
     }
 
     fn read_notify(&mut self, g: Generation) {
-        loop {
+        for _ in 0..NOTIFY_BATCH {
             let Some(c) = self.children.get(&g) else {
                 return;
             };
@@ -241,20 +283,27 @@ impl Driver {
                     return;
                 }
             };
-            if let Some(s) = &msg.status {
-                log::info!("{} status: {s}", self.who(g));
+            if let Some(text) = msg.status {
+                let who = self.who(g);
+                if let Some(c) = self.children.get_mut(&g)
+                    && c.status.as_deref() != Some(text.as_str())
+                {
+                    // Escaped: a child's text must not forge log lines.
+                    log::info!("{who} status: {}", text.escape_debug());
+                    c.status = Some(text);
+                }
             }
             if msg.stopping {
                 log::info!("{} is stopping", self.who(g));
             } else if msg.ready {
                 // STOPPING beats READY in one message, as systemd has it.
-                self.machine.handle(Instant::now(), Input::Ready(g));
+                self.feed(Input::Ready(g));
             }
         }
     }
 
-    /// Execute the machine's actions; `Some(code)` to exit.
-    fn execute(&mut self) -> Result<Option<i32>> {
+    /// Execute the machine's actions; an `Exit` is kept in `self.exit`.
+    fn execute(&mut self) {
         while let Some(action) = self.machine.poll_action() {
             match action {
                 Action::Spawn(g) => self.spawn(g),
@@ -265,14 +314,13 @@ impl Driver {
                 }
                 Action::Exit(code) => {
                     log::info!("exiting with status {code}");
-                    return Ok(Some(code));
+                    self.exit = Some(code);
                 }
             }
         }
         // Reaped children were kept until now so that the events about them
         // could name their pids.
         self.children.retain(|_, c| !c.reaped);
-        Ok(None)
     }
 
     fn spawn(&mut self, g: Generation) {
@@ -314,6 +362,7 @@ impl Driver {
             pid,
             notify,
             reaped: false,
+            status: None,
         })
     }
 

@@ -8,14 +8,16 @@
 //! same file.
 
 use std::fmt;
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
     SockaddrStorage, UnixAddr, bind, connect, getsockname, listen, setsockopt, socket, sockopt,
@@ -31,6 +33,8 @@ pub enum Addr {
     TcpAll(u16),
     /// UDP on one address.
     Udp(SocketAddr),
+    /// UDP on every address, dual-stack like [`Addr::TcpAll`].
+    UdpAll(u16),
     /// Unix stream socket at a path.
     Unix(PathBuf),
     /// Unix stream socket in the abstract namespace (`unix:@name`).
@@ -54,10 +58,11 @@ impl FromStr for Spec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Spec, String> {
-        // Addresses never contain '=', so the first one ends a name.
+        // Only a Unix path may hold a '=': anything else splits at the first
+        // one into NAME=ADDR.
         let (name, text) = match s.split_once('=') {
-            Some((n, a)) => (Some(n), a),
-            None => (None, s),
+            Some((n, a)) if !s.starts_with("unix:") => (Some(n), a),
+            _ => (None, s),
         };
         let addr = parse_addr(text).map_err(|why| format!("invalid address '{text}': {why}"))?;
         let name = match name {
@@ -108,10 +113,7 @@ fn parse_addr(text: &str) -> Result<Addr, String> {
     if let Some(rest) = text.strip_prefix("udp:") {
         return match host_port(rest)? {
             (Some(ip), port) => Ok(Addr::Udp(SocketAddr::new(ip, port))),
-            (None, port) => Ok(Addr::Udp(SocketAddr::new(
-                Ipv6Addr::UNSPECIFIED.into(),
-                port,
-            ))),
+            (None, port) => Ok(Addr::UdpAll(port)),
         };
     }
     let rest = text.strip_prefix("tcp:").unwrap_or(text);
@@ -156,6 +158,7 @@ impl fmt::Display for Addr {
             Addr::Tcp(a) => write!(f, "{a}"),
             Addr::TcpAll(p) => write!(f, ":{p}"),
             Addr::Udp(a) => write!(f, "udp:{a}"),
+            Addr::UdpAll(p) => write!(f, "udp::{p}"),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
             Addr::UnixAbstract(n) => write!(f, "unix:@{}", String::from_utf8_lossy(n)),
         }
@@ -172,6 +175,9 @@ pub struct Listener {
     fd: OwnedFd,
     /// Unix socket file we created: (path, device, inode), for cleanup.
     created: Option<(PathBuf, u64, u64)>,
+    /// For a Unix socket path: the lock on `PATH.lock`, held for our life,
+    /// so that two supervisors never both decide the path is theirs.
+    _lock: Option<Flock<File>>,
 }
 
 impl Listener {
@@ -206,47 +212,74 @@ pub fn bind_all(specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
 
 fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
     let flags = SockFlag::SOCK_CLOEXEC;
-    let (fd, created) = match &spec.addr {
-        Addr::Tcp(a) => (bind_inet(*a, SockType::Stream, false, backlog)?, None),
-        Addr::Udp(a) => (bind_inet(*a, SockType::Datagram, false, backlog)?, None),
-        Addr::TcpAll(port) => {
-            let any6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port);
-            match bind_inet(any6, SockType::Stream, true, backlog) {
-                Ok(fd) => (fd, None),
-                // No IPv6 on this host: all IPv4 addresses, then.
-                Err(e)
-                    if e.downcast_ref::<Errno>().is_some_and(|e| {
-                        matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL)
-                    }) =>
-                {
-                    let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port);
-                    (bind_inet(any4, SockType::Stream, false, backlog)?, None)
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Addr::UnixAbstract(name) => {
-            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-            bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
-            listen(&fd, backlog)?;
-            (fd, None)
-        }
-        Addr::Unix(path) => {
-            remove_stale(path)?;
-            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-            bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
-            let meta = std::fs::symlink_metadata(path)?;
-            let created = Some((path.clone(), meta.dev(), meta.ino()));
-            listen(&fd, backlog)?;
-            (fd, created)
-        }
-    };
-    let bound = describe(&fd).unwrap_or_else(|| spec.addr.to_string());
-    Ok(Listener {
+    let mut listener = Listener {
         name: spec.name.clone(),
-        bound,
-        fd,
-        created,
+        bound: String::new(),
+        fd: match &spec.addr {
+            Addr::Tcp(a) => bind_inet(*a, SockType::Stream, false, backlog)?,
+            Addr::Udp(a) => bind_inet(*a, SockType::Datagram, false, backlog)?,
+            Addr::TcpAll(port) => bind_all_addresses(*port, SockType::Stream, backlog)?,
+            Addr::UdpAll(port) => bind_all_addresses(*port, SockType::Datagram, backlog)?,
+            Addr::UnixAbstract(name) => {
+                // The kernel refuses a taken abstract name: no race here.
+                let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+                bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
+                listen(&fd, backlog)?;
+                fd
+            }
+            Addr::Unix(_) => socket(AddressFamily::Unix, SockType::Stream, flags, None)?,
+        },
+        created: None,
+        _lock: None,
+    };
+    if let Addr::Unix(path) = &spec.addr {
+        listener._lock = Some(lock_path(path)?);
+        remove_stale(path)?;
+        bind(listener.fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+        // Recorded before anything else can fail, so that Drop removes it.
+        let meta = std::fs::symlink_metadata(path)?;
+        listener.created = Some((path.clone(), meta.dev(), meta.ino()));
+        listen(&listener.fd, backlog)?;
+    }
+    listener.bound = describe(&listener.fd).unwrap_or_else(|| spec.addr.to_string());
+    Ok(listener)
+}
+
+/// `[::]` dual-stack, or `0.0.0.0` on a host without IPv6.
+fn bind_all_addresses(port: u16, ty: SockType, backlog: Backlog) -> Result<OwnedFd> {
+    let any6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    match bind_inet(any6, ty, true, backlog) {
+        Err(e)
+            if e.downcast_ref::<Errno>()
+                .is_some_and(|e| matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL)) =>
+        {
+            let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+            bind_inet(any4, ty, false, backlog)
+        }
+        other => other,
+    }
+}
+
+/// Take `PATH.lock` (created if missing, never removed: removing a lock
+/// file races with the next taker).
+fn lock_path(path: &Path) -> Result<Flock<File>> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .with_context(|| format!("open lock file {}", lock.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        Errno::EWOULDBLOCK => anyhow::anyhow!(
+            "{} is in use by another supervisor (it holds {})",
+            path.display(),
+            lock.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("lock {}", lock.display())),
     })
 }
 
@@ -260,9 +293,12 @@ fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Re
         _ => SockProtocol::Tcp,
     };
     let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto)?;
-    // TIME_WAIT connections from a previous supervisor must not block the
-    // port; this is not SO_REUSEPORT, which would split the accept queue.
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if ty == SockType::Stream {
+        // TIME_WAIT connections from a previous supervisor must not block
+        // the port; this is not SO_REUSEPORT, which would split the accept
+        // queue. Not for UDP, where it would let two binders share a port.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
     if family == AddressFamily::Inet6 {
         // "[::]:80" means IPv6 only (as Server::Starter does); ":80" means
         // every address, IPv4 included.
@@ -281,7 +317,7 @@ fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Re
 /// A socket file left at `path` by a dead process is removed; one that a
 /// live process still accepts on, or a file that is not a socket, is an
 /// error.
-fn remove_stale(path: &std::path::Path) -> Result<()> {
+fn remove_stale(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -290,14 +326,18 @@ fn remove_stale(path: &std::path::Path) -> Result<()> {
     if !meta.file_type().is_socket() {
         bail!("{} exists and is not a socket", path.display());
     }
+    // Non-blocking: a live owner with a full accept queue answers EAGAIN
+    // instead of hanging us.
     let probe = socket(
         AddressFamily::Unix,
         SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
     match connect(probe.as_raw_fd(), &UnixAddr::new(path)?) {
-        Ok(()) => bail!("{} is in use by a running process", path.display()),
+        Ok(()) | Err(Errno::EAGAIN) => {
+            bail!("{} is in use by a running process", path.display())
+        }
         Err(Errno::ECONNREFUSED) => {
             log::info!("removing stale socket file {}", path.display());
             std::fs::remove_file(path).context("remove stale socket file")
@@ -359,6 +399,16 @@ mod tests {
             spec("unix:@x").unwrap().addr,
             Addr::UnixAbstract(b"x".to_vec())
         );
+        assert_eq!(
+            spec("unix:/tmp/a=b.sock").unwrap().addr,
+            Addr::Unix("/tmp/a=b.sock".into())
+        );
+        let s = spec("web=unix:/tmp/a=b.sock").unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.addr),
+            ("web", Addr::Unix("/tmp/a=b.sock".into()))
+        );
+        assert_eq!(spec("udp::53").unwrap().addr, Addr::UdpAll(53));
         assert_eq!(
             spec("localhost:1").unwrap().addr,
             Addr::Tcp("127.0.0.1:1".parse().unwrap())

@@ -350,6 +350,7 @@ impl Machine {
     }
 
     /// Whether the machine has asked the driver to exit.
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -431,6 +432,13 @@ impl Machine {
         };
         let (after, tickets) = (now.saturating_duration_since(*spawned), tickets.clone());
         let replaced = self.active();
+        // A generation that served long enough before being replaced ends
+        // any crash streak, as if it had exited after a healthy run.
+        if let Some(State::Active { since }) = replaced.and_then(|r| self.generations.get(&r))
+            && now.saturating_duration_since(*since) >= self.cfg.healthy_after
+        {
+            self.failures = 0;
+        }
         self.generations.insert(g, State::Active { since: now });
         self.report(Event::Ready {
             generation: g,
@@ -603,7 +611,14 @@ impl Machine {
         let serving = self.active();
         let mut restart_in = None;
         let mut stop_with = None;
-        if self.stopping.is_none() && serving.is_none() && self.queued.is_none() {
+        if self.stopping.is_none()
+            && cause == Cause::Initial
+            && let StartFailure::Spawn(_) = why
+        {
+            // The command cannot even be executed (ENOEXEC, EACCES, a bad
+            // interpreter...): retrying the first start would only loop.
+            stop_with = Some(ExitStatus::Code(127));
+        } else if self.stopping.is_none() && serving.is_none() && self.queued.is_none() {
             // Nothing serves: the crash policy decides, as if the service
             // had exited.
             let status = match &why {
@@ -1022,6 +1037,55 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::Never);
         m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Signal(6)));
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(134)));
+    }
+
+    #[test]
+    fn initial_spawn_failure_exits_127_whatever_the_policy() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(cfg(ReadyMode::Notify, RestartPolicy::Always), t0);
+        let _ = actions(&mut m);
+        m.handle(
+            t0,
+            Input::SpawnFailed(G1, "exec x: Exec format error".into()),
+        );
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(127)));
+        // A later spawn failure (a restart) is retried with backoff.
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle_timeout(ms(t0, 200));
+        let _ = actions(&mut m);
+        m.handle(
+            ms(t0, 200),
+            Input::SpawnFailed(G2, "exec x: ETXTBSY".into()),
+        );
+        assert!(!actions(&mut m).iter().any(|a| matches!(a, Action::Exit(_))));
+        assert_eq!(m.next_deadline(), Some(ms(t0, 400)));
+    }
+
+    #[test]
+    fn replacing_a_healthy_generation_resets_the_backoff() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        // A crash streak: 100ms, 200ms.
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle_timeout(ms(t0, 200));
+        m.handle(ms(t0, 210), Input::Ready(G2));
+        m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle_timeout(ms(t0, 500));
+        m.handle(ms(t0, 510), Input::Ready(G3));
+        // Then an hour of service, a reload, and a quick crash of the new
+        // generation: back to the first delay.
+        m.handle(ms(t0, 3_600_000), Input::Reload(1));
+        m.handle(ms(t0, 3_600_100), Input::Ready(Generation(4)));
+        let _ = actions(&mut m);
+        m.handle(
+            ms(t0, 3_600_200),
+            Input::Exited(Generation(4), ExitStatus::Code(1)),
+        );
+        let acts = actions(&mut m);
+        assert!(
+            matches!(acts.first(), Some(Action::Report(Event::Crashed { restart_in: Some(d), .. })) if d.as_millis() == 100),
+            "{acts:?}"
+        );
     }
 
     #[test]

@@ -326,24 +326,43 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             libc::_exit(127);
         }
 
-        // Move every source fd out of the target range 3..3+n first, so that
-        // no dup2 below overwrites a source not yet placed.
+        // Place the listeners at 3..3+n, in order. Before target 3+i is
+        // overwritten, any source still to be placed that sits there is
+        // moved above the range; nothing else moves, so a block of
+        // listeners already at 3.. (the usual case) or shifted up by fds
+        // the supervisor inherited needs no extra fd at all. The status
+        // pipe is kept out of the range first.
         let first = supervisor::child::LISTEN_FDS_START;
         let end = first + s.nfds as RawFd;
-        for i in 0..s.nfds {
-            let src = s.fds.add(i);
-            if *src < end {
-                let moved = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, end);
-                if moved < 0 {
-                    fail(s.status_fd, Stage::Fds);
-                }
-                *src = moved;
+        let mut status_fd = s.status_fd;
+        if (first..end).contains(&status_fd) {
+            status_fd = libc::fcntl(status_fd, libc::F_DUPFD_CLOEXEC, end);
+            if status_fd < 0 {
+                libc::_exit(127);
             }
         }
         for i in 0..s.nfds {
-            // dup2 to another number clears FD_CLOEXEC on the new fd.
-            if libc::dup2(*s.fds.add(i), first + i as RawFd) < 0 {
-                fail(s.status_fd, Stage::Fds);
+            let target = first + i as RawFd;
+            for j in i + 1..s.nfds {
+                let later = s.fds.add(j);
+                if *later == target {
+                    let moved = libc::fcntl(*later, libc::F_DUPFD_CLOEXEC, end);
+                    if moved < 0 {
+                        fail(status_fd, Stage::Fds);
+                    }
+                    *later = moved;
+                }
+            }
+            let src = *s.fds.add(i);
+            // dup2 to another number clears FD_CLOEXEC on the new fd;
+            // dup2(fd, fd) would not, so clear it by hand.
+            let placed = if src == target {
+                libc::fcntl(target, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(src, target)
+            };
+            if placed < 0 {
+                fail(status_fd, Stage::Fds);
             }
         }
         // Nothing else of ours may cross the exec: everything the supervisor
@@ -355,7 +374,14 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         );
         if r != 0 {
-            for fd in end..4096 {
+            // Kernels before 5.11: one fd at a time, up to the fd limit.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                4096
+            };
+            for fd in end..max {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
@@ -364,7 +390,7 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             write_decimal(s.listen_pid_slot, libc::getpid() as u64);
         }
         libc::execve(s.program, s.argv, s.envp);
-        fail(s.status_fd, Stage::Exec)
+        fail(status_fd, Stage::Exec)
     }
 }
 
@@ -377,15 +403,9 @@ unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
     // lives on this stack frame.
     unsafe {
         let errno = *libc::__errno_location();
-        let mut buf = [0u8; 8];
-        let st = (stage as u32).to_ne_bytes();
-        let er = errno.to_ne_bytes();
-        let mut i = 0;
-        while i < 4 {
-            buf[i] = st[i];
-            buf[4 + i] = er[i];
-            i += 1;
-        }
+        let [a, b, c, d] = (stage as u32).to_ne_bytes();
+        let [e, f, g, h] = errno.to_ne_bytes();
+        let buf = [a, b, c, d, e, f, g, h];
         libc::write(fd, buf.as_ptr().cast(), buf.len());
         libc::_exit(127)
     }
@@ -396,20 +416,22 @@ unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
 ///
 /// # Safety
 /// `slot` must point at `PID_DIGITS + 1` writable bytes. Async-signal-safe.
-unsafe fn write_decimal(slot: *mut u8, mut n: u64) {
-    let mut digits = [0u8; PID_DIGITS];
-    let mut len = 0;
-    loop {
-        digits[len % PID_DIGITS] = b'0' + (n % 10) as u8;
+unsafe fn write_decimal(slot: *mut u8, n: u64) {
+    // Count the digits first, then write them from the last one back: no
+    // indexing, so no panic path.
+    let mut len = 1;
+    let mut rest = n / 10;
+    while rest > 0 && len < PID_DIGITS {
         len += 1;
-        n /= 10;
-        if n == 0 || len == PID_DIGITS {
-            break;
-        }
+        rest /= 10;
     }
-    for i in 0..len {
+    let mut n = n;
+    let mut i = len;
+    while i > 0 {
+        i -= 1;
         // SAFETY: i < len <= PID_DIGITS, inside the slot.
-        unsafe { *slot.add(i) = digits[len - 1 - i] };
+        unsafe { *slot.add(i) = b'0' + (n % 10) as u8 };
+        n /= 10;
     }
     // SAFETY: len <= PID_DIGITS, so the NUL still fits.
     unsafe { *slot.add(len) = 0 };

@@ -136,3 +136,127 @@ fn unix_socket_of_a_live_process_is_refused_a_stale_one_replaced() {
     assert_eq!(code, 1);
     assert!(line.contains("exists and is not a socket"), "{line}");
 }
+
+#[test]
+fn live_unix_socket_with_a_full_accept_queue_is_refused_without_hanging() {
+    let dir = TempDir::new("full");
+    let path = dir.path("busy.sock");
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Fill its accept queue: non-blocking connects until EAGAIN.
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        // SAFETY: plain socket(2); the fd is owned by the OwnedFd below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and is owned by nothing else.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in sa.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: connect(2) with a valid, initialised sockaddr_un.
+        let r = unsafe {
+            libc::connect(
+                fd,
+                (&sa as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as u32,
+            )
+        };
+        held.push(owned);
+        if r != 0 {
+            break;
+        }
+    }
+    let arg = format!("unix:{}", path.display());
+    let mut sv = Supervisor::start(&["-l", &arg, "--", "sleep", "300"]);
+    let code = sv.wait_exit(std::time::Duration::from_secs(20)).code();
+    assert_eq!(code, Some(1), "{}", sv.output());
+    assert!(
+        sv.has_line("is in use by a running process"),
+        "{}",
+        sv.output()
+    );
+    drop(held);
+    drop(live);
+}
+
+#[test]
+fn two_supervisors_never_share_a_unix_socket_path() {
+    let dir = TempDir::new("two");
+    let path = dir.path("app.sock");
+    let arg = format!("unix:{}", path.display());
+    let mut first = Supervisor::start(&["-l", &arg, "--ready", "delay:10ms", "--", "sleep", "300"]);
+    first.wait_ready(1, std::time::Duration::from_secs(20));
+    let (code, line) = fails(&["-l", &arg, "--", "sleep", "300"]);
+    assert_eq!(code, 1);
+    assert!(line.contains("in use by another supervisor"), "{line}");
+    assert!(path.exists());
+    first.signal(libc::SIGTERM);
+    first.wait_exit(std::time::Duration::from_secs(20));
+    assert!(!path.exists());
+}
+
+#[test]
+fn udp_port_in_use_is_an_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = format!("udp:{}", taken.local_addr().unwrap());
+    let (code, line) = fails(&["-l", &addr, "--", "sleep", "300"]);
+    assert_eq!(code, 1);
+    assert!(line.contains("Address already in use"), "{line}");
+}
+
+#[test]
+fn out_of_range_durations_are_usage_errors() {
+    let (code, line) = fails(&["--drain-timeout", "2600000000000000h", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(line.contains("out of range"), "{line}");
+}
+
+#[test]
+fn a_command_that_cannot_be_executed_stops_at_once_with_127() {
+    let dir = TempDir::new("noexec");
+    let script = dir.path("no-shebang");
+    std::fs::write(&script, "echo hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut sv = Supervisor::start(&["--restart", "always", "--", script.to_str().unwrap()]);
+    assert_eq!(
+        sv.wait_exit(std::time::Duration::from_secs(20)).code(),
+        Some(127)
+    );
+    assert!(sv.has_line("Exec format error"), "{}", sv.output());
+}
+
+#[test]
+fn many_listeners_fit_within_a_tight_fd_limit() {
+    // 300 listeners under a 400-fd limit: placing them at 3.. in the child
+    // must not need a second copy of each.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 400 && exec \"$0\" \"$@\"")
+        .arg(supervisor_bin());
+    for _ in 0..300 {
+        cmd.args(["-l", "127.0.0.1:0"]);
+    }
+    cmd.args(["--ready", "delay:10ms", "--", "sleep", "300"]);
+    let mut sv = Supervisor::start_with(&mut cmd);
+    sv.wait_line("generation 1 (pid", std::time::Duration::from_secs(20));
+    sv.wait_ready(1, std::time::Duration::from_secs(20));
+    let pid = sv.generation_pid(1, std::time::Duration::from_secs(20));
+    let fds = fds(pid);
+    assert_eq!(fds.len(), 303, "child fds: {}", fds.len());
+    assert!((3..303).all(|n| fds.get(&n).is_some_and(|t| t.starts_with("socket:"))));
+    sv.signal(libc::SIGTERM);
+    assert_eq!(
+        sv.wait_exit(std::time::Duration::from_secs(20)).code(),
+        Some(143)
+    );
+}

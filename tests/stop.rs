@@ -269,3 +269,53 @@ fn supervisor_fds_do_not_grow_across_reloads() {
     sv.signal(libc::SIGTERM);
     assert_eq!(sv.wait_exit(T).code(), Some(143));
 }
+
+#[test]
+fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
+    // The escapee starts its own session, so the process-group kill misses
+    // it; it is reparented to the supervisor (a subreaper), which must kill
+    // it before exiting, or it would keep the listening socket.
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sh",
+        "-c",
+        "setsid sh -c 'echo \"escapee $$\"; exec sleep 300' & exec sleep 300",
+    ]);
+    sv.wait_ready(1, T);
+    let line = sv.wait_line("escapee ", T);
+    let escapee: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(process_exists(escapee));
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert!(
+        wait_gone(escapee, T),
+        "escapee {escapee} outlived the supervisor"
+    );
+    assert!(sv.has_line(&format!("killing pid {escapee}")));
+}
+
+#[test]
+fn reload_and_stop_together_never_spawn_after_the_stop() {
+    let mut sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:50ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    sv.wait_ready(1, T);
+    sv.signal(libc::SIGHUP);
+    sv.signal(libc::SIGTERM);
+    sv.wait_exit(T);
+    let out = sv.output();
+    let stop = out.find("received SIGTERM").expect("stop logged");
+    if let Some(spawn) = out.find("generation 2 (pid") {
+        assert!(spawn < stop, "generation 2 started after the stop:\n{out}");
+    }
+}
