@@ -26,13 +26,19 @@ Exit status:
   0                      stopped with no child ever active
   1                      the supervisor's own failure (bind, missing command)
   2                      usage error
+  127                    the first generation could not be executed
 
 Durations: 500ms, 30s, 2m, 1h (decimals allowed: 1.5s). Signals: TERM,
 SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 
 /// Zero-downtime hot-restart supervisor for network servers.
 #[derive(Debug, Parser)]
-#[command(name = "supervisor", version, after_help = AFTER_HELP)]
+#[command(
+    name = "supervisor",
+    version,
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]",
+    after_help = AFTER_HELP
+)]
 pub struct Args {
     /// Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT (every
     /// address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable;
