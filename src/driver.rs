@@ -513,10 +513,13 @@ fn describe_failure(f: &StartFailure) -> String {
     }
 }
 
-/// `85ms`, `1.2s`, `2m30s`.
+/// `3.2ms`, `85ms`, `1.2s`, `2m30s`.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 {
+    if ms < 10 {
+        let s = format!("{:.1}", d.as_secs_f64() * 1000.0);
+        format!("{}ms", s.strip_suffix(".0").unwrap_or(&s))
+    } else if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
         let s = format!("{:.1}", d.as_secs_f64());
@@ -524,5 +527,20 @@ pub fn human(d: Duration) -> String {
     } else {
         let s = d.as_secs();
         format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_micros(3240)), "3.2ms");
+        assert_eq!(human(Duration::from_millis(5)), "5ms");
+        assert_eq!(human(Duration::from_millis(85)), "85ms");
+        assert_eq!(human(Duration::from_millis(1200)), "1.2s");
+        assert_eq!(human(Duration::from_secs(30)), "30s");
+        assert_eq!(human(Duration::from_secs(150)), "2m30s");
     }
 }

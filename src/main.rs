@@ -88,7 +88,7 @@ fn init_logging() {
             writeln!(
                 buf,
                 "{} supervisor[{pid}] {}: {}",
-                buf.timestamp_millis(),
+                buf.timestamp_micros(),
                 record.level().as_str().to_ascii_lowercase(),
                 record.args()
             )
