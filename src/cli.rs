@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
 
+use crate::compat::Compat;
 use crate::listen::Spec;
 use crate::machine::{ReadyMode, RestartPolicy};
 
@@ -78,6 +79,11 @@ pub struct Args {
     /// its status).
     #[arg(long, value_enum, value_name = "POLICY", default_value = "on-failure")]
     pub restart: Restart,
+
+    /// Also set the variables of servers written for other launchers:
+    /// einhorn, server-starter, nginx (comma-separated, or all).
+    #[arg(long, value_name = "LIST")]
+    pub compat: Vec<Compat>,
 
     /// The server command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use supervisor::child;
 
+use crate::compat::{self, Compat};
 use crate::listen::Listener;
 use crate::machine::{Action, Cause, Event, ExitStatus, Generation, Input, Machine, StartFailure};
 use crate::notify::{NotifyDir, NotifySocket};
@@ -48,6 +49,8 @@ pub struct Settings {
     pub command: Vec<OsString>,
     /// The generations' stop signal.
     pub stop_signal: Signal,
+    /// Variables for servers written for other launchers.
+    pub compat: Compat,
 }
 
 /// A generation's process, until it is reaped.
@@ -340,7 +343,10 @@ impl Driver {
     fn try_spawn(&mut self, g: Generation) -> Result<Child> {
         let notify = self.notify_dir.socket(g.0)?;
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| !STRIPPED.iter().any(|s| k == s))
+            .filter(|(k, _)| {
+                !STRIPPED.iter().any(|s| k == s)
+                    && !k.to_str().is_some_and(compat::is_launcher_variable)
+            })
             .collect();
         let n = self.listeners.len();
         if n > 0 {
@@ -350,6 +356,19 @@ impl Driver {
         }
         env.push((child::NOTIFY_SOCKET.into(), notify.path().into()));
         env.push((child::SUPERVISOR_GENERATION.into(), g.0.to_string().into()));
+        let keys: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| l.starter_key.clone())
+            .collect();
+        let extra = compat::variables(
+            &self.settings.compat,
+            &keys,
+            child::LISTEN_FDS_START,
+            g.0,
+            std::process::id(),
+        );
+        env.extend(extra.into_iter().map(|(k, v)| (k.into(), v.into())));
         let mut plan = Plan::new(
             &self.settings.command,
             env,

@@ -172,6 +172,8 @@ pub struct Listener {
     pub name: String,
     /// What it is bound to, as the kernel reports it (port 0 resolved).
     pub bound: String,
+    /// Its key in `SERVER_STARTER_PORT`, as Server::Starter writes it.
+    pub starter_key: String,
     fd: OwnedFd,
     /// Unix socket file we created: (path, device, inode), for cleanup.
     created: Option<(PathBuf, u64, u64)>,
@@ -215,6 +217,7 @@ fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
     let mut listener = Listener {
         name: spec.name.clone(),
         bound: String::new(),
+        starter_key: String::new(),
         fd: match &spec.addr {
             Addr::Tcp(a) => bind_inet(*a, SockType::Stream, false, backlog)?,
             Addr::Udp(a) => bind_inet(*a, SockType::Datagram, false, backlog)?,
@@ -242,7 +245,34 @@ fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
         listen(&listener.fd, backlog)?;
     }
     listener.bound = describe(&listener.fd).unwrap_or_else(|| spec.addr.to_string());
+    listener.starter_key = starter_key(spec, &listener.bound);
     Ok(listener)
+}
+
+/// The listener's key as Server::Starter writes it: the address as given
+/// (`127.0.0.1:80`, `[::1]:80`), a bare port for every address (`80`), the
+/// path of a Unix socket, no `udp:` prefix. A port 0 is replaced by the
+/// port the kernel chose.
+fn starter_key(spec: &Spec, bound: &str) -> String {
+    let bound = bound.strip_prefix("udp:").unwrap_or(bound);
+    let bound_port = || bound.rsplit(':').next().unwrap_or("0").to_string();
+    match &spec.addr {
+        Addr::Tcp(a) | Addr::Udp(a) if a.port() == 0 => bound.to_string(),
+        Addr::Tcp(_) => spec
+            .text
+            .strip_prefix("tcp:")
+            .unwrap_or(&spec.text)
+            .to_string(),
+        Addr::Udp(_) => spec
+            .text
+            .strip_prefix("udp:")
+            .unwrap_or(&spec.text)
+            .to_string(),
+        Addr::TcpAll(0) | Addr::UdpAll(0) => bound_port(),
+        Addr::TcpAll(p) | Addr::UdpAll(p) => p.to_string(),
+        Addr::Unix(path) => path.display().to_string(),
+        Addr::UnixAbstract(name) => format!("@{}", String::from_utf8_lossy(name)),
+    }
 }
 
 /// `[::]` dual-stack, or `0.0.0.0` on a host without IPv6.
@@ -412,6 +442,23 @@ mod tests {
         assert_eq!(
             spec("localhost:1").unwrap().addr,
             Addr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn server_starter_keys() {
+        let key = |s: &str, bound: &str| starter_key(&spec(s).unwrap(), bound);
+        assert_eq!(key("127.0.0.1:80", "127.0.0.1:80"), "127.0.0.1:80");
+        assert_eq!(key("tcp:localhost:80", "127.0.0.1:80"), "localhost:80");
+        assert_eq!(key("web=[::1]:80", "[::1]:80"), "[::1]:80");
+        assert_eq!(key(":80", "[::]:80"), "80");
+        assert_eq!(key(":0", "[::]:4567"), "4567");
+        assert_eq!(key("127.0.0.1:0", "127.0.0.1:4567"), "127.0.0.1:4567");
+        assert_eq!(key("udp:127.0.0.1:53", "udp:127.0.0.1:53"), "127.0.0.1:53");
+        assert_eq!(key("udp:127.0.0.1:0", "udp:127.0.0.1:999"), "127.0.0.1:999");
+        assert_eq!(
+            key("unix:/tmp/app.sock", "unix:/tmp/app.sock"),
+            "/tmp/app.sock"
         );
     }
 

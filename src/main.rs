@@ -9,6 +9,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod cli;
+mod compat;
 mod driver;
 mod listen;
 mod machine;
@@ -54,14 +55,6 @@ fn run(args: cli::Args) -> Result<i32> {
         None => Backlog::MAXALLOWABLE,
     };
     let listeners = listen::bind_all(&args.listen, backlog)?;
-    for (i, l) in listeners.iter().enumerate() {
-        log::info!(
-            "listening on {} as {:?} (fd {} in children)",
-            l.bound,
-            l.name,
-            supervisor::child::LISTEN_FDS_START + i as i32
-        );
-    }
     // Orphans of our children are reparented to us, so we reap them too.
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
     let cfg = Config {
@@ -73,9 +66,34 @@ fn run(args: cli::Args) -> Result<i32> {
         backoff_max: Duration::from_secs(10),
         healthy_after: Duration::from_secs(10),
     };
+    let compat = compat::Compat::merge(&args.compat);
+    if compat.has(compat::Launcher::ServerStarter)
+        && let Some(l) = listeners
+            .iter()
+            .find(|l| l.starter_key.contains(['=', ';']))
+    {
+        anyhow::bail!(
+            "--compat server-starter: listener {} cannot be named in SERVER_STARTER_PORT (its key {:?} holds '=' or ';')",
+            l.bound,
+            l.starter_key
+        );
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        log::info!(
+            "listening on {} as {:?} (fd {} in children)",
+            l.bound,
+            l.name,
+            supervisor::child::LISTEN_FDS_START + i as i32
+        );
+    }
+    if !compat.0.is_empty() {
+        let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
+        log::info!("compatibility variables for: {}", names.join(", "));
+    }
     let settings = driver::Settings {
         command: args.command,
         stop_signal: args.stop_signal,
+        compat,
     };
     let machine = Machine::new(cfg, Instant::now());
     driver::Driver::new(machine, settings, listeners)?.run()

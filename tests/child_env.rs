@@ -174,3 +174,88 @@ fn notify_readiness_from_a_helper_process_of_the_child_counts() {
     sv.signal(libc::SIGTERM);
     assert_eq!(sv.wait_exit(T).code(), Some(143));
 }
+
+#[test]
+fn compat_variables_are_written_as_each_launcher_writes_them() {
+    let dir = TempDir::new("compat");
+    let sock = dir.path("app.sock");
+    let sock = sock.to_str().unwrap();
+    // The supervisor's own launcher variables must not leak through.
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args([
+        "-l",
+        "127.0.0.1:0",
+        "-l",
+        &format!("unix:{sock}"),
+        "-l",
+        "udp:127.0.0.1:0",
+    ])
+    .args(["--compat", "einhorn,server-starter", "--compat", "nginx"])
+    .args(["--ready", "delay:10ms", "--", "sleep", "300"])
+    .env("EINHORN_FD_COUNT", "9")
+    .env("EINHORN_FD_5", "42")
+    .env("SERVER_STARTER_PORT", "80=9")
+    .env("NGINX", "9;");
+    let mut sv = Supervisor::start_with(&mut cmd);
+    sv.wait_ready(1, T);
+    let pid = sv.generation_pid(1, T);
+    let tcp = sv.tcp_addr(0);
+    let udp_line = sv.wait_line("(fd 5 in children)", T);
+    let udp = udp_line
+        .split("listening on udp:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    let env = environ(pid);
+    assert_eq!(env["EINHORN_FD_COUNT"], "3");
+    assert_eq!(env["EINHORN_FD_0"], "3");
+    assert_eq!(env["EINHORN_FD_1"], "4");
+    assert_eq!(env["EINHORN_FD_2"], "5");
+    assert!(!env.contains_key("EINHORN_FD_5"));
+    assert_eq!(env["EINHORN_FDS"], "3 4 5");
+    assert_eq!(env["EINHORN_MASTER_PID"], sv.pid.to_string());
+    assert_eq!(
+        env["SERVER_STARTER_PORT"],
+        format!("{tcp}=3;{sock}=4;{udp}=5"),
+        "port 0 is given as the port the kernel chose"
+    );
+    assert_eq!(env["SERVER_STARTER_GENERATION"], "1");
+    assert_eq!(env["NGINX"], "3;4;5;");
+    // The fds those variables name are the listeners.
+    let child_fds = fds(pid);
+    for fd in 3..=5 {
+        assert!(child_fds[&fd].starts_with("socket:"), "{child_fds:?}");
+    }
+    sv.signal(libc::SIGHUP);
+    sv.wait_ready(2, T);
+    let p2 = sv.generation_pid(2, T);
+    assert_eq!(environ(p2)["SERVER_STARTER_GENERATION"], "2");
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+}
+
+#[test]
+fn without_compat_no_launcher_variables_reach_the_child() {
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args([
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:10ms",
+        "--",
+        "sleep",
+        "300",
+    ])
+    .env("EINHORN_FD_COUNT", "9")
+    .env("SERVER_STARTER_PORT", "80=9")
+    .env("NGINX", "9;");
+    let mut sv = Supervisor::start_with(&mut cmd);
+    sv.wait_ready(1, T);
+    let env = environ(sv.generation_pid(1, T));
+    for k in ["EINHORN_FD_COUNT", "SERVER_STARTER_PORT", "NGINX"] {
+        assert!(!env.contains_key(k), "{k} leaked: {env:?}");
+    }
+    sv.signal(libc::SIGTERM);
+    assert_eq!(sv.wait_exit(T).code(), Some(143));
+}

@@ -260,3 +260,27 @@ fn many_listeners_fit_within_a_tight_fd_limit() {
         Some(143)
     );
 }
+
+#[test]
+fn bad_compat_lists_and_unnameable_listeners() {
+    let (code, line) = fails(&["--compat", "apache", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(line.contains("unknown launcher 'apache'"), "{line}");
+    let dir = TempDir::new("compat");
+    let odd = format!("unix:{}", dir.path("a=b.sock").display());
+    let (code, line) = fails(&[
+        "-l",
+        &odd,
+        "--compat",
+        "server-starter",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        line.contains("cannot be named in SERVER_STARTER_PORT"),
+        "{line}"
+    );
+    assert!(!dir.path("a=b.sock").exists(), "socket file left behind");
+}
