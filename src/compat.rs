@@ -84,7 +84,7 @@ pub fn is_launcher_variable(name: &str) -> bool {
 /// The variables for one generation.
 ///
 /// `keys` are the Server::Starter keys of the listeners, in fd order (see
-/// [`crate::listen::Spec::starter_key`]); the listeners sit at fds
+/// `listen::starter_key`); the listeners sit at fds
 /// `first..first + keys.len()`.
 pub fn variables(
     compat: &Compat,
