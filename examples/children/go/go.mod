@@ -1,0 +1,3 @@
+module example.com/supervisor-child
+
+go 1.19

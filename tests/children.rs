@@ -1,0 +1,321 @@
+//! The example children of `examples/children/` under the supervisor, one
+//! test each: under continuous load, several reloads with zero failed
+//! requests, traffic on every new generation, and every old generation
+//! drained (exit status 0) and reaped. nginx also proves that a reload reads
+//! a changed configuration file.
+//!
+//! A test whose tool (go, node, nginx, python3) is not installed says
+//! `skipped: ...` and passes; a tool that is there but fails is a failure.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+/// Reloads per child.
+const RELOADS: u64 = 5;
+/// Concurrent client connections.
+const CLIENTS: usize = 8;
+/// Requests each new generation must answer before the next reload.
+const SERVED: u64 = 50;
+
+fn children_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/children")
+}
+
+/// The path of `tool` if it is installed (in `PATH`, or in the sbin
+/// directories that a non-root `PATH` may lack).
+fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// `find_tool`, or a `skipped:` message naming the package to install.
+fn tool_or_skip(test: &str, tool: &str, package: &str) -> Option<PathBuf> {
+    let found = find_tool(tool);
+    if found.is_none() {
+        eprintln!("skipped: {test}: `{tool}` is not installed (apt-get install {package})");
+    }
+    found
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// Reloads `RELOADS` times under load. `before_reload(g)` runs before the
+/// reload that starts generation `g`.
+fn reload_under_load(name: &str, sv: &Supervisor, mut before_reload: impl FnMut(u64)) {
+    sv.wait_ready(1, T);
+    let load = Load::start(sv.tcp_addr(0), CLIENTS, Duration::from_secs(60));
+    assert!(
+        load.wait_served_by(1, SERVED, T),
+        "{name}: generation 1 never served; failures: {:?}",
+        load.failures()
+    );
+    for g in 2..=RELOADS + 1 {
+        let old_pid = sv.generation_pid(g - 1, T);
+        before_reload(g);
+        sv.signal(libc::SIGHUP);
+        sv.wait_ready(g, T);
+        assert!(
+            load.wait_served_by(g, SERVED, T),
+            "{name}: traffic did not move to generation {g}; failures: {:?}",
+            load.failures()
+        );
+        let drained = sv.wait_line(
+            &format!("generation {} (pid {old_pid}) drained in", g - 1),
+            T,
+        );
+        assert!(
+            drained.contains("(exited with status 0)"),
+            "{name}: generation {} did not drain cleanly: {drained}",
+            g - 1
+        );
+        // Reaped by the supervisor, which is alive: not even a zombie.
+        assert!(
+            wait_gone(old_pid, T),
+            "{name}: generation {} (pid {old_pid}) was not reaped",
+            g - 1
+        );
+        let failures = load.failures();
+        assert!(
+            failures.is_empty(),
+            "{name}: failed requests by reload {}: {failures:?}",
+            g - 1
+        );
+    }
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{name}: failed requests: {failures:?}");
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let by_generation: BTreeMap<u64, u64> = stats.by_generation.lock().unwrap().clone();
+    assert_eq!(
+        by_generation.keys().copied().collect::<Vec<_>>(),
+        (1..=RELOADS + 1).collect::<Vec<_>>(),
+        "{name}: answers from unexpected generations"
+    );
+    eprintln!(
+        "{name}: {RELOADS} reloads, {ok} requests, 0 failures; by generation: {by_generation:?}"
+    );
+}
+
+/// Stops the supervisor: the serving generation drains and exits 0.
+fn stop(name: &str, mut sv: Supervisor) {
+    sv.signal(libc::SIGTERM);
+    assert_eq!(
+        sv.wait_exit(T).code(),
+        Some(0),
+        "{name}: the last generation drains and exits 0"
+    );
+}
+
+/// A Rust example child, with `-l http=127.0.0.1:0 --ready notify`.
+fn rust_child(name: &str) -> Supervisor {
+    let bin = example(name);
+    Supervisor::start(&[
+        "-l",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        s(&bin),
+    ])
+}
+
+#[test]
+fn rust_listenfd_child_reloads_under_load() {
+    let sv = rust_child("listenfd_server");
+    reload_under_load("listenfd", &sv, |_| {});
+    stop("listenfd", sv);
+}
+
+#[test]
+fn rust_sd_notify_child_reloads_under_load() {
+    let sv = rust_child("sd_notify_server");
+    reload_under_load("sd-notify", &sv, |_| {});
+    // READY=1 and STATUS= came through the sd-notify crate.
+    assert!(sv.has_line(&format!("status: serving generation {}", RELOADS + 1)));
+    stop("sd-notify", sv);
+}
+
+#[test]
+fn rust_tokio_child_on_supervisor_child_module_reloads_under_load() {
+    let sv = rust_child("tokio_server");
+    reload_under_load("tokio", &sv, |_| {});
+    assert!(sv.has_line(&format!("status: serving generation {}", RELOADS + 1)));
+    stop("tokio", sv);
+}
+
+#[test]
+fn python_child_reloads_under_load() {
+    let Some(python) = tool_or_skip("python", "python3", "python3") else {
+        return;
+    };
+    let script = children_dir().join("python/server.py");
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        s(&python),
+        s(&script),
+    ]);
+    reload_under_load("python", &sv, |_| {});
+    stop("python", sv);
+}
+
+#[test]
+fn go_child_reloads_under_load() {
+    let Some(go) = tool_or_skip("go", "go", "golang-go") else {
+        return;
+    };
+    let dir = TempDir::new("go");
+    let bin = dir.path("go-child");
+    // The build cache outlives the test, so only the first run compiles.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-build-cache");
+    let out = Command::new(&go)
+        .args(["build", "-o", s(&bin), "."])
+        .current_dir(children_dir().join("go"))
+        .env("GOCACHE", &cache)
+        .env("GOPROXY", "off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        s(&bin),
+    ]);
+    reload_under_load("go", &sv, |_| {});
+    stop("go", sv);
+}
+
+#[test]
+fn node_child_reloads_under_load() {
+    let Some(node) = tool_or_skip("node", "node", "nodejs") else {
+        return;
+    };
+    let script = children_dir().join("node/server.js");
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        // Node cannot send READY=1 (no Unix datagram sockets).
+        "--ready",
+        "delay:300ms",
+        "--drain-timeout",
+        "10s",
+        "--",
+        s(&node),
+        s(&script),
+    ]);
+    reload_under_load("node", &sv, |_| {});
+    stop("node", sv);
+}
+
+/// The nginx example configuration with its placeholders filled in.
+fn write_nginx_conf(dir: &TempDir, listen: &str, generation: u64) {
+    let template = std::fs::read_to_string(children_dir().join("nginx/nginx.conf")).unwrap();
+    assert!(template.contains("@LISTEN@") && template.contains("@BODY@"));
+    let conf = template
+        .replace("@LISTEN@", listen)
+        .replace("@BODY@", &format!("generation {generation}"));
+    // Written whole and renamed, so a starting nginx never reads half a file.
+    let tmp = dir.path("nginx.conf.new");
+    std::fs::write(&tmp, conf).unwrap();
+    std::fs::rename(&tmp, dir.path("nginx.conf")).unwrap();
+}
+
+#[test]
+fn nginx_reloads_a_changed_configuration_under_load() {
+    let Some(nginx) = tool_or_skip("nginx", "nginx", "nginx") else {
+        return;
+    };
+    let dir = TempDir::new("nginx");
+    let prefix = format!("{}/", s(&dir.0));
+    // nginx takes an inherited socket only for a `listen` of the same
+    // address and port, so the configuration needs the port before the
+    // supervisor binds it: take a free one, and try again in the unlikely
+    // case that someone else takes it in between.
+    let mut started = None;
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        write_nginx_conf(&dir, &listen, 1);
+        let sv = Supervisor::start(&[
+            "-l",
+            &listen,
+            "--compat",
+            "nginx",
+            "--stop-signal",
+            "QUIT",
+            // nginx does not speak sd_notify.
+            "--ready",
+            "delay:500ms",
+            "--drain-timeout",
+            "10s",
+            "--",
+            s(&nginx),
+            "-e",
+            "stderr",
+            "-p",
+            &prefix,
+            "-c",
+            "nginx.conf",
+        ]);
+        let bound = wait_until(T, || {
+            if sv.has_line("(fd 3 in children)") {
+                Some(true)
+            } else if sv.has_line("Address already in use") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        match bound {
+            Some(true) => {
+                started = Some((sv, listen));
+                break;
+            }
+            Some(false) => continue,
+            None => panic!("the supervisor neither bound {listen} nor failed to"),
+        }
+    }
+    let (sv, listen) = started.expect("no free port in three tries");
+    // Each reload starts a new nginx on a new file: its body names the
+    // generation, so traffic on generation g is traffic on file g.
+    reload_under_load("nginx", &sv, |g| write_nginx_conf(&dir, &listen, g));
+    stop("nginx", sv);
+}
