@@ -184,6 +184,40 @@ fn python_child_reloads_under_load() {
 }
 
 #[test]
+fn gunicorn_unmodified_reloads_under_load() {
+    // A well-known server nobody here wrote: gunicorn reads LISTEN_FDS,
+    // checks LISTEN_PID and sends READY=1 by itself.
+    let Some(gunicorn) = tool_or_skip("gunicorn", "gunicorn", "gunicorn") else {
+        return;
+    };
+    let app = children_dir().join("gunicorn");
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        s(&gunicorn),
+        "--chdir",
+        s(&app),
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "10",
+        "app:app",
+    ]);
+    reload_under_load("gunicorn", &sv, |_| {});
+    assert!(
+        sv.has_line("status: Gunicorn arbiter booted"),
+        "{}",
+        sv.output()
+    );
+    stop("gunicorn", sv);
+}
+
+#[test]
 fn go_child_reloads_under_load() {
     let Some(go) = tool_or_skip("go", "go", "golang-go") else {
         return;
