@@ -12,10 +12,19 @@
 //!
 //! It always ends: at `--duration`, after `--max-requests`, or on SIGINT /
 //! SIGTERM (which abandon the requests in flight and report the rest).
+//!
+//! With `--samples FILE` it also writes every completed request (answered or
+//! failed, not abandoned) as a line `start_offset_us latency_us ok`, where
+//! the offset runs from the start of the run on the monotonic clock and `ok`
+//! is 1 for a 2xx response, 0 otherwise. The file's first line, `# start
+//! monotonic_ns=<N> realtime_ns=<N>`, gives that start on both clocks, so
+//! the samples can be lined up with timestamps from other processes (the
+//! benchmark uses it to cut latency into reload windows).
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -80,6 +89,13 @@ struct Args {
     /// Print a progress line to stderr every second.
     #[arg(long)]
     progress: bool,
+
+    /// Write one line per completed request to FILE: `start_offset_us
+    /// latency_us ok` (offset from the run's start on the monotonic clock; ok
+    /// is 1 for a 2xx response, else 0), after a `# start monotonic_ns=<N>
+    /// realtime_ns=<N>` line.
+    #[arg(long, value_name = "FILE")]
+    samples: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +139,14 @@ fn run(args: &Args) -> Result<Report, String> {
         .thread_block()
         .map_err(|err| format!("block signals: {err}"))?;
 
+    // Created before the run, so that a bad path fails before any load.
+    let mut samples_out = match &args.samples {
+        Some(path) => Some(BufWriter::new(File::create(path).map_err(|err| {
+            format!("create --samples file {}: {err}", path.display())
+        })?)),
+        None => None,
+    };
+
     let (abort_wake, abort_trigger) =
         UnixStream::pair().map_err(|err| format!("create abort socket pair: {err}"))?;
     let shared = Arc::new(Shared {
@@ -142,6 +166,7 @@ fn run(args: &Args) -> Result<Report, String> {
         issued: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        keep_samples: samples_out.is_some(),
     });
 
     let (events, inbox) = mpsc::channel();
@@ -170,6 +195,10 @@ fn run(args: &Args) -> Result<Report, String> {
     }
 
     let start = Instant::now();
+    let start_clocks = (
+        clock_ns(libc::CLOCK_MONOTONIC),
+        clock_ns(libc::CLOCK_REALTIME),
+    );
     let mut workers = Vec::new();
     for index in 0..args.connections {
         let worker_shared = Arc::clone(&shared);
@@ -178,7 +207,7 @@ fn run(args: &Args) -> Result<Report, String> {
             .name(format!("connection-{index}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                let stats = work(&worker_shared);
+                let stats = work(&worker_shared, start);
                 let _ = events.send(Event::WorkerDone);
                 stats
             });
@@ -234,6 +263,10 @@ fn run(args: &Args) -> Result<Report, String> {
             .join()
             .map_err(|_| "a connection thread panicked".to_owned())?;
         stats.merge(worker_stats);
+    }
+    if let (Some(out), Some(path)) = (samples_out.as_mut(), &args.samples) {
+        write_samples(out, start_clocks, &mut stats.samples)
+            .map_err(|err| format!("write --samples file {}: {err}", path.display()))?;
     }
     Ok(Report {
         stats,
@@ -310,10 +343,13 @@ struct Shared {
     /// Requests finished and failed so far, for `--progress`.
     done: AtomicU64,
     failed: AtomicU64,
+    /// Record every completed request, for `--samples`.
+    keep_samples: bool,
 }
 
-/// One connection's loop; returns its counts.
-fn work(shared: &Shared) -> Stats {
+/// One connection's loop; returns its counts. `run_start` is the origin of
+/// the sample offsets.
+fn work(shared: &Shared, run_start: Instant) -> Stats {
     let mut stats = Stats::default();
     let mut stream: Option<Stream> = None;
     let mut buf = Vec::with_capacity(4096);
@@ -336,7 +372,12 @@ fn work(shared: &Shared) -> Stats {
         let result = request_once(shared, &mut stream, &mut buf, &mut stats);
         match result {
             Ok(response) => {
-                stats.record(&response, start.elapsed());
+                let latency = start.elapsed();
+                stats.record(&response, latency);
+                if shared.keep_samples {
+                    let ok = (200..300).contains(&response.status);
+                    stats.sample(start - run_start, latency, ok);
+                }
                 if response.close {
                     stream = None;
                 }
@@ -346,6 +387,9 @@ fn work(shared: &Shared) -> Stats {
                 break;
             }
             Err(Failure::Failed(kind, message)) => {
+                if shared.keep_samples {
+                    stats.sample(start - run_start, start.elapsed(), false);
+                }
                 stats.fail(kind, message);
                 shared.failed.fetch_add(1, Ordering::Relaxed);
                 stream = None;
@@ -754,6 +798,15 @@ struct Stats {
     connects: u64,
     latency: Histogram,
     generations: BTreeMap<String, u64>,
+    /// Every completed request, only with `--samples`.
+    samples: Vec<Sample>,
+}
+
+/// One completed request, for `--samples`.
+struct Sample {
+    start_offset_us: u64,
+    latency_us: u64,
+    ok: bool,
 }
 
 impl Stats {
@@ -768,6 +821,15 @@ impl Stats {
         if let Some(generation) = generation_of(&response.body) {
             *self.generations.entry(generation).or_default() += 1;
         }
+    }
+
+    fn sample(&mut self, start_offset: Duration, latency: Duration, ok: bool) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.samples.push(Sample {
+            start_offset_us: micros(start_offset),
+            latency_us: micros(latency),
+            ok,
+        });
     }
 
     fn fail(&mut self, kind: FailureKind, message: String) {
@@ -803,7 +865,48 @@ impl Stats {
         for (generation, count) in other.generations {
             *self.generations.entry(generation).or_default() += count;
         }
+        self.samples.extend(other.samples);
     }
+}
+
+/// Writes the `--samples` file: the start line, then the samples in order of
+/// their start.
+fn write_samples(
+    out: &mut BufWriter<File>,
+    (monotonic_ns, realtime_ns): (u128, u128),
+    samples: &mut [Sample],
+) -> io::Result<()> {
+    samples.sort_unstable_by_key(|sample| sample.start_offset_us);
+    writeln!(
+        out,
+        "# start monotonic_ns={monotonic_ns} realtime_ns={realtime_ns}"
+    )?;
+    for sample in samples.iter() {
+        writeln!(
+            out,
+            "{} {} {}",
+            sample.start_offset_us,
+            sample.latency_us,
+            u8::from(sample.ok)
+        )?;
+    }
+    out.flush()
+}
+
+/// The current time on `clock` in nanoseconds (0 if it cannot be read).
+/// `Instant` is CLOCK_MONOTONIC on Linux, so sample offsets plus the
+/// monotonic start give that clock's readings.
+fn clock_ns(clock: libc::clockid_t) -> u128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return 0;
+    }
+    u128::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u128::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// Latency histogram in microseconds: exact below 128µs, then 128 buckets
