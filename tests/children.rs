@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -56,61 +54,9 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-/// Reloads `RELOADS` times under load. `before_reload(g)` runs before the
-/// reload that starts generation `g`.
-fn reload_under_load(name: &str, sv: &Supervisor, mut before_reload: impl FnMut(u64)) {
-    sv.wait_ready(1, T);
-    let load = Load::start(sv.tcp_addr(0), CLIENTS, Duration::from_secs(60));
-    assert!(
-        load.wait_served_by(1, SERVED, T),
-        "{name}: generation 1 never served; failures: {:?}",
-        load.failures()
-    );
-    for g in 2..=RELOADS + 1 {
-        let old_pid = sv.generation_pid(g - 1, T);
-        before_reload(g);
-        sv.signal(libc::SIGHUP);
-        sv.wait_ready(g, T);
-        assert!(
-            load.wait_served_by(g, SERVED, T),
-            "{name}: traffic did not move to generation {g}; failures: {:?}",
-            load.failures()
-        );
-        let drained = sv.wait_line(
-            &format!("generation {} (pid {old_pid}) drained in", g - 1),
-            T,
-        );
-        assert!(
-            drained.contains("(exited with status 0)"),
-            "{name}: generation {} did not drain cleanly: {drained}",
-            g - 1
-        );
-        // Reaped by the supervisor, which is alive: not even a zombie.
-        assert!(
-            wait_gone(old_pid, T),
-            "{name}: generation {} (pid {old_pid}) was not reaped",
-            g - 1
-        );
-        let failures = load.failures();
-        assert!(
-            failures.is_empty(),
-            "{name}: failed requests by reload {}: {failures:?}",
-            g - 1
-        );
-    }
-    let stats = load.finish();
-    let failures = stats.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{name}: failed requests: {failures:?}");
-    let ok = stats.ok.load(Ordering::Relaxed);
-    let by_generation: BTreeMap<u64, u64> = stats.by_generation.lock().unwrap().clone();
-    assert_eq!(
-        by_generation.keys().copied().collect::<Vec<_>>(),
-        (1..=RELOADS + 1).collect::<Vec<_>>(),
-        "{name}: answers from unexpected generations"
-    );
-    eprintln!(
-        "{name}: {RELOADS} reloads, {ok} requests, 0 failures; by generation: {by_generation:?}"
-    );
+/// Reloads `RELOADS` times under load; see `common::reload_under_load`.
+fn reload_under_load(name: &str, sv: &Supervisor, before_reload: impl FnMut(u64)) {
+    common::reload_under_load(name, sv, RELOADS, CLIENTS, SERVED, before_reload);
 }
 
 /// Stops the supervisor: the serving generation drains and exits 0.
@@ -162,26 +108,8 @@ fn rust_tokio_child_on_supervisor_child_module_reloads_under_load() {
     stop("tokio", sv);
 }
 
-#[test]
-fn python_child_reloads_under_load() {
-    let Some(python) = tool_or_skip("python", "python3", "python3") else {
-        return;
-    };
-    let script = children_dir().join("python/server.py");
-    let sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        s(&python),
-        s(&script),
-    ]);
-    reload_under_load("python", &sv, |_| {});
-    stop("python", sv);
-}
+// The Python example child (examples/children/python/server.py) is the
+// non-Rust child of tests/reload.rs, which reloads it ten times under load.
 
 #[test]
 fn gunicorn_unmodified_reloads_under_load() {

@@ -38,13 +38,6 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A fixture file under tests/fixtures.
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// Poll `cond` until it returns `Some` or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -539,4 +532,73 @@ impl Drop for Load {
             let _ = t.join();
         }
     }
+}
+
+/// Reload `reloads` times under load from `clients` connections. After
+/// each reload: the new generation serves at least `served` requests, the
+/// old one drains with exit status 0 and is reaped, and no request has
+/// failed. `before_reload(g)` runs before the reload that starts generation
+/// `g`. Returns the number of requests answered.
+pub fn reload_under_load(
+    name: &str,
+    sv: &Supervisor,
+    reloads: u64,
+    clients: usize,
+    served: u64,
+    mut before_reload: impl FnMut(u64),
+) -> u64 {
+    const T: Duration = Duration::from_secs(20);
+    sv.wait_ready(1, T);
+    let load = Load::start(sv.tcp_addr(0), clients, Duration::from_secs(240));
+    assert!(
+        load.wait_served_by(1, served, T),
+        "{name}: generation 1 never served; failures: {:?}",
+        load.failures()
+    );
+    for g in 2..=reloads + 1 {
+        let old_pid = sv.generation_pid(g - 1, T);
+        before_reload(g);
+        sv.signal(libc::SIGHUP);
+        sv.wait_ready(g, T);
+        assert!(
+            load.wait_served_by(g, served, T),
+            "{name}: traffic did not move to generation {g}; failures: {:?}",
+            load.failures()
+        );
+        let drained = sv.wait_line(
+            &format!("generation {} (pid {old_pid}) drained in", g - 1),
+            T,
+        );
+        assert!(
+            drained.contains("(exited with status 0)"),
+            "{name}: generation {} did not drain cleanly: {drained}",
+            g - 1
+        );
+        // Reaped by the supervisor, which is alive: not even a zombie.
+        assert!(
+            wait_gone(old_pid, T),
+            "{name}: generation {} (pid {old_pid}) was not reaped",
+            g - 1
+        );
+        let failures = load.failures();
+        assert!(
+            failures.is_empty(),
+            "{name}: failed requests by reload {}: {failures:?}",
+            g - 1
+        );
+    }
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{name}: failed requests: {failures:?}");
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let by_generation = stats.by_generation.lock().unwrap().clone();
+    assert_eq!(
+        by_generation.keys().copied().collect::<Vec<_>>(),
+        (1..=reloads + 1).collect::<Vec<_>>(),
+        "{name}: answers from unexpected generations"
+    );
+    eprintln!(
+        "{name}: {reloads} reloads, {ok} requests, 0 failures; by generation: {by_generation:?}"
+    );
+    ok
 }
