@@ -354,10 +354,10 @@ fn work(shared: &Shared, run_start: Instant) -> Stats {
     let mut stream: Option<Stream> = None;
     let mut buf = Vec::with_capacity(4096);
     while !shared.stop.load(Ordering::SeqCst) {
-        if let Some(max) = shared.max_requests {
-            if shared.issued.fetch_add(1, Ordering::SeqCst) >= max {
-                break;
-            }
+        if let Some(max) = shared.max_requests
+            && shared.issued.fetch_add(1, Ordering::SeqCst) >= max
+        {
+            break;
         }
         // A server may close an idle keep-alive connection after a complete
         // response; that is no failure, but only if noticed before reusing
