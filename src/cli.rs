@@ -2,9 +2,10 @@
 //! typed settings (addresses, durations, signals) at the edge.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
 use crate::compat::Compat;
@@ -37,9 +38,59 @@ SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 #[command(
     name = "supervisor",
     version,
-    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]",
-    after_help = AFTER_HELP
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop [--control PATH]",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    subcommand_value_name = "CONTROL",
+    subcommand_help_heading = "Control a running supervisor (through its control socket)"
 )]
+pub struct Cli {
+    /// A control command, or none to run a server.
+    #[command(subcommand)]
+    pub client: Option<Client>,
+
+    /// The server to run and how.
+    #[command(flatten)]
+    pub run: Args,
+}
+
+/// The control commands: clients of a running supervisor.
+#[derive(Debug, Subcommand)]
+pub enum Client {
+    /// Reload and wait for the outcome: exit 0 once the new generation is
+    /// ready, 1 with the reason if it failed (the old one still serves).
+    Reload {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3; the reload may still finish).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Show the command, listeners, generations and restarts.
+    Status {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop gracefully (every generation drains) and wait until the
+    /// supervisor has exited.
+    Stop {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3; the stop goes on).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+/// Options of the server-running mode.
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT (every
     /// address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable;
@@ -84,6 +135,12 @@ pub struct Args {
     /// einhorn, server-starter, nginx (comma-separated, or all).
     #[arg(long, value_name = "LIST")]
     pub compat: Vec<Compat>,
+
+    /// The control socket for `supervisor reload|status|stop`; default
+    /// supervisor.sock in $RUNTIME_DIRECTORY, else in $XDG_RUNTIME_DIR,
+    /// else in the private directory /tmp/supervisor-UID.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
 
     /// The server command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
@@ -179,8 +236,8 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
 
 /// Parse the command line; on a usage error print one line to stderr and
 /// exit 2 (help and version print as usual and exit 0).
-pub fn parse() -> Args {
-    match Args::try_parse() {
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -251,16 +308,52 @@ mod tests {
 
     #[test]
     fn command_after_dashes() {
-        let a = Args::try_parse_from(["supervisor", "-l", ":0", "--", "srv", "--flag"]).unwrap();
+        let a = Cli::try_parse_from(["supervisor", "-l", ":0", "--", "srv", "--flag"]).unwrap();
+        assert!(a.client.is_none());
         assert_eq!(
-            a.command,
+            a.run.command,
             vec![OsString::from("srv"), OsString::from("--flag")]
         );
-        assert!(Args::try_parse_from(["supervisor", "-l", ":0"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "-l", ":0"]).is_err());
         // Options of the command after its name are the command's.
-        let a = Args::try_parse_from(["supervisor", "srv", "-l", "x"]).unwrap();
-        assert_eq!(a.command.len(), 3);
-        assert!(a.listen.is_empty());
-        assert!(Args::try_parse_from(["supervisor", "--bogus", "--", "srv"]).is_err());
+        let a = Cli::try_parse_from(["supervisor", "srv", "-l", "x"]).unwrap();
+        assert_eq!(a.run.command.len(), 3);
+        assert!(a.run.listen.is_empty());
+        assert!(Cli::try_parse_from(["supervisor", "--bogus", "--", "srv"]).is_err());
+        // A server that happens to be called `reload` runs after `--`.
+        let a = Cli::try_parse_from(["supervisor", "--", "reload"]).unwrap();
+        assert!(a.client.is_none());
+        assert_eq!(a.run.command, vec![OsString::from("reload")]);
+    }
+
+    #[test]
+    fn control_commands() {
+        let a = Cli::try_parse_from(["supervisor", "reload", "--timeout", "5s"]).unwrap();
+        match a.client {
+            Some(Client::Reload { control, timeout }) => {
+                assert_eq!(control, None);
+                assert_eq!(timeout, Some(Duration::from_secs(5)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let a = Cli::try_parse_from(["supervisor", "status", "--control", "/x.sock", "--json"])
+            .unwrap();
+        match a.client {
+            Some(Client::Status { control, json }) => {
+                assert_eq!(control, Some(PathBuf::from("/x.sock")));
+                assert!(json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "stop"]).unwrap().client,
+            Some(Client::Stop { .. })
+        ));
+        // After a run option, `reload` can only be the server's name.
+        let a = Cli::try_parse_from(["supervisor", "-l", ":0", "reload"]).unwrap();
+        assert!(a.client.is_none());
+        // Run options make no sense with a control command.
+        assert!(Cli::try_parse_from(["supervisor", "reload", "--ready", "notify"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "reload", "--timeout", "soon"]).is_err());
     }
 }

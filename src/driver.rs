@@ -6,9 +6,11 @@
 //! no timeout at all. Inputs go to the [`Machine`]; its actions are executed
 //! here: spawning, signalling (only pids not yet reaped), logging.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,9 +24,13 @@ use nix::unistd::Pid;
 use supervisor::child;
 
 use crate::compat::{self, Compat};
+use crate::control::{self, Conn, ReadStep, Request};
 use crate::listen::Listener;
-use crate::machine::{Action, Cause, Event, ExitStatus, Generation, Input, Machine, StartFailure};
-use crate::notify::{NotifyDir, NotifySocket};
+use crate::machine::{
+    Action, Cause, Event, ExitStatus, Generation, Input, Machine, ReloadOutcome, StartFailure,
+    Ticket,
+};
+use crate::notify::{Manager, NotifyDir, NotifySocket};
 use crate::spawn::{self, Plan};
 
 /// The signals the supervisor handles; blocked from the first line of
@@ -51,11 +57,19 @@ pub struct Settings {
     pub stop_signal: Signal,
     /// Variables for servers written for other launchers.
     pub compat: Compat,
+    /// The control socket's path (for status).
+    pub control_path: PathBuf,
+    /// How readiness is proven (for status).
+    pub ready: String,
+    /// The drain timeout (for status).
+    pub drain_timeout: Duration,
 }
 
 /// A generation's process, until it is reaped.
 struct Child {
     pid: Pid,
+    /// When it was spawned.
+    started: Instant,
     notify: NotifySocket,
     /// Set once waitpid has collected it: never signal it again.
     reaped: bool,
@@ -67,6 +81,30 @@ struct Child {
 /// that a flooding child cannot starve signals and deadlines.
 const NOTIFY_BATCH: usize = 64;
 
+/// What the supervisor has told its own service manager.
+#[derive(Debug, Default)]
+struct ManagerState {
+    /// `READY=1` was sent for the first generation.
+    started: bool,
+    /// `RELOADING=1` was sent and its `READY=1` is due.
+    reloading: bool,
+    /// A reload request arrived at this `CLOCK_MONOTONIC` time.
+    reload_usec: Option<u64>,
+    /// `STOPPING=1` was sent.
+    stopping: bool,
+    /// The last `STATUS=` sent.
+    status: Option<String>,
+}
+
+/// What a poll entry watches.
+#[derive(Clone, Copy)]
+enum Watch {
+    Signals,
+    Control,
+    Conn(u64),
+    Notify(Generation),
+}
+
 /// The running supervisor.
 pub struct Driver {
     machine: Machine,
@@ -76,6 +114,23 @@ pub struct Driver {
     signals: SignalFd,
     children: BTreeMap<Generation, Child>,
     next_ticket: u64,
+    /// Reload requests not answered yet.
+    outstanding: BTreeSet<Ticket>,
+    /// The control socket (its file is removed when the driver is dropped).
+    control: Listener,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    /// Which connection waits for which reload.
+    reload_waiters: BTreeMap<Ticket, u64>,
+    /// Connections waiting for the supervisor to exit.
+    stop_waiters: Vec<u64>,
+    manager: Option<Manager>,
+    told: ManagerState,
+    /// The last failed reload, until a generation is ready again.
+    last_failure: Option<String>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    started: Instant,
     /// Set when the machine asks to exit.
     exit: Option<i32>,
 }
@@ -86,7 +141,13 @@ impl Driver {
     ///
     /// # Errors
     /// The signalfd or notify directory cannot be created.
-    pub fn new(machine: Machine, settings: Settings, listeners: Vec<Listener>) -> Result<Driver> {
+    pub fn new(
+        machine: Machine,
+        settings: Settings,
+        listeners: Vec<Listener>,
+        control: Listener,
+        manager: Option<Manager>,
+    ) -> Result<Driver> {
         let signals = SignalFd::with_flags(
             &handled_signals(),
             SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
@@ -100,6 +161,18 @@ impl Driver {
             signals,
             children: BTreeMap::new(),
             next_ticket: 0,
+            outstanding: BTreeSet::new(),
+            control,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            reload_waiters: BTreeMap::new(),
+            stop_waiters: Vec::new(),
+            manager,
+            told: ManagerState::default(),
+            last_failure: None,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            started: Instant::now(),
             exit: None,
         })
     }
@@ -114,9 +187,16 @@ impl Driver {
         loop {
             if let Some(code) = self.exit {
                 self.kill_orphans();
+                self.answer_stop_waiters(code);
                 return Ok(code);
             }
-            let timeout = match self.machine.next_deadline() {
+            let deadline = self
+                .conns
+                .values()
+                .filter_map(|c| c.deadline)
+                .chain(self.machine.next_deadline())
+                .min();
+            let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(d) => {
                     // Round up, so that we never wake just before a deadline
@@ -126,38 +206,55 @@ impl Driver {
                     PollTimeout::try_from(ms.min(i32::MAX as u128)).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let gens: Vec<Generation> = self.children.keys().copied().collect();
-            let (sig_ready, notify_ready) = {
-                let mut fds = Vec::with_capacity(1 + gens.len());
-                fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-                for c in self.children.values() {
+            let woken: Vec<Watch> = {
+                let mut watch = vec![Watch::Signals, Watch::Control];
+                let mut fds = vec![
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.control.fd(), PollFlags::POLLIN),
+                ];
+                for (id, c) in &self.conns {
+                    if let Some((fd, input)) = c.interest() {
+                        let flags = if input {
+                            PollFlags::POLLIN
+                        } else {
+                            PollFlags::POLLOUT
+                        };
+                        watch.push(Watch::Conn(*id));
+                        fds.push(PollFd::new(fd, flags));
+                    }
+                }
+                for (g, c) in &self.children {
+                    watch.push(Watch::Notify(*g));
                     fds.push(PollFd::new(c.notify.fd(), PollFlags::POLLIN));
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(e).context("poll"),
                 }
-                let readable = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
-                let sig = readable(&fds[0]);
-                let notify: Vec<Generation> = gens
-                    .iter()
-                    .zip(&fds[1..])
-                    .filter(|(_, p)| readable(p))
-                    .map(|(g, _)| *g)
-                    .collect();
-                (sig, notify)
+                watch
+                    .into_iter()
+                    .zip(&fds)
+                    .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(w, _)| w)
+                    .collect()
             };
             // Signals first, whatever poll said about them: a child that
             // died just before its ready delay ran out must count as dead,
             // not ready. (The signalfd is non-blocking.)
-            let _ = sig_ready;
             self.read_signals()?;
-            for g in notify_ready {
-                if self.exit.is_none() {
-                    self.read_notify(g);
+            for w in woken {
+                if self.exit.is_some() {
+                    break;
+                }
+                match w {
+                    Watch::Signals => {}
+                    Watch::Notify(g) => self.read_notify(g),
+                    Watch::Control => self.accept(),
+                    Watch::Conn(id) => self.serve(id),
                 }
             }
             if self.exit.is_none() {
+                self.expire_conns();
                 self.machine.handle_timeout(Instant::now());
                 self.execute();
             }
@@ -203,9 +300,8 @@ impl Driver {
                 Signal::SIGCHLD => self.reap(),
                 Signal::SIGHUP => {
                     log::info!("reload requested (SIGHUP)");
-                    self.next_ticket += 1;
-                    let t = self.next_ticket;
-                    self.feed(Input::Reload(t));
+                    let t = self.new_ticket();
+                    self.reload(t);
                 }
                 _ => {
                     log::info!("received {sig}: stopping");
@@ -312,9 +408,7 @@ impl Driver {
                 Action::Spawn(g) => self.spawn(g),
                 Action::Signal(g, sig) => self.signal(g, sig),
                 Action::Report(e) => self.report(&e),
-                Action::Answer(tickets, outcome) => {
-                    log::debug!("reload {tickets:?} answered: {outcome:?}");
-                }
+                Action::Answer(tickets, outcome) => self.answer(tickets, &outcome),
                 Action::Exit(code) => {
                     log::info!("exiting with status {code}");
                     self.exit = Some(code);
@@ -324,6 +418,7 @@ impl Driver {
         // Reaped children were kept until now so that the events about them
         // could name their pids.
         self.children.retain(|_, c| !c.reaped);
+        self.tell_manager();
     }
 
     fn spawn(&mut self, g: Generation) {
@@ -379,6 +474,7 @@ impl Driver {
         let pid = spawn::spawn(&mut plan, &fds)?;
         Ok(Child {
             pid,
+            started: Instant::now(),
             notify,
             reaped: false,
             status: None,
@@ -405,6 +501,386 @@ impl Driver {
                 let _ = kill(c.pid, Signal::SIGKILL);
             }
         }
+    }
+
+    fn new_ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Ask for a reload (SIGHUP or a control request, already logged).
+    fn reload(&mut self, ticket: Ticket) {
+        self.outstanding.insert(ticket);
+        self.told.reload_usec = Some(crate::notify::monotonic_usec());
+        self.feed(Input::Reload(ticket));
+    }
+
+    /// The machine answered reload requests: count, remember a failure for
+    /// the status, and answer the control connections waiting for them.
+    fn answer(&mut self, tickets: Vec<Ticket>, outcome: &ReloadOutcome) {
+        let (ok, text) = self.outcome_text(outcome);
+        match outcome {
+            ReloadOutcome::Ready { .. } => {
+                self.reloads_ok += 1;
+                self.last_failure = None;
+            }
+            ReloadOutcome::Failed {
+                generation, why, ..
+            } => {
+                self.reloads_failed += 1;
+                self.last_failure = Some(format!(
+                    "{} {}",
+                    self.who(*generation),
+                    describe_failure(why)
+                ));
+            }
+            ReloadOutcome::Refused(_) => {}
+        }
+        log::debug!("reload requests {tickets:?} answered: {text}");
+        for t in tickets {
+            self.outstanding.remove(&t);
+            if let Some(id) = self.reload_waiters.remove(&t) {
+                self.reply(id, control::answer(ok, &text));
+            }
+        }
+    }
+
+    /// The one-line answer to a reload request.
+    fn outcome_text(&self, outcome: &ReloadOutcome) -> (bool, String) {
+        match outcome {
+            ReloadOutcome::Ready {
+                generation,
+                after,
+                replaced,
+            } => {
+                let tail = match replaced {
+                    Some(old) => format!("; {} draining", self.who(*old)),
+                    None => String::new(),
+                };
+                (
+                    true,
+                    format!("{} ready in {}{tail}", self.who(*generation), human(*after)),
+                )
+            }
+            ReloadOutcome::Failed {
+                generation,
+                why,
+                serving,
+            } => {
+                let tail = match serving {
+                    Some(s) => format!("; {} still serving", self.who(*s)),
+                    None => "; no generation is serving".to_string(),
+                };
+                (
+                    false,
+                    format!("{} {}{tail}", self.who(*generation), describe_failure(why)),
+                )
+            }
+            ReloadOutcome::Refused(why) => (false, format!("reload refused: {why}")),
+        }
+    }
+
+    /// Accept every waiting control connection; refuse other users' and any
+    /// beyond the connection limit.
+    fn accept(&mut self) {
+        for _ in 0..control::MAX_CONNECTIONS {
+            let raw = match nix::sys::socket::accept4(
+                self.control.fd().as_raw_fd(),
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC
+                    | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::EAGAIN | Errno::ECONNABORTED) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // EMFILE and the like: leave the rest in the queue.
+                    log::warn!("accept on the control socket: {e}");
+                    return;
+                }
+            };
+            // SAFETY: accept4 just returned this new descriptor; nothing
+            // else owns it.
+            let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+            let now = Instant::now();
+            let (pid, uid) = match nix::sys::socket::getsockopt(
+                &stream,
+                nix::sys::socket::sockopt::PeerCredentials,
+            ) {
+                Ok(c) => (c.pid(), c.uid()),
+                Err(e) => {
+                    log::warn!("control connection without credentials ({e}): closed");
+                    continue;
+                }
+            };
+            let me = nix::unistd::geteuid().as_raw();
+            let mut conn = Conn::new(stream, pid, now);
+            if uid != 0 && uid != me {
+                log::warn!(
+                    "refused a control connection from pid {pid} (uid {uid}): only root and uid {me} may control this supervisor"
+                );
+                conn.reply(
+                    control::answer(
+                        false,
+                        &format!("permission denied: uid {uid} may not control this supervisor"),
+                    ),
+                    now,
+                );
+                let _ = conn.write();
+                continue;
+            }
+            if self.conns.len() >= control::MAX_CONNECTIONS {
+                log::warn!(
+                    "refused a control connection from pid {pid}: {} already open",
+                    control::MAX_CONNECTIONS
+                );
+                conn.reply(
+                    control::answer(false, "busy: too many control connections"),
+                    now,
+                );
+                let _ = conn.write();
+                continue;
+            }
+            self.next_conn += 1;
+            self.conns.insert(self.next_conn, conn);
+        }
+    }
+
+    /// A control connection is readable or writable.
+    fn serve(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.stage {
+            control::Stage::Writing(..) => {
+                if conn.write() {
+                    self.conns.remove(&id);
+                }
+            }
+            control::Stage::Reading(_) => match conn.read() {
+                ReadStep::Pending => {}
+                ReadStep::Gone => {
+                    self.conns.remove(&id);
+                }
+                ReadStep::Request(r) => self.request(id, r),
+            },
+            control::Stage::Waiting => {}
+        }
+    }
+
+    fn request(&mut self, id: u64, request: Result<Request, String>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let pid = conn.pid;
+        match request {
+            Err(why) => {
+                log::warn!("control connection from pid {pid}: {why}");
+                self.reply(id, control::answer(false, &why));
+            }
+            Ok(Request::Status) => {
+                let json = self.status_json().to_string();
+                self.reply(id, control::answer(true, &json));
+            }
+            Ok(Request::Reload) => {
+                log::info!("reload requested (control socket, pid {pid})");
+                conn.stage = control::Stage::Waiting;
+                conn.deadline = None;
+                let t = self.new_ticket();
+                self.reload_waiters.insert(t, id);
+                self.reload(t);
+            }
+            Ok(Request::Stop) => {
+                conn.stage = control::Stage::Waiting;
+                conn.deadline = None;
+                self.stop_waiters.push(id);
+                if self.machine.stopping() {
+                    log::info!("stop requested (control socket, pid {pid}): already stopping");
+                } else {
+                    log::info!("stop requested (control socket, pid {pid})");
+                    self.feed(Input::Stop);
+                }
+            }
+        }
+    }
+
+    /// Start answering connection `id` (and finish at once if the socket
+    /// takes the whole line, as it nearly always does).
+    fn reply(&mut self, id: u64, line: String) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.reply(line, Instant::now());
+            if conn.write() {
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Close connections that sent no request, or took no answer, in time.
+    fn expire_conns(&mut self) {
+        let now = Instant::now();
+        let late: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(mut conn) = self.conns.remove(&id)
+                && let control::Stage::Reading(_) = conn.stage
+            {
+                log::debug!(
+                    "control connection from pid {}: no request within {}: closed",
+                    conn.pid,
+                    human(control::REQUEST_TIMEOUT)
+                );
+                conn.reply(
+                    control::answer(
+                        false,
+                        &format!("no request within {}", human(control::REQUEST_TIMEOUT)),
+                    ),
+                    now,
+                );
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Tell the `stop` clients that the supervisor exits now. Their
+    /// connections stay open until the driver is dropped on the way out,
+    /// after the control socket file is removed: EOF then means "gone".
+    fn answer_stop_waiters(&mut self, code: i32) {
+        let line = control::answer(true, &format!("exit status {code}"));
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.stop_waiters) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.reply(line.clone(), now);
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Send the service manager what changed: `READY=1` once the first
+    /// generation serves; `RELOADING=1` with `MONOTONIC_USEC` for every
+    /// reload request and `READY=1` once no reload is pending; `STOPPING=1`
+    /// once stopping; `STATUS=` whenever the serving generation changes.
+    fn tell_manager(&mut self) {
+        if self.manager.is_none() {
+            return;
+        }
+        let stopping = self.machine.stopping() || self.exit.is_some();
+        let mut lines: Vec<String> = Vec::new();
+        if let Some(usec) = self.told.reload_usec.take()
+            && self.told.started
+            && !stopping
+        {
+            lines.push(child::RELOADING.to_string());
+            lines.push(format!("MONOTONIC_USEC={usec}"));
+            self.told.reloading = true;
+        }
+        if !stopping {
+            if !self.told.started && self.machine.active().is_some() {
+                self.told.started = true;
+                lines.push(child::READY.to_string());
+            } else if self.told.reloading && self.outstanding.is_empty() {
+                self.told.reloading = false;
+                lines.push(child::READY.to_string());
+            }
+        } else if !self.told.stopping {
+            self.told.stopping = true;
+            self.told.reloading = false;
+            lines.push(child::STOPPING.to_string());
+        }
+        let status = self.status_line();
+        if self.told.status.as_deref() != Some(status.as_str()) {
+            lines.push(format!("{}{status}", child::STATUS_PREFIX));
+            self.told.status = Some(status);
+        }
+        if !lines.is_empty()
+            && let Some(m) = &self.manager
+        {
+            m.send(&lines.join("\n"));
+        }
+    }
+
+    /// One line for the service manager's `STATUS=`.
+    fn status_line(&self) -> String {
+        if self.machine.stopping() || self.exit.is_some() {
+            return "stopping".to_string();
+        }
+        let base = match self.machine.active() {
+            Some(g) => format!("{} serving", self.who(g)),
+            None => "no generation serving".to_string(),
+        };
+        if let Some(s) = self.machine.starting() {
+            format!("{base}; {} starting", self.who(s))
+        } else if let Some(f) = &self.last_failure {
+            format!("{base}; last reload failed: {f}")
+        } else {
+            base
+        }
+    }
+
+    /// Everything `supervisor status` shows, as JSON.
+    fn status_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let now = Instant::now();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let generations: Vec<serde_json::Value> = self
+            .machine
+            .phases()
+            .into_iter()
+            .map(|(g, phase, since)| {
+                let child = self.children.get(&g);
+                json!({
+                    "generation": g.0,
+                    "pid": child.map(|c| c.pid.as_raw()),
+                    "state": phase.as_str(),
+                    "age_ms": child.map(|c| ms(now.saturating_duration_since(c.started))),
+                    "state_ms": ms(now.saturating_duration_since(since)),
+                    "status": child.and_then(|c| c.status.clone()),
+                })
+            })
+            .collect();
+        let listeners: Vec<serde_json::Value> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({
+                    "name": l.name,
+                    "address": l.bound,
+                    "fd": child::LISTEN_FDS_START + i as i32,
+                    "inherited": l.inherited,
+                })
+            })
+            .collect();
+        let command: Vec<String> = self
+            .settings
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        json!({
+            "supervisor": {
+                "pid": std::process::id(),
+                "uptime_ms": ms(now.saturating_duration_since(self.started)),
+                "version": env!("CARGO_PKG_VERSION"),
+                "control": self.settings.control_path.to_string_lossy(),
+                "stopping": self.machine.stopping(),
+            },
+            "command": command,
+            "ready": self.settings.ready,
+            "stop_signal": self.settings.stop_signal.as_str(),
+            "drain_timeout_ms": ms(self.settings.drain_timeout),
+            "listeners": listeners,
+            "generations": generations,
+            "restarts": self.machine.restarts(),
+            "reloads": {
+                "succeeded": self.reloads_ok,
+                "failed": self.reloads_failed,
+                "pending": self.outstanding.len(),
+                "last_failure": self.last_failure,
+            },
+        })
     }
 
     /// `generation 3 (pid 4211)`, or without a pid if it never had one.

@@ -174,6 +174,9 @@ pub struct Listener {
     pub bound: String,
     /// Its key in `SERVER_STARTER_PORT`, as Server::Starter writes it.
     pub starter_key: String,
+    /// Handed to the supervisor by its launcher (socket activation), not
+    /// bound by it.
+    pub inherited: bool,
     fd: OwnedFd,
     /// Unix socket file we created: (path, device, inode), for cleanup.
     created: Option<(PathBuf, u64, u64)>,
@@ -212,12 +215,267 @@ pub fn bind_all(specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
         .collect()
 }
 
+/// The listeners of a run: the sockets handed to the supervisor (in their
+/// order), then every `--listen` not naming one of them (in its order). A
+/// `--listen NAME=ADDR` whose name is a handed-over socket's refers to that
+/// socket, and its address must agree with it.
+///
+/// # Errors
+/// A name that is ambiguous or an address that disagrees with the socket
+/// of that name; a spec that cannot be bound.
+pub fn merge(inherited: Vec<Listener>, specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
+    let mut rest = Vec::new();
+    for spec in specs {
+        let same: Vec<&Listener> = inherited.iter().filter(|l| l.name == spec.name).collect();
+        match same.as_slice() {
+            [] => rest.push(spec.clone()),
+            [l] => {
+                if !agrees(&spec.addr, &l.fd) {
+                    bail!(
+                        "--listen {}={}: the socket handed to the supervisor as {:?} is bound to {}, not {}",
+                        spec.name,
+                        spec.text,
+                        l.name,
+                        l.bound,
+                        spec.addr
+                    );
+                }
+            }
+            many => bail!(
+                "--listen {}={}: {} sockets were handed to the supervisor with the name {:?}, so the name cannot pick one",
+                spec.name,
+                spec.text,
+                many.len(),
+                spec.name
+            ),
+        }
+    }
+    let mut all = inherited;
+    all.extend(bind_all(&rest, backlog)?);
+    Ok(all)
+}
+
+/// Whether a socket is what `addr` asks for (port 0 asks for any port).
+fn agrees(addr: &Addr, fd: &OwnedFd) -> bool {
+    let Ok(bound) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
+        return false;
+    };
+    let Ok(ty) = nix::sys::socket::getsockopt(fd, sockopt::SockType) else {
+        return false;
+    };
+    let inet = || -> Option<SocketAddr> {
+        if let Some(a) = bound.as_sockaddr_in() {
+            return Some(SocketAddr::from(*a));
+        }
+        bound.as_sockaddr_in6().map(|a| SocketAddr::from(*a))
+    };
+    let port_ok = |want: u16, got: u16| want == 0 || want == got;
+    match addr {
+        Addr::Tcp(a) | Addr::Udp(a) => {
+            let want_ty = if matches!(addr, Addr::Tcp(_)) {
+                SockType::Stream
+            } else {
+                SockType::Datagram
+            };
+            ty == want_ty && inet().is_some_and(|b| b.ip() == a.ip() && port_ok(a.port(), b.port()))
+        }
+        Addr::TcpAll(p) | Addr::UdpAll(p) => {
+            let want_ty = if matches!(addr, Addr::TcpAll(_)) {
+                SockType::Stream
+            } else {
+                SockType::Datagram
+            };
+            ty == want_ty
+                && inet().is_some_and(|b| b.ip().is_unspecified() && port_ok(*p, b.port()))
+        }
+        Addr::Unix(path) => bound
+            .as_unix_addr()
+            .and_then(|u| u.path())
+            .is_some_and(|p| p == path.as_path()),
+        Addr::UnixAbstract(name) => bound
+            .as_unix_addr()
+            .and_then(|u| u.as_abstract())
+            .is_some_and(|n| n == name.as_slice()),
+    }
+}
+
+/// The sockets handed to this process by the socket-activation protocol
+/// (protocols.md, section 1): `LISTEN_PID` must be our pid (and
+/// `LISTEN_PIDFDID`, if present and checkable, our pidfd's id), then fds 3
+/// to 3+`LISTEN_FDS`-1 are ours, named by `LISTEN_FDNAMES` (every name
+/// `unknown` without it). They are marked close-on-exec, as
+/// `sd_listen_fds` does; the spawner hands them to the children.
+///
+/// Call before anything else opens a file descriptor.
+///
+/// # Errors
+/// The variables are for us but malformed, or an fd is not a listening
+/// socket.
+pub fn inherited() -> Result<Vec<Listener>> {
+    use supervisor::child::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
+    let var = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+    let Some(pid) = var(LISTEN_PID) else {
+        return Ok(Vec::new());
+    };
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{LISTEN_PID}={pid:?} is not a process id"))?;
+    if pid != std::process::id() {
+        log::debug!("{LISTEN_PID}={pid} is another process's: no sockets handed over");
+        return Ok(Vec::new());
+    }
+    if !pidfd_id_matches() {
+        log::debug!("LISTEN_PIDFDID names another process: no sockets handed over");
+        return Ok(Vec::new());
+    }
+    let Some(n) = var(LISTEN_FDS) else {
+        return Ok(Vec::new());
+    };
+    let n: i32 = match n.trim().parse() {
+        Ok(n) if n > 0 && n <= i32::MAX - LISTEN_FDS_START => n,
+        _ => bail!("{LISTEN_FDS}={n:?} is not a count of 1 or more"),
+    };
+    let names: Vec<String> = match var(LISTEN_FDNAMES) {
+        Some(v) => v.split(':').map(str::to_string).collect(),
+        None => vec!["unknown".to_string(); n as usize],
+    };
+    if names.len() != n as usize {
+        bail!(
+            "{LISTEN_FDNAMES} holds {} names for {LISTEN_FDS}={n} sockets",
+            names.len()
+        );
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for (i, name) in names.into_iter().enumerate() {
+        let raw = LISTEN_FDS_START + i as i32;
+        // Take ownership only of an open descriptor.
+        // SAFETY: F_GETFD reads the descriptor's flags; no memory is passed,
+        // and a closed descriptor only yields EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            bail!(
+                "fd {raw} ({name:?}) handed over by {LISTEN_FDS}: {}",
+                Errno::last()
+            );
+        }
+        // SAFETY: the launcher handed fds 3..3+n to this process (LISTEN_PID
+        // is ours), the fd is open (checked above), and nothing in this
+        // process has taken or opened it before us: this runs before any
+        // other descriptor is opened, and each fd is taken once.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        out.push(adopt(fd, raw, name)?);
+    }
+    Ok(out)
+}
+
+/// Check `LISTEN_PIDFDID` against our own pidfd's inode, where both exist.
+fn pidfd_id_matches() -> bool {
+    let Some(want) = std::env::var_os(supervisor::child::LISTEN_PIDFDID) else {
+        return true;
+    };
+    let Some(want) = want.to_str().and_then(|w| w.trim().parse::<u64>().ok()) else {
+        return true;
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    let Ok(raw) = i32::try_from(raw) else {
+        return true;
+    };
+    if raw < 0 {
+        return true;
+    }
+    // SAFETY: the syscall just returned this new fd, owned by nobody else.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    match nix::sys::stat::fstat(&fd) {
+        Ok(st) => st.st_ino == want,
+        Err(_) => true,
+    }
+}
+
+/// Turn a handed-over fd into a listener, after checking it is one.
+fn adopt(fd: OwnedFd, raw: i32, name: String) -> Result<Listener> {
+    let what = || format!("fd {raw} ({name:?}) handed over by LISTEN_FDS");
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .with_context(what)?;
+    let st = nix::sys::stat::fstat(&fd).with_context(what)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        bail!("{} is not a socket", what());
+    }
+    let ty: SockType = nix::sys::socket::getsockopt(&fd, sockopt::SockType).with_context(what)?;
+    if ty != SockType::Datagram {
+        let listening =
+            nix::sys::socket::getsockopt(&fd, sockopt::AcceptConn).with_context(what)?;
+        if !listening {
+            bail!(
+                "{} is a connected socket, not a listening one (a socket unit needs Accept=no)",
+                what()
+            );
+        }
+    }
+    let bound = describe(&fd).unwrap_or_else(|| format!("fd {raw}"));
+    let starter_key = inherited_starter_key(&bound);
+    Ok(Listener {
+        name,
+        bound,
+        starter_key,
+        inherited: true,
+        fd,
+        created: None,
+        _lock: None,
+    })
+}
+
+/// Server::Starter's key for a handed-over socket: a bare port for a
+/// wildcard address, else the address (a path for a Unix socket).
+fn inherited_starter_key(bound: &str) -> String {
+    let bare = bound.strip_prefix("udp:").unwrap_or(bound);
+    if let Some(path) = bare.strip_prefix("unix:") {
+        return path.to_string();
+    }
+    match bare.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => a.port().to_string(),
+        _ => bare.to_string(),
+    }
+}
+
+/// Bind the control socket at `path`: mode 0600 from the start (the umask
+/// is tightened around the bind), a stale file replaced, a live one (or
+/// one whose lock another supervisor holds) refused.
+///
+/// # Errors
+/// It cannot be bound; the message names the path.
+pub fn bind_control(path: &Path) -> Result<Listener> {
+    let spec = Spec {
+        name: "control".into(),
+        addr: Addr::Unix(path.to_path_buf()),
+        text: path.display().to_string(),
+    };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = bind_one(&spec, Backlog::MAXALLOWABLE);
+    nix::sys::stat::umask(old);
+    let listener = bound?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .context("chmod 0600")?;
+    // Accepting never blocks the loop.
+    nix::fcntl::fcntl(
+        &listener.fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .context("make the control socket non-blocking")?;
+    Ok(listener)
+}
+
 fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
     let flags = SockFlag::SOCK_CLOEXEC;
     let mut listener = Listener {
         name: spec.name.clone(),
         bound: String::new(),
         starter_key: String::new(),
+        inherited: false,
         fd: match &spec.addr {
             Addr::Tcp(a) => bind_inet(*a, SockType::Stream, false, backlog)?,
             Addr::Udp(a) => bind_inet(*a, SockType::Datagram, false, backlog)?,

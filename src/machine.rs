@@ -299,7 +299,31 @@ pub struct Machine {
     /// Status of the last generation that ended while serving or starting.
     last_status: Option<ExitStatus>,
     done: bool,
+    /// Generations started by the crash policy so far.
+    restarts: u64,
     actions: VecDeque<Action>,
+}
+
+/// Where a generation is in its life (for status reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not yet ready.
+    Starting,
+    /// Serving.
+    Active,
+    /// Sent its stop signal; finishing its work.
+    Draining,
+}
+
+impl Phase {
+    /// `starting`, `active` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Active => "active",
+            Phase::Draining => "draining",
+        }
+    }
 }
 
 impl Machine {
@@ -317,6 +341,7 @@ impl Machine {
             exit_status: None,
             last_status: None,
             done: false,
+            restarts: 0,
             actions: VecDeque::new(),
         };
         m.spawn(now, Cause::Initial, Vec::new());
@@ -347,6 +372,28 @@ impl Machine {
     /// The generation currently starting, if any.
     pub fn starting(&self) -> Option<Generation> {
         self.find(|s| matches!(s, State::Starting { .. }))
+    }
+
+    /// Every generation with its phase and when it entered that phase.
+    pub fn phases(&self) -> Vec<(Generation, Phase, Instant)> {
+        self.generations
+            .iter()
+            .map(|(g, s)| match s {
+                State::Starting { spawned, .. } => (*g, Phase::Starting, *spawned),
+                State::Active { since } => (*g, Phase::Active, *since),
+                State::Draining { since, .. } => (*g, Phase::Draining, *since),
+            })
+            .collect()
+    }
+
+    /// How many generations the crash policy has started.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// Whether a stop has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_some()
     }
 
     /// Whether the machine has asked the driver to exit.
@@ -411,6 +458,7 @@ impl Machine {
             if self.stopping.is_none() && self.starting().is_none() {
                 let tickets = self.queued.take().unwrap_or_default();
                 let cause = if tickets.is_empty() {
+                    self.restarts += 1;
                     Cause::Restart
                 } else {
                     Cause::Reload

@@ -9,7 +9,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod cli;
+mod client;
 mod compat;
+mod control;
 mod driver;
 mod listen;
 mod machine;
@@ -35,9 +37,12 @@ fn main() -> ExitCode {
         eprintln!("supervisor: error: block signals: {e}");
         return ExitCode::from(1);
     }
-    let args = cli::parse();
+    let cli = cli::parse();
+    if let Some(c) = cli.client {
+        return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
+    }
     init_logging();
-    match run(args) {
+    match run(cli.run) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("supervisor: error: {e:#}");
@@ -47,6 +52,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Args) -> Result<i32> {
+    // First, before any other descriptor is opened: the sockets a launcher
+    // may have handed us as fds 3, 4, ...
+    let inherited = listen::inherited()?;
     // Fail before binding anything if the command cannot run at all; each
     // generation resolves it again, so a deploy may replace it.
     spawn::resolve(&args.command[0])?;
@@ -54,7 +62,25 @@ fn run(args: cli::Args) -> Result<i32> {
         Some(n) => Backlog::new(n).context("--backlog")?,
         None => Backlog::MAXALLOWABLE,
     };
-    let listeners = listen::bind_all(&args.listen, backlog)?;
+    let listeners = listen::merge(inherited, &args.listen, backlog)?;
+    let control_path = match &args.control {
+        Some(p) => p.clone(),
+        None => {
+            let p = control::default_path_here();
+            if let Some(dir) = p.parent()
+                && dir == control::fallback_dir(nix::unistd::geteuid().as_raw())
+            {
+                control::private_dir(dir).context("control socket directory")?;
+            }
+            p
+        }
+    };
+    let control = listen::bind_control(&control_path).with_context(|| {
+        format!(
+            "control socket {} (give another with --control PATH)",
+            control_path.display()
+        )
+    })?;
     // Orphans of our children are reparented to us, so we reap them too.
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
     let cfg = Config {
@@ -79,13 +105,20 @@ fn run(args: cli::Args) -> Result<i32> {
         );
     }
     for (i, l) in listeners.iter().enumerate() {
+        let from = if l.inherited {
+            ", handed over by the service manager"
+        } else {
+            ""
+        };
         log::info!(
-            "listening on {} as {:?} (fd {} in children)",
+            "listening on {} as {:?} (fd {} in children){from}",
             l.bound,
             l.name,
             supervisor::child::LISTEN_FDS_START + i as i32
         );
     }
+    log::info!("control socket {}", control_path.display());
+    let manager = notify::Manager::from_env();
     if !compat.0.is_empty() {
         let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
@@ -94,9 +127,15 @@ fn run(args: cli::Args) -> Result<i32> {
         command: args.command,
         stop_signal: args.stop_signal,
         compat,
+        control_path,
+        ready: match args.ready {
+            machine::ReadyMode::Notify => "notify".to_string(),
+            machine::ReadyMode::Delay(d) => format!("delay:{}", driver::human(d)),
+        },
+        drain_timeout: args.drain_timeout,
     };
     let machine = Machine::new(cfg, Instant::now());
-    driver::Driver::new(machine, settings, listeners)?.run()
+    driver::Driver::new(machine, settings, listeners, control, manager)?.run()
 }
 
 fn init_logging() {

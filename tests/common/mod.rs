@@ -87,6 +87,34 @@ pub struct Supervisor {
     lines: Lines,
     readers: Vec<JoinHandle<()>>,
     status: Option<ExitStatus>,
+    /// Its control socket.
+    pub control: PathBuf,
+    /// Its own `RUNTIME_DIRECTORY` (so that parallel tests never share a
+    /// default control socket), unless the test gave one.
+    _runtime: Option<TempDir>,
+}
+
+/// What a control command printed and how it exited.
+#[derive(Debug)]
+pub struct Ctl {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `supervisor ARGS` as a control client (bounded by `--timeout` where
+/// the test gives one; `status` answers at once).
+pub fn ctl(args: &[&str]) -> Ctl {
+    let out = Command::new(supervisor_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run supervisor client");
+    Ctl {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 impl Supervisor {
@@ -97,6 +125,29 @@ impl Supervisor {
 
     /// Start a prepared command (for extra environment).
     pub fn start_with(cmd: &mut Command) -> Supervisor {
+        let given = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "RUNTIME_DIRECTORY")
+            .and_then(|(_, v)| v.map(PathBuf::from));
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let explicit = args
+            .iter()
+            .position(|a| a == "--control")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from);
+        let (runtime, dir) = match given {
+            Some(d) => (None, d),
+            None => {
+                let t = TempDir::new("run");
+                let d = t.0.clone();
+                cmd.env("RUNTIME_DIRECTORY", &d);
+                (Some(t), d)
+            }
+        };
+        let control = explicit.unwrap_or_else(|| dir.join("supervisor.sock"));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -124,7 +175,27 @@ impl Supervisor {
             lines,
             readers,
             status: None,
+            control,
+            _runtime: runtime,
         }
+    }
+
+    /// Run a control command (`reload`, `status`, `stop`, with extra
+    /// arguments) against this supervisor's control socket.
+    pub fn ctl(&self, args: &[&str]) -> Ctl {
+        let control = self.control.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--control", control.as_str()]);
+        ctl(&all)
+    }
+
+    /// `supervisor status --json`, parsed (once the control socket is up).
+    pub fn status_json(&self) -> serde_json::Value {
+        self.wait_line("control socket ", Duration::from_secs(10));
+        let out = self.ctl(&["status", "--json"]);
+        assert_eq!(out.code, Some(0), "status failed: {out:?}");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", out.stdout))
     }
 
     /// Everything printed so far.

@@ -1,0 +1,403 @@
+//! `supervisor reload|status|stop`: the client side of the control socket.
+//!
+//! Exit status: 0 when the request succeeded; 1 when the supervisor
+//! answered with an error (a failed reload: the old generation still
+//! serves); 2 for usage errors (clap); 3 when the supervisor could not be
+//! reached or did not answer in time.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+
+use crate::cli::Client;
+use crate::control::{self, Request};
+use crate::driver::human;
+
+/// Exit status when the supervisor answered with an error.
+const FAILED: i32 = 1;
+/// Exit status when the supervisor could not be reached or did not answer.
+const UNREACHABLE: i32 = 3;
+
+/// Largest answer read (a status with thousands of listeners fits).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// How long `status` waits by default: it is answered at once.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run a control command; returns the exit status.
+pub fn run(client: Client) -> i32 {
+    // `main` blocked the supervisor's signals; a client must die of Ctrl-C
+    // as any command does.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let (path, request, timeout) = match &client {
+        Client::Reload { control, timeout } => (control, Request::Reload, *timeout),
+        Client::Status { control, .. } => (control, Request::Status, Some(STATUS_TIMEOUT)),
+        Client::Stop { control, timeout } => (control, Request::Stop, *timeout),
+    };
+    let path = path.clone().unwrap_or_else(control::default_path_here);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut session = match Session::open(&path, deadline) {
+        Ok(s) => s,
+        Err(e) => return unreachable(&e),
+    };
+    let answer = match session.ask(request) {
+        Ok(a) => a,
+        Err(e) => return unreachable(&e),
+    };
+    let text = match answer {
+        Ok(text) => text,
+        Err(text) => {
+            let what = match request {
+                Request::Reload => "reload failed",
+                Request::Status => "status failed",
+                Request::Stop => "stop failed",
+            };
+            eprintln!("supervisor: {what}: {text}");
+            return FAILED;
+        }
+    };
+    match client {
+        Client::Reload { .. } => {
+            println!("{text}");
+            0
+        }
+        Client::Status { json, .. } => {
+            let value: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    return unreachable(&format!(
+                        "the supervisor at {} sent a status that is not JSON: {e}",
+                        path.display()
+                    ));
+                }
+            };
+            if json {
+                println!("{value}");
+            } else {
+                print!("{}", render_status(&value));
+            }
+            0
+        }
+        Client::Stop { .. } => match session.wait_gone() {
+            Ok(()) => {
+                println!("supervisor (pid {}) stopped: {text}", session.pid);
+                0
+            }
+            Err(e) => unreachable(&e),
+        },
+    }
+}
+
+fn unreachable(why: &str) -> i32 {
+    eprintln!("supervisor: error: {why}");
+    UNREACHABLE
+}
+
+/// One connection to a supervisor.
+struct Session {
+    stream: UnixStream,
+    path: PathBuf,
+    /// The supervisor's pid, from SO_PEERCRED.
+    pid: i32,
+    deadline: Option<Instant>,
+    /// The request sent (for messages).
+    request: Request,
+}
+
+impl Session {
+    fn open(path: &Path, deadline: Option<Instant>) -> Result<Session, String> {
+        let shown = path.display();
+        let stream = UnixStream::connect(path).map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOENT) => {
+                    "no such socket (is the supervisor running? give its --control PATH)"
+                        .to_string()
+                }
+                Some(libc::ECONNREFUSED) => {
+                    "nothing is listening (the supervisor that made it has exited)".to_string()
+                }
+                Some(libc::EACCES | libc::EPERM) => {
+                    "permission denied (only root and the supervisor's own user may use it)"
+                        .to_string()
+                }
+                Some(libc::ENOTDIR) => "a part of the path is not a directory".to_string(),
+                _ => e.to_string(),
+            };
+            format!("cannot reach the supervisor at {shown}: {why}")
+        })?;
+        let pid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|c| c.pid())
+            .unwrap_or(0);
+        Ok(Session {
+            stream,
+            path: path.to_path_buf(),
+            pid,
+            deadline,
+            request: Request::Status,
+        })
+    }
+
+    /// Send the request; read the one answer line.
+    fn ask(&mut self, request: Request) -> Result<Result<String, String>, String> {
+        let shown = self.path.display().to_string();
+        self.request = request;
+        self.stream
+            .write_all(format!("{}\n", request.as_str()).as_bytes())
+            .map_err(|e| format!("send to the supervisor at {shown}: {e}"))?;
+        let mut line = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(n) = line.iter().position(|&b| b == b'\n') {
+                line.truncate(n);
+                break;
+            }
+            if line.len() > MAX_ANSWER {
+                return Err(format!(
+                    "the supervisor at {shown} sent an answer longer than {MAX_ANSWER} bytes"
+                ));
+            }
+            self.arm()?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(format!(
+                        "the supervisor at {shown} closed the connection without answering"
+                    ));
+                }
+                Ok(n) => line.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(self.late(request));
+                }
+                Err(e) => return Err(format!("read from the supervisor at {shown}: {e}")),
+            }
+        }
+        let line = String::from_utf8_lossy(&line);
+        control::parse_answer(&line).map_err(|e| format!("the supervisor at {shown}: {e}"))
+    }
+
+    /// Set the read timeout to what is left of the deadline.
+    fn arm(&self) -> Result<(), String> {
+        let Some(d) = self.deadline else {
+            let _ = self.stream.set_read_timeout(None);
+            return Ok(());
+        };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.late(self.request));
+        }
+        let _ = self.stream.set_read_timeout(Some(left));
+        Ok(())
+    }
+
+    fn late(&self, request: Request) -> String {
+        let what = match request {
+            Request::Reload => "; the reload may still complete (see supervisor status)",
+            Request::Stop => "; the stop goes on",
+            Request::Status => "",
+        };
+        format!(
+            "no answer from the supervisor at {} in time{what}",
+            self.path.display()
+        )
+    }
+
+    /// After a stop's answer: wait for the connection to close (the
+    /// supervisor closes it on its way out), then for the process to be
+    /// gone (or a zombie, if its parent has not reaped it yet).
+    fn wait_gone(&mut self) -> Result<(), String> {
+        let mut sink = [0u8; 256];
+        loop {
+            self.arm()?;
+            match self.stream.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(self.late(Request::Stop));
+                }
+                // A reset also means the other end is gone.
+                Err(_) => break,
+            }
+        }
+        if self.pid <= 0 {
+            return Ok(());
+        }
+        // EOF came as its fds closed; exit follows within moments.
+        let until = Instant::now() + Duration::from_secs(10);
+        let until = self.deadline.map_or(until, |d| d.min(until));
+        loop {
+            match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+                Err(_) => return Ok(()),
+                Ok(stat) => {
+                    let state = stat
+                        .rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next());
+                    if matches!(state, Some("Z" | "X")) {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "the supervisor (pid {}) closed its control connection but is still running",
+                    self.pid
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The human form of a status answer.
+pub fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let ms = |x: &serde_json::Value| human(Duration::from_millis(x.as_u64().unwrap_or(0)));
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or("?").to_string();
+    let mut out = String::new();
+    let sup = &v["supervisor"];
+    let stopping = if sup["stopping"].as_bool() == Some(true) {
+        ", stopping"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "supervisor pid {}, up {}, version {}{stopping}",
+        sup["pid"],
+        ms(&sup["uptime_ms"]),
+        s(&sup["version"])
+    );
+    let _ = writeln!(out, "control:     {}", s(&sup["control"]));
+    let command: Vec<String> = v["command"]
+        .as_array()
+        .map(|a| a.iter().map(|x| shell_word(&s(x))).collect())
+        .unwrap_or_default();
+    let _ = writeln!(out, "command:     {}", command.join(" "));
+    let _ = writeln!(
+        out,
+        "settings:    ready {}, stop signal {}, drain timeout {}",
+        s(&v["ready"]),
+        s(&v["stop_signal"]),
+        ms(&v["drain_timeout_ms"])
+    );
+    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
+    if listeners.is_empty() {
+        let _ = writeln!(out, "listeners:   none");
+    } else {
+        let _ = writeln!(out, "listeners:");
+        let width = listeners
+            .iter()
+            .map(|l| s(&l["name"]).len())
+            .max()
+            .unwrap_or(0);
+        for l in &listeners {
+            let from = if l["inherited"].as_bool() == Some(true) {
+                "  (handed over by the service manager)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  fd {:<3} {:<width$}  {}{from}",
+                l["fd"].to_string(),
+                s(&l["name"]),
+                s(&l["address"])
+            );
+        }
+    }
+    let generations = v["generations"].as_array().cloned().unwrap_or_default();
+    if generations.is_empty() {
+        let _ = writeln!(out, "generations: none");
+    } else {
+        let _ = writeln!(out, "generations:");
+        for g in &generations {
+            let pid = match g["pid"].as_i64() {
+                Some(p) => format!("pid {p}"),
+                None => "no pid".to_string(),
+            };
+            let state = s(&g["state"]);
+            let mut line = format!(
+                "  {:<4} {:<10} {:<9} up {}",
+                g["generation"].to_string(),
+                pid,
+                state,
+                ms(&g["age_ms"])
+            );
+            if state != "active" {
+                let _ = write!(line, ", {state} for {}", ms(&g["state_ms"]));
+            }
+            if let Some(text) = g["status"].as_str() {
+                // A child's text must not be able to forge lines.
+                let _ = write!(line, "  status: {}", text.escape_debug());
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let r = &v["reloads"];
+    let _ = writeln!(
+        out,
+        "restarts:    {}\nreloads:     {} succeeded, {} failed, {} pending",
+        v["restarts"], r["succeeded"], r["failed"], r["pending"]
+    );
+    if let Some(f) = r["last_failure"].as_str() {
+        let _ = writeln!(out, "last failed reload: {f}");
+    }
+    out
+}
+
+/// A word as a shell would need it quoted (for showing commands).
+fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_status() {
+        let v = serde_json::json!({
+            "supervisor": {"pid": 42, "uptime_ms": 61_000, "version": "0.1.0",
+                           "control": "/run/app/supervisor.sock", "stopping": false},
+            "command": ["./server", "--name", "two words"],
+            "ready": "notify", "stop_signal": "SIGTERM", "drain_timeout_ms": 30_000,
+            "listeners": [{"name": "http", "address": "127.0.0.1:8080", "fd": 3, "inherited": false}],
+            "generations": [
+                {"generation": 6, "pid": 100, "state": "draining", "age_ms": 90_000,
+                 "state_ms": 2_100, "status": null},
+                {"generation": 7, "pid": 101, "state": "active", "age_ms": 2_300,
+                 "state_ms": 2_100, "status": "serving\n3"},
+            ],
+            "restarts": 1,
+            "reloads": {"succeeded": 5, "failed": 1, "pending": 0, "last_failure": null},
+        });
+        let text = render_status(&v);
+        assert!(text.contains("supervisor pid 42, up 1m1s"), "{text}");
+        assert!(
+            text.contains("command:     ./server --name 'two words'"),
+            "{text}"
+        );
+        assert!(text.contains("fd 3   http  127.0.0.1:8080"), "{text}");
+        assert!(
+            text.contains("6    pid 100    draining  up 1m30s, draining for 2.1s"),
+            "{text}"
+        );
+        assert!(text.contains("status: serving\\n3"), "{text}");
+        assert!(
+            text.contains("reloads:     5 succeeded, 1 failed, 0 pending"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 11, "{text}");
+    }
+}

@@ -1,0 +1,387 @@
+//! The control socket: `supervisor reload|status|stop` talking to a running
+//! supervisor.
+//!
+//! A Unix stream socket, mode 0600, every peer checked with SO_PEERCRED
+//! (root or the supervisor's own uid). One request per connection, one line
+//! each way, plain text: `reload`, `status` or `stop` in; `ok TEXT` or
+//! `error TEXT` out. `reload` is answered once its outcome is known, `stop`
+//! once the supervisor is about to exit, `status` at once with a JSON
+//! object. The parsing here is pure; the driver owns the connections.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest request line accepted (the real ones are a few bytes).
+pub const MAX_REQUEST: usize = 1024;
+
+/// A connection must send its request within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An answer must be taken by the client within this time.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many connections are open at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The socket's file name in its directory.
+pub const FILE_NAME: &str = "supervisor.sock";
+
+/// A request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Start a new generation; answer with the outcome.
+    Reload,
+    /// Answer with the supervisor's state, as JSON.
+    Status,
+    /// Stop gracefully; answer when about to exit.
+    Stop,
+}
+
+impl Request {
+    /// The request line (without its newline).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::Reload => "reload",
+            Request::Status => "status",
+            Request::Stop => "stop",
+        }
+    }
+}
+
+/// Parse a request line (without its newline; a `\r` before it is
+/// tolerated).
+///
+/// # Errors
+/// The line is not a known request; the message says what was expected.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line {
+        b"reload" => Ok(Request::Reload),
+        b"status" => Ok(Request::Status),
+        b"stop" => Ok(Request::Stop),
+        _ => {
+            let shown: String = String::from_utf8_lossy(line).chars().take(40).collect();
+            Err(format!(
+                "unknown request {:?} (expected reload, status or stop)",
+                shown
+            ))
+        }
+    }
+}
+
+/// What a read buffer holds so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// No newline yet, and still short enough.
+    Incomplete,
+    /// A complete line (bytes after it are ignored: one request per
+    /// connection).
+    Complete(&'a [u8]),
+    /// More than [`MAX_REQUEST`] bytes without a newline.
+    TooLong,
+}
+
+/// Look for the request line in what was read so far.
+pub fn take_line(buf: &[u8]) -> Line<'_> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(n) if n <= MAX_REQUEST => Line::Complete(&buf[..n]),
+        Some(_) => Line::TooLong,
+        None if buf.len() > MAX_REQUEST => Line::TooLong,
+        None => Line::Incomplete,
+    }
+}
+
+/// An answer line: `ok TEXT` or `error TEXT`, newline-terminated. Line
+/// breaks inside `text` become spaces, so the answer stays one line.
+pub fn answer(ok: bool, text: &str) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    format!("{} {text}\n", if ok { "ok" } else { "error" })
+}
+
+/// Parse an answer line (without its newline) into `Ok(text)` for `ok` and
+/// `Err(text)` for `error`.
+///
+/// # Errors
+/// Neither form: the outer error holds a description of the line.
+#[allow(clippy::type_complexity)]
+pub fn parse_answer(line: &str) -> Result<Result<String, String>, String> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if let Some(text) = line.strip_prefix("ok ") {
+        Ok(Ok(text.to_string()))
+    } else if line == "ok" {
+        Ok(Ok(String::new()))
+    } else if let Some(text) = line.strip_prefix("error ") {
+        Ok(Err(text.to_string()))
+    } else {
+        let shown: String = line.chars().take(60).collect();
+        Err(format!("unexpected answer {shown:?}"))
+    }
+}
+
+/// The default control socket path: `supervisor.sock` in the first entry of
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else in
+/// `$XDG_RUNTIME_DIR`, else in the private directory `/tmp/supervisor-UID`
+/// (which [`private_dir`] creates and checks). Values that are not
+/// absolute paths are ignored.
+pub fn default_path(
+    runtime_directory: Option<&std::ffi::OsStr>,
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+    uid: u32,
+) -> PathBuf {
+    let first = |v: &std::ffi::OsStr| {
+        // systemd joins several RuntimeDirectory= entries with ':'.
+        let s = v.to_string_lossy();
+        let first = s.split(':').next().unwrap_or("").to_string();
+        Some(PathBuf::from(first)).filter(|p| p.is_absolute())
+    };
+    runtime_directory
+        .and_then(first)
+        .or_else(|| {
+            xdg_runtime_dir
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        })
+        .unwrap_or_else(|| fallback_dir(uid))
+        .join(FILE_NAME)
+}
+
+/// The last-resort directory: per user, private.
+pub fn fallback_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/supervisor-{uid}"))
+}
+
+/// The default path for this process's environment and user.
+pub fn default_path_here() -> PathBuf {
+    default_path(
+        std::env::var_os("RUNTIME_DIRECTORY").as_deref(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        nix::unistd::geteuid().as_raw(),
+    )
+}
+
+/// Create the fallback directory if needed and make sure nobody else can
+/// use it: a directory we own, mode 0700, not a symlink. Anyone can create
+/// `/tmp/supervisor-UID` before us, so its existence proves nothing.
+///
+/// # Errors
+/// It cannot be created, or it exists but is not private to us.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("create {}", dir.display())));
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| anyhow::anyhow!("inspect {}: {e}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is not a private directory of uid {me} (a directory it owns, mode 0700); give --control PATH",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Where a connection is in its one exchange.
+#[derive(Debug)]
+pub enum Stage {
+    /// Reading the request line.
+    Reading(Vec<u8>),
+    /// The request is being carried out; the answer comes later.
+    Waiting,
+    /// Sending the answer, from this offset; then close.
+    Writing(Vec<u8>, usize),
+}
+
+/// One control connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The non-blocking stream.
+    pub stream: UnixStream,
+    /// The peer's pid (from SO_PEERCRED; 0 if unknown).
+    pub pid: i32,
+    /// Where it is.
+    pub stage: Stage,
+    /// When reading or writing gives up.
+    pub deadline: Option<Instant>,
+}
+
+/// What a read step produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Nothing complete yet.
+    Pending,
+    /// A request, or the error to answer with.
+    Request(Result<Request, String>),
+    /// The peer left without a request: close quietly.
+    Gone,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(stream: UnixStream, pid: i32, now: Instant) -> Conn {
+        Conn {
+            stream,
+            pid,
+            stage: Stage::Reading(Vec::new()),
+            deadline: Some(now + REQUEST_TIMEOUT),
+        }
+    }
+
+    /// The fd to poll, with whether to wait for input (else output); `None`
+    /// while waiting for an outcome (a half-closed peer must not wake the
+    /// loop over and over).
+    pub fn interest(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        match self.stage {
+            Stage::Reading(_) => Some((self.stream.as_fd(), true)),
+            Stage::Writing(..) => Some((self.stream.as_fd(), false)),
+            Stage::Waiting => None,
+        }
+    }
+
+    /// Read what is there; never blocks.
+    pub fn read(&mut self) -> ReadStep {
+        let Stage::Reading(buf) = &mut self.stage else {
+            return ReadStep::Pending;
+        };
+        let mut chunk = [0u8; 512];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    // End of input: a request without its newline still
+                    // counts; nothing at all means the peer left.
+                    if buf.is_empty() {
+                        return ReadStep::Gone;
+                    }
+                    return match take_line(buf) {
+                        Line::TooLong => ReadStep::Request(Err(too_long())),
+                        Line::Complete(l) => ReadStep::Request(parse_request(l)),
+                        Line::Incomplete => ReadStep::Request(parse_request(buf)),
+                    };
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    match take_line(buf) {
+                        Line::Incomplete => continue,
+                        Line::TooLong => return ReadStep::Request(Err(too_long())),
+                        Line::Complete(l) => return ReadStep::Request(parse_request(l)),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return ReadStep::Pending,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return ReadStep::Gone,
+            }
+        }
+    }
+
+    /// Start sending `line`; the caller then calls [`Conn::write`].
+    pub fn reply(&mut self, line: String, now: Instant) {
+        self.stage = Stage::Writing(line.into_bytes(), 0);
+        self.deadline = Some(now + WRITE_TIMEOUT);
+    }
+
+    /// Send what the socket takes; `true` once done (sent, or the peer is
+    /// gone) and the connection can be closed.
+    pub fn write(&mut self) -> bool {
+        let Stage::Writing(out, pos) = &mut self.stage else {
+            return false;
+        };
+        while *pos < out.len() {
+            match self.stream.write(&out[*pos..]) {
+                Ok(0) => return true,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // EPIPE and friends: the client left; SIGPIPE is not a
+                // concern, std ignores it for the process.
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+fn too_long() -> String {
+    format!("request longer than {MAX_REQUEST} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request(b"reload"), Ok(Request::Reload));
+        assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
+        assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
+        for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains("expected reload, status or stop"), "{e}");
+        }
+        // Garbage is shown short and escaped, never as raw bytes.
+        let e = parse_request(&[b'x'; 500]).unwrap_err();
+        assert!(e.len() < 120, "{e}");
+        assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
+    }
+
+    #[test]
+    fn lines() {
+        assert_eq!(take_line(b"relo"), Line::Incomplete);
+        assert_eq!(take_line(b"reload\nrest"), Line::Complete(b"reload"));
+        assert_eq!(take_line(&[b'x'; MAX_REQUEST]), Line::Incomplete);
+        assert_eq!(take_line(&[b'x'; MAX_REQUEST + 1]), Line::TooLong);
+        let mut long = vec![b'x'; MAX_REQUEST + 1];
+        long.push(b'\n');
+        assert_eq!(take_line(&long), Line::TooLong);
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(
+            answer(true, "generation 2 ready"),
+            "ok generation 2 ready\n"
+        );
+        assert_eq!(answer(false, "a\nb\r"), "error a b \n");
+        assert_eq!(parse_answer("ok fine"), Ok(Ok("fine".into())));
+        assert_eq!(parse_answer("ok"), Ok(Ok(String::new())));
+        assert_eq!(parse_answer("error no\r"), Ok(Err("no".into())));
+        assert!(parse_answer("HTTP/1.1 400").is_err());
+        let text = "generation 7 (pid 4211) ready in 180ms";
+        let line = answer(true, text);
+        assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
+    }
+
+    #[test]
+    fn default_paths() {
+        let p = |rd: Option<&str>, xdg: Option<&str>| {
+            default_path(rd.map(OsStr::new), xdg.map(OsStr::new), 1000)
+        };
+        assert_eq!(
+            p(Some("/run/app"), Some("/run/user/1000")),
+            PathBuf::from("/run/app/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("/run/a:/run/b"), None),
+            PathBuf::from("/run/a/supervisor.sock")
+        );
+        assert_eq!(
+            p(None, Some("/run/user/1000")),
+            PathBuf::from("/run/user/1000/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("relative"), Some("")),
+            PathBuf::from("/tmp/supervisor-1000/supervisor.sock")
+        );
+    }
+}
