@@ -124,6 +124,8 @@ pub struct Driver {
     reload_waiters: BTreeMap<Ticket, u64>,
     /// Connections waiting for the supervisor to exit.
     stop_waiters: Vec<u64>,
+    /// Reload answers to send once the current actions are done.
+    answers: Vec<(u64, String)>,
     manager: Option<Manager>,
     told: ManagerState,
     /// The last failed reload, until a generation is ready again.
@@ -167,6 +169,7 @@ impl Driver {
             next_conn: 0,
             reload_waiters: BTreeMap::new(),
             stop_waiters: Vec::new(),
+            answers: Vec::new(),
             manager,
             told: ManagerState::default(),
             last_failure: None,
@@ -419,6 +422,9 @@ impl Driver {
         // could name their pids.
         self.children.retain(|_, c| !c.reaped);
         self.tell_manager();
+        for (id, line) in std::mem::take(&mut self.answers) {
+            self.reply(id, line);
+        }
     }
 
     fn spawn(&mut self, g: Generation) {
@@ -540,7 +546,10 @@ impl Driver {
         for t in tickets {
             self.outstanding.remove(&t);
             if let Some(id) = self.reload_waiters.remove(&t) {
-                self.reply(id, control::answer(ok, &text));
+                // Sent after the service manager has heard READY=1 (see
+                // `execute`), so that a reload command run by the manager
+                // never ends before the manager knows the reload did.
+                self.answers.push((id, control::answer(ok, &text)));
             }
         }
     }

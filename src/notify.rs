@@ -34,8 +34,8 @@ pub struct NotifyDir {
 }
 
 impl NotifyDir {
-    /// Create a fresh 0700 directory under `$XDG_RUNTIME_DIR`, else the
-    /// system temporary directory.
+    /// Create a fresh 0700 directory under `$RUNTIME_DIRECTORY`, else
+    /// `$XDG_RUNTIME_DIR`, else the system temporary directory.
     ///
     /// # Errors
     /// The directory cannot be created.
@@ -43,9 +43,19 @@ impl NotifyDir {
         // A socket path must fit in sun_path (108 bytes): leave room for
         // "/supervisor-<pid>-XXXXXX/gen-<n>.sock".
         let fits = |p: &PathBuf| p.is_absolute() && p.is_dir() && p.as_os_str().len() <= 60;
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
+        // systemd's RuntimeDirectory= (its first entry) is private to the
+        // service and writable under ProtectSystem=strict.
+        let runtime = std::env::var_os("RUNTIME_DIRECTORY").and_then(|v| {
+            let v = v.to_string_lossy().into_owned();
+            v.split(':').next().map(PathBuf::from)
+        });
+        let base = runtime
             .filter(fits)
+            .or_else(|| {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(PathBuf::from)
+                    .filter(fits)
+            })
             .or_else(|| Some(std::env::temp_dir()).filter(fits))
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         let template = base.join(format!("supervisor-{}-XXXXXX", std::process::id()));

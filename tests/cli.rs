@@ -8,8 +8,12 @@ use std::process::{Command, Output};
 use common::*;
 
 fn run(args: &[&str]) -> Output {
+    // Its own runtime directory: a supervisor that gets as far as its
+    // control socket must not meet another test's.
+    let runtime = TempDir::new("cli");
     Command::new(supervisor_bin())
         .args(args)
+        .env("RUNTIME_DIRECTORY", &runtime.0)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run supervisor")

@@ -1,0 +1,415 @@
+//! The supervisor with systemd's own tools and protocols: started by
+//! `systemd-socket-activate` with a socket it passes on, a shell-script
+//! child whose readiness is sent by `systemd-notify --ready`, and a fake
+//! service manager (a datagram socket as the supervisor's NOTIFY_SOCKET)
+//! that checks every message, in order, with MONOTONIC_USEC against the
+//! clock.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Whether `tool` is on PATH; prints why the test is skipped if not.
+fn have(tool: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        eprintln!("skipped {test}: {tool} is not installed (Debian package systemd)");
+    }
+    found
+}
+
+/// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC counts.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we pass.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(r, 0);
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// A service manager's end of NOTIFY_SOCKET.
+struct FakeManager {
+    sock: UnixDatagram,
+    /// The NOTIFY_SOCKET value.
+    address: String,
+}
+
+impl FakeManager {
+    fn at_path(dir: &TempDir) -> FakeManager {
+        let path = dir.path("notify");
+        let sock = UnixDatagram::bind(&path).expect("bind fake manager socket");
+        sock.set_read_timeout(Some(T)).unwrap();
+        FakeManager {
+            sock,
+            address: path.to_string_lossy().into_owned(),
+        }
+    }
+
+    fn abstract_name(tag: &str) -> FakeManager {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("sv-test-manager-{tag}-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sock = UnixDatagram::bind_addr(&addr).expect("bind abstract fake manager socket");
+        sock.set_read_timeout(Some(T)).unwrap();
+        FakeManager {
+            sock,
+            address: format!("@{name}"),
+        }
+    }
+
+    /// The next message (waits up to T).
+    fn next(&self, sv: &Supervisor) -> String {
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => String::from_utf8(buf[..n].to_vec()).expect("UTF-8 message"),
+            Err(e) => panic!(
+                "no message for the service manager within {T:?} ({e}); output:\n{}",
+                sv.output()
+            ),
+        }
+    }
+
+    /// Nothing more is queued (call once the supervisor has exited).
+    fn assert_drained(&self) {
+        self.sock.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(n) => panic!(
+                "unexpected message: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+/// Check a `RELOADING=1` message: its lines, and MONOTONIC_USEC within
+/// the window in which the reload was asked for.
+fn assert_reloading(msg: &str, before: u64, after: u64, status: &str) {
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 3, "{msg:?}");
+    assert_eq!(lines[0], "RELOADING=1", "{msg:?}");
+    let usec: u64 = lines[1]
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {msg:?}"));
+    assert!(
+        before <= usec && usec <= after,
+        "MONOTONIC_USEC={usec} is outside the request's window [{before}, {after}]"
+    );
+    assert_eq!(lines[2], format!("STATUS={status}"), "{msg:?}");
+}
+
+/// A child that fails at once as generation `bad`, else runs the demo
+/// server (which sends READY=1 to its own NOTIFY_SOCKET).
+fn script(dir: &TempDir, bad: u64) -> String {
+    let path = dir.path("server.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ \"$SUPERVISOR_GENERATION\" = {bad} ]; then echo 'bad release' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            example("demo_server").display()
+        ),
+    )
+    .unwrap();
+    make_executable(&path);
+    path.to_string_lossy().into_owned()
+}
+
+fn make_executable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
+    let dir = TempDir::new("mgr");
+    let manager = FakeManager::at_path(&dir);
+    let server = script(&dir, 3);
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--", &server])
+        .env("NOTIFY_SOCKET", &manager.address);
+    let mut sv = Supervisor::start_with(&mut cmd);
+
+    // Start-up: READY=1 once generation 1 is ready, not before.
+    let p1 = sv.generation_pid(1, T);
+    assert_eq!(
+        manager.next(&sv),
+        format!("STATUS=no generation serving; generation 1 (pid {p1}) starting")
+    );
+    assert_eq!(
+        manager.next(&sv),
+        format!("READY=1\nSTATUS=generation 1 (pid {p1}) serving")
+    );
+    // The children never see the supervisor's own NOTIFY_SOCKET.
+    let env = environ(p1);
+    assert_ne!(env["NOTIFY_SOCKET"], manager.address);
+
+    // A good reload through the control socket.
+    let before = monotonic_usec();
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let after = monotonic_usec();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let p2 = sv.generation_pid(2, T);
+    assert_reloading(
+        &manager.next(&sv),
+        before,
+        after,
+        &format!("generation 1 (pid {p1}) serving; generation 2 (pid {p2}) starting"),
+    );
+    assert_eq!(
+        manager.next(&sv),
+        format!("READY=1\nSTATUS=generation 2 (pid {p2}) serving")
+    );
+
+    // A failed reload ends with READY=1 too (sd_notify cannot say
+    // "failed"), and the status says what happened.
+    let before = monotonic_usec();
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let after = monotonic_usec();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let p3 = sv.generation_pid(3, T);
+    assert_reloading(
+        &manager.next(&sv),
+        before,
+        after,
+        &format!("generation 2 (pid {p2}) serving; generation 3 (pid {p3}) starting"),
+    );
+    assert_eq!(
+        manager.next(&sv),
+        format!(
+            "READY=1\nSTATUS=generation 2 (pid {p2}) serving; last reload failed: generation 3 (pid {p3}) exited with status 1 before it was ready"
+        )
+    );
+
+    // SIGHUP (what Type=notify-reload sends) does the same, with a fresh
+    // timestamp systemd compares against the start of its reload.
+    let before = monotonic_usec();
+    sv.signal(libc::SIGHUP);
+    let reloading = manager.next(&sv);
+    let after = monotonic_usec();
+    let p4 = sv.generation_pid(4, T);
+    assert_reloading(
+        &reloading,
+        before,
+        after,
+        &format!("generation 2 (pid {p2}) serving; generation 4 (pid {p4}) starting"),
+    );
+    assert_eq!(
+        manager.next(&sv),
+        format!("READY=1\nSTATUS=generation 4 (pid {p4}) serving")
+    );
+
+    // Stop: STOPPING=1, then nothing more.
+    let out = sv.ctl(&["stop", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(manager.next(&sv), "STOPPING=1\nSTATUS=stopping");
+    let status = sv.wait_exit(T);
+    assert!(status.code().is_some(), "{status:?}");
+    manager.assert_drained();
+}
+
+#[test]
+fn an_abstract_notify_socket_is_spoken_to_as_well() {
+    let dir = TempDir::new("mgr-abstract");
+    let manager = FakeManager::abstract_name("a");
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
+        .arg(example("demo_server"))
+        .env("NOTIFY_SOCKET", &manager.address);
+    let mut sv = Supervisor::start_with(&mut cmd);
+    let p1 = sv.generation_pid(1, T);
+    assert!(manager.next(&sv).contains("starting"));
+    assert_eq!(
+        manager.next(&sv),
+        format!("READY=1\nSTATUS=generation 1 (pid {p1}) serving")
+    );
+    sv.signal(libc::SIGTERM);
+    assert_eq!(manager.next(&sv), "STOPPING=1\nSTATUS=stopping");
+    sv.wait_exit(T);
+    manager.assert_drained();
+    drop(dir);
+}
+
+#[test]
+fn systemd_notify_in_a_shell_script_child_proves_readiness() {
+    if !have("systemd-notify", "systemd_notify_in_a_shell_script_child") {
+        return;
+    }
+    let dir = TempDir::new("sd-notify");
+    let path = dir.path("server.sh");
+    // The readiness sender is a helper process that has exited by the time
+    // the datagram is read; generation 3 never says it is ready.
+    std::fs::write(
+        &path,
+        "#!/bin/sh\n\
+         if [ \"$SUPERVISOR_GENERATION\" != 3 ]; then\n\
+         \x20   systemd-notify --ready --status=\"warmed up as generation $SUPERVISOR_GENERATION\" || exit 9\n\
+         fi\n\
+         exec sleep 300\n",
+    )
+    .unwrap();
+    make_executable(&path);
+    let sv = Supervisor::start(&[
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "--",
+        path.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    let status = wait_until(T, || {
+        let v = sv.status_json();
+        let text = v["generations"][0]["status"].as_str()?.to_string();
+        Some(text)
+    })
+    .expect("status from systemd-notify");
+    assert_eq!(status, "warmed up as generation 1");
+
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let p2 = sv.generation_pid(2, T);
+    assert!(
+        out.stdout
+            .starts_with(&format!("generation 2 (pid {p2}) ready in ")),
+        "{out:?}"
+    );
+
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("was not ready within 1s")
+            && out
+                .stderr
+                .contains(&format!("generation 2 (pid {p2}) still serving")),
+        "{out:?}"
+    );
+    let v = sv.status_json();
+    let gens: Vec<(u64, String)> = v["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["generation"].as_u64().unwrap(),
+                g["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        gens.contains(&(2, "active".to_string())),
+        "generation 2 must still serve: {gens:?}"
+    );
+}
+
+/// `systemd-socket-activate` binds, waits for the first connection, then
+/// execs the supervisor in place with LISTEN_FDS=1 LISTEN_PID=its pid.
+#[test]
+fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
+    if !have(
+        "systemd-socket-activate",
+        "systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on",
+    ) {
+        return;
+    }
+    // systemd-socket-activate cannot bind port 0: find a free port, and
+    // try another should it be taken in between.
+    let mut attempt = 0;
+    let (sv, port) = loop {
+        attempt += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=http"])
+            // It passes on only the variables it is told to.
+            .args(["-E", "RUNTIME_DIRECTORY", "-E", "RUST_LOG"])
+            .arg(supervisor_bin())
+            .args(["--ready", "notify"])
+            // The same name both ways is the same socket; "extra" is bound
+            // by the supervisor alongside it.
+            .args(["-l", &format!("http=127.0.0.1:{port}")])
+            .args(["-l", "extra=127.0.0.1:0", "--"])
+            .arg(example("demo_server"));
+        let mut sv = Supervisor::start_with(&mut cmd);
+        let line = wait_until(T, || {
+            let out = sv.output();
+            out.lines()
+                .find(|l| l.starts_with("Listening on") || l.starts_with("Failed"))
+                .map(str::to_string)
+        })
+        .expect("systemd-socket-activate says nothing");
+        if line.starts_with("Listening on") {
+            break (sv, port);
+        }
+        sv.wait_exit(T);
+        assert!(attempt < 5, "no free port: {line}");
+    };
+    // The first connection is what makes it exec the supervisor; it waits
+    // in the backlog and generation 1 answers it.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut first = Client::new(addr);
+    match first.get("/") {
+        Reply::Ok { generation, .. } => assert_eq!(generation, 1),
+        Reply::Failed(e) => panic!("first request failed: {e}; output:\n{}", sv.output()),
+    }
+    sv.wait_line(
+        &format!(
+            "listening on 127.0.0.1:{port} as \"http\" (fd 3 in children), handed over by the service manager"
+        ),
+        T,
+    );
+    sv.wait_line("as \"extra\" (fd 4 in children)", T);
+
+    // The exec happened in place: the supervisor has the launcher's pid,
+    // and its fd 3 and the child's fd 3 are the launcher's socket.
+    let inode = socket_inode("tcp", port).expect("listening socket in /proc/net/tcp");
+    let socket = format!("socket:[{inode}]");
+    assert_eq!(fds(sv.pid)[&3], socket);
+    let p1 = sv.generation_pid(1, T);
+    assert_eq!(fds(p1)[&3], socket);
+    let env = environ(p1);
+    assert_eq!(env["LISTEN_FDS"], "2");
+    assert_eq!(env["LISTEN_FDNAMES"], "http:extra");
+    assert_eq!(env["LISTEN_PID"], p1.to_string());
+
+    let v = sv.status_json();
+    assert_eq!(v["listeners"][0]["name"], "http");
+    assert_eq!(v["listeners"][0]["inherited"], true);
+    assert_eq!(v["listeners"][1]["inherited"], false);
+
+    // Reloads under load on the handed-over socket lose nothing.
+    let load = Load::start(addr, 8, Duration::from_secs(30));
+    assert!(load.wait_served_by(1, 20, T), "no load served");
+    for g in 2..=4 {
+        let out = sv.ctl(&["reload", "--timeout", "20s"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            load.wait_served_by(g, 20, T),
+            "generation {g} served nothing"
+        );
+    }
+    let failures = load.failures();
+    let stats = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(stats.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let p4 = sv.generation_pid(4, T);
+    assert_eq!(fds(p4)[&3], socket);
+
+    let out = sv.ctl(&["stop", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
