@@ -2,10 +2,11 @@
 # The main job, in one command: the supervisor runs the demo server on a
 # free loopback port, a load generator keeps 64 connections busy for about
 # 20 seconds, and six releases are deployed during the load (the supervisor
-# runs `current/server`, a symlink switched to each release, then gets
-# SIGHUP). The third release is broken and exits at start: the reload fails
-# and the release before it keeps serving. At the end: requests, failures,
-# latency, and each reload's outcome.
+# runs `current/server`, a symlink switched to each release, then
+# `supervisor reload` asks for a reload through the control socket and
+# waits for its outcome). The third release is broken and exits at start:
+# that reload fails and the release before it keeps serving. At the end:
+# requests, failures, latency, each reload's answer, and `supervisor status`.
 #
 # Environment: DEMO_SECONDS (default 20), DEMO_CONNECTIONS (default 64).
 set -euo pipefail
@@ -51,8 +52,9 @@ done
 ln -sfn "$work/v1" "$work/current"
 
 log=$work/supervisor.log
+ctl=$work/control.sock
 "$bin/supervisor" --listen http=127.0.0.1:0 --ready notify --ready-timeout 10s \
-    --drain-timeout 10s -- "$work/current/server" 2>"$log" &
+    --drain-timeout 10s --control "$ctl" -- "$work/current/server" 2>"$log" &
 sup_pid=$!
 
 # Wait for an event in the supervisor's log, with a deadline.
@@ -79,19 +81,16 @@ echo "load: $connections connections for ${seconds}s; deploying v2..v7 (v3 is br
 load_pid=$!
 
 interval=$(awk -v s="$seconds" 'BEGIN { printf "%.2f", s / 7 }')
-gen=1
 reloads=()
 for v in 2 3 4 5 6 7; do
     sleep "$interval" # pacing of the deploys, not synchronisation
-    gen=$((gen + 1))
     ln -sfn "$work/v$v" "$work/current"
-    kill -HUP "$sup_pid"
-    wait_for "generation $gen (pid [0-9]*) ready in\|reload failed: generation $gen "
-    if line=$(grep -m1 "generation $gen (pid [0-9]*) ready in" "$log"); then
-        reloads+=("v$v  ok      ${line#*info: }")
+    # Synchronous: returns once the new generation is ready (exit 0) or has
+    # failed (exit 1, with the reason).
+    if answer=$("$bin/supervisor" reload --control "$ctl" --timeout 20s 2>&1); then
+        reloads+=("v$v  ok      $answer")
     else
-        line=$(grep -m1 "reload failed: generation $gen " "$log")
-        reloads+=("v$v  FAILED  ${line#*warn: reload failed: }")
+        reloads+=("v$v  FAILED  ${answer#supervisor: reload failed: }")
     fi
 done
 
@@ -100,7 +99,10 @@ wait "$load_pid"
 load_status=$?
 set -e
 load_pid=""
-kill -TERM "$sup_pid"
+"$bin/supervisor" status --control "$ctl" >"$work/status.txt"
+# Graceful stop through the control socket; returns once the supervisor
+# has exited.
+"$bin/supervisor" stop --control "$ctl" --timeout 30s >/dev/null
 wait "$sup_pid"
 sup_status=$?
 sup_pid=""
@@ -109,8 +111,11 @@ echo
 echo "== load =="
 cat "$work/load.txt"
 echo
-echo "== reloads (release, outcome, supervisor's account) =="
+echo "== reloads (release, outcome, the answer of \`supervisor reload\`) =="
 printf '  %s\n' "${reloads[@]}"
+echo
+echo "== supervisor status, after the load =="
+sed 's/^/  /' "$work/status.txt"
 echo
 echo "== drains =="
 grep -o "generation [0-9]* (pid [0-9]*) drained in .*" "$log" | sed 's/^/  /'

@@ -128,8 +128,10 @@ pub struct Driver {
     answers: Vec<(u64, String)>,
     manager: Option<Manager>,
     told: ManagerState,
-    /// The last failed reload, until a generation is ready again.
+    /// The last failed reload, until a reload succeeds (for `STATUS=`).
     last_failure: Option<String>,
+    /// The last failed reload ever (for `supervisor status`).
+    last_failed_reload: Option<String>,
     reloads_ok: u64,
     reloads_failed: u64,
     started: Instant,
@@ -173,6 +175,7 @@ impl Driver {
             manager,
             told: ManagerState::default(),
             last_failure: None,
+            last_failed_reload: None,
             reloads_ok: 0,
             reloads_failed: 0,
             started: Instant::now(),
@@ -534,11 +537,9 @@ impl Driver {
                 generation, why, ..
             } => {
                 self.reloads_failed += 1;
-                self.last_failure = Some(format!(
-                    "{} {}",
-                    self.who(*generation),
-                    describe_failure(why)
-                ));
+                let what = format!("{} {}", self.who(*generation), describe_failure(why));
+                self.last_failed_reload = Some(what.clone());
+                self.last_failure = Some(what);
             }
             ReloadOutcome::Refused(_) => {}
         }
@@ -887,7 +888,7 @@ impl Driver {
                 "succeeded": self.reloads_ok,
                 "failed": self.reloads_failed,
                 "pending": self.outstanding.len(),
-                "last_failure": self.last_failure,
+                "last_failure": self.last_failed_reload,
             },
         })
     }
