@@ -120,6 +120,9 @@ pub struct Driver {
     control: Listener,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Accepting is paused until then (out of file descriptors: the
+    /// pending connection would otherwise wake the loop at once, forever).
+    accept_paused: Option<Instant>,
     /// Which connection waits for which reload.
     reload_waiters: BTreeMap<Ticket, u64>,
     /// Connections waiting for the supervisor to exit.
@@ -169,6 +172,7 @@ impl Driver {
             control,
             conns: BTreeMap::new(),
             next_conn: 0,
+            accept_paused: None,
             reload_waiters: BTreeMap::new(),
             stop_waiters: Vec::new(),
             answers: Vec::new(),
@@ -196,11 +200,15 @@ impl Driver {
                 self.answer_stop_waiters(code);
                 return Ok(code);
             }
+            if self.accept_paused.is_some_and(|t| t <= Instant::now()) {
+                self.accept_paused = None;
+            }
             let deadline = self
                 .conns
                 .values()
                 .filter_map(|c| c.deadline)
                 .chain(self.machine.next_deadline())
+                .chain(self.accept_paused)
                 .min();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -213,11 +221,12 @@ impl Driver {
                 }
             };
             let woken: Vec<Watch> = {
-                let mut watch = vec![Watch::Signals, Watch::Control];
-                let mut fds = vec![
-                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.control.fd(), PollFlags::POLLIN),
-                ];
+                let mut watch = vec![Watch::Signals];
+                let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+                if self.accept_paused.is_none() {
+                    watch.push(Watch::Control);
+                    fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
+                }
                 for (id, c) in &self.conns {
                     if let Some((fd, input)) = c.interest() {
                         let flags = if input {
@@ -603,8 +612,10 @@ impl Driver {
                 Err(Errno::EAGAIN | Errno::ECONNABORTED) => return,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    // EMFILE and the like: leave the rest in the queue.
-                    log::warn!("accept on the control socket: {e}");
+                    // EMFILE and the like: leave the queue alone for a
+                    // moment rather than spin on it.
+                    log::warn!("accept on the control socket: {e}; retrying in 100ms");
+                    self.accept_paused = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
             };

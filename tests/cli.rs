@@ -288,3 +288,40 @@ fn bad_compat_lists_and_unnameable_listeners() {
     );
     assert!(!dir.path("a=b.sock").exists(), "socket file left behind");
 }
+
+#[test]
+fn control_commands_reject_bad_usage_in_one_line() {
+    for (args, want) in [
+        (vec!["reload", "--bogus"], "--bogus"),
+        (vec!["reload", "--timeout", "soon"], "'soon'"),
+        (vec!["status", "--timeout", "5s"], "--timeout"),
+        (vec!["stop", "extra"], "extra"),
+        (vec!["reload", "--ready", "notify"], "--ready"),
+    ] {
+        let (code, line) = fails(&args);
+        assert_eq!(code, 2, "{args:?}: {line}");
+        assert!(line.starts_with("supervisor: error: "), "{line}");
+        assert!(line.contains(want), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn a_control_socket_path_that_cannot_be_bound_is_a_one_line_error() {
+    let dir = TempDir::new("ctl-bad");
+    let not_a_socket = dir.path("file");
+    std::fs::write(&not_a_socket, "x").unwrap();
+    let arg = not_a_socket.to_string_lossy().into_owned();
+    let (code, line) = fails(&["--control", &arg, "--", "sleep", "300"]);
+    assert_eq!(code, 1);
+    assert!(
+        line.contains(&format!("control socket {arg}")) && line.contains("is not a socket"),
+        "{line}"
+    );
+    // The file is left alone.
+    assert_eq!(std::fs::read_to_string(&not_a_socket).unwrap(), "x");
+    let missing = dir.path("no/such/dir/c.sock");
+    let arg = missing.to_string_lossy().into_owned();
+    let (code, line) = fails(&["--control", &arg, "--", "sleep", "300"]);
+    assert_eq!(code, 1);
+    assert!(line.contains(&format!("control socket {arg}")), "{line}");
+}
