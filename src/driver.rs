@@ -130,6 +130,8 @@ pub struct Driver {
     /// Reload answers to send once the current actions are done.
     answers: Vec<(u64, String)>,
     manager: Option<Manager>,
+    /// `WATCHDOG=1` keep-alive interval for the manager and when it is due.
+    watchdog: Option<(Duration, Instant)>,
     told: ManagerState,
     /// The last failed reload, until a reload succeeds (for `STATUS=`).
     last_failure: Option<String>,
@@ -176,6 +178,7 @@ impl Driver {
             reload_waiters: BTreeMap::new(),
             stop_waiters: Vec::new(),
             answers: Vec::new(),
+            watchdog: None,
             manager,
             told: ManagerState::default(),
             last_failure: None,
@@ -185,6 +188,15 @@ impl Driver {
             started: Instant::now(),
             exit: None,
         })
+    }
+
+    /// Send the manager `WATCHDOG=1` every `interval` (half of its
+    /// `WATCHDOG_USEC`, as sd_watchdog_enabled(3) advises).
+    pub fn with_watchdog(mut self, interval: Option<Duration>) -> Driver {
+        if self.manager.is_some() {
+            self.watchdog = interval.map(|i| (i, Instant::now()));
+        }
+        self
     }
 
     /// Run until the machine says exit; returns the exit status.
@@ -209,6 +221,7 @@ impl Driver {
                 .filter_map(|c| c.deadline)
                 .chain(self.machine.next_deadline())
                 .chain(self.accept_paused)
+                .chain(self.watchdog.map(|(_, due)| due))
                 .min();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -267,6 +280,13 @@ impl Driver {
                     Watch::Control => self.accept(),
                     Watch::Conn(id) => self.serve(id),
                 }
+            }
+            if let Some((every, due)) = self.watchdog
+                && due <= Instant::now()
+                && let Some(m) = &self.manager
+            {
+                m.send("WATCHDOG=1");
+                self.watchdog = Some((every, Instant::now() + every));
             }
             if self.exit.is_none() {
                 self.expire_conns();

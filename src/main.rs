@@ -135,7 +135,30 @@ fn run(args: cli::Args) -> Result<i32> {
         drain_timeout: args.drain_timeout,
     };
     let machine = Machine::new(cfg, Instant::now());
-    driver::Driver::new(machine, settings, listeners, control, manager)?.run()
+    let watchdog = watchdog_interval();
+    if let Some(w) = watchdog
+        && manager.is_some()
+    {
+        log::info!(
+            "sending the service manager WATCHDOG=1 every {}",
+            driver::human(w)
+        );
+    }
+    driver::Driver::new(machine, settings, listeners, control, manager)?
+        .with_watchdog(watchdog)
+        .run()
+}
+
+/// Half of `WATCHDOG_USEC`, if the service manager asks this process (not
+/// a parent of it: `WATCHDOG_PID`) for keep-alives.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn init_logging() {

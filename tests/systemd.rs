@@ -413,3 +413,36 @@ fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
     let out = sv.ctl(&["stop", "--timeout", "20s"]);
     assert_eq!(out.code, Some(0), "{out:?}");
 }
+
+#[test]
+fn a_watchdog_asked_for_gets_keep_alives_and_the_children_do_not_see_it() {
+    let dir = TempDir::new("mgr-watchdog");
+    let manager = FakeManager::at_path(&dir);
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
+        .arg(example("demo_server"))
+        .env("NOTIFY_SOCKET", &manager.address)
+        .env("WATCHDOG_USEC", "200000");
+    let sv = Supervisor::start_with(&mut cmd);
+    // WATCHDOG=1 every 100ms: count a few, next to the other messages.
+    let mut pings = 0;
+    let mut ready = false;
+    let deadline = std::time::Instant::now() + T;
+    while pings < 3 || !ready {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pings} pings, ready: {ready}; output:\n{}",
+            sv.output()
+        );
+        let m = manager.next(&sv);
+        if m == "WATCHDOG=1" {
+            pings += 1;
+        } else if m.starts_with("READY=1") {
+            ready = true;
+        }
+    }
+    let p1 = sv.generation_pid(1, T);
+    let env = environ(p1);
+    assert!(!env.contains_key("WATCHDOG_USEC"), "{env:?}");
+    assert!(!env.contains_key("WATCHDOG_PID"), "{env:?}");
+}

@@ -314,6 +314,24 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         if self.status.is_none() {
+            // A forced stop first (two SIGTERMs: SIGKILL to every
+            // generation's group), so that the supervisor itself reaps its
+            // children and removes its sockets.
+            // SAFETY: kill(2) on the pid of our own unreaped child process.
+            unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+                libc::kill(self.pid, libc::SIGTERM);
+            }
+            let child = &mut self.child;
+            if let Some(s) = wait_until(Duration::from_secs(5), || child.try_wait().ok().flatten())
+            {
+                self.status = Some(s);
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+            }
+        }
+        if self.status.is_none() {
             // Children live in their own process groups: kill those first,
             // then the supervisor, so that nothing outlives a failed test.
             for pid in self.all_generation_pids() {
