@@ -6,6 +6,7 @@
 //! reached or did not answer in time.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -116,6 +117,11 @@ impl Session {
                     "no such socket (is the supervisor running? give its --control PATH)"
                         .to_string()
                 }
+                Some(libc::ECONNREFUSED)
+                    if std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket()) =>
+                {
+                    "not a socket".to_string()
+                }
                 Some(libc::ECONNREFUSED) => {
                     "nothing is listening (the supervisor that made it has exited)".to_string()
                 }
@@ -144,9 +150,16 @@ impl Session {
     fn ask(&mut self, request: Request) -> Result<Result<String, String>, String> {
         let shown = self.path.display().to_string();
         self.request = request;
-        self.stream
+        if let Err(e) = self
+            .stream
             .write_all(format!("{}\n", request.as_str()).as_bytes())
-            .map_err(|e| format!("send to the supervisor at {shown}: {e}"))?;
+        {
+            // A refused connection (busy, or another user) is answered and
+            // closed before the request is read: the answer is still there.
+            if !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                return Err(format!("send to the supervisor at {shown}: {e}"));
+            }
+        }
         let mut line = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {

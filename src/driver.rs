@@ -270,7 +270,10 @@ impl Driver {
             // died just before its ready delay ran out must count as dead,
             // not ready. (The signalfd is non-blocking.)
             self.read_signals()?;
-            for w in woken {
+            // New control connections last, after closed ones have made room.
+            let (accept, woken): (Vec<Watch>, Vec<Watch>) =
+                woken.into_iter().partition(|w| matches!(w, Watch::Control));
+            for w in woken.into_iter().chain(accept) {
                 if self.exit.is_some() {
                     break;
                 }

@@ -1,0 +1,1075 @@
+//! The control socket: `supervisor reload|status|stop` against a running
+//! supervisor, its answers and exit codes, the coalescing of concurrent
+//! reloads, the socket's permissions, hostile or careless peers, and the
+//! socket file's life cycle.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn demo() -> String {
+    example("demo_server").to_str().unwrap().to_string()
+}
+
+/// An executable `sh` script `name` in `dir`.
+fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
+    let path = dir.path(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The text of a one-line output, without its newline; fails on anything
+/// else.
+fn one_line<'a>(what: &str, text: &'a str) -> &'a str {
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{what}: expected exactly one line, got {text:?}"
+    );
+    text.trim_end_matches('\n')
+}
+
+/// The message of a supervisor log line (`TS supervisor[PID] LEVEL: MSG`).
+/// A child's unfinished line may precede it (children share its stderr).
+fn message(line: &str) -> &str {
+    line.split_once(" supervisor[")
+        .and_then(|(_, r)| r.split_once("] "))
+        .and_then(|(_, r)| r.split_once(": "))
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| panic!("not a supervisor log line: {line:?}"))
+}
+
+/// A generation's entry in a parsed `status --json`.
+fn gen_entry(status: &serde_json::Value, g: u64) -> Option<serde_json::Value> {
+    status["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["generation"] == g)
+        .cloned()
+}
+
+/// `(generation, pid, state)` of every generation in a parsed status.
+fn gen_states(status: &serde_json::Value) -> Vec<(u64, i64, String)> {
+    status["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["generation"].as_u64().unwrap(),
+                e["pid"].as_i64().unwrap_or(-1),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Wait until the status lists exactly `want` (generation, pid, state).
+fn wait_generations(sv: &Supervisor, want: &[(u64, i32, &str)]) -> serde_json::Value {
+    let want: Vec<(u64, i64, String)> = want
+        .iter()
+        .map(|(g, p, s)| (*g, i64::from(*p), s.to_string()))
+        .collect();
+    let mut last = serde_json::Value::Null;
+    wait_until(T, || {
+        last = sv.status_json();
+        (gen_states(&last) == want).then_some(())
+    })
+    .unwrap_or_else(|| panic!("status never listed {want:?}; last: {last:#}"));
+    last
+}
+
+/// One HTTP request on a fresh connection; the generation that answered.
+fn http_get(addr: std::net::SocketAddr) -> u64 {
+    match Client::new(addr).get("/") {
+        Reply::Ok { generation, .. } => generation,
+        Reply::Failed(why) => panic!("HTTP request failed: {why}"),
+    }
+}
+
+/// A raw connection to a control socket, with bounded reads and writes.
+fn raw(path: &Path) -> UnixStream {
+    let s =
+        UnixStream::connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    s.set_read_timeout(Some(T)).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Read until a newline or the end: `Ok` with what came (possibly empty).
+fn read_answer(s: &mut UnixStream) -> std::io::Result<String> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.contains(&b'\n') {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if got.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Send `bytes` on a fresh connection and read the answer line.
+fn exchange(path: &Path, bytes: &[u8]) -> String {
+    let mut s = raw(path);
+    s.write_all(bytes).unwrap();
+    read_answer(&mut s).unwrap()
+}
+
+/// Sanity: the supervisor runs (not a zombie), every request is answered,
+/// and new connections reach generation `g` (at once, or once the one it
+/// replaced has stopped accepting).
+fn assert_serving(sv: &Supervisor, addr: std::net::SocketAddr, g: u64) {
+    assert_eq!(
+        process_state(sv.pid).map(|s| s != 'Z'),
+        Some(true),
+        "the supervisor is gone"
+    );
+    assert!(
+        wait_until(T, || (http_get(addr) == g).then_some(())).is_some(),
+        "generation {g} never answered"
+    );
+}
+
+/// `reload` answers with the outcome: a good generation (exit 0, one
+/// line on stdout), one that exits at start and one that is never ready
+/// (exit 1, the reason on stderr, the old generation still serving): under
+/// HTTP load, without a failed request.
+#[test]
+fn reload_reports_success_and_failures_under_load() {
+    let dir = TempDir::new("ctl-reload");
+    // Generation 2 exits at once, generation 3 never sends READY=1 (nor
+    // accepts), every other one is the demo server.
+    let release = script(
+        &dir,
+        "release.sh",
+        &format!(
+            "case \"$SUPERVISOR_GENERATION\" in\n  2) echo 'broken release' >&2; exit 1;;\n  3) exec sleep 300;;\nesac\nexec {}",
+            demo()
+        ),
+    );
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "--drain-timeout",
+        "10s",
+        "--",
+        release.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    let gen1 = sv.generation_pid(1, T);
+    let addr = sv.tcp_addr(0);
+    let load = Load::start(addr, 8, Duration::from_secs(60));
+    assert!(
+        load.wait_served_by(1, 50, T),
+        "generation 1 never served: {:?}",
+        load.failures()
+    );
+
+    // Generation 2 exits with status 1 before it is ready.
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let gen2 = sv.generation_pid(2, T);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert_eq!(
+        one_line("failed reload", &out.stderr),
+        format!(
+            "supervisor: reload failed: generation 2 (pid {gen2}) exited with status 1 before it was ready; generation 1 (pid {gen1}) still serving"
+        )
+    );
+    assert!(wait_gone(gen2, T), "failed generation 2 was not reaped");
+    let st = wait_generations(&sv, &[(1, gen1, "active")]);
+    assert_eq!(st["reloads"]["failed"], 1, "{st:#}");
+    assert_eq!(st["reloads"]["succeeded"], 0, "{st:#}");
+    assert_eq!(st["reloads"]["pending"], 0, "{st:#}");
+    let last = st["reloads"]["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        last.contains(&format!("generation 2 (pid {gen2}) exited with status 1")),
+        "{st:#}"
+    );
+    assert!(
+        load.wait_served_by(1, 50, T),
+        "generation 1 stopped serving after the failed reload: {:?}",
+        load.failures()
+    );
+
+    // Generation 3 never becomes ready: stopped after the ready timeout.
+    let asked = Instant::now();
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let gen3 = sv.generation_pid(3, T);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert_eq!(
+        one_line("failed reload", &out.stderr),
+        format!(
+            "supervisor: reload failed: generation 3 (pid {gen3}) was not ready within 1s; generation 1 (pid {gen1}) still serving"
+        )
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "answered before the ready timeout"
+    );
+    assert!(wait_gone(gen3, T), "failed generation 3 was not reaped");
+    let st = wait_generations(&sv, &[(1, gen1, "active")]);
+    assert_eq!(st["reloads"]["failed"], 2, "{st:#}");
+    assert_eq!(st["reloads"]["succeeded"], 0, "{st:#}");
+    let last = st["reloads"]["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "generation 3 (pid {gen3}) was not ready within 1s"
+        )),
+        "{st:#}"
+    );
+    assert!(
+        load.wait_served_by(1, 50, T),
+        "generation 1 stopped serving after the second failed reload: {:?}",
+        load.failures()
+    );
+    assert_eq!(
+        load.stats
+            .by_generation
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1],
+        "only generation 1 may have served so far"
+    );
+    assert!(
+        !sv.has_line(&format!("generation 1 (pid {gen1}) draining")),
+        "generation 1 was asked to drain"
+    );
+
+    // A good release takes over.
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "{out:?}");
+    let gen4 = sv.generation_pid(4, T);
+    let text = one_line("reload", &out.stdout);
+    let prefix = format!("generation 4 (pid {gen4}) ready in ");
+    let suffix = format!("; generation 1 (pid {gen1}) draining");
+    assert!(
+        text.starts_with(&prefix) && text.ends_with(&suffix),
+        "{text:?}"
+    );
+    // The answer is the log's line, word for word.
+    let logged = sv.wait_line(&prefix, T);
+    assert_eq!(message(&logged), text);
+    assert!(
+        load.wait_served_by(4, 50, T),
+        "traffic did not move to generation 4: {:?}",
+        load.failures()
+    );
+    sv.wait_line(&format!("generation 1 (pid {gen1}) drained in"), T);
+    let st = wait_generations(&sv, &[(4, gen4, "active")]);
+    assert_eq!(st["reloads"]["succeeded"], 1, "{st:#}");
+    assert_eq!(st["reloads"]["failed"], 2, "{st:#}");
+    // The last failed reload stays on record after a success.
+    let last = st["reloads"]["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "generation 3 (pid {gen3}) was not ready within 1s"
+        )),
+        "{st:#}"
+    );
+    let human = sv.ctl(&["status"]);
+    assert!(
+        human.stdout.contains(&format!(
+            "last failed reload: generation 3 (pid {gen3}) was not ready within 1s"
+        )) && human
+            .stdout
+            .contains("reloads:     1 succeeded, 2 failed, 0 pending"),
+        "{}",
+        human.stdout
+    );
+
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    let by_gen = stats.by_generation.lock().unwrap().clone();
+    assert_eq!(
+        by_gen.keys().copied().collect::<Vec<_>>(),
+        vec![1, 4],
+        "{by_gen:?}"
+    );
+}
+
+/// Concurrent `reload` clients while a slow generation starts: every
+/// one succeeds, and each answer is the outcome of the generation its own
+/// request started or was queued into (derived from the supervisor's log,
+/// whose lines are written in the order the requests were handled).
+#[test]
+fn concurrent_reloads_coalesce_and_each_answer_is_truthful() {
+    let dir = TempDir::new("ctl-concurrent");
+    // Generations after the first take a second to become ready.
+    let slow = script(
+        &dir,
+        "slow.sh",
+        &format!(
+            "[ \"$SUPERVISOR_GENERATION\" -gt 1 ] && sleep 1\nexec {}",
+            demo()
+        ),
+    );
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        slow.to_str().unwrap(),
+    ]);
+    sv.wait_ready(1, T);
+    sv.wait_line("control socket ", T);
+    let control = sv.control.to_str().unwrap().to_string();
+
+    const CLIENTS: usize = 8;
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (barrier, control) = (barrier.clone(), control.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let child = Command::new(supervisor_bin())
+                    .args(["reload", "--timeout", "20s", "--control", &control])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start a reload client");
+                let pid = child.id() as i32;
+                let out = child.wait_with_output().expect("wait for a reload client");
+                (pid, out)
+            })
+        })
+        .collect();
+    let results: Vec<(i32, std::process::Output)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (pid, out) in &results {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "client {pid}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Replay the log: a request either starts a generation at once (the
+    // next line says so) or is queued into the one next generation, which
+    // starts when the starting one is ready.
+    let log = sv.output();
+    let mut expected: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut order: Vec<i32> = Vec::new();
+    let mut pending: Option<i32> = None;
+    let mut queued: Vec<i32> = Vec::new();
+    let mut ready: BTreeMap<u64, String> = BTreeMap::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("reload requested (control socket, pid ").nth(1) {
+            assert!(pending.is_none(), "unhandled request before {line:?}");
+            let pid: i32 = rest.split(')').next().unwrap().parse().unwrap();
+            order.push(pid);
+            pending = Some(pid);
+        } else if line.contains("reload queued: generation ") {
+            queued.push(pending.take().expect("a queued request"));
+        } else if line.contains(") started") && line.contains("info: generation ") {
+            let g: u64 = message(line)
+                .strip_prefix("generation ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_else(|| panic!("bad start line {line:?}"));
+            if let Some(p) = pending.take() {
+                expected.insert(p, g);
+            } else {
+                for p in queued.drain(..) {
+                    expected.insert(p, g);
+                }
+            }
+        } else if line.contains(") ready in ") && line.contains("info: generation ") {
+            let msg = message(line);
+            let g: u64 = msg["generation ".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            ready.insert(g, msg.to_string());
+        }
+    }
+    assert!(pending.is_none() && queued.is_empty(), "{log}");
+    assert_eq!(order.len(), CLIENTS, "every client's request is logged");
+
+    let mut by_gen: BTreeMap<u64, usize> = BTreeMap::new();
+    for (pid, out) in &results {
+        let g = *expected
+            .get(pid)
+            .unwrap_or_else(|| panic!("no request from client {pid} in the log"));
+        *by_gen.entry(g).or_default() += 1;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let text = one_line("reload", &stdout);
+        let logged = ready
+            .get(&g)
+            .unwrap_or_else(|| panic!("generation {g} never became ready"));
+        assert_eq!(
+            text, logged,
+            "client {pid} should have the outcome of generation {g}"
+        );
+    }
+    // The first request started generation 2; every request that arrived
+    // while 2 was starting shares generation 3.
+    assert_eq!(expected[&order[0]], 2);
+    let queued_into_3 = log
+        .lines()
+        .filter(|l| l.contains("reload queued: generation 2 "))
+        .count();
+    assert!(
+        by_gen.get(&3).copied().unwrap_or(0) >= queued_into_3,
+        "{queued_into_3} requests queued during generation 2's start: {by_gen:?}"
+    );
+    eprintln!("answers by generation: {by_gen:?}");
+    assert_eq!(
+        by_gen.keys().copied().collect::<Vec<_>>(),
+        (2..2 + by_gen.len() as u64).collect::<Vec<_>>(),
+        "generations answered are consecutive: {by_gen:?}"
+    );
+    let st = sv.status_json();
+    let n = by_gen.len() as u64;
+    assert_eq!(st["reloads"]["succeeded"], n, "{st:#}");
+    assert_eq!(st["reloads"]["pending"], 0, "{st:#}");
+}
+
+/// `status` shows a draining generation (JSON and human) while it
+/// drains, and forgets it once it has exited.
+#[test]
+fn status_shows_a_draining_generation_until_it_exits() {
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "30s",
+        "--",
+        &demo(),
+        // An idle keep-alive connection keeps generation 1 draining until
+        // the test sends its last request.
+        "--idle-grace",
+        "30s",
+    ]);
+    sv.wait_ready(1, T);
+    let gen1 = sv.generation_pid(1, T);
+    let addr = sv.tcp_addr(0);
+    let mut idle = Client::new(addr);
+    assert!(matches!(
+        idle.get("/"),
+        Reply::Ok {
+            generation: 1,
+            close: false
+        }
+    ));
+    let st = wait_generations(&sv, &[(1, gen1, "active")]);
+    assert_eq!(st["supervisor"]["pid"], sv.pid, "{st:#}");
+    assert_eq!(
+        st["supervisor"]["control"],
+        sv.control.to_str().unwrap(),
+        "{st:#}"
+    );
+    assert_eq!(st["supervisor"]["stopping"], false, "{st:#}");
+    assert_eq!(st["listeners"][0]["address"], addr.to_string(), "{st:#}");
+    assert_eq!(st["listeners"][0]["fd"], 3, "{st:#}");
+
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let gen2 = sv.generation_pid(2, T);
+    sv.wait_line(&format!("generation 1 (pid {gen1}) draining"), T);
+
+    let st = sv.status_json();
+    assert_eq!(
+        gen_states(&st),
+        vec![
+            (1, i64::from(gen1), "draining".to_string()),
+            (2, i64::from(gen2), "active".to_string())
+        ],
+        "{st:#}"
+    );
+    let g1 = gen_entry(&st, 1).unwrap();
+    assert!(
+        g1["age_ms"].as_u64().unwrap() >= g1["state_ms"].as_u64().unwrap(),
+        "{st:#}"
+    );
+    let human = sv.ctl(&["status"]);
+    assert_eq!(human.code, Some(0), "{human:?}");
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 ") && l.contains(&format!("pid {gen1}")))
+        .unwrap_or_else(|| panic!("no line for generation 1:\n{}", human.stdout));
+    assert!(
+        line.contains("draining") && line.contains(", draining for "),
+        "{line:?}"
+    );
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("2 ") && l.contains(&format!("pid {gen2}")))
+        .unwrap_or_else(|| panic!("no line for generation 2:\n{}", human.stdout));
+    assert!(line.contains("active"), "{line:?}");
+    assert!(
+        human
+            .stdout
+            .contains("reloads:     1 succeeded, 0 failed, 0 pending"),
+        "{}",
+        human.stdout
+    );
+
+    // Still draining for as long as the idle connection stays: its next
+    // request is answered by generation 1, with the close announced.
+    assert!(process_exists(gen1));
+    match idle.get("/") {
+        Reply::Ok {
+            generation: 1,
+            close: true,
+        } => {}
+        other => panic!("last request on the draining generation: {other:?}"),
+    }
+    drop(idle);
+    let line = sv.wait_line(&format!("generation 1 (pid {gen1}) drained in"), T);
+    assert!(line.contains("exited with status 0"), "{line}");
+    wait_generations(&sv, &[(2, gen2, "active")]);
+    let human = sv.ctl(&["status"]);
+    assert!(!human.stdout.contains("draining"), "{}", human.stdout);
+}
+
+/// Whether `path` and every directory above it can be traversed (and the
+/// file executed) by any user.
+fn usable_by_others(path: &Path) -> bool {
+    path.ancestors().all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+/// Run the client binary `bin` as `nobody`.
+fn ctl_as_nobody(bin: &Path, args: &[&str]) -> (i32, Ctl) {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(bin)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the client as nobody");
+    let pid = child.id() as i32;
+    let out = child.wait_with_output().unwrap();
+    (
+        pid,
+        Ctl {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+    )
+}
+
+/// The socket is 0600 and ours; another user is refused by the kernel
+/// (0600) and, if the file is opened up, by the supervisor (SO_PEERCRED).
+#[test]
+fn control_socket_is_private_and_other_users_are_refused() {
+    let dir = TempDir::new("ctl-perm");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path("c.sock");
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--control",
+        sock.to_str().unwrap(),
+        "--",
+        &demo(),
+    ]);
+    sv.wait_ready(1, T);
+    sv.wait_line("control socket ", T);
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()),
+        "{meta:?}"
+    );
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "socket mode");
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(meta.uid(), me, "socket owner");
+
+    if me != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let bin = if usable_by_others(Path::new(supervisor_bin())) {
+        PathBuf::from(supervisor_bin())
+    } else {
+        let copy = dir.path("supervisor");
+        std::fs::copy(supervisor_bin(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    };
+    let path = sock.to_str().unwrap();
+
+    // The kernel refuses the connection to a 0600 socket.
+    let (_, out) = ctl_as_nobody(&bin, &["reload", "--timeout", "10s", "--control", path]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    let err = one_line("refused by the kernel", &out.stderr);
+    assert!(
+        err.contains(path) && err.contains("permission denied"),
+        "{err}"
+    );
+
+    // Opened up, the supervisor itself refuses every request.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for (request, what) in [
+        ("reload", "reload failed"),
+        ("status", "status failed"),
+        ("stop", "stop failed"),
+    ] {
+        let (pid, out) = ctl_as_nobody(&bin, &[request, "--control", path]);
+        assert_eq!(out.code, Some(1), "{request}: {out:?}");
+        assert_eq!(out.stdout, "", "{request}: {out:?}");
+        assert_eq!(
+            one_line(request, &out.stderr),
+            format!(
+                "supervisor: {what}: permission denied: uid 65534 may not control this supervisor"
+            )
+        );
+        sv.wait_line(
+            &format!("refused a control connection from pid {pid} (uid 65534)"),
+            T,
+        );
+    }
+    // Nothing happened: no reload, no stop.
+    let st = sv.status_json();
+    let gen1 = sv.generation_pid(1, T);
+    assert_eq!(
+        gen_states(&st),
+        vec![(1, i64::from(gen1), "active".to_string())],
+        "{st:#}"
+    );
+    assert_eq!(st["supervisor"]["stopping"], false, "{st:#}");
+    assert_eq!(st["reloads"]["succeeded"], 0, "{st:#}");
+    assert_eq!(st["reloads"]["failed"], 0, "{st:#}");
+    assert!(!sv.has_line("generation 2 (pid"), "{}", sv.output());
+    assert!(!sv.has_line("stop requested"), "{}", sv.output());
+    assert_serving(&sv, sv.tcp_addr(0), 1);
+}
+
+/// Garbage, oversized and half-closed requests, clients that leave, and
+/// more connections than the limit: each is answered or closed, and the
+/// supervisor keeps serving and reloading.
+#[test]
+fn hostile_and_careless_peers_do_not_disturb_the_supervisor() {
+    let sv = Supervisor::start(&[
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--drain-timeout",
+        "10s",
+        "--",
+        &demo(),
+    ]);
+    sv.wait_ready(1, T);
+    sv.wait_line("control socket ", T);
+    let addr = sv.tcp_addr(0);
+    let path = sv.control.clone();
+    let me = std::process::id();
+
+    // Not a request.
+    let a = exchange(&path, b"hello\n");
+    assert_eq!(
+        a,
+        "error unknown request \"hello\" (expected reload, status or stop)\n"
+    );
+    let a = exchange(&path, b"RELOAD\n");
+    assert!(a.starts_with("error unknown request \"RELOAD\""), "{a:?}");
+    // Binary garbage, NULs and all: one escaped line.
+    let a = exchange(&path, b"\x00\xff\xfe\x1b[2J\x00\n");
+    one_line("binary garbage", &a);
+    assert!(a.starts_with("error unknown request "), "{a:?}");
+    assert!(!a.contains('\0') && !a.contains('\x1b'), "{a:?}");
+    // A long line with its newline, and 1 MiB without one: the supervisor
+    // answers and closes after MAX_REQUEST bytes, so the write may fail.
+    let mut long = vec![b'x'; 2000];
+    long.push(b'\n');
+    assert_eq!(
+        exchange(&path, &long),
+        "error request longer than 1024 bytes\n"
+    );
+    let mut s = raw(&path);
+    match s.write_all(&vec![b'y'; 1 << 20]) {
+        Ok(()) => {}
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)),
+            "writing 1 MiB: {e}"
+        ),
+    }
+    assert_eq!(
+        read_answer(&mut s).unwrap(),
+        "error request longer than 1024 bytes\n"
+    );
+    drop(s);
+    // A CR before the newline is tolerated; bytes after the line are
+    // ignored (one request per connection).
+    let a = exchange(&path, b"status\r\nreload\n");
+    let json = a.strip_prefix("ok ").unwrap_or_else(|| panic!("{a:?}"));
+    let st: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+    assert_eq!(st["supervisor"]["pid"], sv.pid);
+    assert!(!sv.has_line("reload requested"), "{}", sv.output());
+
+    // Nothing, then end of input: closed without an answer.
+    let mut s = raw(&path);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_answer(&mut s).unwrap(), "");
+    // A request without its newline, then end of input: still a request.
+    let mut s = raw(&path);
+    s.write_all(b"reload").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let a = read_answer(&mut s).unwrap();
+    let gen2 = sv.generation_pid(2, T);
+    assert!(
+        a.starts_with(&format!("ok generation 2 (pid {gen2}) ready in ")),
+        "{a:?}"
+    );
+    // A client that leaves without waiting for its answer: the reload
+    // still happens.
+    let from = sv.cursor();
+    let mut s = raw(&path);
+    s.write_all(b"reload\n").unwrap();
+    drop(s);
+    sv.wait_line_from(
+        from,
+        &format!("reload requested (control socket, pid {me})"),
+        T,
+    );
+    sv.wait_ready(3, T);
+    sv.wait_line_from(from, "answered: generation 3 (pid ", T);
+    assert_serving(&sv, addr, 3);
+
+    // 100 idle connections: the first 64 are held, the others refused.
+    let from = sv.cursor();
+    let mut conns: Vec<UnixStream> = (0..100).map(|_| raw(&path)).collect();
+    for c in &conns {
+        c.set_nonblocking(true).unwrap();
+    }
+    let mut answers: BTreeMap<usize, String> = BTreeMap::new();
+    let all_refused = wait_until(T, || {
+        for (i, c) in conns.iter_mut().enumerate() {
+            if answers.contains_key(&i) {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            match c.read(&mut buf) {
+                Ok(n) => {
+                    answers.insert(i, String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("connection {i}: {e}"),
+            }
+        }
+        (answers.len() >= 36).then_some(())
+    });
+    assert!(
+        all_refused.is_some(),
+        "only {} connections refused: {answers:?}",
+        answers.len()
+    );
+    assert_eq!(answers.len(), 36, "{answers:?}");
+    for a in answers.values() {
+        assert_eq!(a, "error busy: too many control connections\n");
+    }
+    assert_eq!(
+        sv.output()
+            .lines()
+            .skip(from)
+            .filter(|l| l.contains("refused a control connection from pid ")
+                && l.contains(": 64 already open"))
+            .count(),
+        36
+    );
+    // While the 64 are held, one more is refused too, at once: answered
+    // and closed before its request is read, so that a request written
+    // after that fails (EPIPE) although the answer is there to read.
+    let mut extra = refused_connection(&sv);
+    let mut rest = [0u8; 16];
+    assert_eq!(extra.read(&mut rest).unwrap(), 0, "closed after the answer");
+    let w = extra.write_all(b"status\n");
+    assert!(
+        matches!(&w, Err(e) if e.raw_os_error() == Some(libc::EPIPE)),
+        "write after the refusal: {w:?}"
+    );
+    drop(extra);
+    // HTTP and SIGHUP still work.
+    assert_serving(&sv, addr, 3);
+    sv.signal(libc::SIGHUP);
+    sv.wait_ready(4, T);
+    assert_serving(&sv, addr, 4);
+    // The refused ones are closed; the held ones still wait for a request.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut buf = [0u8; 16];
+        let r = c.read(&mut buf);
+        if answers.contains_key(&i) {
+            assert!(matches!(r, Ok(0)), "refused connection {i}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(e) if e.kind() == ErrorKind::WouldBlock),
+                "held connection {i}: {r:?}"
+            );
+        }
+    }
+    // Closed, they free their places.
+    drop(conns);
+    let ok = wait_until(T, || {
+        let out = sv.ctl(&["status", "--json"]);
+        (out.code == Some(0)).then_some(out)
+    });
+    assert!(ok.is_some(), "status never worked again");
+
+    // And through all of it, the supervisor is fine.
+    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let gen5 = sv.generation_pid(5, T);
+    assert!(
+        out.stdout
+            .starts_with(&format!("generation 5 (pid {gen5}) ready in ")),
+        "{out:?}"
+    );
+    assert_serving(&sv, addr, 5);
+    let st = sv.status_json();
+    assert_eq!(st["reloads"]["succeeded"], 4, "{st:#}");
+}
+
+/// Open one more connection to a supervisor that holds the most it may,
+/// wait for its refusal in the log and read the answer it got.
+fn refused_connection(sv: &Supervisor) -> UnixStream {
+    let refusal = format!(
+        "refused a control connection from pid {}: 64 already open",
+        std::process::id()
+    );
+    let refusals = || sv.output().matches(refusal.as_str()).count();
+    let before = refusals();
+    let mut s = raw(&sv.control);
+    assert!(
+        wait_until(T, || (refusals() > before).then_some(())).is_some(),
+        "the connection was not refused"
+    );
+    assert_eq!(
+        read_answer(&mut s).unwrap(),
+        "error busy: too many control connections\n"
+    );
+    s
+}
+
+/// A client refused at once (busy; or another user's, see the permission
+/// test) is answered and closed before the supervisor reads its request.
+/// Whichever comes first, its request or the close, the client must print
+/// the answer and exit 1, never fail on a broken pipe (exit 3).
+#[test]
+fn a_refused_client_prints_the_answer_whatever_the_race() {
+    let sv = Supervisor::start(&["--ready", "notify", "--", &demo()]);
+    sv.wait_line("control socket ", T);
+    let held: Vec<UnixStream> = (0..64).map(|_| raw(&sv.control)).collect();
+    // The accept queue is first in, first out: once a 65th connection is
+    // refused, the 64 are held.
+    drop(refused_connection(&sv));
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..40 {
+        let out = sv.ctl(&["status"]);
+        *outcomes
+            .entry(format!("exit {:?}: {}", out.code, out.stderr.trim_end()))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        outcomes.keys().collect::<Vec<_>>(),
+        vec!["exit Some(1): supervisor: status failed: busy: too many control connections"],
+        "a refused `status` client, 40 times: {outcomes:#?}"
+    );
+    drop(held);
+    assert!(
+        wait_until(T, || (sv.ctl(&["status"]).code == Some(0)).then_some(())).is_some(),
+        "status never worked again"
+    );
+}
+
+/// A connection that sends no complete request within 10 s is answered
+/// with an error and closed, a slow partial one included.
+#[test]
+fn silent_connections_are_closed_after_the_request_timeout() {
+    let sv = Supervisor::start(&["--ready", "notify", "--", &demo()]);
+    sv.wait_line("control socket ", T);
+    let start = Instant::now();
+    let mut silent = raw(&sv.control);
+    let mut partial = raw(&sv.control);
+    partial.write_all(b"rel").unwrap();
+    for s in [&mut silent, &mut partial] {
+        let a = read_answer(s).unwrap();
+        assert_eq!(a, "error no request within 10s\n");
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(9500),
+        "closed after {waited:?}"
+    );
+    // The supervisor's own `status` works meanwhile and after.
+    let st = sv.status_json();
+    assert_eq!(st["supervisor"]["pid"], sv.pid);
+}
+
+/// No supervisor at the path: exit 3 and one line naming the path and
+/// the reason.
+#[test]
+fn unreachable_control_sockets_are_reported_in_one_line() {
+    let dir = TempDir::new("ctl-none");
+    let check = |path: &Path, reason: &str| {
+        let p = path.to_str().unwrap();
+        for request in [vec!["status"], vec!["reload"], vec!["stop"]] {
+            let mut args = request.clone();
+            args.extend(["--control", p]);
+            let out = ctl(&args);
+            assert_eq!(out.code, Some(3), "{args:?}: {out:?}");
+            assert_eq!(out.stdout, "", "{args:?}: {out:?}");
+            let line = one_line("unreachable", &out.stderr);
+            assert!(
+                line.starts_with("supervisor: error: ")
+                    && line.contains(p)
+                    && line.contains(reason),
+                "{args:?}: {line:?} should name {p} and say {reason:?}"
+            );
+        }
+    };
+    check(Path::new("/nonexistent/dir/x.sock"), "no such socket");
+    // A socket file nobody listens on.
+    let stale = dir.path("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    check(&stale, "nothing is listening");
+    // A regular file is not a socket at all.
+    let file = dir.path("file.sock");
+    std::fs::write(&file, "not a socket").unwrap();
+    check(&file, "not a socket");
+}
+
+/// `stop` returns once the supervisor is gone and its socket file with
+/// it; a second supervisor cannot take a live socket's path, but one after
+/// a crash replaces the stale file.
+#[test]
+fn stop_returns_after_exit_and_the_socket_path_is_guarded() {
+    let dir = TempDir::new("ctl-stop");
+    let sock = dir.path("c.sock");
+    let path = sock.to_str().unwrap().to_string();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["-l", "127.0.0.1:0", "--ready", "notify", "--control", &path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["--".to_string(), demo()]);
+        a
+    };
+    let start = |extra: &[&str]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Supervisor::start(&a)
+    };
+
+    let mut first = start(&[]);
+    first.wait_ready(1, T);
+    let gen1 = first.generation_pid(1, T);
+
+    // A second supervisor on the same path fails at once.
+    let mut second = start(&[]);
+    assert_eq!(second.wait_exit(T).code(), Some(1));
+    let out = second.output();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("supervisor: error: ") && out.contains(&path) && out.contains("in use"),
+        "{out}"
+    );
+    assert!(
+        !second.has_line("generation 1 (pid"),
+        "the second supervisor started a child"
+    );
+    // ... and left the first one's socket alone.
+    assert!(sock.exists());
+    let st = first.status_json();
+    assert_eq!(st["supervisor"]["pid"], first.pid, "{st:#}");
+
+    // Stop through the socket: the client returns after the exit.
+    let out = first.ctl(&["stop", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        one_line("stop", &out.stdout),
+        format!("supervisor (pid {}) stopped: exit status 0", first.pid)
+    );
+    assert_eq!(out.stderr, "", "{out:?}");
+    // Already exited: a zombie until the test reaps it.
+    assert_eq!(process_state(first.pid), Some('Z'), "still running");
+    assert!(
+        std::fs::symlink_metadata(&sock).is_err(),
+        "socket file left behind"
+    );
+    assert_eq!(first.wait_exit(Duration::from_millis(100)).code(), Some(0));
+    assert!(first.has_line("stop requested (control socket, pid "));
+    assert!(!process_exists(gen1) || process_state(gen1) == Some('Z'));
+    assert!(wait_gone(gen1, T), "generation 1 outlived the supervisor");
+
+    // A supervisor that dies by SIGKILL leaves its socket file behind; the
+    // next one on the path replaces it.
+    let mut crashed = start(&[]);
+    crashed.wait_ready(1, T);
+    let crashed_gen1 = crashed.generation_pid(1, T);
+    crashed.signal(libc::SIGKILL);
+    crashed.wait_exit(T);
+    // SAFETY: killing the process group of the child it started, which
+    // gets its parent-death signal anyway.
+    unsafe { libc::kill(-crashed_gen1, libc::SIGKILL) };
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(
+            &std::fs::symlink_metadata(&sock).unwrap().file_type()
+        ),
+        "a SIGKILLed supervisor cannot remove its socket file"
+    );
+    let mut next = start(&[]);
+    next.wait_ready(1, T);
+    next.wait_line(&format!("removing stale socket file {path}"), T);
+    let st = next.status_json();
+    assert_eq!(st["supervisor"]["pid"], next.pid, "{st:#}");
+    let out = next.ctl(&["reload", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    next.wait_ready(2, T);
+    let out = next.ctl(&["stop", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(next.wait_exit(T).code(), Some(0));
+    assert!(std::fs::symlink_metadata(&sock).is_err());
+}
