@@ -1034,6 +1034,30 @@ mod tests {
     }
 
     #[test]
+    fn phases_and_restarts_are_reported_as_they_are() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        assert_eq!(m.phases(), vec![(G1, Phase::Active, ms(t0, 50))]);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        m.handle(ms(t0, 150), Input::Ready(G2));
+        assert_eq!(
+            m.phases(),
+            vec![
+                (G1, Phase::Draining, ms(t0, 150)),
+                (G2, Phase::Active, ms(t0, 150))
+            ]
+        );
+        assert_eq!(m.restarts(), 0);
+        // A crash restart counts; a reload does not.
+        m.handle(ms(t0, 200), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle_timeout(ms(t0, 300));
+        assert_eq!(m.restarts(), 1);
+        assert!(matches!(m.phases().last(), Some((G3, Phase::Starting, _))));
+        assert!(!m.stopping());
+        m.handle(ms(t0, 400), Input::Stop);
+        assert!(m.stopping());
+    }
+
+    #[test]
     fn crash_restarts_with_capped_backoff_reset_by_a_healthy_run() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         let mut now = 1000;
