@@ -38,7 +38,22 @@ pub fn run(client: Client) -> i32 {
         Client::Status { control, .. } => (control, Request::Status, Some(STATUS_TIMEOUT)),
         Client::Stop { control, timeout } => (control, Request::Stop, *timeout),
     };
-    let path = path.clone().unwrap_or_else(control::default_path_here);
+    let path = match path {
+        Some(p) => p.clone(),
+        None => {
+            let p = control::default_path_here();
+            // The shared fallback directory counts only if it is private
+            // and ours, as the supervisor demands of it.
+            if let Some(dir) = p.parent()
+                && dir == control::fallback_dir(nix::unistd::geteuid().as_raw())
+                && dir.exists()
+                && let Err(e) = control::check_private(dir)
+            {
+                return unreachable(&format!("cannot trust {}: {e:#}", p.display()));
+            }
+            p
+        }
+    };
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut session = match Session::open(&path, deadline) {
         Ok(s) => s,
@@ -80,6 +95,13 @@ pub fn run(client: Client) -> i32 {
             } else {
                 print!("{}", render_status(&value));
             }
+            0
+        }
+        // A supervisor that is PID 1 of our pid namespace (`docker exec
+        // ... supervisor stop`) takes us with it when it exits: its answer,
+        // sent on its way out, is all the proof there can be.
+        Client::Stop { .. } if session.pid == 1 => {
+            println!("supervisor (pid 1) stopping: {text}");
             0
         }
         Client::Stop { .. } => match session.wait_gone() {
@@ -134,9 +156,21 @@ impl Session {
             };
             format!("cannot reach the supervisor at {shown}: {why}")
         })?;
-        let pid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            .map(|c| c.pid())
-            .unwrap_or(0);
+        // Whoever listens there must be root or us: anyone can create a
+        // socket at a path in a shared directory, and a deploy script must
+        // not believe a stranger's "ok".
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(|e| format!("cannot check who listens at {shown}: {e}"))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid() != 0 && cred.uid() != me {
+            return Err(format!(
+                "{shown} belongs to uid {} (pid {}), not to root or uid {me}: not a supervisor of ours",
+                cred.uid(),
+                cred.pid()
+            ));
+        }
+        let pid = cred.pid();
         Ok(Session {
             stream,
             path: path.to_path_buf(),

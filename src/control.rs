@@ -172,7 +172,7 @@ pub fn default_path_here() -> PathBuf {
 /// # Errors
 /// It cannot be created, or it exists but is not private to us.
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -180,6 +180,16 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
             return Err(anyhow::Error::new(e).context(format!("create {}", dir.display())));
         }
     }
+    check_private(dir)
+}
+
+/// Check that `dir` is a directory owned by us with mode 0700 (not a
+/// symlink).
+///
+/// # Errors
+/// It is not, or it cannot be inspected.
+pub fn check_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| anyhow::anyhow!("inspect {}: {e}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();

@@ -123,6 +123,8 @@ pub struct Driver {
     /// Accepting is paused until then (out of file descriptors: the
     /// pending connection would otherwise wake the loop at once, forever).
     accept_paused: Option<Instant>,
+    /// Accepting failed and was logged; cleared by the next success.
+    accept_failing: bool,
     /// Which connection waits for which reload.
     reload_waiters: BTreeMap<Ticket, u64>,
     /// Connections waiting for the supervisor to exit.
@@ -175,6 +177,7 @@ impl Driver {
             conns: BTreeMap::new(),
             next_conn: 0,
             accept_paused: None,
+            accept_failing: false,
             reload_waiters: BTreeMap::new(),
             stop_waiters: Vec::new(),
             answers: Vec::new(),
@@ -611,6 +614,7 @@ impl Driver {
             } => {
                 let tail = match serving {
                     Some(s) => format!("; {} still serving", self.who(*s)),
+                    None if self.machine.stopping() => "; the supervisor is stopping".to_string(),
                     None => "; no generation is serving".to_string(),
                 };
                 (
@@ -618,7 +622,7 @@ impl Driver {
                     format!("{} {}{tail}", self.who(*generation), describe_failure(why)),
                 )
             }
-            ReloadOutcome::Refused(why) => (false, format!("reload refused: {why}")),
+            ReloadOutcome::Refused(why) => (false, format!("refused: {why}")),
         }
     }
 
@@ -636,12 +640,21 @@ impl Driver {
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     // EMFILE and the like: leave the queue alone for a
-                    // moment rather than spin on it.
-                    log::warn!("accept on the control socket: {e}; retrying in 100ms");
+                    // moment rather than spin on it (and say so once).
+                    if self.accept_failing {
+                        log::debug!("accept on the control socket: {e}; retrying in 100ms");
+                    } else {
+                        log::warn!("accept on the control socket: {e}; retrying every 100ms");
+                        self.accept_failing = true;
+                    }
                     self.accept_paused = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
             };
+            if self.accept_failing {
+                log::info!("accepting on the control socket again");
+                self.accept_failing = false;
+            }
             // SAFETY: accept4 just returned this new descriptor; nothing
             // else owns it.
             let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });

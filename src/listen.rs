@@ -322,11 +322,18 @@ pub fn inherited() -> Result<Vec<Listener>> {
         .parse()
         .map_err(|_| anyhow::anyhow!("{LISTEN_PID}={pid:?} is not a process id"))?;
     if pid != std::process::id() {
-        log::debug!("{LISTEN_PID}={pid} is another process's: no sockets handed over");
+        if std::env::var_os(LISTEN_FDS).is_some() {
+            // As sd_listen_fds(3) does; but say so, since a wrapper script
+            // that runs the supervisor without `exec` ends up here.
+            log::warn!(
+                "{LISTEN_FDS} is set for pid {pid}, not for this process ({}): ignoring the sockets it names",
+                std::process::id()
+            );
+        }
         return Ok(Vec::new());
     }
-    if !pidfd_id_matches() {
-        log::debug!("LISTEN_PIDFDID names another process: no sockets handed over");
+    if !pidfd_id_matches()? {
+        log::warn!("LISTEN_PIDFDID names another process: ignoring the sockets of LISTEN_FDS");
         return Ok(Vec::new());
     }
     let Some(n) = var(LISTEN_FDS) else {
@@ -336,6 +343,18 @@ pub fn inherited() -> Result<Vec<Listener>> {
         Ok(n) if n > 0 && n <= i32::MAX - LISTEN_FDS_START => n,
         _ => bail!("{LISTEN_FDS}={n:?} is not a count of 1 or more"),
     };
+    // Every fd must be open before anything is built for them (a huge
+    // count fails here, at its first closed fd, not in an allocation).
+    for raw in LISTEN_FDS_START..LISTEN_FDS_START + n {
+        // SAFETY: F_GETFD reads the descriptor's flags; no memory is passed,
+        // and a closed descriptor only yields EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            bail!(
+                "fd {raw}, one of the {n} handed over by {LISTEN_FDS}: {}",
+                Errno::last()
+            );
+        }
+    }
     let names: Vec<String> = match var(LISTEN_FDNAMES) {
         Some(v) => v.split(':').map(str::to_string).collect(),
         None => vec!["unknown".to_string(); n as usize],
@@ -349,15 +368,6 @@ pub fn inherited() -> Result<Vec<Listener>> {
     let mut out = Vec::with_capacity(n as usize);
     for (i, name) in names.into_iter().enumerate() {
         let raw = LISTEN_FDS_START + i as i32;
-        // Take ownership only of an open descriptor.
-        // SAFETY: F_GETFD reads the descriptor's flags; no memory is passed,
-        // and a closed descriptor only yields EBADF.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-            bail!(
-                "fd {raw} ({name:?}) handed over by {LISTEN_FDS}: {}",
-                Errno::last()
-            );
-        }
         // SAFETY: the launcher handed fds 3..3+n to this process (LISTEN_PID
         // is ours), the fd is open (checked above), and nothing in this
         // process has taken or opened it before us: this runs before any
@@ -368,29 +378,34 @@ pub fn inherited() -> Result<Vec<Listener>> {
     Ok(out)
 }
 
-/// Check `LISTEN_PIDFDID` against our own pidfd's inode, where both exist.
-fn pidfd_id_matches() -> bool {
-    let Some(want) = std::env::var_os(supervisor::child::LISTEN_PIDFDID) else {
-        return true;
+/// Check `LISTEN_PIDFDID` against our own pidfd's inode, where the kernel
+/// can tell it (protocols.md, section 1, step 2).
+///
+/// # Errors
+/// The variable is present but not a number.
+fn pidfd_id_matches() -> Result<bool> {
+    let var = supervisor::child::LISTEN_PIDFDID;
+    let Some(want) = std::env::var_os(var) else {
+        return Ok(true);
     };
     let Some(want) = want.to_str().and_then(|w| w.trim().parse::<u64>().ok()) else {
-        return true;
+        bail!("{var}={want:?} is not a pidfd id");
     };
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
     // no memory is passed.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
     let Ok(raw) = i32::try_from(raw) else {
-        return true;
+        return Ok(true);
     };
     if raw < 0 {
-        return true;
+        return Ok(true);
     }
     // SAFETY: the syscall just returned this new fd, owned by nobody else.
     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    match nix::sys::stat::fstat(&fd) {
+    Ok(match nix::sys::stat::fstat(&fd) {
         Ok(st) => st.st_ino == want,
         Err(_) => true,
-    }
+    })
 }
 
 /// Turn a handed-over fd into a listener, after checking it is one.

@@ -57,7 +57,17 @@ fn run(args: cli::Args) -> Result<i32> {
     let inherited = listen::inherited()?;
     // Fail before binding anything if the command cannot run at all; each
     // generation resolves it again, so a deploy may replace it.
-    spawn::resolve(&args.command[0])?;
+    if let Err(e) = spawn::resolve(&args.command[0]) {
+        if let Some(c) = args.command[0]
+            .to_str()
+            .filter(|c| ["reload", "status", "stop"].contains(c))
+        {
+            anyhow::bail!(
+                "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
+            );
+        }
+        return Err(e);
+    }
     let backlog = match args.backlog {
         Some(n) => Backlog::new(n).context("--backlog")?,
         None => Backlog::MAXALLOWABLE,
@@ -158,7 +168,8 @@ fn watchdog_interval() -> Option<Duration> {
     {
         return None;
     }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    // At least 1ms: a tiny WATCHDOG_USEC must not turn into a busy loop.
+    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
 fn init_logging() {

@@ -444,6 +444,9 @@ fn concurrent_reloads_coalesce_and_each_answer_is_truthful() {
         .lines()
         .filter(|l| l.contains("reload queued: generation 2 "))
         .count();
+    // Generation 2 takes a second to start, while the other clients are
+    // already connected: some of them are queued.
+    assert!(queued_into_3 > 0, "no request was coalesced:\n{log}");
     assert!(
         by_gen.get(&3).copied().unwrap_or(0) >= queued_into_3,
         "{queued_into_3} requests queued during generation 2's start: {by_gen:?}"
@@ -573,11 +576,25 @@ fn usable_by_others(path: &Path) -> bool {
 
 /// Run the client binary `bin` as `nobody`.
 fn ctl_as_nobody(bin: &Path, args: &[&str]) -> (i32, Ctl) {
+    ctl_as(65534, bin, args)
+}
+
+/// Run the client as `uid` (and the same gid); returns its pid and output.
+fn ctl_as(uid: u32, bin: &Path, args: &[&str]) -> (i32, Ctl) {
     use std::os::unix::process::CommandExt;
+    // Bounded: a refused client left unanswered must fail the test, not
+    // hang it.
+    let bound: &[&str] =
+        if matches!(args.first(), Some(&"reload" | &"stop")) && !args.contains(&"--timeout") {
+            &["--timeout", "10s"]
+        } else {
+            &[]
+        };
     let child = Command::new(bin)
         .args(args)
-        .uid(65534)
-        .gid(65534)
+        .args(bound)
+        .uid(uid)
+        .gid(uid)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1072,4 +1089,80 @@ fn stop_returns_after_exit_and_the_socket_path_is_guarded() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(next.wait_exit(T).code(), Some(0));
     assert!(std::fs::symlink_metadata(&sock).is_err());
+}
+
+/// The client believes only a socket held by root or by its own user: a
+/// stranger's socket at the path gets no say.
+#[test]
+fn the_client_trusts_only_root_or_its_own_user() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a server and clients as other users");
+        return;
+    }
+    let dir = TempDir::new("ctl-impostor");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path("c.sock");
+    let bin = if usable_by_others(Path::new(supervisor_bin())) {
+        PathBuf::from(supervisor_bin())
+    } else {
+        let copy = dir.path("supervisor");
+        std::fs::copy(supervisor_bin(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    };
+    // An impostor (uid 65534) answers every request with a happy lie.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o777); s.listen(8)\n\
+                  s.settimeout(30)\n\
+                  while True:\n\
+                  \x20   c, _ = s.accept()\n\
+                  \x20   try:\n\
+                  \x20       c.sendall(b'ok generation 42 (pid 1) ready in 1ms\\n')\n\
+                  \x20   except OSError:\n\
+                  \x20       pass\n\
+                  \x20   c.close()\n";
+    let mut impostor = Command::new("python3")
+        .args(["-c", script, sock.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start python3 as nobody");
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the pid of our own child process.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _kill = Kill(impostor.id() as i32);
+    assert!(
+        wait_until(T, || sock.exists().then_some(())).is_some(),
+        "the impostor never listened"
+    );
+    let path = sock.to_str().unwrap();
+    // uid 1 (daemon) is neither root nor the socket's owner: refused.
+    for args in [
+        &["reload", "--control", path][..],
+        &["stop", "--control", path],
+        &["status", "--control", path],
+    ] {
+        let (_, out) = ctl_as(1, &bin, args);
+        assert_eq!(out.code, Some(3), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        let line = one_line("impostor", &out.stderr);
+        assert!(
+            line.contains("belongs to uid 65534") && line.contains(path),
+            "{args:?}: {line}"
+        );
+    }
+    // Its own user is believed (the check is about identity, not content).
+    let (_, out) = ctl_as(65534, &bin, &["reload", "--control", path]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("generation 42"), "{out:?}");
+    let _ = impostor.kill();
+    let _ = impostor.wait();
 }

@@ -446,3 +446,96 @@ fn a_watchdog_asked_for_gets_keep_alives_and_the_children_do_not_see_it() {
     assert!(!env.contains_key("WATCHDOG_USEC"), "{env:?}");
     assert!(!env.contains_key("WATCHDOG_PID"), "{env:?}");
 }
+
+/// Coalesced reloads: every request tells the manager `RELOADING=1` (with
+/// its own timestamp, as `Type=notify-reload` needs for every SIGHUP), and
+/// `READY=1` comes once, when no request is left unanswered.
+#[test]
+fn coalesced_reloads_each_say_reloading_and_ready_comes_once_all_are_answered() {
+    let dir = TempDir::new("mgr-coalesce");
+    let manager = FakeManager::at_path(&dir);
+    let go = dir.path("go");
+    let path = dir.path("server.sh");
+    // Generations after the first start only once the test says so.
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n[ \"$SUPERVISOR_GENERATION\" = 1 ] || while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"\n",
+            go.display(),
+            example("demo_server").display()
+        ),
+    )
+    .unwrap();
+    make_executable(&path);
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &manager.address);
+    let sv = Supervisor::start_with(&mut cmd);
+    let p1 = sv.generation_pid(1, T);
+    assert!(manager.next(&sv).contains("starting"));
+    assert!(manager.next(&sv).starts_with("READY=1"));
+
+    let control = sv.control.to_string_lossy().into_owned();
+    let reload = move || {
+        let control = control.clone();
+        std::thread::spawn(move || ctl(&["reload", "--timeout", "20s", "--control", &control]))
+    };
+    let before = monotonic_usec();
+    let first = reload();
+    let p2 = sv.generation_pid(2, T);
+    let queued: Vec<_> = (0..2).map(|_| reload()).collect();
+    wait_until(T, || {
+        (sv.output().matches("reload queued: generation 2 ").count() == 2).then_some(())
+    })
+    .expect("two reloads queued while generation 2 starts");
+    let after = monotonic_usec();
+    assert_reloading(
+        &manager.next(&sv),
+        before,
+        after,
+        &format!("generation 1 (pid {p1}) serving; generation 2 (pid {p2}) starting"),
+    );
+    for _ in 0..2 {
+        let m = manager.next(&sv);
+        let lines: Vec<&str> = m.lines().collect();
+        assert_eq!(lines.len(), 2, "{m:?}");
+        assert_eq!(lines[0], "RELOADING=1");
+        let usec: u64 = lines[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{m:?}"));
+        assert!(
+            before <= usec && usec <= after,
+            "{usec} not in [{before}, {after}]"
+        );
+    }
+    std::fs::write(&go, "").unwrap();
+    let p3 = sv.generation_pid(3, T);
+    // Generation 2 serves while the queued reload starts generation 3: no
+    // READY=1 yet, two requests are still waiting.
+    assert_eq!(
+        manager.next(&sv),
+        format!("STATUS=generation 2 (pid {p2}) serving; generation 3 (pid {p3}) starting")
+    );
+    assert_eq!(
+        manager.next(&sv),
+        format!("READY=1\nSTATUS=generation 3 (pid {p3}) serving")
+    );
+    let out = first.join().unwrap();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("generation 2 (pid {p2}) ready")),
+        "{out:?}"
+    );
+    for q in queued {
+        let out = q.join().unwrap();
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stdout
+                .starts_with(&format!("generation 3 (pid {p3}) ready")),
+            "{out:?}"
+        );
+    }
+}
