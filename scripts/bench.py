@@ -77,6 +77,7 @@ CONNECTIONS = 64
 # --interval), and a gap after that keeps its next spawn out of the handover.
 PERIOD = 1.15
 DELAY = "2ms"  # the demo server's processing time per request
+CONTROL_ROOT: str | None = None  # where supervisors' control sockets go (the run's temp dir)
 STOP_TIMEOUT = 20.0  # longest wait for a stopped process to exit
 
 
@@ -410,6 +411,12 @@ class Supervisor:
         argv = [str(bins / "supervisor")]
         for _ in range(listeners):
             argv += ["-l", "127.0.0.1:0"]
+        # Its own control socket: several supervisors run at once here, and
+        # they must not meet on the default path. The directory goes with
+        # the supervisor's socket file when it exits; what is left (the
+        # lock file) is removed at the end of the run with the temp tree.
+        control = Path(tempfile.mkdtemp(prefix="ctl.", dir=CONTROL_ROOT)) / "c.sock"
+        argv += ["--control", str(control)]
         argv += ["--ready", "notify", "--ready-timeout", "10s", "--drain-timeout", "10s", "--"]
         argv += [str(bins / "examples" / "demo_server"), "--delay", DELAY]
         self.proc = reg.popen(argv, "supervisor", stderr=subprocess.PIPE, env=child_env(RUST_LOG="info"))
@@ -1394,6 +1401,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, INTERRUPTS.handler)
     signal.signal(signal.SIGTERM, INTERRUPTS.handler)
     tmp = Path(tempfile.mkdtemp(prefix="supervisor-bench."))
+    global CONTROL_ROOT
+    CONTROL_ROOT = str(tmp)
     quick = args.quick
     cfg = Config(
         bins=args.bin_dir,

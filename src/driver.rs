@@ -590,6 +590,16 @@ impl Driver {
         }
     }
 
+    /// `generation 7 (pid 4211) ready in 180ms; generation 6 (pid 4100)
+    /// draining`: the log line and the answer to `supervisor reload`.
+    fn ready_text(&self, g: Generation, after: Duration, replaced: Option<Generation>) -> String {
+        let tail = match replaced {
+            Some(old) => format!("; {} draining", self.who(old)),
+            None => String::new(),
+        };
+        format!("{} ready in {}{tail}", self.who(g), human(after))
+    }
+
     /// The one-line answer to a reload request.
     fn outcome_text(&self, outcome: &ReloadOutcome) -> (bool, String) {
         match outcome {
@@ -597,16 +607,7 @@ impl Driver {
                 generation,
                 after,
                 replaced,
-            } => {
-                let tail = match replaced {
-                    Some(old) => format!("; {} draining", self.who(*old)),
-                    None => String::new(),
-                };
-                (
-                    true,
-                    format!("{} ready in {}{tail}", self.who(*generation), human(*after)),
-                )
-            }
+            } => (true, self.ready_text(*generation, *after, *replaced)),
             ReloadOutcome::Failed {
                 generation,
                 why,
@@ -954,13 +955,7 @@ impl Driver {
                 generation,
                 after,
                 replaced,
-            } => {
-                let tail = match replaced {
-                    Some(old) => format!("; {} draining", self.who(*old)),
-                    None => String::new(),
-                };
-                log::info!("{} ready in {}{tail}", self.who(*generation), human(*after));
-            }
+            } => log::info!("{}", self.ready_text(*generation, *after, *replaced)),
             Event::StartFailed {
                 generation,
                 cause,
