@@ -168,32 +168,9 @@ impl From<Restart> for RestartPolicy {
     }
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h`, `1.5s`, or `0`.
+/// Parse a duration (see [`supervisor::duration::parse`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{s}' has no unit (write e.g. 500ms, 30s, 2m, 1h)"))?;
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (write e.g. 500ms, 30s, 2m, 1h)"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
-    };
-    // Far beyond any sensible timeout, and far from overflowing a deadline.
-    const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    match Duration::try_from_secs_f64(value * scale) {
-        Ok(d) if d <= MAX => Ok(d),
-        _ => Err(format!("'{s}' is out of range (at most 100 years)")),
-    }
+    supervisor::duration::parse(s)
 }
 
 /// Parse `TERM`, `SIGTERM`, `term` or `15`, refusing signals that cannot

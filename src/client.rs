@@ -15,7 +15,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::cli::Client;
 use crate::control::{self, Request};
-use crate::driver::human;
+use supervisor::status::Status;
 
 /// Exit status when the supervisor answered with an error.
 const FAILED: i32 = 1;
@@ -81,19 +81,20 @@ pub fn run(client: Client) -> i32 {
             0
         }
         Client::Status { json, .. } => {
-            let value: serde_json::Value = match serde_json::from_str(&text) {
+            let status: Status = match serde_json::from_str(&text) {
                 Ok(v) => v,
                 Err(e) => {
                     return unreachable(&format!(
-                        "the supervisor at {} sent a status that is not JSON: {e}",
+                        "the supervisor at {} sent a status this client cannot read: {e}",
                         path.display()
                     ));
                 }
             };
             if json {
-                println!("{value}");
+                // As sent: fields this client does not know are kept.
+                println!("{text}");
             } else {
-                print!("{}", render_status(&value));
+                print!("{}", status.render());
             }
             0
         }
@@ -296,155 +297,5 @@ impl Session {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-/// The human form of a status answer.
-pub fn render_status(v: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
-    let ms = |x: &serde_json::Value| human(Duration::from_millis(x.as_u64().unwrap_or(0)));
-    let s = |x: &serde_json::Value| x.as_str().unwrap_or("?").to_string();
-    let mut out = String::new();
-    let sup = &v["supervisor"];
-    let stopping = if sup["stopping"].as_bool() == Some(true) {
-        ", stopping"
-    } else {
-        ""
-    };
-    let _ = writeln!(
-        out,
-        "supervisor pid {}, up {}, version {}{stopping}",
-        sup["pid"],
-        ms(&sup["uptime_ms"]),
-        s(&sup["version"])
-    );
-    let _ = writeln!(out, "control:     {}", s(&sup["control"]));
-    let command: Vec<String> = v["command"]
-        .as_array()
-        .map(|a| a.iter().map(|x| shell_word(&s(x))).collect())
-        .unwrap_or_default();
-    let _ = writeln!(out, "command:     {}", command.join(" "));
-    let _ = writeln!(
-        out,
-        "settings:    ready {}, stop signal {}, drain timeout {}",
-        s(&v["ready"]),
-        s(&v["stop_signal"]),
-        ms(&v["drain_timeout_ms"])
-    );
-    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
-    if listeners.is_empty() {
-        let _ = writeln!(out, "listeners:   none");
-    } else {
-        let _ = writeln!(out, "listeners:");
-        let width = listeners
-            .iter()
-            .map(|l| s(&l["name"]).len())
-            .max()
-            .unwrap_or(0);
-        for l in &listeners {
-            let from = if l["inherited"].as_bool() == Some(true) {
-                "  (handed over by the service manager)"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "  fd {:<3} {:<width$}  {}{from}",
-                l["fd"].to_string(),
-                s(&l["name"]),
-                s(&l["address"])
-            );
-        }
-    }
-    let generations = v["generations"].as_array().cloned().unwrap_or_default();
-    if generations.is_empty() {
-        let _ = writeln!(out, "generations: none");
-    } else {
-        let _ = writeln!(out, "generations:");
-        for g in &generations {
-            let pid = match g["pid"].as_i64() {
-                Some(p) => format!("pid {p}"),
-                None => "no pid".to_string(),
-            };
-            let state = s(&g["state"]);
-            let mut line = format!(
-                "  {:<4} {:<10} {:<9} up {}",
-                g["generation"].to_string(),
-                pid,
-                state,
-                ms(&g["age_ms"])
-            );
-            if state != "active" {
-                let _ = write!(line, ", {state} for {}", ms(&g["state_ms"]));
-            }
-            if let Some(text) = g["status"].as_str() {
-                // A child's text must not be able to forge lines.
-                let _ = write!(line, "  status: {}", text.escape_debug());
-            }
-            let _ = writeln!(out, "{line}");
-        }
-    }
-    let r = &v["reloads"];
-    let _ = writeln!(
-        out,
-        "restarts:    {}\nreloads:     {} succeeded, {} failed, {} pending",
-        v["restarts"], r["succeeded"], r["failed"], r["pending"]
-    );
-    if let Some(f) = r["last_failure"].as_str() {
-        let _ = writeln!(out, "last failed reload: {f}");
-    }
-    out
-}
-
-/// A word as a shell would need it quoted (for showing commands).
-fn shell_word(w: &str) -> String {
-    let plain = !w.is_empty()
-        && w.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', r"'\''"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_a_status() {
-        let v = serde_json::json!({
-            "supervisor": {"pid": 42, "uptime_ms": 61_000, "version": "0.1.0",
-                           "control": "/run/app/supervisor.sock", "stopping": false},
-            "command": ["./server", "--name", "two words"],
-            "ready": "notify", "stop_signal": "SIGTERM", "drain_timeout_ms": 30_000,
-            "listeners": [{"name": "http", "address": "127.0.0.1:8080", "fd": 3, "inherited": false}],
-            "generations": [
-                {"generation": 6, "pid": 100, "state": "draining", "age_ms": 90_000,
-                 "state_ms": 2_100, "status": null},
-                {"generation": 7, "pid": 101, "state": "active", "age_ms": 2_300,
-                 "state_ms": 2_100, "status": "serving\n3"},
-            ],
-            "restarts": 1,
-            "reloads": {"succeeded": 5, "failed": 1, "pending": 0, "last_failure": null},
-        });
-        let text = render_status(&v);
-        assert!(text.contains("supervisor pid 42, up 1m1s"), "{text}");
-        assert!(
-            text.contains("command:     ./server --name 'two words'"),
-            "{text}"
-        );
-        assert!(text.contains("fd 3   http  127.0.0.1:8080"), "{text}");
-        assert!(
-            text.contains("6    pid 100    draining  up 1m30s, draining for 2.1s"),
-            "{text}"
-        );
-        assert!(text.contains("status: serving\\n3"), "{text}");
-        assert!(
-            text.contains("reloads:     5 succeeded, 1 failed, 0 pending"),
-            "{text}"
-        );
-        assert_eq!(text.lines().count(), 11, "{text}");
     }
 }

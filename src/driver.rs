@@ -22,6 +22,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use supervisor::child;
+use supervisor::duration::human;
 
 use crate::compat::{self, Compat};
 use crate::control::{self, Conn, ReadStep, Request};
@@ -1057,37 +1058,5 @@ fn describe_failure(f: &StartFailure) -> String {
         StartFailure::Exited(s) => format!("{} before it was ready", describe_status(*s)),
         StartFailure::NotReady(d) => format!("was not ready within {}", human(*d)),
         StartFailure::Stopping => "was stopped before it was ready".to_string(),
-    }
-}
-
-/// `3.2ms`, `85ms`, `1.2s`, `2m30s`.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 10 {
-        let s = format!("{:.1}", d.as_secs_f64() * 1000.0);
-        format!("{}ms", s.strip_suffix(".0").unwrap_or(&s))
-    } else if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = format!("{:.1}", d.as_secs_f64());
-        format!("{}s", s.strip_suffix(".0").unwrap_or(&s))
-    } else {
-        let s = d.as_secs();
-        format!("{}m{}s", s / 60, s % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human(Duration::from_micros(3240)), "3.2ms");
-        assert_eq!(human(Duration::from_millis(5)), "5ms");
-        assert_eq!(human(Duration::from_millis(85)), "85ms");
-        assert_eq!(human(Duration::from_millis(1200)), "1.2s");
-        assert_eq!(human(Duration::from_secs(30)), "30s");
-        assert_eq!(human(Duration::from_secs(150)), "2m30s");
     }
 }

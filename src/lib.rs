@@ -10,3 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod child;
+pub mod duration;
+pub mod status;

@@ -140,7 +140,7 @@ fn run(args: cli::Args) -> Result<i32> {
         control_path,
         ready: match args.ready {
             machine::ReadyMode::Notify => "notify".to_string(),
-            machine::ReadyMode::Delay(d) => format!("delay:{}", driver::human(d)),
+            machine::ReadyMode::Delay(d) => format!("delay:{}", supervisor::duration::human(d)),
         },
         drain_timeout: args.drain_timeout,
     };
@@ -151,7 +151,7 @@ fn run(args: cli::Args) -> Result<i32> {
     {
         log::info!(
             "sending the service manager WATCHDOG=1 every {}",
-            driver::human(w)
+            supervisor::duration::human(w)
         );
     }
     driver::Driver::new(machine, settings, listeners, control, manager)?

@@ -1,0 +1,278 @@
+//! What `supervisor status` reports: one type, serialized by the supervisor,
+//! read back by the client and the tests.
+//!
+//! The supervisor fills a [`Status`] from its parts and sends it as JSON on
+//! the control socket; `supervisor status --json` prints that JSON and
+//! `supervisor status` renders it with [`Status::render`]. Fields added later
+//! carry `#[serde(default)]`, so a newer client reads an older supervisor.
+//! Pure data: no I/O here.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::human;
+
+/// Everything `supervisor status` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The supervisor process itself.
+    pub supervisor: Supervisor,
+    /// The command and its arguments (lossy UTF-8).
+    pub command: Vec<String>,
+    /// How readiness is proven: `notify`, `delay:1s`, ...
+    pub ready: String,
+    /// The generations' stop signal, e.g. `SIGTERM`.
+    pub stop_signal: String,
+    /// The drain timeout, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// The listeners, in the order of their fds in the children.
+    pub listeners: Vec<Listener>,
+    /// Every generation not yet reaped, oldest first.
+    pub generations: Vec<Generation>,
+    /// Generations started by the crash policy.
+    pub restarts: u64,
+    /// Reload counts.
+    pub reloads: Reloads,
+}
+
+/// The supervisor process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervisor {
+    /// Its pid.
+    pub pid: u32,
+    /// Time since it started, in milliseconds.
+    pub uptime_ms: u64,
+    /// Its version.
+    pub version: String,
+    /// The control socket's path.
+    pub control: String,
+    /// Whether a stop has begun.
+    pub stopping: bool,
+}
+
+/// One listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    /// Its name in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// The address it is bound to.
+    pub address: String,
+    /// Its fd number in the children.
+    pub fd: i32,
+    /// Whether a service manager handed it over.
+    pub inherited: bool,
+}
+
+/// One generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Its number.
+    pub generation: u64,
+    /// Its pid, if it was spawned.
+    pub pid: Option<i32>,
+    /// `starting`, `active` or `draining`.
+    pub state: String,
+    /// Time since it was spawned, in milliseconds.
+    pub age_ms: Option<u64>,
+    /// Time in its current state, in milliseconds.
+    pub state_ms: u64,
+    /// The last `STATUS=` it sent.
+    pub status: Option<String>,
+}
+
+/// Reload counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    /// Reloads whose new generation became ready.
+    pub succeeded: u64,
+    /// Reloads whose new generation failed.
+    pub failed: u64,
+    /// Reload requests not answered yet.
+    pub pending: u64,
+    /// The last failed reload, if any.
+    pub last_failure: Option<String>,
+}
+
+impl Status {
+    /// The generation in `state` (`active`, `starting`), if any.
+    pub fn in_state(&self, state: &str) -> Option<&Generation> {
+        self.generations.iter().find(|g| g.state == state)
+    }
+
+    /// The human form, as `supervisor status` prints it.
+    pub fn render(&self) -> String {
+        let ms = |x: u64| human(Duration::from_millis(x));
+        let mut out = String::new();
+        let sup = &self.supervisor;
+        let stopping = if sup.stopping { ", stopping" } else { "" };
+        let _ = writeln!(
+            out,
+            "supervisor pid {}, up {}, version {}{stopping}",
+            sup.pid,
+            ms(sup.uptime_ms),
+            sup.version
+        );
+        let _ = writeln!(out, "control:     {}", sup.control);
+        let command: Vec<String> = self.command.iter().map(|w| shell_word(w)).collect();
+        let _ = writeln!(out, "command:     {}", command.join(" "));
+        let _ = writeln!(
+            out,
+            "settings:    ready {}, stop signal {}, drain timeout {}",
+            self.ready,
+            self.stop_signal,
+            ms(self.drain_timeout_ms)
+        );
+        if self.listeners.is_empty() {
+            let _ = writeln!(out, "listeners:   none");
+        } else {
+            let _ = writeln!(out, "listeners:");
+            let width = self.listeners.iter().map(|l| l.name.len()).max();
+            let width = width.unwrap_or(0);
+            for l in &self.listeners {
+                let from = if l.inherited {
+                    "  (handed over by the service manager)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "  fd {:<3} {:<width$}  {}{from}",
+                    l.fd.to_string(),
+                    l.name,
+                    l.address
+                );
+            }
+        }
+        if self.generations.is_empty() {
+            let _ = writeln!(out, "generations: none");
+        } else {
+            let _ = writeln!(out, "generations:");
+            for g in &self.generations {
+                let pid = match g.pid {
+                    Some(p) => format!("pid {p}"),
+                    None => "no pid".to_string(),
+                };
+                let age = g.age_ms.map_or_else(|| "-".to_string(), ms);
+                let mut line = format!(
+                    "  {:<4} {:<10} {:<9} up {age}",
+                    g.generation.to_string(),
+                    pid,
+                    g.state,
+                );
+                if g.state != "active" {
+                    let _ = write!(line, ", {} for {}", g.state, ms(g.state_ms));
+                }
+                if let Some(text) = &g.status {
+                    // A child's text must not be able to forge lines.
+                    let _ = write!(line, "  status: {}", text.escape_debug());
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let r = &self.reloads;
+        let _ = writeln!(
+            out,
+            "restarts:    {}\nreloads:     {} succeeded, {} failed, {} pending",
+            self.restarts, r.succeeded, r.failed, r.pending
+        );
+        if let Some(f) = &r.last_failure {
+            let _ = writeln!(out, "last failed reload: {f}");
+        }
+        out
+    }
+}
+
+/// A word as a shell would need it quoted (for showing commands).
+fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            supervisor: Supervisor {
+                pid: 42,
+                uptime_ms: 61_000,
+                version: "0.1.0".into(),
+                control: "/run/app/supervisor.sock".into(),
+                stopping: false,
+            },
+            command: vec!["./server".into(), "--name".into(), "two words".into()],
+            ready: "notify".into(),
+            stop_signal: "SIGTERM".into(),
+            drain_timeout_ms: 30_000,
+            listeners: vec![Listener {
+                name: "http".into(),
+                address: "127.0.0.1:8080".into(),
+                fd: 3,
+                inherited: false,
+            }],
+            generations: vec![
+                Generation {
+                    generation: 6,
+                    pid: Some(100),
+                    state: "draining".into(),
+                    age_ms: Some(90_000),
+                    state_ms: 2_100,
+                    status: None,
+                },
+                Generation {
+                    generation: 7,
+                    pid: Some(101),
+                    state: "active".into(),
+                    age_ms: Some(2_300),
+                    state_ms: 2_100,
+                    status: Some("serving\n3".into()),
+                },
+            ],
+            restarts: 1,
+            reloads: Reloads {
+                succeeded: 5,
+                failed: 1,
+                pending: 0,
+                last_failure: None,
+            },
+        }
+    }
+
+    #[test]
+    fn renders() {
+        let text = sample().render();
+        assert!(text.contains("supervisor pid 42, up 1m1s"), "{text}");
+        assert!(
+            text.contains("command:     ./server --name 'two words'"),
+            "{text}"
+        );
+        assert!(text.contains("fd 3   http  127.0.0.1:8080"), "{text}");
+        assert!(
+            text.contains("6    pid 100    draining  up 1m30s, draining for 2.1s"),
+            "{text}"
+        );
+        assert!(text.contains("status: serving\\n3"), "{text}");
+        assert!(
+            text.contains("reloads:     5 succeeded, 1 failed, 0 pending"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 11, "{text}");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let s = sample();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        assert_eq!(s.in_state("active").unwrap().generation, 7);
+    }
+}
