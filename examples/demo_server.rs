@@ -18,9 +18,12 @@
 //!
 //! It must not be started by hand: without inherited listeners it exits 1.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
@@ -35,6 +38,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
 
 use supervisor::child::{self, Listeners};
+use supervisor::duration;
+
+use common::{Stream, fired, head_end, poll_timeout};
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -58,7 +64,7 @@ const CONNECTION_STACK: usize = 256 * 1024;
 struct Args {
     /// Processing delay added to every request (e.g. 50ms, 1s); a request's
     /// `?delay=MS` overrides it.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "0")]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "0")]
     delay: Duration,
 
     /// Serve the inherited listener with this LISTEN_FDNAMES name [default:
@@ -68,7 +74,7 @@ struct Args {
 
     /// While draining, how long an idle keep-alive connection may take to
     /// send one more request before it is closed.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "1s")]
     idle_grace: Duration,
 
     /// Print an error and exit 1 at once, before ready (a broken release).
@@ -344,7 +350,7 @@ fn accept_ready(listener: &Listener, shared: &Arc<Shared>) {
     }
 }
 
-fn spawn_connection(conn: Conn, shared: &Arc<Shared>) {
+fn spawn_connection(conn: Stream, shared: &Arc<Shared>) {
     // Linux does not pass O_NONBLOCK from the listener to accepted sockets,
     // but other systems do; connections use blocking I/O after poll.
     if let Err(err) = conn.configure() {
@@ -378,7 +384,7 @@ fn connection_closed(shared: &Shared) {
 }
 
 /// Serves one connection until it is closed, by either side.
-fn serve(mut conn: Conn, shared: &Shared) {
+fn serve(mut conn: Stream, shared: &Shared) {
     let mut buf = Vec::with_capacity(4096);
     // Set when this connection first sees the drain: from then on it may
     // idle only until this deadline.
@@ -430,7 +436,7 @@ enum RequestError {
 /// `Ok(None)` means close without a response: the client closed between
 /// requests, or stayed idle past the drain deadline.
 fn read_request(
-    conn: &mut Conn,
+    conn: &mut Stream,
     buf: &mut Vec<u8>,
     shared: &Shared,
     idle_deadline: &mut Option<Instant>,
@@ -469,7 +475,7 @@ fn read_request(
 /// false when the connection should be closed instead: it stayed idle past
 /// the drain's grace period.
 fn wait_between_requests(
-    conn: &Conn,
+    conn: &Stream,
     shared: &Shared,
     idle_deadline: &mut Option<Instant>,
 ) -> Result<bool, RequestError> {
@@ -512,7 +518,7 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     }
 }
 
-fn skip_body(conn: &mut Conn, buf: &mut Vec<u8>, length: u64) -> io::Result<()> {
+fn skip_body(conn: &mut Stream, buf: &mut Vec<u8>, length: u64) -> io::Result<()> {
     let buffered = usize::try_from(length).unwrap_or(usize::MAX).min(buf.len());
     buf.drain(..buffered);
     let mut left = length - buffered as u64;
@@ -532,21 +538,6 @@ fn skip_body(conn: &mut Conn, buf: &mut Vec<u8>, length: u64) -> io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// Index just past the blank line ending the head, if it is in `buf`.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i] != b'\n' {
-            None
-        } else if buf.get(i + 1) == Some(&b'\n') {
-            Some(i + 2)
-        } else if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-            Some(i + 3)
-        } else {
-            None
-        }
-    })
 }
 
 fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
@@ -627,7 +618,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 fn write_response(
-    conn: &mut Conn,
+    conn: &mut Stream,
     shared: &Shared,
     head_only: bool,
     close: bool,
@@ -652,7 +643,7 @@ fn write_response(
     conn.write_all(response.as_bytes())
 }
 
-fn write_bad_request(conn: &mut Conn, reason: &str) -> io::Result<()> {
+fn write_bad_request(conn: &mut Stream, reason: &str) -> io::Result<()> {
     let body = format!("{reason}\n");
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
@@ -666,7 +657,7 @@ fn write_bad_request(conn: &mut Conn, reason: &str) -> io::Result<()> {
 /// passes) before the final close. Closing with unread data in the receive
 /// buffer makes the kernel send RST, which can destroy the response the
 /// client has not read yet.
-fn lingering_close(mut conn: Conn) {
+fn lingering_close(mut conn: Stream) {
     if conn.shutdown_write().is_err() {
         return;
     }
@@ -686,42 +677,11 @@ fn lingering_close(mut conn: Conn) {
     }
 }
 
-fn fired(fd: &PollFd<'_>) -> bool {
-    fd.revents().is_some_and(|events| !events.is_empty())
-}
-
 fn is_transient(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
     )
-}
-
-/// Rounds up to whole milliseconds, so a sub-millisecond wait does not turn
-/// into a busy poll with timeout 0.
-fn poll_timeout(timeout: Duration) -> PollTimeout {
-    let ms = timeout.as_micros().div_ceil(1000);
-    PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
-}
-
-/// Parses `0`, `250us`, `50ms`, `1s`, `1.5s` or `2m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 50ms, 1s)"))?;
-    let seconds = match unit {
-        "" if value == 0.0 => 0.0,
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?} needs a unit: us, ms, s or m")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
 /// The inherited listener, TCP or unix.
@@ -738,10 +698,10 @@ impl Listener {
         }
     }
 
-    fn accept(&self) -> io::Result<Conn> {
+    fn accept(&self) -> io::Result<Stream> {
         match self {
-            Listener::Tcp(listener) => listener.accept().map(|(stream, _)| Conn::Tcp(stream)),
-            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Conn::Unix(stream)),
+            Listener::Tcp(listener) => listener.accept().map(|(stream, _)| Stream::Tcp(stream)),
+            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Stream::Unix(stream)),
         }
     }
 }
@@ -777,22 +737,17 @@ impl fmt::Display for Listener {
     }
 }
 
-/// An accepted connection, TCP or unix.
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Conn {
+/// Setup and half-close of an accepted connection.
+impl Stream {
     fn configure(&self) -> io::Result<()> {
         match self {
-            Conn::Tcp(stream) => {
+            Stream::Tcp(stream) => {
                 stream.set_nonblocking(false)?;
                 // Responses are small and written whole: send them at once.
                 stream.set_nodelay(true)?;
                 stream.set_write_timeout(Some(IO_TIMEOUT))
             }
-            Conn::Unix(stream) => {
+            Stream::Unix(stream) => {
                 stream.set_nonblocking(false)?;
                 stream.set_write_timeout(Some(IO_TIMEOUT))
             }
@@ -802,39 +757,8 @@ impl Conn {
     /// Half-closes this connection (not the listener it came from).
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
-            Conn::Tcp(stream) => stream.shutdown(Shutdown::Write),
-            Conn::Unix(stream) => stream.shutdown(Shutdown::Write),
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(stream) => stream.read(buf),
-            Conn::Unix(stream) => stream.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(stream) => stream.write(buf),
-            Conn::Unix(stream) => stream.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl AsFd for Conn {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Conn::Tcp(stream) => stream.as_fd(),
-            Conn::Unix(stream) => stream.as_fd(),
+            Stream::Tcp(stream) => stream.shutdown(Shutdown::Write),
+            Stream::Unix(stream) => stream.shutdown(Shutdown::Write),
         }
     }
 }

@@ -21,6 +21,9 @@
 //! the samples can be lined up with timestamps from other processes (the
 //! benchmark uses it to cut latency into reload windows).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::fs::File;
@@ -39,6 +42,11 @@ use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
+use serde::{Serialize, Serializer};
+
+use supervisor::duration;
+
+use common::{Stream, fired, head_end, poll_timeout};
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -67,7 +75,7 @@ struct Args {
     connections: u32,
 
     /// How long to send requests (e.g. 500ms, 20s, 2m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "20s")]
     duration: Duration,
 
     /// Stop after this many requests in total.
@@ -79,7 +87,7 @@ struct Args {
     path: String,
 
     /// Longest wait for a connect, a write or each read of a response.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "10s")]
     timeout: Duration,
 
     /// Print the report as one JSON object.
@@ -719,21 +727,6 @@ fn parse_response_head(head: &[u8]) -> Result<ResponseHead, Failure> {
     })
 }
 
-/// Index just past the blank line ending the head, if it is in `buf`.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i] != b'\n' {
-            None
-        } else if buf.get(i + 1) == Some(&b'\n') {
-            Some(i + 2)
-        } else if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-            Some(i + 3)
-        } else {
-            None
-        }
-    })
-}
-
 /// Whether an idle connection was closed by the server (or has unexpected
 /// bytes pending): either way it must not carry another request.
 fn peer_closed(fd: BorrowedFd<'_>) -> bool {
@@ -744,17 +737,6 @@ fn peer_closed(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
-fn fired(fd: &PollFd<'_>) -> bool {
-    fd.revents().is_some_and(|events| !events.is_empty())
-}
-
-/// Rounds up to whole milliseconds, so a sub-millisecond wait does not turn
-/// into a busy poll with timeout 0.
-fn poll_timeout(timeout: Duration) -> PollTimeout {
-    let ms = timeout.as_micros().div_ceil(1000);
-    PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
-}
-
 /// The generation from a `generation <G> pid <PID>` body.
 fn generation_of(body: &[u8]) -> Option<String> {
     let rest = body.strip_prefix(b"generation ")?;
@@ -763,26 +745,6 @@ fn generation_of(body: &[u8]) -> Option<String> {
         .position(|b| !b.is_ascii_alphanumeric())
         .unwrap_or(rest.len());
     (end > 0).then(|| String::from_utf8_lossy(&rest[..end]).into_owned())
-}
-
-/// Parses `0`, `250us`, `50ms`, `1s`, `1.5s` or `2m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 50ms, 1s)"))?;
-    let seconds = match unit {
-        "" if value == 0.0 => 0.0,
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?} needs a unit: us, ms, s or m")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
 /// Counts of one connection, merged at the end.
@@ -1009,43 +971,70 @@ impl Report {
 
     fn json(&self) -> String {
         let stats = &self.stats;
-        let object = |pairs: Vec<String>| format!("{{{}}}", pairs.join(","));
-        let failures = FailureKind::ALL
-            .iter()
-            .map(|kind| format!("\"{}\":{}", kind.name(), stats.failures[*kind as usize]))
-            .collect();
-        let latency = self
-            .latency_ms()
-            .iter()
-            .map(|(name, value)| format!("\"{name}\":{value:.3}"))
-            .collect();
-        let statuses = stats
-            .statuses
-            .iter()
-            .map(|(status, count)| format!("\"{status}\":{count}"))
-            .collect();
-        let generations = stats
-            .generations
-            .iter()
-            .map(|(generation, count)| format!("{}:{count}", json_string(generation)))
-            .collect();
-        object(vec![
-            format!("\"requests\":{}", stats.requests()),
-            format!("\"ok\":{}", stats.ok),
-            format!("\"non_2xx\":{}", stats.non_2xx),
-            format!("\"failed\":{}", stats.failed()),
-            format!("\"failures\":{}", object(failures)),
-            format!("\"aborted\":{}", stats.aborted),
-            format!("\"statuses\":{}", object(statuses)),
-            format!("\"connections\":{}", self.connections),
-            format!("\"connects\":{}", stats.connects),
-            format!("\"elapsed_s\":{:.3}", self.elapsed.as_secs_f64()),
-            format!("\"requests_per_s\":{:.1}", self.rate()),
-            format!("\"latency_ms\":{}", object(latency)),
-            format!("\"generations\":{}", object(generations)),
-            format!("\"interrupted\":{}", self.interrupted),
-        ])
+        let report = JsonReport {
+            requests: stats.requests(),
+            ok: stats.ok,
+            non_2xx: stats.non_2xx,
+            failed: stats.failed(),
+            failures: Object(
+                FailureKind::ALL
+                    .iter()
+                    .map(|kind| (kind.name(), stats.failures[*kind as usize]))
+                    .collect(),
+            ),
+            aborted: stats.aborted,
+            statuses: &stats.statuses,
+            connections: self.connections,
+            connects: stats.connects,
+            elapsed_s: round(self.elapsed.as_secs_f64(), 3),
+            requests_per_s: round(self.rate(), 1),
+            latency_ms: Object(
+                self.latency_ms()
+                    .into_iter()
+                    .map(|(name, value)| (name, round(value, 3)))
+                    .collect(),
+            ),
+            generations: &stats.generations,
+            interrupted: self.interrupted,
+        };
+        serde_json::to_string(&report).expect("the report has only string and integer keys")
     }
+}
+
+/// The report as `--json` prints it, keys in this order.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    requests: u64,
+    ok: u64,
+    non_2xx: u64,
+    failed: u64,
+    failures: Object<u64>,
+    aborted: u64,
+    /// Keyed by the status code as a string (`"200"`), ascending.
+    statuses: &'a BTreeMap<u16, u64>,
+    connections: u32,
+    connects: u64,
+    elapsed_s: f64,
+    requests_per_s: f64,
+    latency_ms: Object<f64>,
+    generations: &'a BTreeMap<String, u64>,
+    interrupted: bool,
+}
+
+/// Named values serialized as one JSON object, in their order (a map would
+/// sort the names).
+struct Object<V>(Vec<(&'static str, V)>);
+
+impl<V: Serialize> Serialize for Object<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+/// `value` rounded to `decimals` places, as the text report prints it.
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 impl fmt::Display for Report {
@@ -1121,58 +1110,5 @@ impl fmt::Display for Report {
                 generations.join("  ")
             }
         )
-    }
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A client connection, TCP or unix.
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(stream) => stream.read(buf),
-            Stream::Unix(stream) => stream.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(stream) => stream.write(buf),
-            Stream::Unix(stream) => stream.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(stream) => stream.as_fd(),
-            Stream::Unix(stream) => stream.as_fd(),
-        }
     }
 }

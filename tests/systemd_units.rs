@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{TempDir, supervisor_bin};
+use supervisor::duration;
 
 /// Where the units install the supervisor; the only text the verify test
 /// changes in them.
@@ -239,27 +240,10 @@ fn option<'a>(args: &'a [String], opt: &str) -> Option<&'a str> {
     })
 }
 
-/// A duration as the supervisor reads it: `500ms`, `30s`, `2m`, `1h`,
-/// `1.5s`, `0`.
+/// A duration as the supervisor reads it (`500ms`, `30s`, `2m`, `1h`,
+/// `1.5s`, `0`), through the supervisor's own parser.
 fn supervisor_duration(s: &str) -> Duration {
-    if s == "0" {
-        return Duration::ZERO;
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or_else(|| panic!("supervisor duration {s:?} has no unit"));
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .unwrap_or_else(|_| panic!("bad number in {s:?}"));
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => panic!("unknown supervisor duration unit in {s:?}"),
-    };
-    Duration::from_secs_f64(value * scale)
+    duration::parse(s).unwrap_or_else(|e| panic!("supervisor duration: {e}"))
 }
 
 /// A systemd time span (systemd.time(7)): `45`, `45s`, `1min 30s`,
