@@ -6,8 +6,11 @@
 //! environment. So everything the child needs (argv, envp with a fixed-width
 //! digit slot after `LISTEN_PID=`, the fd list) is built here in the parent,
 //! and the forked child only runs async-signal-safe calls on that memory
-//! before `execve`. An exec failure travels back through a CLOEXEC pipe,
-//! as `Command` does it.
+//! before `execve`. Any failure after the fork (a step of the setup or the
+//! `execve` itself) travels back through a CLOEXEC pipe as a fixed-size
+//! [`Report`], as `Command` does it; EOF on the pipe means the exec
+//! succeeded. The parent waits for that answer at most [`EXEC_STATUS_BOUND`]:
+//! it is the supervisor's only thread.
 //!
 //! The supervisor process blocks most signals for its signalfd and Rust's
 //! runtime ignores SIGPIPE; the child restores an empty mask and default
@@ -16,24 +19,140 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::waitpid;
 use nix::unistd::{AccessFlags, Pid, access};
 
 /// Width of the `LISTEN_PID` digit slot: enough for any 64-bit pid.
 const PID_DIGITS: usize = 20;
 
-/// Where the child failed before `execve` took over.
-#[derive(Clone, Copy)]
+/// How long [`spawn`] waits for the child to exec or report a failure.
+///
+/// The parent is the supervisor's only thread: while it waits, signals, the
+/// control socket and every deadline wait too. A healthy exec takes
+/// milliseconds, but one that stalls (the binary on a hung network mount, a
+/// file lease being broken) can block in the kernel for minutes. Two seconds
+/// is far above any healthy exec and short enough that a stop request or a
+/// status query is answered late rather than never. Past the bound the child
+/// is treated as started; if its exec fails later, it exits with status 127
+/// and is reaped like any other child.
+const EXEC_STATUS_BOUND: Duration = Duration::from_secs(2);
+
+/// The step of the child's setup that failed, sent in a [`Report`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-enum Stage {
-    Fds = 1,
-    Exec = 2,
+enum Step {
+    /// `setpgid(0, 0)`.
+    ProcessGroup = 1,
+    /// `rt_sigaction` to SIG_DFL; the detail is the signal number.
+    SignalDisposition = 2,
+    /// `rt_sigprocmask` to the empty set.
+    SignalMask = 3,
+    /// `prctl(PR_SET_PDEATHSIG)`; the detail is the signal number.
+    ParentDeathSignal = 4,
+    /// The supervisor died before the child got this far (no errno).
+    ParentGone = 5,
+    /// Moving the status pipe above the listener range; the detail is the
+    /// lowest fd it may take.
+    StatusPipe = 6,
+    /// Moving a listener out of the way of an earlier one; the detail is the
+    /// listener's index.
+    MoveListener = 7,
+    /// Placing a listener at its fd; the detail is the listener's index.
+    PlaceListener = 8,
+    /// `execve`.
+    Exec = 9,
+}
+
+impl Step {
+    const ALL: [Step; 9] = [
+        Step::ProcessGroup,
+        Step::SignalDisposition,
+        Step::SignalMask,
+        Step::ParentDeathSignal,
+        Step::ParentGone,
+        Step::StatusPipe,
+        Step::MoveListener,
+        Step::PlaceListener,
+        Step::Exec,
+    ];
+
+    fn from_code(code: u32) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u32 == code)
+    }
+}
+
+/// What a failed child writes to the status pipe before `_exit(127)`: the
+/// step, errno (0 if none) and a step-specific detail, as three native-endian
+/// 32-bit words. 12 bytes are below `PIPE_BUF`, so the write is atomic: the
+/// parent reads all of it or nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    step: u32,
+    errno: i32,
+    detail: i32,
+}
+
+impl Report {
+    const LEN: usize = 12;
+
+    fn encode(&self) -> [u8; Report::LEN] {
+        let [a, b, c, d] = self.step.to_ne_bytes();
+        let [e, f, g, h] = self.errno.to_ne_bytes();
+        let [i, j, k, l] = self.detail.to_ne_bytes();
+        [a, b, c, d, e, f, g, h, i, j, k, l]
+    }
+
+    fn decode(buf: &[u8; Report::LEN]) -> Report {
+        let word = |i: usize| [buf[i], buf[i + 1], buf[i + 2], buf[i + 3]];
+        Report {
+            step: u32::from_ne_bytes(word(0)),
+            errno: i32::from_ne_bytes(word(4)),
+            detail: i32::from_ne_bytes(word(8)),
+        }
+    }
+
+    /// The error the parent returns for this report, naming the step and the
+    /// OS reason.
+    fn error(&self, program: &str) -> anyhow::Error {
+        let err = io::Error::from_raw_os_error(self.errno);
+        let d = self.detail;
+        let first = supervisor::child::LISTEN_FDS_START;
+        let what = match Step::from_code(self.step) {
+            Some(Step::ProcessGroup) => "move to a new process group".to_string(),
+            Some(Step::SignalDisposition) => {
+                format!("reset the disposition of signal {d}")
+            }
+            Some(Step::SignalMask) => "clear the signal mask".to_string(),
+            Some(Step::ParentDeathSignal) => {
+                format!("set the parent-death signal to {d}")
+            }
+            Some(Step::ParentGone) => {
+                return anyhow::anyhow!(
+                    "child for {program}: the supervisor exited before the child could exec"
+                );
+            }
+            Some(Step::StatusPipe) => {
+                format!("move the exec-status pipe to fd {d} or above")
+            }
+            Some(Step::MoveListener) => {
+                format!("move listener {d} out of the listener fd range")
+            }
+            Some(Step::PlaceListener) => {
+                format!("place listener {d} at fd {}", first.saturating_add(d))
+            }
+            Some(Step::Exec) => return anyhow::anyhow!("exec {program}: {err}"),
+            None => format!("unknown step {}", self.step),
+        };
+        anyhow::anyhow!("child for {program}: {what}: {err}")
+    }
 }
 
 /// Everything the child of one spawn needs, built in the parent.
@@ -153,13 +272,20 @@ fn executable(path: &Path) -> Result<()> {
 
 /// Fork and exec `plan` with `listeners` at fds 3.. (in order).
 ///
-/// Returns once the child has called `execve` successfully; if it failed
-/// before or in `execve`, the child is reaped here and the error names the
-/// step and the OS reason.
+/// Returns once the child has called `execve` successfully, or after
+/// [`EXEC_STATUS_BOUND`] if it has neither exec'd nor failed by then (a
+/// warning names the pid; a later exec failure shows as exit status 127 when
+/// the child is reaped). If it failed before or in `execve`, the child is
+/// reaped here and the error names the step and the OS reason.
 ///
 /// # Errors
-/// `pipe2` or `fork` failed, or the child could not exec.
+/// `pipe2` or `fork` failed, or the child could not set itself up or exec.
 pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pid> {
+    spawn_within(plan, listeners, EXEC_STATUS_BOUND)
+}
+
+/// [`spawn`], waiting at most `bound` for the child's exec status.
+fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) -> Result<Pid> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create exec-status pipe")?;
 
@@ -212,43 +338,97 @@ pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pid> {
         unsafe { child_after_fork(&child) }
     }
     let pid = Pid::from_raw(pid);
+    // Only the child may hold the write end now, so EOF means it exec'd (or
+    // died).
     drop(write_end);
     // Also set the group from the parent, so that the process group exists
     // before we might signal it, whichever of the two runs first. EACCES
     // (the child already exec'd) is fine: it did it itself.
     let _ = nix::unistd::setpgid(pid, pid);
 
-    let mut report = [0u8; 8];
-    let n = read_full(&read_end, &mut report);
+    let mut report = [0u8; Report::LEN];
+    let n = match read_status(&read_end, &mut report, bound) {
+        Ok(n) => n,
+        Err(e) => {
+            // The child exists either way: the caller must own and reap it.
+            // Returning drops the read end; a failure report written later
+            // may then meet no reader, and the child blocks SIGPIPE before
+            // writing, so it still exits with 127.
+            log::warn!(
+                "pid {pid}: exec of {} not confirmed ({e}); treating it as started",
+                plan.program_display
+            );
+            return Ok(pid);
+        }
+    };
     if n == 0 {
         return Ok(pid);
     }
-    // The child failed and is exiting with 127; reap it now so that no
-    // zombie and no stray SIGCHLD-less pid remains.
+    // The child failed and is exiting with 127 right after its report;
+    // reap it now so that no zombie and no stray pid remains.
     let _ = waitpid(pid, None);
     if n != report.len() {
-        bail!("child of {} failed before exec", plan.program_display);
+        bail!(
+            "child for {} failed before exec (a {n}-byte status report)",
+            plan.program_display
+        );
     }
-    let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    let err = io::Error::from_raw_os_error(errno);
-    if stage == Stage::Fds as u32 {
-        bail!("place listener fds for {}: {err}", plan.program_display)
-    }
-    bail!("exec {}: {err}", plan.program_display)
+    Err(Report::decode(&report).error(&plan.program_display))
 }
 
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+/// Why [`read_status`] gave up before EOF or a full report.
+#[derive(Debug)]
+enum StatusWait {
+    /// The bound passed with the pipe still open and not full.
+    TimedOut(Duration),
+    /// poll or read failed.
+    Failed(Errno),
+}
+
+impl std::fmt::Display for StatusWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusWait::TimedOut(bound) => write!(
+                f,
+                "no exec status within {}",
+                supervisor::duration::human(*bound)
+            ),
+            StatusWait::Failed(e) => write!(f, "read exec-status pipe: {e}"),
+        }
+    }
+}
+
+/// Read the child's report into `buf` until EOF or `buf` is full, waiting
+/// with `poll` so that the wait ends within `bound`. Returns the byte count:
+/// 0 means the exec succeeded.
+fn read_status(fd: &OwnedFd, buf: &mut [u8], bound: Duration) -> Result<usize, StatusWait> {
+    let deadline = Instant::now() + bound;
     let mut got = 0;
     while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up: a timeout truncated to 0 ms would spin until the deadline.
+        let ms = left.as_nanos().div_ceil(1_000_000);
+        let timeout = PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX));
+        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut pfd, timeout) {
+            // Nothing yet; the loop re-checks the clock, as poll may also
+            // return early.
+            Ok(0) if left.is_zero() => {
+                return Err(StatusWait::TimedOut(bound));
+            }
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(StatusWait::Failed(e)),
+        }
+        // poll said readable (data or EOF), so this read does not block.
         match nix::unistd::read(fd, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => continue,
-            Err(_) => break,
+            Err(e) => return Err(StatusWait::Failed(e)),
         }
     }
-    got
+    Ok(got)
 }
 
 /// Raw pointers into parent-built memory, for the child.
@@ -266,12 +446,17 @@ struct ChildSetup {
 
 /// The child's side of [`spawn`]: set up the process and exec.
 ///
+/// Every step that can fail reports itself through [`fail`] before the
+/// child exits with 127, so the parent never mistakes a failed setup for a
+/// successful exec. Steps whose failure is expected and harmless are
+/// commented where their result is ignored.
+///
 /// # Async-signal safety
 /// Runs between `fork` and `execve` and calls only async-signal-safe
 /// functions (`setpgid`, `rt_sigaction`, `rt_sigprocmask`, `prctl`, `getppid`,
-/// `fcntl`, `dup2`, `close_range`, `getpid`, `execve`, `write`, `_exit`) on
-/// memory prepared before the fork: no allocation, no locks, no formatting,
-/// no panics (no indexing that can fail, no unwrap).
+/// `fcntl`, `dup2`, `close_range`, `getrlimit`, `getpid`, `execve`, `write`,
+/// `_exit`) on memory prepared before the fork: no allocation, no locks, no
+/// formatting, no panics (no indexing that can fail, no unwrap).
 ///
 /// # Safety
 /// Must be called only in a child just forked from a single-threaded
@@ -283,7 +468,9 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
         // Own process group: a terminal's Ctrl+C reaches only the supervisor,
         // which decides how each generation stops, and the drain-timeout
         // SIGKILL can reach the child's own children.
-        libc::setpgid(0, 0);
+        if libc::setpgid(0, 0) != 0 {
+            fail(s.status_fd, Step::ProcessGroup, 0);
+        }
 
         // Default dispositions for every signal. Ignored ones would survive
         // the exec. The raw syscall, because glibc's sigaction refuses its
@@ -293,37 +480,47 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
         let dfl = [0u64; 4];
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
+                let r = libc::syscall(
                     libc::SYS_rt_sigaction,
                     sig,
                     dfl.as_ptr(),
                     std::ptr::null_mut::<u64>(),
                     std::mem::size_of::<u64>(),
                 );
+                if r != 0 {
+                    fail(s.status_fd, Step::SignalDisposition, sig);
+                }
             }
         }
         // The raw syscall: glibc's sigprocmask leaves its own internal
         // signals (32, 33) as they were, and a supervisor started by a
         // multithreaded parent may have them blocked.
         let empty: u64 = 0;
-        libc::syscall(
+        let r = libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
             &empty as *const u64,
             std::ptr::null_mut::<u64>(),
             std::mem::size_of::<u64>(),
         );
+        if r != 0 {
+            fail(s.status_fd, Step::SignalMask, 0);
+        }
 
         // If the supervisor dies, its children are asked to stop rather than
         // live on with the sockets. The parent may already be gone: check.
-        if s.parent_death_signal > 0 {
-            libc::prctl(
+        if s.parent_death_signal > 0
+            && libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 s.parent_death_signal as libc::c_ulong,
-            );
+            ) != 0
+        {
+            fail(s.status_fd, Step::ParentDeathSignal, s.parent_death_signal);
         }
         if libc::getppid() != s.parent {
-            libc::_exit(127);
+            // Nobody may be reading, but the report costs nothing; errno is
+            // not meaningful here.
+            report_and_exit(s.status_fd, Step::ParentGone, 0, 0);
         }
 
         // Place the listeners at 3..3+n, in order. Before target 3+i is
@@ -331,14 +528,17 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
         // moved above the range; nothing else moves, so a block of
         // listeners already at 3.. (the usual case) or shifted up by fds
         // the supervisor inherited needs no extra fd at all. The status
-        // pipe is kept out of the range first.
+        // pipe is kept out of the range first. F_DUPFD_CLOEXEC fails with
+        // EINVAL when `end` is at or above RLIMIT_NOFILE, and dup2 with EBADF
+        // when a target is.
         let first = supervisor::child::LISTEN_FDS_START;
         let end = first + s.nfds as RawFd;
         let mut status_fd = s.status_fd;
         if (first..end).contains(&status_fd) {
             status_fd = libc::fcntl(status_fd, libc::F_DUPFD_CLOEXEC, end);
             if status_fd < 0 {
-                libc::_exit(127);
+                // Nothing was overwritten yet: the original is still there.
+                fail(s.status_fd, Step::StatusPipe, end);
             }
         }
         for i in 0..s.nfds {
@@ -348,7 +548,7 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
                 if *later == target {
                     let moved = libc::fcntl(*later, libc::F_DUPFD_CLOEXEC, end);
                     if moved < 0 {
-                        fail(status_fd, Stage::Fds);
+                        fail(status_fd, Step::MoveListener, j as i32);
                     }
                     *later = moved;
                 }
@@ -362,7 +562,7 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
                 libc::dup2(src, target)
             };
             if placed < 0 {
-                fail(status_fd, Stage::Fds);
+                fail(status_fd, Step::PlaceListener, i as i32);
             }
         }
         // Nothing else of ours may cross the exec: everything the supervisor
@@ -375,6 +575,9 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
         );
         if r != 0 {
             // Kernels before 5.11: one fd at a time, up to the fd limit.
+            // These fcntl calls fail with EBADF for every fd that is not
+            // open, which is most of them and no error; if getrlimit
+            // fails, a common default stands in for the limit.
             let mut lim: libc::rlimit = std::mem::zeroed();
             let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
                 lim.rlim_cur.min(1 << 20) as RawFd
@@ -390,23 +593,54 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             write_decimal(s.listen_pid_slot, libc::getpid() as u64);
         }
         libc::execve(s.program, s.argv, s.envp);
-        fail(status_fd, Stage::Exec)
+        fail(status_fd, Step::Exec, 0)
     }
 }
 
-/// Report `stage` and errno to the parent and exit with 127.
+/// Report `step`, the current errno and `detail` to the parent, then exit
+/// with 127.
 ///
 /// # Safety
 /// Child side only; async-signal-safe.
-unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
-    // SAFETY: errno location, write and _exit are async-signal-safe; `buf`
-    // lives on this stack frame.
+unsafe fn fail(fd: RawFd, step: Step, detail: i32) -> ! {
+    // SAFETY: reading errno is async-signal-safe; it is this thread's.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: child side, as our caller guarantees.
+    unsafe { report_and_exit(fd, step, errno, detail) }
+}
+
+/// Write a [`Report`] to `fd` and `_exit(127)`.
+///
+/// # Safety
+/// Child side only; async-signal-safe: `rt_sigprocmask`, `write`, `_exit`
+/// on a buffer on this stack frame.
+unsafe fn report_and_exit(fd: RawFd, step: Step, errno: i32, detail: i32) -> ! {
+    let buf = Report {
+        step: step as u32,
+        errno,
+        detail,
+    }
+    .encode();
+    // SAFETY: async-signal-safe calls on `buf`, which lives on this frame.
     unsafe {
-        let errno = *libc::__errno_location();
-        let [a, b, c, d] = (stage as u32).to_ne_bytes();
-        let [e, f, g, h] = errno.to_ne_bytes();
-        let buf = [a, b, c, d, e, f, g, h];
-        libc::write(fd, buf.as_ptr().cast(), buf.len());
+        // After a bounded wait the parent may have closed its end, and the
+        // child's inherited copy of the read end may have been overwritten
+        // by a listener's dup2: the write must then fail with EPIPE, not
+        // kill the child with SIGPIPE (its disposition is the default by
+        // now), so that the exit status is 127 as for any failed exec. A
+        // blocked SIGPIPE stays pending and dies with the process.
+        let pipe: u64 = 1 << (libc::SIGPIPE - 1);
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &pipe as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
+        // 12 bytes into an empty pipe: atomic, never a short write.
+        while libc::write(fd, buf.as_ptr().cast(), buf.len()) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
         libc::_exit(127)
     }
 }
@@ -439,7 +673,289 @@ unsafe fn write_decimal(slot: *mut u8, n: u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+
     use super::*;
+
+    /// Set in the re-executed test binary that runs [`fd_limit_inner`].
+    const FD_LIMIT_ENV: &str = "SPAWN_TEST_FD_LIMIT_INNER";
+
+    /// Poll `cond` until it returns `Some` or `timeout` passes.
+    fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = cond() {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A private directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("spawn-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        /// An executable file that is no program: exec fails with ENOEXEC.
+        fn not_a_program(&self) -> PathBuf {
+            let path = self.0.join("not-a-program");
+            std::fs::write(&path, "no shebang, no ELF header\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn plan(program: &OsStr, parent_death_signal: i32) -> Plan {
+        Plan::new(
+            &[program.to_os_string()],
+            Vec::new(),
+            true,
+            parent_death_signal,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn report_round_trip_and_messages() {
+        let r = Report {
+            step: Step::PlaceListener as u32,
+            errno: libc::EBADF,
+            detail: 2,
+        };
+        let back = Report::decode(&r.encode());
+        assert_eq!(back, r);
+        assert_eq!(
+            back.error("/srv/app").to_string(),
+            "child for /srv/app: place listener 2 at fd 5: Bad file descriptor (os error 9)"
+        );
+        for step in Step::ALL {
+            assert_eq!(Step::from_code(step as u32), Some(step));
+        }
+        let unknown = Report {
+            step: 99,
+            errno: libc::EIO,
+            detail: 0,
+        };
+        assert!(
+            unknown
+                .error("x")
+                .to_string()
+                .starts_with("child for x: unknown step 99: ")
+        );
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let dir = TempDir::new("exec");
+        let program = dir.not_a_program();
+        let e = spawn(&mut plan(program.as_os_str(), 0), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "exec {}: Exec format error (os error {})",
+                program.display(),
+                libc::ENOEXEC
+            )
+        );
+    }
+
+    /// A step before exec: an invalid parent-death signal makes prctl fail.
+    /// Before each step reported itself, this spawn "succeeded".
+    #[test]
+    fn parent_death_signal_failure_is_reported() {
+        let e = spawn(&mut plan(OsStr::new("true"), 65), &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("child for /")
+                && msg.contains("true: set the parent-death signal to 65: Invalid argument"),
+            "{msg}"
+        );
+    }
+
+    /// Fd arrangement under a low RLIMIT_NOFILE: more listeners than the
+    /// limit allows. The limit is process-wide, so the test runs in a fresh
+    /// copy of this test binary ([`fd_limit_inner`]), not among the other
+    /// tests' threads.
+    #[test]
+    fn fd_limit_failure_is_reported() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spawn::tests::fd_limit_inner",
+                "--ignored",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(FD_LIMIT_ENV, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_until(Duration::from_secs(30), || child.try_wait().unwrap());
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            status.is_some_and(|s| s.success()) && stdout.contains("1 passed"),
+            "inner test: {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+
+    #[test]
+    #[ignore = "run by fd_limit_failure_is_reported in its own process"]
+    fn fd_limit_inner() {
+        assert!(
+            std::env::var_os(FD_LIMIT_ENV).is_some(),
+            "lowers RLIMIT_NOFILE for the whole process: run fd_limit_failure_is_reported"
+        );
+        const LIMIT: RawFd = 32;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(null.as_raw_fd() < LIMIT - 4, "too many fds open already");
+        let mut lim: libc::rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit write to / read from a valid
+        // rlimit on this stack; this process runs no other test.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            lim.rlim_cur = LIMIT as libc::rlim_t;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+        // The same fd as each of LIMIT + 8 listeners: the listener range
+        // 3..LIMIT+11 holds the status pipe, which cannot move above it.
+        let listeners = vec![null.as_fd(); LIMIT as usize + 8];
+        let end = supervisor::child::LISTEN_FDS_START + listeners.len() as RawFd;
+        let e = spawn(&mut plan(OsStr::new("true"), 0), &listeners).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "true: move the exec-status pipe to fd {end} or above: Invalid argument"
+            )),
+            "{msg}"
+        );
+    }
+
+    /// Holds a write lease on a file: whoever opens the file (an `execve`
+    /// of it too) blocks in the kernel until the lease is released, as an
+    /// exec from a hung network mount would. On drop it releases the lease
+    /// and kills and reaps the child, if one was started.
+    struct Lease {
+        file: std::fs::File,
+        child: Option<Pid>,
+    }
+
+    impl Lease {
+        fn take(path: &Path) -> Lease {
+            let file = std::fs::File::open(path).unwrap();
+            let fd = file.as_raw_fd();
+            // SAFETY: fcntl on an fd we own. F_SETOWN 0: a lease break
+            // would otherwise send SIGIO to this process, whose default
+            // action would end the whole test binary.
+            let (lease, owner) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK),
+                    libc::fcntl(fd, libc::F_SETOWN, 0),
+                )
+            };
+            assert_eq!(
+                lease,
+                0,
+                "take a write lease on {} (file leases needed by this test): {}",
+                path.display(),
+                io::Error::last_os_error()
+            );
+            assert_eq!(owner, 0, "F_SETOWN: {}", io::Error::last_os_error());
+            Lease { file, child: None }
+        }
+
+        fn release(&self) {
+            // SAFETY: fcntl on an fd we own. F_UNLCK, not close: the forked
+            // child shares this open file (CLOEXEC closes it only once its
+            // exec succeeds), so closing our fd would not end the lease.
+            let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+            assert_eq!(r, 0, "release lease: {}", io::Error::last_os_error());
+        }
+    }
+
+    impl Drop for Lease {
+        fn drop(&mut self) {
+            // SAFETY: as in `release`.
+            unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+            if let Some(pid) = self.child.take() {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+        }
+    }
+
+    /// An exec that blocks in the kernel does not hold `spawn` beyond its
+    /// bound; the child counts as started, and its later exec failure is
+    /// exit status 127 (not death by SIGPIPE on the closed status pipe).
+    #[test]
+    fn stalled_exec_is_bounded() {
+        let dir = TempDir::new("stall");
+        let program = dir.not_a_program();
+        let mut plan = plan(program.as_os_str(), 0);
+        let mut lease = Lease::take(&program);
+        // Enough listeners that the range 3.. covers the parent's read end
+        // of the status pipe (the lowest free fd when it was made): dup2
+        // closes the child's copy, so once the parent gives up, the child's
+        // report meets a pipe without readers, EPIPE rather than SIGPIPE.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let listeners = vec![null.as_fd(); 200];
+        let bound = Duration::from_millis(300);
+        let start = Instant::now();
+        let pid =
+            spawn_within(&mut plan, &listeners, bound).expect("a stalled exec counts as started");
+        let waited = start.elapsed();
+        lease.child = Some(pid);
+        assert!(
+            waited >= bound,
+            "returned after {waited:?}, before the bound"
+        );
+        // Far below the kernel's lease-break time (45 s by default), after
+        // which the exec would go on by itself.
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+        assert_eq!(
+            waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap(),
+            WaitStatus::StillAlive,
+            "the child is still in execve"
+        );
+
+        lease.release();
+        let status = wait_until(Duration::from_secs(10), || {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap() {
+                WaitStatus::StillAlive => None,
+                s => Some(s),
+            }
+        })
+        .expect("child exits once its exec can go on");
+        lease.child = None;
+        assert_eq!(status, WaitStatus::Exited(pid, 127));
+    }
 
     #[test]
     fn decimal_slot() {
