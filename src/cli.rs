@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use crate::compat::Compat;
 use crate::listen::Spec;
 use crate::machine::{ReadyMode, RestartPolicy};
+use crate::probe::Check;
 
 const AFTER_HELP: &str = "\
 Each generation of CMD gets the listeners as fds 3, 4, ... in --listen order,
@@ -19,7 +20,8 @@ SUPERVISOR_GENERATION set, as systemd socket activation does.
 
 Signals:
   SIGHUP                   reload: start a new generation; once it is ready,
-                           stop the old one (which then drains)
+                           send new connections to it, then stop the old
+                           one (which then drains)
   SIGTERM, SIGINT, SIGQUIT stop: send the stop signal to every generation,
                            wait for them to exit; a second one kills them now
 
@@ -104,10 +106,53 @@ pub struct Args {
     pub backlog: Option<i32>,
 
     /// How a generation proves it is ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET; recommended) or `delay:DUR` (alive for DUR, or
-    /// READY=1 earlier).
+    /// NOTIFY_SOCKET; recommended), `tcp` (it accepts a probe connection),
+    /// `http:PATH` (it answers GET PATH with 2xx or 3xx), or `delay:DUR`
+    /// (alive for DUR, or READY=1 earlier). `tcp` and `http:` need a TCP
+    /// listener in steer mode.
     #[arg(long, value_name = "MODE", default_value = "delay:1s", value_parser = parse_ready)]
-    pub ready: ReadyMode,
+    pub ready: Ready,
+
+    /// How listeners are handed to the generations: `steer` (each
+    /// generation gets its own socket in a reuseport group; new connections
+    /// go only to the serving one) or `shared` (every generation gets the
+    /// same socket). Unix sockets, and sockets that cannot be joined, are
+    /// always shared.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "steer")]
+    pub handoff: Handoff,
+
+    /// Steer mode: once a new generation serves, the old one is stopped
+    /// only after its own queue has been empty for DUR, so that every
+    /// connection it accepted has had its request read.
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration)]
+    pub quiesce: Duration,
+
+    /// Steer mode: stop an old generation whose queue is not empty after
+    /// DUR anyway (the log says how many connections were still queued).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub quiesce_timeout: Duration,
+
+    /// Do not set TCP_NODELAY on TCP listeners (by default it is set, as
+    /// nginx, Go and Node do; accepted connections inherit it).
+    #[arg(long)]
+    pub no_tcp_nodelay: bool,
+
+    /// Set SO_KEEPALIVE on TCP listeners (accepted connections inherit it).
+    #[arg(long)]
+    pub tcp_keepalive: bool,
+
+    /// TCP_DEFER_ACCEPT: wake the server only once a connection has data,
+    /// waiting at most DUR (whole seconds).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub defer_accept: Option<Duration>,
+
+    /// SO_RCVBUF of the listeners, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub rcvbuf: Option<usize>,
+
+    /// SO_SNDBUF of the listeners, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub sndbuf: Option<usize>,
 
     /// How long a new generation may take to become ready before it is
     /// stopped and the reload counts as failed.
@@ -145,6 +190,38 @@ pub struct Args {
     /// The server command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `--handoff` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Handoff {
+    /// A socket per generation, new connections routed to the serving one.
+    Steer,
+    /// The same socket for every generation.
+    Shared,
+}
+
+/// `--ready` values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// As the machine sees it (notify, delay).
+    Machine(ReadyMode),
+    /// A probe by the supervisor.
+    Probe(Check),
+}
+
+impl Ready {
+    /// The mode as the user wrote it (for status).
+    pub fn describe(&self) -> String {
+        match self {
+            Ready::Machine(ReadyMode::Notify) => "notify".into(),
+            Ready::Machine(ReadyMode::Delay(d)) => {
+                format!("delay:{}", supervisor::duration::human(*d))
+            }
+            Ready::Machine(ReadyMode::Probe) => "probe".into(),
+            Ready::Probe(c) => c.describe(),
+        }
+    }
 }
 
 /// `--restart` values.
@@ -198,15 +275,26 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     Ok(sig)
 }
 
-/// Parse `notify` or `delay:DUR`.
-pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR`.
+pub fn parse_ready(s: &str) -> Result<Ready, String> {
     if s == "notify" {
-        return Ok(ReadyMode::Notify);
+        return Ok(Ready::Machine(ReadyMode::Notify));
+    }
+    if s == "tcp" {
+        return Ok(Ready::Probe(Check::Tcp));
+    }
+    if let Some(path) = s.strip_prefix("http:") {
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!(
+                "'{s}': the path must start with '/' and hold no spaces or control characters"
+            ));
+        }
+        return Ok(Ready::Probe(Check::Http(path.to_string())));
     }
     match s.strip_prefix("delay:") {
-        Some(d) => parse_duration(d).map(ReadyMode::Delay),
+        Some(d) => parse_duration(d).map(|d| Ready::Machine(ReadyMode::Delay(d))),
         None => Err(format!(
-            "'{s}' is not a ready mode (use notify or delay:DUR)"
+            "'{s}' is not a ready mode (use notify, tcp, http:PATH or delay:DUR)"
         )),
     }
 }
@@ -275,11 +363,18 @@ mod tests {
 
     #[test]
     fn ready_modes() {
-        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(parse_ready("notify"), Ok(Ready::Machine(ReadyMode::Notify)));
         assert_eq!(
             parse_ready("delay:250ms"),
-            Ok(ReadyMode::Delay(Duration::from_millis(250)))
+            Ok(Ready::Machine(ReadyMode::Delay(Duration::from_millis(250))))
         );
+        assert_eq!(parse_ready("tcp"), Ok(Ready::Probe(Check::Tcp)));
+        assert_eq!(
+            parse_ready("http:/health"),
+            Ok(Ready::Probe(Check::Http("/health".into())))
+        );
+        assert!(parse_ready("http:health").is_err());
+        assert!(parse_ready("http:/a b").is_err());
         assert!(parse_ready("soon").is_err());
     }
 

@@ -75,6 +75,26 @@ impl Compat {
     }
 }
 
+/// Refuse listeners that Server::Starter's variable cannot name (a key
+/// holding `=` or `;`), when its variables were asked for.
+///
+/// # Errors
+/// The first such listener, named.
+pub fn check_keys(compat: &Compat, listeners: &[crate::listen::Listener]) -> anyhow::Result<()> {
+    if compat.has(Launcher::ServerStarter)
+        && let Some(l) = listeners
+            .iter()
+            .find(|l| l.starter_key.contains(['=', ';']))
+    {
+        anyhow::bail!(
+            "--compat server-starter: listener {} cannot be named in SERVER_STARTER_PORT (its key {:?} holds '=' or ';')",
+            l.bound,
+            l.starter_key
+        );
+    }
+    Ok(())
+}
+
 /// Variables of the supervisor's own environment that describe its own
 /// launcher and are therefore never passed to children.
 pub fn is_launcher_variable(name: &str) -> bool {

@@ -425,3 +425,278 @@ mod tests {
         );
     }
 }
+
+/// A control connection's id, for answering it later.
+pub type ConnId = u64;
+
+/// What the control server asks the driver to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// Start a reload and answer `ConnId` with its outcome
+    /// ([`ControlServer::answer`]).
+    Reload(ConnId, i32),
+    /// Stop; answer `ConnId` when about to exit
+    /// ([`ControlServer::answer_stop`]).
+    Stop(ConnId, i32),
+    /// Answer `ConnId` at once with the status ([`ControlServer::answer`]).
+    Status(ConnId),
+}
+
+/// Connections waiting for an outcome (reload or stop) beyond this number
+/// are refused; they are counted apart from [`MAX_CONNECTIONS`], so that
+/// clients waiting for a slow start never make `status` answer busy.
+pub const MAX_WAITERS: usize = 1024;
+
+/// What a poll entry of the control server watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The listening socket.
+    Accept,
+    /// One connection.
+    Conn(ConnId),
+}
+
+/// The control socket and its connections: accepting (with the peer
+/// check), reading requests, holding waiting requesters, writing answers,
+/// and every deadline of theirs. It never acts on a request: it turns them
+/// into [`ControlEvent`]s for the driver.
+pub struct ControlServer {
+    /// The listening socket (its file is removed when dropped).
+    listener: crate::listen::Listener,
+    conns: std::collections::BTreeMap<ConnId, Conn>,
+    next: ConnId,
+    /// Accepting is paused until then (out of file descriptors: the
+    /// pending connection would otherwise wake the loop at once, forever).
+    accept_paused: Option<Instant>,
+    /// Accepting failed and was logged; cleared by the next success.
+    accept_failing: bool,
+    /// Connections waiting for the supervisor to exit.
+    stop_waiters: Vec<ConnId>,
+}
+
+impl ControlServer {
+    /// Serve on a bound, non-blocking control socket.
+    pub fn new(listener: crate::listen::Listener) -> ControlServer {
+        ControlServer {
+            listener,
+            conns: std::collections::BTreeMap::new(),
+            next: 0,
+            accept_paused: None,
+            accept_failing: false,
+            stop_waiters: Vec::new(),
+        }
+    }
+
+    /// The fds to poll, with what each waits for (`true`: input).
+    pub fn interest(&self) -> Vec<(Watch, BorrowedFd<'_>, bool)> {
+        let mut out = Vec::new();
+        if self.accept_paused.is_none() {
+            out.push((Watch::Accept, self.listener.fd(), true));
+        }
+        for (id, c) in &self.conns {
+            if let Some((fd, input)) = c.interest() {
+                out.push((Watch::Conn(*id), fd, input));
+            }
+        }
+        out
+    }
+
+    /// The next time [`ControlServer::on_timeout`] must run.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| c.deadline)
+            .chain(self.accept_paused)
+            .min()
+    }
+
+    /// A watched fd is ready.
+    pub fn on_ready(&mut self, w: Watch, now: Instant) -> Vec<ControlEvent> {
+        match w {
+            Watch::Accept => {
+                self.accept(now);
+                Vec::new()
+            }
+            Watch::Conn(id) => self.serve(id, now).into_iter().collect(),
+        }
+    }
+
+    /// Deadlines: resume accepting, close connections that sent no request
+    /// or took no answer in time.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.accept_paused.is_some_and(|t| t <= now) {
+            self.accept_paused = None;
+        }
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(mut conn) = self.conns.remove(&id)
+                && let Stage::Reading(_) = conn.stage
+            {
+                let why = format!(
+                    "no request within {}",
+                    supervisor::duration::human(REQUEST_TIMEOUT)
+                );
+                log::debug!("control connection from pid {}: {why}: closed", conn.pid);
+                conn.reply(answer(false, &why), now);
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Answer connection `id` (a status, or a reload's outcome) and close
+    /// it once the answer is taken.
+    pub fn answer(&mut self, id: ConnId, ok: bool, text: &str, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.reply(answer(ok, text), now);
+            if conn.write() {
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Tell the `stop` clients that the supervisor exits now. Their
+    /// connections stay open until the server is dropped on the way out,
+    /// after the control socket file is removed: EOF then means "gone".
+    pub fn answer_stop(&mut self, code: i32, now: Instant) {
+        let line = answer(true, &format!("exit status {code}"));
+        for id in std::mem::take(&mut self.stop_waiters) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.reply(line.clone(), now);
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Connections in their one exchange (not waiting for an outcome).
+    fn busy(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| !matches!(c.stage, Stage::Waiting))
+            .count()
+    }
+
+    /// Accept every waiting connection; refuse other users' and any beyond
+    /// the limits.
+    fn accept(&mut self, now: Instant) {
+        use nix::sys::socket::{SockFlag, accept4, getsockopt, sockopt::PeerCredentials};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        for _ in 0..MAX_CONNECTIONS {
+            let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+            let raw = match accept4(self.listener.fd().as_raw_fd(), flags) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ECONNABORTED) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    // EMFILE and the like: leave the queue alone for a
+                    // moment rather than spin on it (and say so once).
+                    if self.accept_failing {
+                        log::debug!("accept on the control socket: {e}; retrying in 100ms");
+                    } else {
+                        log::warn!("accept on the control socket: {e}; retrying every 100ms");
+                        self.accept_failing = true;
+                    }
+                    self.accept_paused = Some(now + Duration::from_millis(100));
+                    return;
+                }
+            };
+            if self.accept_failing {
+                log::info!("accepting on the control socket again");
+                self.accept_failing = false;
+            }
+            // SAFETY: accept4 just returned this new descriptor; nothing
+            // else owns it.
+            let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+            let (pid, uid) = match getsockopt(&stream, PeerCredentials) {
+                Ok(c) => (c.pid(), c.uid()),
+                Err(e) => {
+                    log::warn!("control connection without credentials ({e}): closed");
+                    continue;
+                }
+            };
+            let me = nix::unistd::geteuid().as_raw();
+            let mut conn = Conn::new(stream, pid, now);
+            if uid != 0 && uid != me {
+                log::warn!(
+                    "refused a control connection from pid {pid} (uid {uid}): only root and uid {me} may control this supervisor"
+                );
+                let why = format!("permission denied: uid {uid} may not control this supervisor");
+                conn.reply(answer(false, &why), now);
+                let _ = conn.write();
+                continue;
+            }
+            if self.busy() >= MAX_CONNECTIONS {
+                log::warn!(
+                    "refused a control connection from pid {pid}: {MAX_CONNECTIONS} already open"
+                );
+                conn.reply(answer(false, "busy: too many control connections"), now);
+                let _ = conn.write();
+                continue;
+            }
+            self.next += 1;
+            self.conns.insert(self.next, conn);
+        }
+    }
+
+    /// A connection is readable or writable.
+    fn serve(&mut self, id: ConnId, now: Instant) -> Option<ControlEvent> {
+        let conn = self.conns.get_mut(&id)?;
+        match conn.stage {
+            Stage::Writing(..) => {
+                if conn.write() {
+                    self.conns.remove(&id);
+                }
+                None
+            }
+            Stage::Reading(_) => match conn.read() {
+                ReadStep::Pending => None,
+                ReadStep::Gone => {
+                    self.conns.remove(&id);
+                    None
+                }
+                ReadStep::Request(r) => self.request(id, r, now),
+            },
+            Stage::Waiting => None,
+        }
+    }
+
+    fn request(
+        &mut self,
+        id: ConnId,
+        request: Result<Request, String>,
+        now: Instant,
+    ) -> Option<ControlEvent> {
+        let waiting = self.conns.len() - self.busy();
+        let conn = self.conns.get_mut(&id)?;
+        let pid = conn.pid;
+        match request {
+            Err(why) => {
+                log::warn!("control connection from pid {pid}: {why}");
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(Request::Status) => Some(ControlEvent::Status(id)),
+            Ok(Request::Reload | Request::Stop) if waiting >= MAX_WAITERS => {
+                let why = format!("busy: {MAX_WAITERS} requests already wait for an outcome");
+                log::warn!("control connection from pid {pid}: {why}");
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(Request::Reload) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Reload(id, pid))
+            }
+            Ok(Request::Stop) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                self.stop_waiters.push(id);
+                Some(ControlEvent::Stop(id, pid))
+            }
+        }
+    }
+}

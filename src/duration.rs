@@ -41,7 +41,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use us, ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use us, ms, s, m or h)"
+            ));
+        }
     };
     match Duration::try_from_secs_f64(value * scale) {
         Ok(d) if d <= MAX => Ok(d),

@@ -50,6 +50,9 @@ pub struct Spec {
     pub addr: Addr,
     /// The address as the user wrote it.
     pub text: String,
+    /// No name was given and the port is 0: the name is made from the
+    /// address once bound, so it shows the port the kernel chose.
+    pub name_from_address: bool,
 }
 
 const FORMS: &str = "expected [NAME=]ADDR with ADDR one of HOST:PORT, [IPV6]:PORT, :PORT, udp:HOST:PORT, unix:/PATH";
@@ -86,7 +89,13 @@ impl FromStr for Spec {
                 n
             }
         };
+        let port_zero = match &addr {
+            Addr::Tcp(a) | Addr::Udp(a) => a.port() == 0,
+            Addr::TcpAll(p) | Addr::UdpAll(p) => *p == 0,
+            _ => false,
+        };
         Ok(Spec {
+            name_from_address: port_zero && !s.contains('='),
             name,
             addr,
             text: text.to_string(),
@@ -123,8 +132,15 @@ fn parse_addr(text: &str) -> Result<Addr, String> {
     }
 }
 
-/// `HOST:PORT`, `[V6]:PORT` or `:PORT` (host `None`).
+/// `HOST:PORT`, `[V6]:PORT`, `:PORT` or a bare `PORT` (host `None`, as
+/// systemd's `ListenStream=8080` means every address).
 fn host_port(s: &str) -> Result<(Option<IpAddr>, u16), String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let port = s
+            .parse()
+            .map_err(|_| format!("port '{s}' is not a number from 0 to 65535"))?;
+        return Ok((None, port));
+    }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(FORMS.into());
     };
@@ -177,7 +193,8 @@ pub struct Listener {
     /// Handed to the supervisor by its launcher (socket activation), not
     /// bound by it.
     pub inherited: bool,
-    fd: OwnedFd,
+    /// The socket; taken by steering for a listener it steers.
+    fd: Option<OwnedFd>,
     /// Unix socket file we created: (path, device, inode), for cleanup.
     created: Option<(PathBuf, u64, u64)>,
     /// For a Unix socket path: the lock on `PATH.lock`, held for our life,
@@ -187,9 +204,100 @@ pub struct Listener {
 
 impl Listener {
     /// The socket.
+    ///
+    /// # Panics
+    /// After [`Listener::take_fd`]: steering owns the socket then.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
+            .as_ref()
+            .expect("the listener's socket was taken")
+            .as_fd()
     }
+
+    /// Hand the socket to its new owner (steering); the listener keeps its
+    /// name, address and Unix socket file.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
+    }
+}
+
+/// Socket options for the listeners the supervisor binds (accepted TCP
+/// connections inherit them from the listener).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY` (default on, as nginx, Go and Node set it).
+    pub nodelay: bool,
+    /// `SO_KEEPALIVE` on accepted connections.
+    pub keepalive: bool,
+    /// `TCP_DEFER_ACCEPT`, in seconds (0: off).
+    pub defer_accept: u32,
+    /// `SO_RCVBUF`, in bytes.
+    pub rcvbuf: Option<usize>,
+    /// `SO_SNDBUF`, in bytes.
+    pub sndbuf: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> SocketOptions {
+        SocketOptions {
+            nodelay: true,
+            keepalive: false,
+            defer_accept: 0,
+            rcvbuf: None,
+            sndbuf: None,
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Set these options on a socket before it is bound.
+    ///
+    /// # Errors
+    /// The kernel refuses one; the message names it.
+    pub fn apply(&self, fd: BorrowedFd<'_>, stream: bool) -> Result<()> {
+        if stream {
+            setsockopt(&fd, sockopt::TcpNoDelay, &self.nodelay).context("TCP_NODELAY")?;
+            if self.keepalive {
+                setsockopt(&fd, sockopt::KeepAlive, &true).context("SO_KEEPALIVE")?;
+            }
+            if self.defer_accept > 0 {
+                let secs = libc::c_int::try_from(self.defer_accept).unwrap_or(libc::c_int::MAX);
+                // SAFETY: the option value is one c_int that lives across
+                // the call; its size is passed.
+                let r = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_DEFER_ACCEPT,
+                        (&raw const secs).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if r != 0 {
+                    return Err(Errno::last()).context("TCP_DEFER_ACCEPT");
+                }
+            }
+        }
+        if let Some(n) = self.rcvbuf {
+            setsockopt(&fd, sockopt::RcvBuf, &n).context("SO_RCVBUF")?;
+        }
+        if let Some(n) = self.sndbuf {
+            setsockopt(&fd, sockopt::SndBuf, &n).context("SO_SNDBUF")?;
+        }
+        Ok(())
+    }
+}
+
+/// How the supervisor binds the listeners of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct BindOptions {
+    /// The listen backlog.
+    pub backlog: Backlog,
+    /// Set `SO_REUSEPORT` on TCP and UDP sockets (steer mode), after
+    /// making sure nobody else holds the address.
+    pub reuseport: bool,
+    /// Socket options.
+    pub socket: SocketOptions,
 }
 
 impl Drop for Listener {
@@ -208,10 +316,10 @@ impl Drop for Listener {
 ///
 /// # Errors
 /// The first spec that cannot be bound, naming its address and the reason.
-pub fn bind_all(specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
+pub fn bind_all(specs: &[Spec], opts: &BindOptions) -> Result<Vec<Listener>> {
     specs
         .iter()
-        .map(|s| bind_one(s, backlog).with_context(|| format!("bind {}", s.text)))
+        .map(|s| bind_one(s, opts).with_context(|| format!("bind {}", s.text)))
         .collect()
 }
 
@@ -223,14 +331,18 @@ pub fn bind_all(specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
 /// # Errors
 /// A name that is ambiguous or an address that disagrees with the socket
 /// of that name; a spec that cannot be bound.
-pub fn merge(inherited: Vec<Listener>, specs: &[Spec], backlog: Backlog) -> Result<Vec<Listener>> {
+pub fn merge(
+    inherited: Vec<Listener>,
+    specs: &[Spec],
+    opts: &BindOptions,
+) -> Result<Vec<Listener>> {
     let mut rest = Vec::new();
     for spec in specs {
         let same: Vec<&Listener> = inherited.iter().filter(|l| l.name == spec.name).collect();
         match same.as_slice() {
             [] => rest.push(spec.clone()),
             [l] => {
-                if !agrees(&spec.addr, &l.fd) {
+                if !agrees(&spec.addr, l.fd()) {
                     bail!(
                         "--listen {}={}: the socket handed to the supervisor as {:?} is bound to {}, not {}",
                         spec.name,
@@ -251,16 +363,16 @@ pub fn merge(inherited: Vec<Listener>, specs: &[Spec], backlog: Backlog) -> Resu
         }
     }
     let mut all = inherited;
-    all.extend(bind_all(&rest, backlog)?);
+    all.extend(bind_all(&rest, opts)?);
     Ok(all)
 }
 
 /// Whether a socket is what `addr` asks for (port 0 asks for any port).
-fn agrees(addr: &Addr, fd: &OwnedFd) -> bool {
+fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
     let Ok(bound) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
         return false;
     };
-    let Ok(ty) = nix::sys::socket::getsockopt(fd, sockopt::SockType) else {
+    let Ok(ty) = nix::sys::socket::getsockopt(&fd, sockopt::SockType) else {
         return false;
     };
     let inet = || -> Option<SocketAddr> {
@@ -431,14 +543,14 @@ fn adopt(fd: OwnedFd, raw: i32, name: String) -> Result<Listener> {
             );
         }
     }
-    let bound = describe(&fd).unwrap_or_else(|| format!("fd {raw}"));
+    let bound = describe(fd.as_fd()).unwrap_or_else(|| format!("fd {raw}"));
     let starter_key = inherited_starter_key(&bound);
     Ok(Listener {
         name,
         bound,
         starter_key,
         inherited: true,
-        fd,
+        fd: Some(fd),
         created: None,
         _lock: None,
     })
@@ -468,56 +580,68 @@ pub fn bind_control(path: &Path) -> Result<Listener> {
         name: "control".into(),
         addr: Addr::Unix(path.to_path_buf()),
         text: path.display().to_string(),
+        name_from_address: false,
     };
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = bind_one(&spec, Backlog::MAXALLOWABLE);
+    let opts = BindOptions {
+        backlog: Backlog::MAXALLOWABLE,
+        reuseport: false,
+        socket: SocketOptions::default(),
+    };
+    let bound = bind_one(&spec, &opts);
     nix::sys::stat::umask(old);
     let listener = bound?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .context("chmod 0600")?;
     // Accepting never blocks the loop.
     nix::fcntl::fcntl(
-        &listener.fd,
+        listener.fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )
     .context("make the control socket non-blocking")?;
     Ok(listener)
 }
 
-fn bind_one(spec: &Spec, backlog: Backlog) -> Result<Listener> {
+fn bind_one(spec: &Spec, opts: &BindOptions) -> Result<Listener> {
     let flags = SockFlag::SOCK_CLOEXEC;
+    let backlog = opts.backlog;
+    let fd = match &spec.addr {
+        Addr::Tcp(a) => bind_inet(*a, SockType::Stream, false, opts)?,
+        Addr::Udp(a) => bind_inet(*a, SockType::Datagram, false, opts)?,
+        Addr::TcpAll(port) => bind_all_addresses(*port, SockType::Stream, opts)?,
+        Addr::UdpAll(port) => bind_all_addresses(*port, SockType::Datagram, opts)?,
+        Addr::UnixAbstract(name) => {
+            // The kernel refuses a taken abstract name: no race here.
+            let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
+            bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
+            listen(&fd, backlog)?;
+            fd
+        }
+        Addr::Unix(_) => socket(AddressFamily::Unix, SockType::Stream, flags, None)?,
+    };
     let mut listener = Listener {
         name: spec.name.clone(),
         bound: String::new(),
         starter_key: String::new(),
         inherited: false,
-        fd: match &spec.addr {
-            Addr::Tcp(a) => bind_inet(*a, SockType::Stream, false, backlog)?,
-            Addr::Udp(a) => bind_inet(*a, SockType::Datagram, false, backlog)?,
-            Addr::TcpAll(port) => bind_all_addresses(*port, SockType::Stream, backlog)?,
-            Addr::UdpAll(port) => bind_all_addresses(*port, SockType::Datagram, backlog)?,
-            Addr::UnixAbstract(name) => {
-                // The kernel refuses a taken abstract name: no race here.
-                let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-                bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
-                listen(&fd, backlog)?;
-                fd
-            }
-            Addr::Unix(_) => socket(AddressFamily::Unix, SockType::Stream, flags, None)?,
-        },
+        fd: Some(fd),
         created: None,
         _lock: None,
     };
     if let Addr::Unix(path) = &spec.addr {
         listener._lock = Some(lock_path(path)?);
         remove_stale(path)?;
-        bind(listener.fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+        bind(listener.fd().as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
         // Recorded before anything else can fail, so that Drop removes it.
         let meta = std::fs::symlink_metadata(path)?;
         listener.created = Some((path.clone(), meta.dev(), meta.ino()));
-        listen(&listener.fd, backlog)?;
+        listen(&listener.fd(), backlog)?;
     }
-    listener.bound = describe(&listener.fd).unwrap_or_else(|| spec.addr.to_string());
+    listener.bound = describe(listener.fd()).unwrap_or_else(|| spec.addr.to_string());
+    if spec.name_from_address {
+        // A port-0 listener is named after the port it got.
+        listener.name = listener.bound.replace(':', "_");
+    }
     listener.starter_key = starter_key(spec, &listener.bound);
     Ok(listener)
 }
@@ -549,15 +673,15 @@ fn starter_key(spec: &Spec, bound: &str) -> String {
 }
 
 /// `[::]` dual-stack, or `0.0.0.0` on a host without IPv6.
-fn bind_all_addresses(port: u16, ty: SockType, backlog: Backlog) -> Result<OwnedFd> {
+fn bind_all_addresses(port: u16, ty: SockType, opts: &BindOptions) -> Result<OwnedFd> {
     let any6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-    match bind_inet(any6, ty, true, backlog) {
+    match bind_inet(any6, ty, true, opts) {
         Err(e)
             if e.downcast_ref::<Errno>()
                 .is_some_and(|e| matches!(e, Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL)) =>
         {
             let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-            bind_inet(any4, ty, false, backlog)
+            bind_inet(any4, ty, false, opts)
         }
         other => other,
     }
@@ -586,7 +710,29 @@ fn lock_path(path: &Path) -> Result<Flock<File>> {
     })
 }
 
-fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Result<OwnedFd> {
+fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, opts: &BindOptions) -> Result<OwnedFd> {
+    if opts.reuseport && addr.port() != 0 {
+        // With SO_REUSEPORT our bind would succeed next to another
+        // process's socket of the same user and join its group. A bind
+        // without it conflicts with any socket on the address, so a port
+        // in use is refused as plainly as without steering.
+        let plain = BindOptions {
+            reuseport: false,
+            ..*opts
+        };
+        drop(bind_inet_once(addr, ty, dual, &plain, false)?);
+    }
+    bind_inet_once(addr, ty, dual, opts, true)
+}
+
+fn bind_inet_once(
+    addr: SocketAddr,
+    ty: SockType,
+    dual: bool,
+    opts: &BindOptions,
+    listening: bool,
+) -> Result<OwnedFd> {
+    let backlog = opts.backlog;
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -602,6 +748,10 @@ fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Re
         // queue. Not for UDP, where it would let two binders share a port.
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     }
+    if opts.reuseport {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    opts.socket.apply(fd.as_fd(), ty == SockType::Stream)?;
     if family == AddressFamily::Inet6 {
         // "[::]:80" means IPv6 only (as Server::Starter does); ":80" means
         // every address, IPv4 included.
@@ -611,7 +761,7 @@ fn bind_inet(addr: SocketAddr, ty: SockType, dual: bool, backlog: Backlog) -> Re
         SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
         SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
     }
-    if ty == SockType::Stream {
+    if ty == SockType::Stream && listening {
         listen(&fd, backlog)?;
     }
     Ok(fd)
@@ -649,9 +799,9 @@ fn remove_stale(path: &Path) -> Result<()> {
     }
 }
 
-fn describe(fd: &OwnedFd) -> Option<String> {
+fn describe(fd: BorrowedFd<'_>) -> Option<String> {
     let addr: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
-    let ty: SockType = nix::sys::socket::getsockopt(fd, sockopt::SockType).ok()?;
+    let ty: SockType = nix::sys::socket::getsockopt(&fd, sockopt::SockType).ok()?;
     let udp = if ty == SockType::Datagram { "udp:" } else { "" };
     if let Some(a) = addr.as_sockaddr_in() {
         return Some(format!("{udp}{}", SocketAddr::from(*a)));
@@ -738,7 +888,8 @@ mod tests {
     #[test]
     fn rejects_with_a_reason() {
         for (input, want) in [
-            ("8080", "invalid address '8080': expected"),
+            ("80x", "invalid address '80x': expected"),
+            ("99999", "port '99999' is not a number"),
             ("127.0.0.1:http", "port 'http' is not a number"),
             ("127.0.0.1:70000", "port '70000' is not a number"),
             ("example.com:80", "'example.com' is not an IP address"),
@@ -751,5 +902,15 @@ mod tests {
             let e = spec(input).unwrap_err();
             assert!(e.contains(want), "{input}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bare_port_means_every_address() {
+        let s = spec("8080").unwrap();
+        assert_eq!(s.addr, Addr::TcpAll(8080));
+        assert_eq!(s.name, "8080");
+        assert!(!s.name_from_address);
+        assert!(spec("127.0.0.1:0").unwrap().name_from_address);
+        assert!(!spec("web=127.0.0.1:0").unwrap().name_from_address);
     }
 }

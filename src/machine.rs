@@ -7,9 +7,15 @@
 //! syscalls, reads no clock and knows no pids: time is an argument and
 //! children are [`Generation`]s. The driver executes the actions.
 //!
+//! In steer mode ([`Config::quiesce`]) a replaced generation is not stopped
+//! at once: new connections go to its successor ([`Action::Route`]) and it
+//! *quiesces* until the driver reports its own queue empty for a quiet
+//! period (or a bound passes), and only then gets its stop signal.
+//!
 //! Invariants, checked after every input:
 //! - at most one generation is starting and at most one is active; any number
-//!   may be draining;
+//!   may be quiescing or draining;
+//! - time never goes backwards between inputs;
 //! - an active generation is only ever stopped once a newer one is ready (or
 //!   the whole supervisor stops);
 //! - once stopping, nothing new is spawned.
@@ -62,6 +68,9 @@ pub enum ReadyMode {
     Notify,
     /// Alive for this long (or `READY=1`, whichever comes first).
     Delay(Duration),
+    /// A probe by the driver (or `READY=1`) says so; like `Notify`, the
+    /// ready timeout bounds it.
+    Probe,
 }
 
 /// What to do when the active generation exits on its own.
@@ -102,15 +111,23 @@ pub struct Config {
     pub backoff_max: Duration,
     /// A generation active at least this long resets the backoff.
     pub healthy_after: Duration,
+    /// Steer mode: quiesce replaced generations before stopping them.
+    /// `None` (shared mode): stop them as soon as their successor is ready.
+    pub quiesce: Option<Quiesce>,
 }
 
-/// Which signal the driver must send.
+/// How a replaced generation is retired in steer mode: it keeps running,
+/// with no new connection routed to it, until its own queue has been empty
+/// for `quiet` (so that every connection it accepted has been read and
+/// answered), or until `limit` has passed since the switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
-    /// The configured stop signal, to the child itself.
-    Stop,
-    /// SIGKILL, to the child's whole process group.
-    Kill,
+pub struct Quiesce {
+    /// How long the queue must stay empty.
+    pub quiet: Duration,
+    /// The longest a generation quiesces before it is stopped anyway.
+    pub limit: Duration,
+    /// How often the queue is measured while it is not empty.
+    pub poll: Duration,
 }
 
 /// Why a generation started.
@@ -157,9 +174,26 @@ pub enum ReloadOutcome {
         why: StartFailure,
         /// The generation still serving, if any.
         serving: Option<Generation>,
+        /// Whether the supervisor is stopping (why nothing serves).
+        stopping: bool,
     },
     /// The request was refused without starting anything.
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// Why a reload request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The supervisor is stopping.
+    Stopping,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Stopping => write!(f, "the supervisor is stopping"),
+        }
+    }
 }
 
 /// Something the driver should log (the machine's lifecycle events).
@@ -217,6 +251,23 @@ pub enum Event {
         status: ExitStatus,
         /// When it will be restarted, if it will.
         restart_in: Option<Duration>,
+        /// The generation starting at that moment, which takes over.
+        starting: Option<Generation>,
+    },
+    /// A replaced generation stops only once its queue is empty.
+    Quiescing {
+        /// The generation.
+        generation: Generation,
+    },
+    /// A quiescing generation's queue did not empty within the limit; it
+    /// is stopped anyway.
+    QuiesceTimedOut {
+        /// The generation.
+        generation: Generation,
+        /// Connections still in its queue at the last measurement.
+        queued: u64,
+        /// The limit.
+        after: Duration,
     },
     /// A reload was requested while a generation is starting.
     ReloadQueued {
@@ -235,8 +286,16 @@ pub enum Action {
     /// Fork and exec this generation; report failure as
     /// [`Input::SpawnFailed`].
     Spawn(Generation),
-    /// Signal this generation.
-    Signal(Generation, Signal),
+    /// Send this generation its stop signal.
+    Stop(Generation),
+    /// SIGKILL this generation's whole process group.
+    Kill(Generation),
+    /// Send new connections to this generation's sockets (steer mode; a
+    /// no-op for shared listeners).
+    Route(Generation),
+    /// Measure how many connections wait in this quiescing generation's
+    /// own queues; answer with [`Input::Queued`].
+    MeasureQueue(Generation),
     /// Log this event.
     Report(Event),
     /// Answer these reload requests.
@@ -258,6 +317,39 @@ pub enum Input {
     Reload(Ticket),
     /// Stop requested (SIGTERM, SIGINT); a second one forces.
     Stop,
+    /// The answer to [`Action::MeasureQueue`]: connections waiting.
+    Queued(Generation, u64),
+}
+
+/// How a generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ended {
+    /// It was reaped with this status.
+    Exited(ExitStatus),
+    /// It could not be spawned (no process ever existed).
+    SpawnFailed(String),
+}
+
+/// Which deadline of a generation passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// The ready timeout (or the ready delay).
+    Ready,
+    /// The drain timeout.
+    Drain,
+    /// A quiescing generation's next queue measurement.
+    Measure,
+}
+
+/// Whether, and how, the supervisor is stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    /// Not stopping.
+    No,
+    /// Stop signals sent; waiting for the drains.
+    Graceful,
+    /// A second stop request: everything was killed.
+    Forced,
 }
 
 #[derive(Debug)]
@@ -270,6 +362,15 @@ enum State {
     },
     Active {
         since: Instant,
+    },
+    Quiescing {
+        since: Instant,
+        /// When the queue is measured next.
+        check_at: Instant,
+        /// Since when the queue has been seen empty.
+        empty_since: Option<Instant>,
+        /// The last measurement.
+        queued: u64,
     },
     Draining {
         since: Instant,
@@ -290,8 +391,7 @@ pub struct Machine {
     restart_at: Option<Instant>,
     /// Consecutive failures since the last healthy run, for the backoff.
     failures: u32,
-    /// Stop state: `Some(forced)` once stopping.
-    stopping: Option<bool>,
+    stopping: Stopping,
     /// The generation whose exit status becomes the supervisor's.
     exit_with: Option<Generation>,
     /// The status the supervisor exits with, once known.
@@ -301,6 +401,8 @@ pub struct Machine {
     done: bool,
     /// Generations started by the crash policy so far.
     restarts: u64,
+    /// The latest time seen (time must never go backwards).
+    now: Instant,
     actions: VecDeque<Action>,
 }
 
@@ -311,6 +413,8 @@ pub enum Phase {
     Starting,
     /// Serving.
     Active,
+    /// Replaced; no new connections; waiting for its queue to empty.
+    Quiescing,
     /// Sent its stop signal; finishing its work.
     Draining,
 }
@@ -321,6 +425,7 @@ impl Phase {
         match self {
             Phase::Starting => "starting",
             Phase::Active => "active",
+            Phase::Quiescing => "quiescing",
             Phase::Draining => "draining",
         }
     }
@@ -336,12 +441,13 @@ impl Machine {
             queued: None,
             restart_at: None,
             failures: 0,
-            stopping: None,
+            stopping: Stopping::No,
             exit_with: None,
             exit_status: None,
             last_status: None,
             done: false,
             restarts: 0,
+            now,
             actions: VecDeque::new(),
         };
         m.spawn(now, Cause::Initial, Vec::new());
@@ -359,6 +465,7 @@ impl Machine {
         let timers = self.generations.values().filter_map(|s| match s {
             State::Starting { deadline, .. } => Some(*deadline),
             State::Draining { deadline, .. } => *deadline,
+            State::Quiescing { check_at, .. } => Some(*check_at),
             State::Active { .. } => None,
         });
         timers.chain(self.restart_at).min()
@@ -381,6 +488,7 @@ impl Machine {
             .map(|(g, s)| match s {
                 State::Starting { spawned, .. } => (*g, Phase::Starting, *spawned),
                 State::Active { since } => (*g, Phase::Active, *since),
+                State::Quiescing { since, .. } => (*g, Phase::Quiescing, *since),
                 State::Draining { since, .. } => (*g, Phase::Draining, *since),
             })
             .collect()
@@ -393,7 +501,29 @@ impl Machine {
 
     /// Whether a stop has begun.
     pub fn stopping(&self) -> bool {
-        self.stopping.is_some()
+        self.stopping != Stopping::No
+    }
+
+    /// Reload requests not answered yet (carried by the starting
+    /// generation or queued behind it).
+    pub fn pending_reloads(&self) -> usize {
+        let carried: usize = self
+            .generations
+            .values()
+            .map(|s| match s {
+                State::Starting { tickets, .. } => tickets.len(),
+                _ => 0,
+            })
+            .sum();
+        carried + self.queued.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Time must never go backwards: a driver bug, caught in debug builds;
+    /// in release builds an earlier time is treated as the latest seen.
+    fn tick(&mut self, now: Instant) -> Instant {
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+        self.now
     }
 
     /// Whether the machine has asked the driver to exit.
@@ -407,12 +537,14 @@ impl Machine {
         if self.done {
             return;
         }
+        let now = self.tick(now);
         match input {
             Input::Ready(g) => self.handle_ready(now, g),
-            Input::Exited(g, status) => self.handle_exit(now, g, Some(status), None),
-            Input::SpawnFailed(g, why) => self.handle_exit(now, g, None, Some(why)),
+            Input::Exited(g, status) => self.handle_exit(now, g, Ended::Exited(status)),
+            Input::SpawnFailed(g, why) => self.handle_exit(now, g, Ended::SpawnFailed(why)),
             Input::Reload(t) => self.handle_reload(now, t),
             Input::Stop => self.handle_stop(now),
+            Input::Queued(g, n) => self.handle_queued(now, g, n),
         }
         self.check();
     }
@@ -422,40 +554,50 @@ impl Machine {
         if self.done {
             return;
         }
-        let due: Vec<(Generation, bool)> = self
+        let now = self.tick(now);
+        let due: Vec<(Generation, Due)> = self
             .generations
             .iter()
             .filter_map(|(g, s)| match s {
-                State::Starting { deadline, .. } if *deadline <= now => Some((*g, true)),
+                State::Starting { deadline, .. } if *deadline <= now => Some((*g, Due::Ready)),
                 State::Draining {
                     deadline: Some(d), ..
-                } if *d <= now => Some((*g, false)),
+                } if *d <= now => Some((*g, Due::Drain)),
+                State::Quiescing { check_at, .. } if *check_at <= now => Some((*g, Due::Measure)),
                 _ => None,
             })
             .collect();
-        for (g, starting) in due {
-            if !starting {
-                // Re-check: an earlier entry of `due` may have changed it.
-                let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g) else {
-                    continue;
-                };
-                if deadline.take().is_none() {
-                    continue;
+        for (g, due) in due {
+            match due {
+                Due::Drain => {
+                    // Re-check: an earlier entry of `due` may have changed it.
+                    let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g)
+                    else {
+                        continue;
+                    };
+                    if deadline.take().is_none() {
+                        continue;
+                    }
+                    self.push(Action::Kill(g));
+                    self.report(Event::Killed {
+                        generation: g,
+                        after: self.cfg.drain_timeout,
+                    });
                 }
-                self.push(Action::Signal(g, Signal::Kill));
-                self.report(Event::Killed {
-                    generation: g,
-                    after: self.cfg.drain_timeout,
-                });
-            } else if let ReadyMode::Delay(_) = self.cfg.ready {
-                self.handle_ready(now, g);
-            } else {
-                self.fail_start(now, g, StartFailure::NotReady(self.cfg.ready_timeout), true);
+                Due::Ready => {
+                    if let ReadyMode::Delay(_) = self.cfg.ready {
+                        self.handle_ready(now, g);
+                    } else {
+                        let why = StartFailure::NotReady(self.cfg.ready_timeout);
+                        self.fail_start(now, g, why, true);
+                    }
+                }
+                Due::Measure => self.measure(now, g),
             }
         }
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
-            if self.stopping.is_none() && self.starting().is_none() {
+            if !self.stopping() && self.starting().is_none() {
                 let tickets = self.queued.take().unwrap_or_default();
                 let cause = if tickets.is_empty() {
                     self.restarts += 1;
@@ -488,13 +630,14 @@ impl Machine {
             self.failures = 0;
         }
         self.generations.insert(g, State::Active { since: now });
+        self.push(Action::Route(g));
         self.report(Event::Ready {
             generation: g,
             after,
             replaced,
         });
         if let Some(old) = replaced {
-            self.drain(now, old);
+            self.retire(now, old);
         }
         if !tickets.is_empty() {
             self.push(Action::Answer(
@@ -509,70 +652,128 @@ impl Machine {
         self.start_queued(now);
     }
 
-    fn handle_exit(
-        &mut self,
-        now: Instant,
-        g: Generation,
-        status: Option<ExitStatus>,
-        spawn_error: Option<String>,
-    ) {
+    fn handle_exit(&mut self, now: Instant, g: Generation, ended: Ended) {
         // A generation that could not be spawned counts as exit status 127,
         // as a shell reports a command it cannot run.
-        let status_or_127 = status.unwrap_or(ExitStatus::Code(127));
+        let status = match ended {
+            Ended::Exited(s) => s,
+            Ended::SpawnFailed(_) => ExitStatus::Code(127),
+        };
         if self.exit_with == Some(g) {
-            self.exit_status = Some(status_or_127);
+            self.exit_status = Some(status);
         }
         match self.generations.get(&g) {
             None => return,
             Some(State::Starting { .. }) => {
-                let why = match (status, spawn_error) {
-                    (_, Some(e)) => StartFailure::Spawn(e),
-                    (Some(s), None) => StartFailure::Exited(s),
-                    (None, None) => StartFailure::Exited(status_or_127),
+                let why = match ended {
+                    Ended::SpawnFailed(e) => StartFailure::Spawn(e),
+                    Ended::Exited(s) => StartFailure::Exited(s),
                 };
                 self.fail_start(now, g, why, false);
             }
             Some(State::Active { since }) => {
                 let since = *since;
                 self.generations.remove(&g);
-                self.last_status = Some(status_or_127);
+                self.last_status = Some(status);
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
                 }
-                let restart = self.cfg.restart.restarts(status_or_127);
+                let restart = self.cfg.restart.restarts(status);
+                let starting = self.starting();
                 // A generation already starting takes over by itself.
-                let restart_in = if restart && self.starting().is_none() {
+                let restart_in = if restart && starting.is_none() {
                     Some(self.schedule_restart(now))
                 } else {
                     None
                 };
                 self.report(Event::Crashed {
                     generation: g,
-                    status: status_or_127,
+                    status,
                     restart_in,
+                    starting,
                 });
-                if !restart && self.starting().is_none() {
-                    self.begin_stop(now, Some(status_or_127));
+                if !restart && starting.is_none() {
+                    self.begin_stop(now, Some(status));
                 }
             }
-            Some(State::Draining { since, .. }) => {
+            Some(State::Draining { since, .. } | State::Quiescing { since, .. }) => {
                 let since = *since;
                 self.generations.remove(&g);
                 self.report(Event::Drained {
                     generation: g,
                     after: now.saturating_duration_since(since),
-                    status: status_or_127,
+                    status,
                 });
             }
         }
         self.maybe_exit();
     }
 
+    /// A measurement of a quiescing generation's queue.
+    fn handle_queued(&mut self, now: Instant, g: Generation, n: u64) {
+        let Some(q) = self.cfg.quiesce else {
+            return;
+        };
+        let Some(State::Quiescing {
+            check_at,
+            empty_since,
+            queued,
+            ..
+        }) = self.generations.get_mut(&g)
+        else {
+            return;
+        };
+        *queued = n;
+        if n > 0 {
+            *empty_since = None;
+            *check_at = now + q.poll;
+            return;
+        }
+        let since = *empty_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= q.quiet {
+            self.drain(now, g);
+        } else {
+            // Measure again once the quiet period is over: a connection
+            // whose handshake was under way at the switch may still land.
+            *check_at = since + q.quiet;
+        }
+    }
+
+    /// A quiescing generation's measurement is due: ask for it, or stop
+    /// the generation if the limit has passed.
+    fn measure(&mut self, now: Instant, g: Generation) {
+        let Some(q) = self.cfg.quiesce else {
+            return;
+        };
+        let Some(State::Quiescing {
+            since,
+            check_at,
+            queued,
+            ..
+        }) = self.generations.get_mut(&g)
+        else {
+            return;
+        };
+        if now.saturating_duration_since(*since) >= q.limit {
+            let queued = *queued;
+            self.report(Event::QuiesceTimedOut {
+                generation: g,
+                queued,
+                after: q.limit,
+            });
+            self.drain(now, g);
+            return;
+        }
+        // Until the answer comes, the limit is the next deadline.
+        *check_at = *since + q.limit;
+        self.push(Action::MeasureQueue(g));
+    }
+
     fn handle_reload(&mut self, now: Instant, ticket: Ticket) {
-        if self.stopping.is_some() {
+        if self.stopping() {
             self.push(Action::Answer(
                 vec![ticket],
-                ReloadOutcome::Refused("the supervisor is stopping".into()),
+                ReloadOutcome::Refused(Refusal::Stopping),
             ));
         } else if let Some(starting) = self.starting() {
             self.queued.get_or_insert_with(Vec::new).push(ticket);
@@ -586,7 +787,7 @@ impl Machine {
 
     fn handle_stop(&mut self, now: Instant) {
         match self.stopping {
-            None => {
+            Stopping::No => {
                 // The exit status will be the serving generation's, else the
                 // starting one's, else that of the last one that ended.
                 let status = if self.active().is_some() || self.starting().is_some() {
@@ -596,32 +797,32 @@ impl Machine {
                 };
                 self.begin_stop(now, status);
             }
-            Some(false) => {
-                self.stopping = Some(true);
+            Stopping::Graceful => {
+                self.stopping = Stopping::Forced;
                 self.report(Event::ForcedStop);
                 let gens: Vec<Generation> = self.generations.keys().copied().collect();
                 for g in gens {
                     if let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g)
                         && deadline.take().is_some()
                     {
-                        self.actions.push_back(Action::Signal(g, Signal::Kill));
+                        self.actions.push_back(Action::Kill(g));
                     }
                 }
             }
-            Some(true) => {}
+            Stopping::Forced => {}
         }
     }
 
     /// Stop everything; exit with `status`, or with the active generation's
     /// status once it has exited.
     fn begin_stop(&mut self, now: Instant, status: Option<ExitStatus>) {
-        self.stopping = Some(false);
+        self.stopping = Stopping::Graceful;
         self.restart_at = None;
         self.report(Event::Stopping);
         if let Some(tickets) = self.queued.take() {
             self.push(Action::Answer(
                 tickets,
-                ReloadOutcome::Refused("the supervisor is stopping".into()),
+                ReloadOutcome::Refused(Refusal::Stopping),
             ));
         }
         match status {
@@ -634,7 +835,7 @@ impl Machine {
                 Some(State::Starting { .. }) => {
                     self.fail_start(now, g, StartFailure::Stopping, true);
                 }
-                Some(State::Active { .. }) => self.drain(now, g),
+                Some(State::Active { .. } | State::Quiescing { .. }) => self.drain(now, g),
                 _ => {}
             }
         }
@@ -642,7 +843,7 @@ impl Machine {
     }
 
     fn maybe_exit(&mut self) {
-        if self.stopping.is_some() && self.generations.is_empty() && !self.done {
+        if self.stopping() && self.generations.is_empty() && !self.done {
             self.done = true;
             let code = self.exit_status.map_or(0, ExitStatus::shell_code);
             self.push(Action::Exit(code));
@@ -659,14 +860,14 @@ impl Machine {
         let serving = self.active();
         let mut restart_in = None;
         let mut stop_with = None;
-        if self.stopping.is_none()
+        if !self.stopping()
             && cause == Cause::Initial
             && let StartFailure::Spawn(_) = why
         {
             // The command cannot even be executed (ENOEXEC, EACCES, a bad
             // interpreter...): retrying the first start would only loop.
             stop_with = Some(ExitStatus::Code(127));
-        } else if self.stopping.is_none() && serving.is_none() && self.queued.is_none() {
+        } else if !self.stopping() && serving.is_none() && self.queued.is_none() {
             // Nothing serves: the crash policy decides, as if the service
             // had exited.
             let status = match &why {
@@ -695,6 +896,7 @@ impl Machine {
                     generation: g,
                     why,
                     serving,
+                    stopping: self.stopping(),
                 },
             ));
         }
@@ -709,7 +911,7 @@ impl Machine {
     }
 
     fn start_queued(&mut self, now: Instant) {
-        if self.stopping.is_none()
+        if !self.stopping()
             && self.starting().is_none()
             && let Some(tickets) = self.queued.take()
         {
@@ -734,7 +936,7 @@ impl Machine {
         self.last += 1;
         let g = Generation(self.last);
         let wait = match self.cfg.ready {
-            ReadyMode::Notify => self.cfg.ready_timeout,
+            ReadyMode::Notify | ReadyMode::Probe => self.cfg.ready_timeout,
             ReadyMode::Delay(d) => d,
         };
         self.generations.insert(
@@ -749,6 +951,26 @@ impl Machine {
         self.push(Action::Spawn(g));
     }
 
+    /// A replaced generation: in steer mode it quiesces first (its queue
+    /// is measured at once), in shared mode it drains at once.
+    fn retire(&mut self, now: Instant, g: Generation) {
+        if self.cfg.quiesce.is_none() {
+            self.drain(now, g);
+            return;
+        }
+        self.generations.insert(
+            g,
+            State::Quiescing {
+                since: now,
+                check_at: now,
+                empty_since: None,
+                queued: 0,
+            },
+        );
+        self.report(Event::Quiescing { generation: g });
+        self.measure(now, g);
+    }
+
     /// Send the stop signal and start the drain clock.
     fn drain(&mut self, now: Instant, g: Generation) {
         self.generations.insert(
@@ -758,7 +980,7 @@ impl Machine {
                 deadline: Some(now + self.cfg.drain_timeout),
             },
         );
-        self.push(Action::Signal(g, Signal::Stop));
+        self.push(Action::Stop(g));
         self.report(Event::Draining { generation: g });
     }
 
@@ -778,7 +1000,7 @@ impl Machine {
         let count = |f: fn(&State) -> bool| self.generations.values().filter(|s| f(s)).count();
         debug_assert!(count(|s| matches!(s, State::Starting { .. })) <= 1);
         debug_assert!(count(|s| matches!(s, State::Active { .. })) <= 1);
-        if self.stopping.is_some() {
+        if self.stopping() {
             debug_assert!(count(|s| !matches!(s, State::Draining { .. })) == 0);
         }
     }
@@ -801,6 +1023,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(400),
             healthy_after: Duration::from_secs(10),
+            quiesce: None,
         }
     }
 
@@ -808,14 +1031,30 @@ mod tests {
         t0 + Duration::from_millis(n)
     }
 
+    /// The actions, less `Route` (a no-op in shared mode; the steer tests
+    /// below look at every action).
     fn actions(m: &mut Machine) -> Vec<Action> {
+        all_actions(m)
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Route(_)))
+            .collect()
+    }
+
+    fn all_actions(m: &mut Machine) -> Vec<Action> {
         std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Signal {
+        Stop,
+        Kill,
     }
 
     fn signals(acts: &[Action]) -> Vec<(Generation, Signal)> {
         acts.iter()
             .filter_map(|a| match a {
-                Action::Signal(g, s) => Some((*g, *s)),
+                Action::Stop(g) => Some((*g, Signal::Stop)),
+                Action::Kill(g) => Some((*g, Signal::Kill)),
                 _ => None,
             })
             .collect()
@@ -883,7 +1122,7 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Reload(7));
         assert_eq!(actions(&mut m), vec![Action::Spawn(G2)]);
-        m.handle_timeout(ms(t0, 4000));
+        m.handle_timeout(ms(t0, 350));
         assert!(
             actions(&mut m).is_empty(),
             "nothing happens to gen 1 while gen 2 starts"
@@ -903,7 +1142,7 @@ mod tests {
                     after: Duration::from_millis(300),
                     replaced: Some(G1)
                 }),
-                Action::Signal(G1, Signal::Stop),
+                Action::Stop(G1),
                 Action::Report(Event::Draining { generation: G1 }),
                 Action::Answer(vec![7], ready),
             ]
@@ -934,7 +1173,8 @@ mod tests {
             ReloadOutcome::Failed {
                 generation: G2,
                 why: StartFailure::Exited(ExitStatus::Code(1)),
-                serving: Some(G1)
+                serving: Some(G1),
+                stopping: false,
             }
         )));
         assert_eq!(m.active(), Some(G1));
@@ -962,7 +1202,8 @@ mod tests {
             ReloadOutcome::Failed {
                 generation: G2,
                 why: StartFailure::NotReady(Duration::from_secs(5)),
-                serving: Some(G1)
+                serving: Some(G1),
+                stopping: false,
             }
         )));
         // A late READY=1 from the failed generation changes nothing.
@@ -1183,7 +1424,8 @@ mod tests {
             ReloadOutcome::Failed {
                 generation: G2,
                 why: StartFailure::Stopping,
-                serving: None
+                serving: None,
+                stopping: true,
             }
         )));
         m.handle(ms(t0, 250), Input::Reload(2));
@@ -1252,5 +1494,159 @@ mod tests {
         );
         m.handle(ms(t0, 200), Input::Ready(G2));
         assert_eq!(m.active(), Some(G2));
+    }
+    fn steer_cfg() -> Config {
+        Config {
+            quiesce: Some(Quiesce {
+                quiet: Duration::from_millis(200),
+                limit: Duration::from_secs(2),
+                poll: Duration::from_millis(10),
+            }),
+            ..cfg(ReadyMode::Notify, RestartPolicy::OnFailure)
+        }
+    }
+
+    /// Steer mode, generation 2 just became ready over generation 1.
+    fn switched() -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(steer_cfg(), t0);
+        assert_eq!(all_actions(&mut m), vec![Action::Spawn(G1)]);
+        m.handle(ms(t0, 10), Input::Ready(G1));
+        let acts = all_actions(&mut m);
+        assert_eq!(acts[0], Action::Route(G1), "the first generation is routed");
+        m.handle(ms(t0, 100), Input::Reload(1));
+        assert_eq!(all_actions(&mut m), vec![Action::Spawn(G2)]);
+        m.handle(ms(t0, 150), Input::Ready(G2));
+        let acts = all_actions(&mut m);
+        assert_eq!(
+            acts[0],
+            Action::Route(G2),
+            "new connections go to gen 2 first"
+        );
+        assert!(
+            !acts.contains(&Action::Stop(G1)),
+            "gen 1 is not stopped at the switch: {acts:?}"
+        );
+        assert!(acts.contains(&Action::Report(Event::Quiescing { generation: G1 })));
+        assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
+        assert_eq!(m.phases()[0].1, Phase::Quiescing);
+        (m, t0)
+    }
+
+    #[test]
+    fn steer_a_starting_generation_is_never_routed() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(steer_cfg(), t0);
+        all_actions(&mut m);
+        m.handle(ms(t0, 10), Input::Ready(G1));
+        all_actions(&mut m);
+        m.handle(ms(t0, 20), Input::Reload(1));
+        m.handle(ms(t0, 30), Input::Exited(G2, ExitStatus::Code(1)));
+        let acts = all_actions(&mut m);
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Route(_))),
+            "a failed start is never routed: {acts:?}"
+        );
+        assert_eq!(m.active(), Some(G1));
+    }
+
+    #[test]
+    fn steer_the_old_generation_stops_once_its_queue_stays_empty() {
+        let (mut m, t0) = switched();
+        // Two connections still wait: measure again after the poll time.
+        m.handle(ms(t0, 150), Input::Queued(G1, 2));
+        assert_eq!(m.next_deadline(), Some(ms(t0, 160)));
+        m.handle_timeout(ms(t0, 160));
+        assert_eq!(all_actions(&mut m), vec![Action::MeasureQueue(G1)]);
+        // Empty: the quiet period starts; nothing is stopped yet.
+        m.handle(ms(t0, 160), Input::Queued(G1, 0));
+        assert!(all_actions(&mut m).is_empty());
+        assert_eq!(m.next_deadline(), Some(ms(t0, 360)));
+        m.handle_timeout(ms(t0, 360));
+        assert_eq!(all_actions(&mut m), vec![Action::MeasureQueue(G1)]);
+        // A late connection (a handshake under way at the switch) restarts
+        // the wait.
+        m.handle(ms(t0, 360), Input::Queued(G1, 1));
+        m.handle_timeout(ms(t0, 370));
+        assert_eq!(all_actions(&mut m), vec![Action::MeasureQueue(G1)]);
+        m.handle(ms(t0, 370), Input::Queued(G1, 0));
+        m.handle_timeout(ms(t0, 570));
+        assert_eq!(all_actions(&mut m), vec![Action::MeasureQueue(G1)]);
+        m.handle(ms(t0, 570), Input::Queued(G1, 0));
+        assert_eq!(
+            all_actions(&mut m),
+            vec![
+                Action::Stop(G1),
+                Action::Report(Event::Draining { generation: G1 })
+            ]
+        );
+    }
+
+    #[test]
+    fn steer_a_queue_that_never_empties_is_bounded() {
+        let (mut m, t0) = switched();
+        let mut now = 150;
+        loop {
+            m.handle(ms(t0, now), Input::Queued(G1, 3));
+            now = m
+                .next_deadline()
+                .map(|d| d.duration_since(t0).as_millis() as u64)
+                .unwrap();
+            m.handle_timeout(ms(t0, now));
+            let acts = all_actions(&mut m);
+            if acts.contains(&Action::Stop(G1)) {
+                assert!(acts.contains(&Action::Report(Event::QuiesceTimedOut {
+                    generation: G1,
+                    queued: 3,
+                    after: Duration::from_secs(2),
+                })));
+                break;
+            }
+            assert_eq!(acts, vec![Action::MeasureQueue(G1)]);
+            assert!(now <= 2150, "bounded by the limit");
+        }
+        assert_eq!(now, 2150);
+    }
+
+    #[test]
+    fn steer_a_quiescing_generation_that_exits_counts_as_drained() {
+        let (mut m, t0) = switched();
+        m.handle(ms(t0, 200), Input::Exited(G1, ExitStatus::Code(0)));
+        assert!(matches!(
+            all_actions(&mut m)[..],
+            [Action::Report(Event::Drained { generation: G1, .. })]
+        ));
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn steer_stop_stops_quiescing_generations_at_once() {
+        let (mut m, t0) = switched();
+        m.handle(ms(t0, 200), Input::Stop);
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Stop(G1)), "{acts:?}");
+        assert!(acts.contains(&Action::Stop(G2)), "{acts:?}");
+    }
+
+    #[test]
+    fn pending_reloads_are_counted_by_the_machine() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        assert_eq!(m.pending_reloads(), 0);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        m.handle(ms(t0, 110), Input::Reload(2));
+        m.handle(ms(t0, 120), Input::Reload(3));
+        assert_eq!(m.pending_reloads(), 3);
+        m.handle(ms(t0, 130), Input::Ready(G2));
+        assert_eq!(m.pending_reloads(), 2, "the queued ones ride on gen 3");
+        m.handle(ms(t0, 140), Input::Ready(G3));
+        assert_eq!(m.pending_reloads(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "time went backwards")]
+    fn time_never_goes_backwards() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        m.handle(ms(t0, 50), Input::Stop);
     }
 }

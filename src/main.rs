@@ -8,15 +8,21 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod children;
 mod cli;
 mod client;
 mod compat;
 mod control;
 mod driver;
+mod environ;
 mod listen;
 mod machine;
+mod manager;
 mod notify;
+mod probe;
+mod report;
 mod spawn;
+mod steer;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,11 +74,34 @@ fn run(args: cli::Args) -> Result<i32> {
         }
         return Err(e);
     }
+    let compat = compat::Compat::merge(&args.compat);
     let backlog = match args.backlog {
         Some(n) => Backlog::new(n).context("--backlog")?,
         None => Backlog::MAXALLOWABLE,
     };
-    let listeners = listen::merge(inherited, &args.listen, backlog)?;
+    let steer = args.handoff == cli::Handoff::Steer;
+    if !steer && matches!(args.ready, cli::Ready::Probe(_)) {
+        anyhow::bail!(
+            "--ready {} needs --handoff steer (a probe must reach the new generation alone)",
+            args.ready.describe()
+        );
+    }
+    let socket = listen::SocketOptions {
+        nodelay: !args.no_tcp_nodelay,
+        keepalive: args.tcp_keepalive,
+        defer_accept: args
+            .defer_accept
+            .map_or(0, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
+        rcvbuf: args.rcvbuf,
+        sndbuf: args.sndbuf,
+    };
+    let bind = listen::BindOptions {
+        backlog,
+        reuseport: steer,
+        socket,
+    };
+    let listeners = listen::merge(inherited, &args.listen, &bind)?;
+    compat::check_keys(&compat, &listeners)?;
     let control_path = match &args.control {
         Some(p) => p.clone(),
         None => {
@@ -93,83 +122,81 @@ fn run(args: cli::Args) -> Result<i32> {
     })?;
     // Orphans of our children are reparented to us, so we reap them too.
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
-    let cfg = Config {
-        ready: args.ready,
-        ready_timeout: args.ready_timeout,
-        drain_timeout: args.drain_timeout,
-        restart: args.restart.into(),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(10),
-        healthy_after: Duration::from_secs(10),
-    };
-    let compat = compat::Compat::merge(&args.compat);
-    if compat.has(compat::Launcher::ServerStarter)
-        && let Some(l) = listeners
-            .iter()
-            .find(|l| l.starter_key.contains(['=', ';']))
-    {
-        anyhow::bail!(
-            "--compat server-starter: listener {} cannot be named in SERVER_STARTER_PORT (its key {:?} holds '=' or ';')",
-            l.bound,
-            l.starter_key
-        );
-    }
-    for (i, l) in listeners.iter().enumerate() {
+    let steering = steer::Steering::new(listeners, steer, backlog, socket);
+    for (i, (l, mode)) in steering.listeners().enumerate() {
         let from = if l.inherited {
             ", handed over by the service manager"
         } else {
             ""
         };
         log::info!(
-            "listening on {} as {:?} (fd {} in children){from}",
+            "listening on {} as {:?} (fd {} in children, {}){from}",
             l.bound,
             l.name,
-            supervisor::child::LISTEN_FDS_START + i as i32
+            supervisor::child::LISTEN_FDS_START + i as i32,
+            mode.as_str()
         );
+        if let (true, steer::Mode::Shared(why)) = (steer, mode) {
+            log::info!("listener {:?} is shared by every generation: {why}", l.name);
+        }
     }
+    let (ready, prober) = match &args.ready {
+        cli::Ready::Machine(m) => (*m, None),
+        cli::Ready::Probe(check) => {
+            if steering.probe_target(machine::Generation(0)).is_none()
+                && !steering
+                    .listeners()
+                    .any(|(l, m)| *m == steer::Mode::Steer && !l.bound.starts_with("udp:"))
+            {
+                anyhow::bail!(
+                    "--ready {}: no TCP listener can be steered to probe (Unix and UDP listeners, and sockets handed over without SO_REUSEPORT, cannot)",
+                    check.describe()
+                );
+            }
+            (
+                machine::ReadyMode::Probe,
+                Some(probe::Prober::new(check.clone())),
+            )
+        }
+    };
+    let cfg = Config {
+        ready,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+        restart: args.restart.into(),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(10),
+        healthy_after: Duration::from_secs(10),
+        quiesce: steering.any_steered().then_some(machine::Quiesce {
+            quiet: args.quiesce,
+            limit: args.quiesce_timeout,
+            poll: Duration::from_millis(10),
+        }),
+    };
     log::info!("control socket {}", control_path.display());
-    let manager = notify::Manager::from_env();
     if !compat.0.is_empty() {
         let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
     }
     let settings = driver::Settings {
-        command: args.command,
-        stop_signal: args.stop_signal,
-        compat,
         control_path,
-        ready: match args.ready {
-            machine::ReadyMode::Notify => "notify".to_string(),
-            machine::ReadyMode::Delay(d) => format!("delay:{}", supervisor::duration::human(d)),
-        },
+        ready: args.ready.describe(),
         drain_timeout: args.drain_timeout,
     };
+    let children = children::Children::new(children::Command {
+        argv: args.command,
+        stop_signal: args.stop_signal,
+        compat,
+    })?;
+    let parts = driver::Parts {
+        children,
+        steering,
+        control: control::ControlServer::new(control),
+        manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
+        prober,
+    };
     let machine = Machine::new(cfg, Instant::now());
-    let watchdog = watchdog_interval();
-    if let Some(w) = watchdog
-        && manager.is_some()
-    {
-        log::info!(
-            "sending the service manager WATCHDOG=1 every {}",
-            supervisor::duration::human(w)
-        );
-    }
-    driver::Driver::new(machine, settings, listeners, control, manager)?
-        .with_watchdog(watchdog)
-        .run()
-}
-
-/// Half of `WATCHDOG_USEC`, if the service manager asks this process (not
-/// a parent of it: `WATCHDOG_PID`) for keep-alives.
-fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    // At least 1ms: a tiny WATCHDOG_USEC must not turn into a busy loop.
-    (usec > 0).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
+    driver::Driver::new(machine, settings, parts)?.run()
 }
 
 fn init_logging() {

@@ -5,7 +5,8 @@
 //! also when the sender is a helper process of the child (a shell running
 //! `systemd-notify --ready`) that may have exited before the datagram is
 //! read, so no pid lookup can race. Credentials then only keep out other
-//! users. Datagrams are parsed as systemd does (see protocols.md, section 2):
+//! users. Datagrams are parsed as systemd does (sd_notify(3) and systemd's
+//! `src/shared/notify-recv.c`):
 //! truncated, fd-carrying, credential-less and NUL-holding messages are
 //! dropped, unknown keys ignored.
 
@@ -231,102 +232,6 @@ pub fn parse(data: &[u8]) -> Result<Message, Rejected> {
         }
     }
     Ok(m)
-}
-
-/// The supervisor's own service manager (systemd), when `NOTIFY_SOCKET` is
-/// in the supervisor's environment: the sending side of sd_notify.
-#[derive(Debug)]
-pub struct Manager {
-    fd: OwnedFd,
-    addr: UnixAddr,
-    /// The address as given, for messages.
-    text: String,
-    /// Whether a send has failed already (later failures log at debug).
-    failed: std::cell::Cell<bool>,
-}
-
-impl Manager {
-    /// The manager named by `NOTIFY_SOCKET`, if set: `/path` or `@abstract`
-    /// (protocols.md, section 2). Other forms (vsock) are not supported and
-    /// are logged once.
-    pub fn from_env() -> Option<Manager> {
-        let value = std::env::var_os(child::NOTIFY_SOCKET)?;
-        let text = value.to_string_lossy().into_owned();
-        let addr = if let Some(name) = text.strip_prefix('@') {
-            UnixAddr::new_abstract(name.as_bytes())
-        } else if text.starts_with('/') {
-            UnixAddr::new(Path::new(&value))
-        } else {
-            log::warn!(
-                "NOTIFY_SOCKET={text:?} is not a Unix socket address: not notifying the service manager"
-            );
-            return None;
-        };
-        let addr = match addr {
-            Ok(a) => a,
-            Err(e) => {
-                log::warn!("NOTIFY_SOCKET={text:?}: {e}: not notifying the service manager");
-                return None;
-            }
-        };
-        let fd = match socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        ) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::warn!(
-                    "create a socket for NOTIFY_SOCKET: {e}: not notifying the service manager"
-                );
-                return None;
-            }
-        };
-        // A stuck manager must not stall the loop for long; systemd reads
-        // its socket at once.
-        let _ = setsockopt(
-            &fd,
-            sockopt::SendTimeout,
-            &nix::sys::time::TimeVal::new(1, 0),
-        );
-        log::debug!("notifying the service manager at {text}");
-        Some(Manager {
-            fd,
-            addr,
-            text,
-            failed: std::cell::Cell::new(false),
-        })
-    }
-
-    /// Send one message (newline-separated `KEY=VALUE` lines). A failure is
-    /// logged, never fatal: the service goes on serving.
-    pub fn send(&self, message: &str) {
-        log::debug!(
-            "to the service manager: {}",
-            message.replace('\n', " ").escape_debug()
-        );
-        if let Err(e) = nix::sys::socket::sendto(
-            self.fd.as_raw_fd(),
-            message.as_bytes(),
-            &self.addr,
-            MsgFlags::MSG_NOSIGNAL,
-        ) {
-            if self.failed.replace(true) {
-                log::debug!("notify the service manager at {}: {e}", self.text);
-            } else {
-                log::warn!("notify the service manager at {}: {e}", self.text);
-            }
-        }
-    }
-}
-
-/// `CLOCK_MONOTONIC` now, in microseconds (for `MONOTONIC_USEC=`).
-pub fn monotonic_usec() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => (t.tv_sec() as u64) * 1_000_000 + (t.tv_nsec() as u64) / 1000,
-        Err(_) => 0,
-    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub struct Listener {
     pub fd: i32,
     /// Whether a service manager handed it over.
     pub inherited: bool,
+    /// `steer` (a socket per generation, new connections routed) or
+    /// `shared` (one socket for every generation).
+    #[serde(default)]
+    pub mode: String,
 }
 
 /// One generation.
@@ -72,7 +76,7 @@ pub struct Generation {
     pub generation: u64,
     /// Its pid, if it was spawned.
     pub pid: Option<i32>,
-    /// `starting`, `active` or `draining`.
+    /// `starting`, `active`, `quiescing` or `draining`.
     pub state: String,
     /// Time since it was spawned, in milliseconds.
     pub age_ms: Option<u64>,
@@ -80,6 +84,10 @@ pub struct Generation {
     pub state_ms: u64,
     /// The last `STATUS=` it sent.
     pub status: Option<String>,
+    /// Connections waiting in its own steered sockets' queues (none in
+    /// shared mode).
+    #[serde(default)]
+    pub queued: Option<u64>,
 }
 
 /// Reload counts.
@@ -136,9 +144,14 @@ impl Status {
                 } else {
                     ""
                 };
+                let mode = if l.mode.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", l.mode)
+                };
                 let _ = writeln!(
                     out,
-                    "  fd {:<3} {:<width$}  {}{from}",
+                    "  fd {:<3} {:<width$}  {}{mode}{from}",
                     l.fd.to_string(),
                     l.name,
                     l.address
@@ -163,6 +176,9 @@ impl Status {
                 );
                 if g.state != "active" {
                     let _ = write!(line, ", {} for {}", g.state, ms(g.state_ms));
+                }
+                if let Some(q) = g.queued.filter(|&q| q > 0) {
+                    let _ = write!(line, ", {q} queued");
                 }
                 if let Some(text) = &g.status {
                     // A child's text must not be able to forge lines.
@@ -218,6 +234,7 @@ mod tests {
                 address: "127.0.0.1:8080".into(),
                 fd: 3,
                 inherited: false,
+                mode: "steer".into(),
             }],
             generations: vec![
                 Generation {
@@ -227,6 +244,7 @@ mod tests {
                     age_ms: Some(90_000),
                     state_ms: 2_100,
                     status: None,
+                    queued: Some(2),
                 },
                 Generation {
                     generation: 7,
@@ -235,6 +253,7 @@ mod tests {
                     age_ms: Some(2_300),
                     state_ms: 2_100,
                     status: Some("serving\n3".into()),
+                    queued: Some(0),
                 },
             ],
             restarts: 1,
@@ -255,9 +274,12 @@ mod tests {
             text.contains("command:     ./server --name 'two words'"),
             "{text}"
         );
-        assert!(text.contains("fd 3   http  127.0.0.1:8080"), "{text}");
         assert!(
-            text.contains("6    pid 100    draining  up 1m30s, draining for 2.1s"),
+            text.contains("fd 3   http  127.0.0.1:8080  steer"),
+            "{text}"
+        );
+        assert!(
+            text.contains("6    pid 100    draining  up 1m30s, draining for 2.1s, 2 queued"),
             "{text}"
         );
         assert!(text.contains("status: serving\\n3"), "{text}");

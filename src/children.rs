@@ -1,0 +1,363 @@
+//! The generations' processes: spawning them, signalling them, reaping
+//! them, and reading their notify sockets.
+//!
+//! Owns each generation's pid (until it is reaped), its notify socket and
+//! its last `STATUS=`. It signals only pids it has not yet reaped, so a pid
+//! is never reused under it. It never decides anything: the driver tells it
+//! what to do and feeds what it reports to the machine.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+
+use crate::compat::Compat;
+use crate::environ;
+use crate::machine::{ExitStatus, Generation};
+use crate::notify::{Message, NotifyDir, NotifySocket};
+use crate::spawn::{self, Plan};
+
+/// At most this many notify datagrams are read per socket per wake-up, so
+/// that a flooding child cannot starve signals and deadlines.
+const NOTIFY_BATCH: usize = 64;
+
+/// How long the supervisor waits, on its way out, for a leftover process
+/// it SIGKILLed (one in uninterruptible sleep may never go).
+const ORPHAN_WAIT: Duration = Duration::from_secs(2);
+
+/// A generation's process, until it is reaped.
+struct Child {
+    pid: Pid,
+    /// When it was spawned.
+    started: Instant,
+    notify: NotifySocket,
+    /// Set once waitpid has collected it: never signal it again.
+    reaped: bool,
+    /// The last `STATUS=` text.
+    status: Option<String>,
+}
+
+/// What the command is and how it is run.
+pub struct Command {
+    /// The command and its arguments.
+    pub argv: Vec<OsString>,
+    /// The generations' stop signal.
+    pub stop_signal: Signal,
+    /// Variables for servers written for other launchers.
+    pub compat: Compat,
+}
+
+/// One reaped process.
+#[derive(Debug)]
+pub struct Reaped {
+    /// Its generation, if it was a generation's main process.
+    pub generation: Option<Generation>,
+    /// Its pid.
+    pub pid: Pid,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Every generation's process. See the module documentation.
+pub struct Children {
+    command: Command,
+    notify_dir: NotifyDir,
+    map: BTreeMap<Generation, Child>,
+}
+
+impl Children {
+    /// No children yet; notify sockets go in a new private directory.
+    ///
+    /// # Errors
+    /// The notify directory cannot be created.
+    pub fn new(command: Command) -> Result<Children> {
+        Ok(Children {
+            command,
+            notify_dir: NotifyDir::create()?,
+            map: BTreeMap::new(),
+        })
+    }
+
+    /// The command being run.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// Fork and exec generation `g` with `fds` at 3, 4, ... and their
+    /// `names` and Server::Starter keys.
+    ///
+    /// # Errors
+    /// The notify socket, fork or exec failed (the message says which).
+    pub fn spawn(
+        &mut self,
+        g: Generation,
+        fds: &[BorrowedFd<'_>],
+        names: &[&str],
+        starter_keys: &[String],
+    ) -> Result<Pid> {
+        let notify = self.notify_dir.socket(g.0)?;
+        let env = environ::build(&environ::Inputs {
+            inherited: std::env::vars_os().collect(),
+            names,
+            starter_keys,
+            notify: notify.path().as_os_str(),
+            generation: g.0,
+            compat: &self.command.compat,
+            supervisor_pid: std::process::id(),
+        });
+        let mut plan = Plan::new(
+            &self.command.argv,
+            env,
+            !fds.is_empty(),
+            self.command.stop_signal as i32,
+        )?;
+        let pid = spawn::spawn(&mut plan, fds)?;
+        self.map.insert(
+            g,
+            Child {
+                pid,
+                started: Instant::now(),
+                notify,
+                reaped: false,
+                status: None,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// The notify sockets to poll.
+    pub fn interest(&self) -> Vec<(Generation, BorrowedFd<'_>)> {
+        self.map.iter().map(|(g, c)| (*g, c.notify.fd())).collect()
+    }
+
+    /// `g`'s pid, while it is not forgotten.
+    pub fn pid(&self, g: Generation) -> Option<Pid> {
+        self.map.get(&g).map(|c| c.pid)
+    }
+
+    /// When `g` was spawned.
+    pub fn started(&self, g: Generation) -> Option<Instant> {
+        self.map.get(&g).map(|c| c.started)
+    }
+
+    /// `g`'s last `STATUS=`.
+    pub fn status_text(&self, g: Generation) -> Option<&str> {
+        self.map.get(&g).and_then(|c| c.status.as_deref())
+    }
+
+    /// `generation 3 (pid 4211)`, or without a pid if it never had one.
+    pub fn who(&self, g: Generation) -> String {
+        match self.pid(g) {
+            Some(pid) => format!("{g} (pid {pid})"),
+            None => g.to_string(),
+        }
+    }
+
+    /// Send `g` its stop signal (and SIGCONT: a stopped child could not act
+    /// on it otherwise).
+    pub fn stop(&self, g: Generation) {
+        let Some(c) = self.map.get(&g).filter(|c| !c.reaped) else {
+            return;
+        };
+        let s = self.command.stop_signal;
+        log::debug!("{g} (pid {}): sending {s}", c.pid);
+        if let Err(e) = kill(c.pid, s) {
+            log::warn!("{g} (pid {}): send {s}: {e}", c.pid);
+        }
+        let _ = kill(c.pid, Signal::SIGCONT);
+    }
+
+    /// SIGKILL `g`'s whole process group.
+    pub fn kill(&self, g: Generation) {
+        let Some(c) = self.map.get(&g).filter(|c| !c.reaped) else {
+            return;
+        };
+        log::debug!("{g} (pid {}): sending SIGKILL to its process group", c.pid);
+        let _ = killpg(c.pid, Signal::SIGKILL);
+        let _ = kill(c.pid, Signal::SIGKILL);
+    }
+
+    /// Collect every exited child. A generation is killed as a whole
+    /// process group first, while the exited leader's zombie still holds
+    /// the group id, so no helper it left behind outlives it and no pid is
+    /// signalled after it could have been reused.
+    pub fn reap(&mut self) -> Vec<Reaped> {
+        let mut out = Vec::new();
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return out,
+                Ok(s) => match s.pid() {
+                    Some(p) => p,
+                    None => return out,
+                },
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitid: {e}");
+                    return out;
+                }
+            };
+            let generation = self
+                .map
+                .iter()
+                .find(|(_, c)| c.pid == pid && !c.reaped)
+                .map(|(g, _)| *g);
+            if generation.is_some() {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+            let status = match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitpid {pid}: {e}");
+                    return out;
+                }
+            };
+            if let Some(g) = generation
+                && let Some(c) = self.map.get_mut(&g)
+            {
+                c.reaped = true;
+            }
+            out.push(Reaped {
+                generation,
+                pid,
+                status,
+            });
+        }
+    }
+
+    /// Forget reaped children (kept until now so that the events about
+    /// them could name their pids).
+    pub fn forget_reaped(&mut self) -> Vec<Generation> {
+        let gone: Vec<Generation> = self
+            .map
+            .iter()
+            .filter(|(_, c)| c.reaped)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in &gone {
+            self.map.remove(g);
+        }
+        gone
+    }
+
+    /// Read `g`'s notify socket: the messages that arrived, in order.
+    /// Rejected datagrams are logged and dropped; a new `STATUS=` is
+    /// remembered.
+    pub fn read_notify(&mut self, g: Generation) -> Vec<Message> {
+        let mut out = Vec::new();
+        for _ in 0..NOTIFY_BATCH {
+            let Some(c) = self.map.get(&g) else {
+                break;
+            };
+            let msg = match c.notify.recv() {
+                Ok(None) => break,
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(why))) => {
+                    log::warn!("{}: dropped a notify message that {why}", self.who(g));
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("{}: {e:#}", self.who(g));
+                    break;
+                }
+            };
+            if let Some(text) = &msg.status {
+                let who = self.who(g);
+                if let Some(c) = self.map.get_mut(&g)
+                    && c.status.as_deref() != Some(text.as_str())
+                {
+                    // Escaped: a child's text must not forge log lines.
+                    log::info!("{who} status: {}", text.escape_debug());
+                    c.status = Some(text.clone());
+                }
+            }
+            out.push(msg);
+        }
+        out
+    }
+
+    /// Before exiting: processes that left their generation's process group
+    /// (setsid) and were reparented to us would otherwise outlive the
+    /// supervisor and keep its sockets. They are our unreaped children, so
+    /// their pids are safe to signal. Each is waited for at most
+    /// [`ORPHAN_WAIT`] in all (one in uninterruptible sleep may never go).
+    pub fn kill_orphans(&mut self) {
+        let me = std::process::id();
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        let pids: Vec<Pid> = list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .map(Pid::from_raw)
+            .collect();
+        for &pid in &pids {
+            log::warn!("killing pid {pid}, left behind outside its generation's process group");
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        // Wait on pidfds (readable once the process has exited), so that a
+        // process stuck in uninterruptible sleep costs at most ORPHAN_WAIT.
+        let pidfds: Vec<(Pid, std::os::fd::OwnedFd)> = pids
+            .iter()
+            .filter_map(|&p| pidfd_open(p).map(|fd| (p, fd)))
+            .collect();
+        let until = Instant::now() + ORPHAN_WAIT;
+        let mut left: Vec<&(Pid, std::os::fd::OwnedFd)> = pidfds.iter().collect();
+        while !left.is_empty() {
+            let mut fds: Vec<nix::poll::PollFd> = left
+                .iter()
+                .map(|(_, fd)| nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN))
+                .collect();
+            let ms = until.saturating_duration_since(Instant::now()).as_millis();
+            let timeout = nix::poll::PollTimeout::try_from(ms.min(60_000) as i32)
+                .unwrap_or(nix::poll::PollTimeout::ZERO);
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => {
+                    let stuck: Vec<Pid> = left.iter().map(|(p, _)| *p).collect();
+                    log::warn!(
+                        "pids {stuck:?} did not die within {} of SIGKILL; exiting without them",
+                        supervisor::duration::human(ORPHAN_WAIT)
+                    );
+                    break;
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log::warn!("poll: {e}");
+                    break;
+                }
+            }
+            let done: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            let mut i = 0;
+            left.retain(|(pid, _)| {
+                let d = done[i];
+                i += 1;
+                if d {
+                    let _ = waitpid(*pid, Some(WaitPidFlag::WNOHANG));
+                }
+                !d
+            });
+        }
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3), if the kernel gives one.
+fn pidfd_open(pid: Pid) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let raw = i32::try_from(r).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}

@@ -1,0 +1,118 @@
+//! The child's environment: what a generation sees of the supervisor.
+//!
+//! The supervisor's own environment, less the variables that describe the
+//! supervisor's launcher (its `LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`,
+//! and every launcher-compatibility variable), plus the generation's own:
+//! `LISTEN_FDS`, `LISTEN_FDNAMES` (`LISTEN_PID` is written by the spawned
+//! child itself, see `spawn`), `NOTIFY_SOCKET`, `SUPERVISOR_GENERATION`,
+//! and the `--compat` variables. Pure: it reads the environment it is
+//! given.
+
+use std::ffi::{OsStr, OsString};
+
+use supervisor::child;
+
+use crate::compat::{self, Compat};
+
+/// Variables of the supervisor's own environment never passed to children:
+/// they describe the supervisor's launcher, not the child's.
+const STRIPPED: [&str; 8] = [
+    child::LISTEN_FDS,
+    child::LISTEN_PID,
+    child::LISTEN_FDNAMES,
+    child::LISTEN_PIDFDID,
+    child::NOTIFY_SOCKET,
+    child::WATCHDOG_PID,
+    child::WATCHDOG_USEC,
+    child::SUPERVISOR_GENERATION,
+];
+
+/// What a generation's environment is made of.
+pub struct Inputs<'a> {
+    /// The supervisor's environment.
+    pub inherited: Vec<(OsString, OsString)>,
+    /// The listeners' names, in fd order.
+    pub names: &'a [&'a str],
+    /// The listeners' Server::Starter keys, in fd order.
+    pub starter_keys: &'a [String],
+    /// The generation's notify socket.
+    pub notify: &'a OsStr,
+    /// The generation's number.
+    pub generation: u64,
+    /// Launcher-compatibility variables to add.
+    pub compat: &'a Compat,
+    /// The supervisor's pid (for einhorn's master pid).
+    pub supervisor_pid: u32,
+}
+
+/// The generation's environment.
+pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = i
+        .inherited
+        .iter()
+        .filter(|(k, _)| {
+            !STRIPPED.iter().any(|s| k == s)
+                && !k.to_str().is_some_and(compat::is_launcher_variable)
+        })
+        .cloned()
+        .collect();
+    let n = i.names.len();
+    if n > 0 {
+        env.push((child::LISTEN_FDS.into(), n.to_string().into()));
+        env.push((child::LISTEN_FDNAMES.into(), i.names.join(":").into()));
+    }
+    env.push((child::NOTIFY_SOCKET.into(), i.notify.to_owned()));
+    env.push((
+        child::SUPERVISOR_GENERATION.into(),
+        i.generation.to_string().into(),
+    ));
+    let extra = compat::variables(
+        i.compat,
+        i.starter_keys,
+        child::LISTEN_FDS_START,
+        i.generation,
+        i.supervisor_pid,
+    );
+    env.extend(extra.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launcher_variables_are_replaced_not_passed() {
+        let inherited = vec![
+            ("PATH".into(), "/bin".into()),
+            ("LISTEN_FDS".into(), "9".into()),
+            ("LISTEN_PID".into(), "1".into()),
+            ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
+            ("WATCHDOG_USEC".into(), "1000".into()),
+            ("EINHORN_FD_COUNT".into(), "4".into()),
+        ];
+        let compat = Compat::merge(&[]);
+        let env = build(&Inputs {
+            inherited,
+            names: &["http", "admin"],
+            starter_keys: &["8080".into(), "9090".into()],
+            notify: OsStr::new("/tmp/n/3"),
+            generation: 3,
+            compat: &compat,
+            supervisor_pid: 10,
+        });
+        let get = |k: &str| {
+            let v: Vec<_> = env.iter().filter(|(key, _)| key == k).collect();
+            assert!(v.len() <= 1, "{k} twice");
+            v.first().map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(get("PATH").as_deref(), Some("/bin"));
+        assert_eq!(get("LISTEN_FDS").as_deref(), Some("2"));
+        assert_eq!(get("LISTEN_FDNAMES").as_deref(), Some("http:admin"));
+        assert_eq!(get("LISTEN_PID"), None);
+        assert_eq!(get("NOTIFY_SOCKET").as_deref(), Some("/tmp/n/3"));
+        assert_eq!(get("SUPERVISOR_GENERATION").as_deref(), Some("3"));
+        assert_eq!(get("WATCHDOG_USEC"), None);
+        assert_eq!(get("EINHORN_FD_COUNT"), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! Machine events and reload outcomes as log lines and answers, and the
+//! counts `supervisor status` shows.
+//!
+//! Every text is made from facts carried in the event itself, plus the
+//! pids of the generations it names (`who`), never from the machine's state
+//! read back afterwards. It never acts: it only writes text and counts.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use supervisor::duration::human;
+
+use crate::machine::{Cause, Event, ExitStatus, Generation, ReloadOutcome, StartFailure};
+
+/// Names a generation with its pid: `generation 3 (pid 4211)`.
+pub trait Who {
+    /// The generation's name.
+    fn who(&self, g: Generation) -> String;
+}
+
+impl Who for crate::children::Children {
+    fn who(&self, g: Generation) -> String {
+        crate::children::Children::who(self, g)
+    }
+}
+
+/// The reload history, for `supervisor status` and `STATUS=`.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Reloads whose generation became ready.
+    pub reloads_ok: u64,
+    /// Reloads whose generation failed.
+    pub reloads_failed: u64,
+    /// The last failed reload, until a reload succeeds (for `STATUS=`).
+    pub last_failure: Option<String>,
+    /// The last failed reload ever (for `supervisor status`).
+    pub last_failed_reload: Option<String>,
+}
+
+impl Report {
+    /// Log a machine event.
+    pub fn event(&self, e: &Event, who: &dyn Who, stop_signal: Signal, steer: bool) {
+        match e {
+            Event::Ready {
+                generation,
+                after,
+                replaced,
+            } => log::info!("{}", ready_text(who, *generation, *after, *replaced, steer)),
+            Event::StartFailed {
+                generation,
+                cause,
+                why,
+                serving,
+                restart_in,
+            } => {
+                let what = format!("{} {}", who.who(*generation), describe_failure(why));
+                let next = match (serving, restart_in) {
+                    (Some(s), _) => format!("; {} still serving", who.who(*s)),
+                    (None, Some(d)) => format!("; starting again in {}", human(*d)),
+                    (None, None) => String::new(),
+                };
+                match (cause, why) {
+                    (_, StartFailure::Stopping) => log::info!("{what}"),
+                    (Cause::Reload, _) => log::warn!("reload failed: {what}{next}"),
+                    _ => log::warn!("{what}{next}"),
+                }
+            }
+            Event::Quiescing { generation } => log::info!(
+                "{} quiescing: new connections go elsewhere; it stops once its queue is empty",
+                who.who(*generation)
+            ),
+            Event::QuiesceTimedOut {
+                generation,
+                queued,
+                after,
+            } => log::warn!(
+                "{} still had {queued} connection(s) queued after {}: stopping it anyway",
+                who.who(*generation),
+                human(*after)
+            ),
+            Event::Draining { generation } => {
+                log::info!("{} draining: sent {stop_signal}", who.who(*generation));
+            }
+            Event::Killed { generation, after } => log::warn!(
+                "{} still running after the {} drain timeout: killing its process group",
+                who.who(*generation),
+                human(*after)
+            ),
+            Event::Drained {
+                generation,
+                after,
+                status,
+            } => log::info!(
+                "{} drained in {} ({})",
+                who.who(*generation),
+                human(*after),
+                describe_status(*status)
+            ),
+            Event::Crashed {
+                generation,
+                status,
+                restart_in,
+                starting,
+            } => {
+                let next = match (restart_in, starting) {
+                    (Some(d), _) => format!("restarting in {}", human(*d)),
+                    (None, Some(s)) => format!("{s} is starting"),
+                    (None, None) => "not restarting".to_string(),
+                };
+                log::warn!(
+                    "{} {} while serving; {next}",
+                    who.who(*generation),
+                    describe_status(*status)
+                );
+            }
+            Event::ReloadQueued { starting } => {
+                log::info!("reload queued: {} is still starting", who.who(*starting));
+            }
+            Event::Stopping => log::info!("stopping every generation"),
+            Event::ForcedStop => log::warn!("second stop request: killing every generation now"),
+        }
+    }
+
+    /// Count an answered reload; its one-line answer.
+    pub fn outcome(
+        &mut self,
+        outcome: &ReloadOutcome,
+        who: &dyn Who,
+        steer: bool,
+    ) -> (bool, String) {
+        match outcome {
+            ReloadOutcome::Ready {
+                generation,
+                after,
+                replaced,
+            } => {
+                self.reloads_ok += 1;
+                self.last_failure = None;
+                (true, ready_text(who, *generation, *after, *replaced, steer))
+            }
+            ReloadOutcome::Failed {
+                generation,
+                why,
+                serving,
+                stopping,
+            } => {
+                self.reloads_failed += 1;
+                let what = format!("{} {}", who.who(*generation), describe_failure(why));
+                self.last_failed_reload = Some(what.clone());
+                self.last_failure = Some(what.clone());
+                let tail = match (serving, stopping) {
+                    (Some(s), _) => format!("; {} still serving", who.who(*s)),
+                    (None, true) => "; the supervisor is stopping".to_string(),
+                    (None, false) => "; no generation is serving".to_string(),
+                };
+                (false, format!("{what}{tail}"))
+            }
+            ReloadOutcome::Refused(why) => (false, format!("refused: {why}")),
+        }
+    }
+
+    /// One line for the service manager's `STATUS=`.
+    pub fn status_line(
+        &self,
+        who: &dyn Who,
+        stopping: bool,
+        active: Option<Generation>,
+        starting: Option<Generation>,
+    ) -> String {
+        if stopping {
+            return "stopping".to_string();
+        }
+        let base = match active {
+            Some(g) => format!("{} serving", who.who(g)),
+            None => "no generation serving".to_string(),
+        };
+        if let Some(s) = starting {
+            format!("{base}; {} starting", who.who(s))
+        } else if let Some(f) = &self.last_failure {
+            format!("{base}; last reload failed: {f}")
+        } else {
+            base
+        }
+    }
+}
+
+/// `generation 7 (pid 4211) ready in 180ms; generation 6 (pid 4100)
+/// draining`: the log line and the answer to `supervisor reload`. In steer
+/// mode the replaced generation quiesces first.
+fn ready_text(
+    who: &dyn Who,
+    g: Generation,
+    after: Duration,
+    replaced: Option<Generation>,
+    steer: bool,
+) -> String {
+    let tail = match replaced {
+        Some(old) if steer => format!("; {} quiescing", who.who(old)),
+        Some(old) => format!("; {} draining", who.who(old)),
+        None => String::new(),
+    };
+    format!("{} ready in {}{tail}", who.who(g), human(after))
+}
+
+/// `exited with status 1`, `killed by signal 9 (SIGKILL)`.
+pub fn describe_status(s: ExitStatus) -> String {
+    match s {
+        ExitStatus::Code(c) => format!("exited with status {c}"),
+        ExitStatus::Signal(n) => match Signal::try_from(n) {
+            Ok(sig) => format!("killed by signal {n} ({sig})"),
+            Err(_) => format!("killed by signal {n}"),
+        },
+    }
+}
+
+fn describe_failure(f: &StartFailure) -> String {
+    match f {
+        StartFailure::Spawn(e) => format!("could not be started: {e}"),
+        StartFailure::Exited(s) => format!("{} before it was ready", describe_status(*s)),
+        StartFailure::NotReady(d) => format!("was not ready within {}", human(*d)),
+        StartFailure::Stopping => "was stopped before it was ready".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Pids;
+    impl Who for Pids {
+        fn who(&self, g: Generation) -> String {
+            format!("{g} (pid {})", 100 + g.0)
+        }
+    }
+
+    #[test]
+    fn answers_say_what_happened() {
+        let mut r = Report::default();
+        let ok = ReloadOutcome::Ready {
+            generation: Generation(2),
+            after: Duration::from_millis(180),
+            replaced: Some(Generation(1)),
+        };
+        assert_eq!(
+            r.outcome(&ok, &Pids, false),
+            (
+                true,
+                "generation 2 (pid 102) ready in 180ms; generation 1 (pid 101) draining".into()
+            )
+        );
+        assert!(
+            r.outcome(&ok, &Pids, true)
+                .1
+                .ends_with("generation 1 (pid 101) quiescing")
+        );
+        let failed = ReloadOutcome::Failed {
+            generation: Generation(3),
+            why: StartFailure::Exited(ExitStatus::Code(1)),
+            serving: None,
+            stopping: true,
+        };
+        assert_eq!(
+            r.outcome(&failed, &Pids, true).1,
+            "generation 3 (pid 103) exited with status 1 before it was ready; the supervisor is stopping"
+        );
+        assert_eq!((r.reloads_ok, r.reloads_failed), (2, 1));
+        assert_eq!(
+            r.status_line(&Pids, false, Some(Generation(2)), None),
+            "generation 2 (pid 102) serving; last reload failed: generation 3 (pid 103) exited with status 1 before it was ready"
+        );
+    }
+}

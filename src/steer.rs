@@ -1,0 +1,763 @@
+//! Traffic steering: one socket per generation, new connections routed by
+//! the supervisor.
+//!
+//! Owns every listening socket the generations receive. A listener in
+//! *steer* mode is a `SO_REUSEPORT` group owned by the supervisor: each
+//! generation gets its own member socket (same address, same fd number in
+//! the child, same name), and a classic BPF program attached to the group
+//! sends every new connection or datagram to the member of the *routed*
+//! generation only. A starting generation's member receives nothing until
+//! the machine asks to route to it; a probe connection from a known source
+//! port is the one exception (readiness probes). A listener in *shared*
+//! mode (Unix sockets, sockets that cannot be joined) gives every
+//! generation the same socket.
+//!
+//! The kernel numbers a group's members in the order they joined and moves
+//! the last member into the slot of one that leaves; this part keeps its own
+//! copy of that order and re-attaches the program after every change. After
+//! every change it also looks for sockets on the same port that are not its
+//! own (another process of the same user can join the group and shift the
+//! indices); on finding one it stops changing that group and shares the
+//! routed socket from then on, rather than misroute.
+//!
+//! It never spawns, signals or logs lifecycle events: it answers the
+//! driver's calls with fds, counts and reasons.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
+    SockaddrStorage, bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt,
+};
+
+use crate::listen::{Listener, SocketOptions};
+use crate::machine::Generation;
+
+/// How a listener is handed to the generations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One socket per generation, new connections routed.
+    Steer,
+    /// The same socket for every generation; the reason, for the log.
+    Shared(String),
+}
+
+impl Mode {
+    /// `steer` or `shared`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Steer => "steer",
+            Mode::Shared(_) => "shared",
+        }
+    }
+}
+
+/// One socket of a group.
+#[derive(Debug)]
+struct Member {
+    fd: OwnedFd,
+    /// The generation it belongs to; `None` once that generation is gone
+    /// (a routed socket waiting for the crash restart that takes it over).
+    owner: Option<Generation>,
+}
+
+/// Where one listener's traffic goes.
+#[derive(Debug)]
+struct Slot {
+    listener: Listener,
+    mode: Mode,
+    /// Steer mode: the members in the kernel's order (index = position).
+    members: Vec<Member>,
+    /// Steer mode: the index of the member that takes new connections.
+    routed: usize,
+    /// A probe's source port and the member index it goes to.
+    probe: Option<(u16, usize)>,
+    /// TCP (else UDP).
+    stream: bool,
+    /// Where new members bind.
+    addr: SocketAddr,
+    v6only: bool,
+    /// A stranger was found: members are never added or removed again.
+    frozen: bool,
+}
+
+impl Slot {
+    /// The one socket of a shared listener: the listener's own, or, for a
+    /// listener that fell back from steering, the routed member.
+    fn shared_fd(&self) -> BorrowedFd<'_> {
+        match self.members.get(self.routed) {
+            Some(m) => m.fd.as_fd(),
+            None => self.listener.fd(),
+        }
+    }
+}
+
+/// What steering reports back to the driver for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A socket of a gone generation was closed with connections still in
+    /// its queue (they are reset by the close).
+    ClosedWithQueue {
+        /// The listener's name.
+        listener: String,
+        /// The connections reset.
+        queued: u64,
+    },
+    /// Sockets on the listener's port that the supervisor does not own:
+    /// steering is off for it from now on.
+    Stranger {
+        /// The listener's name.
+        listener: String,
+        /// Who holds them, as far as can be found out.
+        who: String,
+    },
+    /// The kernel refused a group change; the listener is shared from now.
+    Failed {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Every listener's sockets. See the module documentation.
+#[derive(Debug)]
+pub struct Steering {
+    slots: Vec<Slot>,
+    backlog: Backlog,
+    options: SocketOptions,
+}
+
+impl Steering {
+    /// Take the bound listeners; `steer` asks for steer mode wherever it
+    /// can work. Returns the listeners that fell back to shared mode with
+    /// the reason, for the log.
+    pub fn new(
+        listeners: Vec<Listener>,
+        steer: bool,
+        backlog: Backlog,
+        options: SocketOptions,
+    ) -> Steering {
+        let slots = listeners
+            .into_iter()
+            .map(|mut listener| {
+                let kind = if steer {
+                    steer_kind(listener.fd())
+                } else {
+                    Err("--handoff shared".to_string())
+                };
+                match kind {
+                    Ok((stream, addr, v6only)) => {
+                        // Steering owns the socket from now on: it must be
+                        // able to close it once generation 1 is gone.
+                        let fd = listener
+                            .take_fd()
+                            .expect("a bound listener holds its socket");
+                        let member = Member { fd, owner: None };
+                        Slot {
+                            listener,
+                            mode: Mode::Steer,
+                            members: vec![member],
+                            routed: 0,
+                            probe: None,
+                            stream,
+                            addr,
+                            v6only,
+                            frozen: false,
+                        }
+                    }
+                    Err(why) => Slot {
+                        listener,
+                        mode: Mode::Shared(why),
+                        members: Vec::new(),
+                        routed: 0,
+                        probe: None,
+                        stream: true,
+                        addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                        v6only: false,
+                        frozen: false,
+                    },
+                }
+            })
+            .collect();
+        let mut s = Steering {
+            slots,
+            backlog,
+            options,
+        };
+        for i in 0..s.slots.len() {
+            if s.slots[i].mode == Mode::Steer
+                && let Err(e) = s.attach(i)
+            {
+                s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
+            }
+        }
+        s
+    }
+
+    /// The listeners, in fd order.
+    pub fn listeners(&self) -> impl Iterator<Item = (&Listener, &Mode)> {
+        self.slots.iter().map(|s| (&s.listener, &s.mode))
+    }
+
+    /// Whether any listener is steered (so replaced generations quiesce).
+    pub fn any_steered(&self) -> bool {
+        self.slots.iter().any(|s| s.mode == Mode::Steer)
+    }
+
+    /// The sockets generation `g` receives, in fd order: for each steered
+    /// listener the routed socket if no live generation holds it (the first
+    /// generation, or the restart of a crashed one), else a new member that
+    /// receives nothing yet; for each shared listener the one socket.
+    pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer {
+                continue;
+            }
+            if slot.members[slot.routed].owner.is_none() {
+                slot.members[slot.routed].owner = Some(g);
+                continue;
+            }
+            if slot.frozen {
+                continue;
+            }
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member { fd, owner: Some(g) });
+                    changed.push(i);
+                }
+                Err(e) => {
+                    let slot = &mut self.slots[i];
+                    slot.frozen = true;
+                    slot.mode = Mode::Shared(format!("steering failed: {e:#}"));
+                    notices.push(Notice::Failed {
+                        listener: slot.listener.name.clone(),
+                        why: format!("{e:#}"),
+                    });
+                }
+            }
+        }
+        self.after_change(&changed, notices);
+        self.slots
+            .iter()
+            .map(|slot| match slot.mode {
+                Mode::Steer => {
+                    let own = slot.members.iter().find(|m| m.owner == Some(g));
+                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                }
+                Mode::Shared(_) => slot.shared_fd(),
+            })
+            .collect()
+    }
+
+    /// Send new connections to `g`'s sockets. Sockets left behind by gone
+    /// generations that nobody will take over are closed.
+    pub fn route(&mut self, g: Generation, notices: &mut Vec<Notice>) {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer {
+                continue;
+            }
+            let Some(k) = slot.members.iter().position(|m| m.owner == Some(g)) else {
+                continue;
+            };
+            if k != slot.routed {
+                slot.routed = k;
+                if slot.probe.is_some_and(|(_, j)| j == k) {
+                    slot.probe = None;
+                }
+                changed.push(i);
+            }
+            // An orphan: the crashed generation's socket, replaced by a
+            // generation that was already starting.
+            while let Some(o) = self.slots[i].members.iter().position(|m| m.owner.is_none()) {
+                self.remove(i, o, notices);
+            }
+        }
+        for i in changed {
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// Generation `g` was reaped: close its own sockets, unless one is
+    /// routed (a crash: its restart takes it over, and connections queued
+    /// meanwhile are served).
+    pub fn release(&mut self, g: Generation, notices: &mut Vec<Notice>) {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer {
+                continue;
+            }
+            let Some(k) = self.slots[i]
+                .members
+                .iter()
+                .position(|m| m.owner == Some(g))
+            else {
+                continue;
+            };
+            if k == self.slots[i].routed {
+                self.slots[i].members[k].owner = None;
+                continue;
+            }
+            if self.slots[i].frozen {
+                // Keep it open: closing would move members around in a
+                // group where a stranger's position is unknown.
+                self.slots[i].members[k].owner = None;
+                continue;
+            }
+            self.remove(i, k, notices);
+            changed.push(i);
+        }
+        self.after_change(&changed, notices);
+    }
+
+    /// Connections waiting in `g`'s own steered sockets (not counting a
+    /// socket that is still routed).
+    pub fn queued(&self, g: Generation) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| s.mode == Mode::Steer)
+            .flat_map(|s| {
+                s.members
+                    .iter()
+                    .enumerate()
+                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.routed)
+                    .map(move |(_, m)| queue_length(m.fd.as_fd(), s.stream))
+            })
+            .sum()
+    }
+
+    /// The queue of each steered listener's socket of `g`, for status.
+    pub fn queue_of(&self, g: Generation) -> Option<u64> {
+        let mut any = false;
+        let mut n = 0;
+        for s in self.slots.iter().filter(|s| s.mode == Mode::Steer) {
+            for m in s.members.iter().filter(|m| m.owner == Some(g)) {
+                any = true;
+                n += queue_length(m.fd.as_fd(), s.stream);
+            }
+        }
+        any.then_some(n)
+    }
+
+    /// A TCP listener whose socket of `g` can be probed: the listener's
+    /// index and the address to connect to.
+    pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            let own = s.members.iter().any(|m| m.owner == Some(g));
+            (s.mode == Mode::Steer && s.stream && own).then(|| (i, connect_addr(s.addr)))
+        })
+    }
+
+    /// Route connections from source port `port` on listener `i` to `g`'s
+    /// socket (a readiness probe); `None` ends the exception.
+    pub fn set_probe(&mut self, i: usize, rule: Option<(u16, Generation)>) -> Result<()> {
+        let slot = &mut self.slots[i];
+        slot.probe = match rule {
+            Some((port, g)) => {
+                let k = slot.members.iter().position(|m| m.owner == Some(g));
+                Some((port, k.context("the generation has no socket of its own")?))
+            }
+            None => None,
+        };
+        Ok(self.attach(i)?)
+    }
+
+    /// `g`'s own socket of listener `i`, and whether it is TCP.
+    pub fn socket_of(&self, i: usize, g: Generation) -> Option<BorrowedFd<'_>> {
+        let s = &self.slots[i];
+        s.members
+            .iter()
+            .find(|m| m.owner == Some(g))
+            .map(|m| m.fd.as_fd())
+    }
+
+    /// Every socket the supervisor holds for the listeners (for the
+    /// stranger check and the tests' fd accounting).
+    fn own_inodes(&self) -> BTreeSet<u64> {
+        let mut set = BTreeSet::new();
+        for s in &self.slots {
+            if s.members.is_empty() {
+                set.extend(inode(s.listener.fd()));
+            }
+            for m in &s.members {
+                set.extend(inode(m.fd.as_fd()));
+            }
+        }
+        set
+    }
+
+    /// A new member for slot `i`, joined to the group.
+    fn join(&self, i: usize) -> Result<OwnedFd> {
+        let s = &self.slots[i];
+        let (family, ty, proto) = match (s.addr, s.stream) {
+            (SocketAddr::V4(_), true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
+            (SocketAddr::V6(_), true) => {
+                (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp)
+            }
+            (SocketAddr::V4(_), false) => {
+                (AddressFamily::Inet, SockType::Datagram, SockProtocol::Udp)
+            }
+            (SocketAddr::V6(_), false) => {
+                (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp)
+            }
+        };
+        let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).context("socket")?;
+        setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
+        if s.stream {
+            setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        }
+        if family == AddressFamily::Inet6 {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &s.v6only).context("IPV6_V6ONLY")?;
+        }
+        if !s.listener.inherited {
+            self.options.apply(fd.as_fd(), s.stream)?;
+        }
+        match s.addr {
+            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+        }
+        .with_context(|| format!("bind a new socket to {}", s.addr))?;
+        if s.stream {
+            listen(&fd, self.backlog).context("listen")?;
+        }
+        Ok(fd)
+    }
+
+    /// Close member `k` of slot `i`, mirroring the kernel: the last member
+    /// moves into its slot.
+    fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
+        let slot = &mut self.slots[i];
+        let m = slot.members.swap_remove(k);
+        let queued = queue_length(m.fd.as_fd(), slot.stream);
+        if queued > 0 {
+            notices.push(Notice::ClosedWithQueue {
+                listener: slot.listener.name.clone(),
+                queued,
+            });
+        }
+        if slot.stream {
+            // Leave the group at once, whoever else holds the socket.
+            let _ = nix::sys::socket::shutdown(m.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
+        drop(m);
+        let last = slot.members.len();
+        if slot.routed == last {
+            slot.routed = k;
+        }
+        if let Some((port, j)) = slot.probe {
+            slot.probe = (j != k).then(|| (port, if j == last { k } else { j }));
+        }
+    }
+
+    /// After members joined or left: look for strangers, then re-attach
+    /// the program of every changed group.
+    fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
+        if changed.is_empty() {
+            return;
+        }
+        let own = self.own_inodes();
+        let found = foreign_sockets(
+            &changed
+                .iter()
+                .map(|&i| (self.slots[i].addr.port(), self.slots[i].stream))
+                .collect::<Vec<_>>(),
+            &own,
+        );
+        for &i in changed {
+            let port = self.slots[i].addr.port();
+            let stream = self.slots[i].stream;
+            let strangers: Vec<u64> = found
+                .iter()
+                .filter(|(p, s, _)| *p == port && *s == stream)
+                .map(|(_, _, ino)| *ino)
+                .collect();
+            if !strangers.is_empty() {
+                self.freeze(i);
+                notices.push(Notice::Stranger {
+                    listener: self.slots[i].listener.name.clone(),
+                    who: describe_holders(&strangers),
+                });
+            }
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// A stranger joined slot `i`: give up members of starting
+    /// generations (they were never routed, and may not be where we
+    /// believe) and never change the group again.
+    fn freeze(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.frozen = true;
+        slot.mode = Mode::Shared("another process joined its reuseport group".into());
+        slot.probe = None;
+        // The members that joined last are the ones whose index may be
+        // wrong; the routed member joined before the stranger was seen.
+        // Members that are neither routed nor owned by a live generation
+        // that was ever routed stay open but unused (see `release`).
+        for (k, m) in slot.members.iter_mut().enumerate() {
+            if k > slot.routed {
+                m.owner = None;
+            }
+        }
+    }
+
+    /// Attach slot `i`'s program: everything to the routed member, except
+    /// a probe's source port.
+    fn attach(&self, i: usize) -> Result<(), Errno> {
+        let s = &self.slots[i];
+        let prog = program(s.routed as u32, s.probe.map(|(p, k)| (p, k as u32)));
+        attach_cbpf(s.members[s.routed].fd.as_fd(), &prog)
+    }
+}
+
+/// Whether a listener can be steered: TCP or UDP, with `SO_REUSEPORT`
+/// set. Returns (is TCP, bound address, IPV6_V6ONLY).
+fn steer_kind(fd: BorrowedFd<'_>) -> Result<(bool, SocketAddr, bool), String> {
+    let ty: SockType = getsockopt(&fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
+    let stream = match ty {
+        SockType::Stream => true,
+        SockType::Datagram => false,
+        _ => return Err("neither TCP nor UDP".into()),
+    };
+    let addr: SockaddrStorage =
+        getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
+    let (addr, v6only) = if let Some(a) = addr.as_sockaddr_in() {
+        (SocketAddr::from(*a), false)
+    } else if let Some(a) = addr.as_sockaddr_in6() {
+        let only = getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false);
+        (SocketAddr::from(*a), only)
+    } else {
+        return Err("a Unix socket (no reuseport groups)".into());
+    };
+    if !getsockopt(&fd, sockopt::ReusePort).unwrap_or(false) {
+        return Err("the socket was handed over without SO_REUSEPORT, so it cannot be joined (a systemd socket unit needs ReusePort=yes)".into());
+    }
+    Ok((stream, addr, v6only))
+}
+
+/// Where a probe connects for a listener bound to `addr`: loopback for a
+/// wildcard address.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Connections waiting in a listening TCP socket's accept queue
+/// (`tcpi_unacked`, what `ss -lt` shows as Recv-Q), or 1 if a UDP socket
+/// has a datagram waiting.
+pub fn queue_length(fd: BorrowedFd<'_>, stream: bool) -> u64 {
+    if stream {
+        // SAFETY: tcp_info is plain old data; zeroes are a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the buffer and its length describe `info`, which lives
+        // across the call; the kernel writes at most `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            u64::from(info.tcpi_unacked)
+        } else {
+            0
+        }
+    } else {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to the pointer given.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+        u64::from(r == 0 && n > 0)
+    }
+}
+
+/// The classic BPF program of a group: connections from source port
+/// `probe.0` go to member `probe.1`, everything else to member `routed`.
+///
+/// The source port is read from the packet's transport header, found
+/// through the network header (`SKF_NET_OFF`): after a variable-length IPv4
+/// header, or after the fixed 40-byte IPv6 header.
+pub fn program(routed: u32, probe: Option<(u16, u32)>) -> Vec<libc::sock_filter> {
+    const LD_B_ABS: u16 = 0x30;
+    const LD_H_ABS: u16 = 0x28;
+    const LD_H_IND: u16 = 0x48;
+    const LDX_B_MSH: u16 = 0xb1;
+    const ALU_RSH_K: u16 = 0x74;
+    const JEQ_K: u16 = 0x15;
+    const JA: u16 = 0x05;
+    const RET_K: u16 = 0x06;
+    let ins = |code, jt, jf, k: u32| libc::sock_filter { code, jt, jf, k };
+    let net = libc::SKF_NET_OFF as u32;
+    let Some((port, member)) = probe else {
+        return vec![ins(RET_K, 0, 0, routed)];
+    };
+    vec![
+        ins(LD_B_ABS, 0, 0, net),  // 0: A = first byte of the IP header
+        ins(ALU_RSH_K, 0, 0, 4),   // 1: A = IP version
+        ins(JEQ_K, 3, 0, 6),       // 2: IPv6? to 6
+        ins(LDX_B_MSH, 0, 0, net), // 3: X = IPv4 header length
+        ins(LD_H_IND, 0, 0, net),  // 4: A = source port
+        ins(JA, 0, 0, 1),          // 5: to 7
+        ins(LD_H_ABS, 0, 0, net.wrapping_add(40)), // 6: A = IPv6 source port
+        ins(JEQ_K, 0, 1, u32::from(port)), // 7: the probe's port?
+        ins(RET_K, 0, 0, member),  // 8: to the probe's member
+        ins(RET_K, 0, 0, routed),  // 9: to the routed member
+    ]
+}
+
+fn attach_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> Result<(), Errno> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points into `prog`, which outlives the call; the
+    // kernel copies the program before returning.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// The inode of a socket (as `/proc/net/*` and `/proc/PID/fd` show it).
+fn inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino)
+}
+
+/// Sockets bound to one of `ports` (TCP listening, or UDP) whose inode is
+/// not in `own`: (port, is TCP, inode).
+fn foreign_sockets(ports: &[(u16, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool, u64)> {
+    let mut found = Vec::new();
+    for (file, stream) in [
+        ("/proc/net/tcp", true),
+        ("/proc/net/tcp6", true),
+        ("/proc/net/udp", false),
+        ("/proc/net/udp6", false),
+    ] {
+        if !ports.iter().any(|(_, s)| *s == stream) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            // TCP_LISTEN is 0A; an unconnected UDP socket shows 07.
+            if f[3] != if stream { "0A" } else { "07" } {
+                continue;
+            }
+            let Some(port) = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            let Ok(ino) = f[9].parse::<u64>() else {
+                continue;
+            };
+            if ino != 0 && ports.contains(&(port, stream)) && !own.contains(&ino) {
+                found.push((port, stream, ino));
+            }
+        }
+    }
+    found
+}
+
+/// `pid 1234 (python3)` for each process holding one of the sockets, or
+/// the inodes if no holder can be seen.
+fn describe_holders(inodes: &[u64]) -> String {
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut who = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+            });
+            if holds {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                who.push(format!("pid {pid} ({})", comm.trim()));
+            }
+        }
+    }
+    if who.is_empty() {
+        let list: Vec<String> = inodes.iter().map(u64::to_string).collect();
+        format!("socket inode {}", list.join(", "))
+    } else {
+        who.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_without_probe_is_one_return() {
+        let p = program(3, None);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].code, p[0].k), (0x06, 3));
+    }
+
+    #[test]
+    fn a_probe_program_jumps_to_its_returns() {
+        let p = program(1, Some((40000, 2)));
+        assert_eq!(p.len(), 10);
+        // Every jump lands inside the program.
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code == 0x15 {
+                assert!(i + 1 + (ins.jt as usize) < p.len());
+                assert!(i + 1 + (ins.jf as usize) < p.len());
+            }
+            if ins.code == 0x05 {
+                assert!(i + 1 + (ins.k as usize) < p.len());
+            }
+        }
+        assert_eq!(p[7].k, 40000);
+        assert_eq!((p[8].code, p[8].k), (0x06, 2));
+        assert_eq!((p[9].code, p[9].k), (0x06, 1));
+    }
+}
