@@ -344,7 +344,7 @@ impl Driver {
 
     /// Carry out the machine's actions; an `Exit` is kept in `self.exit`.
     fn execute(&mut self) {
-        let steer = self.parts.steering.any_steered();
+        let steer = self.machine.quiesces();
         while let Some(action) = self.machine.poll_action() {
             let now = Instant::now();
             match action {

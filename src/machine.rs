@@ -499,6 +499,12 @@ impl Machine {
         self.restarts
     }
 
+    /// Whether replaced generations quiesce before they are stopped
+    /// (steer mode).
+    pub fn quiesces(&self) -> bool {
+        self.cfg.quiesce.is_some()
+    }
+
     /// Whether a stop has begun.
     pub fn stopping(&self) -> bool {
         self.stopping != Stopping::No

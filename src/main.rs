@@ -130,7 +130,7 @@ fn run(args: cli::Args) -> Result<i32> {
             ""
         };
         log::info!(
-            "listening on {} as {:?} (fd {} in children, {}){from}",
+            "listening on {} as {:?} (fd {} in children), {}{from}",
             l.bound,
             l.name,
             supervisor::child::LISTEN_FDS_START + i as i32,

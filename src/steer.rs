@@ -657,47 +657,122 @@ fn inode(fd: BorrowedFd<'_>) -> Option<u64> {
     nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino)
 }
 
-/// Sockets bound to one of `ports` (TCP listening, or UDP) whose inode is
-/// not in `own`: (port, is TCP, inode).
+/// Sockets bound to one of `ports` (TCP listening, or unconnected UDP)
+/// whose inode is not in `own`: (port, is TCP, inode). Asked of the kernel
+/// with sock_diag(7), which filters by state, so that thousands of
+/// connections in TIME_WAIT cost nothing (`/proc/net/tcp` lists them all).
 fn foreign_sockets(ports: &[(u16, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool, u64)> {
     let mut found = Vec::new();
-    for (file, stream) in [
-        ("/proc/net/tcp", true),
-        ("/proc/net/tcp6", true),
-        ("/proc/net/udp", false),
-        ("/proc/net/udp6", false),
-    ] {
+    for stream in [true, false] {
         if !ports.iter().any(|(_, s)| *s == stream) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            // TCP_LISTEN is 0A; an unconnected UDP socket shows 07.
-            if f[3] != if stream { "0A" } else { "07" } {
-                continue;
-            }
-            let Some(port) = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-            else {
-                continue;
-            };
-            let Ok(ino) = f[9].parse::<u64>() else {
-                continue;
-            };
-            if ino != 0 && ports.contains(&(port, stream)) && !own.contains(&ino) {
-                found.push((port, stream, ino));
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            match diag_dump(family as u8, stream) {
+                Ok(list) => {
+                    for (port, ino) in list {
+                        if ino != 0 && ports.contains(&(port, stream)) && !own.contains(&ino) {
+                            found.push((port, stream, ino));
+                        }
+                    }
+                }
+                Err(e) => log::debug!("sock_diag: {e}: sockets of other processes not checked"),
             }
         }
     }
     found
+}
+
+/// Every listening TCP (or unconnected UDP) socket of `family`, as
+/// (local port, inode), from a sock_diag dump.
+fn diag_dump(family: u8, stream: bool) -> Result<Vec<(u16, u64)>, Errno> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u32 = 10;
+    const TCP_CLOSE: u32 = 7;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
+    let mut req = [0u8; 72];
+    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[16] = family;
+    req[17] = if stream {
+        libc::IPPROTO_TCP as u8
+    } else {
+        libc::IPPROTO_UDP as u8
+    };
+    let states: u32 = 1 << if stream { TCP_LISTEN } else { TCP_CLOSE };
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
+    // SAFETY: zeroes are a valid sockaddr_nl (the kernel as destination).
+    let mut dest: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: the buffer and the address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const dest).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(Errno::last());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for writes of its whole length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        let data = &buf[..n as usize];
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let len =
+                u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap_or_default());
+            if len < 16 || off + len > data.len() {
+                return Ok(out);
+            }
+            match i32::from(ty) {
+                libc::NLMSG_DONE => return Ok(out),
+                libc::NLMSG_ERROR => return Err(Errno::EPROTO),
+                _ => {}
+            }
+            // inet_diag_msg: family, state, timer, retrans, then the
+            // socket id (source port first, big-endian), ..., inode at 68.
+            let msg = &data[off + 16..off + len];
+            if msg.len() >= 72 {
+                let port = u16::from_be_bytes([msg[4], msg[5]]);
+                let ino = u32::from_ne_bytes(msg[68..72].try_into().unwrap_or_default());
+                out.push((port, u64::from(ino)));
+            }
+            off += (len + 3) & !3;
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// `pid 1234 (python3)` for each process holding one of the sockets, or

@@ -120,7 +120,11 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
 
 #[test]
 fn second_generation_gets_its_own_pid_and_the_same_sockets() {
+    // Shared mode: every generation gets the very same socket (steer mode,
+    // a socket per generation, is tested in tests/steer.rs).
     let mut sv = Supervisor::start(&[
+        "--handoff",
+        "shared",
         "-l",
         "[::1]:0",
         "--ready",
