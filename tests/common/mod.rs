@@ -403,6 +403,26 @@ impl Supervisor {
         got.unwrap_or_else(|| panic!("status never answered within {WAIT:?}: {last:?}"))
     }
 
+    /// Wait until it answers on its control socket (it is up: listeners
+    /// bound, control socket bound) or exits: whether it is up.
+    pub fn wait_up(&self) -> bool {
+        let up = wait_until(WAIT, || {
+            if self.try_status().is_ok() {
+                Some(true)
+            } else if process_state(self.pid).is_none_or(|s| s == 'Z') {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        up.unwrap_or_else(|| {
+            panic!(
+                "the supervisor neither answered nor exited within {WAIT:?}; output:\n{}",
+                self.output()
+            )
+        })
+    }
+
     /// Poll the status until `f` returns `Some`; fails after `timeout`,
     /// naming `what` and showing the last status.
     pub fn wait_status<R>(
