@@ -578,6 +578,15 @@ impl Supervisor {
         rest.split(')').next().unwrap().parse().unwrap()
     }
 
+    /// Wait until the log says generation `g` is ready; the line. Only for
+    /// when the status cannot answer (every control connection taken).
+    pub fn wait_ready_logged(&self, g: u64, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let pid = self.logged_pid(g, timeout);
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.wait_line(&format!("generation {g} (pid {pid}) ready in"), left)
+    }
+
     /// Send a signal to the supervisor.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the pid of our own unreaped child process.
