@@ -405,7 +405,8 @@ fn status_shows_a_draining_generation_until_it_exits() {
     assert_eq!(a.code, Some(0), "{a:?}");
     let gen2 = sv.wait_active(2);
     assert!(
-        a.line.starts_with(&format!("generation 2 (pid {gen2}) ready in ")),
+        a.line
+            .starts_with(&format!("generation 2 (pid {gen2}) ready in ")),
         "{a:?}"
     );
 

@@ -50,10 +50,7 @@ fn clean_exit_under_on_failure_is_not_restarted() {
 #[test]
 fn sigterm_stops_and_propagates_the_child_status() {
     // Default disposition: the child dies of SIGTERM, 128+15.
-    let mut sv = Supervisor::builder()
-        .ready("delay:50ms")
-        .sleeper()
-        .start();
+    let mut sv = Supervisor::builder().ready("delay:50ms").sleeper().start();
     let pid = sv.wait_active(1);
     assert_eq!(sv.terminate(), Some(143));
     assert!(wait_gone(pid, T));

@@ -443,11 +443,9 @@ impl Supervisor {
 
     /// Wait until generation `g` is in `state`; its entry.
     pub fn wait_state(&self, g: u64, state: &str, timeout: Duration) -> Generation {
-        self.wait_status(
-            &format!("generation {g} {state}"),
-            timeout,
-            |st| st.generation(g).filter(|e| e.state == state).cloned(),
-        )
+        self.wait_status(&format!("generation {g} {state}"), timeout, |st| {
+            st.generation(g).filter(|e| e.state == state).cloned()
+        })
     }
 
     /// Wait until generation `g` is active (ready and serving); its pid.
