@@ -142,8 +142,7 @@ fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
         .sh("trap '' TERM; sleep 300 & echo \"grandchild $!\"; wait $!")
         .start();
     let gen1 = sv.wait_active(1);
-    let line = sv.wait_line("grandchild ", T);
-    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let grandchild = sv.printed_pid("grandchild");
     assert!(process_exists(grandchild));
     sv.signal(libc::SIGHUP);
     let gen2 = sv.wait_active(2);

@@ -65,13 +65,6 @@ fn sigterm_stops_and_propagates_the_child_status() {
     assert_eq!(sv.wait_exit(T).code(), Some(5));
 }
 
-/// The pid a child's script printed as `TAG PID` (its own output, which
-/// the supervisor passes through).
-fn printed_pid(sv: &Supervisor, tag: &str) -> i32 {
-    let line = sv.wait_line(&format!("{tag} "), T);
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn second_stop_signal_kills_everything_at_once() {
     let mut sv = Supervisor::builder()
@@ -80,7 +73,7 @@ fn second_stop_signal_kills_everything_at_once() {
         .sh("trap '' TERM INT; sleep 300 & echo \"grandchild $!\"; wait $!")
         .start();
     let pid = sv.wait_active(1);
-    let grandchild = printed_pid(&sv, "grandchild");
+    let grandchild = sv.printed_pid("grandchild");
     sv.signal(libc::SIGINT);
     sv.wait_status("stopping, generation 1 draining", T, |st| {
         (st.supervisor.stopping && st.generation(1)?.state == "draining").then_some(())
@@ -239,7 +232,7 @@ fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
         .sh("setsid sh -c 'echo \"escapee $$\"; exec sleep 300' & exec sleep 300")
         .start();
     sv.wait_active(1);
-    let escapee = printed_pid(&sv, "escapee");
+    let escapee = sv.printed_pid("escapee");
     assert!(process_exists(escapee));
     assert_eq!(sv.terminate(), Some(143));
     assert!(

@@ -576,6 +576,16 @@ impl Supervisor {
         rest.split(')').next().unwrap().parse().unwrap()
     }
 
+    /// The pid a child printed as `TAG PID` on its own output (which the
+    /// supervisor passes through).
+    pub fn printed_pid(&self, tag: &str) -> i32 {
+        let line = self.wait_line(&format!("{tag} "), WAIT);
+        line.rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid after {tag:?} in {line:?}"))
+    }
+
     /// Wait until the log says generation `g` is ready; the line. Only for
     /// when the status cannot answer (every control connection taken).
     pub fn wait_ready_logged(&self, g: u64, timeout: Duration) -> String {
