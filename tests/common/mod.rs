@@ -13,7 +13,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -584,6 +584,31 @@ impl Supervisor {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no pid after {tag:?} in {line:?}"))
+    }
+
+    /// Its open fds, once it holds no accepted control connection (the
+    /// status queries of a test close theirs a moment after the answer).
+    pub fn fds_without_control_connections(&self) -> BTreeMap<i32, String> {
+        let control = self.control.to_string_lossy().into_owned();
+        let accepted = || -> BTreeSet<String> {
+            let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // St 03: connected (the listener itself is 01).
+                    (cols.get(5) == Some(&"03") && cols.get(7) == Some(&control.as_str()))
+                        .then(|| format!("socket:[{}]", cols[6]))
+                })
+                .collect()
+        };
+        let quiet = wait_until(WAIT, || {
+            let open = fds(self.pid);
+            let conns = accepted();
+            (!open.values().any(|t| conns.contains(t))).then_some(open)
+        });
+        quiet.unwrap_or_else(|| panic!("control connections still open after {WAIT:?}"))
     }
 
     /// Wait until the log says generation `g` is ready; the line. Only for
