@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = WAIT;
 
 fn unix_inode(path: &str) -> Option<String> {
     let table = std::fs::read_to_string("/proc/net/unix").unwrap();
@@ -27,36 +26,28 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
     let sock = sock.to_str().unwrap();
     // The supervisor itself inherits fd 9 without CLOEXEC and a launcher's
     // protocol variables; none of it may reach the child.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("exec 9</dev/null; exec \"$0\" \"$@\"")
-        .arg(supervisor_bin())
-        .args([
-            "-l",
-            "web=127.0.0.1:0",
-            "-l",
-            &format!("unix:{sock}"),
-            "-l",
-            "dns=udp:127.0.0.1:0",
-        ])
-        .args(["--ready", "delay:50ms", "--", "sleep", "300"])
+    let mut sv = Supervisor::builder()
+        .launcher(["sh", "-c", "exec 9</dev/null; exec \"$0\" \"$@\""])
+        .listen("web=127.0.0.1:0")
+        .listen(&format!("unix:{sock}"))
+        .listen("dns=udp:127.0.0.1:0")
+        .ready("delay:50ms")
         .env("LISTEN_FDS", "7")
         .env("LISTEN_PID", "1")
         .env("LISTEN_FDNAMES", "bogus")
         .env("NOTIFY_SOCKET", "/nonexistent/notify")
         .env("WATCHDOG_USEC", "1000000")
-        .env("SUPERVISOR_GENERATION", "99");
-    let mut sv = Supervisor::start_with(&mut cmd);
-    sv.wait_ready(1, T);
-    let pid = sv.generation_pid(1, T);
-    let tcp_port = sv.tcp_addr(0).port();
-    let udp_line = sv.wait_line("(fd 5 in children)", T);
-    let udp_port: u16 = udp_line
-        .split("listening on udp:127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
+        .env("SUPERVISOR_GENERATION", "99")
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    let tcp_port = sv.listener_addr(0).port();
+    let udp = sv.listener_address(2);
+    let udp_port: u16 = udp
+        .strip_prefix("udp:127.0.0.1:")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{udp_line}"));
+        .unwrap_or_else(|| panic!("{udp}"));
+    assert_eq!(sv.listener_address(1), format!("unix:{sock}"));
 
     assert!(
         fds(sv.pid).contains_key(&9),
@@ -106,8 +97,7 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
         0o700
     );
 
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
     assert!(
         !std::path::Path::new(sock).exists(),
         "unix socket file left behind"
@@ -122,38 +112,32 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
 fn second_generation_gets_its_own_pid_and_the_same_sockets() {
     // Shared mode: every generation gets the very same socket (steer mode,
     // a socket per generation, is tested in tests/steer.rs).
-    let mut sv = Supervisor::start(&[
-        "--handoff",
-        "shared",
-        "-l",
-        "[::1]:0",
-        "--ready",
-        "delay:50ms",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    if sv.wait_line("", T).contains("error") {
+    let mut sv = Supervisor::builder()
+        .args(&["--handoff", "shared"])
+        .listen("[::1]:0")
+        .ready("delay:50ms")
+        .sleeper()
+        .start();
+    // It exits at once if it cannot bind [::1].
+    if !sv.wait_up() {
+        sv.wait_exit(T);
         eprintln!("skipped: no IPv6 loopback here: {}", sv.output());
         return;
     }
-    sv.wait_ready(1, T);
-    let p1 = sv.generation_pid(1, T);
-    let addr = sv.tcp_addr(0);
+    let p1 = sv.wait_active(1);
+    let addr = sv.listener_addr(0);
     assert!(addr.is_ipv6());
     let inode = socket_inode("tcp", addr.port()).unwrap();
     assert_eq!(fds(p1)[&3], format!("socket:[{inode}]"));
     sv.signal(libc::SIGHUP);
-    sv.wait_ready(2, T);
-    let p2 = sv.generation_pid(2, T);
+    let p2 = sv.wait_active(2);
     assert_eq!(environ(p2)["LISTEN_PID"], p2.to_string());
     assert_eq!(environ(p2)["SUPERVISOR_GENERATION"], "2");
     assert_eq!(fds(p2)[&3], format!("socket:[{inode}]"));
     // The accept queue is the same: a connection made now is accepted by
     // whoever holds the socket.
     std::net::TcpStream::connect(addr).expect("connect to [::1] listener");
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]
@@ -161,22 +145,15 @@ fn notify_readiness_from_a_helper_process_of_the_child_counts() {
     // The READY=1 comes from a grandchild (python) that exits at once, as
     // `systemd-notify --ready` in a shell script would.
     let script = "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\\nSTATUS=warmed up\", os.environ[\"NOTIFY_SOCKET\"])'; exec sleep 300";
-    let mut sv = Supervisor::start(&[
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "15s",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    sv.wait_ready(1, T);
-    assert!(
-        sv.has_line("status: warmed up") || sv.wait_line("status: warmed up", T).contains("warmed")
-    );
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    let mut sv = Supervisor::builder()
+        .notify()
+        .ready_timeout("15s")
+        .sh(script)
+        .start();
+    // The status shows the STATUS= that came with READY=1.
+    let e = sv.wait_state(1, "active", T);
+    assert_eq!(e.status.as_deref(), Some("warmed up"), "{e:?}");
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]
@@ -185,31 +162,24 @@ fn compat_variables_are_written_as_each_launcher_writes_them() {
     let sock = dir.path("app.sock");
     let sock = sock.to_str().unwrap();
     // The supervisor's own launcher variables must not leak through.
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args([
-        "-l",
-        "127.0.0.1:0",
-        "-l",
-        &format!("unix:{sock}"),
-        "-l",
-        "udp:127.0.0.1:0",
-    ])
-    .args(["--compat", "einhorn,server-starter", "--compat", "nginx"])
-    .args(["--ready", "delay:10ms", "--", "sleep", "300"])
-    .env("EINHORN_FD_COUNT", "9")
-    .env("EINHORN_FD_5", "42")
-    .env("SERVER_STARTER_PORT", "80=9")
-    .env("NGINX", "9;");
-    let mut sv = Supervisor::start_with(&mut cmd);
-    sv.wait_ready(1, T);
-    let pid = sv.generation_pid(1, T);
-    let tcp = sv.tcp_addr(0);
-    let udp_line = sv.wait_line("(fd 5 in children)", T);
-    let udp = udp_line
-        .split("listening on udp:")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .unwrap()
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .listen(&format!("unix:{sock}"))
+        .listen("udp:127.0.0.1:0")
+        .args(["--compat", "einhorn,server-starter", "--compat", "nginx"])
+        .ready("delay:10ms")
+        .env("EINHORN_FD_COUNT", "9")
+        .env("EINHORN_FD_5", "42")
+        .env("SERVER_STARTER_PORT", "80=9")
+        .env("NGINX", "9;")
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    let tcp = sv.listener_addr(0);
+    let udp = sv.listener_address(2);
+    let udp = udp
+        .strip_prefix("udp:")
+        .unwrap_or_else(|| panic!("{udp}"))
         .to_string();
     let env = environ(pid);
     assert_eq!(env["EINHORN_FD_COUNT"], "3");
@@ -232,34 +202,24 @@ fn compat_variables_are_written_as_each_launcher_writes_them() {
         assert!(child_fds[&fd].starts_with("socket:"), "{child_fds:?}");
     }
     sv.signal(libc::SIGHUP);
-    sv.wait_ready(2, T);
-    let p2 = sv.generation_pid(2, T);
+    let p2 = sv.wait_active(2);
     assert_eq!(environ(p2)["SERVER_STARTER_GENERATION"], "2");
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]
 fn without_compat_no_launcher_variables_reach_the_child() {
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args([
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:10ms",
-        "--",
-        "sleep",
-        "300",
-    ])
-    .env("EINHORN_FD_COUNT", "9")
-    .env("SERVER_STARTER_PORT", "80=9")
-    .env("NGINX", "9;");
-    let mut sv = Supervisor::start_with(&mut cmd);
-    sv.wait_ready(1, T);
-    let env = environ(sv.generation_pid(1, T));
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:10ms")
+        .env("EINHORN_FD_COUNT", "9")
+        .env("SERVER_STARTER_PORT", "80=9")
+        .env("NGINX", "9;")
+        .sleeper()
+        .start();
+    let env = environ(sv.wait_active(1));
     for k in ["EINHORN_FD_COUNT", "SERVER_STARTER_PORT", "NGINX"] {
         assert!(!env.contains_key(k), "{k} leaked: {env:?}");
     }
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = WAIT;
 /// Reloads per child.
 const RELOADS: u64 = 5;
 /// Concurrent client connections.
@@ -61,27 +61,39 @@ fn reload_under_load(name: &str, sv: &Supervisor, before_reload: impl FnMut(u64)
 
 /// Stops the supervisor: the serving generation drains and exits 0.
 fn stop(name: &str, mut sv: Supervisor) {
-    sv.signal(libc::SIGTERM);
     assert_eq!(
-        sv.wait_exit(T).code(),
+        sv.terminate(),
         Some(0),
         "{name}: the last generation drains and exits 0"
     );
 }
 
+/// `-l 127.0.0.1:0 --ready MODE --drain-timeout 10s -- COMMAND`.
+fn child(ready: &str, command: &[&str]) -> Supervisor {
+    Supervisor::builder()
+        .tcp()
+        .ready(ready)
+        .drain_timeout("10s")
+        .command(command)
+        .start()
+}
+
 /// A Rust example child, with `-l http=127.0.0.1:0 --ready notify`.
 fn rust_child(name: &str) -> Supervisor {
-    let bin = example(name);
-    Supervisor::start(&[
-        "-l",
-        "http=127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        s(&bin),
-    ])
+    Supervisor::builder()
+        .listen("http=127.0.0.1:0")
+        .notify()
+        .drain_timeout("10s")
+        .command([example(name)])
+        .start()
+}
+
+/// The serving generation's last `STATUS=` (from the status) becomes
+/// `want`.
+fn wait_child_status(sv: &Supervisor, want: &str) {
+    sv.wait_status(&format!("STATUS={want}"), T, |st| {
+        (st.in_state("active")?.status.as_deref() == Some(want)).then_some(())
+    });
 }
 
 #[test]
@@ -96,7 +108,7 @@ fn rust_sd_notify_child_reloads_under_load() {
     let sv = rust_child("sd_notify_server");
     reload_under_load("sd-notify", &sv, |_| {});
     // READY=1 and STATUS= came through the sd-notify crate.
-    assert!(sv.has_line(&format!("status: serving generation {}", RELOADS + 1)));
+    wait_child_status(&sv, &format!("serving generation {}", RELOADS + 1));
     stop("sd-notify", sv);
 }
 
@@ -104,7 +116,7 @@ fn rust_sd_notify_child_reloads_under_load() {
 fn rust_tokio_child_on_supervisor_child_module_reloads_under_load() {
     let sv = rust_child("tokio_server");
     reload_under_load("tokio", &sv, |_| {});
-    assert!(sv.has_line(&format!("status: serving generation {}", RELOADS + 1)));
+    wait_child_status(&sv, &format!("serving generation {}", RELOADS + 1));
     stop("tokio", sv);
 }
 
@@ -119,23 +131,19 @@ fn gunicorn_unmodified_reloads_under_load() {
         return;
     };
     let app = children_dir().join("gunicorn");
-    let sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
+    let sv = child(
         "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        s(&gunicorn),
-        "--chdir",
-        s(&app),
-        "--workers",
-        "2",
-        "--graceful-timeout",
-        "10",
-        "app:app",
-    ]);
+        &[
+            s(&gunicorn),
+            "--chdir",
+            s(&app),
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "10",
+            "app:app",
+        ],
+    );
     reload_under_load("gunicorn", &sv, |_| {});
     assert!(
         sv.has_line("status: Gunicorn arbiter booted"),
@@ -168,16 +176,7 @@ fn go_child_reloads_under_load() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        s(&bin),
-    ]);
+    let sv = child("notify", &[s(&bin)]);
     reload_under_load("go", &sv, |_| {});
     stop("go", sv);
 }
@@ -188,18 +187,8 @@ fn node_child_reloads_under_load() {
         return;
     };
     let script = children_dir().join("node/server.js");
-    let sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        // Node cannot send READY=1 (no Unix datagram sockets).
-        "--ready",
-        "delay:300ms",
-        "--drain-timeout",
-        "10s",
-        "--",
-        s(&node),
-        s(&script),
-    ]);
+    // Node cannot send READY=1 (no Unix datagram sockets).
+    let sv = child("delay:300ms", &[s(&node), s(&script)]);
     reload_under_load("node", &sv, |_| {});
     stop("node", sv);
 }
@@ -236,44 +225,25 @@ fn nginx_reloads_a_changed_configuration_under_load() {
             .port();
         let listen = format!("127.0.0.1:{port}");
         write_nginx_conf(&dir, &listen, 1);
-        let sv = Supervisor::start(&[
-            "-l",
-            &listen,
-            "--compat",
-            "nginx",
-            "--stop-signal",
-            "QUIT",
+        let mut sv = Supervisor::builder()
+            .listen(&listen)
+            .args(["--compat", "nginx", "--stop-signal", "QUIT"])
             // nginx does not speak sd_notify.
-            "--ready",
-            "delay:500ms",
-            "--drain-timeout",
-            "10s",
-            "--",
-            s(&nginx),
-            "-e",
-            "stderr",
-            "-p",
-            &prefix,
-            "-c",
-            "nginx.conf",
-        ]);
-        let bound = wait_until(T, || {
-            if sv.has_line("(fd 3 in children)") {
-                Some(true)
-            } else if sv.has_line("Address already in use") {
-                Some(false)
-            } else {
-                None
-            }
-        });
-        match bound {
-            Some(true) => {
-                started = Some((sv, listen));
-                break;
-            }
-            Some(false) => continue,
-            None => panic!("the supervisor neither bound {listen} nor failed to"),
+            .ready("delay:500ms")
+            .drain_timeout("10s")
+            .command([s(&nginx), "-e", "stderr", "-p", &prefix, "-c", "nginx.conf"])
+            .start();
+        if sv.wait_up() {
+            started = Some((sv, listen));
+            break;
         }
+        // It exited: a failed bind says why in its one error line.
+        sv.wait_exit(T);
+        assert!(
+            sv.has_line("Address already in use"),
+            "the supervisor neither bound {listen} nor failed to: {}",
+            sv.output()
+        );
     }
     let (sv, listen) = started.expect("no free port in three tries");
     // Each reload starts a new nginx on a new file: its body names the

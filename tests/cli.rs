@@ -123,15 +123,16 @@ fn unix_socket_of_a_live_process_is_refused_a_stale_one_replaced() {
     assert!(line.contains("is in use by a running process"), "{line}");
     assert!(path.exists(), "the live socket's file was removed");
     drop(live); // Now the file is stale: nobody accepts on it.
-    let mut sv = Supervisor::start(&["-l", &arg, "--ready", "delay:10ms", "--", "sleep", "300"]);
-    sv.wait_ready(1, std::time::Duration::from_secs(20));
+    let mut sv = Supervisor::builder()
+        .listen(&arg)
+        .ready("delay:10ms")
+        .sleeper()
+        .start();
+    sv.wait_active(1);
+    assert_eq!(sv.listener_address(0), arg);
     assert!(sv.has_line("removing stale socket file"));
     std::os::unix::net::UnixStream::connect(&path).expect("connect to the new socket");
-    sv.signal(libc::SIGTERM);
-    assert_eq!(
-        sv.wait_exit(std::time::Duration::from_secs(20)).code(),
-        Some(143)
-    );
+    assert_eq!(sv.terminate(), Some(143));
     assert!(!path.exists());
 
     let plain = dir.path("plain");
@@ -180,8 +181,8 @@ fn live_unix_socket_with_a_full_accept_queue_is_refused_without_hanging() {
         }
     }
     let arg = format!("unix:{}", path.display());
-    let mut sv = Supervisor::start(&["-l", &arg, "--", "sleep", "300"]);
-    let code = sv.wait_exit(std::time::Duration::from_secs(20)).code();
+    let mut sv = Supervisor::builder().listen(&arg).sleeper().start();
+    let code = sv.wait_exit(WAIT).code();
     assert_eq!(code, Some(1), "{}", sv.output());
     assert!(
         sv.has_line("is in use by a running process"),
@@ -197,14 +198,17 @@ fn two_supervisors_never_share_a_unix_socket_path() {
     let dir = TempDir::new("two");
     let path = dir.path("app.sock");
     let arg = format!("unix:{}", path.display());
-    let mut first = Supervisor::start(&["-l", &arg, "--ready", "delay:10ms", "--", "sleep", "300"]);
-    first.wait_ready(1, std::time::Duration::from_secs(20));
+    let mut first = Supervisor::builder()
+        .listen(&arg)
+        .ready("delay:10ms")
+        .sleeper()
+        .start();
+    first.wait_active(1);
     let (code, line) = fails(&["-l", &arg, "--", "sleep", "300"]);
     assert_eq!(code, 1);
     assert!(line.contains("in use by another supervisor"), "{line}");
     assert!(path.exists());
-    first.signal(libc::SIGTERM);
-    first.wait_exit(std::time::Duration::from_secs(20));
+    first.terminate();
     assert!(!path.exists());
 }
 
@@ -231,11 +235,11 @@ fn a_command_that_cannot_be_executed_stops_at_once_with_127() {
     std::fs::write(&script, "echo hi\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut sv = Supervisor::start(&["--restart", "always", "--", script.to_str().unwrap()]);
-    assert_eq!(
-        sv.wait_exit(std::time::Duration::from_secs(20)).code(),
-        Some(127)
-    );
+    let mut sv = Supervisor::builder()
+        .restart("always")
+        .command([&script])
+        .start();
+    assert_eq!(sv.wait_exit(WAIT).code(), Some(127));
     assert!(sv.has_line("Exec format error"), "{}", sv.output());
 }
 
@@ -243,26 +247,18 @@ fn a_command_that_cannot_be_executed_stops_at_once_with_127() {
 fn many_listeners_fit_within_a_tight_fd_limit() {
     // 300 listeners under a 400-fd limit: placing them at 3.. in the child
     // must not need a second copy of each.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 400 && exec \"$0\" \"$@\"")
-        .arg(supervisor_bin());
-    for _ in 0..300 {
-        cmd.args(["-l", "127.0.0.1:0"]);
-    }
-    cmd.args(["--ready", "delay:10ms", "--", "sleep", "300"]);
-    let mut sv = Supervisor::start_with(&mut cmd);
-    sv.wait_line("generation 1 (pid", std::time::Duration::from_secs(20));
-    sv.wait_ready(1, std::time::Duration::from_secs(20));
-    let pid = sv.generation_pid(1, std::time::Duration::from_secs(20));
+    let mut sv = Supervisor::builder()
+        .launcher(["sh", "-c", "ulimit -n 400 && exec \"$0\" \"$@\""])
+        .args(std::iter::repeat_n(["-l", "127.0.0.1:0"], 300).flatten())
+        .ready("delay:10ms")
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    assert_eq!(sv.status().listeners.len(), 300);
     let fds = fds(pid);
     assert_eq!(fds.len(), 303, "child fds: {}", fds.len());
     assert!((3..303).all(|n| fds.get(&n).is_some_and(|t| t.starts_with("socket:"))));
-    sv.signal(libc::SIGTERM);
-    assert_eq!(
-        sv.wait_exit(std::time::Duration::from_secs(20)).code(),
-        Some(143)
-    );
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]

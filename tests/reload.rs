@@ -8,26 +8,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = WAIT;
 
 #[test]
 fn demo_server_reloads_ten_times_under_load_without_a_failed_request() {
-    let demo = example("demo_server");
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "http=127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        demo.to_str().unwrap(),
-    ]);
+    let mut sv = Supervisor::builder()
+        .listen("http=127.0.0.1:0")
+        .notify()
+        .drain_timeout("10s")
+        .demo(&[])
+        .start();
     let ok = reload_under_load("demo server", &sv, 10, 24, 20, |_| {});
     assert!(ok > 1000, "only {ok} requests over 10 reloads");
-    sv.signal(libc::SIGTERM);
     assert_eq!(
-        sv.wait_exit(T).code(),
+        sv.terminate(),
         Some(0),
         "the demo server drains and exits 0"
     );
@@ -48,20 +42,14 @@ fn python_child_reloads_ten_times_under_load_without_a_failed_request() {
     // READY=1 itself.
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/children/python/server.py");
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--drain-timeout",
-        "10s",
-        "--",
-        "python3",
-        script.to_str().unwrap(),
-    ]);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .drain_timeout("10s")
+        .command(["python3", script.to_str().unwrap()])
+        .start();
     reload_under_load("python", &sv, 10, 16, 20, |_| {});
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(0));
+    assert_eq!(sv.terminate(), Some(0));
 }
 
 /// A launcher script whose behaviour a test switches through a file, as a
@@ -90,24 +78,19 @@ fn switchable(dir: &TempDir) -> std::path::PathBuf {
 fn failing_new_generations_roll_back_while_the_old_one_keeps_serving() {
     let dir = TempDir::new("rollback");
     let script = switchable(&dir);
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "1s",
-        "--drain-timeout",
-        "5s",
-        "--",
-        script.to_str().unwrap(),
-    ]);
-    sv.wait_ready(1, T);
-    let gen1 = sv.generation_pid(1, T);
-    let load = Load::start(sv.tcp_addr(0), 16, Duration::from_secs(120));
-    assert!(load.wait_served_by(1, 50, T));
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .ready_timeout("1s")
+        .drain_timeout("5s")
+        .command([&script])
+        .start();
+    let gen1 = sv.wait_active(1);
+    let load = Load::start(sv.listener_addr(0), 16, Duration::from_secs(120));
+    load.expect_served(1, 50, "before the reloads");
 
-    // A release that exits at start.
+    // A release that exits at start. (It is gone before the status could
+    // show it: its pid is in the log only.)
     std::fs::write(dir.path("mode"), "exit").unwrap();
     sv.signal(libc::SIGHUP);
     let line = sv.wait_line("reload failed: generation 2", T);
@@ -116,70 +99,55 @@ fn failing_new_generations_roll_back_while_the_old_one_keeps_serving() {
             && line.contains(&format!("generation 1 (pid {gen1}) still serving")),
         "{line}"
     );
-    let gen2 = sv.generation_pid(2, T);
+    let gen2 = sv.logged_pid(2, T);
     assert!(wait_gone(gen2, T), "failed generation 2 was not reaped");
-    assert!(
-        load.wait_served_by(1, 50, T),
-        "generation 1 stopped serving"
-    );
+    load.expect_served(1, 50, "generation 1 after the first failed reload");
 
     // A release that never becomes ready.
     std::fs::write(dir.path("mode"), "never").unwrap();
     sv.signal(libc::SIGHUP);
-    let gen3 = sv.generation_pid(3, T);
+    let gen3 = sv.pid_of(3);
     let line = sv.wait_line("reload failed: generation 3", T);
     assert!(line.contains("was not ready within 1s"), "{line}");
     assert!(line.contains("generation 1"), "{line}");
     sv.wait_line(&format!("generation 3 (pid {gen3}) drained in"), T);
     assert!(wait_gone(gen3, T), "failed generation 3 was not reaped");
-    assert!(
-        load.wait_served_by(1, 50, T),
-        "generation 1 stopped serving"
-    );
+    load.expect_served(1, 50, "generation 1 after the second failed reload");
     assert!(process_exists(gen1));
     assert!(!sv.has_line(&format!("generation 1 (pid {gen1}) draining")));
+    let st = sv.wait_generations(&[(1, gen1, "active")]);
+    assert_eq!((st.reloads.failed, st.reloads.succeeded), (2, 0), "{st:#?}");
 
     // And a good release after that takes over.
     std::fs::write(dir.path("mode"), "ok").unwrap();
     sv.signal(libc::SIGHUP);
-    sv.wait_ready(4, T);
-    assert!(load.wait_served_by(4, 20, T));
-    let stats = load.finish();
-    let failures = stats.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "failed requests: {failures:?}");
-    let by_gen = stats.by_generation.lock().unwrap().clone();
+    sv.wait_active(4);
+    load.expect_served(4, 20, "the good release");
+    let served = load.finish_clean("rollback", 1);
     assert!(
-        !by_gen.contains_key(&2) && !by_gen.contains_key(&3),
-        "{by_gen:?}"
+        !served.by_generation.contains_key(&2) && !served.by_generation.contains_key(&3),
+        "{served:?}"
     );
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(0));
+    assert_eq!(sv.terminate(), Some(0));
 }
 
 #[test]
 fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
     // The child ignores SIGTERM (and so does the grandchild it starts),
     // and prints the grandchild's pid.
-    let script = "trap '' TERM; sleep 300 & echo \"grandchild $!\"; wait $!";
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:100ms",
-        "--drain-timeout",
-        "1s",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    sv.wait_ready(1, T);
-    let gen1 = sv.generation_pid(1, T);
-    let line = sv.wait_line("grandchild ", T);
-    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:100ms")
+        .drain_timeout("1s")
+        .sh("trap '' TERM; sleep 300 & echo \"grandchild $!\"; wait $!")
+        .start();
+    let gen1 = sv.wait_active(1);
+    let grandchild = sv.printed_pid("grandchild");
     assert!(process_exists(grandchild));
     sv.signal(libc::SIGHUP);
-    sv.wait_ready(2, T);
+    let gen2 = sv.wait_active(2);
+    // The drain timeout's warning and the kill are what this test checks:
+    // their log lines.
     let draining = sv.wait_line(&format!("generation 1 (pid {gen1}) draining"), T);
     let seen = Instant::now();
     sv.wait_line(
@@ -198,8 +166,8 @@ fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
         "the grandchild outlived its parent"
     );
     // Generation 2 is untouched by all this.
-    let gen2 = sv.generation_pid(2, T);
     assert_eq!(process_state(gen2).map(|s| s != 'Z'), Some(true));
+    sv.wait_generations(&[(2, gen2, "active")]);
     sv.signal(libc::SIGTERM);
     sv.signal(libc::SIGTERM);
     assert_eq!(sv.wait_exit(T).code(), Some(137));
@@ -207,19 +175,10 @@ fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
 
 #[test]
 fn crashed_child_is_restarted_and_queued_clients_are_served() {
-    let demo = example("demo_server");
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--",
-        demo.to_str().unwrap(),
-    ]);
-    sv.wait_ready(1, T);
-    let addr = sv.tcp_addr(0);
-    let gen1 = sv.generation_pid(1, T);
-    // SAFETY: kill(2) on the supervisor's child, which the log named.
+    let mut sv = Supervisor::builder().tcp().notify().demo(&[]).start();
+    let gen1 = sv.wait_active(1);
+    let addr = sv.listener_addr(0);
+    // SAFETY: kill(2) on the supervisor's child, which the status named.
     assert_eq!(unsafe { libc::kill(gen1, libc::SIGKILL) }, 0);
     assert!(wait_gone(gen1, T));
     // Nobody accepts now, but the socket is open: the connection waits in
@@ -231,37 +190,31 @@ fn crashed_child_is_restarted_and_queued_clients_are_served() {
     }
     let line = sv.wait_line(&format!("generation 1 (pid {gen1}) killed by signal 9"), T);
     assert!(line.contains("restarting in 100ms"), "{line}");
-    sv.wait_ready(2, T);
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(0));
+    sv.wait_active(2);
+    assert_eq!(sv.status().restarts, 1);
+    assert_eq!(sv.terminate(), Some(0));
 }
 
 #[test]
 fn reload_requested_during_a_start_is_queued_and_runs_after_it() {
-    let demo = example("demo_server");
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:2s",
-        "--",
-        demo.to_str().unwrap(),
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:2s")
         // Without READY=1 each generation starts for exactly the 2 s delay:
         // a window the reloads below surely fall into.
-        "--never-ready",
-    ]);
-    sv.wait_ready(1, T);
+        .demo(&["--never-ready"])
+        .start();
+    sv.wait_active(1);
     sv.signal(libc::SIGHUP);
-    sv.generation_pid(2, T);
+    sv.wait_state(2, "starting", T);
     // Three more requests while generation 2 starts: one queued reload.
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGHUP);
     sv.wait_line("reload queued: generation 2", T);
-    sv.wait_ready(2, T);
-    sv.wait_ready(3, T);
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(0));
+    sv.wait_active(2);
+    sv.wait_active(3);
+    assert_eq!(sv.terminate(), Some(0));
     // Signals may merge, but never more than one reload is queued: a
     // second queued reload would have started generation 4 the moment
     // generation 3 was ready, before the stop.

@@ -7,103 +7,77 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = WAIT;
 
-fn run_to_exit(args: &[&str]) -> (i32, Supervisor) {
-    let mut sv = Supervisor::start(args);
+/// A supervisor with `--restart never --ready delay:10ms` around `sh -c
+/// SCRIPT`, run until it exits by itself: its exit code.
+fn never_restarted(ready: &str, script: &str) -> (i32, Supervisor) {
+    let mut sv = Supervisor::builder()
+        .restart("never")
+        .ready(ready)
+        .sh(script)
+        .start();
     let status = sv.wait_exit(T);
     (status.code().expect("supervisor exited by itself"), sv)
 }
 
 #[test]
 fn restart_never_exits_with_the_child_status() {
-    let (code, sv) = run_to_exit(&[
-        "--restart",
-        "never",
-        "--ready",
-        "delay:10ms",
-        "--",
-        "sh",
-        "-c",
-        "exit 7",
-    ]);
+    let (code, sv) = never_restarted("delay:10ms", "exit 7");
     assert_eq!(code, 7, "{}", sv.output());
-    let (code, sv) = run_to_exit(&[
-        "--restart",
-        "never",
-        "--ready",
-        "delay:10ms",
-        "--",
-        "sh",
-        "-c",
-        "kill -USR1 $$",
-    ]);
+    let (code, sv) = never_restarted("delay:10ms", "kill -USR1 $$");
     assert_eq!(code, 128 + libc::SIGUSR1, "{}", sv.output());
     // Exits after it was ready, too.
-    let (code, sv) = run_to_exit(&[
-        "--restart",
-        "never",
-        "--ready",
+    let (code, sv) = never_restarted(
         "notify",
-        "--",
-        "sh",
-        "-c",
         "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'; exit 4",
-    ]);
+    );
     assert_eq!(code, 4, "{}", sv.output());
+    // The supervisor has exited: only its log can tell a child was started.
     assert!(sv.has_line("generation 1 (pid"));
 }
 
 #[test]
 fn clean_exit_under_on_failure_is_not_restarted() {
-    let (code, sv) = run_to_exit(&["--ready", "delay:10ms", "--", "sh", "-c", "exit 0"]);
-    assert_eq!(code, 0, "{}", sv.output());
+    let mut sv = Supervisor::builder()
+        .ready("delay:10ms")
+        .sh("exit 0")
+        .start();
+    assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
     assert!(!sv.has_line("generation 2"), "{}", sv.output());
 }
 
 #[test]
 fn sigterm_stops_and_propagates_the_child_status() {
     // Default disposition: the child dies of SIGTERM, 128+15.
-    let mut sv = Supervisor::start(&["--ready", "delay:50ms", "--", "sleep", "300"]);
-    sv.wait_ready(1, T);
-    let pid = sv.generation_pid(1, T);
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    let mut sv = Supervisor::builder().ready("delay:50ms").sleeper().start();
+    let pid = sv.wait_active(1);
+    assert_eq!(sv.terminate(), Some(143));
     assert!(wait_gone(pid, T));
 
     // A child that handles it and exits 5; SIGINT works the same way.
-    let mut sv = Supervisor::start(&[
-        "--ready",
-        "delay:50ms",
-        "--",
-        "sh",
-        "-c",
-        "trap 'exit 5' TERM; sleep 300 & wait",
-    ]);
-    sv.wait_ready(1, T);
+    let mut sv = Supervisor::builder()
+        .ready("delay:50ms")
+        .sh("trap 'exit 5' TERM; sleep 300 & wait")
+        .start();
+    sv.wait_active(1);
     sv.signal(libc::SIGINT);
     assert_eq!(sv.wait_exit(T).code(), Some(5));
 }
 
 #[test]
 fn second_stop_signal_kills_everything_at_once() {
-    let mut sv = Supervisor::start(&[
-        "--ready",
-        "delay:50ms",
-        "--drain-timeout",
-        "60s",
-        "--",
-        "sh",
-        "-c",
-        "trap '' TERM INT; sleep 300 & echo \"grandchild $!\"; wait $!",
-    ]);
-    sv.wait_ready(1, T);
-    let pid = sv.generation_pid(1, T);
-    let line = sv.wait_line("grandchild ", T);
-    let grandchild: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut sv = Supervisor::builder()
+        .ready("delay:50ms")
+        .drain_timeout("60s")
+        .sh("trap '' TERM INT; sleep 300 & echo \"grandchild $!\"; wait $!")
+        .start();
+    let pid = sv.wait_active(1);
+    let grandchild = sv.printed_pid("grandchild");
     sv.signal(libc::SIGINT);
-    sv.wait_line("stopping every generation", T);
-    sv.wait_line(&format!("generation 1 (pid {pid}) draining"), T);
+    sv.wait_status("stopping, generation 1 draining", T, |st| {
+        (st.supervisor.stopping && st.generation(1)?.state == "draining").then_some(())
+    });
     let start = Instant::now();
     sv.signal(libc::SIGTERM);
     assert_eq!(sv.wait_exit(T).code(), Some(137));
@@ -118,21 +92,18 @@ fn second_stop_signal_kills_everything_at_once() {
 
 #[test]
 fn stop_during_a_reload_stops_both_generations() {
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:60s",
-        "--ready-timeout",
-        "60s",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:60s")
+        .ready_timeout("60s")
+        .sleeper()
+        .start();
     // Generation 1 never gets ready within the test: stop it while it starts.
-    let pid = sv.generation_pid(1, T);
+    let pid = sv.wait_state(1, "starting", T).pid.expect("a pid");
     sv.signal(libc::SIGHUP);
-    sv.wait_line("reload queued", T);
+    sv.wait_status("the reload pending", T, |st| {
+        (st.reloads.pending == 1).then_some(())
+    });
     sv.signal(libc::SIGTERM);
     let code = sv.wait_exit(T).code();
     // It was never active: the supervisor exits with the starting
@@ -144,24 +115,18 @@ fn stop_during_a_reload_stops_both_generations() {
 
 #[test]
 fn no_zombies_while_running_and_nothing_left_after_exit() {
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:50ms",
-        "--drain-timeout",
-        "5s",
-        "--",
-        "sh",
-        "-c",
-        "sleep 300 & sleep 300 & wait",
-    ]);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:50ms")
+        .drain_timeout("5s")
+        .sh("sleep 300 & sleep 300 & wait")
+        .start();
+    let mut pids = Vec::new();
     for g in 1..=5u64 {
-        sv.wait_ready(g, T);
+        pids.push(sv.wait_active(g));
         sv.signal(libc::SIGHUP);
     }
-    sv.wait_ready(6, T);
-    let pids = sv.all_generation_pids();
+    pids.push(sv.wait_active(6));
     assert_eq!(pids.len(), 6);
     for &pid in &pids[..5] {
         assert!(
@@ -180,9 +145,8 @@ fn no_zombies_while_running_and_nothing_left_after_exit() {
         assert!(reaped.is_some(), "zombie {c} never reaped");
     }
     let last = pids[5];
-    sv.signal(libc::SIGTERM);
     // sh dies of SIGTERM; its sleeps die with its process group.
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
     assert!(wait_gone(last, T));
     assert!(
         children
@@ -207,16 +171,12 @@ fn blocked_in(pid: i32) -> Option<(i64, Vec<u64>)> {
 fn idle_supervisor_sleeps_in_poll_with_no_timeout() {
     // Invariant: when nothing is due, one poll with no timeout at all (no
     // periodic wake-ups). The kernel shows the call the process sleeps in.
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:10ms",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    sv.wait_ready(1, T);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:10ms")
+        .sleeper()
+        .start();
+    sv.wait_active(1);
     let infinite = |(nr, args): &(i64, Vec<u64>)| match std::env::consts::ARCH {
         // poll(fds, nfds, -1), or ppoll(fds, nfds, NULL, ...)
         "x86_64" => (*nr == 7 && args[2] as u32 == u32::MAX) || (*nr == 271 && args[2] == 0),
@@ -229,45 +189,34 @@ fn idle_supervisor_sleeps_in_poll_with_no_timeout() {
         "supervisor not blocked in an untimed poll: {:?}",
         blocked_in(sv.pid)
     );
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]
 fn supervisor_fds_do_not_grow_across_reloads() {
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "-l",
-        "udp:127.0.0.1:0",
-        "--ready",
-        "delay:10ms",
-        "--drain-timeout",
-        "5s",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    sv.wait_ready(1, T);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .listen("udp:127.0.0.1:0")
+        .ready("delay:10ms")
+        .drain_timeout("5s")
+        .sleeper()
+        .start();
+    let p1 = sv.wait_active(1);
     sv.signal(libc::SIGHUP);
-    sv.wait_ready(2, T);
-    let p1 = sv.generation_pid(1, T);
+    let mut old = sv.wait_active(2);
     assert!(wait_gone(p1, T));
-    let after_one = fds(sv.pid);
+    // Counted without the control connections of the test's own status
+    // queries (closed a moment after their answers).
+    let after_one = sv.fds_without_control_connections();
     for g in 3..=22u64 {
         sv.signal(libc::SIGHUP);
-        sv.wait_ready(g, T);
-        let old = sv.generation_pid(g - 1, T);
+        let pid = sv.wait_active(g);
         assert!(wait_gone(old, T));
+        old = pid;
     }
-    assert_eq!(
-        fds(sv.pid).len(),
-        after_one.len(),
-        "{after_one:?}\n{:?}",
-        fds(sv.pid)
-    );
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    let now = sv.fds_without_control_connections();
+    assert_eq!(now.len(), after_one.len(), "{after_one:?}\n{now:?}");
+    assert_eq!(sv.terminate(), Some(143));
 }
 
 #[test]
@@ -275,22 +224,15 @@ fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
     // The escapee starts its own session, so the process-group kill misses
     // it; it is reparented to the supervisor (a subreaper), which must kill
     // it before exiting, or it would keep the listening socket.
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:50ms",
-        "--",
-        "sh",
-        "-c",
-        "setsid sh -c 'echo \"escapee $$\"; exec sleep 300' & exec sleep 300",
-    ]);
-    sv.wait_ready(1, T);
-    let line = sv.wait_line("escapee ", T);
-    let escapee: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:50ms")
+        .sh("setsid sh -c 'echo \"escapee $$\"; exec sleep 300' & exec sleep 300")
+        .start();
+    sv.wait_active(1);
+    let escapee = sv.printed_pid("escapee");
     assert!(process_exists(escapee));
-    sv.signal(libc::SIGTERM);
-    assert_eq!(sv.wait_exit(T).code(), Some(143));
+    assert_eq!(sv.terminate(), Some(143));
     assert!(
         wait_gone(escapee, T),
         "escapee {escapee} outlived the supervisor"
@@ -300,19 +242,16 @@ fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
 
 #[test]
 fn reload_and_stop_together_never_spawn_after_the_stop() {
-    let mut sv = Supervisor::start(&[
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "delay:50ms",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    sv.wait_ready(1, T);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:50ms")
+        .sleeper()
+        .start();
+    sv.wait_active(1);
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGTERM);
     sv.wait_exit(T);
+    // The order of events after the fact: the log is the record.
     let out = sv.output();
     let stop = out.find("received SIGTERM").expect("stop logged");
     if let Some(spawn) = out.find("generation 2 (pid") {

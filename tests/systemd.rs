@@ -8,12 +8,11 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = WAIT;
 
 /// Whether `tool` is on PATH; prints why the test is skipped if not.
 fn have(tool: &str, test: &str) -> bool {
@@ -137,13 +136,15 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
     let dir = TempDir::new("mgr");
     let manager = FakeManager::at_path(&dir);
     let server = script(&dir, 3);
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--", &server])
-        .env("NOTIFY_SOCKET", &manager.address);
-    let mut sv = Supervisor::start_with(&mut cmd);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .env("NOTIFY_SOCKET", &manager.address)
+        .command([&server])
+        .start();
 
     // Start-up: READY=1 once generation 1 is ready, not before.
-    let p1 = sv.generation_pid(1, T);
+    let p1 = sv.pid_of(1);
     assert_eq!(
         manager.next(&sv),
         format!("STATUS=no generation serving; generation 1 (pid {p1}) starting")
@@ -158,10 +159,10 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
 
     // A good reload through the control socket.
     let before = monotonic_usec();
-    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let a = sv.reload_and_wait();
     let after = monotonic_usec();
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let p2 = sv.generation_pid(2, T);
+    assert_eq!(a.code, Some(0), "{a:?}");
+    let p2 = sv.wait_active(2);
     assert_reloading(
         &manager.next(&sv),
         before,
@@ -176,10 +177,11 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
     // A failed reload ends with READY=1 too (sd_notify cannot say
     // "failed"), and the status says what happened.
     let before = monotonic_usec();
-    let out = sv.ctl(&["reload", "--timeout", "20s"]);
+    let a = sv.reload_and_wait();
     let after = monotonic_usec();
-    assert_eq!(out.code, Some(1), "{out:?}");
-    let p3 = sv.generation_pid(3, T);
+    assert_eq!(a.code, Some(1), "{a:?}");
+    // Gone before the answer: its start line in the log names its pid.
+    let p3 = sv.logged_pid(3, T);
     assert_reloading(
         &manager.next(&sv),
         before,
@@ -199,7 +201,7 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
     sv.signal(libc::SIGHUP);
     let reloading = manager.next(&sv);
     let after = monotonic_usec();
-    let p4 = sv.generation_pid(4, T);
+    let p4 = sv.pid_of(4);
     assert_reloading(
         &reloading,
         before,
@@ -224,12 +226,13 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
 fn an_abstract_notify_socket_is_spoken_to_as_well() {
     let dir = TempDir::new("mgr-abstract");
     let manager = FakeManager::abstract_name("a");
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
-        .arg(example("demo_server"))
-        .env("NOTIFY_SOCKET", &manager.address);
-    let mut sv = Supervisor::start_with(&mut cmd);
-    let p1 = sv.generation_pid(1, T);
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .env("NOTIFY_SOCKET", &manager.address)
+        .demo(&[])
+        .start();
+    let p1 = sv.pid_of(1);
     assert!(manager.next(&sv).contains("starting"));
     assert_eq!(
         manager.next(&sv),
@@ -261,56 +264,39 @@ fn systemd_notify_in_a_shell_script_child_proves_readiness() {
     )
     .unwrap();
     make_executable(&path);
-    let sv = Supervisor::start(&[
-        "--ready",
-        "notify",
-        "--ready-timeout",
-        "1s",
-        "--",
-        path.to_str().unwrap(),
-    ]);
-    sv.wait_ready(1, T);
-    let status = wait_until(T, || {
-        let v = sv.status_json();
-        let text = v["generations"][0]["status"].as_str()?.to_string();
-        Some(text)
-    })
-    .expect("status from systemd-notify");
+    let sv = Supervisor::builder()
+        .notify()
+        .ready_timeout("1s")
+        .command([&path])
+        .start();
+    sv.wait_active(1);
+    let status = sv.wait_status("STATUS from systemd-notify", T, |st| {
+        st.generations.first()?.status.clone()
+    });
     assert_eq!(status, "warmed up as generation 1");
 
-    let out = sv.ctl(&["reload", "--timeout", "20s"]);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    let p2 = sv.generation_pid(2, T);
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(0), "{a:?}");
+    let p2 = sv.wait_active(2);
     assert!(
-        out.stdout
+        a.line
             .starts_with(&format!("generation 2 (pid {p2}) ready in ")),
-        "{out:?}"
+        "{a:?}"
     );
 
-    let out = sv.ctl(&["reload", "--timeout", "20s"]);
-    assert_eq!(out.code, Some(1), "{out:?}");
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(1), "{a:?}");
     assert!(
-        out.stderr.contains("was not ready within 1s")
-            && out
-                .stderr
+        a.line.contains("was not ready within 1s")
+            && a.line
                 .contains(&format!("generation 2 (pid {p2}) still serving")),
-        "{out:?}"
+        "{a:?}"
     );
-    let v = sv.status_json();
-    let gens: Vec<(u64, String)> = v["generations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["generation"].as_u64().unwrap(),
-                g["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let st = sv.status();
     assert!(
-        gens.contains(&(2, "active".to_string())),
-        "generation 2 must still serve: {gens:?}"
+        st.generation(2).is_some_and(|e| e.state == "active"),
+        "generation 2 must still serve: {:?}",
+        st.states()
     );
 }
 
@@ -334,18 +320,25 @@ fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
             .local_addr()
             .unwrap()
             .port();
-        let mut cmd = Command::new("systemd-socket-activate");
-        cmd.args(["-l", &format!("127.0.0.1:{port}"), "--fdname=http"])
-            // It passes on only the variables it is told to.
-            .args(["-E", "RUNTIME_DIRECTORY", "-E", "RUST_LOG"])
-            .arg(supervisor_bin())
-            .args(["--ready", "notify"])
+        let mut sv = Supervisor::builder()
+            .launcher([
+                "systemd-socket-activate",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "--fdname=http",
+                // It passes on only the variables it is told to.
+                "-E",
+                "RUNTIME_DIRECTORY",
+                "-E",
+                "RUST_LOG",
+            ])
+            .notify()
             // The same name both ways is the same socket; "extra" is bound
             // by the supervisor alongside it.
-            .args(["-l", &format!("http=127.0.0.1:{port}")])
-            .args(["-l", "extra=127.0.0.1:0", "--"])
-            .arg(example("demo_server"));
-        let mut sv = Supervisor::start_with(&mut cmd);
+            .listen(&format!("http=127.0.0.1:{port}"))
+            .listen("extra=127.0.0.1:0")
+            .demo(&[])
+            .start();
         let line = wait_until(T, || {
             let out = sv.output();
             out.lines()
@@ -367,47 +360,45 @@ fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
         Reply::Ok { generation, .. } => assert_eq!(generation, 1),
         Reply::Failed(e) => panic!("first request failed: {e}; output:\n{}", sv.output()),
     }
-    sv.wait_line(
-        &format!(
-            "listening on 127.0.0.1:{port} as \"http\" (fd 3 in children), handed over by the service manager"
-        ),
-        T,
+    // The status lists the handed-over socket first, then the one the
+    // supervisor bound.
+    let st = sv.status();
+    let listeners: Vec<(&str, &str, i32, bool)> = st
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.address.as_str(), l.fd, l.inherited))
+        .collect();
+    let http = format!("127.0.0.1:{port}");
+    assert_eq!(listeners.len(), 2, "{st:#?}");
+    assert_eq!(listeners[0], ("http", http.as_str(), 3, true), "{st:#?}");
+    assert_eq!(
+        (listeners[1].0, listeners[1].2, listeners[1].3),
+        ("extra", 4, false),
+        "{st:#?}"
     );
-    sv.wait_line("as \"extra\" (fd 4 in children)", T);
 
     // The exec happened in place: the supervisor has the launcher's pid,
     // and its fd 3 and the child's fd 3 are the launcher's socket.
     let inode = socket_inode("tcp", port).expect("listening socket in /proc/net/tcp");
     let socket = format!("socket:[{inode}]");
     assert_eq!(fds(sv.pid)[&3], socket);
-    let p1 = sv.generation_pid(1, T);
+    let p1 = sv.wait_active(1);
     assert_eq!(fds(p1)[&3], socket);
     let env = environ(p1);
     assert_eq!(env["LISTEN_FDS"], "2");
     assert_eq!(env["LISTEN_FDNAMES"], "http:extra");
     assert_eq!(env["LISTEN_PID"], p1.to_string());
 
-    let v = sv.status_json();
-    assert_eq!(v["listeners"][0]["name"], "http");
-    assert_eq!(v["listeners"][0]["inherited"], true);
-    assert_eq!(v["listeners"][1]["inherited"], false);
-
     // Reloads under load on the handed-over socket lose nothing.
     let load = Load::start(addr, 8, Duration::from_secs(30));
-    assert!(load.wait_served_by(1, 20, T), "no load served");
+    load.expect_served(1, 20, "the first generation on the handed-over socket");
     for g in 2..=4 {
-        let out = sv.ctl(&["reload", "--timeout", "20s"]);
-        assert_eq!(out.code, Some(0), "{out:?}");
-        assert!(
-            load.wait_served_by(g, 20, T),
-            "generation {g} served nothing"
-        );
+        let a = sv.reload_and_wait();
+        assert_eq!(a.code, Some(0), "{a:?}");
+        load.expect_served(g, 20, "reload under load on the handed-over socket");
     }
-    let failures = load.failures();
-    let stats = load.finish();
-    assert!(failures.is_empty(), "{failures:?}");
-    assert!(stats.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
-    let p4 = sv.generation_pid(4, T);
+    load.finish_clean("socket activation", 1);
+    let p4 = sv.wait_active(4);
     assert_eq!(fds(p4)[&3], socket);
 
     let out = sv.ctl(&["stop", "--timeout", "20s"]);
@@ -418,12 +409,13 @@ fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
 fn a_watchdog_asked_for_gets_keep_alives_and_the_children_do_not_see_it() {
     let dir = TempDir::new("mgr-watchdog");
     let manager = FakeManager::at_path(&dir);
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
-        .arg(example("demo_server"))
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
         .env("NOTIFY_SOCKET", &manager.address)
-        .env("WATCHDOG_USEC", "200000");
-    let sv = Supervisor::start_with(&mut cmd);
+        .env("WATCHDOG_USEC", "200000")
+        .demo(&[])
+        .start();
     // WATCHDOG=1 every 100ms: count a few, next to the other messages.
     let mut pings = 0;
     let mut ready = false;
@@ -441,7 +433,7 @@ fn a_watchdog_asked_for_gets_keep_alives_and_the_children_do_not_see_it() {
             ready = true;
         }
     }
-    let p1 = sv.generation_pid(1, T);
+    let p1 = sv.wait_active(1);
     let env = environ(p1);
     assert!(!env.contains_key("WATCHDOG_USEC"), "{env:?}");
     assert!(!env.contains_key("WATCHDOG_PID"), "{env:?}");
@@ -467,12 +459,13 @@ fn coalesced_reloads_each_say_reloading_and_ready_comes_once_all_are_answered() 
     )
     .unwrap();
     make_executable(&path);
-    let mut cmd = Command::new(supervisor_bin());
-    cmd.args(["-l", "127.0.0.1:0", "--ready", "notify", "--"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", &manager.address);
-    let sv = Supervisor::start_with(&mut cmd);
-    let p1 = sv.generation_pid(1, T);
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .env("NOTIFY_SOCKET", &manager.address)
+        .command([&path])
+        .start();
+    let p1 = sv.pid_of(1);
     assert!(manager.next(&sv).contains("starting"));
     assert!(manager.next(&sv).starts_with("READY=1"));
 
@@ -483,12 +476,17 @@ fn coalesced_reloads_each_say_reloading_and_ready_comes_once_all_are_answered() 
     };
     let before = monotonic_usec();
     let first = reload();
-    let p2 = sv.generation_pid(2, T);
+    let p2 = sv.wait_state(2, "starting", T).pid.expect("a pid");
     let queued: Vec<_> = (0..2).map(|_| reload()).collect();
-    wait_until(T, || {
-        (sv.output().matches("reload queued: generation 2 ").count() == 2).then_some(())
-    })
-    .expect("two reloads queued while generation 2 starts");
+    // Two reloads queued while generation 2 starts: three requests
+    // outstanding, no generation 3 yet.
+    let want = vec![
+        (1, Some(p1), "active".to_string()),
+        (2, Some(p2), "starting".to_string()),
+    ];
+    sv.wait_status("two reloads queued while generation 2 starts", T, |st| {
+        (st.reloads.pending == 3 && st.states() == want).then_some(())
+    });
     let after = monotonic_usec();
     assert_reloading(
         &manager.next(&sv),
@@ -511,7 +509,7 @@ fn coalesced_reloads_each_say_reloading_and_ready_comes_once_all_are_answered() 
         );
     }
     std::fs::write(&go, "").unwrap();
-    let p3 = sv.generation_pid(3, T);
+    let p3 = sv.pid_of(3);
     // Generation 2 serves while the queued reload starts generation 3: no
     // READY=1 yet, two requests are still waiting.
     assert_eq!(
