@@ -191,7 +191,7 @@ fn reload_reports_success_and_failures_under_load() {
     assert_eq!(a.code, Some(0), "{a:?}");
     let gen4 = sv.wait_active(4);
     let prefix = format!("generation 4 (pid {gen4}) ready in ");
-    let suffix = format!("; generation 1 (pid {gen1}) draining");
+    let suffix = format!("; generation 1 (pid {gen1}) quiescing");
     assert!(
         a.line.starts_with(&prefix) && a.line.ends_with(&suffix),
         "{a:?}"
