@@ -94,10 +94,13 @@ pub enum Client {
 /// Options of the server-running mode.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT (every
-    /// address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable;
-    /// the name defaults to ADDR with ':' replaced by '_'.
-    #[arg(short, long = "listen", value_name = "[NAME=]ADDR")]
+    /// The listeners, in the order of their fds (see the help text).
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "[NAME=]ADDR",
+        help = "Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT or PORT (every address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable; the name defaults to ADDR with ':' replaced by '_'"
+    )]
     pub listen: Vec<Spec>,
 
     /// Listen backlog (1 to 4096); default: the kernel's limit

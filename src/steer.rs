@@ -458,7 +458,7 @@ impl Steering {
             slot.routed = k;
         }
         if let Some((port, j)) = slot.probe {
-            slot.probe = (j != k).then(|| (port, if j == last { k } else { j }));
+            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
         }
     }
 

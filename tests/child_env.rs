@@ -113,7 +113,7 @@ fn second_generation_gets_its_own_pid_and_the_same_sockets() {
     // Shared mode: every generation gets the very same socket (steer mode,
     // a socket per generation, is tested in tests/steer.rs).
     let mut sv = Supervisor::builder()
-        .args(&["--handoff", "shared"])
+        .args(["--handoff", "shared"])
         .listen("[::1]:0")
         .ready("delay:50ms")
         .sleeper()
