@@ -302,6 +302,20 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
     }
 }
 
+/// A command that cannot be found but is a control command's name was
+/// most likely meant as one: say how to write that.
+pub fn explain_missing_command(e: anyhow::Error, command: &std::ffi::OsStr) -> anyhow::Error {
+    match command
+        .to_str()
+        .filter(|c| ["reload", "status", "stop"].contains(c))
+    {
+        Some(c) => anyhow::anyhow!(
+            "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
+        ),
+        None => e,
+    }
+}
+
 /// Parse the command line; on a usage error print one line to stderr and
 /// exit 2 (help and version print as usual and exit 0).
 pub fn parse() -> Cli {

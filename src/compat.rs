@@ -1,7 +1,9 @@
 //! Environment variables for servers written for other launchers
-//! (`--compat`), each exactly as the original launcher writes it (see
-//! protocols.md, sections 4 to 6). Pure functions: the driver adds what they
-//! return to each child's environment.
+//! (`--compat`), each exactly as the original launcher writes it: einhorn's
+//! `prepare_child_environment` (`lib/einhorn/command.rb`), Server::Starter's
+//! `start_server` (`lib/Server/Starter.pm`) and nginx's `ngx_add_inherited_sockets`
+//! (`src/core/nginx.c`). Pure functions: the environment module adds what
+//! they return to each child's environment.
 
 use std::fmt;
 use std::str::FromStr;

@@ -165,6 +165,24 @@ pub fn default_path_here() -> PathBuf {
     )
 }
 
+/// The control socket path of a run: `--control PATH` as given, else the
+/// default, whose fallback directory is created private if needed.
+///
+/// # Errors
+/// The fallback directory cannot be made private to us.
+pub fn path_for_run(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let p = default_path_here();
+    if let Some(dir) = p.parent()
+        && dir == fallback_dir(nix::unistd::geteuid().as_raw())
+    {
+        anyhow::Context::context(private_dir(dir), "control socket directory")?;
+    }
+    Ok(p)
+}
+
 /// Create the fallback directory if needed and make sure nobody else can
 /// use it: a directory we own, mode 0700, not a symlink. Anyone can create
 /// `/tmp/supervisor-UID` before us, so its existence proves nothing.
@@ -323,107 +341,6 @@ impl Conn {
 
 fn too_long() -> String {
     format!("request longer than {MAX_REQUEST} bytes")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn requests() {
-        assert_eq!(parse_request(b"reload"), Ok(Request::Reload));
-        assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
-        assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
-        for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
-            let e = parse_request(bad).unwrap_err();
-            assert!(e.contains("expected reload, status or stop"), "{e}");
-        }
-        // Garbage is shown short and escaped, never as raw bytes.
-        let e = parse_request(&[b'x'; 500]).unwrap_err();
-        assert!(e.len() < 120, "{e}");
-        assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
-    }
-
-    #[test]
-    fn lines() {
-        assert_eq!(take_line(b"relo"), Line::Incomplete);
-        assert_eq!(take_line(b"reload\nrest"), Line::Complete(b"reload"));
-        assert_eq!(take_line(&[b'x'; MAX_REQUEST]), Line::Incomplete);
-        assert_eq!(take_line(&[b'x'; MAX_REQUEST + 1]), Line::TooLong);
-        let mut long = vec![b'x'; MAX_REQUEST + 1];
-        long.push(b'\n');
-        assert_eq!(take_line(&long), Line::TooLong);
-    }
-
-    #[test]
-    fn answers() {
-        assert_eq!(
-            answer(true, "generation 2 ready"),
-            "ok generation 2 ready\n"
-        );
-        assert_eq!(answer(false, "a\nb\r"), "error a b \n");
-        assert_eq!(parse_answer("ok fine"), Ok(Ok("fine".into())));
-        assert_eq!(parse_answer("ok"), Ok(Ok(String::new())));
-        assert_eq!(parse_answer("error no\r"), Ok(Err("no".into())));
-        assert!(parse_answer("HTTP/1.1 400").is_err());
-        let text = "generation 7 (pid 4211) ready in 180ms";
-        let line = answer(true, text);
-        assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
-    }
-
-    #[test]
-    fn the_private_directory_must_be_ours_and_closed() {
-        use std::os::unix::fs::PermissionsExt;
-        let base = std::env::temp_dir().join(format!("sv-private-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir(&base).unwrap();
-        let fresh = base.join("fresh");
-        private_dir(&fresh).unwrap();
-        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-        // Again: an existing private directory is fine.
-        private_dir(&fresh).unwrap();
-        let open = base.join("open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(
-            private_dir(&open)
-                .unwrap_err()
-                .to_string()
-                .contains("not a private directory")
-        );
-        let link = base.join("link");
-        std::os::unix::fs::symlink(&fresh, &link).unwrap();
-        assert!(private_dir(&link).is_err());
-        let file = base.join("file");
-        std::fs::write(&file, "").unwrap();
-        assert!(private_dir(&file).is_err());
-        std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[test]
-    fn default_paths() {
-        let p = |rd: Option<&str>, xdg: Option<&str>| {
-            default_path(rd.map(OsStr::new), xdg.map(OsStr::new), 1000)
-        };
-        assert_eq!(
-            p(Some("/run/app"), Some("/run/user/1000")),
-            PathBuf::from("/run/app/supervisor.sock")
-        );
-        assert_eq!(
-            p(Some("/run/a:/run/b"), None),
-            PathBuf::from("/run/a/supervisor.sock")
-        );
-        assert_eq!(
-            p(None, Some("/run/user/1000")),
-            PathBuf::from("/run/user/1000/supervisor.sock")
-        );
-        assert_eq!(
-            p(Some("relative"), Some("")),
-            PathBuf::from("/tmp/supervisor-1000/supervisor.sock")
-        );
-    }
 }
 
 /// A control connection's id, for answering it later.
@@ -698,5 +615,220 @@ impl ControlServer {
                 Some(ControlEvent::Stop(id, pid))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request(b"reload"), Ok(Request::Reload));
+        assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
+        assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
+        for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains("expected reload, status or stop"), "{e}");
+        }
+        // Garbage is shown short and escaped, never as raw bytes.
+        let e = parse_request(&[b'x'; 500]).unwrap_err();
+        assert!(e.len() < 120, "{e}");
+        assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
+    }
+
+    #[test]
+    fn lines() {
+        assert_eq!(take_line(b"relo"), Line::Incomplete);
+        assert_eq!(take_line(b"reload\nrest"), Line::Complete(b"reload"));
+        assert_eq!(take_line(&[b'x'; MAX_REQUEST]), Line::Incomplete);
+        assert_eq!(take_line(&[b'x'; MAX_REQUEST + 1]), Line::TooLong);
+        let mut long = vec![b'x'; MAX_REQUEST + 1];
+        long.push(b'\n');
+        assert_eq!(take_line(&long), Line::TooLong);
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(
+            answer(true, "generation 2 ready"),
+            "ok generation 2 ready\n"
+        );
+        assert_eq!(answer(false, "a\nb\r"), "error a b \n");
+        assert_eq!(parse_answer("ok fine"), Ok(Ok("fine".into())));
+        assert_eq!(parse_answer("ok"), Ok(Ok(String::new())));
+        assert_eq!(parse_answer("error no\r"), Ok(Err("no".into())));
+        assert!(parse_answer("HTTP/1.1 400").is_err());
+        let text = "generation 7 (pid 4211) ready in 180ms";
+        let line = answer(true, text);
+        assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
+    }
+
+    #[test]
+    fn the_private_directory_must_be_ours_and_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("sv-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let fresh = base.join("fresh");
+        private_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Again: an existing private directory is fine.
+        private_dir(&fresh).unwrap();
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            private_dir(&open)
+                .unwrap_err()
+                .to_string()
+                .contains("not a private directory")
+        );
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(private_dir(&link).is_err());
+        let file = base.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir(&file).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn default_paths() {
+        let p = |rd: Option<&str>, xdg: Option<&str>| {
+            default_path(rd.map(OsStr::new), xdg.map(OsStr::new), 1000)
+        };
+        assert_eq!(
+            p(Some("/run/app"), Some("/run/user/1000")),
+            PathBuf::from("/run/app/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("/run/a:/run/b"), None),
+            PathBuf::from("/run/a/supervisor.sock")
+        );
+        assert_eq!(
+            p(None, Some("/run/user/1000")),
+            PathBuf::from("/run/user/1000/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("relative"), Some("")),
+            PathBuf::from("/tmp/supervisor-1000/supervisor.sock")
+        );
+    }
+    /// Hand every watched fd to the server once (as if poll said ready;
+    /// the sockets are non-blocking, so an idle one just yields nothing).
+    fn pump(server: &mut ControlServer, now: Instant) -> Vec<ControlEvent> {
+        let watches: Vec<Watch> = server.interest().into_iter().map(|(w, _, _)| w).collect();
+        watches
+            .into_iter()
+            .flat_map(|w| server.on_ready(w, now))
+            .collect()
+    }
+
+    fn server(tag: &str) -> (ControlServer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sv-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join(FILE_NAME);
+        let listener = crate::listen::bind_control(&path).unwrap();
+        (ControlServer::new(listener), path)
+    }
+
+    fn ask(path: &Path, line: &str) -> UnixStream {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(line.as_bytes()).unwrap();
+        c
+    }
+
+    fn answer_of(c: &mut UnixStream) -> String {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_status_request_is_an_event_and_its_answer_is_sent() {
+        let (mut srv, path) = server("status");
+        let now = Instant::now();
+        let mut c = ask(&path, "status\n");
+        let mut events = pump(&mut srv, now);
+        events.extend(pump(&mut srv, now));
+        let [ControlEvent::Status(id)] = events[..] else {
+            panic!("{events:?}");
+        };
+        srv.answer(id, true, "{}", now);
+        assert_eq!(answer_of(&mut c), "ok {}\n");
+        assert!(srv.interest().iter().all(|(w, _, _)| *w == Watch::Accept));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn waiting_requesters_do_not_make_status_busy() {
+        let (mut srv, path) = server("waiters");
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 6 {
+            waiting.push(ask(&path, "reload\n"));
+            for _ in 0..2 {
+                for e in pump(&mut srv, now) {
+                    match e {
+                        ControlEvent::Reload(id, _) => ids.push(id),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(ids.len(), MAX_CONNECTIONS + 6, "every reload waits");
+        // Waiting connections are not polled: a half-closed client cannot
+        // wake the loop.
+        assert_eq!(srv.interest().len(), 1);
+        let mut c = ask(&path, "status\n");
+        let mut events = pump(&mut srv, now);
+        events.extend(pump(&mut srv, now));
+        let [ControlEvent::Status(id)] = events[..] else {
+            panic!("status is not served: {events:?}");
+        };
+        srv.answer(id, true, "fine", now);
+        assert_eq!(answer_of(&mut c), "ok fine\n");
+        // Each waiter gets its own answer.
+        srv.answer(ids[3], false, "failed", now);
+        assert_eq!(answer_of(&mut waiting[3]), "error failed\n");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn silent_and_bad_requests_are_answered_and_closed() {
+        let (mut srv, path) = server("silent");
+        let now = Instant::now();
+        let mut silent = UnixStream::connect(&path).unwrap();
+        let mut bad = ask(&path, "reboot\n");
+        let events: Vec<_> = (0..3).flat_map(|_| pump(&mut srv, now)).collect();
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(
+            answer_of(&mut bad),
+            "error unknown request \"reboot\" (expected reload, status or stop)\n"
+        );
+        assert_eq!(srv.deadline(), Some(now + REQUEST_TIMEOUT));
+        srv.on_timeout(now + REQUEST_TIMEOUT);
+        assert_eq!(answer_of(&mut silent), "error no request within 10s\n");
+        assert_eq!(srv.deadline(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn stop_requesters_hear_the_exit_status() {
+        let (mut srv, path) = server("stop");
+        let now = Instant::now();
+        let mut c = ask(&path, "stop\n");
+        let events: Vec<_> = (0..2).flat_map(|_| pump(&mut srv, now)).collect();
+        assert!(matches!(events[..], [ControlEvent::Stop(..)]), "{events:?}");
+        srv.answer_stop(143, now);
+        drop(srv);
+        assert_eq!(answer_of(&mut c), "ok exit status 143\n");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -23,10 +23,6 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use supervisor::child;
-use supervisor::duration::millis;
-use supervisor::status;
-
 use crate::children::Children;
 use crate::control::{self, ConnId, ControlEvent, ControlServer};
 use crate::machine::{Action, Event, Generation, Input, Machine, Ticket};
@@ -311,7 +307,15 @@ impl Driver {
     fn control_event(&mut self, e: ControlEvent) {
         match e {
             ControlEvent::Status(id) => {
-                let json = serde_json::to_string(&self.status()).unwrap_or_default();
+                let status = crate::snapshot::status(&crate::snapshot::Sources {
+                    machine: &self.machine,
+                    children: &self.parts.children,
+                    steering: &self.parts.steering,
+                    report: &self.report,
+                    settings: &self.settings,
+                    started: self.started,
+                });
+                let json = serde_json::to_string(&status).unwrap_or_default();
                 self.parts.control.answer(id, true, &json, Instant::now());
             }
             ControlEvent::Reload(id, pid) => {
@@ -434,17 +438,7 @@ impl Driver {
 
     fn log_notices(&mut self) {
         for n in std::mem::take(&mut self.notices) {
-            match n {
-                Notice::ClosedWithQueue { listener, queued } => log::warn!(
-                    "listener {listener:?}: closing a gone generation's socket reset {queued} queued connection(s) (net.ipv4.tcp_migrate_req=1 makes the kernel move them instead)"
-                ),
-                Notice::Stranger { listener, who } => log::error!(
-                    "listener {listener:?}: sockets on its port that are not the supervisor's ({who}) may shift the reuseport group; it is no longer steered: new generations share the serving socket"
-                ),
-                Notice::Failed { listener, why } => log::error!(
-                    "listener {listener:?}: steering failed ({why}); new generations share the serving socket"
-                ),
-            }
+            n.log();
         }
     }
 
@@ -464,68 +458,6 @@ impl Driver {
                 pending_reloads: self.machine.pending_reloads(),
                 status: text,
             });
-        }
-    }
-
-    /// Everything `supervisor status` shows.
-    fn status(&self) -> status::Status {
-        let now = Instant::now();
-        let children = &self.parts.children;
-        let steering = &self.parts.steering;
-        let generations = self
-            .machine
-            .phases()
-            .into_iter()
-            .map(|(g, phase, since)| status::Generation {
-                generation: g.0,
-                pid: children.pid(g).map(|p| p.as_raw()),
-                state: phase.as_str().to_string(),
-                age_ms: children
-                    .started(g)
-                    .map(|s| millis(now.saturating_duration_since(s))),
-                state_ms: millis(now.saturating_duration_since(since)),
-                status: children.status_text(g).map(str::to_string),
-                queued: steering.queue_of(g),
-            })
-            .collect();
-        let listeners = steering
-            .listeners()
-            .enumerate()
-            .map(|(i, (l, mode))| status::Listener {
-                name: l.name.clone(),
-                address: l.bound.clone(),
-                fd: child::LISTEN_FDS_START + i as i32,
-                inherited: l.inherited,
-                mode: mode.as_str().to_string(),
-            })
-            .collect();
-        let command = children
-            .command()
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        status::Status {
-            supervisor: status::Supervisor {
-                pid: std::process::id(),
-                uptime_ms: millis(now.saturating_duration_since(self.started)),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                control: self.settings.control_path.to_string_lossy().into_owned(),
-                stopping: self.machine.stopping(),
-            },
-            command,
-            ready: self.settings.ready.clone(),
-            stop_signal: children.command().stop_signal.as_str().to_string(),
-            drain_timeout_ms: millis(self.settings.drain_timeout),
-            listeners,
-            generations,
-            restarts: self.machine.restarts(),
-            reloads: status::Reloads {
-                succeeded: self.report.reloads_ok,
-                failed: self.report.reloads_failed,
-                pending: self.machine.pending_reloads() as u64,
-                last_failure: self.report.last_failed_reload.clone(),
-            },
         }
     }
 }

@@ -412,7 +412,8 @@ fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
 }
 
 /// The sockets handed to this process by the socket-activation protocol
-/// (protocols.md, section 1): `LISTEN_PID` must be our pid (and
+/// (sd_listen_fds(3), and systemd's `src/libsystemd/sd-daemon/sd-daemon.c`):
+/// `LISTEN_PID` must be our pid (and
 /// `LISTEN_PIDFDID`, if present and checkable, our pidfd's id), then fds 3
 /// to 3+`LISTEN_FDS`-1 are ours, named by `LISTEN_FDNAMES` (every name
 /// `unknown` without it). They are marked close-on-exec, as
@@ -491,7 +492,8 @@ pub fn inherited() -> Result<Vec<Listener>> {
 }
 
 /// Check `LISTEN_PIDFDID` against our own pidfd's inode, where the kernel
-/// can tell it (protocols.md, section 1, step 2).
+/// can tell it (as `sd_listen_fds` does since systemd PR #38256: an id that
+/// differs means the variables were meant for another process).
 ///
 /// # Errors
 /// The variable is present but not a number.

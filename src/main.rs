@@ -21,6 +21,7 @@ mod manager;
 mod notify;
 mod probe;
 mod report;
+mod snapshot;
 mod spawn;
 mod steer;
 
@@ -64,15 +65,7 @@ fn run(args: cli::Args) -> Result<i32> {
     // Fail before binding anything if the command cannot run at all; each
     // generation resolves it again, so a deploy may replace it.
     if let Err(e) = spawn::resolve(&args.command[0]) {
-        if let Some(c) = args.command[0]
-            .to_str()
-            .filter(|c| ["reload", "status", "stop"].contains(c))
-        {
-            anyhow::bail!(
-                "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
-            );
-        }
-        return Err(e);
+        return Err(cli::explain_missing_command(e, &args.command[0]));
     }
     let compat = compat::Compat::merge(&args.compat);
     let backlog = match args.backlog {
@@ -102,18 +95,7 @@ fn run(args: cli::Args) -> Result<i32> {
     };
     let listeners = listen::merge(inherited, &args.listen, &bind)?;
     compat::check_keys(&compat, &listeners)?;
-    let control_path = match &args.control {
-        Some(p) => p.clone(),
-        None => {
-            let p = control::default_path_here();
-            if let Some(dir) = p.parent()
-                && dir == control::fallback_dir(nix::unistd::geteuid().as_raw())
-            {
-                control::private_dir(dir).context("control socket directory")?;
-            }
-            p
-        }
-    };
+    let control_path = control::path_for_run(args.control.as_deref())?;
     let control = listen::bind_control(&control_path).with_context(|| {
         format!(
             "control socket {} (give another with --control PATH)",

@@ -85,6 +85,23 @@ struct Slot {
     frozen: bool,
 }
 
+impl Notice {
+    /// The log line.
+    pub fn log(&self) {
+        match self {
+            Notice::ClosedWithQueue { listener, queued } => log::warn!(
+                "listener {listener:?}: closing a gone generation's socket reset {queued} queued connection(s) (net.ipv4.tcp_migrate_req=1 makes the kernel move them instead)"
+            ),
+            Notice::Stranger { listener, who } => log::error!(
+                "listener {listener:?}: sockets on its port that are not the supervisor's ({who}) may shift the reuseport group; it is no longer steered: new generations share the serving socket"
+            ),
+            Notice::Failed { listener, why } => log::error!(
+                "listener {listener:?}: steering failed ({why}); new generations share the serving socket"
+            ),
+        }
+    }
+}
+
 impl Slot {
     /// The one socket of a shared listener: the listener's own, or, for a
     /// listener that fell back from steering, the routed member.

@@ -1,0 +1,97 @@
+//! What `supervisor status` shows, gathered from the machine and the parts
+//! into the one [`status::Status`] type. Read-only: it changes nothing.
+
+use std::time::Instant;
+
+use supervisor::child;
+use supervisor::duration::millis;
+use supervisor::status;
+
+use crate::children::Children;
+use crate::driver::Settings;
+use crate::machine::Machine;
+use crate::report::Report;
+use crate::steer::Steering;
+
+/// Where the status comes from.
+pub struct Sources<'a> {
+    /// The lifecycle.
+    pub machine: &'a Machine,
+    /// The processes.
+    pub children: &'a Children,
+    /// The sockets.
+    pub steering: &'a Steering,
+    /// The reload counts.
+    pub report: &'a Report,
+    /// The settings shown.
+    pub settings: &'a Settings,
+    /// When the supervisor started.
+    pub started: Instant,
+}
+
+/// Everything `supervisor status` shows.
+pub fn status(src: &Sources<'_>) -> status::Status {
+    let now = Instant::now();
+    let Sources {
+        machine,
+        children,
+        steering,
+        report,
+        settings,
+        started,
+    } = *src;
+    let generations = machine
+        .phases()
+        .into_iter()
+        .map(|(g, phase, since)| status::Generation {
+            generation: g.0,
+            pid: children.pid(g).map(|p| p.as_raw()),
+            state: phase.as_str().to_string(),
+            age_ms: children
+                .started(g)
+                .map(|s| millis(now.saturating_duration_since(s))),
+            state_ms: millis(now.saturating_duration_since(since)),
+            status: children.status_text(g).map(str::to_string),
+            queued: steering.queue_of(g),
+        })
+        .collect();
+    let listeners = steering
+        .listeners()
+        .enumerate()
+        .map(|(i, (l, mode))| status::Listener {
+            name: l.name.clone(),
+            address: l.bound.clone(),
+            fd: child::LISTEN_FDS_START + i as i32,
+            inherited: l.inherited,
+            mode: mode.as_str().to_string(),
+        })
+        .collect();
+    let command = children
+        .command()
+        .argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    status::Status {
+        supervisor: status::Supervisor {
+            pid: std::process::id(),
+            uptime_ms: millis(now.saturating_duration_since(started)),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            control: settings.control_path.to_string_lossy().into_owned(),
+            stopping: machine.stopping(),
+        },
+        command,
+        ready: settings.ready.clone(),
+        stop_signal: children.command().stop_signal.as_str().to_string(),
+        drain_timeout_ms: millis(settings.drain_timeout),
+        listeners,
+        generations,
+        restarts: machine.restarts(),
+        reloads: status::Reloads {
+            succeeded: report.reloads_ok,
+            failed: report.reloads_failed,
+            pending: machine.pending_reloads() as u64,
+            last_failure: report.last_failed_reload.clone(),
+        },
+    }
+}
