@@ -67,7 +67,7 @@ pub enum Client {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the reload may still finish).
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Option<Duration>,
     },
     /// Show the command, listeners, generations and restarts.
@@ -86,7 +86,7 @@ pub enum Client {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the stop goes on).
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Option<Duration>,
     },
 }
@@ -127,12 +127,12 @@ pub struct Args {
     /// Steer mode: once a new generation serves, the old one is stopped
     /// only after its own queue has been empty for DUR, so that every
     /// connection it accepted has had its request read.
-    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub quiesce: Duration,
 
     /// Steer mode: stop an old generation whose queue is not empty after
     /// DUR anyway (the log says how many connections were still queued).
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub quiesce_timeout: Duration,
 
     /// Do not set TCP_NODELAY on TCP listeners (by default it is set, as
@@ -146,7 +146,7 @@ pub struct Args {
 
     /// TCP_DEFER_ACCEPT: wake the server only once a connection has data,
     /// waiting at most DUR (whole seconds).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub defer_accept: Option<Duration>,
 
     /// SO_RCVBUF of the listeners, in bytes.
@@ -159,7 +159,7 @@ pub struct Args {
 
     /// How long a new generation may take to become ready before it is
     /// stopped and the reload counts as failed.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub ready_timeout: Duration,
 
     /// Signal that asks a generation to drain and exit (nginx wants QUIT,
@@ -169,7 +169,7 @@ pub struct Args {
 
     /// How long a stopped generation may drain before SIGKILL to its
     /// process group.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 
     /// When the serving generation exits on its own: restart it (with
@@ -303,17 +303,15 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
 }
 
 /// A command that cannot be found but is a control command's name was
-/// most likely meant as one: say how to write that.
-pub fn explain_missing_command(e: anyhow::Error, command: &std::ffi::OsStr) -> anyhow::Error {
-    match command
+/// most likely meant as one (`supervisor --control P reload`): the message
+/// that says how to write it.
+pub fn control_word_misplaced(e: &anyhow::Error, command: &std::ffi::OsStr) -> Option<String> {
+    let c = command
         .to_str()
-        .filter(|c| ["reload", "status", "stop"].contains(c))
-    {
-        Some(c) => anyhow::anyhow!(
-            "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
-        ),
-        None => e,
-    }
+        .filter(|c| ["reload", "status", "stop"].contains(c))?;
+    Some(format!(
+        "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
+    ))
 }
 
 /// Parse the command line; on a usage error print one line to stderr and

@@ -65,7 +65,12 @@ fn run(args: cli::Args) -> Result<i32> {
     // Fail before binding anything if the command cannot run at all; each
     // generation resolves it again, so a deploy may replace it.
     if let Err(e) = spawn::resolve(&args.command[0]) {
-        return Err(cli::explain_missing_command(e, &args.command[0]));
+        if let Some(hint) = cli::control_word_misplaced(&e, &args.command[0]) {
+            // A usage error, not a failure of the supervisor.
+            eprintln!("supervisor: error: {hint}");
+            return Ok(2);
+        }
+        return Err(e);
     }
     let compat = compat::Compat::merge(&args.compat);
     let backlog = match args.backlog {
@@ -105,6 +110,21 @@ fn run(args: cli::Args) -> Result<i32> {
     // Orphans of our children are reparented to us, so we reap them too.
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
     let steering = steer::Steering::new(listeners, steer, backlog, socket);
+    let (ready, prober) = match &args.ready {
+        cli::Ready::Machine(m) => (*m, None),
+        cli::Ready::Probe(check) => {
+            if !steering.can_probe() {
+                anyhow::bail!(
+                    "--ready {}: no TCP listener can be steered to probe (Unix and UDP listeners, and sockets handed over without SO_REUSEPORT, cannot)",
+                    check.describe()
+                );
+            }
+            (
+                machine::ReadyMode::Probe,
+                Some(probe::Prober::new(check.clone())),
+            )
+        }
+    };
     for (i, (l, mode)) in steering.listeners().enumerate() {
         let from = if l.inherited {
             ", handed over by the service manager"
@@ -122,25 +142,6 @@ fn run(args: cli::Args) -> Result<i32> {
             log::info!("listener {:?} is shared by every generation: {why}", l.name);
         }
     }
-    let (ready, prober) = match &args.ready {
-        cli::Ready::Machine(m) => (*m, None),
-        cli::Ready::Probe(check) => {
-            if steering.probe_target(machine::Generation(0)).is_none()
-                && !steering
-                    .listeners()
-                    .any(|(l, m)| *m == steer::Mode::Steer && !l.bound.starts_with("udp:"))
-            {
-                anyhow::bail!(
-                    "--ready {}: no TCP listener can be steered to probe (Unix and UDP listeners, and sockets handed over without SO_REUSEPORT, cannot)",
-                    check.describe()
-                );
-            }
-            (
-                machine::ReadyMode::Probe,
-                Some(probe::Prober::new(check.clone())),
-            )
-        }
-    };
     let cfg = Config {
         ready,
         ready_timeout: args.ready_timeout,

@@ -369,6 +369,12 @@ impl Steering {
         any.then_some(n)
     }
 
+    /// Whether some listener is a steered TCP one (readiness probes need
+    /// one).
+    pub fn can_probe(&self) -> bool {
+        self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
+    }
+
     /// A TCP listener whose socket of `g` can be probed: the listener's
     /// index and the address to connect to.
     pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {

@@ -62,6 +62,22 @@ fn bad_durations_signals_and_modes() {
         ),
         (vec!["--restart", "sometimes", "--", "true"], "sometimes"),
         (vec!["--bogus-flag", "--", "true"], "--bogus-flag"),
+        (
+            vec!["--drain-timeout", "-1s", "--", "true"],
+            "'-1s' is negative",
+        ),
+        (
+            vec!["--handoff", "sideways", "--", "true"],
+            "invalid value 'sideways' for '--handoff",
+        ),
+        (
+            vec!["--ready", "http:health", "--", "true"],
+            "the path must start with '/'",
+        ),
+        (
+            vec!["--quiesce", "fast", "--", "true"],
+            "'fast' is not a duration",
+        ),
     ] {
         let (code, line) = fails(&args);
         assert_eq!(code, 2, "{args:?}");
@@ -320,4 +336,38 @@ fn a_control_socket_path_that_cannot_be_bound_is_a_one_line_error() {
     let (code, line) = fails(&["--control", &arg, "--", "sleep", "300"]);
     assert_eq!(code, 1);
     assert!(line.contains(&format!("control socket {arg}")), "{line}");
+}
+
+#[test]
+fn probe_readiness_needs_steering_and_a_tcp_listener() {
+    let (code, line) = fails(&[
+        "--handoff",
+        "shared",
+        "--ready",
+        "tcp",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 1);
+    assert!(line.contains("--ready tcp needs --handoff steer"), "{line}");
+    let dir = TempDir::new("cli-probe");
+    let sock = format!("unix:{}", dir.path("app.sock").display());
+    let (code, line) = fails(&["--ready", "http:/health", "-l", &sock, "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(
+        line.contains("--ready http:/health: no TCP listener can be steered"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_control_word_after_the_options_is_a_usage_error() {
+    let (code, line) = fails(&["--control", "/nonexistent/supervisor.sock", "reload"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains("put the command first: supervisor reload --control PATH"),
+        "{line}"
+    );
 }
