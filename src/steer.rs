@@ -207,9 +207,20 @@ impl Steering {
             options,
         };
         for i in 0..s.slots.len() {
-            if s.slots[i].mode == Mode::Steer
-                && let Err(e) = s.attach(i)
+            if s.slots[i].mode != Mode::Steer {
+                continue;
+            }
+            // A handed-over socket may belong to another user (a socket
+            // unit's is root's): try joining its group once, now.
+            if s.slots[i].listener.inherited
+                && let Err(e) = s.join(i)
             {
+                s.slots[i].mode = Mode::Shared(format!(
+                    "its reuseport group cannot be joined ({e:#}; the service must run as the socket's owner)"
+                ));
+                continue;
+            }
+            if let Err(e) = s.attach(i) {
                 s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
             }
         }
