@@ -51,6 +51,12 @@ pub struct Command {
     pub stop_signal: Signal,
     /// Variables for servers written for other launchers.
     pub compat: Compat,
+    /// `--env-file` and `--env` assignments.
+    pub env: Vec<(String, String)>,
+    /// Run as this user.
+    pub credentials: Option<spawn::Credentials>,
+    /// Run in this directory.
+    pub chdir: Option<std::path::PathBuf>,
 }
 
 /// One reaped process.
@@ -77,9 +83,13 @@ impl Children {
     /// # Errors
     /// The notify directory cannot be created.
     pub fn new(command: Command) -> Result<Children> {
+        let notify_dir = NotifyDir::create()?;
+        if command.credentials.is_some() {
+            notify_dir.open_for_others()?;
+        }
         Ok(Children {
             command,
-            notify_dir: NotifyDir::create()?,
+            notify_dir,
             map: BTreeMap::new(),
         })
     }
@@ -101,9 +111,14 @@ impl Children {
         names: &[&str],
         starter_keys: &[String],
     ) -> Result<Pid> {
-        let notify = self.notify_dir.socket(g.0)?;
+        let mut notify = self.notify_dir.socket(g.0)?;
+        if let Some(c) = &self.command.credentials {
+            // The child must be able to send READY=1 as its own user.
+            notify.allow(c.uid, c.gid)?;
+        }
         let env = environ::build(&environ::Inputs {
             inherited: std::env::vars_os().collect(),
+            extra: &self.command.env,
             names,
             starter_keys,
             notify: notify.path().as_os_str(),
@@ -116,7 +131,9 @@ impl Children {
             env,
             !fds.is_empty(),
             self.command.stop_signal as i32,
-        )?;
+        )?
+        .with_credentials(self.command.credentials.clone())
+        .with_chdir(self.command.chdir.as_deref())?;
         let pid = spawn::spawn(&mut plan, fds)?;
         self.map.insert(
             g,
@@ -171,6 +188,16 @@ impl Children {
             log::warn!("{g} (pid {}): send {s}: {e}", c.pid);
         }
         let _ = kill(c.pid, Signal::SIGCONT);
+    }
+
+    /// Pass signal `sig` on to `g` (a signal the supervisor does not handle
+    /// itself).
+    pub fn forward(&self, g: Generation, sig: Signal) {
+        if let Some(c) = self.map.get(&g).filter(|c| !c.reaped)
+            && let Err(e) = kill(c.pid, sig)
+        {
+            log::warn!("{g} (pid {}): forward {sig}: {e}", c.pid);
+        }
     }
 
     /// SIGKILL `g`'s whole process group.

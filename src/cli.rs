@@ -179,6 +179,49 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "POLICY", default_value = "on-failure")]
     pub restart: Restart,
 
+    /// On a stop request (SIGTERM, SIGINT, `supervisor stop`), keep
+    /// everything serving for DUR first (the health endpoint's /readyz says
+    /// 503 meanwhile); a second request ends the delay.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub shutdown_delay: Duration,
+
+    /// Give up (exit with the failing generation's status) after N starts
+    /// by the crash policy within --start-limit-interval; 0: never.
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub start_limit_burst: u32,
+
+    /// The window of --start-limit-burst.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub start_limit_interval: Duration,
+
+    /// Serve /livez, /readyz and /metrics (Prometheus) on ADDR
+    /// (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    pub health: Option<std::net::SocketAddr>,
+
+    /// Run the children as USER (name or uid), with its groups (the
+    /// supervisor must be root; it keeps binding the listeners).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the children with GROUP (name or gid) as their group (default:
+    /// the user's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Set KEY=VALUE in the children's environment; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = supervisor::envfile::parse_assignment)]
+    pub env: Vec<(String, String)>,
+
+    /// Read KEY=VALUE lines for the children's environment from PATH (the
+    /// format of systemd's EnvironmentFile=); repeatable; read at start.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Vec<PathBuf>,
+
+    /// Run the children in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
     /// Also set the variables of servers written for other launchers:
     /// einhorn, server-starter, nginx (comma-separated, or all).
     #[arg(long, value_name = "LIST")]

@@ -25,6 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::children::Children;
 use crate::control::{self, ConnId, ControlEvent, ControlServer};
+use crate::health::{self, HealthServer};
 use crate::machine::{Action, Event, Generation, Input, Machine, Ticket};
 use crate::manager::{ServiceManager, View};
 use crate::probe::Prober;
@@ -41,11 +42,21 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
-    ] {
+    ]
+    .into_iter()
+    .chain(FORWARDED)
+    {
         set.add(s);
     }
     set
 }
+
+/// Signals the supervisor does not act on itself but passes to the serving
+/// generation (as tini and dumb-init do).
+pub const FORWARDED: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+
+/// While generations drain, their progress is logged this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What `supervisor status` shows of the settings.
 pub struct Settings {
@@ -69,6 +80,8 @@ pub struct Parts {
     pub manager: Option<ServiceManager>,
     /// Readiness probes, in `--ready tcp|http:PATH` mode.
     pub prober: Option<Prober>,
+    /// The health endpoint, with `--health ADDR`.
+    pub health: Option<HealthServer>,
 }
 
 /// What a poll entry watches.
@@ -79,6 +92,7 @@ enum Watch {
     Notify(Generation),
     Manager,
     Probe,
+    Health(health::Watch),
 }
 
 /// The running supervisor.
@@ -96,6 +110,9 @@ pub struct Driver {
     /// What steering reported while carrying out actions, for the log.
     notices: Vec<Notice>,
     started: Instant,
+    /// When the next drain progress line is due (only while some
+    /// generation drains).
+    progress_at: Option<Instant>,
     /// Set when the machine asks to exit.
     exit: Option<i32>,
 }
@@ -116,15 +133,27 @@ impl Driver {
             machine,
             settings,
             parts,
-            report: Report::default(),
+            report: Report {
+                counts: crate::metrics::Counts {
+                    start_time: crate::report::unix_now(),
+                    ..Default::default()
+                },
+                ..Report::default()
+            },
             signals,
             next_ticket: 0,
             reload_waiters: BTreeMap::new(),
             answers: Vec::new(),
             notices: Vec::new(),
             started: Instant::now(),
+            progress_at: None,
             exit: None,
         })
+    }
+
+    /// Say `hint` after "was not ready within ..." (the likely cause).
+    pub fn not_ready_hint(&mut self, hint: &str) {
+        self.report.not_ready_hint = Some(hint.to_string());
     }
 
     /// Run until the machine says exit; returns the exit status.
@@ -168,6 +197,7 @@ impl Driver {
                         }
                     }
                     Watch::Probe => self.advance_probe(now),
+                    Watch::Health(w) => self.serve_health(w, now),
                 }
             }
             if self.exit.is_none() {
@@ -177,6 +207,10 @@ impl Driver {
                     m.on_timeout(now);
                 }
                 self.advance_probe(now);
+                if let Some(h) = &mut self.parts.health {
+                    h.on_timeout(now);
+                }
+                self.drain_progress(now);
                 self.machine.handle_timeout(now);
                 self.execute();
             }
@@ -192,6 +226,8 @@ impl Driver {
             p.control.deadline(),
             p.manager.as_ref().and_then(ServiceManager::deadline),
             p.prober.as_ref().and_then(Prober::deadline),
+            p.health.as_ref().and_then(HealthServer::deadline),
+            self.progress_at,
         ]
         .into_iter()
         .flatten()
@@ -229,6 +265,10 @@ impl Driver {
         }
         if let Some((fd, input)) = p.prober.as_ref().and_then(Prober::interest) {
             watch.push(Watch::Probe);
+            fds.push(PollFd::new(fd, flags(input)));
+        }
+        for (w, fd, input) in p.health.iter().flat_map(HealthServer::interest) {
+            watch.push(Watch::Health(w));
             fds.push(PollFd::new(fd, flags(input)));
         }
         match poll(&mut fds, timeout) {
@@ -275,6 +315,13 @@ impl Driver {
                     log::info!("reload requested (SIGHUP)");
                     self.reload(None);
                 }
+                s if FORWARDED.contains(&s) => match self.machine.active() {
+                    Some(g) => {
+                        log::debug!("forwarding {s} to {}", self.parts.children.who(g));
+                        self.parts.children.forward(g, s);
+                    }
+                    None => log::info!("received {s}: no generation serves to forward it to"),
+                },
                 _ => {
                     log::info!("received {sig}: stopping");
                     self.feed(Input::Stop);
@@ -304,18 +351,106 @@ impl Driver {
         }
     }
 
+    /// A health request: answer it from the machine's state.
+    fn serve_health(&mut self, w: health::Watch, now: Instant) {
+        let Some(h) = &mut self.parts.health else {
+            return;
+        };
+        for id in h.on_ready(w, now) {
+            let Some((route, _)) = self.parts.health.as_ref().and_then(|h| h.route(id)) else {
+                continue;
+            };
+            let (code, kind, body) = match route {
+                health::Route::Live => (200, "text/plain", "ok\n".to_string()),
+                health::Route::Ready => match (self.machine.active(), self.machine.stopping()) {
+                    (_, true) => {
+                        let why = match self.machine.shutdown_delay_until() {
+                            Some(t) => format!(
+                                "not ready: stopping (shutdown delay, {} left)\n",
+                                supervisor::duration::human(t.saturating_duration_since(now))
+                            ),
+                            None => "not ready: stopping\n".to_string(),
+                        };
+                        (503, "text/plain", why)
+                    }
+                    (Some(g), false) => (
+                        200,
+                        "text/plain",
+                        format!("ready: {} serving\n", self.parts.children.who(g)),
+                    ),
+                    (None, false) => (
+                        503,
+                        "text/plain",
+                        "not ready: no generation serving\n".into(),
+                    ),
+                },
+                health::Route::Metrics => {
+                    self.report.counts.queued = self.parts.steering.serving_queues();
+                    let body = crate::metrics::render(&self.status(), &self.report.counts);
+                    (200, "text/plain; version=0.0.4; charset=utf-8", body)
+                }
+            };
+            if let Some(h) = &mut self.parts.health {
+                h.answer(id, code, kind, &body, now);
+            }
+        }
+    }
+
+    /// While generations drain: a line every few seconds with which are
+    /// left, how long until their deadline, and their last `STATUS=`.
+    fn drain_progress(&mut self, now: Instant) {
+        let draining: Vec<(Generation, Instant)> = self
+            .machine
+            .phases()
+            .into_iter()
+            .filter(|(_, p, _)| *p == crate::machine::Phase::Draining)
+            .map(|(g, _, since)| (g, since))
+            .collect();
+        if draining.is_empty() {
+            self.progress_at = None;
+            return;
+        }
+        match self.progress_at {
+            None => self.progress_at = Some(now + PROGRESS_EVERY),
+            Some(t) if t <= now => {
+                let parts: Vec<String> = draining
+                    .iter()
+                    .map(|(g, since)| {
+                        let left =
+                            (*since + self.settings.drain_timeout).saturating_duration_since(now);
+                        let status = match self.parts.children.status_text(*g) {
+                            Some(t) => format!(", status: {}", t.escape_debug()),
+                            None => String::new(),
+                        };
+                        format!(
+                            "{} ({} until SIGKILL{status})",
+                            self.parts.children.who(*g),
+                            supervisor::duration::human(left)
+                        )
+                    })
+                    .collect();
+                log::info!("still draining: {}", parts.join("; "));
+                self.progress_at = Some(now + PROGRESS_EVERY);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn status(&self) -> supervisor::status::Status {
+        crate::snapshot::status(&crate::snapshot::Sources {
+            machine: &self.machine,
+            children: &self.parts.children,
+            steering: &self.parts.steering,
+            report: &self.report,
+            settings: &self.settings,
+            started: self.started,
+        })
+    }
+
     fn control_event(&mut self, e: ControlEvent) {
         match e {
             ControlEvent::Status(id) => {
-                let status = crate::snapshot::status(&crate::snapshot::Sources {
-                    machine: &self.machine,
-                    children: &self.parts.children,
-                    steering: &self.parts.steering,
-                    report: &self.report,
-                    settings: &self.settings,
-                    started: self.started,
-                });
-                let json = serde_json::to_string(&status).unwrap_or_default();
+                let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 self.parts.control.answer(id, true, &json, Instant::now());
             }
             ControlEvent::Reload(id, pid) => {
@@ -403,6 +538,7 @@ impl Driver {
             }
         }
         self.log_notices();
+        self.drain_progress(Instant::now());
         self.tell_manager();
         let now = Instant::now();
         for (id, ok, text) in std::mem::take(&mut self.answers) {

@@ -31,6 +31,8 @@ const STRIPPED: [&str; 8] = [
 pub struct Inputs<'a> {
     /// The supervisor's environment.
     pub inherited: Vec<(OsString, OsString)>,
+    /// `--env-file` and `--env` assignments, in order (later ones win).
+    pub extra: &'a [(String, String)],
     /// The listeners' names, in fd order.
     pub names: &'a [&'a str],
     /// The listeners' Server::Starter keys, in fd order.
@@ -56,6 +58,14 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
         })
         .cloned()
         .collect();
+    for (k, v) in i.extra {
+        // The protocol's own variables are the supervisor's to set.
+        if STRIPPED.iter().any(|s| s == k) {
+            continue;
+        }
+        env.retain(|(key, _)| key != k.as_str());
+        env.push((k.into(), v.into()));
+    }
     let n = i.names.len();
     if n > 0 {
         env.push((child::LISTEN_FDS.into(), n.to_string().into()));
@@ -94,6 +104,11 @@ mod tests {
         let compat = Compat::merge(&[]);
         let env = build(&Inputs {
             inherited,
+            extra: &[
+                ("PATH".into(), "/usr/bin".into()),
+                ("LISTEN_FDS".into(), "7".into()),
+                ("APP_MODE".into(), "prod".into()),
+            ],
             names: &["http", "admin"],
             starter_keys: &["8080".into(), "9090".into()],
             notify: OsStr::new("/tmp/n/3"),
@@ -106,7 +121,8 @@ mod tests {
             assert!(v.len() <= 1, "{k} twice");
             v.first().map(|(_, v)| v.to_string_lossy().into_owned())
         };
-        assert_eq!(get("PATH").as_deref(), Some("/bin"));
+        assert_eq!(get("PATH").as_deref(), Some("/usr/bin"), "--env wins");
+        assert_eq!(get("APP_MODE").as_deref(), Some("prod"));
         assert_eq!(get("LISTEN_FDS").as_deref(), Some("2"));
         assert_eq!(get("LISTEN_FDNAMES").as_deref(), Some("http:admin"));
         assert_eq!(get("LISTEN_PID"), None);

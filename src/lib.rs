@@ -11,4 +11,5 @@
 
 pub mod child;
 pub mod duration;
+pub mod envfile;
 pub mod status;

@@ -114,6 +114,26 @@ pub struct Config {
     /// Steer mode: quiesce replaced generations before stopping them.
     /// `None` (shared mode): stop them as soon as their successor is ready.
     pub quiesce: Option<Quiesce>,
+    /// The stop signal's number: a generation that dies of it after it was
+    /// sent has stopped cleanly (as systemd treats its `KillSignal=`).
+    pub stop_signal: i32,
+    /// At most this many starts by the crash policy (and the first start)
+    /// within this interval; then the supervisor gives up and exits with
+    /// the failing generation's status. `None`: no limit.
+    pub start_limit: Option<StartLimit>,
+    /// On a stop request, keep serving this long first (for an
+    /// orchestrator to take the service out of rotation).
+    pub shutdown_delay: Duration,
+}
+
+/// The start limit, as systemd's `StartLimitBurst=` and
+/// `StartLimitIntervalSec=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartLimit {
+    /// Starts allowed within `interval`.
+    pub burst: u32,
+    /// The window.
+    pub interval: Duration,
 }
 
 /// How a replaced generation is retired in steer mode: it keeps running,
@@ -274,6 +294,18 @@ pub enum Event {
         /// The generation currently starting.
         starting: Generation,
     },
+    /// A stop was requested; everything keeps serving for this long.
+    ShutdownDelay {
+        /// The delay.
+        delay: Duration,
+    },
+    /// Too many starts within the start limit's interval: giving up.
+    StartLimitHit {
+        /// The limit.
+        limit: StartLimit,
+        /// The status the supervisor exits with.
+        status: ExitStatus,
+    },
     /// A graceful stop began.
     Stopping,
     /// A second stop request: everything is killed now.
@@ -346,6 +378,9 @@ enum Due {
 enum Stopping {
     /// Not stopping.
     No,
+    /// A stop was requested: everything serves until then (the shutdown
+    /// delay), then the graceful stop begins.
+    Delay(Instant),
     /// Stop signals sent; waiting for the drains.
     Graceful,
     /// A second stop request: everything was killed.
@@ -403,6 +438,8 @@ pub struct Machine {
     restarts: u64,
     /// The latest time seen (time must never go backwards).
     now: Instant,
+    /// When the recent starts counted by the start limit happened.
+    starts: VecDeque<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -448,6 +485,7 @@ impl Machine {
             done: false,
             restarts: 0,
             now,
+            starts: VecDeque::new(),
             actions: VecDeque::new(),
         };
         m.spawn(now, Cause::Initial, Vec::new());
@@ -468,7 +506,11 @@ impl Machine {
             State::Quiescing { check_at, .. } => Some(*check_at),
             State::Active { .. } => None,
         });
-        timers.chain(self.restart_at).min()
+        let delay = match self.stopping {
+            Stopping::Delay(until) => Some(until),
+            _ => None,
+        };
+        timers.chain(self.restart_at).chain(delay).min()
     }
 
     /// The generation currently serving, if any.
@@ -505,9 +547,17 @@ impl Machine {
         self.cfg.quiesce.is_some()
     }
 
-    /// Whether a stop has begun.
+    /// Whether a stop has been requested (the shutdown delay included).
     pub fn stopping(&self) -> bool {
         self.stopping != Stopping::No
+    }
+
+    /// While the shutdown delay runs: when it ends.
+    pub fn shutdown_delay_until(&self) -> Option<Instant> {
+        match self.stopping {
+            Stopping::Delay(until) => Some(until),
+            _ => None,
+        }
     }
 
     /// Reload requests not answered yet (carried by the starting
@@ -601,6 +651,11 @@ impl Machine {
                 Due::Measure => self.measure(now, g),
             }
         }
+        if let Stopping::Delay(until) = self.stopping
+            && until <= now
+        {
+            self.begin_stop(now, self.stop_status());
+        }
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
             if !self.stopping() && self.starting().is_none() {
@@ -665,8 +720,16 @@ impl Machine {
             Ended::Exited(s) => s,
             Ended::SpawnFailed(_) => ExitStatus::Code(127),
         };
+        // Killed by the stop signal we sent it: a clean stop (uvicorn and
+        // Puma drain, then re-raise SIGTERM).
+        let stopped_cleanly = status == ExitStatus::Signal(self.cfg.stop_signal)
+            && matches!(self.generations.get(&g), Some(State::Draining { .. }));
         if self.exit_with == Some(g) {
-            self.exit_status = Some(status);
+            self.exit_status = Some(if stopped_cleanly {
+                ExitStatus::Code(0)
+            } else {
+                status
+            });
         }
         match self.generations.get(&g) {
             None => return,
@@ -684,8 +747,10 @@ impl Machine {
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
                 }
-                let restart = self.cfg.restart.restarts(status);
                 let starting = self.starting();
+                let restart = self.cfg.restart.restarts(status)
+                    && !self.stopping()
+                    && (starting.is_some() || self.may_start(now, status));
                 // A generation already starting takes over by itself.
                 let restart_in = if restart && starting.is_none() {
                     Some(self.schedule_restart(now))
@@ -698,8 +763,11 @@ impl Machine {
                     restart_in,
                     starting,
                 });
-                if !restart && starting.is_none() {
-                    self.begin_stop(now, Some(status));
+                if !restart && starting.is_none() && !self.done {
+                    match self.stopping {
+                        Stopping::Graceful | Stopping::Forced => {}
+                        _ => self.begin_stop(now, Some(status)),
+                    }
                 }
             }
             Some(State::Draining { since, .. } | State::Quiescing { since, .. }) => {
@@ -791,17 +859,37 @@ impl Machine {
         }
     }
 
+    /// The exit status of a stop begun now: the serving generation's (once
+    /// it exits), else the starting one's, else that of the last one that
+    /// ended.
+    fn stop_status(&self) -> Option<ExitStatus> {
+        if self.active().is_some() || self.starting().is_some() {
+            None
+        } else {
+            Some(self.last_status.unwrap_or(ExitStatus::Code(0)))
+        }
+    }
+
     fn handle_stop(&mut self, now: Instant) {
         match self.stopping {
-            Stopping::No => {
-                // The exit status will be the serving generation's, else the
-                // starting one's, else that of the last one that ended.
-                let status = if self.active().is_some() || self.starting().is_some() {
-                    None
-                } else {
-                    Some(self.last_status.unwrap_or(ExitStatus::Code(0)))
-                };
-                self.begin_stop(now, status);
+            Stopping::No if !self.cfg.shutdown_delay.is_zero() && self.active().is_some() => {
+                // Keep serving while the orchestrator takes us out of
+                // rotation; a reload queued meanwhile will not happen.
+                self.stopping = Stopping::Delay(now + self.cfg.shutdown_delay);
+                self.restart_at = None;
+                if let Some(tickets) = self.queued.take() {
+                    self.push(Action::Answer(
+                        tickets,
+                        ReloadOutcome::Refused(Refusal::Stopping),
+                    ));
+                }
+                self.report(Event::ShutdownDelay {
+                    delay: self.cfg.shutdown_delay,
+                });
+            }
+            Stopping::No | Stopping::Delay(_) => {
+                // A second request during the delay cuts it short.
+                self.begin_stop(now, self.stop_status());
             }
             Stopping::Graceful => {
                 self.stopping = Stopping::Forced;
@@ -882,7 +970,7 @@ impl Machine {
                 StartFailure::NotReady(_) | StartFailure::Stopping => ExitStatus::Code(1),
             };
             self.last_status = Some(status);
-            if self.cfg.restart.restarts(status) {
+            if self.cfg.restart.restarts(status) && self.may_start(now, status) {
                 restart_in = Some(self.schedule_restart(now));
             } else {
                 stop_with = Some(status);
@@ -938,7 +1026,30 @@ impl Machine {
         delay
     }
 
+    /// Whether the start limit allows one more start by the crash policy;
+    /// if not, say so (the caller then stops with `status`).
+    fn may_start(&mut self, now: Instant, status: ExitStatus) -> bool {
+        let Some(limit) = self.cfg.start_limit else {
+            return true;
+        };
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= limit.interval)
+        {
+            self.starts.pop_front();
+        }
+        if self.starts.len() < limit.burst as usize {
+            return true;
+        }
+        self.report(Event::StartLimitHit { limit, status });
+        false
+    }
+
     fn spawn(&mut self, now: Instant, cause: Cause, tickets: Vec<Ticket>) {
+        if cause != Cause::Reload {
+            self.starts.push_back(now);
+        }
         self.last += 1;
         let g = Generation(self.last);
         let wait = match self.cfg.ready {
@@ -1006,7 +1117,7 @@ impl Machine {
         let count = |f: fn(&State) -> bool| self.generations.values().filter(|s| f(s)).count();
         debug_assert!(count(|s| matches!(s, State::Starting { .. })) <= 1);
         debug_assert!(count(|s| matches!(s, State::Active { .. })) <= 1);
-        if self.stopping() {
+        if matches!(self.stopping, Stopping::Graceful | Stopping::Forced) {
             debug_assert!(count(|s| !matches!(s, State::Draining { .. })) == 0);
         }
     }
@@ -1030,6 +1141,9 @@ mod tests {
             backoff_max: Duration::from_millis(400),
             healthy_after: Duration::from_secs(10),
             quiesce: None,
+            stop_signal: 15,
+            start_limit: None,
+            shutdown_delay: Duration::ZERO,
         }
     }
 

@@ -15,9 +15,11 @@ mod compat;
 mod control;
 mod driver;
 mod environ;
+mod health;
 mod listen;
 mod machine;
 mod manager;
+mod metrics;
 mod notify;
 mod probe;
 mod report;
@@ -73,6 +75,24 @@ fn run(args: cli::Args) -> Result<i32> {
         return Err(e);
     }
     let compat = compat::Compat::merge(&args.compat);
+    // Everything about the children that can be wrong is checked before
+    // anything is bound.
+    let credentials = spawn::Credentials::resolve(args.user.as_deref(), args.group.as_deref())?;
+    let mut env = Vec::new();
+    for path in &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--env-file {}", path.display()))?;
+        let parsed = supervisor::envfile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
+        env.extend(parsed);
+    }
+    env.extend(args.env.iter().cloned());
+    if let Some(dir) = &args.chdir
+        && !dir.is_dir()
+    {
+        anyhow::bail!("--chdir {}: not a directory", dir.display());
+    }
+    let health = args.health.map(health::HealthServer::bind).transpose()?;
     let backlog = match args.backlog {
         Some(n) => Backlog::new(n).context("--backlog")?,
         None => Backlog::MAXALLOWABLE,
@@ -155,7 +175,19 @@ fn run(args: cli::Args) -> Result<i32> {
             limit: args.quiesce_timeout,
             poll: Duration::from_millis(10),
         }),
+        stop_signal: args.stop_signal as i32,
+        start_limit: (args.start_limit_burst > 0).then_some(machine::StartLimit {
+            burst: args.start_limit_burst,
+            interval: args.start_limit_interval,
+        }),
+        shutdown_delay: args.shutdown_delay,
     };
+    if let Some(h) = &health {
+        log::info!(
+            "health endpoint http://{}/ (/livez, /readyz, /metrics)",
+            h.address()
+        );
+    }
     log::info!("control socket {}", control_path.display());
     if !compat.0.is_empty() {
         let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
@@ -170,6 +202,9 @@ fn run(args: cli::Args) -> Result<i32> {
         argv: args.command,
         stop_signal: args.stop_signal,
         compat,
+        env,
+        credentials,
+        chdir: args.chdir,
     })?;
     let parts = driver::Parts {
         children,
@@ -177,9 +212,16 @@ fn run(args: cli::Args) -> Result<i32> {
         control: control::ControlServer::new(control),
         manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
         prober,
+        health,
     };
     let machine = Machine::new(cfg, Instant::now());
-    driver::Driver::new(machine, settings, parts)?.run()
+    let mut driver = driver::Driver::new(machine, settings, parts)?;
+    if matches!(ready, machine::ReadyMode::Notify) {
+        driver.not_ready_hint(
+            "no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH",
+        );
+    }
+    driver.run()
 }
 
 fn init_logging() {

@@ -66,6 +66,18 @@ impl NotifyDir {
         Ok(NotifyDir { path })
     }
 
+    /// Let other users reach sockets in the directory (mode 0711: they can
+    /// pass through, not list it); each socket is then opened to its
+    /// child's user alone with [`NotifySocket::allow`]. For `--user`.
+    ///
+    /// # Errors
+    /// chmod failed.
+    pub fn open_for_others(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("chmod 0711 {}", self.path.display()))
+    }
+
     /// Bind the socket for generation `generation`.
     ///
     /// # Errors
@@ -80,9 +92,17 @@ impl NotifyDir {
         )
         .context("create notify socket")?;
         setsockopt(&fd, sockopt::PassCred, &true).context("set SO_PASSCRED")?;
-        bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)
-            .with_context(|| format!("bind notify socket {}", path.display()))?;
-        Ok(NotifySocket { fd, path })
+        // Bound with mode 0600 whatever the umask; `allow` opens it to the
+        // child's user.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?);
+        nix::sys::stat::umask(old);
+        bound.with_context(|| format!("bind notify socket {}", path.display()))?;
+        Ok(NotifySocket {
+            fd,
+            path,
+            allowed: None,
+        })
     }
 }
 
@@ -97,12 +117,31 @@ impl Drop for NotifyDir {
 pub struct NotifySocket {
     fd: OwnedFd,
     path: PathBuf,
+    /// Besides the supervisor's own uid and root, messages from this uid
+    /// (the child's, under `--user`) are accepted.
+    allowed: Option<u32>,
 }
 
 impl NotifySocket {
     /// The value for the child's `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Let user `uid` (the child's, under `--user`) send to this socket:
+    /// the file is given to it, and its messages are accepted.
+    ///
+    /// # Errors
+    /// chown failed.
+    pub fn allow(&mut self, uid: u32, gid: u32) -> Result<()> {
+        nix::unistd::chown(
+            &self.path,
+            Some(Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("chown {}", self.path.display()))?;
+        self.allowed = Some(uid);
+        Ok(())
     }
 
     /// The socket, for poll.
@@ -154,7 +193,7 @@ impl NotifySocket {
             }
             _ if received_fds => Err(Rejected::Fds),
             None => Err(Rejected::NoCredentials),
-            Some(u) if u != me && u != 0 => Err(Rejected::Foreign(u)),
+            Some(u) if u != me && u != 0 && Some(u) != self.allowed => Err(Rejected::Foreign(u)),
             Some(_) => parse(&buf[..len.min(BUFFER_MAX)]),
         }))
     }

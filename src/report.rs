@@ -27,6 +27,9 @@ impl Who for crate::children::Children {
 /// The reload history, for `supervisor status` and `STATUS=`.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Said after "was not ready within ..." when readiness is `READY=1`:
+    /// the likely cause and what to do.
+    pub not_ready_hint: Option<String>,
     /// Reloads whose generation became ready.
     pub reloads_ok: u64,
     /// Reloads whose generation failed.
@@ -35,11 +38,13 @@ pub struct Report {
     pub last_failure: Option<String>,
     /// The last failed reload ever (for `supervisor status`).
     pub last_failed_reload: Option<String>,
+    /// Durations and times for `/metrics`.
+    pub counts: crate::metrics::Counts,
 }
 
 impl Report {
     /// Log a machine event.
-    pub fn event(&self, e: &Event, who: &dyn Who, stop_signal: Signal, steer: bool) {
+    pub fn event(&mut self, e: &Event, who: &dyn Who, stop_signal: Signal, steer: bool) {
         match e {
             Event::Ready {
                 generation,
@@ -53,7 +58,12 @@ impl Report {
                 serving,
                 restart_in,
             } => {
-                let what = format!("{} {}", who.who(*generation), describe_failure(why));
+                let what = format!(
+                    "{} {}{}",
+                    who.who(*generation),
+                    describe_failure(why),
+                    self.hint(why)
+                );
                 let next = match (serving, restart_in) {
                     (Some(s), _) => format!("; {} still serving", who.who(*s)),
                     (None, Some(d)) => format!("; starting again in {}", human(*d)),
@@ -90,12 +100,19 @@ impl Report {
                 generation,
                 after,
                 status,
-            } => log::info!(
-                "{} drained in {} ({})",
-                who.who(*generation),
-                human(*after),
-                describe_status(*status)
-            ),
+            } => {
+                self.counts.drain_seconds.observe(*after);
+                let how = if *status == ExitStatus::Signal(stop_signal as i32) {
+                    "exited on its stop signal".to_string()
+                } else {
+                    describe_status(*status)
+                };
+                log::info!(
+                    "{} drained in {} ({how})",
+                    who.who(*generation),
+                    human(*after)
+                );
+            }
             Event::Crashed {
                 generation,
                 status,
@@ -116,8 +133,25 @@ impl Report {
             Event::ReloadQueued { starting } => {
                 log::info!("reload queued: {} is still starting", who.who(*starting));
             }
+            Event::ShutdownDelay { delay } => log::info!(
+                "stop requested: serving on for the {} shutdown delay (a second stop request ends it now)",
+                human(*delay)
+            ),
+            Event::StartLimitHit { limit, status } => log::error!(
+                "{} starts within {}: giving up (start limit; the last one {})",
+                limit.burst,
+                human(limit.interval),
+                describe_status(*status)
+            ),
             Event::Stopping => log::info!("stopping every generation"),
             Event::ForcedStop => log::warn!("second stop request: killing every generation now"),
+        }
+    }
+
+    fn hint(&self, why: &StartFailure) -> String {
+        match (why, &self.not_ready_hint) {
+            (StartFailure::NotReady(_), Some(h)) => format!(" ({h})"),
+            _ => String::new(),
         }
     }
 
@@ -136,6 +170,8 @@ impl Report {
             } => {
                 self.reloads_ok += 1;
                 self.last_failure = None;
+                self.counts.reload_seconds.observe(*after);
+                self.counts.last_reload_success = Some(unix_now());
                 (true, ready_text(who, *generation, *after, *replaced, steer))
             }
             ReloadOutcome::Failed {
@@ -145,7 +181,12 @@ impl Report {
                 stopping,
             } => {
                 self.reloads_failed += 1;
-                let what = format!("{} {}", who.who(*generation), describe_failure(why));
+                let what = format!(
+                    "{} {}{}",
+                    who.who(*generation),
+                    describe_failure(why),
+                    self.hint(why)
+                );
                 self.last_failed_reload = Some(what.clone());
                 self.last_failure = Some(what.clone());
                 let tail = match (serving, stopping) {
@@ -200,6 +241,13 @@ fn ready_text(
         None => String::new(),
     };
     format!("{} ready in {}{tail}", who.who(g), human(after))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `exited with status 1`, `killed by signal 9 (SIGKILL)`.

@@ -69,10 +69,18 @@ enum Step {
     PlaceListener = 8,
     /// `execve`.
     Exec = 9,
+    /// `chdir` to the working directory.
+    Chdir = 10,
+    /// `setgroups` to the user's supplementary groups.
+    Groups = 11,
+    /// `setgid`; the detail is the gid.
+    Gid = 12,
+    /// `setuid`; the detail is the uid.
+    Uid = 13,
 }
 
 impl Step {
-    const ALL: [Step; 9] = [
+    const ALL: [Step; 13] = [
         Step::ProcessGroup,
         Step::SignalDisposition,
         Step::SignalMask,
@@ -82,6 +90,10 @@ impl Step {
         Step::MoveListener,
         Step::PlaceListener,
         Step::Exec,
+        Step::Chdir,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
     ];
 
     fn from_code(code: u32) -> Option<Step> {
@@ -149,6 +161,10 @@ impl Report {
                 format!("place listener {d} at fd {}", first.saturating_add(d))
             }
             Some(Step::Exec) => return anyhow::anyhow!("exec {program}: {err}"),
+            Some(Step::Chdir) => "change to the working directory".to_string(),
+            Some(Step::Groups) => "set the supplementary groups".to_string(),
+            Some(Step::Gid) => format!("set the group id to {d}"),
+            Some(Step::Uid) => format!("set the user id to {d}"),
             None => format!("unknown step {}", self.step),
         };
         anyhow::anyhow!("child for {program}: {what}: {err}")
@@ -165,6 +181,84 @@ pub struct Plan {
     listen_pid: Option<usize>,
     /// Signal the child gets if the supervisor dies (PR_SET_PDEATHSIG).
     parent_death_signal: i32,
+    /// Run as this user (uid, gid, supplementary groups).
+    credentials: Option<Credentials>,
+    /// Run in this directory.
+    chdir: Option<CString>,
+}
+
+/// Who a child runs as (`--user`, `--group`), resolved before the fork.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user id.
+    pub uid: libc::uid_t,
+    /// The primary group id.
+    pub gid: libc::gid_t,
+    /// The supplementary groups, as `initgroups` would set them.
+    pub groups: Vec<libc::gid_t>,
+}
+
+impl Credentials {
+    /// The credentials for `--user USER` and `--group GROUP` (names or
+    /// numbers): the user's uid, the group (default: the user's primary
+    /// group), and the user's supplementary groups as `initgroups` sets
+    /// them. `None` when neither is given.
+    ///
+    /// # Errors
+    /// The supervisor is not root, or a name is unknown.
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        if user.is_none() && group.is_none() {
+            return Ok(None);
+        }
+        let me = Uid::effective();
+        if !me.is_root() {
+            bail!(
+                "--user and --group need the supervisor to run as root (it runs as uid {me}); the supervisor binds the listeners and the children run as the user"
+            );
+        }
+        let user = match user {
+            None => None,
+            Some(u) => {
+                let found = match u.parse::<u32>() {
+                    Ok(n) => User::from_uid(Uid::from_raw(n)),
+                    Err(_) => User::from_name(u),
+                };
+                Some(
+                    found
+                        .with_context(|| format!("--user {u}"))?
+                        .with_context(|| format!("--user {u}: no such user"))?,
+                )
+            }
+        };
+        let gid = match group {
+            Some(g) => {
+                let found = match g.parse::<u32>() {
+                    Ok(n) => Group::from_gid(Gid::from_raw(n)),
+                    Err(_) => Group::from_name(g),
+                };
+                found
+                    .with_context(|| format!("--group {g}"))?
+                    .with_context(|| format!("--group {g}: no such group"))?
+                    .gid
+            }
+            None => user.as_ref().map_or(Gid::effective(), |u| u.gid),
+        };
+        let (uid, groups) = match &user {
+            Some(u) => {
+                let name = CString::new(u.name.as_bytes()).context("user name")?;
+                let groups = nix::unistd::getgrouplist(&name, gid)
+                    .with_context(|| format!("the groups of user {}", u.name))?;
+                (u.uid, groups)
+            }
+            None => (me, vec![gid]),
+        };
+        Ok(Some(Credentials {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            groups: groups.into_iter().map(Gid::as_raw).collect(),
+        }))
+    }
 }
 
 impl Plan {
@@ -217,7 +311,27 @@ impl Plan {
             env: entries,
             listen_pid,
             parent_death_signal,
+            credentials: None,
+            chdir: None,
         })
+    }
+
+    /// Run the child as `who` (the supervisor must be root).
+    pub fn with_credentials(mut self, who: Option<Credentials>) -> Plan {
+        self.credentials = who;
+        self
+    }
+
+    /// Run the child in `dir`.
+    ///
+    /// # Errors
+    /// The path holds a NUL byte.
+    pub fn with_chdir(mut self, dir: Option<&std::path::Path>) -> Result<Plan> {
+        self.chdir = match dir {
+            Some(d) => Some(cstring(d.as_os_str().as_bytes().to_vec(), "directory")?),
+            None => None,
+        };
+        Ok(self)
     }
 }
 
@@ -322,6 +436,14 @@ fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) 
         status_fd: write_end.as_raw_fd(),
         parent,
         parent_death_signal: plan.parent_death_signal,
+        chdir: plan.chdir.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        uid: plan.credentials.as_ref().map(|c| c.uid),
+        gid: plan.credentials.as_ref().map(|c| c.gid),
+        groups: plan
+            .credentials
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.groups.as_ptr()),
+        ngroups: plan.credentials.as_ref().map_or(0, |c| c.groups.len()),
     };
 
     // SAFETY: the supervisor is single-threaded, so no lock can be held
@@ -442,6 +564,13 @@ struct ChildSetup {
     status_fd: RawFd,
     parent: libc::pid_t,
     parent_death_signal: i32,
+    /// The working directory, or null.
+    chdir: *const libc::c_char,
+    /// Credentials to take, if any.
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    groups: *const libc::gid_t,
+    ngroups: usize,
 }
 
 /// The child's side of [`spawn`]: set up the process and exec.
@@ -453,7 +582,8 @@ struct ChildSetup {
 ///
 /// # Async-signal safety
 /// Runs between `fork` and `execve` and calls only async-signal-safe
-/// functions (`setpgid`, `rt_sigaction`, `rt_sigprocmask`, `prctl`, `getppid`,
+/// functions (`setpgid`, `rt_sigaction`, `rt_sigprocmask`, `chdir`,
+/// `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`,
 /// `fcntl`, `dup2`, `close_range`, `getrlimit`, `getpid`, `execve`, `write`,
 /// `_exit`) on memory prepared before the fork: no allocation, no locks, no
 /// formatting, no panics (no indexing that can fail, no unwrap).
@@ -507,8 +637,26 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             fail(s.status_fd, Step::SignalMask, 0);
         }
 
+        if !s.chdir.is_null() && libc::chdir(s.chdir) != 0 {
+            fail(s.status_fd, Step::Chdir, 0);
+        }
+        // Groups, then the group, then the user: once the user is changed,
+        // the others can no longer be.
+        if let (Some(uid), Some(gid)) = (s.uid, s.gid) {
+            if libc::setgroups(s.ngroups, s.groups) != 0 {
+                fail(s.status_fd, Step::Groups, 0);
+            }
+            if libc::setgid(gid) != 0 {
+                fail(s.status_fd, Step::Gid, gid as i32);
+            }
+            if libc::setuid(uid) != 0 {
+                fail(s.status_fd, Step::Uid, uid as i32);
+            }
+        }
+
         // If the supervisor dies, its children are asked to stop rather than
         // live on with the sockets. The parent may already be gone: check.
+        // (After the credentials: changing them clears the setting.)
         if s.parent_death_signal > 0
             && libc::prctl(
                 libc::PR_SET_PDEATHSIG,

@@ -386,6 +386,21 @@ impl Steering {
         self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
     }
 
+    /// Connections waiting in each listener's serving socket, in order.
+    pub fn serving_queues(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| match s.members.get(s.routed) {
+                Some(m) => queue_length(m.fd.as_fd(), s.stream),
+                None => {
+                    let stream = getsockopt(&s.listener.fd(), sockopt::SockType)
+                        .is_ok_and(|t| t == SockType::Stream);
+                    queue_length(s.listener.fd(), stream)
+                }
+            })
+            .collect()
+    }
+
     /// A TCP listener whose socket of `g` can be probed: the listener's
     /// index and the address to connect to.
     pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {

@@ -1,0 +1,393 @@
+//! The health endpoint (`--health ADDR`): a small HTTP/1.x listener of the
+//! supervisor's own, served from the one poll loop.
+//!
+//! It owns its listening socket and connections: accepting (at most
+//! [`MAX_CONNECTIONS`] at once; more are closed at once), reading one request
+//! head (at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`]), and
+//! writing one answer, then closing. It never decides what to answer: it
+//! names the route asked for, and the driver answers with a body.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// Connections open at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest request head read.
+pub const MAX_REQUEST: usize = 8192;
+/// A request must arrive within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// An answer must be taken within this time.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /livez`.
+    Live,
+    /// `GET /readyz`.
+    Ready,
+    /// `GET /metrics`.
+    Metrics,
+}
+
+/// One connection's id.
+pub type ConnId = u64;
+
+/// What a poll entry watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The listening socket.
+    Accept,
+    /// One connection.
+    Conn(ConnId),
+}
+
+enum Stage {
+    Reading(Vec<u8>),
+    Waiting,
+    Writing(Vec<u8>, usize),
+}
+
+struct Conn {
+    stream: TcpStream,
+    stage: Stage,
+    deadline: Instant,
+    head_only: bool,
+    route: Option<Route>,
+}
+
+/// The health listener. See the module documentation.
+pub struct HealthServer {
+    listener: TcpListener,
+    address: SocketAddr,
+    conns: BTreeMap<ConnId, Conn>,
+    next: ConnId,
+    /// Accepting is paused until then (out of file descriptors).
+    paused: Option<Instant>,
+}
+
+/// Parse a request head: the route, whether it is `HEAD`, or the status
+/// and text to answer with.
+pub fn parse_request(head: &[u8]) -> Result<(Route, bool), (u16, &'static str)> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .or_else(|| head.iter().position(|&b| b == b'\n'))
+        .unwrap_or(head.len());
+    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| (400, "bad request\n"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err((400, "bad request\n"));
+    };
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
+        return Err((400, "bad request\n"));
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err((405, "only GET and HEAD\n")),
+    };
+    let path = target.split('?').next().unwrap_or("");
+    let route = match path {
+        "/livez" => Route::Live,
+        "/readyz" => Route::Ready,
+        "/metrics" => Route::Metrics,
+        _ => return Err((404, "not found: try /livez, /readyz or /metrics\n")),
+    };
+    Ok((route, head_only))
+}
+
+/// Whether `buf` holds a whole request head.
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A whole HTTP/1.1 answer that closes the connection.
+pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        reason(status),
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+impl HealthServer {
+    /// Bind `addr`.
+    ///
+    /// # Errors
+    /// The address cannot be bound; the message names it.
+    pub fn bind(addr: SocketAddr) -> Result<HealthServer> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("--health {addr}"))?;
+        listener
+            .set_nonblocking(true)
+            .context("make the health socket non-blocking")?;
+        let address = listener.local_addr().context("health socket address")?;
+        Ok(HealthServer {
+            listener,
+            address,
+            conns: BTreeMap::new(),
+            next: 0,
+            paused: None,
+        })
+    }
+
+    /// The address it serves on (port 0 resolved).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The fds to poll, with whether each waits for input.
+    pub fn interest(&self) -> Vec<(Watch, BorrowedFd<'_>, bool)> {
+        let mut out = Vec::new();
+        if self.paused.is_none() {
+            out.push((Watch::Accept, self.listener.as_fd(), true));
+        }
+        for (id, c) in &self.conns {
+            match c.stage {
+                Stage::Reading(_) => out.push((Watch::Conn(*id), c.stream.as_fd(), true)),
+                Stage::Writing(..) => out.push((Watch::Conn(*id), c.stream.as_fd(), false)),
+                Stage::Waiting => {}
+            }
+        }
+        out
+    }
+
+    /// The next deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .map(|c| c.deadline)
+            .chain(self.paused)
+            .min()
+    }
+
+    /// Deadlines: close late connections, resume accepting.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.paused.is_some_and(|t| t <= now) {
+            self.paused = None;
+        }
+        self.conns.retain(|_, c| c.deadline > now);
+    }
+
+    /// A watched fd is ready: the requests now complete, each with the
+    /// route it asks for.
+    pub fn on_ready(&mut self, w: Watch, now: Instant) -> Vec<ConnId> {
+        match w {
+            Watch::Accept => {
+                self.accept(now);
+                Vec::new()
+            }
+            Watch::Conn(id) => self.serve(id, now).into_iter().collect(),
+        }
+    }
+
+    /// The route connection `id` asked for (once [`HealthServer::on_ready`]
+    /// returned it), and whether it is a `HEAD` request.
+    pub fn route(&self, id: ConnId) -> Option<(Route, bool)> {
+        let c = self.conns.get(&id)?;
+        let Stage::Waiting = c.stage else {
+            return None;
+        };
+        Some((c.route?, c.head_only))
+    }
+
+    /// Answer connection `id` and close it once the answer is taken.
+    pub fn answer(
+        &mut self,
+        id: ConnId,
+        status: u16,
+        content_type: &str,
+        body: &str,
+        now: Instant,
+    ) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            let out = response(status, content_type, body, c.head_only);
+            c.stage = Stage::Writing(out, 0);
+            c.deadline = now + WRITE_TIMEOUT;
+            if write(c) {
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..MAX_CONNECTIONS {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        // Closed at once: the prober retries.
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    self.next += 1;
+                    self.conns.insert(
+                        self.next,
+                        Conn {
+                            stream,
+                            stage: Stage::Reading(Vec::new()),
+                            deadline: now + REQUEST_TIMEOUT,
+                            head_only: false,
+                            route: None,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    log::warn!("accept on the health socket: {e}; retrying in 100ms");
+                    self.paused = Some(now + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, id: ConnId, now: Instant) -> Option<ConnId> {
+        let c = self.conns.get_mut(&id)?;
+        match &mut c.stage {
+            Stage::Writing(..) => {
+                if write(c) {
+                    self.conns.remove(&id);
+                }
+                None
+            }
+            Stage::Waiting => None,
+            Stage::Reading(buf) => {
+                let mut chunk = [0u8; 1024];
+                loop {
+                    match c.stream.read(&mut chunk) {
+                        Ok(0) => {
+                            self.conns.remove(&id);
+                            return None;
+                        }
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            if head_complete(buf) {
+                                break;
+                            }
+                            if buf.len() > MAX_REQUEST {
+                                let out = response(431, "text/plain", "request too large\n", false);
+                                c.stage = Stage::Writing(out, 0);
+                                c.deadline = now + WRITE_TIMEOUT;
+                                if write(c) {
+                                    self.conns.remove(&id);
+                                }
+                                return None;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.conns.remove(&id);
+                            return None;
+                        }
+                    }
+                }
+                let Stage::Reading(buf) = std::mem::replace(&mut c.stage, Stage::Waiting) else {
+                    return None;
+                };
+                match parse_request(&buf) {
+                    Ok((route, head_only)) => {
+                        c.route = Some(route);
+                        c.head_only = head_only;
+                        Some(id)
+                    }
+                    Err((status, text)) => {
+                        self.answer(id, status, "text/plain", text, now);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send what the socket takes; `true` once done (or the peer is gone).
+fn write(c: &mut Conn) -> bool {
+    let Stage::Writing(out, pos) = &mut c.stage else {
+        return false;
+    };
+    while *pos < out.len() {
+        match c.stream.write(&out[*pos..]) {
+            Ok(0) => return true,
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parse_request(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok((Route::Ready, false))
+        );
+        assert_eq!(
+            parse_request(b"HEAD /livez?x=1 HTTP/1.0\r\n\r\n"),
+            Ok((Route::Live, true))
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\n\n"),
+            Ok((Route::Metrics, false))
+        );
+        assert_eq!(
+            parse_request(b"POST /livez HTTP/1.1\r\n\r\n")
+                .unwrap_err()
+                .0,
+            405
+        );
+        assert_eq!(
+            parse_request(b"GET /x HTTP/1.1\r\n\r\n").unwrap_err().0,
+            404
+        );
+        assert_eq!(parse_request(b"\x16\x03\x01garbage").unwrap_err().0, 400);
+        assert_eq!(
+            parse_request(b"GET /livez SPDY/3\r\n\r\n").unwrap_err().0,
+            400
+        );
+    }
+
+    #[test]
+    fn answers_close_and_say_their_length() {
+        let r = String::from_utf8(response(503, "text/plain", "stopping\n", false)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
+        assert!(r.contains("Content-Length: 9\r\n") && r.contains("Connection: close\r\n"));
+        assert!(r.ends_with("\r\n\r\nstopping\n"));
+        let h = response(200, "text/plain", "ok\n", true);
+        assert!(String::from_utf8(h).unwrap().ends_with("\r\n\r\n"));
+    }
+}
