@@ -192,7 +192,13 @@ pub fn path_for_run(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
+        // Exactly 0700, whatever the umask (one with 0100 set would leave
+        // the directory unusable to its owner).
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| anyhow::Error::new(e).context(format!("chmod {}", dir.display())))?;
+        }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("create {}", dir.display())));

@@ -1554,7 +1554,20 @@ mod tests {
             [Action::Answer(_, ReloadOutcome::Refused(_))]
         ));
         m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(0)));
+        // Killed by the stop signal it was sent: a clean stop.
         m.handle(ms(t0, 400), Input::Exited(G1, ExitStatus::Signal(15)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
+    }
+
+    #[test]
+    fn a_death_by_another_signal_or_an_unsent_stop_signal_stays_a_failure() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.handle(ms(t0, 100), Input::Stop);
+        m.handle(ms(t0, 200), Input::Exited(G1, ExitStatus::Signal(6)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(134)));
+        // SIGTERM from someone else, while serving: a crash.
+        let (mut m, t0) = serving(RestartPolicy::Never);
+        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Signal(15)));
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
     }
 
@@ -1566,7 +1579,7 @@ mod tests {
         m.handle(ms(t0, 10), Input::Stop);
         assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Stop)]);
         m.handle(ms(t0, 20), Input::Exited(G1, ExitStatus::Signal(15)));
-        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
+        assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
     }
 
     #[test]

@@ -92,12 +92,15 @@ impl NotifyDir {
         )
         .context("create notify socket")?;
         setsockopt(&fd, sockopt::PassCred, &true).context("set SO_PASSCRED")?;
-        // Bound with mode 0600 whatever the umask; `allow` opens it to the
-        // child's user.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?);
-        nix::sys::stat::umask(old);
-        bound.with_context(|| format!("bind notify socket {}", path.display()))?;
+        bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)
+            .with_context(|| format!("bind notify socket {}", path.display()))?;
+        // 0600 whatever the umask (the directory is private anyway until
+        // `--user` opens it); `allow` gives it to the child's user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", path.display()))?;
+        }
         Ok(NotifySocket {
             fd,
             path,

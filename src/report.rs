@@ -58,12 +58,13 @@ impl Report {
                 serving,
                 restart_in,
             } => {
-                let what = format!(
-                    "{} {}{}",
-                    who.who(*generation),
-                    describe_failure(why),
-                    self.hint(why)
-                );
+                // The hint matters most when nothing serves: the first
+                // start, a restart.
+                let hint = match cause {
+                    Cause::Reload => String::new(),
+                    _ => self.hint(why),
+                };
+                let what = format!("{} {}{hint}", who.who(*generation), describe_failure(why));
                 let next = match (serving, restart_in) {
                     (Some(s), _) => format!("; {} still serving", who.who(*s)),
                     (None, Some(d)) => format!("; starting again in {}", human(*d)),
@@ -181,12 +182,7 @@ impl Report {
                 stopping,
             } => {
                 self.reloads_failed += 1;
-                let what = format!(
-                    "{} {}{}",
-                    who.who(*generation),
-                    describe_failure(why),
-                    self.hint(why)
-                );
+                let what = format!("{} {}", who.who(*generation), describe_failure(why));
                 self.last_failed_reload = Some(what.clone());
                 self.last_failure = Some(what.clone());
                 let tail = match (serving, stopping) {

@@ -797,7 +797,7 @@ fn refused_connection(sv: &Supervisor) -> UnixStream {
 /// the answer and exit 1, never fail on a broken pipe (exit 3).
 #[test]
 fn a_refused_client_prints_the_answer_whatever_the_race() {
-    let sv = Supervisor::builder().notify().demo(&[]).start();
+    let sv = Supervisor::builder().tcp().notify().demo(&[]).start();
     sv.status();
     let held: Vec<UnixStream> = (0..64).map(|_| raw(&sv.control)).collect();
     // The accept queue is first in, first out: once a 65th connection is
@@ -826,7 +826,7 @@ fn a_refused_client_prints_the_answer_whatever_the_race() {
 /// with an error and closed, a slow partial one included.
 #[test]
 fn silent_connections_are_closed_after_the_request_timeout() {
-    let sv = Supervisor::builder().notify().demo(&[]).start();
+    let sv = Supervisor::builder().tcp().notify().demo(&[]).start();
     sv.status();
     let start = Instant::now();
     let mut silent = raw(&sv.control);

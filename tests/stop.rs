@@ -49,10 +49,12 @@ fn clean_exit_under_on_failure_is_not_restarted() {
 
 #[test]
 fn sigterm_stops_and_propagates_the_child_status() {
-    // Default disposition: the child dies of SIGTERM, 128+15.
+    // Default disposition: the child dies of the SIGTERM it was sent, which
+    // is a clean stop (as systemd treats its KillSignal=): status 0. A
+    // death by any other signal is a failure: 128+N.
     let mut sv = Supervisor::builder().ready("delay:50ms").sleeper().start();
     let pid = sv.wait_active(1);
-    assert_eq!(sv.terminate(), Some(143));
+    assert_eq!(sv.terminate(), Some(0));
     assert!(wait_gone(pid, T));
 
     // A child that handles it and exits 5; SIGINT works the same way.
@@ -63,6 +65,31 @@ fn sigterm_stops_and_propagates_the_child_status() {
     sv.wait_active(1);
     sv.signal(libc::SIGINT);
     assert_eq!(sv.wait_exit(T).code(), Some(5));
+
+    // A child that drains, then re-raises the SIGTERM it was sent (as
+    // uvicorn and Puma do): a clean stop, status 0 after `supervisor stop`.
+    let mut sv = Supervisor::builder()
+        .ready("delay:50ms")
+        .sh("trap 'trap - TERM; kill -TERM $$' TERM; sleep 300 & wait")
+        .start();
+    sv.wait_active(1);
+    let out = sv.ctl(&["stop"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
+    assert!(sv.has_line("drained in"), "{}", sv.output());
+    assert!(
+        sv.has_line("(exited on its stop signal)"),
+        "{}",
+        sv.output()
+    );
+
+    // One that dies of another signal when asked to stop: a failure.
+    let mut sv = Supervisor::builder()
+        .ready("delay:50ms")
+        .sh("trap 'trap - ABRT; kill -ABRT $$' TERM; sleep 300 & wait")
+        .start();
+    sv.wait_active(1);
+    assert_eq!(sv.terminate(), Some(134), "{}", sv.output());
 }
 
 #[test]
@@ -107,8 +134,9 @@ fn stop_during_a_reload_stops_both_generations() {
     sv.signal(libc::SIGTERM);
     let code = sv.wait_exit(T).code();
     // It was never active: the supervisor exits with the starting
-    // generation's status (sleep killed by SIGTERM), and nothing is left.
-    assert_eq!(code, Some(143), "{}", sv.output());
+    // generation's status (sleep killed by the SIGTERM it was sent: clean),
+    // and nothing is left.
+    assert_eq!(code, Some(0), "{}", sv.output());
     assert!(wait_gone(pid, T));
     assert!(!sv.has_line("generation 2 (pid"), "{}", sv.output());
 }
@@ -145,8 +173,9 @@ fn no_zombies_while_running_and_nothing_left_after_exit() {
         assert!(reaped.is_some(), "zombie {c} never reaped");
     }
     let last = pids[5];
-    // sh dies of SIGTERM; its sleeps die with its process group.
-    assert_eq!(sv.terminate(), Some(143));
+    // sh dies of the SIGTERM it was sent (clean); its sleeps die with its
+    // process group.
+    assert_eq!(sv.terminate(), Some(0));
     assert!(wait_gone(last, T));
     assert!(
         children
@@ -189,7 +218,7 @@ fn idle_supervisor_sleeps_in_poll_with_no_timeout() {
         "supervisor not blocked in an untimed poll: {:?}",
         blocked_in(sv.pid)
     );
-    assert_eq!(sv.terminate(), Some(143));
+    assert_eq!(sv.terminate(), Some(0));
 }
 
 #[test]
@@ -205,6 +234,15 @@ fn supervisor_fds_do_not_grow_across_reloads() {
     sv.signal(libc::SIGHUP);
     let mut old = sv.wait_active(2);
     assert!(wait_gone(p1, T));
+    // A status answer comes after the supervisor has finished with the
+    // reaped generation (its sockets and notify socket closed): a pid gone
+    // from /proc is not yet proof of that.
+    let only = |g: u64| {
+        move |st: &Status| {
+            (st.generations.len() == 1 && st.generations[0].generation == g).then_some(())
+        }
+    };
+    sv.wait_status("generation 1 forgotten", T, only(2));
     // Counted without the control connections of the test's own status
     // queries (closed a moment after their answers).
     let after_one = sv.fds_without_control_connections();
@@ -214,9 +252,10 @@ fn supervisor_fds_do_not_grow_across_reloads() {
         assert!(wait_gone(old, T));
         old = pid;
     }
+    sv.wait_status("generation 21 forgotten", T, only(22));
     let now = sv.fds_without_control_connections();
     assert_eq!(now.len(), after_one.len(), "{after_one:?}\n{now:?}");
-    assert_eq!(sv.terminate(), Some(143));
+    assert_eq!(sv.terminate(), Some(0));
 }
 
 #[test]
@@ -232,7 +271,7 @@ fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
     sv.wait_active(1);
     let escapee = sv.printed_pid("escapee");
     assert!(process_exists(escapee));
-    assert_eq!(sv.terminate(), Some(143));
+    assert_eq!(sv.terminate(), Some(0));
     assert!(
         wait_gone(escapee, T),
         "escapee {escapee} outlived the supervisor"
