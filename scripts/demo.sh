@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 seconds=${DEMO_SECONDS:-20}
 connections=${DEMO_CONNECTIONS:-64}
 
-echo "building (release)..."
-cargo build --release --quiet --bin supervisor --example demo_server --example load
+echo "building (release; about 1 minute on a fresh 2-core machine, seconds after that)..."
+# Cargo's own progress lines (Compiling ...) go to stderr, so a first build
+# does not look like a hang.
+cargo build --release --bin supervisor --example demo_server --example load
 bin=$PWD/target/release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/supervisor-demo.XXXXXX")
