@@ -75,6 +75,9 @@ pub struct Children {
     command: Command,
     notify_dir: NotifyDir,
     map: BTreeMap<Generation, Child>,
+    /// The process groups of every generation ever spawned (each leads
+    /// its own): a leftover in one of them was no escapee.
+    groups: std::collections::BTreeSet<i32>,
 }
 
 impl Children {
@@ -91,6 +94,7 @@ impl Children {
             command,
             notify_dir,
             map: BTreeMap::new(),
+            groups: std::collections::BTreeSet::new(),
         })
     }
 
@@ -135,6 +139,7 @@ impl Children {
         .with_credentials(self.command.credentials.clone())
         .with_chdir(self.command.chdir.as_deref())?;
         let pid = spawn::spawn(&mut plan, fds)?;
+        self.groups.insert(pid.as_raw());
         self.map.insert(
             g,
             Child {
@@ -327,8 +332,21 @@ impl Children {
             .map(Pid::from_raw)
             .collect();
         for &pid in &pids {
-            log::warn!("killing pid {pid}, left behind outside its generation's process group");
-            let _ = kill(pid, Signal::SIGKILL);
+            match proc_state(pid) {
+                // Dead already (killed with its process group a moment
+                // ago): only to be reaped.
+                Some(('Z', _)) | None => {}
+                Some((_, pgrp)) if self.groups.contains(&pgrp) => {
+                    log::debug!("killing pid {pid}, left in a generation's process group");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Some(_) => {
+                    log::warn!(
+                        "killing pid {pid}, left behind outside its generation's process group"
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
         }
         // Wait on pidfds (readable once the process has exited), so that a
         // process stuck in uninterruptible sleep costs at most ORPHAN_WAIT.
@@ -376,6 +394,18 @@ impl Children {
             });
         }
     }
+}
+
+/// A process's state letter and process group, from `/proc/PID/stat`.
+fn proc_state(pid: Pid) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the
+    // last ')'.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let _ppid = rest.next()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((state, pgrp))
 }
 
 /// A pidfd for `pid` (Linux 5.3), if the kernel gives one.

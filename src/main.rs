@@ -17,6 +17,7 @@ mod driver;
 mod environ;
 mod health;
 mod listen;
+mod logging;
 mod machine;
 mod manager;
 mod metrics;
@@ -27,7 +28,6 @@ mod snapshot;
 mod spawn;
 mod steer;
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use nix::sys::socket::Backlog;
 use crate::machine::{Config, Machine};
 
 fn main() -> ExitCode {
+    logging::guard_standard_fds();
     if let Err(e) = sigprocmask(
         SigmaskHow::SIG_BLOCK,
         Some(&driver::handled_signals()),
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     if let Some(c) = cli.client {
         return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
     }
-    init_logging();
+    logging::init();
     match run(cli.run) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
@@ -222,19 +223,4 @@ fn run(args: cli::Args) -> Result<i32> {
         );
     }
     driver.run()
-}
-
-fn init_logging() {
-    let pid = std::process::id();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(move |buf, record| {
-            writeln!(
-                buf,
-                "{} supervisor[{pid}] {}: {}",
-                buf.timestamp_micros(),
-                record.level().as_str().to_ascii_lowercase(),
-                record.args()
-            )
-        })
-        .init();
 }

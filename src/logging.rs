@@ -1,0 +1,101 @@
+//! The supervisor's log: one line per event on stderr, through `RUST_LOG`.
+//!
+//! Logging must never stop the supervisor: stderr may be a pipe that
+//! nobody reads (a full pipe would block every `write`), or closed. So the
+//! log writes a line only when stderr can take it now (`poll` with no
+//! timeout), and otherwise drops it, counts it, and says how many were
+//! dropped once it can write again. Stderr's file description is shared
+//! with the children, so it is never made non-blocking.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Lines dropped since the last one written.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// stderr, written only when it is writable now.
+struct Stderr;
+
+impl Stderr {
+    fn writable() -> bool {
+        let mut p = libc::pollfd {
+            fd: libc::STDERR_FILENO,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r == 1
+            && p.revents & libc::POLLOUT != 0
+            && p.revents & (libc::POLLERR | libc::POLLNVAL) == 0
+    }
+
+    fn raw(buf: &[u8]) -> isize {
+        // SAFETY: `buf` is valid for reads of its length.
+        unsafe { libc::write(libc::STDERR_FILENO, buf.as_ptr().cast(), buf.len()) }
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !Stderr::writable() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            // Taken as written: the line is dropped, not retried.
+            return Ok(buf.len());
+        }
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note =
+                format!("supervisor: {dropped} log line(s) dropped: stderr was not writable\n");
+            if Stderr::raw(note.as_bytes()) < 0 {
+                DROPPED.fetch_add(dropped, Ordering::Relaxed);
+            }
+        }
+        let n = Stderr::raw(buf);
+        if n < 0 {
+            // EPIPE (nobody reads; SIGPIPE is ignored), EBADF (closed):
+            // nothing to do but go on.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return Ok(buf.len());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Make sure fds 0, 1 and 2 are open (on `/dev/null` if they were
+/// closed), before anything else is opened: otherwise the first socket
+/// would become "stderr", and log lines (and the children's output) would
+/// go into it.
+pub fn guard_standard_fds() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a constant NUL-terminated path; open(2) takes the
+            // lowest free descriptor, which is `fd`, since the lower ones
+            // were checked first. Not CLOEXEC: the children inherit it.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+/// Start logging: `RUST_LOG` (default `info`), lines like
+/// `2026-11-21T10:30:57.931123Z supervisor[4200] info: ...`.
+pub fn init() {
+    let pid = std::process::id();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Pipe(Box::new(Stderr)))
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} supervisor[{pid}] {}: {}",
+                buf.timestamp_micros(),
+                record.level().as_str().to_ascii_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+}

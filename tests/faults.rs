@@ -1,0 +1,540 @@
+//! The fault matrix: the supervisor keeps the service up while everything
+//! around it goes wrong. Each test is one row of the README's "Guarantees"
+//! table. Real processes, real sockets on loopback, real signals; every loop
+//! is bounded in count and time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = WAIT;
+
+/// The supervisor's children that are zombies right now.
+fn zombie_children(pid: i32) -> Vec<i32> {
+    let list =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&c| process_state(c) == Some('Z'))
+        .collect()
+}
+
+/// A zombie may exist for the moment between a child's exit and its reap;
+/// one that is still there a second later was not reaped.
+fn assert_no_lasting_zombie(pid: i32, when: &str) {
+    for z in zombie_children(pid) {
+        let gone = wait_until(Duration::from_secs(1), || {
+            (process_state(z) != Some('Z')).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{when}: zombie {z} of the supervisor was never reaped"
+        );
+    }
+}
+
+/// The resident set size of `pid`, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    status_field(pid, "VmRSS")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Waits until the status lists only generation `g`: every older one has
+/// been reaped and forgotten (its sockets closed).
+fn wait_only(sv: &Supervisor, g: u64) {
+    sv.wait_status(&format!("only generation {g} left"), T, |st| {
+        (st.generations.len() == 1 && st.generations[0].generation == g).then_some(())
+    });
+}
+
+/// 1,000 reloads in a row under load: zero failed requests; the
+/// supervisor's fd count and RSS after reload 1,000 equal those after
+/// reload 10 (RSS within 256 KiB); no zombie at any time.
+#[test]
+fn a_thousand_reloads_under_load() {
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .args(["--quiesce", "50ms"])
+        .demo(&[])
+        .start();
+    sv.wait_active(1);
+    let load = Load::start(sv.listener_addr(0), 4, Duration::from_secs(300));
+    let started = Instant::now();
+    let mut at_ten = None;
+    for n in 1..=1000u64 {
+        let a = sv.reload_and_wait();
+        assert_eq!(a.code, Some(0), "reload {n}: {a:?}");
+        if n % 100 == 0 {
+            assert_no_lasting_zombie(sv.pid, &format!("after reload {n}"));
+        }
+        if n == 10 {
+            wait_only(&sv, 11);
+            at_ten = Some((sv.fds_without_control_connections(), rss_kib(sv.pid)));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(280),
+            "1,000 reloads took too long"
+        );
+    }
+    wait_only(&sv, 1001);
+    let (fds_ten, rss_ten) = at_ten.unwrap();
+    let fds_end = sv.fds_without_control_connections();
+    let rss_end = rss_kib(sv.pid);
+    assert_eq!(
+        fds_end.len(),
+        fds_ten.len(),
+        "fds after 10: {fds_ten:?}\nafter 1000: {fds_end:?}"
+    );
+    assert!(
+        rss_end <= rss_ten + 256,
+        "RSS grew from {rss_ten} KiB after 10 reloads to {rss_end} KiB after 1,000"
+    );
+    let served = load.finish_clean("1,000 reloads", 1000);
+    eprintln!(
+        "1,000 reloads in {:?}: {} requests, fds {} -> {}, RSS {rss_ten} -> {rss_end} KiB",
+        started.elapsed(),
+        served.ok,
+        fds_ten.len(),
+        fds_end.len()
+    );
+}
+
+/// A burst of 50 SIGHUPs during a slow start, and 50 concurrent `supervisor
+/// reload` clients during another: coalesced into at most one queued
+/// generation each time; every client is answered with the outcome of the
+/// generation that served it; `status` keeps answering throughout.
+#[test]
+fn reload_bursts_coalesce_and_status_keeps_answering() {
+    // Every generation takes 1.5 s to become ready.
+    let sv = Supervisor::builder()
+        .notify()
+        .ready_timeout("20s")
+        .sh("sleep 1.5; python3 -c 'import os,socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'; exec sleep 300")
+        .start();
+    sv.wait_active(1);
+
+    for _ in 0..50 {
+        sv.signal(libc::SIGHUP);
+    }
+    // Generation 2 starts at the first; the others are either merged by the
+    // kernel (a pending SIGHUP is not queued twice) or one queued reload,
+    // served by generation 3. Never more.
+    let st = sv.wait_status("the burst served", T, |st| {
+        let settled = st.reloads.pending == 0
+            && st.in_state("starting").is_none()
+            && st.in_state("active").is_some_and(|g| g.generation >= 2);
+        settled.then(|| st.clone())
+    });
+    let newest = st.generations.iter().map(|g| g.generation).max().unwrap();
+    assert!(
+        (2..=3).contains(&newest),
+        "50 SIGHUPs started {} generations: {st:?}",
+        newest - 1
+    );
+    let first = newest + 1;
+
+    // 50 concurrent clients while generation 4 starts, and a status poller.
+    let control = sv.control.to_string_lossy().into_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (control, stop) = (control.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..10_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let out = ctl(&["status", "--json", "--control", &control]);
+                assert_eq!(out.code, Some(0), "status during the burst: {out:?}");
+                slowest = slowest.max(t.elapsed());
+            }
+            slowest
+        })
+    };
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let control = control.clone();
+            std::thread::spawn(move || ctl(&["reload", "--timeout", "20s", "--control", &control]))
+        })
+        .collect();
+    let answers: Vec<Ctl> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slowest = poller.join().unwrap();
+    let mut by_generation: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &answers {
+        assert_eq!(a.code, Some(0), "{a:?}");
+        let g = a
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_string();
+        *by_generation.entry(g).or_default() += 1;
+    }
+    // The first client started a generation; every client that came during
+    // its start rode on the one queued after it: two generations (a client
+    // that connects after both would start a third, which the 1.5 s start
+    // makes unlikely; it is allowed, and then counted).
+    let named: Vec<u64> = by_generation.keys().map(|g| g.parse().unwrap()).collect();
+    assert!(
+        named.iter().all(|g| (first..=first + 2).contains(g)),
+        "answers name other generations: {by_generation:?}"
+    );
+    let newest_now = sv.status().generations.iter().map(|g| g.generation).max();
+    let started = newest_now.unwrap() - newest;
+    assert!(started <= 3, "50 clients started {started} generations");
+    eprintln!("50 concurrent reload clients: answers by generation {by_generation:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "status took {slowest:?} during the burst"
+    );
+}
+
+/// A child that daemonizes (a grandchild that leaves with setsid), and a
+/// grandchild orphaned in the middle of a drain: both reaped, no zombie,
+/// and no false "left behind" warning for a process that was in the
+/// generation's own process group.
+#[test]
+fn orphans_and_daemons_are_reaped_without_false_warnings() {
+    let dir = TempDir::new("orphans");
+    let daemon_done = dir.path("daemon-done");
+    let script = format!(
+        "[ \"$SUPERVISOR_GENERATION\" = 1 ] && (setsid sh -c 'sleep 0.2; touch {}' &) ; trap 'sh -c \"sleep 0.3\" & exit 0' TERM; sleep 300 & wait",
+        daemon_done.display()
+    );
+    let mut sv = Supervisor::builder()
+        .ready("delay:50ms")
+        .sh(&script)
+        .start();
+    sv.wait_active(1);
+    assert!(
+        wait_until(T, || daemon_done.exists().then_some(())).is_some(),
+        "the daemon never ran"
+    );
+    // The daemon has exited: it must have been reaped, not left a zombie.
+    assert_no_lasting_zombie(sv.pid, "after the daemon exited");
+    sv.signal(libc::SIGHUP);
+    sv.wait_active(2);
+    // Generation 1 drains: its trap orphans a grandchild in its own group.
+    wait_only(&sv, 2);
+    assert_no_lasting_zombie(sv.pid, "after the drain");
+    assert_eq!(sv.terminate(), Some(0));
+    let out = sv.output();
+    assert!(!out.contains("left behind"), "false warning:\n{out}");
+}
+
+/// The supervisor near its own fd limit: control requests and reloads keep
+/// working once connections close, the log says what happens once, and the
+/// loop does not spin.
+#[test]
+fn the_supervisor_near_its_fd_limit_keeps_serving() {
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["--ready", "delay:20ms", "--", "sleep", "300"]);
+    // SAFETY: setrlimit is async-signal-safe; no allocation in the closure.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let sv = Supervisor::start_with(&mut cmd);
+    sv.wait_active(1);
+    // Hold connections until accepting fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        match UnixStream::connect(&sv.control) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    let line = sv.wait_line("accept on the control socket", T);
+    assert!(line.contains("retrying every 100ms"), "{line}");
+    // No spin: the supervisor's CPU time barely moves while it is out of
+    // fds (it retries every 100 ms).
+    let cpu = |pid: i32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(sv.pid);
+    let t = Instant::now();
+    wait_until(Duration::from_secs(3), || {
+        (t.elapsed() >= Duration::from_secs(1)).then_some(())
+    });
+    let ticks = cpu(sv.pid) - before;
+    assert!(
+        ticks < 20,
+        "{ticks} clock ticks of CPU in 1 s out of fds: spinning"
+    );
+    drop(held);
+    // Once the connections are gone, everything works again.
+    let a = wait_until(T, || {
+        let a = sv.reload_and_wait();
+        (a.code == Some(0)).then_some(a)
+    });
+    assert!(a.is_some(), "no reload after the fds came back");
+    assert!(
+        sv.wait_line("accepting on the control socket again", T)
+            .contains("again")
+    );
+}
+
+/// Notify datagrams that are oversized, NUL-laden, carry fds or claim
+/// READY=1 for another pid (`MAINPID=`): dropped, any fd received closed,
+/// nothing grows; a process of another user cannot reach the socket at all.
+#[test]
+fn hostile_notify_datagrams_are_dropped() {
+    // The child never sends READY=1: generation 1 stays starting unless a
+    // spoofed message were believed.
+    let sv = Supervisor::builder()
+        .notify()
+        .ready_timeout("60s")
+        .sleeper()
+        .start();
+    let st = sv.wait_state(1, "starting", T);
+    let child = st.pid.unwrap();
+    let path = environ(child)["NOTIFY_SOCKET"].clone();
+    let fds_before = sv.fds_without_control_connections();
+    let tx = UnixDatagram::unbound().unwrap();
+    for _ in 0..200 {
+        // Oversized (more than systemd's 4096-byte limit).
+        let mut big = b"READY=1\n".to_vec();
+        big.resize(5000, b'x');
+        tx.send_to(&big, &path).unwrap();
+        // NUL inside.
+        tx.send_to(b"READY=1\0STATUS=x", &path).unwrap();
+        // MAINPID for somebody else: ignored (not a readiness claim).
+        tx.send_to(b"MAINPID=1", &path).unwrap();
+    }
+    // With an fd attached (SCM_RIGHTS): dropped and the fd closed.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    for _ in 0..100 {
+        send_with_fd(&tx, &path, b"READY=1", &file);
+    }
+    // All of it read and dropped: the log says so, the generation is still
+    // starting, and the supervisor holds no extra fd.
+    sv.wait_line("dropped a notify message that carries file descriptors", T);
+    let st = sv.status();
+    assert_eq!(st.generations[0].state, "starting", "{st:?}");
+    let fds_after = sv.fds_without_control_connections();
+    assert_eq!(
+        fds_after.len(),
+        fds_before.len(),
+        "{fds_before:?}\n{fds_after:?}"
+    );
+    assert!(
+        !fds_after
+            .values()
+            .any(|t| t == "/dev/null" && !fds_before.values().any(|b| b == t)),
+        "a received fd was kept"
+    );
+    // Another user cannot even reach the socket (its directory is 0700).
+    if nix_is_root() {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ntry:\n s.sendto(b'READY=1', sys.argv[1]); print('sent')\nexcept OSError as e: print(e.errno)",
+                &path,
+            ])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.trim(),
+            "13",
+            "nobody could reach the notify socket: {said}"
+        );
+        assert_eq!(sv.status().generations[0].state, "starting");
+    } else {
+        eprintln!("skipped: the other-user part needs root");
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Send `data` with `file`'s descriptor attached (SCM_RIGHTS).
+fn send_with_fd(tx: &UnixDatagram, path: &str, data: &[u8], file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: a plain msghdr with one iovec and one control message sized
+    // by CMSG_SPACE; every pointer refers to locals alive across sendmsg.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in path.bytes().enumerate() {
+            addr.sun_path[i] = b as libc::c_char;
+        }
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut cbuf = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&raw mut addr).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            (&raw const fd).cast::<u8>(),
+            libc::CMSG_DATA(c),
+            std::mem::size_of::<libc::c_int>(),
+        );
+        assert!(
+            libc::sendmsg(tx.as_raw_fd(), &msg, 0) >= 0,
+            "sendmsg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// 1,000 garbage and half-open control connections: all refused or timed
+/// out; the supervisor's fds and RSS stay flat, and it still answers.
+#[test]
+fn a_thousand_hostile_control_connections_leave_nothing_behind() {
+    let sv = Supervisor::builder().ready("delay:20ms").sleeper().start();
+    sv.wait_active(1);
+    let fds_before = sv.fds_without_control_connections();
+    let rss_before = rss_kib(sv.pid);
+    for i in 0..1000u32 {
+        let mut s = UnixStream::connect(&sv.control).unwrap();
+        match i % 4 {
+            0 => {
+                let _ = s.write_all(&[0xff, 0x00, b'\n']);
+            }
+            1 => {
+                let _ = s.write_all(&vec![b'x'; 2000]);
+            }
+            2 => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            _ => {}
+        }
+        // Read what comes (an error line, or nothing), without waiting.
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut sink = [0u8; 256];
+        let _ = s.read(&mut sink);
+    }
+    let st = sv.status();
+    assert_eq!(st.generations.len(), 1);
+    let fds_after = sv.fds_without_control_connections();
+    assert_eq!(
+        fds_after.len(),
+        fds_before.len(),
+        "{fds_before:?}\n{fds_after:?}"
+    );
+    let rss_after = rss_kib(sv.pid);
+    assert!(
+        rss_after <= rss_before + 256,
+        "RSS {rss_before} KiB -> {rss_after} KiB after 1,000 hostile connections"
+    );
+}
+
+/// The supervisor's stderr closed, or a pipe that nobody reads (full): it
+/// keeps supervising; logging never blocks the loop or kills the process.
+#[test]
+fn a_closed_or_full_stderr_never_stops_the_supervisor() {
+    for closed in [true, false] {
+        let dir = TempDir::new("stderr");
+        let control = dir.path("supervisor.sock");
+        let mut cmd = Command::new(supervisor_bin());
+        cmd.args(["--control"])
+            .arg(&control)
+            .args([
+                "--ready",
+                "delay:10ms",
+                "-l",
+                "127.0.0.1:0",
+                "--",
+                "sleep",
+                "300",
+            ])
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // A pipe nobody reads: kept open (full after a few hundred lines),
+        // or closed before the supervisor starts.
+        let (reader, writer) = std::io::pipe().unwrap();
+        if closed {
+            // SAFETY: close(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::close(2);
+                    Ok(())
+                });
+            }
+            cmd.stderr(Stdio::null());
+        } else {
+            cmd.stderr(writer);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let guard = KillOnDrop(pid);
+        let path = control.to_string_lossy().into_owned();
+        let up = wait_until(T, || {
+            (ctl(&["status", "--control", &path]).code == Some(0)).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "closed={closed}: the supervisor never answered"
+        );
+        // 60 reloads at debug level: far more than a pipe holds.
+        for n in 0..60 {
+            let out = ctl(&["reload", "--timeout", "20s", "--control", &path]);
+            assert_eq!(out.code, Some(0), "closed={closed}, reload {n}: {out:?}");
+        }
+        let out = ctl(&["stop", "--timeout", "20s", "--control", &path]);
+        assert_eq!(out.code, Some(0), "closed={closed}: {out:?}");
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "closed={closed}");
+        std::mem::forget(guard);
+        drop(reader);
+    }
+}
+
+/// Kills a pid when dropped (a test that fails must not leave it running).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test started.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
