@@ -27,6 +27,9 @@ use crate::spawn::{self, Plan};
 /// that a flooding child cannot starve signals and deadlines.
 const NOTIFY_BATCH: usize = 64;
 
+/// How many generations' process groups are remembered.
+const GROUPS_KEPT: usize = 64;
+
 /// How long the supervisor waits, on its way out, for a leftover process
 /// it SIGKILLed (one in uninterruptible sleep may never go).
 const ORPHAN_WAIT: Duration = Duration::from_secs(2);
@@ -75,9 +78,10 @@ pub struct Children {
     command: Command,
     notify_dir: NotifyDir,
     map: BTreeMap<Generation, Child>,
-    /// The process groups of every generation ever spawned (each leads
-    /// its own): a leftover in one of them was no escapee.
-    groups: std::collections::BTreeSet<i32>,
+    /// The process groups of the last [`GROUPS_KEPT`] generations spawned
+    /// (each leads its own): a leftover in one of them was no escapee. (An
+    /// older group was SIGKILLed whole when its leader was reaped.)
+    groups: std::collections::VecDeque<i32>,
 }
 
 impl Children {
@@ -94,7 +98,7 @@ impl Children {
             command,
             notify_dir,
             map: BTreeMap::new(),
-            groups: std::collections::BTreeSet::new(),
+            groups: std::collections::VecDeque::new(),
         })
     }
 
@@ -139,7 +143,10 @@ impl Children {
         .with_credentials(self.command.credentials.clone())
         .with_chdir(self.command.chdir.as_deref())?;
         let pid = spawn::spawn(&mut plan, fds)?;
-        self.groups.insert(pid.as_raw());
+        if self.groups.len() >= GROUPS_KEPT {
+            self.groups.pop_front();
+        }
+        self.groups.push_back(pid.as_raw());
         self.map.insert(
             g,
             Child {
