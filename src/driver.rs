@@ -181,7 +181,9 @@ impl Driver {
                     m.on_timeout(now);
                 }
                 self.advance_probe(now);
-                self.machine.handle_timeout(now);
+                // A probe that succeeded has fed the machine a later time
+                // (`feed` reads the clock): the timeout must not go back.
+                self.machine.handle_timeout(Instant::now());
                 self.execute();
             }
         }
