@@ -1175,3 +1175,26 @@ pub fn require_python3() {
         "python3 is required for this test (install it: apt-get install python3)"
     );
 }
+
+/// The Python interpreter itself (`sys.executable` of `python3`), so that a
+/// child starts without a launcher in front of it (a version manager's
+/// `python3` shim costs a shell and several processes per start); fails
+/// with an install hint where there is no `python3`.
+pub fn python3() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        require_python3();
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python3");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if path.is_empty() {
+            "python3".to_string()
+        } else {
+            path
+        }
+    })
+    .clone()
+}
