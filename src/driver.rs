@@ -211,7 +211,9 @@ impl Driver {
                     h.on_timeout(now);
                 }
                 self.drain_progress(now);
-                self.machine.handle_timeout(now);
+                // A probe that succeeded has fed the machine a later time
+                // (`feed` reads the clock): the timeout must not go back.
+                self.machine.handle_timeout(Instant::now());
                 self.execute();
             }
         }

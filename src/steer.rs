@@ -490,6 +490,13 @@ impl Steering {
     fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
         let slot = &mut self.slots[i];
         let m = slot.members.swap_remove(k);
+        let last = slot.members.len();
+        if slot.routed == last {
+            slot.routed = k;
+        }
+        if let Some((port, j)) = slot.probe {
+            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+        }
         let queued = queue_length(m.fd.as_fd(), slot.stream);
         if queued > 0 {
             notices.push(Notice::ClosedWithQueue {
@@ -502,12 +509,19 @@ impl Steering {
             let _ = nix::sys::socket::shutdown(m.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         }
         drop(m);
-        let last = slot.members.len();
-        if slot.routed == last {
-            slot.routed = k;
-        }
-        if let Some((port, j)) = slot.probe {
-            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+        // The kernel has moved its last member into slot k: if that was the
+        // routed one, the program's index now points past the end, and the
+        // kernel spreads new connections by hash over every member (starting
+        // and draining generations too) until the program follows. So it
+        // follows at once, before anything else (the stranger check reads
+        // every listening socket of the machine).
+        if !self.slots[i].members.is_empty()
+            && let Err(e) = self.attach(i)
+        {
+            notices.push(Notice::Failed {
+                listener: self.slots[i].listener.name.clone(),
+                why: format!("attach the program: {e}"),
+            });
         }
     }
 

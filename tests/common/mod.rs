@@ -784,11 +784,26 @@ pub enum Reply {
 pub struct Client {
     addr: SocketAddr,
     stream: Option<BufReader<TcpStream>>,
+    /// Send `Connection: close` and use a new connection for every request.
+    close: bool,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, stream: None }
+        Client {
+            addr,
+            stream: None,
+            close: false,
+        }
+    }
+
+    /// A client that sends `Connection: close` with every request, so that
+    /// every request comes on a new connection.
+    pub fn closing(addr: SocketAddr) -> Client {
+        Client {
+            close: true,
+            ..Client::new(addr)
+        }
     }
 
     /// Send one GET and read the whole response.
@@ -805,7 +820,7 @@ impl Client {
         }
         let reply = self.exchange(path);
         match &reply {
-            Reply::Ok { close: false, .. } => {}
+            Reply::Ok { close: false, .. } if !self.close => {}
             _ => self.stream = None,
         }
         reply
@@ -813,7 +828,12 @@ impl Client {
 
     fn exchange(&mut self, path: &str) -> Reply {
         let r = self.stream.as_mut().unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        let close = if self.close {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{close}\r\n");
         if let Err(e) = r.get_mut().write_all(req.as_bytes()) {
             return Reply::Failed(format!("write: {e}"));
         }
@@ -891,6 +911,22 @@ impl Load {
     /// `connections` clients sending back-to-back requests until `finish`,
     /// `max_time` or `max_requests` each.
     pub fn start(addr: SocketAddr, connections: usize, max_time: Duration) -> Load {
+        Load::start_with(addr, connections, max_time, Client::new)
+    }
+
+    /// As [`Load::start`], with `Connection: close` on every request (a
+    /// new connection for each).
+    pub fn start_closing(addr: SocketAddr, connections: usize, max_time: Duration) -> Load {
+        Load::start_with(addr, connections, max_time, Client::closing)
+    }
+
+    /// As [`Load::start`], with clients made by `client`.
+    pub fn start_with(
+        addr: SocketAddr,
+        connections: usize,
+        max_time: Duration,
+        client: fn(SocketAddr) -> Client,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LoadStats::default());
         let deadline = Instant::now() + max_time;
@@ -898,7 +934,7 @@ impl Load {
             .map(|_| {
                 let (stop, stats) = (stop.clone(), stats.clone());
                 std::thread::spawn(move || {
-                    let mut c = Client::new(addr);
+                    let mut c = client(addr);
                     for _ in 0..200_000 {
                         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
                             break;
@@ -1085,4 +1121,80 @@ pub fn reload_under_load(
         served.ok, served.by_generation
     );
     served.ok
+}
+
+/// The inodes of every socket the kernel lists as listening on TCP `port`
+/// (state LISTEN), or bound to UDP `port` and unconnected, from
+/// /proc/net/{tcp,tcp6} or /proc/net/{udp,udp6} (`table` is `tcp` or
+/// `udp`), as `socket:[INODE]` the way /proc/PID/fd shows them.
+pub fn listening_sockets(table: &str, port: u16) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for t in [table.to_string(), format!("{table}6")] {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/net/{t}")) else {
+            continue;
+        };
+        for line in s.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols.get(1).and_then(|a| a.rsplit(':').next());
+            let remote_port = cols.get(2).and_then(|a| a.rsplit(':').next());
+            // TCP: 0A is LISTEN; UDP: 07 (CLOSE) with no peer is a bound,
+            // unconnected socket.
+            let state = cols.get(3).copied();
+            let listening = if table == "tcp" {
+                state == Some("0A")
+            } else {
+                remote_port == Some("0000")
+            };
+            if local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                && listening
+                && let Some(inode) = cols.get(9)
+            {
+                found.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    found
+}
+
+/// What fd `fd` of `pid` points at (`socket:[INODE]` for a socket).
+pub fn fd_target(pid: i32, fd: i32) -> String {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .unwrap_or_else(|e| panic!("fd {fd} of pid {pid}: {e}"));
+    link.to_string_lossy().into_owned()
+}
+
+/// Fail with an install hint unless `python3` runs.
+pub fn require_python3() {
+    let ok = Command::new("python3")
+        .args(["-c", "pass"])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 is required for this test (install it: apt-get install python3)"
+    );
+}
+
+/// The Python interpreter itself (`sys.executable` of `python3`), so that a
+/// child starts without a launcher in front of it (a version manager's
+/// `python3` shim costs a shell and several processes per start); fails
+/// with an install hint where there is no `python3`.
+pub fn python3() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        require_python3();
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python3");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if path.is_empty() {
+            "python3".to_string()
+        } else {
+            path
+        }
+    })
+    .clone()
 }
