@@ -93,6 +93,8 @@ enum Watch {
     Manager,
     Probe,
     Health(health::Watch),
+    /// A listening socket, for a hang-up (it stopped listening).
+    Hangup(i32),
 }
 
 /// The running supervisor.
@@ -198,6 +200,16 @@ impl Driver {
                     }
                     Watch::Probe => self.advance_probe(now),
                     Watch::Health(w) => self.serve_health(w, now),
+                    Watch::Hangup(raw) => {
+                        let replace = self.parts.steering.on_hangup(raw, &mut self.notices);
+                        self.log_notices();
+                        if replace && !self.machine.stopping() {
+                            log::warn!(
+                                "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
+                            );
+                            self.reload(None);
+                        }
+                    }
                 }
             }
             if self.exit.is_none() {
@@ -272,6 +284,12 @@ impl Driver {
         for (w, fd, input) in p.health.iter().flat_map(HealthServer::interest) {
             watch.push(Watch::Health(w));
             fds.push(PollFd::new(fd, flags(input)));
+        }
+        // No events asked: only a hang-up (or an error) is reported, which a
+        // listening socket never has.
+        for (raw, fd) in p.steering.hangup_interest() {
+            watch.push(Watch::Hangup(raw));
+            fds.push(PollFd::new(fd, PollFlags::empty()));
         }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}

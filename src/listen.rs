@@ -214,6 +214,12 @@ impl Listener {
             .as_fd()
     }
 
+    /// Put a new socket in place of the listener's (bound again after a
+    /// server shut the old one down).
+    pub fn replace_fd(&mut self, fd: OwnedFd) {
+        self.fd = Some(fd);
+    }
+
     /// Hand the socket to its new owner (steering); the listener keeps its
     /// name, address and Unix socket file.
     pub fn take_fd(&mut self) -> Option<OwnedFd> {

@@ -64,6 +64,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             fd: child::LISTEN_FDS_START + i as i32,
             inherited: l.inherited,
             mode: mode.as_str().to_string(),
+            spare_sockets: steering.spares(i),
         })
         .collect();
     let command = children

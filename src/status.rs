@@ -67,6 +67,11 @@ pub struct Listener {
     /// `shared` (one socket for every generation).
     #[serde(default)]
     pub mode: String,
+    /// Steer mode: sockets of the supervisor's own in the group, never
+    /// routed, that stand in for a leaving member so that the routed one
+    /// never moves (closed at the next reload).
+    #[serde(default)]
+    pub spare_sockets: u32,
 }
 
 /// One generation.
@@ -235,6 +240,7 @@ mod tests {
                 fd: 3,
                 inherited: false,
                 mode: "steer".into(),
+                spare_sockets: 0,
             }],
             generations: vec![
                 Generation {

@@ -63,6 +63,13 @@ struct Member {
     /// The generation it belongs to; `None` once that generation is gone
     /// (a routed socket waiting for the crash restart that takes it over).
     owner: Option<Generation>,
+    /// Its generation is gone and nothing is routed to it: it is closed as
+    /// soon as that moves no routed member (see [`Steering::flush_retired`]).
+    retired: bool,
+    /// A socket of the supervisor's own that only stands in the group so
+    /// that a leaving member's slot is filled by it rather than by the
+    /// routed member; retired from the start, never routed.
+    spare: bool,
 }
 
 /// Where one listener's traffic goes.
@@ -83,6 +90,9 @@ struct Slot {
     v6only: bool,
     /// A stranger was found: members are never added or removed again.
     frozen: bool,
+    /// A shared TCP listener's address, to bind it again if a server
+    /// shuts it down.
+    shared_addr: Option<SocketAddr>,
 }
 
 impl Notice {
@@ -98,6 +108,24 @@ impl Notice {
             Notice::Failed { listener, why } => log::error!(
                 "listener {listener:?}: steering failed ({why}); new generations share the serving socket"
             ),
+            Notice::Relistened {
+                listener,
+                generation,
+                failed,
+            } => {
+                let whose = match generation {
+                    Some(g) => format!("{g}'s socket"),
+                    None => "the shared socket".to_string(),
+                };
+                match failed {
+                    None => log::warn!(
+                        "listener {listener:?}: {whose} stopped listening (a shutdown() by a server?): a new socket listens in its place"
+                    ),
+                    Some(why) => log::error!(
+                        "listener {listener:?}: {whose} stopped listening and no new socket can listen in its place: {why}"
+                    ),
+                }
+            }
         }
     }
 }
@@ -139,12 +167,26 @@ pub enum Notice {
         /// Why.
         why: String,
     },
+    /// A socket stopped listening (a `shutdown()` by a server, on a socket
+    /// every holder shares) and a new one takes its place, or cannot.
+    Relistened {
+        /// The listener's name.
+        listener: String,
+        /// The generation it belongs to, if any (none: a shared socket).
+        generation: Option<Generation>,
+        /// `None` if listening again worked, else why not.
+        failed: Option<String>,
+    },
 }
 
 /// Every listener's sockets. See the module documentation.
 #[derive(Debug)]
 pub struct Steering {
     slots: Vec<Slot>,
+    /// Sockets no longer watched for a hang-up: one that reported one but
+    /// still listens, or could not listen again (else poll would report it
+    /// again and again).
+    unwatched: BTreeSet<i32>,
     backlog: Backlog,
     options: SocketOptions,
 }
@@ -174,7 +216,12 @@ impl Steering {
                         let fd = listener
                             .take_fd()
                             .expect("a bound listener holds its socket");
-                        let member = Member { fd, owner: None };
+                        let member = Member {
+                            fd,
+                            owner: None,
+                            retired: false,
+                            spare: false,
+                        };
                         Slot {
                             listener,
                             mode: Mode::Steer,
@@ -185,24 +232,32 @@ impl Steering {
                             addr,
                             v6only,
                             frozen: false,
+                            shared_addr: None,
                         }
                     }
-                    Err(why) => Slot {
-                        listener,
-                        mode: Mode::Shared(why),
-                        members: Vec::new(),
-                        routed: 0,
-                        probe: None,
-                        stream: true,
-                        addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                        v6only: false,
-                        frozen: false,
-                    },
+                    Err(why) => {
+                        // A TCP listener is watched for a hang-up, and bound
+                        // again on its address if a server shuts it down.
+                        let tcp = tcp_address(listener.fd());
+                        Slot {
+                            stream: tcp.is_some(),
+                            listener,
+                            mode: Mode::Shared(why),
+                            members: Vec::new(),
+                            routed: 0,
+                            probe: None,
+                            addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                            v6only: tcp.is_some_and(|(_, only)| only),
+                            frozen: false,
+                            shared_addr: tcp.map(|(a, _)| a),
+                        }
+                    }
                 }
             })
             .collect();
         let mut s = Steering {
             slots,
+            unwatched: BTreeSet::new(),
             backlog,
             options,
         };
@@ -248,7 +303,11 @@ impl Steering {
             if slot.mode != Mode::Steer {
                 continue;
             }
-            if slot.members[slot.routed].owner.is_none() {
+            if slot
+                .members
+                .get(slot.routed)
+                .is_some_and(|m| m.owner.is_none() && !m.retired)
+            {
                 slot.members[slot.routed].owner = Some(g);
                 continue;
             }
@@ -257,7 +316,15 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member { fd, owner: Some(g) });
+                    self.slots[i].members.push(Member {
+                        fd,
+                        owner: Some(g),
+                        retired: false,
+                        spare: false,
+                    });
+                    // The routed member is no longer the last one: sockets
+                    // retired meanwhile can go without moving it.
+                    self.flush_retired(i, notices);
                     changed.push(i);
                 }
                 Err(e) => {
@@ -305,9 +372,13 @@ impl Steering {
             }
             // An orphan: the crashed generation's socket, replaced by a
             // generation that was already starting.
-            while let Some(o) = self.slots[i].members.iter().position(|m| m.owner.is_none()) {
-                self.remove(i, o, notices);
+            let routed = self.slots[i].routed;
+            for m in self.slots[i].members.iter_mut().enumerate() {
+                if m.0 != routed && m.1.owner.is_none() {
+                    m.1.retired = true;
+                }
             }
+            self.flush_retired(i, notices);
         }
         for i in changed {
             if let Err(e) = self.attach(i) {
@@ -345,10 +416,215 @@ impl Steering {
                 self.slots[i].members[k].owner = None;
                 continue;
             }
-            self.remove(i, k, notices);
-            changed.push(i);
+            self.slots[i].members[k].owner = None;
+            self.slots[i].members[k].retired = true;
+            if self.flush_retired(i, notices) {
+                changed.push(i);
+            }
         }
         self.after_change(&changed, notices);
+    }
+
+    /// Close the retired members of slot `i` without ever moving the routed
+    /// member. The kernel fills a leaving member's slot with the group's
+    /// last member; were that the routed one, the program's index would
+    /// point past the end until re-attached, and new connections would be
+    /// spread by hash over every member meanwhile. So when the routed member
+    /// is last, a spare socket of the supervisor's joins first and is the
+    /// one that moves; spares are closed later, when that moves no routed
+    /// member (once the next generation's socket has joined, it is the last
+    /// one). Returns whether the group changed.
+    fn flush_retired(&mut self, i: usize, notices: &mut Vec<Notice>) -> bool {
+        let mut changed = false;
+        // Each pass closes one member or ends: bounded by the member count.
+        for _ in 0..=self.slots[i].members.len() * 2 {
+            let slot = &self.slots[i];
+            let Some(last) = slot.members.len().checked_sub(1) else {
+                break;
+            };
+            let safe = |k: usize| k == last || slot.routed != last;
+            if let Some(k) = (0..=last)
+                .rev()
+                .find(|&k| slot.members[k].retired && safe(k))
+            {
+                self.remove(i, k, notices);
+                changed = true;
+                continue;
+            }
+            // A retired member (not a spare) that only the spare can free.
+            let Some(k) = (0..=last).find(|&k| slot.members[k].retired && !slot.members[k].spare)
+            else {
+                break;
+            };
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member {
+                        fd,
+                        owner: None,
+                        retired: true,
+                        spare: true,
+                    });
+                    self.remove(i, k, notices);
+                    changed = true;
+                }
+                Err(e) => {
+                    // Without a spare, closing would move the routed member:
+                    // it waits for the next generation's socket instead.
+                    log::debug!("no spare socket ({e:#}): closing later");
+                    break;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The listening TCP sockets that generations hold (polled for a
+    /// hang-up only: a listening socket reports none, one that stopped
+    /// listening after a `shutdown()` does), with their fd numbers.
+    pub fn hangup_interest(&self) -> Vec<(i32, BorrowedFd<'_>)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            if !s.stream {
+                continue;
+            }
+            match s.mode {
+                Mode::Steer => {
+                    for (k, m) in s.members.iter().enumerate() {
+                        let raw = m.fd.as_raw_fd();
+                        if (m.owner.is_some() || (k == s.routed && !m.retired))
+                            && !self.unwatched.contains(&raw)
+                        {
+                            out.push((raw, m.fd.as_fd()));
+                        }
+                    }
+                }
+                Mode::Shared(_) => {
+                    let fd = s.shared_fd();
+                    if !self.unwatched.contains(&fd.as_raw_fd()) {
+                        out.push((fd.as_raw_fd(), fd));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The socket with fd number `raw` hung up. A TCP socket that a
+    /// holder `shutdown()` no longer listens, and has lost its port: it
+    /// cannot listen again, and every process holding it has lost it. So
+    /// the listener gets a fresh socket (steer mode: the dead one leaves the
+    /// group's bookkeeping, and new connections go to the newest member
+    /// meanwhile; shared mode: a new socket is bound on the address), and
+    /// the answer says whether the serving generation must be replaced to
+    /// use it (it holds only the dead one).
+    pub fn on_hangup(&mut self, raw: i32, notices: &mut Vec<Notice>) -> bool {
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer {
+                if self.slots[i].shared_fd().as_raw_fd() != raw {
+                    continue;
+                }
+                if listening(self.slots[i].shared_fd()) {
+                    self.unwatched.insert(raw);
+                    return false;
+                }
+                let name = self.slots[i].listener.name.clone();
+                let Some(addr) = self.slots[i].shared_addr else {
+                    self.unwatched.insert(raw);
+                    return false;
+                };
+                let failed = match self.bind_plain(addr, self.slots[i].v6only) {
+                    Ok(fd) => {
+                        self.slots[i].listener.replace_fd(fd);
+                        None
+                    }
+                    Err(e) => {
+                        self.unwatched.insert(raw);
+                        Some(format!("{e:#}"))
+                    }
+                };
+                let ok = failed.is_none();
+                notices.push(Notice::Relistened {
+                    listener: name,
+                    generation: None,
+                    failed,
+                });
+                return ok;
+            }
+            let Some(k) = self.slots[i]
+                .members
+                .iter()
+                .position(|m| m.fd.as_raw_fd() == raw)
+            else {
+                continue;
+            };
+            if listening(self.slots[i].members[k].fd.as_fd()) {
+                self.unwatched.insert(raw);
+                return false;
+            }
+            // The kernel has taken it out of the group, moving the last
+            // member into its slot: mirror that (closing our copy: the
+            // socket is dead for everyone), and point the program at the
+            // routed member's new place, or, if the dead one was routed, at
+            // the newest member until the replacement generation is ready.
+            let slot = &mut self.slots[i];
+            let was_routed = slot.routed == k;
+            let m = slot.members.swap_remove(k);
+            let last = slot.members.len();
+            if slot.routed == last {
+                slot.routed = k;
+            }
+            if was_routed {
+                slot.routed = last.saturating_sub(1);
+            }
+            if let Some((port, j)) = slot.probe {
+                slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+            }
+            let owner = m.owner;
+            drop(m);
+            if !self.slots[i].members.is_empty()
+                && let Err(e) = self.attach(i)
+            {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+            notices.push(Notice::Relistened {
+                listener: self.slots[i].listener.name.clone(),
+                generation: owner,
+                failed: None,
+            });
+            return was_routed;
+        }
+        false
+    }
+
+    /// A new listening TCP socket on `addr`, without `SO_REUSEPORT` (for a
+    /// shared listener).
+    fn bind_plain(&self, addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Tcp,
+        )
+        .context("socket")?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        if family == AddressFamily::Inet6 {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &v6only).context("IPV6_V6ONLY")?;
+        }
+        self.options.apply(fd.as_fd(), true)?;
+        match addr {
+            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+        }
+        .with_context(|| format!("bind {addr} again"))?;
+        listen(&fd, self.backlog).context("listen")?;
+        Ok(fd)
     }
 
     /// Connections waiting in `g`'s own steered sockets (not counting a
@@ -384,6 +660,11 @@ impl Steering {
     /// one).
     pub fn can_probe(&self) -> bool {
         self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
+    }
+
+    /// The spare sockets in listener `i`'s group.
+    pub fn spares(&self, i: usize) -> u32 {
+        self.slots[i].members.iter().filter(|m| m.spare).count() as u32
     }
 
     /// Connections waiting in each listener's serving socket, in order.
@@ -497,6 +778,8 @@ impl Steering {
         if let Some((port, j)) = slot.probe {
             slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
         }
+        self.unwatched.remove(&m.fd.as_raw_fd());
+        let slot = &mut self.slots[i];
         let queued = queue_length(m.fd.as_fd(), slot.stream);
         if queued > 0 {
             notices.push(Notice::ClosedWithQueue {
@@ -614,6 +897,28 @@ fn steer_kind(fd: BorrowedFd<'_>) -> Result<(bool, SocketAddr, bool), String> {
         return Err("the socket was handed over without SO_REUSEPORT, so it cannot be joined (a systemd socket unit needs ReusePort=yes)".into());
     }
     Ok((stream, addr, v6only))
+}
+
+/// A TCP (IPv4 or IPv6) socket's address and `IPV6_V6ONLY`; `None` for
+/// any other socket.
+fn tcp_address(fd: BorrowedFd<'_>) -> Option<(SocketAddr, bool)> {
+    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Stream {
+        return None;
+    }
+    let a: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
+    if let Some(a) = a.as_sockaddr_in() {
+        return Some((SocketAddr::from(*a), false));
+    }
+    let a = a.as_sockaddr_in6()?;
+    Some((
+        SocketAddr::from(*a),
+        getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false),
+    ))
+}
+
+/// Whether a socket is listening (`SO_ACCEPTCONN`).
+fn listening(fd: BorrowedFd<'_>) -> bool {
+    getsockopt(&fd, sockopt::AcceptConn).unwrap_or(true)
 }
 
 /// Where a probe connects for a listener bound to `addr`: loopback for a

@@ -611,6 +611,17 @@ impl Supervisor {
         quiet.unwrap_or_else(|| panic!("control connections still open after {WAIT:?}"))
     }
 
+    /// The spare sockets the supervisor holds in its reuseport groups (see
+    /// the status's `spare_sockets`): fds that are neither a generation's
+    /// socket nor leaked, and come and go between reloads.
+    pub fn spares(&self) -> usize {
+        self.status()
+            .listeners
+            .iter()
+            .map(|l| l.spare_sockets as usize)
+            .sum()
+    }
+
     /// Wait until the log says generation `g` is ready; the line. Only for
     /// when the status cannot answer (every control connection taken).
     pub fn wait_ready_logged(&self, g: u64, timeout: Duration) -> String {
