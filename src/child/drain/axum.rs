@@ -207,9 +207,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Io<T> {
     }
 }
 
-/// The tower layer that counts requests in flight and, once the drain has
-/// begun, adds `Connection: close` to HTTP/1 responses: `Router::layer(
-/// drain::axum::layer(&drain))`.
+/// The tower layer that counts requests in flight (until their response
+/// head is ready: a streamed body is the connection's, which [`Io`]
+/// counts) and, once the drain has begun, adds `Connection: close` to
+/// HTTP/1 responses: `Router::layer(drain::axum::layer(&drain))`.
 pub fn layer(drain: &Drain) -> Layer {
     Layer {
         drain: drain.clone(),
