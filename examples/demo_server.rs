@@ -1,20 +1,24 @@
-//! Demo HTTP/1.1 server built on `supervisor::child`: the fixture of the
-//! integration tests and the server of the README demo.
+//! Demo HTTP/1.1 server built on `supervisor::child` and its drain kit
+//! (`supervisor::child::drain`): the fixture of the integration tests and
+//! the server of the README demo.
 //!
 //! It serves on the listener it inherits (TCP or unix), answers every request
-//! with `generation <G> pid <PID>`, and on SIGTERM or SIGINT drains without
-//! losing a request:
+//! with `generation <G> pid <PID>` (and `/healthz` with 200 `ready` or 503
+//! `draining`), and on SIGTERM or SIGINT drains without losing a request,
+//! all of it the kit's doing:
 //!
-//! 1. the acceptor stops and closes its copy of the listener (never
+//! 1. the accept loop stops and closes its copy of the listener (never
 //!    `shutdown(2)`: the socket is shared with the supervisor and the next
 //!    generation, which keeps accepting from the same queue);
-//! 2. `STOPPING=1` goes to the notify socket;
+//! 2. `STOPPING=1` goes to the notify socket, then `STATUS=` progress;
 //! 3. a request in flight is answered with `Connection: close`;
 //! 4. an idle keep-alive connection gets `--idle-grace` to send one more
 //!    request (answered with `Connection: close`), else it is closed;
 //! 5. every close is a lingering close, so a late client byte cannot turn it
 //!    into a reset;
-//! 6. the process exits 0 once every connection is closed.
+//! 6. the process exits 0 once every connection is closed, or 1 when the
+//!    drain deadline (the supervisor's drain timeout less a margin) passes
+//!    first. A second stop signal exits at once (status 128 + signal).
 //!
 //! It must not be started by hand: without inherited listeners it exits 1.
 
@@ -23,20 +27,20 @@ mod common;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::signal::{SigHandler, Signal, signal};
 
+use supervisor::child::drain::{self, Connection, Drain, Health};
 use supervisor::child::{self, Listeners};
 use supervisor::duration;
 
@@ -48,7 +52,7 @@ const MAX_HEAD: usize = 8 * 1024;
 /// response write may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client to close its side.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = drain::DEFAULT_LINGER;
 /// Connection threads need little stack: buffers live on the heap.
 const CONNECTION_STACK: usize = 256 * 1024;
 
@@ -58,8 +62,11 @@ const CONNECTION_STACK: usize = 256 * 1024;
 #[command(
     name = "demo_server",
     after_help = "Exit status: 0 after a graceful drain, 1 on a setup error (no inherited \
-                  listener, --fail-at-start), 2 on a usage error.\n\
-                  Signals: SIGTERM or SIGINT start the drain; more of them are ignored."
+                  listener, --fail-at-start) or when the drain deadline passed, 2 on a usage \
+                  error, 128+N when a second signal N forced the exit.\n\
+                  Signals: SIGTERM or SIGINT start the drain; a second one exits at once.\n\
+                  Environment: SUPERVISOR_DRAIN_TIMEOUT_MS (the supervisor's drain timeout) \
+                  bounds the drain, less a margin."
 )]
 struct Args {
     /// Processing delay added to every request (e.g. 50ms, 1s); a request's
@@ -94,10 +101,13 @@ struct Args {
     body: Option<String>,
 }
 
+/// One line on stderr, in one write(2), so that it never interleaves with
+/// the supervisor's lines on a shared pipe.
 macro_rules! log {
-    ($($arg:tt)*) => {
-        eprintln!("demo_server[{}]: {}", std::process::id(), format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => {{
+        let line = format!("demo_server[{}]: {}\n", std::process::id(), format_args!($($arg)*));
+        let _ = io::stderr().write_all(line.as_bytes());
+    }};
 }
 
 fn main() -> ExitCode {
@@ -106,14 +116,8 @@ fn main() -> ExitCode {
         log!("error: --fail-at-start: exiting before ready");
         return ExitCode::FAILURE;
     }
-    // Before any thread exists, so every thread inherits the mask (or the
-    // dispositions) and the signals are only ever taken by sigwait.
-    if let Err(err) = setup_signals(args.ignore_sigterm) {
-        log!("error: set up signals: {err}");
-        return ExitCode::FAILURE;
-    }
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             log!("error: {err}");
             ExitCode::FAILURE
@@ -121,27 +125,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn stop_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set
-}
-
-fn setup_signals(ignore: bool) -> nix::Result<()> {
-    if ignore {
-        for sig in [Signal::SIGTERM, Signal::SIGINT] {
-            // SAFETY: SIG_IGN installs no handler code, so nothing can run in
-            // signal context.
-            unsafe { signal(sig, SigHandler::SigIgn) }?;
-        }
-        Ok(())
-    } else {
-        stop_signals().thread_block()
+/// The drain: the kit's, with its stop signals unless they are ignored.
+fn install_drain(args: &Args) -> Result<Drain, String> {
+    let builder = Drain::builder().idle_grace(args.idle_grace);
+    if !args.ignore_sigterm {
+        return builder
+            .install()
+            .map_err(|err| format!("install the drain: {err}"));
     }
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+        // signal context.
+        unsafe { signal(sig, SigHandler::SigIgn) }.map_err(|err| format!("ignore {sig}: {err}"))?;
+    }
+    builder
+        .signals(&[])
+        .install()
+        .map_err(|err| format!("install the drain: {err}"))
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<ExitCode, String> {
     let mut listeners = Listeners::from_env().map_err(|err| err.to_string())?;
     if listeners.is_empty() {
         return Err(
@@ -176,63 +179,52 @@ fn run(args: Args) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|err| format!("make fd {fd} nonblocking: {err}"))?;
 
+    let drain = install_drain(&args)?;
     let generation = child::generation().unwrap_or(0);
-    log!("generation {generation} serving on fd {fd} {name:?} ({listener})");
-
-    let (drain_wake, drain_trigger) =
-        UnixStream::pair().map_err(|err| format!("create drain socket pair: {err}"))?;
-    let shared = Arc::new(Shared {
+    log!(
+        "generation {generation} serving on fd {fd} {name:?} ({listener}); drain deadline {}ms",
+        drain.deadline().as_millis()
+    );
+    let shared = Shared {
         generation,
         delay: args.delay,
-        idle_grace: args.idle_grace,
         extra_body: args.body,
-        draining: AtomicBool::new(false),
-        drain_started: OnceLock::new(),
-        drain_wake,
-        active: Mutex::new(0),
-        all_closed: Condvar::new(),
-        drained: AtomicUsize::new(0),
-    });
-
-    if !args.ignore_sigterm {
-        let shared = Arc::clone(&shared);
-        thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(move || wait_for_signals(&shared, drain_trigger))
-            .map_err(|err| format!("spawn signal thread: {err}"))?;
-    }
-    let acceptor = {
-        let shared = Arc::clone(&shared);
-        let announce = !args.never_ready;
-        thread::Builder::new()
-            .name("acceptor".to_owned())
-            .spawn(move || accept_loop(listener, &shared, announce))
-            .map_err(|err| format!("spawn acceptor thread: {err}"))?
+        drain,
     };
-    // The acceptor returns only once draining has begun and it has closed
-    // its listener copy, and no new connection can appear after that.
-    acceptor
-        .join()
-        .map_err(|_| "acceptor thread panicked".to_owned())?;
-    if let Err(err) = child::stopping() {
-        log!("warning: send STOPPING=1: {err}");
+    if !args.never_ready {
+        if let Err(err) = shared.drain.ready() {
+            log!("warning: send READY=1: {err}");
+        }
+        if let Err(err) = child::status(&format!("serving generation {generation}")) {
+            log!("warning: send STATUS: {err}");
+        }
     }
-
-    let active = shared.active.lock().unwrap_or_else(PoisonError::into_inner);
-    let _active = shared
-        .all_closed
-        .wait_while(active, |active| *active > 0)
-        .unwrap_or_else(PoisonError::into_inner);
-    let elapsed = shared
-        .drain_started
-        .get()
-        .map_or(Duration::ZERO, Instant::elapsed);
+    let shared = Arc::new(shared);
+    loop {
+        match shared.drain.wait_acceptable(&listener) {
+            Ok(true) => accept_ready(&listener, &shared),
+            Ok(false) => break,
+            Err(err) => {
+                log!("warning: poll listener: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Dropping closes only this process's copy; the supervisor's copy keeps
+    // the socket and its queue alive for the next generation.
+    drop(listener);
+    let (requests, connections) = shared.drain.in_flight();
     log!(
-        "drained {} connections in {}ms",
-        shared.drained.load(Ordering::Relaxed),
-        elapsed.as_millis()
+        "signal {}: stopped accepting; {requests} request(s) in flight, {connections} connection(s) open",
+        shared.drain.signal().unwrap_or(0)
     );
-    Ok(())
+    let outcome = shared.drain.wait();
+    log!("{outcome}");
+    Ok(if outcome.is_drained() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn take_listener(listeners: &mut Listeners, index: usize) -> Result<Listener, String> {
@@ -249,88 +241,17 @@ fn take_listener(listeners: &mut Listeners, index: usize) -> Result<Listener, St
     }
 }
 
-/// State shared by the signal, acceptor and connection threads.
+/// State shared by the acceptor and connection threads.
 struct Shared {
     generation: u64,
     delay: Duration,
-    idle_grace: Duration,
     extra_body: Option<String>,
-    /// Set once SIGTERM/SIGINT arrived; responses from then on close.
-    draining: AtomicBool,
-    drain_started: OnceLock<Instant>,
-    /// Becomes readable (EOF) for good when draining begins, which wakes
-    /// every thread blocked in poll at once.
-    drain_wake: UnixStream,
-    /// Open connections; `all_closed` fires when it drops to zero.
-    active: Mutex<usize>,
-    all_closed: Condvar,
-    /// Connections closed after draining began.
-    drained: AtomicUsize,
-}
-
-fn wait_for_signals(shared: &Shared, drain_trigger: UnixStream) {
-    let set = stop_signals();
-    let mut trigger = Some(drain_trigger);
-    loop {
-        let sig = match set.wait() {
-            Ok(sig) => sig,
-            Err(err) => {
-                log!("warning: sigwait: {err}");
-                continue;
-            }
-        };
-        let Some(trigger) = trigger.take() else {
-            log!("{sig}: already draining");
-            continue;
-        };
-        let _ = shared.drain_started.set(Instant::now());
-        shared.draining.store(true, Ordering::SeqCst);
-        let open = *shared.active.lock().unwrap_or_else(PoisonError::into_inner);
-        log!("{sig}: draining {open} open connections");
-        // Closing our end is the broadcast: the peer end polls readable
-        // (EOF) from now on.
-        drop(trigger);
-    }
-}
-
-fn accept_loop(listener: Listener, shared: &Arc<Shared>, announce: bool) {
-    if announce {
-        if let Err(err) = child::ready() {
-            log!("warning: send READY=1: {err}");
-        }
-        if let Err(err) = child::status(&format!("serving generation {}", shared.generation)) {
-            log!("warning: send STATUS: {err}");
-        }
-    }
-    while !shared.draining.load(Ordering::SeqCst) {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shared.drain_wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(err) => {
-                log!("warning: poll listener: {err}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        }
-        if fired(&fds[1]) {
-            break;
-        }
-        if fired(&fds[0]) {
-            accept_ready(&listener, shared);
-        }
-    }
-    // Dropping closes only this process's copy; the supervisor's copy keeps
-    // the socket and its queue alive for the next generation.
-    drop(listener);
+    drain: Drain,
 }
 
 /// Accepts until the queue is empty (or another process emptied it first).
 fn accept_ready(listener: &Listener, shared: &Arc<Shared>) {
-    while !shared.draining.load(Ordering::SeqCst) {
+    while shared.drain.accepting() {
         match listener.accept() {
             Ok(conn) => spawn_connection(conn, shared),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -357,40 +278,23 @@ fn spawn_connection(conn: Stream, shared: &Arc<Shared>) {
         log!("warning: configure connection: {err}");
         return;
     }
-    *shared.active.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    // Counted from here, so the drain waits for it.
+    let connection = shared.drain.connection();
     let thread_shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name("connection".to_owned())
         .stack_size(CONNECTION_STACK)
-        .spawn(move || {
-            serve(conn, &thread_shared);
-            connection_closed(&thread_shared);
-        });
+        .spawn(move || serve(conn, connection, &thread_shared));
     if let Err(err) = spawned {
         log!("warning: spawn connection thread: {err}");
-        connection_closed(shared);
-    }
-}
-
-fn connection_closed(shared: &Shared) {
-    if shared.draining.load(Ordering::SeqCst) {
-        shared.drained.fetch_add(1, Ordering::Relaxed);
-    }
-    let mut active = shared.active.lock().unwrap_or_else(PoisonError::into_inner);
-    *active -= 1;
-    if *active == 0 {
-        shared.all_closed.notify_all();
     }
 }
 
 /// Serves one connection until it is closed, by either side.
-fn serve(mut conn: Stream, shared: &Shared) {
+fn serve(mut conn: Stream, mut connection: Connection, shared: &Shared) {
     let mut buf = Vec::with_capacity(4096);
-    // Set when this connection first sees the drain: from then on it may
-    // idle only until this deadline.
-    let mut idle_deadline = None;
     loop {
-        let request = match read_request(&mut conn, &mut buf, shared, &mut idle_deadline) {
+        let request = match read_request(&mut conn, &mut buf, &mut connection) {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(RequestError::Malformed(reason)) => {
@@ -399,25 +303,29 @@ fn serve(mut conn: Stream, shared: &Shared) {
             }
             Err(RequestError::Io) => return,
         };
+        let _in_flight = connection.request();
         if skip_body(&mut conn, &mut buf, request.content_length).is_err() {
             return;
         }
         thread::sleep(request.delay.unwrap_or(shared.delay));
         // Checked after the processing delay, so a request in flight when
         // the drain starts is still answered, with the close announced.
-        let close = !request.keep_alive || shared.draining.load(Ordering::SeqCst);
-        if write_response(&mut conn, shared, request.head_only, close).is_err() {
+        let close = !request.keep_alive || connection.close_after_response();
+        let health = request.health.then(|| shared.drain.health());
+        if write_response(&mut conn, shared, &request, health, close).is_err() {
             return;
         }
         if close {
             break;
         }
     }
-    lingering_close(conn);
+    drain::lingering_close(conn, LINGER);
 }
 
 struct Request {
     head_only: bool,
+    /// `GET /healthz`: the drain's health state.
+    health: bool,
     keep_alive: bool,
     content_length: u64,
     delay: Option<Duration>,
@@ -434,12 +342,11 @@ enum RequestError {
 /// the client pipelines) and removes it from there.
 ///
 /// `Ok(None)` means close without a response: the client closed between
-/// requests, or stayed idle past the drain deadline.
+/// requests, or stayed idle past the drain's grace period.
 fn read_request(
     conn: &mut Stream,
     buf: &mut Vec<u8>,
-    shared: &Shared,
-    idle_deadline: &mut Option<Instant>,
+    connection: &mut Connection,
 ) -> Result<Option<Request>, RequestError> {
     loop {
         if let Some(end) = head_end(buf) {
@@ -454,7 +361,11 @@ fn read_request(
             return Err(RequestError::Malformed("request head too large"));
         }
         if buf.is_empty() {
-            if !wait_between_requests(conn, shared, idle_deadline)? {
+            // Between requests: the kit decides how long to wait.
+            if !connection
+                .wait_for_request(&*conn)
+                .map_err(|_| RequestError::Io)?
+            {
                 return Ok(None);
             }
         } else if !wait_readable(conn.as_fd(), IO_TIMEOUT) {
@@ -467,37 +378,6 @@ fn read_request(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(err) if is_transient(&err) => {}
             Err(_) => return Err(RequestError::Io),
-        }
-    }
-}
-
-/// Waits for the first byte of a request on an idle connection. Returns
-/// false when the connection should be closed instead: it stayed idle past
-/// the drain's grace period.
-fn wait_between_requests(
-    conn: &Stream,
-    shared: &Shared,
-    idle_deadline: &mut Option<Instant>,
-) -> Result<bool, RequestError> {
-    loop {
-        if idle_deadline.is_none() && shared.draining.load(Ordering::SeqCst) {
-            *idle_deadline = Some(Instant::now() + shared.idle_grace);
-        }
-        if let Some(deadline) = *idle_deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            return Ok(wait_readable(conn.as_fd(), left));
-        }
-        // Not draining: wait for the client or for the drain to begin.
-        let mut fds = [
-            PollFd::new(conn.as_fd(), PollFlags::POLLIN),
-            PollFd::new(shared.drain_wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => return Err(RequestError::Io),
-        }
-        if fired(&fds[0]) {
-            return Ok(true);
         }
     }
 }
@@ -590,6 +470,7 @@ fn parse_head(head: &[u8]) -> Result<Request, &'static str> {
     keep_alive &= http11;
     Ok(Request {
         head_only: method == "HEAD",
+        health: target == "/healthz",
         keep_alive,
         content_length: content_length.unwrap_or(0),
         delay: query_delay(target)?,
@@ -620,24 +501,32 @@ fn is_token_byte(b: u8) -> bool {
 fn write_response(
     conn: &mut Stream,
     shared: &Shared,
-    head_only: bool,
+    request: &Request,
+    health: Option<Health>,
     close: bool,
 ) -> io::Result<()> {
-    let mut body = format!(
-        "generation {} pid {}\n",
-        shared.generation,
-        std::process::id()
-    );
-    if let Some(extra) = &shared.extra_body {
-        body.push_str(extra);
-        body.push('\n');
-    }
+    let (status, body) = match health {
+        Some(health) if health.http_status() == 200 => ("200 OK", format!("{health}\n")),
+        Some(health) => ("503 Service Unavailable", format!("{health}\n")),
+        None => {
+            let mut body = format!(
+                "generation {} pid {}\n",
+                shared.generation,
+                std::process::id()
+            );
+            if let Some(extra) = &shared.extra_body {
+                body.push_str(extra);
+                body.push('\n');
+            }
+            ("200 OK", body)
+        }
+    };
     let mut response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
         body.len(),
         if close { "Connection: close\r\n" } else { "" }
     );
-    if !head_only {
+    if !request.head_only {
         response.push_str(&body);
     }
     conn.write_all(response.as_bytes())
@@ -651,30 +540,6 @@ fn write_bad_request(conn: &mut Stream, reason: &str) -> io::Result<()> {
         body.len()
     );
     conn.write_all(response.as_bytes())
-}
-
-/// Half-closes, then reads until the client closes its side (or `LINGER`
-/// passes) before the final close. Closing with unread data in the receive
-/// buffer makes the kernel send RST, which can destroy the response the
-/// client has not read yet.
-fn lingering_close(mut conn: Stream) {
-    if conn.shutdown_write().is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER;
-    let mut scratch = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !wait_readable(conn.as_fd(), left) {
-            return;
-        }
-        match conn.read(&mut scratch) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(err) if is_transient(&err) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 fn is_transient(err: &io::Error) -> bool {
@@ -737,7 +602,7 @@ impl fmt::Display for Listener {
     }
 }
 
-/// Setup and half-close of an accepted connection.
+/// Setup of an accepted connection.
 impl Stream {
     fn configure(&self) -> io::Result<()> {
         match self {
@@ -751,14 +616,6 @@ impl Stream {
                 stream.set_nonblocking(false)?;
                 stream.set_write_timeout(Some(IO_TIMEOUT))
             }
-        }
-    }
-
-    /// Half-closes this connection (not the listener it came from).
-    fn shutdown_write(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(stream) => stream.shutdown(Shutdown::Write),
-            Stream::Unix(stream) => stream.shutdown(Shutdown::Write),
         }
     }
 }

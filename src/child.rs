@@ -1,4 +1,5 @@
-//! Child side of the socket-inheritance protocol.
+//! Child side of the socket-inheritance protocol, and the server's half of
+//! a graceful drain ([`drain`]).
 //!
 //! The supervisor binds the listening sockets once and starts every
 //! generation of the server with them, speaking the systemd protocols, so a
@@ -18,12 +19,21 @@
 //!   `unknown` when absent);
 //! - `NOTIFY_SOCKET=<path or @abstract>`, a unix datagram socket for
 //!   `sd_notify`-style state messages;
-//! - `SUPERVISOR_GENERATION=<n>`, 1 for the first child.
+//! - `SUPERVISOR_GENERATION=<n>`, 1 for the first child;
+//! - `SUPERVISOR_DRAIN_TIMEOUT_MS=<ms>` ([`SUPERVISOR_DRAIN_TIMEOUT_MS`]),
+//!   the supervisor's `--drain-timeout`: how long the child has, from its
+//!   stop signal, before the supervisor sends SIGKILL.
 //!
 //! The child takes its listeners ([`Listeners`]), starts serving, and sends
 //! [`READY`] ([`ready`]). Only then does the supervisor stop the previous
 //! generation, by sending it SIGTERM: that process stops accepting, sends
 //! [`STOPPING`] ([`stopping`]), finishes its requests and exits.
+//!
+//! The [`drain`] module is that last part as a kit: the stop signal (a
+//! second one forces), the accept loop's check, requests in flight, a
+//! bounded wait, `STOPPING=1` and `STATUS=` progress, a health state, and
+//! keep-alive connections closed without losing the request a client was
+//! already sending (std servers, and axum behind the `axum` feature).
 //!
 //! The listeners are shared with the supervisor and every other generation
 //! (duplicates of one open file description, one accept queue), which is what
@@ -62,7 +72,8 @@
 //!         child::status(&format!("serving generation {generation}"))?;
 //!     }
 //!     // Accept and serve until SIGTERM; then drop the listener, call
-//!     // child::stopping(), finish the requests in flight and exit.
+//!     // child::stopping(), finish the requests in flight and exit (the
+//!     // `drain` module does all of that).
 //!     Ok(())
 //! }
 //! ```
@@ -79,6 +90,9 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+pub mod drain;
 
 /// First inherited listener fd (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
@@ -98,6 +112,10 @@ pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 /// Generation number of this child, 1 for the first.
 pub const SUPERVISOR_GENERATION: &str = "SUPERVISOR_GENERATION";
+/// The supervisor's `--drain-timeout` in whole milliseconds: how long the
+/// child has, from its stop signal, before the supervisor sends SIGKILL.
+/// [`drain::Drain`] takes its deadline from it.
+pub const SUPERVISOR_DRAIN_TIMEOUT_MS: &str = "SUPERVISOR_DRAIN_TIMEOUT_MS";
 
 /// Whether `name` is a valid `LISTEN_FDNAMES` entry: bytes 0x20..=0x7E except
 /// `:`, at most 255 bytes (systemd's `fdname_is_valid`).
@@ -541,6 +559,30 @@ pub fn generation() -> Option<u64> {
     env::var(SUPERVISOR_GENERATION).ok()?.parse().ok()
 }
 
+/// The supervisor's drain timeout from [`SUPERVISOR_DRAIN_TIMEOUT_MS`]:
+/// `None` when it is unset (an older supervisor, or started by hand).
+///
+/// # Errors
+///
+/// Fails, naming the variable and its value, when it is set but is not a
+/// whole number of milliseconds.
+pub fn drain_timeout() -> io::Result<Option<Duration>> {
+    env_str(SUPERVISOR_DRAIN_TIMEOUT_MS)?
+        .map(|value| parse_drain_timeout(&value))
+        .transpose()
+}
+
+fn parse_drain_timeout(value: &str) -> io::Result<Duration> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| {
+            invalid(format!(
+                "{SUPERVISOR_DRAIN_TIMEOUT_MS}={value:?} is not a number of milliseconds"
+            ))
+        })
+}
+
 /// Reads a variable that must be UTF-8 if set.
 fn env_str(key: &str) -> io::Result<Option<String>> {
     match env::var(key) {
@@ -879,6 +921,22 @@ mod tests {
             "LISTEN_FDNAMES=\"a:b:c\" has 3 names for LISTEN_FDS=2"
         );
         assert!(parse(Some("4242"), Some("2"), Some("a")).is_err());
+    }
+
+    #[test]
+    fn drain_timeout_is_whole_milliseconds() {
+        assert_eq!(
+            parse_drain_timeout("30000").unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(parse_drain_timeout("0").unwrap(), Duration::ZERO);
+        for bad in ["", "30s", "-1", "1.5"] {
+            let text = error_text(parse_drain_timeout(bad));
+            assert_eq!(
+                text,
+                format!("SUPERVISOR_DRAIN_TIMEOUT_MS={bad:?} is not a number of milliseconds")
+            );
+        }
     }
 
     #[test]
