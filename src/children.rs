@@ -56,6 +56,8 @@ pub struct Command {
     pub compat: Compat,
     /// `--env-file` and `--env` assignments.
     pub env: Vec<(String, String)>,
+    /// The drain timeout (passed to the children).
+    pub drain_timeout: Duration,
     /// Run as this user.
     pub credentials: Option<spawn::Credentials>,
     /// Run in this directory.
@@ -131,6 +133,7 @@ impl Children {
             starter_keys,
             notify: notify.path().as_os_str(),
             generation: g.0,
+            drain_timeout: self.command.drain_timeout,
             compat: &self.command.compat,
             supervisor_pid: std::process::id(),
         });

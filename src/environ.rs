@@ -16,7 +16,7 @@ use crate::compat::{self, Compat};
 
 /// Variables of the supervisor's own environment never passed to children:
 /// they describe the supervisor's launcher, not the child's.
-const STRIPPED: [&str; 8] = [
+const STRIPPED: [&str; 9] = [
     child::LISTEN_FDS,
     child::LISTEN_PID,
     child::LISTEN_FDNAMES,
@@ -25,6 +25,7 @@ const STRIPPED: [&str; 8] = [
     child::WATCHDOG_PID,
     child::WATCHDOG_USEC,
     child::SUPERVISOR_GENERATION,
+    child::SUPERVISOR_DRAIN_TIMEOUT_MS,
 ];
 
 /// What a generation's environment is made of.
@@ -41,6 +42,8 @@ pub struct Inputs<'a> {
     pub notify: &'a OsStr,
     /// The generation's number.
     pub generation: u64,
+    /// The drain timeout, passed on so that a server can finish first.
+    pub drain_timeout: std::time::Duration,
     /// Launcher-compatibility variables to add.
     pub compat: &'a Compat,
     /// The supervisor's pid (for einhorn's master pid).
@@ -75,6 +78,10 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
     env.push((
         child::SUPERVISOR_GENERATION.into(),
         i.generation.to_string().into(),
+    ));
+    env.push((
+        child::SUPERVISOR_DRAIN_TIMEOUT_MS.into(),
+        i.drain_timeout.as_millis().to_string().into(),
     ));
     let extra = compat::variables(
         i.compat,
@@ -113,6 +120,7 @@ mod tests {
             starter_keys: &["8080".into(), "9090".into()],
             notify: OsStr::new("/tmp/n/3"),
             generation: 3,
+            drain_timeout: std::time::Duration::from_secs(30),
             compat: &compat,
             supervisor_pid: 10,
         });
@@ -128,6 +136,7 @@ mod tests {
         assert_eq!(get("LISTEN_PID"), None);
         assert_eq!(get("NOTIFY_SOCKET").as_deref(), Some("/tmp/n/3"));
         assert_eq!(get("SUPERVISOR_GENERATION").as_deref(), Some("3"));
+        assert_eq!(get("SUPERVISOR_DRAIN_TIMEOUT_MS").as_deref(), Some("30000"));
         assert_eq!(get("WATCHDOG_USEC"), None);
         assert_eq!(get("EINHORN_FD_COUNT"), None);
     }

@@ -204,6 +204,7 @@ fn run(args: cli::Args) -> Result<i32> {
         stop_signal: args.stop_signal,
         compat,
         env,
+        drain_timeout: args.drain_timeout,
         credentials,
         chdir: args.chdir,
     })?;
