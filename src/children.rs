@@ -275,13 +275,14 @@ impl Children {
         }
     }
 
-    /// Forget reaped children (kept until now so that the events about
-    /// them could name their pids).
-    pub fn forget_reaped(&mut self) -> Vec<Generation> {
+    /// Forget reaped children whose exit has been handled (`handled`): kept
+    /// until then so that the events about them can name their pids (one
+    /// SIGCHLD may reap several, whose exits are handled one by one).
+    pub fn forget_reaped(&mut self, handled: impl Fn(Generation) -> bool) -> Vec<Generation> {
         let gone: Vec<Generation> = self
             .map
             .iter()
-            .filter(|(_, c)| c.reaped)
+            .filter(|(g, c)| c.reaped && handled(**g))
             .map(|(g, _)| *g)
             .collect();
         for g in &gone {

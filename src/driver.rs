@@ -551,7 +551,8 @@ impl Driver {
                 }
             }
         }
-        for g in self.parts.children.forget_reaped() {
+        let machine = &self.machine;
+        for g in self.parts.children.forget_reaped(|g| !machine.knows(g)) {
             self.parts.steering.release(g, &mut self.notices);
             if let Some(p) = &mut self.parts.prober {
                 p.cancel(g, &mut self.parts.steering);

@@ -541,6 +541,12 @@ impl Machine {
         self.restarts
     }
 
+    /// Whether the machine still tracks generation `g` (its exit has not
+    /// been handled yet).
+    pub fn knows(&self, g: Generation) -> bool {
+        self.generations.contains_key(&g)
+    }
+
     /// Whether replaced generations quiesce before they are stopped
     /// (steer mode).
     pub fn quiesces(&self) -> bool {
