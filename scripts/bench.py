@@ -411,6 +411,14 @@ class Reload:
         return (self.drained_us - self.requested_us) / 1e6
 
 
+def drained_line(r: Reload) -> str:
+    """The old generation's "drained in" line. Its pid is optional: a
+    generation reaped in the same SIGCHLD as another one is logged without
+    it (`generation 8 drained in 1ms`), the pid being forgotten by then.
+    Generation numbers are unique within a supervisor."""
+    return rf"generation {r.old_gen}(?: \(pid {r.old_pid}\))? drained in"
+
+
 class Supervisor:
     name = "supervisor"
 
@@ -494,12 +502,17 @@ class Supervisor:
     def wait_drained(self, r: Reload, timeout: float = 15.0) -> None:
         if r.old_gen is None:
             return
-        _, _, m = self.log.wait_for(
-            rf"generation {r.old_gen} \(pid {r.old_pid}\) drained in",
-            timeout,
-            since=r.index,
-            what=f"generation {r.old_gen} drained",
-        )
+        try:
+            _, _, m = self.log.wait_for(
+                drained_line(r),
+                timeout,
+                since=r.index,
+                what=f"generation {r.old_gen} drained",
+            )
+        except BenchError as err:
+            with self.log.cond:
+                about = [t for _, t in self.log.lines if f"pid {r.old_pid}" in t or f"[{r.old_pid}]" in t]
+            raise BenchError(f"{err}; its lines in the log:\n" + "\n".join(about[-12:])) from None
         r.drained_us = log_time_us(m.string)
         self._fill_stop(r)
 
@@ -512,7 +525,7 @@ class Supervisor:
     def fill_drained(self, reloads: list[Reload]) -> None:
         for r in reloads:
             if r.old_gen is not None and r.drained_us is None:
-                found = self.log.find(rf"generation {r.old_gen} \(pid {r.old_pid}\) drained in", r.index)
+                found = self.log.find(drained_line(r), r.index)
                 if found:
                     r.drained_us = log_time_us(found[2].string)
                     self._fill_stop(r)
