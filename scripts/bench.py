@@ -1657,7 +1657,9 @@ def write_picture(cfg: Config, picture: dict[str, dict]) -> None:
 
     cfg.svg.parent.mkdir(parents=True, exist_ok=True)
     data_path = cfg.svg.with_suffix(".json")
-    meta = {"machine": machine(), "connections": HCONNECTIONS, "workers": NAIVE_WORKERS,
+    kernel = re.match(r"[\d.]+", os.uname().release)
+    where = f"{os.cpu_count()} CPUs, Linux {kernel.group(0) if kernel else os.uname().release}"
+    meta = {"machine": where, "connections": HCONNECTIONS, "workers": NAIVE_WORKERS,
             "seconds": cfg.handoff_seconds}  # fmt: skip
     data_path.write_text(json.dumps({"meta": meta, "modes": picture}))
     handoff_plot.render(data_path, cfg.svg)
