@@ -28,6 +28,19 @@ Everything runs on loopback against the demo server (examples/demo_server.rs,
    its fd count after 1 and after 100 reloads.
 6. Scale: reload time with 1, 100 and 1,000 listeners; 100 back-to-back
    reloads under load (total time, failures).
+7. Hand-off modes (a build with --handoff): steer against shared, back to
+   back in each run, on a naive-drain child (bench_children/naive_drain.py)
+   and on the demo server, with keep-alive and with Connection: close
+   (bench/hload.py, every request recorded): failed requests per reload, p99
+   inside reload windows over steady p99. Run 1 of the naive child with
+   Connection: close is drawn as --svg (bench/handoff_plot.py).
+8. The same runs' reload timings from the supervisor's log (SIGHUP -> new
+   generation ready, -> stop signal to the old one, -> its exit), and reload
+   time with 1, 100 and 1,000 listeners in each mode (steer binds a new
+   socket per listener per reload).
+
+--handoff-only runs items 7-8 alone, --no-handoff leaves them out; a build
+without --handoff gets items 1-6. --bin-dir measures another build.
 
 Each figure is the median of several runs (or reloads) with min and max. The
 table goes to stdout, the same rows as CSV (figure, unit, median, min, max,
