@@ -28,6 +28,19 @@ Everything runs on loopback against the demo server (examples/demo_server.rs,
    its fd count after 1 and after 100 reloads.
 6. Scale: reload time with 1, 100 and 1,000 listeners; 100 back-to-back
    reloads under load (total time, failures).
+7. Hand-off modes (a build with --handoff): steer against shared, back to
+   back in each run, on a naive-drain child (bench_children/naive_drain.py)
+   and on the demo server, with keep-alive and with Connection: close
+   (bench/hload.py, every request recorded): failed requests per reload, p99
+   inside reload windows over steady p99. Run 1 of the naive child with
+   Connection: close is drawn as --svg (bench/handoff_plot.py).
+8. The same runs' reload timings from the supervisor's log (SIGHUP -> new
+   generation ready, -> stop signal to the old one, -> its exit), and reload
+   time with 1, 100 and 1,000 listeners in each mode (steer binds a new
+   socket per listener per reload).
+
+--handoff-only runs items 7-8 alone, --no-handoff leaves them out; a build
+without --handoff gets items 1-6. --bin-dir measures another build.
 
 Each figure is the median of several runs (or reloads) with min and max. The
 table goes to stdout, the same rows as CSV (figure, unit, median, min, max,
@@ -71,8 +84,15 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "bench"
+CHILDREN = Path(__file__).resolve().parent / "bench_children"
 
 CONNECTIONS = 64
+# The hand-off runs (items 7-8): scripts/bench/hload.py with this many
+# connections against the naive child's pool of NAIVE_WORKERS threads, so
+# that accepted connections wait in its queue, as they do in a busy server.
+HCONNECTIONS = 32
+NAIVE_WORKERS = 4
+HANDOFF_MODES = ("steer", "shared")
 # Reloads are paced this far apart (s): start_server needs 1 s for each (its
 # --interval), and a gap after that keeps its next spawn out of the handover.
 PERIOD = 1.15
@@ -378,6 +398,7 @@ class Reload:
     requested_us: int | None = None
     ready_us: int | None = None
     drained_us: int | None = None
+    stop_us: int | None = None  # the old generation's "draining: sent SIG..." line
     spawn_to_ready: float | None = None  # as the supervisor reports it (s)
     old_gen: int | None = None
     old_pid: int | None = None
@@ -403,10 +424,29 @@ class Reload:
         return (self.drained_us - self.requested_us) / 1e6
 
 
+def drained_line(r: Reload) -> str:
+    """The old generation's "drained in" line. Its pid is optional: a
+    generation reaped in the same SIGCHLD as another one is logged without
+    it (`generation 8 drained in 1ms`), the pid being forgotten by then.
+    Generation numbers are unique within a supervisor."""
+    return rf"generation {r.old_gen}(?: \(pid {r.old_pid}\))? drained in"
+
+
 class Supervisor:
     name = "supervisor"
 
-    def __init__(self, reg: Registry, bins: Path, listeners: int = 1, watch_exits: bool = False) -> None:
+    def __init__(
+        self,
+        reg: Registry,
+        bins: Path,
+        listeners: int = 1,
+        watch_exits: bool = False,
+        handoff: str | None = None,
+        child: str = "demo",
+    ) -> None:
+        """`handoff`: steer or shared (None: the binary's default, and the
+        only choice of a binary without --handoff). `child`: demo (the demo
+        server, graceful drain) or naive (bench_children/naive_drain.py)."""
         self.watch_exits = watch_exits
         argv = [str(bins / "supervisor")]
         for _ in range(listeners):
@@ -417,8 +457,14 @@ class Supervisor:
         # lock file) is removed at the end of the run with the temp tree.
         control = Path(tempfile.mkdtemp(prefix="ctl.", dir=CONTROL_ROOT)) / "c.sock"
         argv += ["--control", str(control)]
-        argv += ["--ready", "notify", "--ready-timeout", "10s", "--drain-timeout", "10s", "--"]
-        argv += [str(bins / "examples" / "demo_server"), "--delay", DELAY]
+        argv += ["--ready", "notify", "--ready-timeout", "10s", "--drain-timeout", "10s"]
+        if handoff:
+            argv += ["--handoff", handoff]
+        argv += ["--"]
+        if child == "naive":
+            argv += [sys.executable, str(CHILDREN / "naive_drain.py"), "--workers", str(NAIVE_WORKERS)]
+        else:
+            argv += [str(bins / "examples" / "demo_server"), "--delay", DELAY]
         self.proc = reg.popen(argv, "supervisor", stderr=subprocess.PIPE, env=child_env(RUST_LOG="info"))
         self.pid = self.proc.pid
         self.log = LogReader(self.proc.stderr)
@@ -445,7 +491,7 @@ class Supervisor:
         os.kill(self.pid, signal.SIGHUP)
         r = Reload(ok=False, hup_mono=hup, pair=pair, index=index, old_exit=old_exit)
         pos, arrived, m = self.log.wait_for(
-            rf"generation {gen} \(pid (\d+)\) ready in (\S+?)(?:; generation (\d+) \(pid (\d+)\) draining|$)"
+            rf"generation {gen} \(pid (\d+)\) ready in (\S+?)(?:; generation (\d+) \(pid (\d+)\) (?:draining|quiescing)|$)"
             rf"|reload failed: generation {gen} ",
             timeout,
             since=index,
@@ -469,20 +515,33 @@ class Supervisor:
     def wait_drained(self, r: Reload, timeout: float = 15.0) -> None:
         if r.old_gen is None:
             return
-        _, _, m = self.log.wait_for(
-            rf"generation {r.old_gen} \(pid {r.old_pid}\) drained in",
-            timeout,
-            since=r.index,
-            what=f"generation {r.old_gen} drained",
-        )
+        try:
+            _, _, m = self.log.wait_for(
+                drained_line(r),
+                timeout,
+                since=r.index,
+                what=f"generation {r.old_gen} drained",
+            )
+        except BenchError as err:
+            with self.log.cond:
+                about = [t for _, t in self.log.lines if f"pid {r.old_pid}" in t or f"[{r.old_pid}]" in t]
+            raise BenchError(f"{err}; its lines in the log:\n" + "\n".join(about[-12:])) from None
         r.drained_us = log_time_us(m.string)
+        self._fill_stop(r)
+
+    def _fill_stop(self, r: Reload) -> None:
+        """When the old generation got its stop signal (a binary without
+        that line sends it as the new generation is ready)."""
+        found = self.log.find(rf"generation {r.old_gen} \(pid {r.old_pid}\) draining: sent", r.index)
+        r.stop_us = log_time_us(found[2].string) if found else r.ready_us
 
     def fill_drained(self, reloads: list[Reload]) -> None:
         for r in reloads:
             if r.old_gen is not None and r.drained_us is None:
-                found = self.log.find(rf"generation {r.old_gen} \(pid {r.old_pid}\) drained in", r.index)
+                found = self.log.find(drained_line(r), r.index)
                 if found:
                     r.drained_us = log_time_us(found[2].string)
+                    self._fill_stop(r)
 
     def stop(self) -> int | None:
         return stop_popen(self.proc)
@@ -763,6 +822,12 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
     goals: list[tuple[str, bool, str]] = field(default_factory=list)
+    # figures measured in each hand-off mode, shown side by side
+    pairs: list[tuple[str, str, str, dict[str, list[float]]]] = field(default_factory=list)
+
+    def pair(self, section: str, figure: str, unit: str, values: dict[str, list]) -> None:
+        clean = {mode: [float(v) for v in vs if v is not None] for mode, vs in values.items()}
+        self.pairs.append((section, figure, unit, clean))
 
     def add(self, section: str, figure: str, unit: str, values, note: str = "") -> Row:
         row = Row(section, figure, unit, [float(v) for v in values if v is not None], note)
@@ -783,6 +848,8 @@ SECTIONS = [
     "4. Reload overhead",
     "5. Footprint",
     "6. Scale",
+    "7. Hand-off modes: failures and latency under reload (steer vs shared, same runs)",
+    "8. Hand-off modes: reload timing (steer vs shared)",
 ]
 
 
@@ -805,6 +872,10 @@ def print_table(results: Results) -> None:
     for section in SECTIONS:
         rows = [r for r in results.rows if r.section == section]
         notes = results.notes.get(section, [])
+        pairs = [p for p in results.pairs if p[0] == section]
+        if pairs:
+            print_pairs(section, pairs, notes)
+            continue
         if not rows and not notes:
             continue
         print()
@@ -822,6 +893,32 @@ def print_table(results: Results) -> None:
             print(f"  {text}")
 
 
+def print_pairs(section: str, pairs: list, notes: list[str]) -> None:
+    """Both modes side by side: median [min-max] (runs), and shared/steer."""
+
+    def cell(values: list[float], unit: str) -> str:
+        if not values:
+            return "n/a"
+        med = statistics.median(values)
+        return f"{fmt(med, unit)} [{fmt(min(values), unit)}-{fmt(max(values), unit)}] ({len(values)})"
+
+    width = max(len(p[1]) for p in pairs) + 2
+    print()
+    print(section)
+    print(f"  {'figure':<{width}}{'unit':<7}" + "".join(f"{m + ': median [min-max] (n)':<36}" for m in HANDOFF_MODES)
+          + "shared/steer")  # fmt: skip
+    for _, figure, unit, values in pairs:
+        a, b = values.get("steer", []), values.get("shared", [])
+        ratio = ""
+        if a and b:
+            ma, mb = statistics.median(a), statistics.median(b)
+            ratio = f"{mb / ma:.3g}" if ma > 0 else ("both 0" if mb == 0 else "steer 0")
+        print(f"  {figure:<{width}}{unit:<7}" + "".join(f"{cell(values.get(m, []), unit):<36}" for m in HANDOFF_MODES)
+              + ratio)  # fmt: skip
+    for text in notes:
+        print(f"  {text}")
+
+
 def write_csv(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -834,6 +931,14 @@ def write_csv(results: Results, path: Path) -> None:
                 out.writerow([name, r.unit, "", "", "", 0])
             else:
                 out.writerow([name, r.unit, *(f"{v:.6g}" for v in s), len(r.values)])
+        for section, figure, unit, values in results.pairs:
+            for mode, vs in values.items():
+                name = f"{section.split('.')[0]}. {figure} [{mode}]"
+                if vs:
+                    stats = (statistics.median(vs), min(vs), max(vs))
+                    out.writerow([name, unit, *(f"{v:.6g}" for v in stats), len(vs)])
+                else:
+                    out.writerow([name, unit, "", "", "", 0])
 
 
 # --------------------------------------------------------------------------
@@ -856,6 +961,11 @@ class Config:
     idle_supervisors: int
     scale_reloads: int  # item 6
     back_to_back: int
+    handoff: bool = False  # the binary has --handoff: items 7-8
+    handoff_seconds: float = 10.0  # item 7
+    handoff_reloads: int = 6
+    handoff_period: float = 1.2
+    svg: Path = ROOT / "target" / "bench" / "handoff.svg"
 
 
 def proc_snapshot(pid: int) -> dict[str, int]:
@@ -1019,25 +1129,51 @@ def measure_overhead(reg: Registry, cfg: Config, res: Results) -> None:
         res.note(sec, "some direct starts were forked from Python (pid prediction failed), timed from their execve")
 
 
-def measure_scale_listeners(reg: Registry, cfg: Config, res: Results) -> None:
+def measure_scale_listeners(reg: Registry, cfg: Config, res: Results, section6: bool = True) -> None:
+    """Reload time with 1, 100 and 1,000 listeners, idle. With --handoff in
+    both modes, alternating reload by reload between a steer and a shared
+    supervisor (item 8); item 6 shows the binary's default mode."""
     sec = SECTIONS[5]
+    modes: list[str | None] = list(HANDOFF_MODES) if cfg.handoff else [None]
+    medians: dict[tuple[int, str], float] = {}
     for n in (1, 100, 1000):
-        log(f"scale: {n} listener(s), {cfg.scale_reloads} reloads")
-        sup = Supervisor(reg, cfg.bins, listeners=n)
-        spawn, hup = [], []
+        log(f"scale: {n} listener(s), {cfg.scale_reloads} reloads" + (" in each mode" if cfg.handoff else ""))
+        sups = {}
+        spawn: dict = {m: [] for m in modes}
+        hup: dict = {m: [] for m in modes}
+        fds: dict = {m: [] for m in modes}
         try:
+            for m in modes:
+                sups[m] = Supervisor(reg, cfg.bins, listeners=n, handoff=m)
             for _ in range(cfg.scale_reloads):
-                r = sup.reload()
-                if not r.ok:
-                    raise BenchError(f"a reload failed with {n} listeners")
-                sup.wait_drained(r)
-                spawn.append(r.spawn_to_ready)
-                hup.append(r.hup_to_ready_s)
+                for m in modes:
+                    r = sups[m].reload()
+                    if not r.ok:
+                        raise BenchError(f"a reload failed with {n} listeners")
+                    sups[m].wait_drained(r)
+                    spawn[m].append(r.spawn_to_ready * 1e3)
+                    hup[m].append(r.hup_to_ready_s * 1e3 if r.hup_to_ready_s is not None else None)
+            for m in modes:
+                wait_quiescent(sups[m].pid)
+                fds[m].append(proc_snapshot(sups[m].pid)["fds"])
         finally:
-            sup.stop()
+            for sup in sups.values():
+                sup.stop()
         label = f"{n:,} listener" + ("s" if n > 1 else "")
-        res.add(sec, f"{label}: spawn -> ready (supervisor's report)", "ms", [v * 1e3 for v in spawn])
-        res.add(sec, f"{label}: SIGHUP -> ready (log)", "ms", [v * 1e3 for v in hup if v is not None])
+        default = modes[0]  # steer is the default of a binary with --handoff
+        if section6:
+            res.add(sec, f"{label}: spawn -> ready (supervisor's report)", "ms", spawn[default])
+            res.add(sec, f"{label}: SIGHUP -> ready (log)", "ms", [v for v in hup[default] if v is not None])
+        if cfg.handoff:
+            res.pair(SECTIONS[7], f"{label}, idle: SIGHUP -> new generation ready", "ms", hup)
+            res.pair(SECTIONS[7], f"{label}, idle: supervisor's open fds after the reloads", "fds", fds)
+            for m in modes:
+                medians[(n, m)] = statistics.median(v for v in hup[m] if v is not None)
+    if cfg.handoff:
+        for n in (1, 100, 1000):
+            d = medians[(n, "steer")] - medians[(n, "shared")]
+            res.note(SECTIONS[7], f"{n:,} listener(s): steer - shared = {d:.3f} ms a reload (medians)"
+                     + (f", {d * 1e3 / n:.1f} us per listener" if n > 1 else ""))  # fmt: skip
 
 
 class IdleWatch:
@@ -1364,6 +1500,186 @@ def measure_back_to_back(reg: Registry, cfg: Config, res: Results) -> None:
 
 
 # --------------------------------------------------------------------------
+# hand-off modes (items 7 and 8)
+
+
+def supports_handoff(bins: Path) -> bool:
+    """Whether this build has --handoff (builds before steering have one
+    mode only, which is what `shared` is now)."""
+    try:
+        out = subprocess.run([str(bins / "supervisor"), "--help"], capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return b"--handoff" in out
+
+
+CHILD_NAMES = {"naive": "naive-drain child", "demo": "demo server"}
+
+
+def conn_name(close: bool) -> str:
+    return "Connection: close" if close else "keep-alive"
+
+
+def read_hsamples(path: Path) -> tuple[int, list[tuple[int, int, int]]]:
+    """hload's start on CLOCK_MONOTONIC (ns) and its samples as (start
+    offset µs, latency µs, code: HTTP status, or < 0 for a failure)."""
+    with path.open() as f:
+        m = re.search(r"monotonic_ns=(\d+)", f.readline())
+        if not m:
+            raise BenchError(f"{path}: no start line")
+        data = []
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3:
+                data.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return int(m.group(1)), data
+
+
+class HLoad:
+    """scripts/bench/hload.py against a port: keep-alive or Connection:
+    close, every request recorded."""
+
+    def __init__(self, reg: Registry, port: int, seconds: float, close: bool, samples: Path) -> None:
+        argv = [
+            sys.executable, str(HELPERS / "hload.py"), "--port", str(port), "--connections", str(HCONNECTIONS),
+            "--duration", f"{seconds:g}", "--samples", str(samples),
+        ] + (["--close"] if close else [])  # fmt: skip
+        self.seconds = seconds
+        self.samples = samples
+        self.proc = reg.popen(argv, "hload", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.start = time.monotonic()
+
+    def finish(self) -> tuple[LoadResult, int, list[tuple[int, int, int]]]:
+        try:
+            out, err = self.proc.communicate(timeout=self.seconds + 30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("hload did not end") from None
+        text = out.decode("utf-8", "replace")
+        try:
+            data = json.loads(text.strip().splitlines()[-1])
+            result = LoadResult(
+                data["requests"], data["non_2xx"], {k: int(v) for k, v in data["failures"].items()},
+                float(data["latency_ms"]["p50"]), float(data["latency_ms"]["p99"]), text,
+            )  # fmt: skip
+        except (ValueError, KeyError, IndexError) as e:
+            raise BenchError(f"cannot read hload's report ({e}): {text} {err.decode('utf-8', 'replace')}") from None
+        start, samples = read_hsamples(self.samples)
+        self.samples.unlink()
+        return result, start, samples
+
+
+def measure_handoff(reg: Registry, cfg: Config, res: Results) -> None:
+    """Item 7: each child (naive drain, demo server) x each connection
+    style (Connection: close, keep-alive) x each mode (steer, shared), the
+    two modes back to back within a run, `runs` times. Item 8's timings
+    under load come from the same runs. Run 1's naive child with Connection:
+    close is the picture."""
+    s7, s8 = SECTIONS[6], SECTIONS[7]
+    combos = [(child, close) for child in ("naive", "demo") for close in (True, False)]
+    fig: dict[tuple[str, str], dict[str, list[float]]] = {}  # (what, mode) -> values
+    kinds: dict[tuple[str, str], dict[str, int]] = {}
+
+    def put(what: str, mode: str, value: float | None) -> None:
+        if value is not None:
+            fig.setdefault((what, mode), []).append(value)
+
+    picture: dict[str, dict] = {}
+    n = cfg.handoff_reloads
+    for i in range(cfg.runs):
+        for child, close in combos:
+            for mode in HANDOFF_MODES:  # back to back: drifts of the machine hit both alike
+                key = f"{CHILD_NAMES[child]}, {conn_name(close)}"
+                log(f"hand-off: {key}, --handoff {mode}: hload {HCONNECTIONS} connections, "
+                    f"{cfg.handoff_seconds:g}s, {n} reloads (run {i + 1}/{cfg.runs})")  # fmt: skip
+                sup = Supervisor(reg, cfg.bins, handoff=mode, child=child)
+                try:
+                    load = HLoad(reg, sup.port, cfg.handoff_seconds, close, cfg.tmp / "hsamples.txt")
+                    stop_by = load.start + cfg.handoff_seconds - 1.2
+                    reloads = reload_loop(sup, load.start, n, 1.0, cfg.handoff_period, stop_by)
+                    for r in reloads:
+                        sup.wait_drained(r)
+                    result, load_start, data = load.finish()
+                finally:
+                    status = sup.stop()
+                if status != 0:
+                    raise BenchError(f"the supervisor exited with status {status}:\n{sup.log.tail()}")
+                done = [r for r in reloads if r.ok]
+                if not done:
+                    raise BenchError(f"no reload succeeded ({key}, {mode})")
+
+                def mono_ns(r: Reload, real_us: int) -> int:
+                    return real_us * 1000 - r.pair[1] + r.pair[0]
+
+                windows = [(mono_ns(r, r.requested_us), mono_ns(r, r.drained_us)) for r in done
+                           if r.requested_us and r.drained_us]  # fmt: skip
+                ok = [(a, b) for a, b, c in data if 200 <= c < 300]
+                inside, steady = cut_windows(ok, load_start, windows)
+                put(f"{key}: failed requests per reload", mode, result.failures / len(done))
+                put(f"{key}: failed requests per run", mode, result.failures)
+                put(f"{key}: requests per run", mode, result.requests)
+                if inside and steady:
+                    a, b = quantile(inside, 0.99), quantile(steady, 0.99)
+                    put(f"{key}: p99 inside reload windows", mode, a / 1e3)
+                    put(f"{key}: p99 steady (outside)", mode, b / 1e3)
+                    put(f"{key}: p99 inside / steady", mode, a / b)
+                for r in done:
+                    put(f"{CHILD_NAMES[child]}: SIGHUP -> new generation ready", mode, r.hup_to_ready_s * 1e3)
+                    if r.stop_us and r.requested_us:
+                        put(f"{CHILD_NAMES[child]}: SIGHUP -> stop signal to the old generation", mode,
+                            (r.stop_us - r.requested_us) / 1e3)  # fmt: skip
+                    put(f"{CHILD_NAMES[child]}: SIGHUP -> old generation exited", mode,
+                        r.hup_to_drained_s * 1e3 if r.hup_to_drained_s is not None else None)  # fmt: skip
+                k = kinds.setdefault((key, mode), {})
+                for kind, count in result.errors.items():
+                    k[kind] = k.get(kind, 0) + count
+                k["non-2xx"] = k.get("non-2xx", 0) + result.non_2xx
+                if i == 0 and child == "naive" and close:
+
+                    def rel(real_us: int | None, r: Reload) -> float | None:
+                        return None if real_us is None else (mono_ns(r, real_us) - load_start) / 1e9
+
+                    picture[mode] = {
+                        "samples": data,
+                        "reloads": [{"hup": rel(r.requested_us, r), "ready": rel(r.ready_us, r),
+                                     "stop": rel(r.stop_us, r), "exited": rel(r.drained_us, r)} for r in done],
+                        "requests": result.requests, "failures": result.failures,
+                    }  # fmt: skip
+    seen: list[str] = []
+    for what, _ in fig:
+        if what not in seen:
+            seen.append(what)
+    for what in seen:
+        unit = ("ratio" if what.endswith("/ steady") else "ms" if ("p99" in what or "SIGHUP" in what) else "count")
+        res.pair(s8 if "SIGHUP" in what else s7, what, unit, {m: fig.get((what, m), []) for m in HANDOFF_MODES})
+    for (key, mode), k in kinds.items():
+        text = ", ".join(f"{kind} {count}" for kind, count in k.items() if count) or "none"
+        res.note(s7, f"failures by kind, all runs, {key}, {mode}: {text}")
+    res.note(s7, f"scripts/bench/hload.py, {HCONNECTIONS} connections, {cfg.handoff_seconds:g}s runs, {n} reloads "
+                 f"{cfg.handoff_period:g}s apart; naive child: {NAIVE_WORKERS} worker threads, 1 ms a request; "
+                 "demo server: 2 ms a request. A reload window runs from SIGHUP to the old generation's exit "
+                 "(supervisor's log); the first second is left out of both p99s")  # fmt: skip
+    res.note(s8, "timestamps of the supervisor's log lines (microseconds): 'reload requested', the new generation's "
+                 "'ready in', the old one's 'draining: sent SIG...' and 'drained in'")  # fmt: skip
+    if picture:
+        write_picture(cfg, picture)
+
+
+def write_picture(cfg: Config, picture: dict[str, dict]) -> None:
+    sys.path.insert(0, str(HELPERS))
+    import handoff_plot  # noqa: E402 (a helper next to this script)
+
+    cfg.svg.parent.mkdir(parents=True, exist_ok=True)
+    data_path = cfg.svg.with_suffix(".json")
+    kernel = re.match(r"[\d.]+", os.uname().release)
+    where = f"{os.cpu_count()} CPUs, Linux {kernel.group(0) if kernel else os.uname().release}"
+    meta = {"machine": where, "connections": HCONNECTIONS, "workers": NAIVE_WORKERS,
+            "seconds": cfg.handoff_seconds}  # fmt: skip
+    data_path.write_text(json.dumps({"meta": meta, "modes": picture}))
+    handoff_plot.render(data_path, cfg.svg)
+    log(f"picture: {cfg.svg} (data: {data_path})")
+
+
+# --------------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -1380,11 +1696,19 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark the supervisor against its alternatives (see the header).")
-    parser.add_argument("--csv", type=Path, default=ROOT / "target" / "bench" / "results.csv", help="CSV output file")
+    parser.add_argument("--csv", type=Path, help="CSV output file (default target/bench/results.csv, "
+                        "or target/bench/handoff.csv with --handoff-only)")
     parser.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release", help="where the release build is")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test of this script only")
+    parser.add_argument("--handoff-only", action="store_true",
+                        help="only items 7-8: steer against shared (and the listener scale in both modes)")
+    parser.add_argument("--no-handoff", action="store_true", help="skip items 7-8")
+    parser.add_argument("--svg", type=Path, default=ROOT / "target" / "bench" / "handoff.svg",
+                        help="the picture of item 7 (default target/bench/handoff.svg; its data next to it as .json)")
     args = parser.parse_args()
+    if args.csv is None:
+        args.csv = ROOT / "target" / "bench" / ("handoff.csv" if args.handoff_only else "results.csv")
 
     started = time.monotonic()
     for name in ("supervisor", "examples/demo_server", "examples/load"):
@@ -1419,20 +1743,35 @@ def main() -> int:
         idle_supervisors=3,
         scale_reloads=3 if quick else 11,
         back_to_back=10 if quick else 100,
+        handoff=supports_handoff(args.bin_dir) and not args.no_handoff,
+        handoff_seconds=6 if quick else 10,
+        handoff_reloads=3 if quick else 6,
+        handoff_period=1.2,
+        svg=args.svg,
     )
     res = Results()
     status = 0
     try:
         print(f"supervisor benchmark on {machine()}")
         print(f"wrk: {cfg.wrk or 'not installed'}; start_server: {cfg.start_server or 'not installed'}")
-        measure_overhead(reg, cfg, res)
-        measure_scale_listeners(reg, cfg, res)
-        log(f"footprint: {cfg.idle_supervisors} supervisors idle for {cfg.idle_seconds:.0f}s, during the next runs")
-        idle = IdleWatch(reg, cfg)
-        measure_alternatives(reg, cfg, res)
-        idle.finish(res)
-        measure_windows(reg, cfg, res)
-        measure_back_to_back(reg, cfg, res)
+        print(f"binaries: {args.bin_dir}; hand-off modes: "
+              + ("steer (default) and shared" if cfg.handoff else "one (no --handoff: items 7-8 skipped)"))
+        if args.handoff_only:
+            if not cfg.handoff:
+                raise BenchError(f"{args.bin_dir / 'supervisor'} has no --handoff (or --no-handoff was given)")
+            measure_scale_listeners(reg, cfg, res, section6=False)
+            measure_handoff(reg, cfg, res)
+        else:
+            measure_overhead(reg, cfg, res)
+            measure_scale_listeners(reg, cfg, res)
+            log(f"footprint: {cfg.idle_supervisors} supervisors idle for {cfg.idle_seconds:.0f}s, during the next runs")
+            idle = IdleWatch(reg, cfg)
+            measure_alternatives(reg, cfg, res)
+            idle.finish(res)
+            measure_windows(reg, cfg, res)
+            measure_back_to_back(reg, cfg, res)
+            if cfg.handoff:
+                measure_handoff(reg, cfg, res)
     except Interrupted as sig:
         print(f"\nbench: interrupted ({sig}); stopping everything", file=sys.stderr)
         status = 130
@@ -1447,7 +1786,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         reg.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    if res.rows:
+    if res.rows or res.pairs:
         if status:
             print("\npartial results (no CSV written):")
         print_table(res)

@@ -6,8 +6,11 @@
 # generator in release mode, then runs scripts/bench.py, which measures the
 # supervisor against a naive restart and start_server on loopback, prints a
 # table and writes it as CSV (default target/bench/results.csv). It takes
-# about 6 minutes on 2 cores. Arguments go to bench.py (--csv FILE, --runs N,
-# --help).
+# about 11 minutes on 2 cores (--handoff-only: the steer/shared comparison
+# alone, about 5). Arguments go to bench.py (--csv FILE, --runs N, --quick,
+# --handoff-only, --bin-dir DIR, --help). With --bin-dir DIR nothing is
+# built: DIR/supervisor, DIR/examples/demo_server and DIR/examples/load are
+# measured as they are (e.g. an older build, to compare before and after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +27,13 @@ command -v python3 >/dev/null 2>&1 || { echo "python3 is required" >&2; exit 1; 
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "could not raise the open-files limit; the 1,000-listener run may fail" >&2
 
-echo "building (release)..."
-cargo build --release --quiet --bin supervisor --example demo_server --example load
+prebuilt=
+for arg in "$@"; do
+    case "$arg" in --bin-dir|--bin-dir=*) prebuilt=1 ;; esac
+done
+if [ -z "$prebuilt" ]; then
+    echo "building (release)..."
+    cargo build --release --quiet --bin supervisor --example demo_server --example load
+fi
 
 exec python3 scripts/bench.py "$@"
