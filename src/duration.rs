@@ -172,4 +172,43 @@ mod tests {
             assert_eq!(parse(&human(d)), Ok(d));
         }
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn prints_what_it_reads_for_every_representable_duration() {
+        let mut rng = Rng::new(13);
+        for _ in 0..20_000 {
+            // Exactly what `human` shows: tenths of a millisecond below
+            // 10 ms, milliseconds below a second, tenths of a second below
+            // a minute, whole seconds after.
+            let d = match rng.below(4) {
+                0 => Duration::from_micros(100 * rng.below(100) as u64),
+                1 => Duration::from_millis(10 + rng.below(990) as u64),
+                2 => Duration::from_millis(100 * (10 + rng.below(590) as u64)),
+                _ => Duration::from_secs(60 + rng.next() % (MAX.as_secs() - 59)),
+            };
+            assert_eq!(parse(&human(d)), Ok(d), "{}", human(d));
+        }
+    }
+
+    #[test]
+    fn any_text_parses_within_range_or_is_refused() {
+        let mut rng = Rng::new(14);
+        let pieces = [
+            "0", "1", "9", ".", "us", "ms", "s", "m", "h", "x", " ", "-", "e",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 6);
+            if let Ok(d) = parse(&text) {
+                assert!(d <= MAX);
+                assert!(parse(&human(d)).is_ok(), "{text}");
+            }
+            // Any duration at all prints as something that parses close
+            // to it.
+            let d = Duration::new(rng.next() % MAX.as_secs(), rng.below(1_000_000_000) as u32);
+            let back = parse(&human(d)).unwrap();
+            assert!(back.abs_diff(d) <= Duration::from_secs(1), "{d:?}");
+        }
+    }
 }

@@ -276,4 +276,61 @@ mod tests {
             Err("LISTEN_FDNAMES holds 2 names for LISTEN_FDS=3 sockets".into())
         );
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn any_values_parse_or_fail_without_building_per_fd() {
+        let mut rng = Rng::new(7);
+        let pieces = [
+            "4242",
+            "1",
+            "0",
+            "-",
+            "+",
+            " ",
+            ":",
+            "2147483644",
+            "99999999999",
+            "x",
+        ];
+        for _ in 0..20_000 {
+            let mut value = || rng.one_in(5).then(|| rng.mix(&pieces, 4));
+            let (pid, fds, names) = (value(), value(), value());
+            if let Ok(Some(env)) = listen_env(pid.as_deref(), fds.as_deref(), names.as_deref(), PID)
+            {
+                assert!((1..=(i32::MAX - 3) as usize).contains(&env.count));
+                assert!(env.names.is_none_or(|n| n.len() == env.count));
+            }
+            let _ = listen_pid(pid.as_deref(), PID);
+            let _ = listen_pidfdid(pid.as_deref().unwrap_or(""));
+            if let Some(Ok(n)) = fds.as_deref().map(listen_fds) {
+                assert!((1..=i32::MAX - 3).contains(&n));
+            }
+            // A huge count with no names builds nothing.
+            assert_eq!(listen_fdnames(None, i32::MAX - 3), Ok(None));
+            if let Ok(Some(list)) = listen_fdnames(names.as_deref(), rng.below(6) as i32) {
+                assert!(!list.iter().any(|n| n.contains(':')));
+            }
+        }
+    }
+
+    #[test]
+    fn written_variables_read_back() {
+        let mut rng = Rng::new(8);
+        for _ in 0..5_000 {
+            let count = 1 + rng.below(20);
+            let names: Vec<String> = (0..count).map(|_| rng.string_from("ab_-. 09", 8)).collect();
+            let joined = names.join(":");
+            let with_names = rng.one_in(2).then_some(joined.as_str());
+            let env = listen_env(Some("4242"), Some(&count.to_string()), with_names, PID)
+                .unwrap()
+                .unwrap();
+            assert_eq!(env.count, count);
+            assert_eq!(env.names, with_names.map(|_| names.clone()));
+            let n = listen_fds(&format!(" {count}\n")).unwrap();
+            assert_eq!(listen_fdnames(with_names, n).unwrap(), env.names);
+            assert!(listen_fdnames(Some(&joined), n + 1).is_err());
+        }
+    }
 }

@@ -146,4 +146,53 @@ mod tests {
         let line = answer(true, text);
         assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn any_bytes_are_a_request_or_a_short_escaped_error() {
+        let mut rng = Rng::new(3);
+        for i in 0..20_000 {
+            let mut data = rng.bytes(if i % 50 == 0 { 3000 } else { 40 });
+            if rng.one_in(4) {
+                let r = rng.pick(&["reload", "status", "stop"]);
+                data.splice(0..0, r.bytes());
+            }
+            match parse_request(&data) {
+                Ok(r) => assert_eq!(
+                    data.strip_suffix(b"\r").unwrap_or(&data),
+                    r.as_str().as_bytes()
+                ),
+                Err(e) => assert!(e.len() < 600 && !e.contains(char::is_control), "{e:?}"),
+            }
+            match take_line(&data) {
+                Line::Complete(l) => {
+                    assert!(l.len() <= MAX_REQUEST);
+                    assert_eq!(data.get(l.len()), Some(&b'\n'));
+                }
+                // Oversized input is refused, never cut to size.
+                Line::TooLong => assert!(data.len() > MAX_REQUEST),
+                Line::Incomplete => {
+                    assert!(data.len() <= MAX_REQUEST && !data.contains(&b'\n'))
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_one_line_and_parse_back() {
+        let mut rng = Rng::new(4);
+        for _ in 0..10_000 {
+            let text = rng.string(60);
+            let ok = rng.one_in(2);
+            let line = answer(ok, &text);
+            let body = line.strip_suffix('\n').unwrap();
+            assert!(!body.contains(['\n', '\r']), "{line:?}");
+            let want = text.replace(['\n', '\r'], " ");
+            let got = parse_answer(body).unwrap();
+            assert_eq!(got, if ok { Ok(want) } else { Err(want) });
+            // Whatever else comes back is described, not trusted.
+            let _ = parse_answer(&String::from_utf8_lossy(&rng.bytes(40)));
+        }
+    }
 }

@@ -108,4 +108,51 @@ mod tests {
         assert_eq!(status_code(b"HTTP/1.1 500 Internal"), None);
         assert_eq!(status_code(b"SSH-2.0-x\r\n"), Some(0));
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn any_head_is_routed_or_answered_with_an_error() {
+        let mut rng = Rng::new(11);
+        let pieces = [
+            "GET", "HEAD", "POST", " ", "/livez", "/readyz", "/metrics", "?", "HTTP/1.1", "HTTP/",
+            "\r\n", "\n", "200", "OK",
+        ];
+        for _ in 0..20_000 {
+            let head = rng.mix(&pieces, 8).into_bytes();
+            match parse_request(&head) {
+                Ok((_, head_only)) => {
+                    let method: &[u8] = if head_only { b"HEAD " } else { b"GET " };
+                    assert!(head.starts_with(method));
+                }
+                Err((code, _)) => assert!([400, 404, 405].contains(&code)),
+            }
+            if let Some(code) = status_code(&head) {
+                assert!(code == 0 || head.starts_with(b"HTTP/"));
+            }
+        }
+    }
+
+    #[test]
+    fn written_requests_and_status_lines_read_back() {
+        let mut rng = Rng::new(12);
+        for _ in 0..5_000 {
+            let (path, route) = *rng.pick(&[
+                &("/livez", Route::Live),
+                &("/readyz", Route::Ready),
+                &("/metrics", Route::Metrics),
+            ]);
+            let head_only = rng.one_in(2);
+            let method = if head_only { "HEAD" } else { "GET" };
+            let query = if rng.one_in(2) { "?x=1" } else { "" };
+            let head = format!(
+                "{method} {path}{query} HTTP/1.{}\r\nHost: x\r\n\r\n",
+                rng.below(2)
+            );
+            assert_eq!(parse_request(head.as_bytes()), Ok((route, head_only)));
+            let code = rng.below(1000) as u16;
+            let answer = format!("HTTP/1.1 {code} Whatever\r\nX: y\r\n");
+            assert_eq!(status_code(answer.as_bytes()), Some(code));
+        }
+    }
 }

@@ -256,4 +256,113 @@ mod tests {
         assert!(spec("127.0.0.1:0").unwrap().name_from_address);
         assert!(!spec("web=127.0.0.1:0").unwrap().name_from_address);
     }
+
+    use crate::parse::rng::Rng;
+
+    const NAME_CHARS: &str = "abcXYZ019_-. =/@[]";
+
+    fn random_addr(rng: &mut Rng) -> (String, Addr) {
+        let port = if rng.one_in(5) { 0 } else { rng.next() as u16 };
+        let v4 = Ipv4Addr::from(rng.next() as u32);
+        let v6 = Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next()));
+        match rng.below(7) {
+            0 => (
+                format!("{v4}:{port}"),
+                Addr::Tcp(SocketAddr::new(v4.into(), port)),
+            ),
+            1 => (
+                format!("tcp:[{v6}]:{port}"),
+                Addr::Tcp(SocketAddr::new(v6.into(), port)),
+            ),
+            2 => (format!(":{port}"), Addr::TcpAll(port)),
+            3 => (format!("{port}"), Addr::TcpAll(port)),
+            4 => (
+                format!("udp:{v4}:{port}"),
+                Addr::Udp(SocketAddr::new(v4.into(), port)),
+            ),
+            5 => {
+                let path = format!("/{}", rng.string_from("ab/=:.@ _", 100));
+                (format!("unix:{path}"), Addr::Unix(path.into()))
+            }
+            _ => {
+                let name = format!("n{}", rng.string_from("ab/=:.@ _", 100));
+                (
+                    format!("unix:@{name}"),
+                    Addr::UnixAbstract(name.into_bytes()),
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn formatted_valid_specs_parse_back() {
+        let mut rng = Rng::new(5);
+        for _ in 0..10_000 {
+            let (text, addr) = random_addr(&mut rng);
+            // Printed, the address parses back to itself.
+            assert_eq!(parse_addr(&addr.to_string()).as_ref(), Ok(&addr), "{text}");
+            let name = rng
+                .string_from(NAME_CHARS, 20)
+                .replace('=', "")
+                .chars()
+                .filter(|c| *c != ' ' || rng.one_in(2))
+                .collect::<String>();
+            if name.is_empty() {
+                let spec: Spec = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+                assert_eq!((&spec.addr, spec.text.as_str()), (&addr, text.as_str()));
+                assert_eq!(spec.name, text.replace(':', "_"));
+            } else {
+                let spec: Spec = format!("{name}={text}")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{name}={text}: {e}"));
+                assert_eq!((spec.name.as_str(), &spec.addr), (name.as_str(), &addr));
+                assert!(!spec.name_from_address);
+            }
+        }
+    }
+
+    #[test]
+    fn any_text_parses_or_is_refused_with_a_reason() {
+        let mut rng = Rng::new(6);
+        let pieces = [
+            "unix:",
+            "udp:",
+            "tcp:",
+            "@",
+            "/",
+            "=",
+            ":",
+            "[",
+            "]",
+            "::1",
+            "127.0.0.1",
+            "65535",
+            "65536",
+            "0",
+            "localhost",
+            "a",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 8);
+            match text.parse::<Spec>() {
+                Ok(spec) => {
+                    assert!(!spec.name.is_empty() && crate::child::valid_fd_name(&spec.name));
+                    assert_eq!(parse_addr(&spec.text).as_ref(), Ok(&spec.addr));
+                }
+                Err(e) => assert!(!e.is_empty()),
+            }
+            let _ = host_port(&text);
+        }
+    }
+
+    #[test]
+    fn oversized_socket_names_are_refused_not_cut() {
+        assert!(spec(&format!("unix:/{}", "a".repeat(106))).is_ok());
+        assert!(spec(&format!("unix:/{}", "a".repeat(107))).is_err());
+        assert!(spec(&format!("unix:@{}", "a".repeat(107))).is_ok());
+        assert!(spec(&format!("unix:@{}", "a".repeat(108))).is_err());
+        let name = "n".repeat(256);
+        assert!(spec(&format!("{name}=:80")).is_err());
+        assert!(spec(&format!("{}=:80", &name[1..])).is_ok());
+    }
 }

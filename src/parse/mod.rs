@@ -19,3 +19,6 @@ pub mod listen;
 pub mod notify;
 pub mod ready;
 pub mod signal;
+
+#[cfg(test)]
+pub(crate) mod rng;

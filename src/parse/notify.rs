@@ -147,4 +147,67 @@ mod tests {
         assert_eq!(parse(b"STATUS=\xff").unwrap().status, None);
         assert_eq!(parse(b"").unwrap(), Message::default());
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn any_bytes_parse_or_are_refused_whole() {
+        let mut rng = Rng::new(1);
+        for _ in 0..20_000 {
+            let data = rng.bytes(64);
+            let nul_inside = data[..data.len().saturating_sub(1)].contains(&0);
+            match parse(&data) {
+                // A refusal carries no message.
+                Err(e) => assert!(e == Rejected::Nul && nul_inside, "{data:?}"),
+                Ok(m) => {
+                    assert!(!nul_inside, "{data:?}");
+                    assert!(!m.status.is_some_and(|s| s.contains(['\n', '\0'])));
+                }
+            }
+            let _ = socket_addr(std::os::unix::ffi::OsStrExt::from_bytes(&data));
+        }
+    }
+
+    #[test]
+    fn built_messages_parse_to_what_was_built() {
+        let mut rng = Rng::new(2);
+        for _ in 0..10_000 {
+            let (ready, stopping, reloading) = (rng.one_in(2), rng.one_in(2), rng.one_in(2));
+            let text = rng.one_in(3).then(|| rng.string(40));
+            let mut lines: Vec<String> = Vec::new();
+            for (on, line) in [(ready, READY), (stopping, STOPPING), (reloading, RELOADING)] {
+                if on {
+                    lines.push(line.into());
+                }
+            }
+            if rng.one_in(2) {
+                lines.push("X_UNKNOWN=1".into());
+            }
+            // Shuffled: order does not matter (STATUS= comes last, as
+            // the last one wins).
+            for i in (1..lines.len()).rev() {
+                lines.swap(i, rng.below(i + 1));
+            }
+            if let Some(t) = &text {
+                lines.push(status_message(t));
+            }
+            let m = parse(lines.join("\n").as_bytes()).unwrap();
+            let want = Message {
+                ready,
+                stopping,
+                reloading,
+                status: text.map(|t| t.replace(['\n', '\r', '\0'], " ")),
+            };
+            assert_eq!(m, want, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn socket_paths_too_long_are_refused_not_cut() {
+        let ok = format!("/{}", "a".repeat(106));
+        assert!(socket_addr(OsStr::new(&ok)).is_ok());
+        let long = format!("/{}", "a".repeat(200));
+        assert!(socket_addr(OsStr::new(&long)).is_err());
+        assert!(socket_addr(OsStr::new(&format!("@{}", "a".repeat(200)))).is_err());
+    }
 }

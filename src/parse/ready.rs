@@ -67,4 +67,25 @@ mod tests {
         assert!(parse("delay:soon").unwrap_err().contains("'soon'"));
         assert!(parse("soon").is_err());
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn any_text_is_a_mode_or_refused() {
+        let mut rng = Rng::new(10);
+        let pieces = [
+            "notify", "tcp", "http:", "delay:", "/", "1", ".5", "ms", "s", " ", "\x7f",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 5);
+            match parse(&text) {
+                Ok(Ready::Http(p)) => {
+                    assert!(p.starts_with('/') && !p.bytes().any(|b| b <= b' ' || b == 0x7f));
+                    assert_eq!(parse(&format!("http:{p}")), Ok(Ready::Http(p)));
+                }
+                Ok(Ready::Delay(d)) => assert!(d <= crate::duration::MAX),
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
 }

@@ -48,4 +48,34 @@ mod tests {
         assert!(parse("CONT").is_err());
         assert_eq!(parse("KILL"), Ok(Signal::SIGKILL));
     }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn every_signal_reads_back_by_name_and_number() {
+        for sig in Signal::iterator() {
+            match parse(sig.as_str()) {
+                Ok(s) => {
+                    assert_eq!(s, sig);
+                    assert_eq!(parse(&(sig as i32).to_string()), Ok(sig));
+                    assert_eq!(parse(&sig.as_str()[3..].to_lowercase()), Ok(sig));
+                }
+                Err(e) => assert!(e.contains("cannot serve"), "{sig}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn any_text_is_a_signal_or_refused() {
+        let mut rng = Rng::new(9);
+        let pieces = [
+            "SIG", "sig", "TERM", "KILL", "USR", "1", "2", "-", "+", "99", "RTMIN",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 4);
+            if let Ok(sig) = parse(&text) {
+                assert_eq!(parse(sig.as_str()), Ok(sig));
+            }
+        }
+    }
 }
