@@ -1,4 +1,5 @@
-//! Listener specs (`[NAME=]ADDR`) and binding them.
+//! Binding listener specs (`[NAME=]ADDR`, parsed in
+//! [`supervisor::parse::listen`]).
 //!
 //! The supervisor binds each listener once, with CLOEXEC set (the spawner
 //! clears it on the child's copies only), and keeps it open for its whole
