@@ -12,7 +12,7 @@ fuzz_target!(
         let (pid, fds, names, own_pid, count) = input;
         if let Ok(Some(env)) = activation::listen_env(pid, fds, names, own_pid) {
             assert_eq!(pid.and_then(|p| p.parse::<u32>().ok()), Some(own_pid));
-            assert!(env.count >= 1 && env.count <= (i32::MAX - 3) as usize);
+            assert!((1..=(i32::MAX - 3) as usize).contains(&env.count));
             if let Some(names) = &env.names {
                 assert_eq!(names.len(), env.count);
             }
@@ -25,7 +25,7 @@ fuzz_target!(
         }
         let n = fds.and_then(|f| activation::listen_fds(f).ok());
         if let Some(n) = n {
-            assert!(n >= 1 && n <= i32::MAX - 3);
+            assert!((1..=i32::MAX - 3).contains(&n));
         }
         // A count from the fuzzer too: nothing may be built per fd.
         for count in [n.unwrap_or(1), count] {
