@@ -86,13 +86,14 @@ use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 pub mod drain;
+
+use crate::parse::activation::listen_env;
+use crate::parse::notify::{socket_addr, status_message};
 
 /// First inherited listener fd (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;
@@ -206,16 +207,6 @@ impl Want {
     }
 }
 
-/// The parsed `LISTEN_*` variables.
-#[derive(Debug, PartialEq, Eq)]
-struct ListenEnv {
-    count: usize,
-    /// `None` when `LISTEN_FDNAMES` is absent: every name is `unknown`.
-    /// Kept apart from `count` so that a bogus huge `LISTEN_FDS` is caught by
-    /// the open-fd check before anything is allocated per fd.
-    names: Option<Vec<String>>,
-}
-
 impl Listeners {
     /// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` with the
     /// semantics of `sd_listen_fds_with_names`, without modifying the
@@ -237,7 +228,7 @@ impl Listeners {
         let pid = env_str(LISTEN_PID)?;
         let fds = env_str(LISTEN_FDS)?;
         let names = env_str(LISTEN_FDNAMES)?;
-        let Some(parsed) = parse_listen_env(
+        let Some(parsed) = listen_env(
             pid.as_deref(),
             fds.as_deref(),
             names.as_deref(),
@@ -415,56 +406,6 @@ impl Listeners {
     }
 }
 
-/// Parses the three `LISTEN_*` values as `sd_listen_fds_with_names` does.
-///
-/// `Ok(None)` means "no listeners for us": `LISTEN_PID` or `LISTEN_FDS`
-/// unset, or `LISTEN_PID` names another process.
-fn parse_listen_env(
-    pid: Option<&str>,
-    fds: Option<&str>,
-    names: Option<&str>,
-    own_pid: u32,
-) -> io::Result<Option<ListenEnv>> {
-    let Some(pid) = pid else {
-        return Ok(None);
-    };
-    let listen_pid = match pid.parse::<u32>() {
-        Ok(listen_pid) if listen_pid > 0 => listen_pid,
-        _ => return Err(invalid(format!("{LISTEN_PID}={pid:?} is not a pid"))),
-    };
-    if listen_pid != own_pid {
-        return Ok(None);
-    }
-    let Some(fds) = fds else {
-        return Ok(None);
-    };
-    // The last fd number, 3 + n - 1, must fit in a C int.
-    let max = (i32::MAX - LISTEN_FDS_START) as usize;
-    let count = match fds.parse::<usize>() {
-        Ok(count) if (1..=max).contains(&count) => count,
-        _ => {
-            return Err(invalid(format!(
-                "{LISTEN_FDS}={fds:?} is not a listener count (1..={max})"
-            )));
-        }
-    };
-    let names = match names {
-        None => None,
-        Some(names) => {
-            let names: Vec<String> = names.split(':').map(str::to_owned).collect();
-            if names.len() != count {
-                return Err(invalid(format!(
-                    "{LISTEN_FDNAMES}={joined:?} has {got} names for {LISTEN_FDS}={count}",
-                    joined = names.join(":"),
-                    got = names.len(),
-                )));
-            }
-            Some(names)
-        }
-    };
-    Ok(Some(ListenEnv { count, names }))
-}
-
 /// Sends one notify datagram holding `state` (for example [`READY`], or
 /// several `KEY=VALUE` lines) to the socket named by `$NOTIFY_SOCKET`.
 ///
@@ -485,7 +426,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 }
 
 fn send_notify(target: &OsStr, state: &str) -> io::Result<()> {
-    let addr = notify_addr(target)?;
+    let addr = socket_addr(target)?;
     let socket = UnixDatagram::unbound()?;
     let sent = socket
         .send_to_addr(state.as_bytes(), &addr)
@@ -539,20 +480,6 @@ pub fn status(text: &str) -> io::Result<bool> {
     notify(&status_message(text))
 }
 
-fn status_message(text: &str) -> String {
-    let line: String = text
-        .chars()
-        .map(|c| {
-            if matches!(c, '\n' | '\r' | '\0') {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect();
-    format!("{STATUS_PREFIX}{line}")
-}
-
 /// This child's generation from `SUPERVISOR_GENERATION` (1 for the first),
 /// or `None` when it is unset or not a number.
 pub fn generation() -> Option<u64> {
@@ -593,26 +520,6 @@ fn env_str(key: &str) -> io::Result<Option<String>> {
             value.to_string_lossy()
         ))),
     }
-}
-
-fn notify_addr(target: &OsStr) -> io::Result<SocketAddr> {
-    let bytes = target.as_bytes();
-    let addr = match bytes {
-        [b'/', ..] => SocketAddr::from_pathname(target),
-        [b'@', name @ ..] if !name.is_empty() => SocketAddr::from_abstract_name(name),
-        _ => {
-            return Err(invalid(format!(
-                "{NOTIFY_SOCKET}={}: unsupported address (expected /path or @name)",
-                target.to_string_lossy()
-            )));
-        }
-    };
-    addr.map_err(|err| {
-        io::Error::new(
-            err.kind(),
-            format!("{NOTIFY_SOCKET}={}: {err}", target.to_string_lossy()),
-        )
-    })
 }
 
 fn fd_at(index: usize) -> io::Result<RawFd> {
@@ -804,20 +711,11 @@ mod tests {
     use std::fs::File;
     use std::net::{TcpStream, UdpSocket};
     use std::os::fd::{AsRawFd, IntoRawFd};
-    use std::os::unix::net::UnixDatagram;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
     use std::path::PathBuf;
 
     use super::*;
-
-    const PID: u32 = 4242;
-
-    fn parse(
-        pid: Option<&str>,
-        fds: Option<&str>,
-        names: Option<&str>,
-    ) -> io::Result<Option<ListenEnv>> {
-        parse_listen_env(pid, fds, names, PID)
-    }
 
     fn tcp_listener_fd() -> RawFd {
         TcpListener::bind("127.0.0.1:0").unwrap().into_raw_fd()
@@ -851,76 +749,6 @@ mod tests {
 
     fn error_text(result: io::Result<impl fmt::Debug>) -> String {
         result.unwrap_err().to_string()
-    }
-
-    #[test]
-    fn pid_unset_means_no_listeners() {
-        assert_eq!(parse(None, Some("2"), Some("a:b")).unwrap(), None);
-    }
-
-    #[test]
-    fn pid_of_another_process_means_no_listeners() {
-        assert_eq!(parse(Some("4243"), Some("2"), Some("a:b")).unwrap(), None);
-    }
-
-    #[test]
-    fn unparsable_pid_is_an_error() {
-        for pid in ["", "abc", "-1", "0", "12x"] {
-            let text = error_text(parse(Some(pid), Some("1"), None));
-            assert!(text.starts_with("LISTEN_PID="), "{text}");
-        }
-    }
-
-    #[test]
-    fn fds_unset_means_no_listeners() {
-        assert_eq!(parse(Some("4242"), None, Some("a")).unwrap(), None);
-    }
-
-    #[test]
-    fn bad_fd_counts_are_errors_naming_the_value() {
-        for fds in ["0", "-1", "", "two", "2147483645"] {
-            let text = error_text(parse(Some("4242"), Some(fds), None));
-            assert!(text.starts_with(&format!("LISTEN_FDS={fds:?}")), "{text}");
-        }
-        assert_eq!(
-            parse(Some("4242"), Some("2147483644"), None)
-                .unwrap()
-                .unwrap()
-                .count,
-            2147483644
-        );
-    }
-
-    #[test]
-    fn names_absent_means_none() {
-        let parsed = parse(Some("4242"), Some("2"), None).unwrap().unwrap();
-        assert_eq!(
-            parsed,
-            ListenEnv {
-                count: 2,
-                names: None
-            }
-        );
-    }
-
-    #[test]
-    fn names_split_without_coalescing() {
-        let parsed = parse(Some("4242"), Some("3"), Some("x::z"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(parsed.names.unwrap(), ["x", "", "z"]);
-        let parsed = parse(Some("4242"), Some("1"), Some("")).unwrap().unwrap();
-        assert_eq!(parsed.names.unwrap(), [""]);
-    }
-
-    #[test]
-    fn name_count_mismatch_is_an_error() {
-        let text = error_text(parse(Some("4242"), Some("2"), Some("a:b:c")));
-        assert_eq!(
-            text,
-            "LISTEN_FDNAMES=\"a:b:c\" has 3 names for LISTEN_FDS=2"
-        );
-        assert!(parse(Some("4242"), Some("2"), Some("a")).is_err());
     }
 
     #[test]
@@ -1101,15 +929,15 @@ mod tests {
 
     #[test]
     fn notify_addresses() {
-        let path = notify_addr(OsStr::new("/run/notify")).unwrap();
+        let path = socket_addr(OsStr::new("/run/notify")).unwrap();
         assert_eq!(
             path.as_pathname(),
             Some(std::path::Path::new("/run/notify"))
         );
-        let abstract_addr = notify_addr(OsStr::new("@supervisor/7")).unwrap();
+        let abstract_addr = socket_addr(OsStr::new("@supervisor/7")).unwrap();
         assert_eq!(abstract_addr.as_abstract_name(), Some(&b"supervisor/7"[..]));
         for bad in ["", "@", "relative/path", "vsock:2:1234"] {
-            let text = error_text(notify_addr(OsStr::new(bad)));
+            let text = error_text(socket_addr(OsStr::new(bad)));
             assert!(text.contains("unsupported address"), "{text}");
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
+pub use supervisor::parse::signal::parse as parse_signal;
 
 use crate::compat::Compat;
 use crate::listen::Spec;
@@ -296,53 +297,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     supervisor::duration::parse(s)
 }
 
-/// Parse `TERM`, `SIGTERM`, `term` or `15`, refusing signals that cannot
-/// ask a process to exit (stop, continue, child status).
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    let sig = if let Ok(n) = s.parse::<i32>() {
-        Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"))?
-    } else {
-        let upper = s.to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") {
-            upper
-        } else {
-            format!("SIG{upper}")
-        };
-        name.parse::<Signal>()
-            .map_err(|_| format!("'{s}' is not a signal name (e.g. TERM, QUIT, USR1)"))?
-    };
-    use Signal::*;
-    if matches!(
-        sig,
-        SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU | SIGCONT | SIGCHLD
-    ) {
-        return Err(format!("{sig} cannot serve as a stop signal"));
-    }
-    Ok(sig)
-}
-
-/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR`.
+/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR` (see
+/// [`supervisor::parse::ready::parse`]).
 pub fn parse_ready(s: &str) -> Result<Ready, String> {
-    if s == "notify" {
-        return Ok(Ready::Machine(ReadyMode::Notify));
-    }
-    if s == "tcp" {
-        return Ok(Ready::Probe(Check::Tcp));
-    }
-    if let Some(path) = s.strip_prefix("http:") {
-        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!(
-                "'{s}': the path must start with '/' and hold no spaces or control characters"
-            ));
-        }
-        return Ok(Ready::Probe(Check::Http(path.to_string())));
-    }
-    match s.strip_prefix("delay:") {
-        Some(d) => parse_duration(d).map(|d| Ready::Machine(ReadyMode::Delay(d))),
-        None => Err(format!(
-            "'{s}' is not a ready mode (use notify, tcp, http:PATH or delay:DUR)"
-        )),
-    }
+    use supervisor::parse::ready;
+    Ok(match ready::parse(s)? {
+        ready::Ready::Notify => Ready::Machine(ReadyMode::Notify),
+        ready::Ready::Tcp => Ready::Probe(Check::Tcp),
+        ready::Ready::Http(path) => Ready::Probe(Check::Http(path)),
+        ready::Ready::Delay(d) => Ready::Machine(ReadyMode::Delay(d)),
+    })
 }
 
 /// A command that cannot be found but is a control command's name was
@@ -405,18 +369,6 @@ mod tests {
                 .unwrap_err()
                 .contains("out of range")
         );
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
-        assert_eq!(parse_signal("sigquit"), Ok(Signal::SIGQUIT));
-        assert_eq!(parse_signal("10"), Ok(Signal::SIGUSR1));
-        assert!(parse_signal("NOPE").is_err());
-        assert!(parse_signal("99").is_err());
-        assert!(parse_signal("STOP").unwrap_err().contains("cannot serve"));
-        assert!(parse_signal("CONT").is_err());
-        assert_eq!(parse_signal("KILL"), Ok(Signal::SIGKILL));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! each way, plain text: `reload`, `status` or `stop` in; `ok TEXT` or
 //! `error TEXT` out. `reload` is answered once its outcome is known, `stop`
 //! once the supervisor is about to exit, `status` at once with a JSON
-//! object. The parsing here is pure; the driver owns the connections.
+//! object. The parsing is pure, in [`supervisor::parse::control`]; the
+//! driver owns the connections.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -14,8 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Longest request line accepted (the real ones are a few bytes).
-pub const MAX_REQUEST: usize = 1024;
+pub use supervisor::parse::control::{
+    Line, MAX_REQUEST, Request, answer, parse_answer, parse_request, take_line,
+};
 
 /// A connection must send its request within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,101 +30,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// The socket's file name in its directory.
 pub const FILE_NAME: &str = "supervisor.sock";
-
-/// A request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// Start a new generation; answer with the outcome.
-    Reload,
-    /// Answer with the supervisor's state, as JSON.
-    Status,
-    /// Stop gracefully; answer when about to exit.
-    Stop,
-}
-
-impl Request {
-    /// The request line (without its newline).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Request::Reload => "reload",
-            Request::Status => "status",
-            Request::Stop => "stop",
-        }
-    }
-}
-
-/// Parse a request line (without its newline; a `\r` before it is
-/// tolerated).
-///
-/// # Errors
-/// The line is not a known request; the message says what was expected.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    match line {
-        b"reload" => Ok(Request::Reload),
-        b"status" => Ok(Request::Status),
-        b"stop" => Ok(Request::Stop),
-        _ => {
-            let shown: String = String::from_utf8_lossy(line).chars().take(40).collect();
-            Err(format!(
-                "unknown request {:?} (expected reload, status or stop)",
-                shown
-            ))
-        }
-    }
-}
-
-/// What a read buffer holds so far.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Line<'a> {
-    /// No newline yet, and still short enough.
-    Incomplete,
-    /// A complete line (bytes after it are ignored: one request per
-    /// connection).
-    Complete(&'a [u8]),
-    /// More than [`MAX_REQUEST`] bytes without a newline.
-    TooLong,
-}
-
-/// Look for the request line in what was read so far.
-pub fn take_line(buf: &[u8]) -> Line<'_> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(n) if n <= MAX_REQUEST => Line::Complete(&buf[..n]),
-        Some(_) => Line::TooLong,
-        None if buf.len() > MAX_REQUEST => Line::TooLong,
-        None => Line::Incomplete,
-    }
-}
-
-/// An answer line: `ok TEXT` or `error TEXT`, newline-terminated. Line
-/// breaks inside `text` become spaces, so the answer stays one line.
-pub fn answer(ok: bool, text: &str) -> String {
-    let text: String = text
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect();
-    format!("{} {text}\n", if ok { "ok" } else { "error" })
-}
-
-/// Parse an answer line (without its newline) into `Ok(text)` for `ok` and
-/// `Err(text)` for `error`.
-///
-/// # Errors
-/// Neither form: the outer error holds a description of the line.
-#[allow(clippy::type_complexity)]
-pub fn parse_answer(line: &str) -> Result<Result<String, String>, String> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if let Some(text) = line.strip_prefix("ok ") {
-        Ok(Ok(text.to_string()))
-    } else if line == "ok" {
-        Ok(Ok(String::new()))
-    } else if let Some(text) = line.strip_prefix("error ") {
-        Ok(Err(text.to_string()))
-    } else {
-        let shown: String = line.chars().take(60).collect();
-        Err(format!("unexpected answer {shown:?}"))
-    }
-}
 
 /// The default control socket path: `supervisor.sock` in the first entry of
 /// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else in
@@ -628,48 +535,6 @@ impl ControlServer {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
-
-    #[test]
-    fn requests() {
-        assert_eq!(parse_request(b"reload"), Ok(Request::Reload));
-        assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
-        assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
-        for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
-            let e = parse_request(bad).unwrap_err();
-            assert!(e.contains("expected reload, status or stop"), "{e}");
-        }
-        // Garbage is shown short and escaped, never as raw bytes.
-        let e = parse_request(&[b'x'; 500]).unwrap_err();
-        assert!(e.len() < 120, "{e}");
-        assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
-    }
-
-    #[test]
-    fn lines() {
-        assert_eq!(take_line(b"relo"), Line::Incomplete);
-        assert_eq!(take_line(b"reload\nrest"), Line::Complete(b"reload"));
-        assert_eq!(take_line(&[b'x'; MAX_REQUEST]), Line::Incomplete);
-        assert_eq!(take_line(&[b'x'; MAX_REQUEST + 1]), Line::TooLong);
-        let mut long = vec![b'x'; MAX_REQUEST + 1];
-        long.push(b'\n');
-        assert_eq!(take_line(&long), Line::TooLong);
-    }
-
-    #[test]
-    fn answers() {
-        assert_eq!(
-            answer(true, "generation 2 ready"),
-            "ok generation 2 ready\n"
-        );
-        assert_eq!(answer(false, "a\nb\r"), "error a b \n");
-        assert_eq!(parse_answer("ok fine"), Ok(Ok("fine".into())));
-        assert_eq!(parse_answer("ok"), Ok(Ok(String::new())));
-        assert_eq!(parse_answer("error no\r"), Ok(Err("no".into())));
-        assert!(parse_answer("HTTP/1.1 400").is_err());
-        let text = "generation 7 (pid 4211) ready in 180ms";
-        let line = answer(true, text);
-        assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
-    }
 
     #[test]
     fn the_private_directory_must_be_ours_and_closed() {

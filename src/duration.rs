@@ -12,7 +12,9 @@ use std::time::Duration;
 pub const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parse `250us`, `500ms`, `30s`, `2m`, `1h`, decimals (`1.5s`), or a bare
-/// `0`. The error names the text and what is wrong with it.
+/// `0`; also several of these, largest unit first and without blanks
+/// (`2m30s`, `1h30m`), as [`human`] prints a minute or more. The error
+/// names the text and what is wrong with it.
 ///
 /// # Errors
 /// No unit, an unknown unit, a negative or unparsable number, or more than
@@ -42,15 +44,51 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         _ => {
-            return Err(format!(
-                "'{s}': unknown unit '{unit}' (use us, ms, s, m or h)"
-            ));
+            return match compound(s) {
+                Some(Some(d)) if d <= MAX => Ok(d),
+                Some(_) => Err(format!("'{s}' is out of range (at most 100 years)")),
+                None => Err(format!(
+                    "'{s}': unknown unit '{unit}' (use us, ms, s, m or h)"
+                )),
+            };
         }
     };
     match Duration::try_from_secs_f64(value * scale) {
         Ok(d) if d <= MAX => Ok(d),
         _ => Err(format!("'{s}' is out of range (at most 100 years)")),
     }
+}
+
+/// Two or more `NUMBER UNIT` parts with units from the largest down, each
+/// at most once (`2m30s`, `1h0m5.5s`): `None` if `s` is not that,
+/// `Some(None)` if it is but its sum overflows.
+fn compound(s: &str) -> Option<Option<Duration>> {
+    const UNITS: [(&str, f64); 5] = [
+        ("h", 3600.0),
+        ("m", 60.0),
+        ("s", 1.0),
+        ("ms", 1e-3),
+        ("us", 1e-6),
+    ];
+    let mut rest = s;
+    let mut next_unit = 0;
+    let mut parts = 0;
+    let mut total = Some(Duration::ZERO);
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let unit_end = rest[num_end..]
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .map_or(rest.len(), |i| num_end + i);
+        let value: f64 = rest[..num_end].parse().ok()?;
+        let unit = &rest[num_end..unit_end];
+        let i = next_unit + UNITS[next_unit..].iter().position(|(u, _)| *u == unit)?;
+        next_unit = i + 1;
+        parts += 1;
+        let part = Duration::try_from_secs_f64(value * UNITS[i].1).ok();
+        total = total.zip(part).and_then(|(t, p)| t.checked_add(p));
+        rest = &rest[unit_end..];
+    }
+    (parts >= 2).then_some(total)
 }
 
 /// `3.2ms`, `85ms`, `1.2s`, `2m30s`: short, with one decimal below 10 ms
@@ -113,10 +151,64 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_it_prints_for_a_minute_or_more() {
+        assert_eq!(parse("2m30s"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse("1m0s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1h2m3.5s"), Ok(Duration::from_millis(3_723_500)));
+        assert_eq!(parse("1s500ms"), Ok(Duration::from_millis(1500)));
+        // Units largest first, each once; no blanks, no trailing number.
+        for bad in ["30s2m", "1m1m", "2m 30s", "2m30", "2m30x", "2m-1s", "2m.s"] {
+            assert!(parse(bad).unwrap_err().contains("unknown unit"), "{bad}");
+        }
+        assert!(parse("876000h1s").unwrap_err().contains("out of range"));
+        assert_eq!(parse("876000h0s"), Ok(MAX));
+    }
+
+    #[test]
     fn round_trips_what_it_prints() {
-        for ms in [1u64, 85, 1200, 30_000] {
+        for ms in [1u64, 85, 1200, 30_000, 60_000, 150_000, 7_200_000] {
             let d = Duration::from_millis(ms);
             assert_eq!(parse(&human(d)), Ok(d));
+        }
+    }
+
+    use crate::parse::rng::Rng;
+
+    #[test]
+    fn prints_what_it_reads_for_every_representable_duration() {
+        let mut rng = Rng::new(13);
+        for _ in 0..20_000 {
+            // Exactly what `human` shows: tenths of a millisecond below
+            // 10 ms, milliseconds below a second, tenths of a second below
+            // a minute, whole seconds after.
+            let d = match rng.below(4) {
+                0 => Duration::from_micros(100 * rng.below(100) as u64),
+                1 => Duration::from_millis(10 + rng.below(990) as u64),
+                2 => Duration::from_millis(100 * (10 + rng.below(590) as u64)),
+                _ => Duration::from_secs(60 + rng.next() % (MAX.as_secs() - 59)),
+            };
+            assert_eq!(parse(&human(d)), Ok(d), "{}", human(d));
+        }
+    }
+
+    #[test]
+    fn any_text_parses_within_range_or_is_refused() {
+        let mut rng = Rng::new(14);
+        let pieces = [
+            "0", "1", "9", ".", "us", "ms", "s", "m", "h", "x", " ", "-", "e",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 6);
+            if let Ok(d) = parse(&text) {
+                assert!(d <= MAX);
+                assert!(parse(&human(d)).is_ok(), "{text}");
+            }
+            // Any duration at all prints as something that parses close
+            // to it.
+            let d = Duration::new(rng.next() % MAX.as_secs(), rng.below(1_000_000_000) as u32);
+            let back = parse(&human(d)).unwrap();
+            assert!(back.abs_diff(d) <= Duration::from_secs(1), "{d:?}");
         }
     }
 }

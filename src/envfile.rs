@@ -173,4 +173,65 @@ mod tests {
         assert!(parse_assignment("K").unwrap_err().contains("not KEY=VALUE"));
         assert!(parse_assignment("=v").unwrap_err().contains("empty"));
     }
+
+    use crate::parse::rng::Rng;
+
+    /// A value in double quotes, escaped as the format wants.
+    fn quoted(value: &str) -> String {
+        let mut out = String::from("\"");
+        for c in value.chars() {
+            if matches!(c, '"' | '\\' | '`' | '$') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn quoted_values_read_back() {
+        let mut rng = Rng::new(15);
+        for _ in 0..10_000 {
+            let key = format!("K{}", rng.string_from("AZ_09az", 8));
+            let value = rng.string(30);
+            let line = format!("{key}={}\n", quoted(&value));
+            assert_eq!(
+                parse(&line),
+                Ok(vec![(key.clone(), value.clone())]),
+                "{line:?}"
+            );
+            // Single quotes: everything literal, if the value has none.
+            if !value.contains('\'') {
+                let line = format!("{key}='{value}'");
+                assert_eq!(parse(&line), Ok(vec![(key.clone(), value.clone())]));
+            }
+            let text = format!("{key}={value}");
+            assert_eq!(parse_assignment(&text), Ok((key, value)));
+        }
+    }
+
+    #[test]
+    fn any_text_parses_into_valid_keys_or_is_refused() {
+        let mut rng = Rng::new(16);
+        let pieces = [
+            "A", "_b", "=", "\"", "'", "\\", "\n", " ", "#", ";", "$", "1", "\t",
+        ];
+        for _ in 0..20_000 {
+            let text = rng.mix(&pieces, 12);
+            if let Ok(list) = parse(&text) {
+                for (key, value) in list {
+                    let line = format!("{key}={value}");
+                    assert_eq!(parse_assignment(&line), Ok((key.clone(), value.clone())));
+                    assert_eq!(
+                        parse(&format!("{key}={}", quoted(&value))),
+                        Ok(vec![(key, value)])
+                    );
+                }
+            }
+            if let Ok((key, value)) = parse_assignment(&text) {
+                assert_eq!(format!("{key}={value}"), text);
+            }
+        }
+    }
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+pub use supervisor::parse::http::{Route, parse_request};
+
 /// Connections open at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 64;
 /// The longest request head read.
@@ -23,17 +25,6 @@ pub const MAX_REQUEST: usize = 8192;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// An answer must be taken within this time.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// `GET /livez`.
-    Live,
-    /// `GET /readyz`.
-    Ready,
-    /// `GET /metrics`.
-    Metrics,
-}
 
 /// One connection's id.
 pub type ConnId = u64;
@@ -69,38 +60,6 @@ pub struct HealthServer {
     next: ConnId,
     /// Accepting is paused until then (out of file descriptors).
     paused: Option<Instant>,
-}
-
-/// Parse a request head: the route, whether it is `HEAD`, or the status
-/// and text to answer with.
-pub fn parse_request(head: &[u8]) -> Result<(Route, bool), (u16, &'static str)> {
-    let line_end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .or_else(|| head.iter().position(|&b| b == b'\n'))
-        .unwrap_or(head.len());
-    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| (400, "bad request\n"))?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err((400, "bad request\n"));
-    };
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return Err((400, "bad request\n"));
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err((405, "only GET and HEAD\n")),
-    };
-    let path = target.split('?').next().unwrap_or("");
-    let route = match path {
-        "/livez" => Route::Live,
-        "/readyz" => Route::Ready,
-        "/metrics" => Route::Metrics,
-        _ => return Err((404, "not found: try /livez, /readyz or /metrics\n")),
-    };
-    Ok((route, head_only))
 }
 
 /// Whether `buf` holds a whole request head.
@@ -349,37 +308,6 @@ fn write(c: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests() {
-        assert_eq!(
-            parse_request(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok((Route::Ready, false))
-        );
-        assert_eq!(
-            parse_request(b"HEAD /livez?x=1 HTTP/1.0\r\n\r\n"),
-            Ok((Route::Live, true))
-        );
-        assert_eq!(
-            parse_request(b"GET /metrics HTTP/1.1\n\n"),
-            Ok((Route::Metrics, false))
-        );
-        assert_eq!(
-            parse_request(b"POST /livez HTTP/1.1\r\n\r\n")
-                .unwrap_err()
-                .0,
-            405
-        );
-        assert_eq!(
-            parse_request(b"GET /x HTTP/1.1\r\n\r\n").unwrap_err().0,
-            404
-        );
-        assert_eq!(parse_request(b"\x16\x03\x01garbage").unwrap_err().0, 400);
-        assert_eq!(
-            parse_request(b"GET /livez SPDY/3\r\n\r\n").unwrap_err().0,
-            400
-        );
-    }
 
     #[test]
     fn answers_close_and_say_their_length() {

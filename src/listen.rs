@@ -1,4 +1,5 @@
-//! Listener specs (`[NAME=]ADDR`) and binding them.
+//! Binding listener specs (`[NAME=]ADDR`, parsed in
+//! [`supervisor::parse::listen`]).
 //!
 //! The supervisor binds each listener once, with CLOEXEC set (the spawner
 //! clears it on the child's copies only), and keeps it open for its whole
@@ -7,13 +8,11 @@
 //! unlinked at exit only if the supervisor created it and it is still the
 //! same file.
 
-use std::fmt;
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -23,163 +22,7 @@ use nix::sys::socket::{
     SockaddrStorage, UnixAddr, bind, connect, getsockname, listen, setsockopt, socket, sockopt,
 };
 
-/// Where a listener binds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Addr {
-    /// TCP on one address.
-    Tcp(SocketAddr),
-    /// TCP on every address: IPv6 `[::]` dual-stack, or `0.0.0.0` where the
-    /// host has no IPv6.
-    TcpAll(u16),
-    /// UDP on one address.
-    Udp(SocketAddr),
-    /// UDP on every address, dual-stack like [`Addr::TcpAll`].
-    UdpAll(u16),
-    /// Unix stream socket at a path.
-    Unix(PathBuf),
-    /// Unix stream socket in the abstract namespace (`unix:@name`).
-    UnixAbstract(Vec<u8>),
-}
-
-/// One `--listen` argument.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Spec {
-    /// The name passed in `LISTEN_FDNAMES`.
-    pub name: String,
-    /// Where to bind.
-    pub addr: Addr,
-    /// The address as the user wrote it.
-    pub text: String,
-    /// No name was given and the port is 0: the name is made from the
-    /// address once bound, so it shows the port the kernel chose.
-    pub name_from_address: bool,
-}
-
-const FORMS: &str = "expected [NAME=]ADDR with ADDR one of HOST:PORT, [IPV6]:PORT, :PORT, udp:HOST:PORT, unix:/PATH";
-
-impl FromStr for Spec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Spec, String> {
-        // Only a Unix path may hold a '=': anything else splits at the first
-        // one into NAME=ADDR.
-        let (name, text) = match s.split_once('=') {
-            Some((n, a)) if !s.starts_with("unix:") => (Some(n), a),
-            _ => (None, s),
-        };
-        let addr = parse_addr(text).map_err(|why| format!("invalid address '{text}': {why}"))?;
-        let name = match name {
-            Some(n) => {
-                if n.is_empty() || !supervisor::child::valid_fd_name(n) {
-                    return Err(format!(
-                        "invalid listener name '{n}': a name is 1 to 255 printable ASCII characters without ':'"
-                    ));
-                }
-                n.to_string()
-            }
-            // LISTEN_FDNAMES is ':'-separated, so the default name (the
-            // address) cannot keep its colons.
-            None => {
-                let n = text.replace(':', "_");
-                if !supervisor::child::valid_fd_name(&n) {
-                    return Err(format!(
-                        "address '{text}' cannot serve as a listener name; give one with NAME=ADDR"
-                    ));
-                }
-                n
-            }
-        };
-        let port_zero = match &addr {
-            Addr::Tcp(a) | Addr::Udp(a) => a.port() == 0,
-            Addr::TcpAll(p) | Addr::UdpAll(p) => *p == 0,
-            _ => false,
-        };
-        Ok(Spec {
-            name_from_address: port_zero && !s.contains('='),
-            name,
-            addr,
-            text: text.to_string(),
-        })
-    }
-}
-
-fn parse_addr(text: &str) -> Result<Addr, String> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        if let Some(abs) = path.strip_prefix('@') {
-            if abs.is_empty() || abs.len() > 107 {
-                return Err("an abstract name is 1 to 107 bytes".into());
-            }
-            return Ok(Addr::UnixAbstract(abs.as_bytes().to_vec()));
-        }
-        if path.is_empty() {
-            return Err("empty socket path".into());
-        }
-        if path.len() > 107 {
-            return Err("a socket path is at most 107 bytes".into());
-        }
-        return Ok(Addr::Unix(PathBuf::from(path)));
-    }
-    if let Some(rest) = text.strip_prefix("udp:") {
-        return match host_port(rest)? {
-            (Some(ip), port) => Ok(Addr::Udp(SocketAddr::new(ip, port))),
-            (None, port) => Ok(Addr::UdpAll(port)),
-        };
-    }
-    let rest = text.strip_prefix("tcp:").unwrap_or(text);
-    match host_port(rest)? {
-        (Some(ip), port) => Ok(Addr::Tcp(SocketAddr::new(ip, port))),
-        (None, port) => Ok(Addr::TcpAll(port)),
-    }
-}
-
-/// `HOST:PORT`, `[V6]:PORT`, `:PORT` or a bare `PORT` (host `None`, as
-/// systemd's `ListenStream=8080` means every address).
-fn host_port(s: &str) -> Result<(Option<IpAddr>, u16), String> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let port = s
-            .parse()
-            .map_err(|_| format!("port '{s}' is not a number from 0 to 65535"))?;
-        return Ok((None, port));
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(FORMS.into());
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port '{port}' is not a number from 0 to 65535"))?;
-    if host.is_empty() {
-        return Ok((None, port));
-    }
-    let ip = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<Ipv6Addr>()
-            .map(IpAddr::V6)
-            .map_err(|_| format!("'{v6}' is not an IPv6 address"))?
-    } else if host == "localhost" {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
-            if host.contains(':') {
-                format!("'{host}': write an IPv6 address in brackets, [{host}]:{port}")
-            } else {
-                format!("'{host}' is not an IP address ({FORMS})")
-            }
-        })?
-    };
-    Ok((Some(ip), port))
-}
-
-impl fmt::Display for Addr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Addr::Tcp(a) => write!(f, "{a}"),
-            Addr::TcpAll(p) => write!(f, ":{p}"),
-            Addr::Udp(a) => write!(f, "udp:{a}"),
-            Addr::UdpAll(p) => write!(f, "udp::{p}"),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
-            Addr::UnixAbstract(n) => write!(f, "unix:@{}", String::from_utf8_lossy(n)),
-        }
-    }
-}
+pub use supervisor::parse::listen::{Addr, Spec};
 
 /// A bound listener the supervisor owns.
 #[derive(Debug)]
@@ -432,24 +275,24 @@ fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
 /// socket.
 pub fn inherited() -> Result<Vec<Listener>> {
     use supervisor::child::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID};
+    use supervisor::parse::activation::{self, ListenPid};
     let var = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-    let Some(pid) = var(LISTEN_PID) else {
-        return Ok(Vec::new());
-    };
-    let pid: u32 = pid
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{LISTEN_PID}={pid:?} is not a process id"))?;
-    if pid != std::process::id() {
-        if std::env::var_os(LISTEN_FDS).is_some() {
-            // As sd_listen_fds(3) does; but say so, since a wrapper script
-            // that runs the supervisor without `exec` ends up here.
-            log::warn!(
-                "{LISTEN_FDS} is set for pid {pid}, not for this process ({}): ignoring the sockets it names",
-                std::process::id()
-            );
+    match activation::listen_pid(var(LISTEN_PID).as_deref(), std::process::id())
+        .map_err(anyhow::Error::msg)?
+    {
+        ListenPid::Unset => return Ok(Vec::new()),
+        ListenPid::Ours => {}
+        ListenPid::Other(pid) => {
+            if std::env::var_os(LISTEN_FDS).is_some() {
+                // As sd_listen_fds(3) does; but say so, since a wrapper script
+                // that runs the supervisor without `exec` ends up here.
+                log::warn!(
+                    "{LISTEN_FDS} is set for pid {pid}, not for this process ({}): ignoring the sockets it names",
+                    std::process::id()
+                );
+            }
+            return Ok(Vec::new());
         }
-        return Ok(Vec::new());
     }
     if !pidfd_id_matches()? {
         log::warn!("LISTEN_PIDFDID names another process: ignoring the sockets of LISTEN_FDS");
@@ -458,10 +301,7 @@ pub fn inherited() -> Result<Vec<Listener>> {
     let Some(n) = var(LISTEN_FDS) else {
         return Ok(Vec::new());
     };
-    let n: i32 = match n.trim().parse() {
-        Ok(n) if n > 0 && n <= i32::MAX - LISTEN_FDS_START => n,
-        _ => bail!("{LISTEN_FDS}={n:?} is not a count of 1 or more"),
-    };
+    let n = activation::listen_fds(&n).map_err(anyhow::Error::msg)?;
     // Every fd must be open before anything is built for them (a huge
     // count fails here, at its first closed fd, not in an allocation).
     for raw in LISTEN_FDS_START..LISTEN_FDS_START + n {
@@ -474,16 +314,9 @@ pub fn inherited() -> Result<Vec<Listener>> {
             );
         }
     }
-    let names: Vec<String> = match var(LISTEN_FDNAMES) {
-        Some(v) => v.split(':').map(str::to_string).collect(),
-        None => vec!["unknown".to_string(); n as usize],
-    };
-    if names.len() != n as usize {
-        bail!(
-            "{LISTEN_FDNAMES} holds {} names for {LISTEN_FDS}={n} sockets",
-            names.len()
-        );
-    }
+    let names = activation::listen_fdnames(var(LISTEN_FDNAMES).as_deref(), n)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_else(|| vec!["unknown".to_string(); n as usize]);
     let mut out = Vec::with_capacity(n as usize);
     for (i, name) in names.into_iter().enumerate() {
         let raw = LISTEN_FDS_START + i as i32;
@@ -508,7 +341,10 @@ fn pidfd_id_matches() -> Result<bool> {
     let Some(want) = std::env::var_os(var) else {
         return Ok(true);
     };
-    let Some(want) = want.to_str().and_then(|w| w.trim().parse::<u64>().ok()) else {
+    let Some(want) = want
+        .to_str()
+        .and_then(supervisor::parse::activation::listen_pidfdid)
+    else {
         bail!("{var}={want:?} is not a pidfd id");
     };
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
@@ -834,49 +670,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_every_form() {
-        let s = spec("127.0.0.1:8080").unwrap();
-        assert_eq!(s.addr, Addr::Tcp("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(s.name, "127.0.0.1_8080");
-        let s = spec("http=[::1]:80").unwrap();
-        assert_eq!(
-            (s.name.as_str(), s.addr),
-            ("http", Addr::Tcp("[::1]:80".parse().unwrap()))
-        );
-        assert_eq!(spec(":8080").unwrap().addr, Addr::TcpAll(8080));
-        assert_eq!(
-            spec("tcp:127.0.0.1:1").unwrap().addr,
-            Addr::Tcp("127.0.0.1:1".parse().unwrap())
-        );
-        assert_eq!(
-            spec("dns=udp:127.0.0.1:5353").unwrap().addr,
-            Addr::Udp("127.0.0.1:5353".parse().unwrap())
-        );
-        assert_eq!(
-            spec("unix:/run/a.sock").unwrap().addr,
-            Addr::Unix("/run/a.sock".into())
-        );
-        assert_eq!(
-            spec("unix:@x").unwrap().addr,
-            Addr::UnixAbstract(b"x".to_vec())
-        );
-        assert_eq!(
-            spec("unix:/tmp/a=b.sock").unwrap().addr,
-            Addr::Unix("/tmp/a=b.sock".into())
-        );
-        let s = spec("web=unix:/tmp/a=b.sock").unwrap();
-        assert_eq!(
-            (s.name.as_str(), s.addr),
-            ("web", Addr::Unix("/tmp/a=b.sock".into()))
-        );
-        assert_eq!(spec("udp::53").unwrap().addr, Addr::UdpAll(53));
-        assert_eq!(
-            spec("localhost:1").unwrap().addr,
-            Addr::Tcp("127.0.0.1:1".parse().unwrap())
-        );
-    }
-
-    #[test]
     fn server_starter_keys() {
         let key = |s: &str, bound: &str| starter_key(&spec(s).unwrap(), bound);
         assert_eq!(key("127.0.0.1:80", "127.0.0.1:80"), "127.0.0.1:80");
@@ -891,34 +684,5 @@ mod tests {
             key("unix:/tmp/app.sock", "unix:/tmp/app.sock"),
             "/tmp/app.sock"
         );
-    }
-
-    #[test]
-    fn rejects_with_a_reason() {
-        for (input, want) in [
-            ("80x", "invalid address '80x': expected"),
-            ("99999", "port '99999' is not a number"),
-            ("127.0.0.1:http", "port 'http' is not a number"),
-            ("127.0.0.1:70000", "port '70000' is not a number"),
-            ("example.com:80", "'example.com' is not an IP address"),
-            ("::1:80", "write an IPv6 address in brackets"),
-            ("[zz]:80", "'zz' is not an IPv6 address"),
-            ("unix:", "empty socket path"),
-            ("a:b=127.0.0.1:80", "invalid listener name 'a:b'"),
-            ("=127.0.0.1:80", "invalid listener name ''"),
-        ] {
-            let e = spec(input).unwrap_err();
-            assert!(e.contains(want), "{input}: {e}");
-        }
-    }
-
-    #[test]
-    fn a_bare_port_means_every_address() {
-        let s = spec("8080").unwrap();
-        assert_eq!(s.addr, Addr::TcpAll(8080));
-        assert_eq!(s.name, "8080");
-        assert!(!s.name_from_address);
-        assert!(spec("127.0.0.1:0").unwrap().name_from_address);
-        assert!(!spec("web=127.0.0.1:0").unwrap().name_from_address);
     }
 }

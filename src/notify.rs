@@ -8,7 +8,8 @@
 //! users. Datagrams are parsed as systemd does (sd_notify(3) and systemd's
 //! `src/shared/notify-recv.c`):
 //! truncated, fd-carrying, credential-less and NUL-holding messages are
-//! dropped, unknown keys ignored.
+//! dropped, unknown keys ignored; the parsing is pure, in
+//! [`supervisor::parse::notify`].
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -22,10 +23,8 @@ use nix::sys::socket::{
 };
 use nix::unistd::Uid;
 
-use supervisor::child;
-
-/// Largest message systemd accepts (`NOTIFY_BUFFER_MAX`, `PIPE_BUF`).
-const BUFFER_MAX: usize = 4096;
+use supervisor::parse::notify::{BUFFER_MAX, parse};
+pub use supervisor::parse::notify::{Message, Rejected};
 
 /// The private directory holding the per-generation sockets; removed on
 /// drop.
@@ -208,90 +207,9 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Why a datagram was dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Rejected {
-    /// Larger than the buffer, or its control data was cut.
-    Truncated,
-    /// It carried file descriptors (we store none).
-    Fds,
-    /// The kernel attached no credentials.
-    NoCredentials,
-    /// Sent by another user (this uid).
-    Foreign(u32),
-    /// Holds a NUL byte before its end.
-    Nul,
-}
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejected::Truncated => write!(f, "longer than {BUFFER_MAX} bytes"),
-            Rejected::Fds => write!(f, "carries file descriptors"),
-            Rejected::NoCredentials => write!(f, "has no sender credentials"),
-            Rejected::Foreign(uid) => write!(f, "sent by uid {uid}, not ours"),
-            Rejected::Nul => write!(f, "holds a NUL byte"),
-        }
-    }
-}
-
-/// The fields of one message the supervisor acts on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Message {
-    /// `READY=1`.
-    pub ready: bool,
-    /// `STOPPING=1`.
-    pub stopping: bool,
-    /// `RELOADING=1`.
-    pub reloading: bool,
-    /// `STATUS=...` (the last one in the message).
-    pub status: Option<String>,
-}
-
-/// Parse one datagram of newline-separated `KEY=VALUE` lines.
-///
-/// # Errors
-/// A NUL byte anywhere but at the very end.
-pub fn parse(data: &[u8]) -> Result<Message, Rejected> {
-    let data = data.strip_suffix(b"\0").unwrap_or(data);
-    if data.contains(&0) {
-        return Err(Rejected::Nul);
-    }
-    let mut m = Message::default();
-    for line in data.split(|&b| b == b'\n') {
-        match line {
-            l if l == child::READY.as_bytes() => m.ready = true,
-            l if l == child::STOPPING.as_bytes() => m.stopping = true,
-            l if l == child::RELOADING.as_bytes() => m.reloading = true,
-            l => {
-                if let Some(text) = l.strip_prefix(child::STATUS_PREFIX.as_bytes()) {
-                    // Invalid UTF-8 is ignored, as systemd does.
-                    if let Ok(t) = std::str::from_utf8(text) {
-                        m.status = Some(t.to_string());
-                    }
-                }
-            }
-        }
-    }
-    Ok(m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_as_systemd() {
-        let m = parse(b"READY=1\nSTATUS=serving 3 conns\nX_FOO=bar\n").unwrap();
-        assert!(m.ready && !m.stopping);
-        assert_eq!(m.status.as_deref(), Some("serving 3 conns"));
-        assert_eq!(parse(b"READY=0").unwrap(), Message::default());
-        assert_eq!(parse(b"READY=1 ").unwrap(), Message::default());
-        assert!(parse(b"STOPPING=1\0").unwrap().stopping);
-        assert_eq!(parse(b"READY=1\0x"), Err(Rejected::Nul));
-        assert_eq!(parse(b"STATUS=\xff").unwrap().status, None);
-        assert_eq!(parse(b"").unwrap(), Message::default());
-    }
 
     #[test]
     fn receives_from_own_uid_only_whole_messages() {

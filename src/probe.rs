@@ -24,6 +24,7 @@ use nix::sys::socket::{
 
 use crate::machine::Generation;
 use crate::steer::{Steering, queue_length};
+pub use supervisor::parse::http::status_code;
 
 /// Time between attempts.
 const RETRY: Duration = Duration::from_millis(50);
@@ -329,17 +330,6 @@ fn judge(code: u16) -> Result<Option<Phase>, String> {
     }
 }
 
-/// The status code of an HTTP answer, once its status line is complete.
-pub fn status_code(head: &[u8]) -> Option<u16> {
-    let end = head.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&head[..end]).ok()?;
-    let mut parts = line.split(' ');
-    if !parts.next()?.starts_with("HTTP/") {
-        return Some(0);
-    }
-    parts.next()?.parse().ok().or(Some(0))
-}
-
 fn request(path: &str, target: SocketAddr) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: supervisor-probe\r\nConnection: close\r\n\r\n"
@@ -399,13 +389,6 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            status_code(b"HTTP/1.0 302 Found\r\nLocation: /\r\n"),
-            Some(302)
-        );
-        assert_eq!(status_code(b"HTTP/1.1 500 Internal"), None);
-        assert_eq!(status_code(b"SSH-2.0-x\r\n"), Some(0));
         assert!(judge(204).unwrap().is_none());
         assert!(judge(500).is_err());
         assert!(judge(0).is_err());

@@ -1,0 +1,12 @@
+//! Stop signals: `parse::signal::parse`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use supervisor::parse::signal::parse;
+
+fuzz_target!(|s: &str| {
+    if let Ok(sig) = parse(s) {
+        assert_eq!(parse(sig.as_str()), Ok(sig));
+        assert_eq!(parse(&(sig as i32).to_string()), Ok(sig));
+    }
+});
