@@ -419,7 +419,11 @@ fn watch(inner: &Inner, events: OwnedFd, drain_trigger: OwnedFd) {
                     drop(trigger);
                     next_status = Some(Instant::now());
                 } else if let Some(signo) = signal {
-                    inner.force();
+                    // Marked forced, but the waiters are woken only when
+                    // the process does not exit here: a woken server could
+                    // otherwise end the process first, with a status of its
+                    // own, before the _exit below.
+                    inner.lock().forced = true;
                     let _ = super::status(&inner.lock().progress());
                     if inner.exit_on_force {
                         // SAFETY: _exit ends the process at once; nothing of
@@ -427,6 +431,7 @@ fn watch(inner: &Inner, events: OwnedFd, drain_trigger: OwnedFd) {
                         // to skip the rest of the drain).
                         unsafe { libc::_exit(128 + signo) };
                     }
+                    inner.notify();
                 }
             }
         }
@@ -470,11 +475,6 @@ impl Inner {
         state.started = Some(Instant::now());
         state.signal = signal;
         self.draining.store(true, Ordering::SeqCst);
-    }
-
-    fn force(&self) {
-        self.lock().forced = true;
-        self.notify();
     }
 
     /// Wakes every waiter after a change of state that one may wait for.
