@@ -103,9 +103,12 @@ pub fn parse_request(head: &[u8]) -> Result<(Route, bool), (u16, &'static str)> 
     Ok((route, head_only))
 }
 
-/// Whether `buf` holds a whole request head.
-fn head_complete(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+/// The length of the request head in `buf` (up to and including the blank
+/// line that ends it), once it holds a whole one.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    crlf.into_iter().chain(lf).min()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -289,10 +292,14 @@ impl HealthServer {
                         }
                         Ok(n) => {
                             buf.extend_from_slice(&chunk[..n]);
-                            if head_complete(buf) {
+                            // The head's own length decides, not how much
+                            // the last read brought: a read may end past
+                            // MAX_REQUEST with the blank line inside it.
+                            let head = head_len(buf);
+                            if head.is_some_and(|len| len <= MAX_REQUEST) {
                                 break;
                             }
-                            if buf.len() > MAX_REQUEST {
+                            if head.is_some() || buf.len() > MAX_REQUEST {
                                 let out = response(431, "text/plain", "request too large\n", false);
                                 c.stage = Stage::Writing(out, 0);
                                 c.deadline = now + WRITE_TIMEOUT;
@@ -379,6 +386,13 @@ mod tests {
             parse_request(b"GET /livez SPDY/3\r\n\r\n").unwrap_err().0,
             400
         );
+    }
+
+    #[test]
+    fn the_head_ends_at_its_first_blank_line() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nmore\r\n\r\n"), Some(18));
+        assert_eq!(head_len(b"GET / HTTP/1.1\n\nmore"), Some(16));
     }
 
     #[test]
