@@ -92,10 +92,11 @@ impl Children {
     /// # Errors
     /// The notify directory cannot be created.
     pub fn new(command: Command) -> Result<Children> {
-        let notify_dir = NotifyDir::create()?;
-        if command.credentials.is_some() {
-            notify_dir.open_for_others()?;
-        }
+        let notify_dir = if command.credentials.is_some() {
+            NotifyDir::create_for_others()?
+        } else {
+            NotifyDir::create()?
+        };
         Ok(Children {
             command,
             notify_dir,

@@ -478,7 +478,10 @@ impl Driver {
                 self.reload(Some(id));
             }
             ControlEvent::Stop(_, pid) => {
-                if self.machine.stopping() {
+                // During the shutdown delay a second request ends it, as a
+                // second SIGTERM does; once the stop proper runs, a stop
+                // client only waits (it never forces the kill).
+                if self.machine.stopping() && self.machine.shutdown_delay_until().is_none() {
                     log::info!("stop requested (control socket, pid {pid}): already stopping");
                 } else {
                     log::info!("stop requested (control socket, pid {pid})");

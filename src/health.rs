@@ -62,9 +62,12 @@ pub struct HealthServer {
     paused: Option<Instant>,
 }
 
-/// Whether `buf` holds a whole request head.
-fn head_complete(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+/// The length of the request head in `buf` (up to and including the blank
+/// line that ends it), once it holds a whole one.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    crlf.into_iter().chain(lf).min()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -248,10 +251,14 @@ impl HealthServer {
                         }
                         Ok(n) => {
                             buf.extend_from_slice(&chunk[..n]);
-                            if head_complete(buf) {
+                            // The head's own length decides, not how much
+                            // the last read brought: a read may end past
+                            // MAX_REQUEST with the blank line inside it.
+                            let head = head_len(buf);
+                            if head.is_some_and(|len| len <= MAX_REQUEST) {
                                 break;
                             }
-                            if buf.len() > MAX_REQUEST {
+                            if head.is_some() || buf.len() > MAX_REQUEST {
                                 let out = response(431, "text/plain", "request too large\n", false);
                                 c.stage = Stage::Writing(out, 0);
                                 c.deadline = now + WRITE_TIMEOUT;
@@ -308,6 +315,13 @@ fn write(c: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_ends_at_its_first_blank_line() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nmore\r\n\r\n"), Some(18));
+        assert_eq!(head_len(b"GET / HTTP/1.1\n\nmore"), Some(16));
+    }
 
     #[test]
     fn answers_close_and_say_their_length() {

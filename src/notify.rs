@@ -40,9 +40,40 @@ impl NotifyDir {
     /// # Errors
     /// The directory cannot be created.
     pub fn create() -> Result<NotifyDir> {
+        Self::create_under(false)
+    }
+
+    /// For `--user`: a fresh directory as [`NotifyDir::create`] makes, but
+    /// only under a base that every user can pass through, then opened
+    /// with [`NotifyDir::open_for_others`]. `$XDG_RUNTIME_DIR` is 0700 by
+    /// the XDG Base Directory Specification, and `RuntimeDirectoryMode=`
+    /// may make `$RUNTIME_DIRECTORY` so: a child running as another user
+    /// could not reach a socket under either (connect(2) needs search
+    /// permission on every directory of the path).
+    ///
+    /// # Errors
+    /// The directory cannot be created or opened.
+    pub fn create_for_others() -> Result<NotifyDir> {
+        let dir = Self::create_under(true)?;
+        dir.open_for_others()?;
+        Ok(dir)
+    }
+
+    fn create_under(for_others: bool) -> Result<NotifyDir> {
+        use std::os::unix::fs::PermissionsExt;
+        // Every directory from the root down has the search bit for others.
+        let passable = |p: &PathBuf| {
+            p.ancestors()
+                .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+        };
         // A socket path must fit in sun_path (108 bytes): leave room for
         // "/supervisor-<pid>-XXXXXX/gen-<n>.sock".
-        let fits = |p: &PathBuf| p.is_absolute() && p.is_dir() && p.as_os_str().len() <= 60;
+        let fits = |p: &PathBuf| {
+            p.is_absolute()
+                && p.is_dir()
+                && p.as_os_str().len() <= 60
+                && (!for_others || passable(p))
+        };
         // systemd's RuntimeDirectory= (its first entry) is private to the
         // service and writable under ProtectSystem=strict.
         let runtime = std::env::var_os("RUNTIME_DIRECTORY").and_then(|v| {
