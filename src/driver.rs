@@ -172,7 +172,18 @@ impl Driver {
                 return Ok(code);
             }
             let woken = self.wait()?;
-            // Signals first, whatever poll said about them: a child that
+            // A listening socket that a server shut down has left its group
+            // already: the bookkeeping follows before anything else changes
+            // the group (the server's exit, reaped below, would).
+            let (hangups, woken): (Vec<Watch>, Vec<Watch>) = woken
+                .into_iter()
+                .partition(|w| matches!(w, Watch::Hangup(_)));
+            for w in hangups {
+                if let Watch::Hangup(raw) = w {
+                    self.hangup(raw);
+                }
+            }
+            // Signals next, whatever poll said about them: a child that
             // died just before its ready delay ran out must count as dead,
             // not ready. (The signalfd is non-blocking.)
             self.read_signals()?;
@@ -200,16 +211,7 @@ impl Driver {
                     }
                     Watch::Probe => self.advance_probe(now),
                     Watch::Health(w) => self.serve_health(w, now),
-                    Watch::Hangup(raw) => {
-                        let replace = self.parts.steering.on_hangup(raw, &mut self.notices);
-                        self.log_notices();
-                        if replace && !self.machine.stopping() {
-                            log::warn!(
-                                "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
-                            );
-                            self.reload(None);
-                        }
-                    }
+                    Watch::Hangup(_) => {}
                 }
             }
             if self.exit.is_none() {
@@ -368,6 +370,19 @@ impl Driver {
         };
         if let Some(g) = prober.advance(&mut self.parts.steering, now) {
             self.feed(Input::Ready(g));
+        }
+    }
+
+    /// A listening socket hung up: steering puts a new one in its place,
+    /// and a generation that held only the dead one is replaced.
+    fn hangup(&mut self, raw: i32) {
+        let replace = self.parts.steering.on_hangup(raw, &mut self.notices);
+        self.log_notices();
+        if replace && !self.machine.stopping() {
+            log::warn!(
+                "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
+            );
+            self.reload(None);
         }
     }
 

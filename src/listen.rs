@@ -57,6 +57,11 @@ impl Listener {
             .as_fd()
     }
 
+    /// The socket, unless steering owns it.
+    pub fn fd_opt(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
     /// Put a new socket in place of the listener's (bound again after a
     /// server shut the old one down).
     pub fn replace_fd(&mut self, fd: OwnedFd) {

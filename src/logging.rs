@@ -43,22 +43,31 @@ impl Write for Stderr {
             // Taken as written: the line is dropped, not retried.
             return Ok(buf.len());
         }
+        // One write of at most PIPE_BUF bytes: a pipe that polls writable
+        // has a free page, so it takes it without blocking.
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(buf.len() + 80);
         if dropped > 0 {
-            let note =
-                format!("supervisor: {dropped} log line(s) dropped: stderr was not writable\n");
-            if Stderr::raw(note.as_bytes()) < 0 {
-                DROPPED.fetch_add(dropped, Ordering::Relaxed);
-            }
+            out.extend_from_slice(
+                format!("supervisor: {dropped} log line(s) dropped: stderr was not writable\n")
+                    .as_bytes(),
+            );
         }
-        let n = Stderr::raw(buf);
+        out.extend_from_slice(buf);
+        if out.len() > libc::PIPE_BUF {
+            out.truncate(libc::PIPE_BUF - 4);
+            out.extend_from_slice(b"...\n");
+        }
+        let n = Stderr::raw(&out);
         if n < 0 {
             // EPIPE (nobody reads; SIGPIPE is ignored), EBADF (closed):
             // nothing to do but go on.
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1 + dropped, Ordering::Relaxed);
             return Ok(buf.len());
         }
-        Ok(n as usize)
+        // Taken as written whole: the note and any cut-off tail are ours,
+        // and what the pipe took short is not retried (a retry could block).
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -99,6 +99,11 @@ fn run(args: cli::Args) -> Result<i32> {
         None => Backlog::MAXALLOWABLE,
     };
     let steer = args.handoff == cli::Handoff::Steer;
+    if args.defer_accept.is_some() && matches!(args.ready, cli::Ready::Probe(probe::Check::Tcp)) {
+        anyhow::bail!(
+            "--ready tcp cannot work with --defer-accept: a probe connection that sends nothing never reaches the accept queue (use --ready http:PATH)"
+        );
+    }
     if !steer && matches!(args.ready, cli::Ready::Probe(_)) {
         anyhow::bail!(
             "--ready {} needs --handoff steer (a probe must reach the new generation alone)",

@@ -104,6 +104,8 @@ pub struct ServiceManager {
     queue: VecDeque<String>,
     /// Whether a send has failed already (later failures log at debug).
     failed: bool,
+    /// The socket is connected to the manager's: it can be polled for room.
+    connected: bool,
     /// `WATCHDOG=1` keep-alive interval and when it is due.
     watchdog: Option<(Duration, Instant)>,
 }
@@ -143,6 +145,10 @@ impl ServiceManager {
                 return None;
             }
         };
+        // Connected, so that the socket polls writable only once the
+        // manager's queue has room (an unconnected datagram socket always
+        // polls writable, which would spin the loop on a full queue).
+        let connected = nix::sys::socket::connect(fd.as_raw_fd(), &addr).is_ok();
         log::debug!("notifying the service manager at {text}");
         if let Some(w) = watchdog {
             log::info!(
@@ -157,6 +163,7 @@ impl ServiceManager {
             announcer: Announcer::default(),
             queue: VecDeque::new(),
             failed: false,
+            connected,
             watchdog: watchdog.map(|i| (i, Instant::now())),
         })
     }
@@ -175,7 +182,7 @@ impl ServiceManager {
 
     /// The fd to poll for output while messages wait.
     pub fn interest(&self) -> Option<BorrowedFd<'_>> {
-        (!self.queue.is_empty()).then(|| self.fd.as_fd())
+        (self.connected && !self.queue.is_empty()).then(|| self.fd.as_fd())
     }
 
     /// When the next keep-alive is due.
@@ -219,16 +226,19 @@ impl ServiceManager {
 
     fn flush(&mut self) {
         while let Some(m) = self.queue.front() {
-            match nix::sys::socket::sendto(
-                self.fd.as_raw_fd(),
-                m.as_bytes(),
-                &self.addr,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            ) {
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            let sent = if self.connected {
+                nix::sys::socket::send(self.fd.as_raw_fd(), m.as_bytes(), flags)
+            } else {
+                nix::sys::socket::sendto(self.fd.as_raw_fd(), m.as_bytes(), &self.addr, flags)
+            };
+            match sent {
                 Ok(_) => {
                     self.queue.pop_front();
                 }
-                // The manager's queue is full: wait until it is writable.
+                // The manager's queue is full: wait until it has room (an
+                // unconnected socket cannot tell: the message waits for the
+                // next one sent).
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR) => {}
                 Err(e) => {

@@ -266,7 +266,13 @@ impl Steering {
                 continue;
             }
             // A handed-over socket may belong to another user (a socket
-            // unit's is root's): try joining its group once, now.
+            // unit's is root's): try joining its group once, now (after the
+            // program is attached, so that no connection lands on the trial
+            // socket, which is closed at once).
+            if let Err(e) = s.attach(i) {
+                s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
+                continue;
+            }
             if s.slots[i].listener.inherited
                 && let Err(e) = s.join(i)
             {
@@ -339,6 +345,16 @@ impl Steering {
             }
         }
         self.after_change(&changed, notices);
+        // A group found frozen just now gives `g` the routed socket (below),
+        // not the member that joined for it: that one is not `g`'s.
+        for slot in self.slots.iter_mut().filter(|s| s.mode != Mode::Steer) {
+            let routed = slot.routed;
+            for (k, m) in slot.members.iter_mut().enumerate() {
+                if k != routed && m.owner == Some(g) {
+                    m.owner = None;
+                }
+            }
+        }
         self.slots
             .iter()
             .map(|slot| match slot.mode {
@@ -357,7 +373,11 @@ impl Steering {
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer {
+            // A frozen group (a stranger joined) is still re-pointed at the
+            // new generation's own socket, if it has one: that socket is
+            // the only one it accepts on (changing the program moves no
+            // member); nothing is ever closed in it.
+            if slot.mode != Mode::Steer && !slot.frozen {
                 continue;
             }
             let Some(k) = slot.members.iter().position(|m| m.owner == Some(g)) else {
@@ -369,6 +389,9 @@ impl Steering {
                     slot.probe = None;
                 }
                 changed.push(i);
+            }
+            if slot.frozen {
+                continue;
             }
             // An orphan: the crashed generation's socket, replaced by a
             // generation that was already starting.
@@ -442,7 +465,11 @@ impl Steering {
             let Some(last) = slot.members.len().checked_sub(1) else {
                 break;
             };
-            let safe = |k: usize| k == last || slot.routed != last;
+            // A member that no longer listens has left the group already
+            // (a server shut it down): closing it moves nothing.
+            let safe = |k: usize| {
+                k == last || slot.routed != last || !listening(slot.members[k].fd.as_fd())
+            };
             if let Some(k) = (0..=last)
                 .rev()
                 .find(|&k| slot.members[k].retired && safe(k))
@@ -574,7 +601,16 @@ impl Steering {
                 slot.routed = k;
             }
             if was_routed {
-                slot.routed = last.saturating_sub(1);
+                // The newest generation's socket (it is starting, or about
+                // to be replaced by the generation started below), never a
+                // spare or a socket of a gone generation.
+                slot.routed = slot
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| !m.spare && !m.retired && m.owner.is_some())
+                    .max_by_key(|(_, m)| m.owner)
+                    .map_or(0, |(j, _)| j);
             }
             if let Some((port, j)) = slot.probe {
                 slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
@@ -632,7 +668,7 @@ impl Steering {
     pub fn queued(&self, g: Generation) -> u64 {
         self.slots
             .iter()
-            .filter(|s| s.mode == Mode::Steer)
+            .filter(|s| s.mode == Mode::Steer || s.frozen)
             .flat_map(|s| {
                 s.members
                     .iter()
@@ -647,7 +683,11 @@ impl Steering {
     pub fn queue_of(&self, g: Generation) -> Option<u64> {
         let mut any = false;
         let mut n = 0;
-        for s in self.slots.iter().filter(|s| s.mode == Mode::Steer) {
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| s.mode == Mode::Steer || s.frozen)
+        {
             for m in s.members.iter().filter(|m| m.owner == Some(g)) {
                 any = true;
                 n += queue_length(m.fd.as_fd(), s.stream);
@@ -671,13 +711,14 @@ impl Steering {
     pub fn serving_queues(&self) -> Vec<u64> {
         self.slots
             .iter()
-            .map(|s| match s.members.get(s.routed) {
-                Some(m) => queue_length(m.fd.as_fd(), s.stream),
-                None => {
-                    let stream = getsockopt(&s.listener.fd(), sockopt::SockType)
-                        .is_ok_and(|t| t == SockType::Stream);
-                    queue_length(s.listener.fd(), stream)
+            .map(|s| match (s.members.get(s.routed), s.listener.fd_opt()) {
+                (Some(m), _) => queue_length(m.fd.as_fd(), s.stream),
+                (None, Some(fd)) => {
+                    let stream =
+                        getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+                    queue_length(fd, stream)
                 }
+                (None, None) => 0,
             })
             .collect()
     }
@@ -719,8 +760,8 @@ impl Steering {
     fn own_inodes(&self) -> BTreeSet<u64> {
         let mut set = BTreeSet::new();
         for s in &self.slots {
-            if s.members.is_empty() {
-                set.extend(inode(s.listener.fd()));
+            if let Some(fd) = s.listener.fd_opt() {
+                set.extend(inode(fd));
             }
             for m in &s.members {
                 set.extend(inode(m.fd.as_fd()));
@@ -818,7 +859,7 @@ impl Steering {
         let found = foreign_sockets(
             &changed
                 .iter()
-                .map(|&i| (self.slots[i].addr.port(), self.slots[i].stream))
+                .map(|&i| (self.slots[i].addr, self.slots[i].stream))
                 .collect::<Vec<_>>(),
             &own,
         );
@@ -854,23 +895,24 @@ impl Steering {
         slot.frozen = true;
         slot.mode = Mode::Shared("another process joined its reuseport group".into());
         slot.probe = None;
-        // The members that joined last are the ones whose index may be
-        // wrong; the routed member joined before the stranger was seen.
-        // Members that are neither routed nor owned by a live generation
-        // that was ever routed stay open but unused (see `release`).
-        for (k, m) in slot.members.iter_mut().enumerate() {
-            if k > slot.routed {
-                m.owner = None;
-            }
-        }
+        // Owners stay: a generation already started holds its own socket
+        // and accepts on nothing else, so it is routed there when ready
+        // (best effort: a member that joined after the stranger may not be
+        // where the list says). Later generations share the routed socket,
+        // and no member is closed again while the supervisor runs.
     }
 
     /// Attach slot `i`'s program: everything to the routed member, except
     /// a probe's source port.
     fn attach(&self, i: usize) -> Result<(), Errno> {
         let s = &self.slots[i];
+        // Any member attaches the program to the whole group; an empty
+        // group has nothing to route (its next member gets the program).
+        let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
+            return Ok(());
+        };
         let prog = program(s.routed as u32, s.probe.map(|(p, k)| (p, k as u32)));
-        attach_cbpf(s.members[s.routed].fd.as_fd(), &prog)
+        attach_cbpf(m.fd.as_fd(), &prog)
     }
 }
 
@@ -1029,8 +1071,11 @@ fn inode(fd: BorrowedFd<'_>) -> Option<u64> {
 /// whose inode is not in `own`: (port, is TCP, inode). Asked of the kernel
 /// with sock_diag(7), which filters by state, so that thousands of
 /// connections in TIME_WAIT cost nothing (`/proc/net/tcp` lists them all).
-fn foreign_sockets(ports: &[(u16, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool, u64)> {
+fn foreign_sockets(ports: &[(SocketAddr, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool, u64)> {
     let mut found = Vec::new();
+    // Only sockets of our own user can join our groups (the kernel admits
+    // none other), and only on the same address.
+    let me = nix::unistd::geteuid().as_raw();
     for stream in [true, false] {
         if !ports.iter().any(|(_, s)| *s == stream) {
             continue;
@@ -1038,9 +1083,15 @@ fn foreign_sockets(ports: &[(u16, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool
         for family in [libc::AF_INET, libc::AF_INET6] {
             match diag_dump(family as u8, stream) {
                 Ok(list) => {
-                    for (port, ino) in list {
-                        if ino != 0 && ports.contains(&(port, stream)) && !own.contains(&ino) {
-                            found.push((port, stream, ino));
+                    for (addr, uid, ino) in list {
+                        let same = ports.iter().any(|(ours, s)| {
+                            *s == stream
+                                && ours.port() == addr.port()
+                                && (ours.ip() == addr.ip()
+                                    || (ours.ip().is_unspecified() && addr.ip().is_unspecified()))
+                        });
+                        if ino != 0 && uid == me && same && !own.contains(&ino) {
+                            found.push((addr.port(), stream, ino));
                         }
                     }
                 }
@@ -1051,9 +1102,9 @@ fn foreign_sockets(ports: &[(u16, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool
     found
 }
 
-/// Every listening TCP (or unconnected UDP) socket of `family`, as
-/// (local port, inode), from a sock_diag dump.
-fn diag_dump(family: u8, stream: bool) -> Result<Vec<(u16, u64)>, Errno> {
+/// Every listening TCP (or unconnected UDP) socket of `family`, as (local
+/// address, owner uid, inode), from a sock_diag dump.
+fn diag_dump(family: u8, stream: bool) -> Result<Vec<(SocketAddr, u32, u64)>, Errno> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const TCP_LISTEN: u32 = 10;
     const TCP_CLOSE: u32 = 7;
@@ -1130,10 +1181,22 @@ fn diag_dump(family: u8, stream: bool) -> Result<Vec<(u16, u64)>, Errno> {
             // inet_diag_msg: family, state, timer, retrans, then the
             // socket id (source port first, big-endian), ..., inode at 68.
             let msg = &data[off + 16..off + len];
+            // inet_diag_msg: family, state, timer, retrans (4 bytes); the
+            // socket id: source port and destination port (big-endian),
+            // source and destination address (16 bytes each), interface,
+            // cookie (48 bytes); expires, rqueue, wqueue, uid, inode.
             if msg.len() >= 72 {
                 let port = u16::from_be_bytes([msg[4], msg[5]]);
+                let ip: IpAddr = if msg[0] == libc::AF_INET as u8 {
+                    Ipv4Addr::new(msg[8], msg[9], msg[10], msg[11]).into()
+                } else {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&msg[8..24]);
+                    Ipv6Addr::from(a).into()
+                };
+                let uid = u32::from_ne_bytes(msg[64..68].try_into().unwrap_or_default());
                 let ino = u32::from_ne_bytes(msg[68..72].try_into().unwrap_or_default());
-                out.push((port, u64::from(ino)));
+                out.push((SocketAddr::new(ip, port), uid, u64::from(ino)));
             }
             off += (len + 3) & !3;
         }
