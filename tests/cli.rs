@@ -371,3 +371,30 @@ fn a_control_word_after_the_options_is_a_usage_error() {
         "{line}"
     );
 }
+
+/// The error lines the README quotes are what the program prints (with
+/// the README's address replaced by the one the test uses).
+#[test]
+fn the_readme_quotes_the_errors_as_printed() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let quoted = "supervisor: error: bind 127.0.0.1:8080: EADDRINUSE: Address already in use";
+    assert!(
+        readme.contains(quoted),
+        "the README no longer quotes {quoted:?}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, line) = fails(&["-l", &addr, "--", "sleep", "300"]);
+    assert_eq!(code, 1);
+    assert_eq!(line, quoted.replace("127.0.0.1:8080", &addr));
+
+    let quoted = "supervisor: error: invalid value 'nonsense' for '--listen ";
+    assert!(
+        readme.contains(quoted),
+        "the README no longer quotes {quoted:?}"
+    );
+    let (code, line) = fails(&["--listen", "nonsense", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(line.starts_with(quoted), "{line}");
+}
