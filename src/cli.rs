@@ -23,17 +23,21 @@ Signals:
   SIGHUP                   reload: start a new generation; once it is ready,
                            send new connections to it, then stop the old
                            one (which then drains)
-  SIGTERM, SIGINT, SIGQUIT stop: send the stop signal to every generation,
-                           wait for them to exit; a second one kills them now
+  SIGTERM, SIGINT, SIGQUIT stop: after --shutdown-delay, send the stop signal
+                           to every generation, wait for them to exit; a
+                           second one ends the delay, or kills them now
+  SIGUSR1, SIGUSR2, SIGWINCH
+                           forwarded to the serving generation
 
 Exit status:
-  the active child's     its exit code, or 128+N if signal N killed it
+  the active child's     its exit code, or 128+N if signal N killed it (0 if
+                         it died of the stop signal it was sent)
   0                      stopped with no child ever active
   1                      the supervisor's own failure (bind, missing command)
   2                      usage error
   127                    the first generation could not be executed
 
-Durations: 500ms, 30s, 2m, 1h (decimals allowed: 1.5s). Signals: TERM,
+Durations: 500ms, 30s, 2m30s, 1h (decimals allowed: 1.5s). Signals: TERM,
 SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 
 /// Zero-downtime hot-restart supervisor for network servers.
