@@ -556,7 +556,14 @@ impl Steering {
                 }
                 let name = self.slots[i].listener.name.clone();
                 let Some(addr) = self.slots[i].shared_addr else {
+                    // A group a stranger joined: no plain socket can take
+                    // the port while the stranger holds it.
                     self.unwatched.insert(raw);
+                    notices.push(Notice::Relistened {
+                        listener: name,
+                        generation: None,
+                        failed: Some("another process holds sockets on its port".into()),
+                    });
                     return false;
                 };
                 let failed = match self.bind_plain(addr, self.slots[i].v6only) {
