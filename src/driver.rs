@@ -6,14 +6,14 @@
 //! deadlines as its timeout: when nothing happens the supervisor sleeps
 //! with no timeout at all. Inputs go to the [`Machine`], which alone
 //! decides the lifecycle; its actions are carried out here by calling the
-//! parts: [`Children`] (processes), [`Steering`] (sockets and routing),
-//! [`ControlServer`], [`ServiceManager`], [`Prober`] and [`Report`] (text).
-//! The driver holds no protocol and writes no text of its own beyond the
-//! few lines that say which part did what.
+//! parts ([`Parts`]: the processes, the sockets and their routing, the
+//! control socket, the service manager, the probes, the health endpoint)
+//! and [`Report`] (text). The driver holds no protocol and writes no text
+//! of its own beyond the few lines that say which part did what. It must
+//! never block: every part it calls is non-blocking.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -23,14 +23,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::children::Children;
-use crate::control::{self, ConnId, ControlEvent, ControlServer};
-use crate::health::{self, HealthServer};
+use crate::control::{self, ConnId, ControlEvent};
+use crate::health;
 use crate::machine::{Action, Event, Generation, Input, Machine, Ticket};
-use crate::manager::{ServiceManager, View};
-use crate::probe::Prober;
+use crate::manager::View;
+use crate::parts::{Parts, Watch};
 use crate::report::Report;
-use crate::steer::{Notice, Steering};
+use crate::snapshot::Settings;
+use crate::steer::Notice;
 
 /// The signals the supervisor handles; blocked from the first line of
 /// `main` and read from the signalfd.
@@ -55,48 +55,6 @@ pub fn handled_signals() -> SigSet {
 /// generation (as tini and dumb-init do).
 pub const FORWARDED: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
-/// While generations drain, their progress is logged this often.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// What `supervisor status` shows of the settings.
-pub struct Settings {
-    /// The control socket's path.
-    pub control_path: PathBuf,
-    /// How readiness is proven, as the user wrote it.
-    pub ready: String,
-    /// The drain timeout.
-    pub drain_timeout: Duration,
-}
-
-/// The parts the loop routes between.
-pub struct Parts {
-    /// The generations' processes.
-    pub children: Children,
-    /// The listeners' sockets.
-    pub steering: Steering,
-    /// The control socket.
-    pub control: ControlServer,
-    /// The supervisor's own service manager, if it has one.
-    pub manager: Option<ServiceManager>,
-    /// Readiness probes, in `--ready tcp|http:PATH` mode.
-    pub prober: Option<Prober>,
-    /// The health endpoint, with `--health ADDR`.
-    pub health: Option<HealthServer>,
-}
-
-/// What a poll entry watches.
-#[derive(Clone, Copy)]
-enum Watch {
-    Signals,
-    Control(control::Watch),
-    Notify(Generation),
-    Manager,
-    Probe,
-    Health(health::Watch),
-    /// A listening socket, for a hang-up (it stopped listening).
-    Hangup(i32),
-}
-
 /// The running supervisor.
 pub struct Driver {
     machine: Machine,
@@ -112,9 +70,9 @@ pub struct Driver {
     /// What steering reported while carrying out actions, for the log.
     notices: Vec<Notice>,
     started: Instant,
-    /// When the next drain progress line is due (only while some
-    /// generation drains).
-    progress_at: Option<Instant>,
+    /// The drain progress lines (a timer only while some generation
+    /// drains).
+    progress: crate::report::Progress,
     /// Set when the machine asks to exit.
     exit: Option<i32>,
 }
@@ -148,7 +106,7 @@ impl Driver {
             answers: Vec::new(),
             notices: Vec::new(),
             started: Instant::now(),
-            progress_at: None,
+            progress: crate::report::Progress::default(),
             exit: None,
         })
     }
@@ -236,14 +194,10 @@ impl Driver {
     /// One `poll` over every part's fds until the earliest deadline; the
     /// watches that woke.
     fn wait(&mut self) -> Result<Vec<Watch>> {
-        let p = &self.parts;
         let deadline = [
             self.machine.next_deadline(),
-            p.control.deadline(),
-            p.manager.as_ref().and_then(ServiceManager::deadline),
-            p.prober.as_ref().and_then(Prober::deadline),
-            p.health.as_ref().and_then(HealthServer::deadline),
-            self.progress_at,
+            self.parts.deadline(),
+            self.progress.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -258,41 +212,9 @@ impl Driver {
                 PollTimeout::try_from(ms.min(i32::MAX as u128)).unwrap_or(PollTimeout::MAX)
             }
         };
-        let flags = |input: bool| {
-            if input {
-                PollFlags::POLLIN
-            } else {
-                PollFlags::POLLOUT
-            }
-        };
         let mut watch = vec![Watch::Signals];
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        for (w, fd, input) in p.control.interest() {
-            watch.push(Watch::Control(w));
-            fds.push(PollFd::new(fd, flags(input)));
-        }
-        for (g, fd) in p.children.interest() {
-            watch.push(Watch::Notify(g));
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        if let Some(fd) = p.manager.as_ref().and_then(ServiceManager::interest) {
-            watch.push(Watch::Manager);
-            fds.push(PollFd::new(fd, PollFlags::POLLOUT));
-        }
-        if let Some((fd, input)) = p.prober.as_ref().and_then(Prober::interest) {
-            watch.push(Watch::Probe);
-            fds.push(PollFd::new(fd, flags(input)));
-        }
-        for (w, fd, input) in p.health.iter().flat_map(HealthServer::interest) {
-            watch.push(Watch::Health(w));
-            fds.push(PollFd::new(fd, flags(input)));
-        }
-        // No events asked: only a hang-up (or an error) is reported, which a
-        // listening socket never has.
-        for (raw, fd) in p.steering.hangup_interest() {
-            watch.push(Watch::Hangup(raw));
-            fds.push(PollFd::new(fd, PollFlags::empty()));
-        }
+        self.parts.interest(&mut watch, &mut fds);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
@@ -397,28 +319,16 @@ impl Driver {
             };
             let (code, kind, body) = match route {
                 health::Route::Live => (200, "text/plain", "ok\n".to_string()),
-                health::Route::Ready => match (self.machine.active(), self.machine.stopping()) {
-                    (_, true) => {
-                        let why = match self.machine.shutdown_delay_until() {
-                            Some(t) => format!(
-                                "not ready: stopping (shutdown delay, {} left)\n",
-                                supervisor::duration::human(t.saturating_duration_since(now))
-                            ),
-                            None => "not ready: stopping\n".to_string(),
-                        };
-                        (503, "text/plain", why)
-                    }
-                    (Some(g), false) => (
-                        200,
-                        "text/plain",
-                        format!("ready: {} serving\n", self.parts.children.who(g)),
-                    ),
-                    (None, false) => (
-                        503,
-                        "text/plain",
-                        "not ready: no generation serving\n".into(),
-                    ),
-                },
+                health::Route::Ready => {
+                    let serving = self.machine.active().map(|g| self.parts.children.who(g));
+                    let delay = self
+                        .machine
+                        .shutdown_delay_until()
+                        .map(|t| t.saturating_duration_since(now));
+                    let (code, text) =
+                        health::readiness(serving.as_deref(), self.machine.stopping(), delay);
+                    (code, "text/plain", text)
+                }
                 health::Route::Metrics => {
                     self.report.counts.queued = self.parts.steering.serving_queues();
                     let body = crate::metrics::render(&self.status(), &self.report.counts);
@@ -431,8 +341,7 @@ impl Driver {
         }
     }
 
-    /// While generations drain: a line every few seconds with which are
-    /// left, how long until their deadline, and their last `STATUS=`.
+    /// While generations drain: a progress line every few seconds.
     fn drain_progress(&mut self, now: Instant) {
         let draining: Vec<(Generation, Instant)> = self
             .machine
@@ -441,34 +350,9 @@ impl Driver {
             .filter(|(_, p, _)| *p == crate::machine::Phase::Draining)
             .map(|(g, _, since)| (g, since))
             .collect();
-        if draining.is_empty() {
-            self.progress_at = None;
-            return;
-        }
-        match self.progress_at {
-            None => self.progress_at = Some(now + PROGRESS_EVERY),
-            Some(t) if t <= now => {
-                let parts: Vec<String> = draining
-                    .iter()
-                    .map(|(g, since)| {
-                        let left =
-                            (*since + self.settings.drain_timeout).saturating_duration_since(now);
-                        let status = match self.parts.children.status_text(*g) {
-                            Some(t) => format!(", status: {}", t.escape_debug()),
-                            None => String::new(),
-                        };
-                        format!(
-                            "{} ({} until SIGKILL{status})",
-                            self.parts.children.who(*g),
-                            supervisor::duration::human(left)
-                        )
-                    })
-                    .collect();
-                log::info!("still draining: {}", parts.join("; "));
-                self.progress_at = Some(now + PROGRESS_EVERY);
-            }
-            Some(_) => {}
-        }
+        let timeout = self.settings.drain_timeout;
+        self.progress
+            .tick(now, &draining, timeout, &self.parts.children);
     }
 
     fn status(&self) -> supervisor::status::Status {

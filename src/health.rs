@@ -83,6 +83,24 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The `/readyz` answer: 200 while a generation serves (`serving` names it)
+/// and no stop is under way; 503 with the reason otherwise (`delay` is
+/// what is left of the shutdown delay).
+pub fn readiness(serving: Option<&str>, stopping: bool, delay: Option<Duration>) -> (u16, String) {
+    match (serving, stopping, delay) {
+        (_, true, Some(left)) => (
+            503,
+            format!(
+                "not ready: stopping (shutdown delay, {} left)\n",
+                supervisor::duration::human(left)
+            ),
+        ),
+        (_, true, None) => (503, "not ready: stopping\n".to_string()),
+        (Some(who), false, _) => (200, format!("ready: {who} serving\n")),
+        (None, false, _) => (503, "not ready: no generation serving\n".to_string()),
+    }
+}
+
 /// A whole HTTP/1.1 answer that closes the connection.
 pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
     let mut out = format!(
@@ -321,6 +339,26 @@ mod tests {
         assert_eq!(head_len(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
         assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nmore\r\n\r\n"), Some(18));
         assert_eq!(head_len(b"GET / HTTP/1.1\n\nmore"), Some(16));
+    }
+
+    #[test]
+    fn readiness_says_why() {
+        assert_eq!(
+            readiness(Some("generation 2 (pid 9)"), false, None),
+            (200, "ready: generation 2 (pid 9) serving\n".into())
+        );
+        assert_eq!(readiness(None, false, None).0, 503);
+        assert_eq!(
+            readiness(Some("g"), true, Some(Duration::from_millis(1500))),
+            (
+                503,
+                "not ready: stopping (shutdown delay, 1.5s left)\n".into()
+            )
+        );
+        assert_eq!(
+            readiness(Some("g"), true, None),
+            (503, "not ready: stopping\n".into())
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod machine;
 mod manager;
 mod metrics;
 mod notify;
+mod parts;
 mod probe;
 mod report;
 mod snapshot;
@@ -199,7 +200,7 @@ fn run(args: cli::Args) -> Result<i32> {
         let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
     }
-    let settings = driver::Settings {
+    let settings = snapshot::Settings {
         control_path,
         ready: args.ready.describe(),
         drain_timeout: args.drain_timeout,
@@ -213,7 +214,7 @@ fn run(args: cli::Args) -> Result<i32> {
         credentials,
         chdir: args.chdir,
     })?;
-    let parts = driver::Parts {
+    let parts = parts::Parts {
         children,
         steering,
         control: control::ControlServer::new(control),

@@ -5,7 +5,7 @@
 //! pids of the generations it names (`who`), never from the machine's state
 //! read back afterwards. It never acts: it only writes text and counts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use supervisor::duration::human;
@@ -237,6 +237,62 @@ fn ready_text(
         None => String::new(),
     };
     format!("{} ready in {}{tail}", who.who(g), human(after))
+}
+
+/// While generations drain, their progress is logged this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The drain progress lines: while generations drain, one line every
+/// [`PROGRESS_EVERY`] with which are left, how long until their SIGKILL,
+/// and their last `STATUS=`. Its timer runs only while something drains.
+#[derive(Debug, Default)]
+pub struct Progress {
+    due: Option<Instant>,
+}
+
+impl Progress {
+    /// When the next line is due, if anything drains.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// `draining`: the draining generations and when each got its stop
+    /// signal; `timeout` is the drain timeout.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        draining: &[(Generation, Instant)],
+        timeout: Duration,
+        children: &crate::children::Children,
+    ) {
+        if draining.is_empty() {
+            self.due = None;
+            return;
+        }
+        match self.due {
+            None => self.due = Some(now + PROGRESS_EVERY),
+            Some(t) if t <= now => {
+                let parts: Vec<String> = draining
+                    .iter()
+                    .map(|(g, since)| {
+                        let left = (*since + timeout).saturating_duration_since(now);
+                        let status = match children.status_text(*g) {
+                            Some(t) => format!(", status: {}", t.escape_debug()),
+                            None => String::new(),
+                        };
+                        format!(
+                            "{} ({} until SIGKILL{status})",
+                            children.who(*g),
+                            human(left)
+                        )
+                    })
+                    .collect();
+                log::info!("still draining: {}", parts.join("; "));
+                self.due = Some(now + PROGRESS_EVERY);
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Seconds since the Unix epoch.

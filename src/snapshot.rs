@@ -1,17 +1,27 @@
 //! What `supervisor status` shows, gathered from the machine and the parts
 //! into the one [`status::Status`] type. Read-only: it changes nothing.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use supervisor::child;
 use supervisor::duration::millis;
 use supervisor::status;
 
 use crate::children::Children;
-use crate::driver::Settings;
 use crate::machine::Machine;
 use crate::report::Report;
 use crate::steer::Steering;
+
+/// What `supervisor status` shows of the settings.
+pub struct Settings {
+    /// The control socket's path.
+    pub control_path: PathBuf,
+    /// How readiness is proven, as the user wrote it.
+    pub ready: String,
+    /// The drain timeout.
+    pub drain_timeout: Duration,
+}
 
 /// Where the status comes from.
 pub struct Sources<'a> {
