@@ -17,4 +17,5 @@ pub mod child;
 pub mod duration;
 pub mod envfile;
 pub mod parse;
+pub mod sockinfo;
 pub mod status;

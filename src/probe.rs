@@ -23,7 +23,9 @@ use nix::sys::socket::{
 };
 
 use crate::machine::Generation;
-use crate::steer::{Steering, queue_length};
+use supervisor::sockinfo::queue_length;
+
+use crate::steer::Steering;
 pub use supervisor::parse::http::status_code;
 
 /// Time between attempts.

@@ -542,22 +542,9 @@ fn stranger(port: u16) -> OwnedFd {
 
 /// Connections waiting in a listening socket's accept queue (TCP_INFO's
 /// tcpi_unacked, what `ss -lt` shows as Recv-Q).
-fn accept_queue(fd: &OwnedFd) -> u32 {
-    // SAFETY: tcp_info is plain old data; zeroes are a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the buffer and its length describe `info`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_unacked
+fn accept_queue(fd: &OwnedFd) -> u64 {
+    supervisor::sockinfo::tcp_queue(std::os::fd::AsFd::as_fd(fd))
+        .unwrap_or_else(|e| panic!("TCP_INFO: {e}"))
 }
 
 /// Whether a non-blocking accept on the stranger finds a connection.

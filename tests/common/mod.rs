@@ -1149,107 +1149,15 @@ pub fn listening_sockets(table: &str, port: u16) -> BTreeSet<String> {
     };
     let mut found = BTreeSet::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        for (p, inode) in diag_dump(family as u8, stream) {
-            if p == port {
+        let list = supervisor::sockinfo::listening(family, stream)
+            .unwrap_or_else(|e| panic!("sock_diag: {e}"));
+        for (addr, _uid, inode) in list {
+            if addr.port() == port {
                 found.insert(format!("socket:[{inode}]"));
             }
         }
     }
     found
-}
-
-/// Every listening TCP (or unconnected UDP) socket of `family` as (local
-/// port, inode), from one sock_diag dump.
-fn diag_dump(family: u8, stream: bool) -> Vec<(u16, u32)> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const TCP_LISTEN: u32 = 10;
-    const TCP_CLOSE: u32 = 7;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "netlink socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // nlmsghdr (16 bytes), then inet_diag_req_v2 (56 bytes): family,
-    // protocol, extensions, pad, the states wanted, a zero socket id.
-    let mut req = [0u8; 72];
-    req[0..4].copy_from_slice(&72u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[16] = family;
-    req[17] = if stream {
-        libc::IPPROTO_TCP as u8
-    } else {
-        libc::IPPROTO_UDP as u8
-    };
-    let states: u32 = 1 << if stream { TCP_LISTEN } else { TCP_CLOSE };
-    req[20..24].copy_from_slice(&states.to_ne_bytes());
-    // SAFETY: zeroes are a valid sockaddr_nl: the kernel as destination.
-    let mut dest: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: the buffer and the address are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            raw,
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&raw const dest).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    assert!(
-        sent >= 0,
-        "sock_diag request: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: `buf` is valid for writes of its whole length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        assert!(
-            n >= 0,
-            "sock_diag answer: {}",
-            std::io::Error::last_os_error()
-        );
-        if n == 0 {
-            return out;
-        }
-        let data = &buf[..n as usize];
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
-            let ty = i32::from(u16::from_ne_bytes(
-                data[off + 4..off + 6].try_into().unwrap(),
-            ));
-            assert!(len >= 16 && off + len <= data.len(), "bad netlink message");
-            if ty == libc::NLMSG_DONE {
-                return out;
-            }
-            assert_ne!(ty, libc::NLMSG_ERROR, "sock_diag refused the dump");
-            // inet_diag_msg: family, state, timer, retrans, then the socket
-            // id (source port first, big-endian), ...; the inode at 68.
-            let msg = &data[off + 16..off + len];
-            if msg.len() >= 72 {
-                let port = u16::from_be_bytes([msg[4], msg[5]]);
-                let inode = u32::from_ne_bytes(msg[68..72].try_into().unwrap());
-                out.push((port, inode));
-            }
-            off += (len + 3) & !3;
-        }
-    }
 }
 
 /// What fd `fd` of `pid` points at (`socket:[INODE]` for a socket).
