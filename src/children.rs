@@ -46,6 +46,30 @@ struct Child {
     status: Option<String>,
 }
 
+/// The processes as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// What was read at start (`--env-file`, `--env`, `--user`): an upgrade
+    /// keeps it, as reloads do, even if the files have changed or gone.
+    pub env: Vec<(String, String)>,
+    /// As resolved at start.
+    pub credentials: Option<spawn::Credentials>,
+    notify_dir: std::path::PathBuf,
+    children: Vec<(Generation, SavedChild)>,
+    groups: Vec<i32>,
+}
+
+/// One process as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedChild {
+    pid: i32,
+    #[serde(with = "crate::upgrade::mono")]
+    started: Instant,
+    notify: crate::notify::Saved,
+    reaped: bool,
+    status: Option<String>,
+}
+
 /// What the command is and how it is run.
 pub struct Command {
     /// The command and its arguments.
@@ -103,6 +127,59 @@ impl Children {
             map: BTreeMap::new(),
             groups: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Their state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            env: self.command.env.clone(),
+            credentials: self.command.credentials.clone(),
+            notify_dir: self.notify_dir.save(),
+            children: self
+                .map
+                .iter()
+                .map(|(g, c)| {
+                    let saved = SavedChild {
+                        pid: c.pid.as_raw(),
+                        started: c.started,
+                        notify: c.notify.save(keep),
+                        reaped: c.reaped,
+                        status: c.status.clone(),
+                    };
+                    (*g, saved)
+                })
+                .collect(),
+            groups: self.groups.iter().copied().collect(),
+        }
+    }
+
+    /// The processes an upgrade carried across (they are this process's
+    /// children still: exec changes no parent).
+    pub fn restore(
+        command: Command,
+        saved: Saved,
+        adopt: &mut crate::upgrade::Adopt,
+    ) -> Children {
+        let map = saved
+            .children
+            .into_iter()
+            .map(|(g, c)| {
+                let child = Child {
+                    pid: Pid::from_raw(c.pid),
+                    started: c.started,
+                    notify: crate::notify::NotifySocket::restore(c.notify, adopt),
+                    reaped: c.reaped,
+                    status: c.status,
+                };
+                (g, child)
+            })
+            .collect();
+        Children {
+            command,
+            notify_dir: NotifyDir::restore(saved.notify_dir),
+            map,
+            groups: saved.groups.into_iter().collect(),
+        }
     }
 
     /// The command being run.

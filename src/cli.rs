@@ -26,8 +26,9 @@ Signals:
   SIGTERM, SIGINT, SIGQUIT stop: after --shutdown-delay, send the stop signal
                            to every generation, wait for them to exit; a
                            second one ends the delay, or kills them now
-  SIGUSR1, SIGUSR2, SIGWINCH
-                           forwarded to the serving generation
+  SIGUSR2                  upgrade the supervisor in place (as `supervisor
+                           upgrade`): same pid, children and sockets
+  SIGUSR1, SIGWINCH        forwarded to the serving generation
 
 Exit status:
   the active child's     its exit code, or 128+N if signal N killed it (0 if
@@ -45,7 +46,7 @@ SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 #[command(
     name = "supervisor",
     version,
-    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop [--control PATH]",
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop|upgrade [--control PATH]",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -91,6 +92,19 @@ pub enum Client {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the stop goes on).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Upgrade the supervisor in place (same pid, children and sockets):
+    /// re-execute the binary at the path it was started from, after
+    /// checking that it can take over. Exit 0 once the new image serves,
+    /// 1 with the reason if it cannot (the old one carries on).
+    Upgrade {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// How long the new binary may take to confirm that it can take
+        /// over (default 10s).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Option<Duration>,
     },
@@ -319,7 +333,7 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
 pub fn control_word_misplaced(e: &anyhow::Error, command: &std::ffi::OsStr) -> Option<String> {
     let c = command
         .to_str()
-        .filter(|c| ["reload", "status", "stop"].contains(c))?;
+        .filter(|c| ["reload", "status", "stop", "upgrade"].contains(c))?;
     Some(format!(
         "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
     ))
@@ -434,6 +448,15 @@ mod tests {
         assert!(matches!(
             Cli::try_parse_from(["supervisor", "stop"]).unwrap().client,
             Some(Client::Stop { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "upgrade", "--timeout", "3s"])
+                .unwrap()
+                .client,
+            Some(Client::Upgrade {
+                timeout: Some(t),
+                ..
+            }) if t == Duration::from_secs(3)
         ));
         // After a run option, `reload` can only be the server's name.
         let a = Cli::try_parse_from(["supervisor", "-l", ":0", "reload"]).unwrap();

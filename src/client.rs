@@ -28,6 +28,9 @@ const MAX_ANSWER: usize = 16 << 20;
 /// How long `status` waits by default: it is answered at once.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The supervisor's default bound on an upgrade's check.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Run a control command; returns the exit status.
 pub fn run(client: Client) -> i32 {
     // `main` blocked the supervisor's signals; a client must die of Ctrl-C
@@ -37,6 +40,13 @@ pub fn run(client: Client) -> i32 {
         Client::Reload { control, timeout } => (control, Request::Reload, *timeout),
         Client::Status { control, .. } => (control, Request::Status, Some(STATUS_TIMEOUT)),
         Client::Stop { control, timeout } => (control, Request::Stop, *timeout),
+        // The supervisor bounds the check by the timeout; the exec and the
+        // new image's start come on top.
+        Client::Upgrade { control, timeout } => (
+            control,
+            Request::Upgrade(*timeout),
+            Some(timeout.unwrap_or(UPGRADE_TIMEOUT) + Duration::from_secs(30)),
+        ),
     };
     let path = match path {
         Some(p) => p.clone(),
@@ -70,13 +80,14 @@ pub fn run(client: Client) -> i32 {
                 Request::Reload => "reload failed",
                 Request::Status => "status failed",
                 Request::Stop => "stop failed",
+                Request::Upgrade(_) => "upgrade failed",
             };
             eprintln!("supervisor: {what}: {text}");
             return FAILED;
         }
     };
     match client {
-        Client::Reload { .. } => {
+        Client::Reload { .. } | Client::Upgrade { .. } => {
             println!("{text}");
             0
         }
@@ -187,7 +198,7 @@ impl Session {
         self.request = request;
         if let Err(e) = self
             .stream
-            .write_all(format!("{}\n", request.as_str()).as_bytes())
+            .write_all(format!("{}\n", request.line()).as_bytes())
         {
             // A refused connection (busy, or another user) is answered and
             // closed before the request is read: the answer is still there.
@@ -245,6 +256,7 @@ impl Session {
             Request::Reload => "; the reload may still complete (see supervisor status)",
             Request::Stop => "; the stop goes on",
             Request::Status => "",
+            Request::Upgrade(_) => "; the upgrade may still complete (see supervisor status)",
         };
         format!(
             "no answer from the supervisor at {} in time{what}",

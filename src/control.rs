@@ -134,7 +134,7 @@ pub fn check_private(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Where a connection is in its one exchange.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Stage {
     /// Reading the request line.
     Reading(Vec<u8>),
@@ -270,6 +270,9 @@ pub enum ControlEvent {
     Stop(ConnId, i32),
     /// Answer `ConnId` at once with the status ([`ControlServer::answer`]).
     Status(ConnId),
+    /// Upgrade the supervisor in place (the check bounded by the duration
+    /// given, if any); answer `ConnId` with the outcome.
+    Upgrade(ConnId, i32, Option<Duration>),
 }
 
 /// Connections waiting for an outcome (reload or stop) beyond this number
@@ -302,6 +305,75 @@ pub struct ControlServer {
     accept_failing: bool,
     /// Connections waiting for the supervisor to exit.
     stop_waiters: Vec<ConnId>,
+}
+
+/// The control socket and its connections as carried across an in-place
+/// upgrade (the requester of the upgrade among them, to be answered by the
+/// new image).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    listener: crate::listen::Saved,
+    /// (id, fd, pid, stage, deadline)
+    conns: Vec<SavedConn>,
+    next: ConnId,
+    stop_waiters: Vec<ConnId>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedConn {
+    id: ConnId,
+    fd: i32,
+    pid: i32,
+    stage: Stage,
+    #[serde(with = "crate::upgrade::mono::opt")]
+    deadline: Option<Instant>,
+}
+
+impl ControlServer {
+    /// The state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            listener: self.listener.save(keep),
+            conns: self
+                .conns
+                .iter()
+                .map(|(id, c)| SavedConn {
+                    id: *id,
+                    fd: keep.fd(c.stream.as_fd()),
+                    pid: c.pid,
+                    stage: c.stage.clone(),
+                    deadline: c.deadline,
+                })
+                .collect(),
+            next: self.next,
+            stop_waiters: self.stop_waiters.clone(),
+        }
+    }
+
+    /// The control server an upgrade carried across.
+    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> ControlServer {
+        let conns = saved
+            .conns
+            .into_iter()
+            .map(|c| {
+                let conn = Conn {
+                    stream: UnixStream::from(adopt.take(c.fd)),
+                    pid: c.pid,
+                    stage: c.stage,
+                    deadline: c.deadline,
+                };
+                (c.id, conn)
+            })
+            .collect();
+        ControlServer {
+            listener: crate::listen::Listener::restore(saved.listener, adopt),
+            conns,
+            next: saved.next,
+            accept_paused: None,
+            accept_failing: false,
+            stop_waiters: saved.stop_waiters,
+        }
+    }
 }
 
 impl ControlServer {
@@ -510,7 +582,7 @@ impl ControlServer {
                 None
             }
             Ok(Request::Status) => Some(ControlEvent::Status(id)),
-            Ok(Request::Reload | Request::Stop) if waiting >= MAX_WAITERS => {
+            Ok(Request::Reload | Request::Stop | Request::Upgrade(_)) if waiting >= MAX_WAITERS => {
                 let why = format!("busy: {MAX_WAITERS} requests already wait for an outcome");
                 log::warn!("control connection from pid {pid}: {why}");
                 self.answer(id, false, &why, now);
@@ -520,6 +592,11 @@ impl ControlServer {
                 conn.stage = Stage::Waiting;
                 conn.deadline = None;
                 Some(ControlEvent::Reload(id, pid))
+            }
+            Ok(Request::Upgrade(timeout)) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Upgrade(id, pid, timeout))
             }
             Ok(Request::Stop) => {
                 conn.stage = Stage::Waiting;

@@ -42,6 +42,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
+        Signal::SIGUSR2,
     ]
     .into_iter()
     .chain(FORWARDED)
@@ -53,7 +54,7 @@ pub fn handled_signals() -> SigSet {
 
 /// Signals the supervisor does not act on itself but passes to the serving
 /// generation (as tini and dumb-init do).
-pub const FORWARDED: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+pub const FORWARDED: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGWINCH];
 
 /// The running supervisor.
 pub struct Driver {
@@ -75,6 +76,11 @@ pub struct Driver {
     progress: crate::report::Progress,
     /// Set when the machine asks to exit.
     exit: Option<i32>,
+    /// The upgrade to carry out at the top of the loop (its check said yes):
+    /// the connection to answer, when it was asked for, the new version.
+    exec_due: Option<(Option<ConnId>, Instant)>,
+    /// In-place upgrades so far, and the Unix time of the last one.
+    upgrades: (u64, Option<f64>),
 }
 
 impl Driver {
@@ -108,7 +114,70 @@ impl Driver {
             started: Instant::now(),
             progress: crate::report::Progress::default(),
             exit: None,
+            exec_due: None,
+            upgrades: (0, None),
         })
+    }
+
+    /// The driver an in-place upgrade carried across; answers the upgrade's
+    /// requester (`refused`: a new image refused the state and came back to
+    /// this one, saying why).
+    ///
+    /// # Errors
+    /// The signalfd cannot be created.
+    pub fn restore(
+        machine: Machine,
+        settings: Settings,
+        parts: Parts,
+        report: Report,
+        saved: crate::upgrade::DriverSaved,
+        refused: Option<String>,
+    ) -> Result<Driver> {
+        let mut d = Driver::new(machine, settings, parts)?;
+        d.report = report;
+        d.next_ticket = saved.next_ticket;
+        d.reload_waiters = saved.reload_waiters.into_iter().collect();
+        d.started = saved.started;
+        let took = saved.requested.elapsed();
+        let now = Instant::now();
+        let pid = std::process::id();
+        let (ok, text) = match refused {
+            None => {
+                d.upgrades = (saved.upgrades, Some(saved.upgraded_at));
+                let text = format!(
+                    "upgraded in place from supervisor {} to {} (pid {pid}) in {}",
+                    saved.from_version,
+                    crate::upgrade::version(),
+                    supervisor::duration::human(took)
+                );
+                log::info!("{text}");
+                (true, text)
+            }
+            Some(why) => {
+                d.upgrades = (saved.upgrades.saturating_sub(1), None);
+                let text = format!(
+                    "the new image refused the state ({why}); supervisor {} (pid {pid}) carries on",
+                    crate::upgrade::version()
+                );
+                log::error!("upgrade failed: {text}");
+                (false, text)
+            }
+        };
+        if let Some(id) = saved.upgrade_waiter {
+            d.parts.control.answer(id, ok, &text, now);
+        }
+        // A probe in flight was cut by the exec: start it again.
+        for (g, phase, _) in d.machine.phases() {
+            if phase == crate::machine::Phase::Starting
+                && let Some(p) = &mut d.parts.prober
+            {
+                p.cancel(g, &mut d.parts.steering);
+                if let Err(e) = p.start(g, &d.parts.steering, now) {
+                    log::error!("{g}: cannot probe its readiness: {e:#}");
+                }
+            }
+        }
+        Ok(d)
     }
 
     /// Say `hint` after "was not ready within ..." (the likely cause).
@@ -124,6 +193,11 @@ impl Driver {
     pub fn run(mut self) -> Result<i32> {
         self.execute();
         loop {
+            if let Some((waiter, requested)) = self.exec_due.take()
+                && self.exit.is_none()
+            {
+                self.exec_upgrade(waiter, requested);
+            }
             if let Some(code) = self.exit {
                 self.parts.children.kill_orphans();
                 self.parts.control.answer_stop(code, Instant::now());
@@ -169,6 +243,12 @@ impl Driver {
                     }
                     Watch::Probe => self.advance_probe(now),
                     Watch::Health(w) => self.serve_health(w, now),
+                    Watch::Upgrade => {
+                        let verdict = self.parts.upgrade.as_mut().and_then(|c| c.on_readable());
+                        if let Some(v) = verdict {
+                            self.upgrade_checked(v);
+                        }
+                    }
                     Watch::Hangup(_) => {}
                 }
             }
@@ -183,6 +263,9 @@ impl Driver {
                     h.on_timeout(now);
                 }
                 self.drain_progress(now);
+                if let Some(v) = self.parts.upgrade.as_ref().and_then(|c| c.on_timeout(now)) {
+                    self.upgrade_checked(v);
+                }
                 // A probe that succeeded has fed the machine a later time
                 // (`feed` reads the clock): the timeout must not go back.
                 self.machine.handle_timeout(Instant::now());
@@ -258,6 +341,10 @@ impl Driver {
                 Signal::SIGHUP => {
                     log::info!("reload requested (SIGHUP)");
                     self.reload(None);
+                }
+                Signal::SIGUSR2 => {
+                    log::info!("upgrade requested (SIGUSR2)");
+                    self.upgrade(None, None);
                 }
                 s if FORWARDED.contains(&s) => match self.machine.active() {
                     Some(g) => {
@@ -363,6 +450,7 @@ impl Driver {
             report: &self.report,
             settings: &self.settings,
             started: self.started,
+            upgrades: self.upgrades,
         })
     }
 
@@ -371,6 +459,10 @@ impl Driver {
             ControlEvent::Status(id) => {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 self.parts.control.answer(id, true, &json, Instant::now());
+            }
+            ControlEvent::Upgrade(id, pid, timeout) => {
+                log::info!("upgrade requested (control socket, pid {pid})");
+                self.upgrade(Some(id), timeout);
             }
             ControlEvent::Reload(id, pid) => {
                 log::info!("reload requested (control socket, pid {pid})");
@@ -401,6 +493,138 @@ impl Driver {
             m.reload_requested();
         }
         self.feed(Input::Reload(t));
+    }
+
+    /// Begin an in-place upgrade: check the binary first (see
+    /// [`crate::upgrade`]).
+    fn upgrade(&mut self, waiter: Option<ConnId>, timeout: Option<std::time::Duration>) {
+        let now = Instant::now();
+        let refuse = if self.parts.upgrade.is_some() || self.exec_due.is_some() {
+            Some("an upgrade is already under way".to_string())
+        } else if self.machine.stopping() {
+            Some("the supervisor is stopping".to_string())
+        } else {
+            None
+        };
+        let started = match refuse {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
+                crate::upgrade::Check::start(
+                    &self.settings.binary,
+                    state,
+                    timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
+                    waiter,
+                    now,
+                )
+            }),
+        };
+        match started {
+            Ok(check) => {
+                log::info!(
+                    "checking {} (pid {}) before the upgrade",
+                    check.binary.display(),
+                    check.pid()
+                );
+                self.parts.upgrade = Some(check);
+            }
+            Err(e) => self.upgrade_failed(waiter, &format!("{e:#}")),
+        }
+    }
+
+    fn upgrade_failed(&mut self, waiter: Option<ConnId>, why: &str) {
+        let text = format!(
+            "{why}; supervisor {} (pid {}) carries on",
+            crate::upgrade::version(),
+            std::process::id()
+        );
+        log::error!("upgrade failed: {text}");
+        if let Some(id) = waiter {
+            self.parts.control.answer(id, false, &text, Instant::now());
+        }
+    }
+
+    /// The check of the new binary is over.
+    fn upgrade_checked(&mut self, verdict: crate::upgrade::Verdict) {
+        let Some(check) = self.parts.upgrade.take() else {
+            return;
+        };
+        match verdict {
+            crate::upgrade::Verdict::Ok(version) => {
+                log::info!(
+                    "{} (supervisor {version}) accepts the state: executing it in place",
+                    check.binary.display()
+                );
+                self.exec_due = Some((check.waiter, check.requested));
+            }
+            crate::upgrade::Verdict::Failed(why) => self.upgrade_failed(check.waiter, &why),
+        }
+    }
+
+    /// Everything the next image needs, and the fds it names.
+    fn save(&self, waiter: Option<ConnId>, requested: Instant) -> (crate::upgrade::State, Vec<i32>) {
+        let mut keep = crate::upgrade::Keep::default();
+        let steering = self.parts.steering.save(&mut keep);
+        let children = self.parts.children.save(&mut keep);
+        let control = self.parts.control.save(&mut keep);
+        let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
+        let state = crate::upgrade::State {
+            format: crate::upgrade::FORMAT.to_string(),
+            version: crate::upgrade::VERSION,
+            writer: crate::upgrade::version().to_string(),
+            fds: keep.list(),
+            machine: self.machine.save(),
+            children,
+            steering,
+            control,
+            health,
+            manager: self.parts.manager.as_ref().map(|m| m.save()),
+            report: crate::report::Report {
+                not_ready_hint: self.report.not_ready_hint.clone(),
+                reloads_ok: self.report.reloads_ok,
+                reloads_failed: self.report.reloads_failed,
+                last_failure: self.report.last_failure.clone(),
+                last_failed_reload: self.report.last_failed_reload.clone(),
+                counts: self.report.counts.clone(),
+            },
+            driver: crate::upgrade::DriverSaved {
+                next_ticket: self.next_ticket,
+                reload_waiters: self.reload_waiters.iter().map(|(t, c)| (*t, *c)).collect(),
+                upgrade_waiter: waiter,
+                started: self.started,
+                upgrades: self.upgrades.0 + 1,
+                requested,
+                from_version: crate::upgrade::version().to_string(),
+                upgraded_at: crate::report::unix_now(),
+            },
+        };
+        (state, keep.list())
+    }
+
+    /// Exec the new image with the state as it is now; returns only if
+    /// that failed (then the old image carries on and says why).
+    fn exec_upgrade(&mut self, waiter: Option<ConnId>, requested: Instant) {
+        if self.machine.stopping() {
+            return self.upgrade_failed(waiter, "the supervisor began to stop during the check");
+        }
+        // Whatever the service manager is owed goes out first.
+        self.tell_manager();
+        let (state, keep) = self.save(waiter, requested);
+        let fd = match crate::upgrade::write_state(&state) {
+            Ok(fd) => fd,
+            Err(e) => return self.upgrade_failed(waiter, &format!("{e:#}")),
+        };
+        log::info!(
+            "executing {} in place (pid {})",
+            self.settings.binary.display(),
+            std::process::id()
+        );
+        let e = crate::upgrade::exec(
+            &self.settings.binary,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &keep,
+            None,
+        );
+        self.upgrade_failed(waiter, &format!("{e:#}"));
     }
 
     /// Carry out the machine's actions; an `Exit` is kept in `self.exit`.

@@ -115,6 +115,38 @@ pub fn response(status: u16, content_type: &str, body: &str, head_only: bool) ->
     out
 }
 
+/// The health endpoint as carried across an in-place upgrade: its listening
+/// socket (requests in progress are closed by the exec; HTTP clients retry).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    fd: i32,
+}
+
+impl HealthServer {
+    /// The state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            fd: keep.fd(self.listener.as_fd()),
+        }
+    }
+
+    /// The endpoint an upgrade carried across.
+    ///
+    /// # Errors
+    /// The socket has no local address (it is not the health socket).
+    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Result<HealthServer> {
+        let listener = TcpListener::from(adopt.take(saved.fd));
+        let address = listener.local_addr().context("health socket address")?;
+        Ok(HealthServer {
+            listener,
+            address,
+            conns: BTreeMap::new(),
+            next: 0,
+            paused: None,
+        })
+    }
+}
+
 impl HealthServer {
     /// Bind `addr`.
     ///

@@ -75,6 +75,53 @@ impl Listener {
     }
 }
 
+/// A listener as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    name: String,
+    bound: String,
+    starter_key: String,
+    inherited: bool,
+    fd: Option<i32>,
+    created: Option<(PathBuf, u64, u64)>,
+    lock: Option<i32>,
+}
+
+impl Listener {
+    /// Its state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            name: self.name.clone(),
+            bound: self.bound.clone(),
+            starter_key: self.starter_key.clone(),
+            inherited: self.inherited,
+            fd: self.fd.as_ref().map(|f| keep.fd(f.as_fd())),
+            created: self.created.clone(),
+            lock: self._lock.as_ref().map(|l| keep.fd(l.as_fd())),
+        }
+    }
+
+    /// The listener an upgrade carried across.
+    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Listener {
+        // The lock's open file description already holds the lock; locking
+        // it again through the carried fd only confirms that.
+        let lock = saved.lock.map(|raw| File::from(adopt.take(raw))).and_then(|f| {
+            Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, e)| log::warn!("the lock of {}: {e}", saved.bound))
+                .ok()
+        });
+        Listener {
+            name: saved.name,
+            bound: saved.bound,
+            starter_key: saved.starter_key,
+            inherited: saved.inherited,
+            fd: saved.fd.map(|raw| adopt.take(raw)),
+            created: saved.created,
+            _lock: lock,
+        }
+    }
+}
+
 /// Socket options for the listeners the supervisor binds (accepted TCP
 /// connections inherit them from the listener).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

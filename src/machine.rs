@@ -25,7 +25,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// One start of the child command, numbered from 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Generation(pub u64);
 
 impl fmt::Display for Generation {
@@ -38,7 +40,7 @@ impl fmt::Display for Generation {
 pub type Ticket = u64;
 
 /// How a child ended, as `waitpid` reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {
     /// Exited with this code.
     Code(i32),
@@ -151,7 +153,7 @@ pub struct Quiesce {
 }
 
 /// Why a generation started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cause {
     /// The first generation.
     Initial,
@@ -374,42 +376,50 @@ enum Due {
 }
 
 /// Whether, and how, the supervisor is stopping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Stopping {
     /// Not stopping.
     No,
     /// A stop was requested: everything serves until then (the shutdown
     /// delay), then the graceful stop begins.
-    Delay(Instant),
+    Delay(#[serde(with = "crate::upgrade::mono")] Instant),
     /// Stop signals sent; waiting for the drains.
     Graceful,
     /// A second stop request: everything was killed.
     Forced,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum State {
     Starting {
+        #[serde(with = "crate::upgrade::mono")]
         spawned: Instant,
+        #[serde(with = "crate::upgrade::mono")]
         deadline: Instant,
         cause: Cause,
         tickets: Vec<Ticket>,
     },
     Active {
+        #[serde(with = "crate::upgrade::mono")]
         since: Instant,
     },
     Quiescing {
+        #[serde(with = "crate::upgrade::mono")]
         since: Instant,
         /// When the queue is measured next.
+        #[serde(with = "crate::upgrade::mono")]
         check_at: Instant,
         /// Since when the queue has been seen empty.
+        #[serde(with = "crate::upgrade::mono::opt")]
         empty_since: Option<Instant>,
         /// The last measurement.
         queued: u64,
     },
     Draining {
+        #[serde(with = "crate::upgrade::mono")]
         since: Instant,
         /// The SIGKILL deadline; `None` once SIGKILL was sent.
+        #[serde(with = "crate::upgrade::mono::opt")]
         deadline: Option<Instant>,
     },
 }
@@ -441,6 +451,29 @@ pub struct Machine {
     /// When the recent starts counted by the start limit happened.
     starts: VecDeque<Instant>,
     actions: VecDeque<Action>,
+}
+
+/// The machine's state as carried across an in-place upgrade (everything
+/// but the settings, which the new image reads from its command line, and
+/// the actions, which are all carried out before an upgrade).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    generations: Vec<(Generation, State)>,
+    last: u64,
+    queued: Option<Vec<Ticket>>,
+    #[serde(with = "crate::upgrade::mono::opt")]
+    restart_at: Option<Instant>,
+    failures: u32,
+    stopping: Stopping,
+    exit_with: Option<Generation>,
+    exit_status: Option<ExitStatus>,
+    last_status: Option<ExitStatus>,
+    done: bool,
+    restarts: u64,
+    #[serde(with = "crate::upgrade::mono")]
+    now: Instant,
+    #[serde(with = "crate::upgrade::mono::seq")]
+    starts: VecDeque<Instant>,
 }
 
 /// Where a generation is in its life (for status reports).
@@ -490,6 +523,56 @@ impl Machine {
         };
         m.spawn(now, Cause::Initial, Vec::new());
         m
+    }
+
+    /// The state to carry across an in-place upgrade.
+    ///
+    /// # Panics
+    /// In debug builds, if actions are still waiting to be carried out.
+    pub fn save(&self) -> Saved {
+        debug_assert!(self.actions.is_empty(), "saved with actions pending");
+        Saved {
+            generations: self
+                .generations
+                .iter()
+                .map(|(g, s)| (*g, s.clone()))
+                .collect(),
+            last: self.last,
+            queued: self.queued.clone(),
+            restart_at: self.restart_at,
+            failures: self.failures,
+            stopping: self.stopping,
+            exit_with: self.exit_with,
+            exit_status: self.exit_status,
+            last_status: self.last_status,
+            done: self.done,
+            restarts: self.restarts,
+            now: self.now,
+            starts: self.starts.clone(),
+        }
+    }
+
+    /// The machine an upgrade carried across, with this image's settings.
+    /// Its time is `now` at the earliest (the clock goes on through exec,
+    /// but the carried instants are approximations).
+    pub fn restore(cfg: Config, saved: Saved, now: Instant) -> Machine {
+        Machine {
+            cfg,
+            generations: saved.generations.into_iter().collect(),
+            last: saved.last,
+            queued: saved.queued,
+            restart_at: saved.restart_at,
+            failures: saved.failures,
+            stopping: saved.stopping,
+            exit_with: saved.exit_with,
+            exit_status: saved.exit_status,
+            last_status: saved.last_status,
+            done: saved.done,
+            restarts: saved.restarts,
+            now: saved.now.max(now),
+            starts: saved.starts,
+            actions: VecDeque::new(),
+        }
     }
 
     /// The next action for the driver, in order.

@@ -28,6 +28,7 @@ mod report;
 mod snapshot;
 mod spawn;
 mod steer;
+mod upgrade;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -48,12 +49,38 @@ fn main() -> ExitCode {
         eprintln!("supervisor: error: block signals: {e}");
         return ExitCode::from(1);
     }
+    // An in-place upgrade's state, if this image was started by one; the
+    // variables go, so that no child inherits them.
+    let handed = upgrade::handed();
+    let check = std::env::var_os(upgrade::CHECK_VAR).is_some();
+    for var in [
+        upgrade::STATE_VAR,
+        upgrade::OLD_EXE_VAR,
+        upgrade::REFUSED_VAR,
+        upgrade::CHECK_VAR,
+    ] {
+        // SAFETY: no other thread exists yet (nothing has been started).
+        unsafe { std::env::remove_var(var) };
+    }
     let cli = cli::parse();
     if let Some(c) = cli.client {
         return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
     }
+    if check {
+        // The check run of an upgrade: the command line must mean what it
+        // meant to the old image, and the state must be readable.
+        if let Err(e) = setup_args(&cli.run) {
+            println!("error {e:#}");
+            return ExitCode::from(1);
+        }
+        return ExitCode::from(u8::try_from(upgrade::check_main()).unwrap_or(1));
+    }
     logging::init();
-    match run(cli.run) {
+    let result = match handed {
+        Some(h) => resume(cli.run, h),
+        None => run(cli.run),
+    };
+    match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("supervisor: error: {e:#}");
@@ -62,39 +89,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Args) -> Result<i32> {
-    // First, before any other descriptor is opened: the sockets a launcher
-    // may have handed us as fds 3, 4, ...
-    let inherited = listen::inherited()?;
-    // Fail before binding anything if the command cannot run at all; each
-    // generation resolves it again, so a deploy may replace it.
-    if let Err(e) = spawn::resolve(&args.command[0]) {
-        if let Some(hint) = cli::control_word_misplaced(&e, &args.command[0]) {
-            // A usage error, not a failure of the supervisor.
-            eprintln!("supervisor: error: {hint}");
-            return Ok(2);
-        }
-        return Err(e);
-    }
-    let compat = compat::Compat::merge(&args.compat);
-    // Everything about the children that can be wrong is checked before
-    // anything is bound.
-    let credentials = spawn::Credentials::resolve(args.user.as_deref(), args.group.as_deref())?;
-    let mut env = Vec::new();
+/// What the command line decides, before anything is bound.
+struct Setup {
+    compat: compat::Compat,
+    credentials: Option<spawn::Credentials>,
+    env: Vec<(String, String)>,
+    backlog: Backlog,
+    steer: bool,
+    socket: listen::SocketOptions,
+}
+
+/// Check everything about the children that can be wrong, before anything
+/// is bound: the command line, then the files and names it refers to.
+fn setup(args: &cli::Args) -> Result<Setup> {
+    let mut setup = setup_args(args)?;
+    setup.credentials = spawn::Credentials::resolve(args.user.as_deref(), args.group.as_deref())?;
     for path in &args.env_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("--env-file {}", path.display()))?;
         let parsed = supervisor::envfile::parse(&text)
             .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
-        env.extend(parsed);
+        setup.env.extend(parsed);
     }
-    env.extend(args.env.iter().cloned());
+    setup.env.extend(args.env.iter().cloned());
     if let Some(dir) = &args.chdir
         && !dir.is_dir()
     {
         anyhow::bail!("--chdir {}: not a directory", dir.display());
     }
-    let health = args.health.map(health::HealthServer::bind).transpose()?;
+    Ok(setup)
+}
+
+/// What the command line alone decides (an upgrade's check runs it; the
+/// environment and credentials read at start travel in the state).
+fn setup_args(args: &cli::Args) -> Result<Setup> {
+    let compat = compat::Compat::merge(&args.compat);
     let backlog = match args.backlog {
         Some(n) => Backlog::new(n).context("--backlog")?,
         None => Backlog::MAXALLOWABLE,
@@ -120,24 +149,22 @@ fn run(args: cli::Args) -> Result<i32> {
         rcvbuf: args.rcvbuf,
         sndbuf: args.sndbuf,
     };
-    let bind = listen::BindOptions {
+    Ok(Setup {
+        compat,
+        credentials: None,
+        env: Vec::new(),
         backlog,
-        reuseport: steer,
+        steer,
         socket,
-    };
-    let listeners = listen::merge(inherited, &args.listen, &bind)?;
-    compat::check_keys(&compat, &listeners)?;
-    let control_path = control::path_for_run(args.control.as_deref())?;
-    let control = listen::bind_control(&control_path).with_context(|| {
-        format!(
-            "control socket {} (give another with --control PATH)",
-            control_path.display()
-        )
-    })?;
-    // Orphans of our children are reparented to us, so we reap them too.
-    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
-    let steering = steer::Steering::new(listeners, steer, backlog, socket);
-    let (ready, prober) = match &args.ready {
+    })
+}
+
+/// The readiness mode and its prober.
+fn readiness(
+    args: &cli::Args,
+    steering: &steer::Steering,
+) -> Result<(machine::ReadyMode, Option<probe::Prober>)> {
+    Ok(match &args.ready {
         cli::Ready::Machine(m) => (*m, None),
         cli::Ready::Probe(check) => {
             if !steering.can_probe() {
@@ -151,25 +178,12 @@ fn run(args: cli::Args) -> Result<i32> {
                 Some(probe::Prober::new(check.clone())),
             )
         }
-    };
-    for (i, (l, mode)) in steering.listeners().enumerate() {
-        let from = if l.inherited {
-            ", handed over by the service manager"
-        } else {
-            ""
-        };
-        log::info!(
-            "listening on {} as {:?} (fd {} in children), {}{from}",
-            l.bound,
-            l.name,
-            supervisor::child::LISTEN_FDS_START + i as i32,
-            mode.as_str()
-        );
-        if let (true, steer::Mode::Shared(why)) = (steer, mode) {
-            log::info!("listener {:?} is shared by every generation: {why}", l.name);
-        }
-    }
-    let cfg = Config {
+    })
+}
+
+/// The machine's settings.
+fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steering) -> Config {
+    Config {
         ready,
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
@@ -188,7 +202,165 @@ fn run(args: cli::Args) -> Result<i32> {
             interval: args.start_limit_interval,
         }),
         shutdown_delay: args.shutdown_delay,
+    }
+}
+
+/// How the children are run.
+fn command(args: cli::Args, setup: Setup) -> children::Command {
+    children::Command {
+        argv: args.command,
+        stop_signal: args.stop_signal,
+        compat: setup.compat,
+        env: setup.env,
+        drain_timeout: args.drain_timeout,
+        credentials: setup.credentials,
+        chdir: args.chdir,
+    }
+}
+
+/// The binary an in-place upgrade executes: the path this one was started
+/// from (a deploy may put a new version there), made absolute now, since
+/// the working directory may change.
+fn binary_path() -> std::path::PathBuf {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    let p = std::path::Path::new(&arg0);
+    if p.as_os_str().as_encoded_bytes().contains(&b'/') {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(p);
+        }
+    } else if let Ok(found) = spawn::resolve(&arg0) {
+        return found;
+    }
+    std::env::current_exe().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Carry on from the state an in-place upgrade handed this image.
+fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result<i32> {
+    let (state_fd, old_exe, refused) = handed;
+    // Everything is read and checked before a single fd is adopted: a new
+    // image that refuses goes back to the old one, which must find every
+    // fd and file as it left them.
+    let checked = upgrade::read_handed(state_fd).and_then(|state| {
+        let adopt = upgrade::Adopt::new(&state.fds)?;
+        let mut setup = setup_args(&args)?;
+        setup.env.clone_from(&state.children.env);
+        setup.credentials.clone_from(&state.children.credentials);
+        Ok((state, adopt, setup))
+    });
+    let (state, mut adopt, setup) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("{e:#}");
+            if let (Some(old), None) = (old_exe, &refused) {
+                log::error!("cannot take over from the old image ({why}): going back to it");
+                let e = upgrade::go_back(state_fd, old, &why);
+                return Err(e.context(format!("cannot take over from the old image ({why})")));
+            }
+            return Err(e.context("cannot carry on from the upgrade's state"));
+        }
     };
+    let steering = steer::Steering::restore(state.steering, setup.backlog, setup.socket, &mut adopt);
+    let control = control::ControlServer::restore(state.control, &mut adopt);
+    let health = match state.health {
+        Some(h) => Some(health::HealthServer::restore(h, &mut adopt)?),
+        None => None,
+    };
+    let (ready, prober) = readiness(&args, &steering)?;
+    let cfg = config(&args, ready, &steering);
+    let settings = snapshot::Settings {
+        control_path: control::path_for_run(args.control.as_deref())?,
+        ready: args.ready.describe(),
+        drain_timeout: args.drain_timeout,
+        binary: binary_path(),
+    };
+    let watchdog = manager::watchdog_interval();
+    let children = children::Children::restore(command(args, setup), state.children, &mut adopt);
+    let mut manager = manager::ServiceManager::from_env(watchdog);
+    if let (Some(m), Some(saved)) = (&mut manager, state.manager) {
+        m.restore(saved);
+    }
+    adopt.close_rest();
+    for fd in std::iter::once(state_fd).chain(old_exe) {
+        // SAFETY: the state's memfd and the old binary's fd were left open
+        // for this image, which owns them now and is done with them.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    let parts = parts::Parts {
+        children,
+        steering,
+        control,
+        manager,
+        prober,
+        health,
+        upgrade: None,
+    };
+    let machine = Machine::restore(cfg, state.machine, Instant::now());
+    let driver = driver::Driver::restore(
+        machine,
+        settings,
+        parts,
+        state.report,
+        state.driver,
+        refused,
+    )?;
+    driver.run()
+}
+
+fn run(args: cli::Args) -> Result<i32> {
+    // First, before any other descriptor is opened: the sockets a launcher
+    // may have handed us as fds 3, 4, ...
+    let inherited = listen::inherited()?;
+    // Fail before binding anything if the command cannot run at all; each
+    // generation resolves it again, so a deploy may replace it.
+    if let Err(e) = spawn::resolve(&args.command[0]) {
+        if let Some(hint) = cli::control_word_misplaced(&e, &args.command[0]) {
+            // A usage error, not a failure of the supervisor.
+            eprintln!("supervisor: error: {hint}");
+            return Ok(2);
+        }
+        return Err(e);
+    }
+    let setup = setup(&args)?;
+    let health = args.health.map(health::HealthServer::bind).transpose()?;
+    let bind = listen::BindOptions {
+        backlog: setup.backlog,
+        reuseport: setup.steer,
+        socket: setup.socket,
+    };
+    let listeners = listen::merge(inherited, &args.listen, &bind)?;
+    compat::check_keys(&setup.compat, &listeners)?;
+    let control_path = control::path_for_run(args.control.as_deref())?;
+    let control = listen::bind_control(&control_path).with_context(|| {
+        format!(
+            "control socket {} (give another with --control PATH)",
+            control_path.display()
+        )
+    })?;
+    // Orphans of our children are reparented to us, so we reap them too.
+    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    let steering = steer::Steering::new(listeners, setup.steer, setup.backlog, setup.socket);
+    let (ready, prober) = readiness(&args, &steering)?;
+    for (i, (l, mode)) in steering.listeners().enumerate() {
+        let from = if l.inherited {
+            ", handed over by the service manager"
+        } else {
+            ""
+        };
+        log::info!(
+            "listening on {} as {:?} (fd {} in children), {}{from}",
+            l.bound,
+            l.name,
+            supervisor::child::LISTEN_FDS_START + i as i32,
+            mode.as_str()
+        );
+        if let (true, steer::Mode::Shared(why)) = (setup.steer, mode) {
+            log::info!("listener {:?} is shared by every generation: {why}", l.name);
+        }
+    }
+    let cfg = config(&args, ready, &steering);
     if let Some(h) = &health {
         log::info!(
             "health endpoint http://{}/ (/livez, /readyz, /metrics)",
@@ -196,24 +368,17 @@ fn run(args: cli::Args) -> Result<i32> {
         );
     }
     log::info!("control socket {}", control_path.display());
-    if !compat.0.is_empty() {
-        let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
+    if !setup.compat.0.is_empty() {
+        let names: Vec<String> = setup.compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
     }
     let settings = snapshot::Settings {
         control_path,
         ready: args.ready.describe(),
         drain_timeout: args.drain_timeout,
+        binary: binary_path(),
     };
-    let children = children::Children::new(children::Command {
-        argv: args.command,
-        stop_signal: args.stop_signal,
-        compat,
-        env,
-        drain_timeout: args.drain_timeout,
-        credentials,
-        chdir: args.chdir,
-    })?;
+    let children = children::Children::new(command(args, setup))?;
     let parts = parts::Parts {
         children,
         steering,
@@ -221,6 +386,7 @@ fn run(args: cli::Args) -> Result<i32> {
         manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
         prober,
         health,
+        upgrade: None,
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;

@@ -39,7 +39,7 @@ pub struct View {
 
 /// The message sequence, as a pure function of the views it is shown. See
 /// the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Announcer {
     /// `READY=1` was sent for the first generation.
     started: bool,
@@ -110,6 +110,16 @@ pub struct ServiceManager {
     watchdog: Option<(Duration, Instant)>,
 }
 
+/// What the service manager has been told, as carried across an in-place
+/// upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    announcer: serde_json::Value,
+    queue: Vec<String>,
+    #[serde(with = "crate::upgrade::mono::opt")]
+    watchdog_due: Option<Instant>,
+}
+
 impl ServiceManager {
     /// The manager named by `NOTIFY_SOCKET`, if set: `/path` or `@abstract`
     /// (sd_notify(3)). Other forms (vsock) are not supported and are
@@ -166,6 +176,28 @@ impl ServiceManager {
             connected,
             watchdog: watchdog.map(|i| (i, Instant::now())),
         })
+    }
+
+    /// What the manager has been told, for an in-place upgrade (the
+    /// socket itself is made again from `NOTIFY_SOCKET`).
+    pub fn save(&self) -> Saved {
+        Saved {
+            announcer: serde_json::to_value(&self.announcer).unwrap_or_default(),
+            queue: self.queue.iter().cloned().collect(),
+            watchdog_due: self.watchdog.map(|(_, due)| due),
+        }
+    }
+
+    /// Carry on from what an upgrade carried across.
+    pub fn restore(&mut self, saved: Saved) {
+        if let Ok(a) = serde_json::from_value(saved.announcer) {
+            self.announcer = a;
+        }
+        self.queue = saved.queue.into_iter().collect();
+        if let (Some((every, _)), Some(due)) = (self.watchdog, saved.watchdog_due) {
+            self.watchdog = Some((every, due));
+        }
+        self.flush();
     }
 
     /// A reload was requested now.

@@ -13,7 +13,7 @@ pub const BUCKETS: [f64; 13] = [
 ];
 
 /// A Prometheus histogram of durations.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// Observations at or below each bound of [`BUCKETS`].
     counts: [u64; BUCKETS.len()],
@@ -47,7 +47,7 @@ impl Histogram {
 }
 
 /// What `/metrics` shows besides the status.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Time from spawn to ready of the generations that served reloads.
     pub reload_seconds: Histogram,

@@ -139,6 +139,18 @@ impl NotifyDir {
     }
 }
 
+impl NotifyDir {
+    /// Its path, for an in-place upgrade.
+    pub fn save(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// The directory an upgrade carried across (it exists already).
+    pub fn restore(path: PathBuf) -> NotifyDir {
+        NotifyDir { path }
+    }
+}
+
 impl Drop for NotifyDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
@@ -229,6 +241,34 @@ impl NotifySocket {
             Some(u) if u != me && u != 0 && Some(u) != self.allowed => Err(Rejected::Foreign(u)),
             Some(_) => parse(&buf[..len.min(BUFFER_MAX)]),
         }))
+    }
+}
+
+/// A notify socket as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    fd: RawFd,
+    path: PathBuf,
+    allowed: Option<u32>,
+}
+
+impl NotifySocket {
+    /// Its state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            fd: keep.fd(self.fd.as_fd()),
+            path: self.path.clone(),
+            allowed: self.allowed,
+        }
+    }
+
+    /// The socket an upgrade carried across.
+    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> NotifySocket {
+        NotifySocket {
+            fd: adopt.take(saved.fd),
+            path: saved.path,
+            allowed: saved.allowed,
+        }
     }
 }
 

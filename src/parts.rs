@@ -31,6 +31,8 @@ pub struct Parts {
     pub prober: Option<Prober>,
     /// The health endpoint, with `--health ADDR`.
     pub health: Option<HealthServer>,
+    /// The check of a new binary, while an upgrade waits for it.
+    pub upgrade: Option<crate::upgrade::Check>,
 }
 
 /// What a poll entry watches.
@@ -50,6 +52,8 @@ pub enum Watch {
     Health(health::Watch),
     /// A listening socket, for a hang-up (it stopped listening).
     Hangup(i32),
+    /// The upgrade check's answer.
+    Upgrade,
 }
 
 impl Parts {
@@ -60,6 +64,7 @@ impl Parts {
             self.manager.as_ref().and_then(ServiceManager::deadline),
             self.prober.as_ref().and_then(Prober::deadline),
             self.health.as_ref().and_then(HealthServer::deadline),
+            self.upgrade.as_ref().map(crate::upgrade::Check::deadline),
         ]
         .into_iter()
         .flatten()
@@ -94,6 +99,10 @@ impl Parts {
         for (w, fd, input) in self.health.iter().flat_map(HealthServer::interest) {
             watch.push(Watch::Health(w));
             fds.push(PollFd::new(fd, flags(input)));
+        }
+        if let Some(c) = &self.upgrade {
+            watch.push(Watch::Upgrade);
+            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
         }
         // No events asked: only a hang-up (or an error) is reported, which a
         // listening socket never has.

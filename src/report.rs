@@ -25,7 +25,7 @@ impl Who for crate::children::Children {
 }
 
 /// The reload history, for `supervisor status` and `STATUS=`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Said after "was not ready within ..." when readiness is `READY=1`:
     /// the likely cause and what to do.

@@ -21,6 +21,8 @@ pub struct Settings {
     pub ready: String,
     /// The drain timeout.
     pub drain_timeout: Duration,
+    /// The binary an in-place upgrade executes.
+    pub binary: PathBuf,
 }
 
 /// Where the status comes from.
@@ -37,6 +39,8 @@ pub struct Sources<'a> {
     pub settings: &'a Settings,
     /// When the supervisor started.
     pub started: Instant,
+    /// In-place upgrades so far, and the Unix time of the last.
+    pub upgrades: (u64, Option<f64>),
 }
 
 /// Everything `supervisor status` shows.
@@ -49,6 +53,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
         report,
         settings,
         started,
+        upgrades,
     } = *src;
     let generations = machine
         .phases()
@@ -90,6 +95,12 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             control: settings.control_path.to_string_lossy().into_owned(),
             stopping: machine.stopping(),
+            binary: settings.binary.to_string_lossy().into_owned(),
+            upgrades: upgrades.0,
+            upgraded_ms_ago: upgrades.1.map(|at| {
+                let ago = (crate::report::unix_now() - at).max(0.0);
+                millis(Duration::from_secs_f64(ago))
+            }),
         },
         command,
         ready: settings.ready.clone(),

@@ -188,7 +188,7 @@ pub struct Plan {
 }
 
 /// Who a child runs as (`--user`, `--group`), resolved before the fork.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     /// The user id.
     pub uid: libc::uid_t,

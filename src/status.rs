@@ -50,6 +50,16 @@ pub struct Supervisor {
     pub control: String,
     /// Whether a stop has begun.
     pub stopping: bool,
+    /// The binary an in-place upgrade executes (the path it was started
+    /// from).
+    #[serde(default)]
+    pub binary: String,
+    /// In-place upgrades so far.
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Time since the last in-place upgrade, in milliseconds.
+    #[serde(default)]
+    pub upgraded_ms_ago: Option<u64>,
 }
 
 /// One listener.
@@ -120,9 +130,18 @@ impl Status {
         let mut out = String::new();
         let sup = &self.supervisor;
         let stopping = if sup.stopping { ", stopping" } else { "" };
+        let upgraded = match sup.upgraded_ms_ago {
+            Some(ago) => format!(
+                ", upgraded in place {} time{} (last {} ago)",
+                sup.upgrades,
+                if sup.upgrades == 1 { "" } else { "s" },
+                ms(ago)
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "supervisor pid {}, up {}, version {}{stopping}",
+            "supervisor pid {}, up {}, version {}{upgraded}{stopping}",
             sup.pid,
             ms(sup.uptime_ms),
             sup.version
@@ -229,6 +248,9 @@ mod tests {
                 version: "0.1.0".into(),
                 control: "/run/app/supervisor.sock".into(),
                 stopping: false,
+                binary: "/usr/bin/supervisor".into(),
+                upgrades: 0,
+                upgraded_ms_ago: None,
             },
             command: vec!["./server".into(), "--name".into(), "two words".into()],
             ready: "notify".into(),

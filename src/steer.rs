@@ -40,7 +40,7 @@ use supervisor::sockinfo::{self, queue_length};
 use crate::machine::Generation;
 
 /// How a listener is handed to the generations.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// One socket per generation, new connections routed.
     Steer,
@@ -72,6 +72,29 @@ struct Member {
     /// that a leaving member's slot is filled by it rather than by the
     /// routed member; retired from the start, never routed.
     spare: bool,
+}
+
+/// The listeners and their groups as carried across an in-place upgrade:
+/// the members in the kernel's order, so the mirror stays true.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    slots: Vec<SavedSlot>,
+    unwatched: Vec<i32>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedSlot {
+    listener: crate::listen::Saved,
+    mode: Mode,
+    /// (fd, owner, retired, spare), in the kernel's order.
+    members: Vec<(i32, Option<Generation>, bool, bool)>,
+    routed: usize,
+    probe: Option<(u16, usize)>,
+    stream: bool,
+    addr: SocketAddr,
+    v6only: bool,
+    frozen: bool,
+    shared_addr: Option<SocketAddr>,
 }
 
 /// Where one listener's traffic goes.
@@ -288,6 +311,74 @@ impl Steering {
             }
         }
         s
+    }
+
+    /// The state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SavedSlot {
+                    listener: s.listener.save(keep),
+                    mode: s.mode.clone(),
+                    members: s
+                        .members
+                        .iter()
+                        .map(|m| (keep.fd(m.fd.as_fd()), m.owner, m.retired, m.spare))
+                        .collect(),
+                    routed: s.routed,
+                    probe: s.probe,
+                    stream: s.stream,
+                    addr: s.addr,
+                    v6only: s.v6only,
+                    frozen: s.frozen,
+                    shared_addr: s.shared_addr,
+                })
+                .collect(),
+            unwatched: self.unwatched.iter().copied().collect(),
+        }
+    }
+
+    /// The listeners an upgrade carried across. The groups' programs stay
+    /// attached through the exec (they belong to the sockets).
+    pub fn restore(
+        saved: Saved,
+        backlog: Backlog,
+        options: SocketOptions,
+        adopt: &mut crate::upgrade::Adopt,
+    ) -> Steering {
+        let slots = saved
+            .slots
+            .into_iter()
+            .map(|s| Slot {
+                listener: Listener::restore(s.listener, adopt),
+                mode: s.mode,
+                members: s
+                    .members
+                    .into_iter()
+                    .map(|(fd, owner, retired, spare)| Member {
+                        fd: adopt.take(fd),
+                        owner,
+                        retired,
+                        spare,
+                    })
+                    .collect(),
+                routed: s.routed,
+                probe: s.probe,
+                stream: s.stream,
+                addr: s.addr,
+                v6only: s.v6only,
+                frozen: s.frozen,
+                shared_addr: s.shared_addr,
+            })
+            .collect();
+        Steering {
+            slots,
+            unwatched: saved.unwatched.into_iter().collect(),
+            backlog,
+            options,
+        }
     }
 
     /// The listeners, in fd order.

@@ -15,6 +15,9 @@ pub enum Request {
     Status,
     /// Stop gracefully; answer when about to exit.
     Stop,
+    /// Upgrade the supervisor in place (`upgrade` or `upgrade TIMEOUT`,
+    /// the bound on the new binary's check); answer with the outcome.
+    Upgrade(Option<std::time::Duration>),
 }
 
 impl Request {
@@ -24,6 +27,17 @@ impl Request {
             Request::Reload => "reload",
             Request::Status => "status",
             Request::Stop => "stop",
+            Request::Upgrade(_) => "upgrade",
+        }
+    }
+}
+
+impl Request {
+    /// The whole request line (without its newline), arguments included.
+    pub fn line(self) -> String {
+        match self {
+            Request::Upgrade(Some(t)) => format!("upgrade {}ms", t.as_millis().max(1)),
+            r => r.as_str().to_string(),
         }
     }
 }
@@ -39,10 +53,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         b"reload" => Ok(Request::Reload),
         b"status" => Ok(Request::Status),
         b"stop" => Ok(Request::Stop),
+        b"upgrade" => Ok(Request::Upgrade(None)),
+        _ if line.starts_with(b"upgrade ") => {
+            let arg = String::from_utf8_lossy(&line[b"upgrade ".len()..]).into_owned();
+            match crate::duration::parse(&arg) {
+                Ok(d) if !d.is_zero() => Ok(Request::Upgrade(Some(d))),
+                Ok(_) => Err("upgrade: the timeout must be more than 0".to_string()),
+                Err(e) => Err(format!(
+                    "upgrade: bad timeout {:?}: {e}",
+                    arg.chars().take(40).collect::<String>()
+                )),
+            }
+        }
         _ => {
             let shown: String = String::from_utf8_lossy(line).chars().take(40).collect();
             Err(format!(
-                "unknown request {:?} (expected reload, status or stop)",
+                "unknown request {:?} (expected reload, status, stop or upgrade)",
                 shown
             ))
         }
@@ -110,9 +136,19 @@ mod tests {
         assert_eq!(parse_request(b"reload"), Ok(Request::Reload));
         assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
         assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
+        assert_eq!(parse_request(b"upgrade"), Ok(Request::Upgrade(None)));
+        let r = Request::Upgrade(Some(std::time::Duration::from_millis(2500)));
+        assert_eq!(parse_request(r.line().as_bytes()), Ok(r));
+        assert_eq!(
+            parse_request(b"upgrade 30s"),
+            Ok(Request::Upgrade(Some(std::time::Duration::from_secs(30))))
+        );
+        for bad in [&b"upgrade 0s"[..], b"upgrade soon", b"upgrade -1s"] {
+            assert!(parse_request(bad).unwrap_err().starts_with("upgrade: "));
+        }
         for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
             let e = parse_request(bad).unwrap_err();
-            assert!(e.contains("expected reload, status or stop"), "{e}");
+            assert!(e.contains("expected reload, status, stop or upgrade"), "{e}");
         }
         // Garbage is shown short and escaped, never as raw bytes.
         let e = parse_request(&[b'x'; 500]).unwrap_err();
@@ -159,9 +195,10 @@ mod tests {
                 data.splice(0..0, r.bytes());
             }
             match parse_request(&data) {
-                Ok(r) => assert_eq!(
-                    data.strip_suffix(b"\r").unwrap_or(&data),
-                    r.as_str().as_bytes()
+                Ok(r) => assert!(
+                    data.strip_suffix(b"\r")
+                        .unwrap_or(&data)
+                        .starts_with(r.as_str().as_bytes())
                 ),
                 Err(e) => assert!(e.len() < 600 && !e.contains(char::is_control), "{e:?}"),
             }

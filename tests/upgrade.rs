@@ -1,0 +1,395 @@
+//! In-place upgrades of the supervisor (`supervisor upgrade`, SIGUSR2): the
+//! same process re-executes the binary at the path it was started from,
+//! keeping its pid, children, sockets and generations in flight; a binary
+//! that cannot take over leaves the old image running.
+//!
+//! Each test runs its own copy of the supervisor binary, so that it can put
+//! a new (or broken) one in its place as a deploy would: by renaming a file
+//! over it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A copy of the supervisor binary in a directory of the test's own.
+struct Binary {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl Binary {
+    fn new(tag: &str) -> Binary {
+        let dir = TempDir::new(tag);
+        let path = dir.path("supervisor");
+        std::fs::copy(supervisor_bin(), &path).expect("copy the supervisor binary");
+        Binary { dir, path }
+    }
+
+    /// Put `content` at the binary's path (mode `mode`), by rename.
+    fn replace_with(&self, content: &[u8], mode: u32) {
+        let tmp = self.dir.path("supervisor.new");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// Put a fresh copy of the real binary back.
+    fn restore(&self) {
+        let tmp = self.dir.path("supervisor.new");
+        std::fs::copy(supervisor_bin(), &tmp).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// Start it around the demo server.
+    fn start(&self, options: &[&str], demo_args: &[&str]) -> Supervisor {
+        let mut cmd = Command::new(&self.path);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(options)
+            .arg("--")
+            .arg(demo())
+            .args(demo_args);
+        let sv = Supervisor::start_with(&mut cmd);
+        sv.wait_active(1);
+        sv
+    }
+}
+
+/// `supervisor upgrade` against `sv`: exit code and the one line it printed.
+fn upgrade(sv: &Supervisor, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["upgrade"];
+    args.extend(extra);
+    let out = sv.ctl(&args);
+    let text = if out.code == Some(0) {
+        out.stdout.clone()
+    } else {
+        out.stderr.clone()
+    };
+    (out.code, text.trim_end().to_string())
+}
+
+/// Open fds of the supervisor, less the spare sockets that come and go
+/// with reloads.
+fn fd_count(sv: &Supervisor) -> usize {
+    sv.fds_without_control_connections().len() - sv.spares()
+}
+
+#[test]
+fn an_upgrade_under_load_keeps_pid_children_sockets_and_a_draining_generation() {
+    let bin = Binary::new("upgrade-load");
+    // Every generation ignores SIGTERM: a replaced one drains until the
+    // drain timeout's SIGKILL, so one is still draining at the upgrade.
+    let sv = bin.start(&["--drain-timeout", "3s"], &["--ignore-sigterm"]);
+    let addr = sv.listener_addr(0);
+    let fds_before = fd_count(&sv);
+    let g1 = sv.pid_of(1);
+    let load = Load::start_closing(addr, 4, Duration::from_secs(60));
+    load.expect_served(1, 50, "before the reload");
+    let reload = sv.reload_and_wait();
+    assert_eq!(reload.code, Some(0), "{reload:?}");
+    let draining = sv.wait_state(1, "draining", WAIT);
+    let draining_since = Instant::now() - Duration::from_millis(draining.state_ms);
+
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}\n{}", sv.output());
+    assert!(
+        text.starts_with("upgraded in place from supervisor"),
+        "{text}"
+    );
+    let status = sv.status();
+    assert_eq!(status.supervisor.pid, sv.pid as u32, "the pid changed");
+    assert_eq!(status.supervisor.upgrades, 1);
+    assert!(status.supervisor.upgraded_ms_ago.is_some());
+    // The children are the same processes, still children of the same pid.
+    assert_eq!(sv.pid_of(1), g1);
+    assert_eq!(
+        status_field(g1, "PPid"),
+        sv.pid.to_string(),
+        "generation 1's parent"
+    );
+    assert_eq!(
+        status.generations.iter().map(|g| g.state.as_str()).collect::<Vec<_>>(),
+        ["draining", "active"],
+        "{status:?}"
+    );
+    load.expect_served(2, 50, "after the upgrade");
+
+    // The draining generation is killed at its drain deadline, set before
+    // the upgrade, and reaped by the new image.
+    assert!(
+        wait_gone(g1, Duration::from_secs(10)),
+        "generation 1 (pid {g1}) was never reaped\n{}",
+        sv.output()
+    );
+    let took = draining_since.elapsed();
+    assert!(
+        took < Duration::from_millis(3000 + 1500),
+        "generation 1 was reaped {took:?} after it began to drain (drain timeout 3s)"
+    );
+    assert!(
+        took >= Duration::from_millis(2900),
+        "generation 1 went after {took:?}, before its drain timeout (3s)"
+    );
+    sv.wait_generations(&[(2, sv.pid_of(2), "active")]);
+    assert!(
+        sv.has_line("generation 1") && sv.output().contains("SIGKILL"),
+        "{}",
+        sv.output()
+    );
+    load.expect_served(2, 50, "after generation 1 is gone");
+    load.finish_clean("an upgrade with a draining generation", 200);
+    assert_eq!(fd_count(&sv), fds_before, "the supervisor's fd count changed");
+    // No zombie left under the supervisor.
+    assert!(process_state(g1).is_none());
+}
+
+#[test]
+fn twenty_upgrades_in_a_row_then_reloads_still_work() {
+    let bin = Binary::new("upgrade-20");
+    let sv = bin.start(&[], &[]);
+    let addr = sv.listener_addr(0);
+    let fds_before = fd_count(&sv);
+    let load = Load::start(addr, 2, Duration::from_secs(60));
+    for i in 1..=20 {
+        let (code, text) = upgrade(&sv, &["--timeout", "10s"]);
+        assert_eq!(code, Some(0), "upgrade {i}: {text}\n{}", sv.output());
+        assert_eq!(sv.status().supervisor.upgrades, i);
+    }
+    load.expect_served(1, 20, "after 20 upgrades");
+    assert_eq!(sv.status().supervisor.pid, sv.pid as u32);
+    assert_eq!(fd_count(&sv), fds_before, "fds after 20 upgrades");
+    // The new image reloads as the old one did.
+    let reload = sv.reload_and_wait();
+    assert_eq!(reload.code, Some(0), "{reload:?}");
+    load.expect_served(2, 20, "after a reload");
+    load.finish_clean("20 upgrades and a reload", 40);
+}
+
+#[test]
+fn sigusr2_upgrades_in_place() {
+    let bin = Binary::new("upgrade-usr2");
+    let sv = bin.start(&[], &[]);
+    let child = sv.pid_of(1);
+    sv.signal(libc::SIGUSR2);
+    sv.wait_status("an upgrade after SIGUSR2", WAIT, |s| {
+        (s.supervisor.upgrades == 1).then_some(())
+    });
+    assert_eq!(sv.pid_of(1), child, "the child changed");
+    // SIGUSR2 is the supervisor's now: the child never saw it.
+    assert_eq!(process_state(child).map(|s| s != 'Z'), Some(true));
+}
+
+#[test]
+fn a_binary_that_cannot_take_over_leaves_the_old_image_running() {
+    let bin = Binary::new("upgrade-broken");
+    let sv = bin.start(&[], &[]);
+    let addr = sv.listener_addr(0);
+    let child = sv.pid_of(1);
+    let fds_before = fd_count(&sv);
+    let load = Load::start(addr, 2, Duration::from_secs(60));
+    let cases: [(&str, &[u8], u32, &[&str], &str); 5] = [
+        (
+            "not executable",
+            b"#!/bin/sh\nexit 0\n",
+            0o644,
+            &[],
+            "Permission denied",
+        ),
+        (
+            "exits at once",
+            b"#!/bin/sh\nexit 3\n",
+            0o755,
+            &[],
+            "ended without confirming",
+        ),
+        (
+            "refuses the state",
+            b"#!/bin/sh\necho 'error the state is version 1; this binary reads version 2 only'\nexit 1\n",
+            0o755,
+            &[],
+            "refused: the state is version 1",
+        ),
+        (
+            "never answers",
+            b"#!/bin/sh\nexec sleep 30\n",
+            0o755,
+            &["--timeout", "300ms"],
+            "did not confirm within 300ms",
+        ),
+        (
+            "not a program",
+            b"\x7fELF garbage",
+            0o755,
+            &[],
+            "",
+        ),
+    ];
+    for (what, content, mode, extra, reason) in cases {
+        bin.replace_with(content, mode);
+        let (code, text) = upgrade(&sv, extra);
+        assert_eq!(code, Some(1), "{what}: {text}");
+        assert!(
+            text.starts_with("supervisor: upgrade failed: ") && text.contains(reason),
+            "{what}: {text:?} does not say {reason:?}"
+        );
+        assert!(text.ends_with("carries on"), "{what}: {text}");
+        let status = sv.status();
+        assert_eq!(status.supervisor.pid, sv.pid as u32, "{what}");
+        assert_eq!(status.supervisor.upgrades, 0, "{what}");
+        assert_eq!(sv.pid_of(1), child, "{what}");
+        load.expect_served(1, 10, what);
+    }
+    // The check of the one that never answered was killed with its group.
+    assert!(
+        wait_until(WAIT, || {
+            let sleeping = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .any(|pid| {
+                    status_field(pid, "PPid") == sv.pid.to_string()
+                        && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                            .is_ok_and(|c| c.starts_with("sleep"))
+                });
+            (!sleeping).then_some(())
+        })
+        .is_some(),
+        "the silent check's process is still there"
+    );
+    assert_eq!(fd_count(&sv), fds_before, "fds after failed upgrades");
+    // A good binary at the path upgrades as usual.
+    bin.restore();
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    load.finish_clean("failed upgrades", 50);
+}
+
+#[test]
+fn a_missing_binary_is_named() {
+    let bin = Binary::new("upgrade-missing");
+    let sv = bin.start(&[], &[]);
+    std::fs::remove_file(&bin.path).unwrap();
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&bin.path.display().to_string()) && text.contains("No such file"),
+        "{text}"
+    );
+    assert!(Path::new(&sv.control).exists());
+    assert_eq!(sv.status().supervisor.upgrades, 0);
+}
+
+#[test]
+fn a_starting_generation_and_its_waiting_reload_request_cross_the_upgrade() {
+    let bin = Binary::new("upgrade-starting");
+    // Ready 2s after the spawn (the server never says READY=1).
+    let sv = bin.start(&["--ready", "delay:2s"], &["--never-ready"]);
+    let control = sv.control.to_string_lossy().into_owned();
+    // A reload request that waits for its outcome across the upgrade.
+    let waiting = std::thread::spawn(move || ctl(&["reload", "--control", &control]));
+    let starting = sv.wait_state(2, "starting", WAIT);
+    let spawned = Instant::now() - Duration::from_millis(starting.state_ms);
+    let g2 = starting.pid.expect("a starting generation has a pid");
+    // Upgrade a second into its start.
+    sv.wait_status("generation 2 starting for 1s", WAIT, |s| {
+        s.generation(2)
+            .filter(|g| g.state == "starting" && g.state_ms >= 1000)
+            .map(|_| ())
+    });
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let active = sv.wait_state(2, "active", WAIT);
+    assert_eq!(active.pid, Some(g2));
+    let took = spawned.elapsed() - Duration::from_millis(active.state_ms);
+    assert!(
+        took < Duration::from_millis(2600),
+        "generation 2 was ready {took:?} after its spawn: its ready delay (2s) did not carry over"
+    );
+    let answer = waiting.join().unwrap();
+    assert_eq!(answer.code, Some(0), "the waiting reload: {answer:?}");
+    assert!(
+        answer.stdout.starts_with("generation 2 "),
+        "the waiting reload: {answer:?}"
+    );
+}
+
+/// A stand-in for a new release that passes the check but refuses the
+/// state once executed in place: it hands the real binary a copy of the
+/// state marked with a version from the future, and in place of the old
+/// binary's fd, a script that puts the true state back before it runs the
+/// real binary (as the old image, which must then carry on).
+const REFUSING_RELEASE: &str = r#"#!/usr/bin/env python3
+import json, os, sys
+REAL = "@REAL@"
+if os.environ.get("SUPERVISOR_UPGRADE_CHECK"):
+    os.execv(REAL, sys.argv)
+state = int(os.environ["SUPERVISOR_UPGRADE_STATE"])
+text = os.pread(state, 1 << 26, 0)
+doc = json.loads(text)
+doc["version"] = 99
+future = os.memfd_create("future", 0)
+os.write(future, json.dumps(doc).encode())
+os.close(int(os.environ["SUPERVISOR_UPGRADE_OLD_EXE"]))
+fixer = os.open("@FIXER@", os.O_RDONLY)
+os.set_inheritable(fixer, True)
+env = dict(os.environ)
+env["SUPERVISOR_UPGRADE_STATE"] = str(future)
+env["SUPERVISOR_UPGRADE_OLD_EXE"] = str(fixer)
+env["SUPERVISOR_TRUE_STATE"] = str(state)
+os.execve(REAL, sys.argv, env)
+"#;
+
+const FIXER: &str = r#"#!/usr/bin/env python3
+import os, sys
+os.close(int(os.environ["SUPERVISOR_UPGRADE_STATE"]))
+env = dict(os.environ)
+env["SUPERVISOR_UPGRADE_STATE"] = env.pop("SUPERVISOR_TRUE_STATE")
+os.execve("@REAL@", ["@BIN@"] + sys.argv[1:], env)
+"#;
+
+#[test]
+fn a_new_image_that_refuses_the_state_goes_back_to_the_old_one() {
+    let bin = Binary::new("upgrade-refuse");
+    let sv = bin.start(&[], &[]);
+    let addr = sv.listener_addr(0);
+    let child = sv.pid_of(1);
+    let fds_before = fd_count(&sv);
+    let load = Load::start(addr, 2, Duration::from_secs(60));
+    let real = bin.dir.path("real-supervisor");
+    std::fs::copy(supervisor_bin(), &real).unwrap();
+    let fixer = bin.dir.path("fixer");
+    let fill = |t: &str| {
+        t.replace("@REAL@", real.to_str().unwrap())
+            .replace("@FIXER@", fixer.to_str().unwrap())
+            .replace("@BIN@", bin.path.to_str().unwrap())
+    };
+    std::fs::write(&fixer, fill(FIXER)).unwrap();
+    std::fs::set_permissions(&fixer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin.replace_with(fill(REFUSING_RELEASE).as_bytes(), 0o755);
+
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(1), "{text}\n{}", sv.output());
+    assert!(
+        text.contains("the new image refused the state")
+            && text.contains("version 99")
+            && text.ends_with("carries on"),
+        "{text}"
+    );
+    let status = sv.status();
+    assert_eq!(status.supervisor.pid, sv.pid as u32);
+    assert_eq!(status.supervisor.upgrades, 0);
+    assert_eq!(sv.pid_of(1), child);
+    load.expect_served(1, 20, "after the refused upgrade");
+    assert_eq!(fd_count(&sv), fds_before, "fds after the refused upgrade");
+    // Everything it carried back still works: a reload, then an upgrade.
+    let reload = sv.reload_and_wait();
+    assert_eq!(reload.code, Some(0), "{reload:?}");
+    bin.restore();
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    load.expect_served(2, 20, "after the upgrade");
+    load.finish_clean("a refused upgrade", 40);
+}
