@@ -155,11 +155,7 @@ impl Children {
 
     /// The processes an upgrade carried across (they are this process's
     /// children still: exec changes no parent).
-    pub fn restore(
-        command: Command,
-        saved: Saved,
-        adopt: &mut crate::upgrade::Adopt,
-    ) -> Children {
+    pub fn restore(command: Command, saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Children {
         let map = saved
             .children
             .into_iter()

@@ -561,7 +561,11 @@ impl Driver {
     }
 
     /// Everything the next image needs, and the fds it names.
-    fn save(&self, waiter: Option<ConnId>, requested: Instant) -> (crate::upgrade::State, Vec<i32>) {
+    fn save(
+        &self,
+        waiter: Option<ConnId>,
+        requested: Instant,
+    ) -> (crate::upgrade::State, Vec<i32>) {
         let mut keep = crate::upgrade::Keep::default();
         let steering = self.parts.steering.save(&mut keep);
         let children = self.parts.children.save(&mut keep);

@@ -105,11 +105,14 @@ impl Listener {
     pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Listener {
         // The lock's open file description already holds the lock; locking
         // it again through the carried fd only confirms that.
-        let lock = saved.lock.map(|raw| File::from(adopt.take(raw))).and_then(|f| {
-            Flock::lock(f, FlockArg::LockExclusiveNonblock)
-                .map_err(|(_, e)| log::warn!("the lock of {}: {e}", saved.bound))
-                .ok()
-        });
+        let lock = saved
+            .lock
+            .map(|raw| File::from(adopt.take(raw)))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, e)| log::warn!("the lock of {}: {e}", saved.bound))
+                    .ok()
+            });
         Listener {
             name: saved.name,
             bound: saved.bound,

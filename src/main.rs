@@ -262,7 +262,8 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
             return Err(e.context("cannot carry on from the upgrade's state"));
         }
     };
-    let steering = steer::Steering::restore(state.steering, setup.backlog, setup.socket, &mut adopt);
+    let steering =
+        steer::Steering::restore(state.steering, setup.backlog, setup.socket, &mut adopt);
     let control = control::ControlServer::restore(state.control, &mut adopt);
     let health = match state.health {
         Some(h) => Some(health::HealthServer::restore(h, &mut adopt)?),

@@ -32,7 +32,7 @@
 pub mod mono;
 
 use std::collections::BTreeSet;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -206,11 +206,9 @@ impl Adopt {
 /// # Errors
 /// The memfd cannot be created or written.
 pub fn write_state(state: &State) -> Result<OwnedFd> {
-    let fd = nix::sys::memfd::memfd_create(
-        c"supervisor-state",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )
-    .context("memfd_create")?;
+    let fd =
+        nix::sys::memfd::memfd_create(c"supervisor-state", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .context("memfd_create")?;
     let mut file = std::fs::File::from(fd);
     serde_json::to_writer(&mut file, state).context("write the upgrade state")?;
     file.flush().context("write the upgrade state")?;
@@ -492,7 +490,7 @@ fn exec_with(
                 .any(|v| k == OsStr::new(v))
         })
         .filter_map(|(k, v)| {
-            let mut kv = OsString::from(k);
+            let mut kv = k;
             kv.push("=");
             kv.push(v);
             CString::new(kv.as_bytes()).ok()
@@ -503,7 +501,12 @@ fn exec_with(
         Some(format!("{OLD_EXE_VAR}={old}")),
         refused.map(|why| format!("{REFUSED_VAR}={}", why.replace('\0', " "))),
     ];
-    env.extend(extra.into_iter().flatten().filter_map(|s| CString::new(s).ok()));
+    env.extend(
+        extra
+            .into_iter()
+            .flatten()
+            .filter_map(|s| CString::new(s).ok()),
+    );
     let path = match CString::new(binary.as_os_str().as_bytes()) {
         Ok(p) => p,
         Err(_) => return anyhow!("{}: a path with a NUL byte", binary.display()),
@@ -568,4 +571,39 @@ fn read_raw(fd: RawFd) -> Result<Vec<u8>> {
         at += n as i64;
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_of_other_formats_and_newer_versions_are_refused_by_name() {
+        let e = parse_state(b"garbage").unwrap_err().to_string();
+        assert!(e.starts_with("not a supervisor state"), "{e}");
+        let e = parse_state(br#"{"format":"other","version":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no \"format\""), "{e}");
+        let e = parse_state(br#"{"format":"supervisor-state","version":99,"writer":"9.0.0"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("version 99 (written by supervisor 9.0.0)")
+                && e.contains(&format!("reads versions up to {VERSION}")),
+            "{e}"
+        );
+        let e = parse_state(br#"{"format":"supervisor-state","version":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("state version 1 is malformed"), "{e}");
+    }
+
+    #[test]
+    fn adopting_checks_every_fd_first() {
+        let e = Adopt::new(&[1_000_000]).unwrap_err().to_string();
+        assert!(e.contains("not open"), "{e}");
+        let e = Adopt::new(&[0, 0]).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
 }

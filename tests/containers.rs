@@ -234,10 +234,7 @@ fn as_pid_1_it_reaps_orphans_forwards_signals_and_exits_with_the_child_status() 
 
     // Signals for the server reach the serving generation.
     let mut want = String::from("traps set\n");
-    for (sig, word) in [
-        (libc::SIGUSR1, "usr1"),
-        (libc::SIGWINCH, "winch"),
-    ] {
+    for (sig, word) in [(libc::SIGUSR1, "usr1"), (libc::SIGWINCH, "winch")] {
         kill(host_pid, sig);
         want.push_str(word);
         want.push('\n');

@@ -112,7 +112,11 @@ fn an_upgrade_under_load_keeps_pid_children_sockets_and_a_draining_generation() 
         "generation 1's parent"
     );
     assert_eq!(
-        status.generations.iter().map(|g| g.state.as_str()).collect::<Vec<_>>(),
+        status
+            .generations
+            .iter()
+            .map(|g| g.state.as_str())
+            .collect::<Vec<_>>(),
         ["draining", "active"],
         "{status:?}"
     );
@@ -142,7 +146,11 @@ fn an_upgrade_under_load_keeps_pid_children_sockets_and_a_draining_generation() 
     );
     load.expect_served(2, 50, "after generation 1 is gone");
     load.finish_clean("an upgrade with a draining generation", 200);
-    assert_eq!(fd_count(&sv), fds_before, "the supervisor's fd count changed");
+    assert_eq!(
+        fd_count(&sv),
+        fds_before,
+        "the supervisor's fd count changed"
+    );
     // No zombie left under the supervisor.
     assert!(process_state(g1).is_none());
 }
@@ -191,7 +199,10 @@ fn a_binary_that_cannot_take_over_leaves_the_old_image_running() {
     let child = sv.pid_of(1);
     let fds_before = fd_count(&sv);
     let load = Load::start(addr, 2, Duration::from_secs(60));
-    let cases: [(&str, &[u8], u32, &[&str], &str); 5] = [
+    /// What the binary is, its content and mode, the upgrade's extra
+    /// arguments, and what the refusal must say.
+    type Case<'a> = (&'a str, &'a [u8], u32, &'a [&'a str], &'a str);
+    let cases: [Case; 5] = [
         (
             "not executable",
             b"#!/bin/sh\nexit 0\n",

@@ -148,7 +148,10 @@ mod tests {
         }
         for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
             let e = parse_request(bad).unwrap_err();
-            assert!(e.contains("expected reload, status, stop or upgrade"), "{e}");
+            assert!(
+                e.contains("expected reload, status, stop or upgrade"),
+                "{e}"
+            );
         }
         // Garbage is shown short and escaped, never as raw bytes.
         let e = parse_request(&[b'x'; 500]).unwrap_err();

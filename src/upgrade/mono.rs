@@ -70,7 +70,10 @@ pub mod seq {
 
     /// Write.
     pub fn serialize<S: Serializer>(v: &VecDeque<Instant>, s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|i| to_ns(*i)).collect::<Vec<i64>>().serialize(s)
+        v.iter()
+            .map(|i| to_ns(*i))
+            .collect::<Vec<i64>>()
+            .serialize(s)
     }
 
     /// Read.
