@@ -310,6 +310,9 @@ pub enum Event {
     },
     /// A graceful stop began.
     Stopping,
+    /// Another supervisor took over: the generations are replaced by its
+    /// own, and this one exits once they are gone.
+    HandedOff,
     /// A second stop request: everything is killed now.
     ForcedStop,
 }
@@ -353,6 +356,9 @@ pub enum Input {
     Stop,
     /// The answer to [`Action::MeasureQueue`]: connections waiting.
     Queued(Generation, u64),
+    /// Another supervisor took over and serves: every generation goes as a
+    /// replaced one does (quiesce, stop, drain), then exit with status 0.
+    HandOff,
 }
 
 /// How a generation ended.
@@ -385,6 +391,9 @@ enum Stopping {
     Delay(#[serde(with = "crate::upgrade::mono")] Instant),
     /// Stop signals sent; waiting for the drains.
     Graceful,
+    /// Another supervisor took over: the generations go as replaced ones
+    /// (quiescing first); a stop request makes it [`Stopping::Graceful`].
+    HandedOff,
     /// A second stop request: everything was killed.
     Forced,
 }
@@ -690,6 +699,7 @@ impl Machine {
             Input::Reload(t) => self.handle_reload(now, t),
             Input::Stop => self.handle_stop(now),
             Input::Queued(g, n) => self.handle_queued(now, g, n),
+            Input::HandOff => self.handle_hand_off(now),
         }
         self.check();
     }
@@ -854,7 +864,7 @@ impl Machine {
                 });
                 if !restart && starting.is_none() && !self.done {
                     match self.stopping {
-                        Stopping::Graceful | Stopping::Forced => {}
+                        Stopping::Graceful | Stopping::Forced | Stopping::HandedOff => {}
                         _ => self.begin_stop(now, Some(status)),
                     }
                 }
@@ -980,6 +990,11 @@ impl Machine {
                 // A second request during the delay cuts it short.
                 self.begin_stop(now, self.stop_status());
             }
+            Stopping::HandedOff => {
+                // The new supervisor serves: stop what is left now, still
+                // with status 0.
+                self.begin_stop(now, Some(ExitStatus::Code(0)));
+            }
             Stopping::Graceful => {
                 self.stopping = Stopping::Forced;
                 self.report(Event::ForcedStop);
@@ -994,6 +1009,35 @@ impl Machine {
             }
             Stopping::Forced => {}
         }
+    }
+
+    fn handle_hand_off(&mut self, now: Instant) {
+        if self.stopping() {
+            return;
+        }
+        self.stopping = Stopping::HandedOff;
+        self.restart_at = None;
+        self.report(Event::HandedOff);
+        if let Some(tickets) = self.queued.take() {
+            self.push(Action::Answer(
+                tickets,
+                ReloadOutcome::Refused(Refusal::Stopping),
+            ));
+        }
+        // The generations served well: whatever they exit with, the
+        // supervisor that hands over exits 0.
+        self.exit_status = Some(ExitStatus::Code(0));
+        let gens: Vec<Generation> = self.generations.keys().copied().collect();
+        for g in gens {
+            match self.generations.get(&g) {
+                Some(State::Starting { .. }) => {
+                    self.fail_start(now, g, StartFailure::Stopping, true);
+                }
+                Some(State::Active { .. }) => self.retire(now, g),
+                _ => {}
+            }
+        }
+        self.maybe_exit();
     }
 
     /// Stop everything; exit with `status`, or with the active generation's
@@ -1209,6 +1253,11 @@ impl Machine {
         if matches!(self.stopping, Stopping::Graceful | Stopping::Forced) {
             debug_assert!(count(|s| !matches!(s, State::Draining { .. })) == 0);
         }
+        if self.stopping == Stopping::HandedOff {
+            debug_assert!(
+                count(|s| matches!(s, State::Starting { .. } | State::Active { .. })) == 0
+            );
+        }
     }
 }
 
@@ -1325,6 +1374,38 @@ mod tests {
             .collect();
         assert_eq!(answered, vec![vec![2]]);
         assert_eq!(spawns(&acts), vec![Generation(4)]);
+    }
+
+    #[test]
+    fn a_hand_off_quiesces_the_active_generation_then_exits_0() {
+        let (mut m, t0) = serving(RestartPolicy::Always);
+        m.cfg.quiesce = Some(Quiesce {
+            quiet: Duration::from_millis(100),
+            limit: Duration::from_secs(5),
+            poll: Duration::from_millis(10),
+        });
+        m.handle(ms(t0, 100), Input::HandOff);
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Report(Event::HandedOff)), "{acts:?}");
+        assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
+        assert!(signals(&acts).is_empty(), "stopped before its queue emptied");
+        assert!(m.stopping());
+        // Reloads are refused from now on.
+        m.handle(ms(t0, 110), Input::Reload(7));
+        assert!(all_actions(&mut m).contains(&Action::Answer(
+            vec![7],
+            ReloadOutcome::Refused(Refusal::Stopping)
+        )));
+        // Queue empty for the quiet period: stop signal, then the exit.
+        m.handle(ms(t0, 120), Input::Queued(G1, 0));
+        m.handle_timeout(ms(t0, 220));
+        m.handle(ms(t0, 221), Input::Queued(G1, 0));
+        assert_eq!(signals(&all_actions(&mut m)), vec![(G1, Signal::Stop)]);
+        // A generation that dies of something else still ends in status 0,
+        // and is not restarted.
+        m.handle(ms(t0, 300), Input::Exited(G1, ExitStatus::Code(1)));
+        assert_eq!(all_actions(&mut m).last(), Some(&Action::Exit(0)));
+        assert!(m.is_done());
     }
 
     /// A machine with generation 1 active (notify mode).

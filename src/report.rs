@@ -145,6 +145,9 @@ impl Report {
                 describe_status(*status)
             ),
             Event::Stopping => log::info!("stopping every generation"),
+            Event::HandedOff => log::info!(
+                "the new supervisor serves: every generation goes as a replaced one does, then this supervisor exits"
+            ),
             Event::ForcedStop => log::warn!("second stop request: killing every generation now"),
         }
     }
