@@ -222,7 +222,7 @@ pub fn merge(
 }
 
 /// Whether a socket is what `addr` asks for (port 0 asks for any port).
-fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
+pub fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
     let Ok(bound) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
         return false;
     };

@@ -200,8 +200,17 @@ fn run(args: cli::Args) -> Result<i32> {
         let names: Vec<String> = compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
     }
+    let mut control = control::ControlServer::new(control);
+    if let Some(c) = &credentials {
+        // The children's user may fetch and open listeners: it must be able
+        // to connect (the file stays mode 0600, now that user's; root
+        // needs no permission, and the peer check still applies).
+        nix::unistd::chown(&control_path, Some(nix::unistd::Uid::from_raw(c.uid)), None)
+            .with_context(|| format!("chown control socket {}", control_path.display()))?;
+        control.allow_fetch_by(c.uid);
+    }
     let settings = snapshot::Settings {
-        control_path,
+        control_path: control_path.clone(),
         ready: args.ready.describe(),
         drain_timeout: args.drain_timeout,
     };
@@ -213,11 +222,12 @@ fn run(args: cli::Args) -> Result<i32> {
         drain_timeout: args.drain_timeout,
         credentials,
         chdir: args.chdir,
+        control: control_path,
     })?;
     let parts = parts::Parts {
         children,
         steering,
-        control: control::ControlServer::new(control),
+        control,
         manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
         prober,
         health,
