@@ -978,6 +978,56 @@ mod tests {
     }
 
     #[test]
+    fn transfers_go_in_batches_of_scm_max_fd_with_their_lines() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let items: Vec<(String, OwnedFd)> = (0..600)
+            .map(|i| {
+                (
+                    format!("l{i} tcp 127.0.0.1:{i}\n"),
+                    b.as_fd().try_clone_to_owned().unwrap(),
+                )
+            })
+            .collect();
+        let mut t = Transfer::new(items);
+        let sizes: Vec<usize> = t.batches.iter().map(|b| b.fds.len()).collect();
+        assert_eq!(sizes, [253, 253, 94]);
+        assert!(t.batches[0].data.starts_with(b"ok 600\nl0 tcp"));
+        assert!(t.batches[1].data.starts_with(b"l253 tcp"));
+        assert_eq!(send_some(&a, &mut t, Instant::now()), SendStep::Done);
+        // Read back: each recvmsg brings one batch, its fds with its lines.
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let (mut data, mut fds) = (Vec::new(), 0);
+        while fds < 600 {
+            let mut buf = vec![0u8; 65536];
+            let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                b.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .unwrap();
+            assert!(!msg.flags.contains(MsgFlags::MSG_CTRUNC));
+            let n = msg.bytes;
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    fds += raw.len();
+                    for r in raw {
+                        // SAFETY: SCM_RIGHTS just installed it; ours alone.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) });
+                    }
+                }
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(data).unwrap();
+        assert_eq!(text.lines().count(), 601);
+        assert_eq!(text.lines().last(), Some("l599 tcp 127.0.0.1:599"));
+    }
+
+    #[test]
     fn stop_requesters_hear_the_exit_status() {
         let (mut srv, path) = server("stop");
         let now = Instant::now();

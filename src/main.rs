@@ -202,11 +202,9 @@ fn run(args: cli::Args) -> Result<i32> {
     }
     let mut control = control::ControlServer::new(control);
     if let Some(c) = &credentials {
-        // The children's user may fetch and open listeners: it must be able
-        // to connect (the file stays mode 0600, now that user's; root
-        // needs no permission, and the peer check still applies).
-        nix::unistd::chown(&control_path, Some(nix::unistd::Uid::from_raw(c.uid)), None)
-            .with_context(|| format!("chown control socket {}", control_path.display()))?;
+        // The children's user may fetch and open listeners, if the file
+        // lets it connect: the socket stays root's, mode 0600, unless the
+        // operator opens it (a default ACL on its directory).
         control.allow_fetch_by(c.uid);
     }
     let settings = snapshot::Settings {
@@ -222,7 +220,8 @@ fn run(args: cli::Args) -> Result<i32> {
         drain_timeout: args.drain_timeout,
         credentials,
         chdir: args.chdir,
-        control: control_path,
+        // Absolute: a child may change its directory.
+        control: std::path::absolute(&control_path).unwrap_or(control_path),
     })?;
     let parts = parts::Parts {
         children,
