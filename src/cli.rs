@@ -481,6 +481,37 @@ mod tests {
         // After a run option, `reload` can only be the server's name.
         let a = Cli::try_parse_from(["supervisor", "-l", ":0", "reload"]).unwrap();
         assert!(a.client.is_none());
+        let a = Cli::try_parse_from([
+            "supervisor",
+            "fds",
+            "--name",
+            "b",
+            "--name",
+            "a",
+            "--",
+            "srv",
+            "--flag",
+        ])
+        .unwrap();
+        match a.client {
+            Some(Client::Fds { names, command, .. }) => {
+                assert_eq!(names, ["b", "a"]);
+                assert_eq!(command, [OsString::from("srv"), OsString::from("--flag")]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let a = Cli::try_parse_from(["supervisor", "listen", "m=tcp:127.0.0.1:9090"]).unwrap();
+        match a.client {
+            Some(Client::Listen { listener, .. }) => {
+                assert_eq!(
+                    (listener.name.as_str(), listener.text.as_str()),
+                    ("m", "tcp:127.0.0.1:9090")
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["supervisor", "listen", "tcp:127.0.0.1:9090"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "listen", "a b=127.0.0.1:1"]).is_err());
         // Run options make no sense with a control command.
         assert!(Cli::try_parse_from(["supervisor", "reload", "--ready", "notify"]).is_err());
         assert!(Cli::try_parse_from(["supervisor", "reload", "--timeout", "soon"]).is_err());
