@@ -102,7 +102,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 shown(name.as_bytes())
             ));
         }
-        let spec = Spec::named(name, addr).map_err(|e| format!("listen: {e}"))?;
+        // The message quotes the address: shown short and escaped.
+        let spec = Spec::named(name, addr).map_err(|e| {
+            let short: String = e.chars().take(200).collect();
+            format!("listen: {}", short.escape_debug())
+        })?;
         return Ok(Request::Listen(spec));
     }
     Err(format!(
@@ -373,7 +377,7 @@ mod tests {
         for i in 0..20_000 {
             let mut data = rng.bytes(if i % 50 == 0 { 3000 } else { 40 });
             if rng.one_in(4) {
-                let r = rng.pick(&["reload", "status", "stop"]);
+                let r = rng.pick(&["reload", "status", "stop", "fds ", "listen x "]);
                 data.splice(0..0, r.bytes());
             }
             match parse_request(&data) {
