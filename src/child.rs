@@ -22,7 +22,10 @@
 //! - `SUPERVISOR_GENERATION=<n>`, 1 for the first child;
 //! - `SUPERVISOR_DRAIN_TIMEOUT_MS=<ms>` ([`SUPERVISOR_DRAIN_TIMEOUT_MS`]),
 //!   the supervisor's `--drain-timeout`: how long the child has, from its
-//!   stop signal, before the supervisor sends SIGKILL.
+//!   stop signal, before the supervisor sends SIGKILL;
+//! - `SUPERVISOR_CONTROL=<path>` ([`SUPERVISOR_CONTROL`]), the
+//!   supervisor's control socket, where [`open_listener`] asks for a
+//!   listener it did not have at start ([`fetch`]).
 //!
 //! The child takes its listeners ([`Listeners`]), starts serving, and sends
 //! [`READY`] ([`ready`]). Only then does the supervisor stop the previous
@@ -91,6 +94,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 pub mod drain;
+pub mod fetch;
+
+pub use fetch::{Fetched, SUPERVISOR_CONTROL, control_path, fetch_listeners, open_listener};
 
 use crate::parse::activation::listen_env;
 use crate::parse::notify::{socket_addr, status_message};

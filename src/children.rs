@@ -86,6 +86,8 @@ pub struct Command {
     pub credentials: Option<spawn::Credentials>,
     /// Run in this directory.
     pub chdir: Option<std::path::PathBuf>,
+    /// The control socket (passed to the children as `SUPERVISOR_CONTROL`).
+    pub control: std::path::PathBuf,
 }
 
 /// One reaped process.
@@ -210,6 +212,7 @@ impl Children {
             drain_timeout: self.command.drain_timeout,
             compat: &self.command.compat,
             supervisor_pid: std::process::id(),
+            control: self.command.control.as_os_str(),
         });
         let mut plan = Plan::new(
             &self.command.argv,

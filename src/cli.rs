@@ -16,8 +16,13 @@ use crate::probe::Check;
 
 const AFTER_HELP: &str = "\
 Each generation of CMD gets the listeners as fds 3, 4, ... in --listen order,
-with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET and
-SUPERVISOR_GENERATION set, as systemd socket activation does.
+with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET,
+SUPERVISOR_GENERATION and SUPERVISOR_CONTROL set, as systemd socket
+activation does (plus the control socket's path).
+
+Control commands (through the control socket): reload, status, stop;
+fds (fetch the listeners with SCM_RIGHTS and exec a command with them);
+listen (open a listener at run time, kept for every later generation).
 
 Signals:
   SIGHUP                   reload: start a new generation; once it is ready,
@@ -46,7 +51,7 @@ SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 #[command(
     name = "supervisor",
     version,
-    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop|upgrade [--control PATH]",
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -108,6 +113,44 @@ pub enum Client {
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Option<Duration>,
     },
+    /// Fetch the listening sockets (SCM_RIGHTS) and exec CMD with them at
+    /// fds 3, 4, ... and LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES set, as
+    /// socket activation does.
+    #[command(override_usage = "supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]")]
+    Fds {
+        /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
+        /// else as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Only this listener; repeatable, in the order wanted (default:
+        /// every listener, in fd order).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// The command to exec and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Open a listener in the running supervisor (or find the one of that
+    /// name): kept for every later generation, after the others.
+    #[command(override_usage = "supervisor listen [--control PATH] NAME=ADDR")]
+    Listen {
+        /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
+        /// else as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// NAME=ADDR, ADDR as for --listen (tcp:0.0.0.0:9090,
+        /// udp:127.0.0.1:5353, unix:/run/x.sock).
+        #[arg(value_name = "NAME=ADDR", value_parser = parse_named_listener)]
+        listener: Spec,
+    },
+}
+
+/// Parse `NAME=ADDR` for `supervisor listen` (a name is required).
+pub fn parse_named_listener(s: &str) -> Result<Spec, String> {
+    let Some((name, addr)) = s.split_once('=') else {
+        return Err("expected NAME=ADDR (a run-time listener needs a name)".into());
+    };
+    Spec::named(name, addr)
 }
 
 /// Options of the server-running mode.
@@ -333,7 +376,7 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
 pub fn control_word_misplaced(e: &anyhow::Error, command: &std::ffi::OsStr) -> Option<String> {
     let c = command
         .to_str()
-        .filter(|c| ["reload", "status", "stop", "upgrade"].contains(c))?;
+        .filter(|c| ["reload", "status", "stop", "upgrade", "fds", "listen"].contains(c))?;
     Some(format!(
         "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
     ))
@@ -461,6 +504,37 @@ mod tests {
         // After a run option, `reload` can only be the server's name.
         let a = Cli::try_parse_from(["supervisor", "-l", ":0", "reload"]).unwrap();
         assert!(a.client.is_none());
+        let a = Cli::try_parse_from([
+            "supervisor",
+            "fds",
+            "--name",
+            "b",
+            "--name",
+            "a",
+            "--",
+            "srv",
+            "--flag",
+        ])
+        .unwrap();
+        match a.client {
+            Some(Client::Fds { names, command, .. }) => {
+                assert_eq!(names, ["b", "a"]);
+                assert_eq!(command, [OsString::from("srv"), OsString::from("--flag")]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let a = Cli::try_parse_from(["supervisor", "listen", "m=tcp:127.0.0.1:9090"]).unwrap();
+        match a.client {
+            Some(Client::Listen { listener, .. }) => {
+                assert_eq!(
+                    (listener.name.as_str(), listener.text.as_str()),
+                    ("m", "tcp:127.0.0.1:9090")
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["supervisor", "listen", "tcp:127.0.0.1:9090"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "listen", "a b=127.0.0.1:1"]).is_err());
         // Run options make no sense with a control command.
         assert!(Cli::try_parse_from(["supervisor", "reload", "--ready", "notify"]).is_err());
         assert!(Cli::try_parse_from(["supervisor", "reload", "--timeout", "soon"]).is_err());

@@ -1,9 +1,11 @@
-//! `supervisor reload|status|stop`: the client side of the control socket.
+//! `supervisor reload|status|stop|fds|listen`: the client side of the
+//! control socket.
 //!
 //! Exit status: 0 when the request succeeded; 1 when the supervisor
 //! answered with an error (a failed reload: the old generation still
-//! serves); 2 for usage errors (clap); 3 when the supervisor could not be
-//! reached or did not answer in time.
+//! serves; an unknown listener); 2 for usage errors (clap); 3 when the
+//! supervisor could not be reached or did not answer in time. `fds` execs
+//! its command on success (127 if that fails).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -47,9 +49,20 @@ pub fn run(client: Client) -> i32 {
             Request::Upgrade(*timeout),
             Some(timeout.unwrap_or(UPGRADE_TIMEOUT) + Duration::from_secs(30)),
         ),
+        Client::Fds { control, names, .. } => (control, Request::Fds(names.clone()), None),
+        Client::Listen { control, listener } => (control, Request::Listen(listener.clone()), None),
     };
-    let path = match path {
-        Some(p) => p.clone(),
+    if let Client::Fds { command, .. } = &client
+        && command.is_empty()
+    {
+        eprintln!(
+            "supervisor: error: no command given: supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]"
+        );
+        return 2;
+    }
+    // A child of a supervisor talks to its own by default.
+    let path = match path.clone().or_else(supervisor::child::control_path) {
+        Some(p) => p,
         None => {
             let p = control::default_path_here();
             // The shared fallback directory counts only if it is private
@@ -64,12 +77,17 @@ pub fn run(client: Client) -> i32 {
             p
         }
     };
+    match &client {
+        Client::Fds { names, command, .. } => return fds(&path, names, command),
+        Client::Listen { listener, .. } => return listen(&path, listener),
+        _ => {}
+    }
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut session = match Session::open(&path, deadline) {
         Ok(s) => s,
         Err(e) => return unreachable(&e),
     };
-    let answer = match session.ask(request) {
+    let answer = match session.ask(&request) {
         Ok(a) => a,
         Err(e) => return unreachable(&e),
     };
@@ -81,6 +99,7 @@ pub fn run(client: Client) -> i32 {
                 Request::Status => "status failed",
                 Request::Stop => "stop failed",
                 Request::Upgrade(_) => "upgrade failed",
+                Request::Fds(_) | Request::Listen(_) | Request::Takeover => "request failed",
             };
             eprintln!("supervisor: {what}: {text}");
             return FAILED;
@@ -123,6 +142,102 @@ pub fn run(client: Client) -> i32 {
             }
             Err(e) => unreachable(&e),
         },
+        Client::Fds { .. } | Client::Listen { .. } => 0,
+    }
+}
+
+/// Whether a failed fetch was the supervisor's answer (`error TEXT`), not
+/// a failure to reach it.
+fn answered(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::Other
+}
+
+/// `supervisor fds`: fetch the listeners, put them at fds 3, 4, ... with
+/// the socket-activation variables, and exec the command.
+fn fds(path: &Path, names: &[String], command: &[std::ffi::OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fetched = match supervisor::child::fetch_listeners(path, &wanted) {
+        Ok(f) => f,
+        Err(e) if answered(&e) => {
+            eprintln!("supervisor: fds failed: {e}");
+            return FAILED;
+        }
+        Err(e) => {
+            return unreachable(&format!(
+                "cannot fetch listeners from the supervisor at {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let start = supervisor::child::LISTEN_FDS_START;
+    let n = fetched.len() as i32;
+    // First out of the way of 3..3+n (where other fds of ours may sit),
+    // then into place: dup2 clears close-on-exec on the copy it makes.
+    let mut moved = Vec::with_capacity(fetched.len());
+    for f in &fetched {
+        match nix::fcntl::fcntl(&f.fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(start + n)) {
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; it is ours.
+            Ok(raw) => moved.push(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw)
+            }),
+            Err(e) => {
+                eprintln!(
+                    "supervisor: error: duplicate fd of listener {:?}: {e}",
+                    f.name
+                );
+                return FAILED;
+            }
+        }
+    }
+    let names: Vec<String> = fetched.iter().map(|f| f.name.clone()).collect();
+    drop(fetched);
+    for (k, fd) in moved.iter().enumerate() {
+        let target = start + k as i32;
+        // SAFETY: dup2 takes two fd numbers and touches no memory; the
+        // target is replaced, which is the point (the process execs next).
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(fd), target) } < 0 {
+            eprintln!(
+                "supervisor: error: place listener {:?} at fd {target}: {}",
+                names[k],
+                std::io::Error::last_os_error()
+            );
+            return FAILED;
+        }
+    }
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env_remove(supervisor::child::LISTEN_PIDFDID)
+        .env(
+            supervisor::child::LISTEN_PID,
+            std::process::id().to_string(),
+        )
+        .env(supervisor::child::LISTEN_FDS, n.to_string())
+        .env(supervisor::child::LISTEN_FDNAMES, names.join(":"));
+    let e = cmd.exec();
+    eprintln!(
+        "supervisor: error: exec {}: {e}",
+        command[0].to_string_lossy()
+    );
+    127
+}
+
+/// `supervisor listen`: open a listener at run time; print its
+/// description line.
+fn listen(path: &Path, spec: &supervisor::parse::listen::Spec) -> i32 {
+    match supervisor::child::open_listener(path, &spec.name, &spec.text) {
+        Ok(f) => {
+            println!("{} {} {}", f.name, f.kind, f.address);
+            0
+        }
+        Err(e) if answered(&e) => {
+            eprintln!("supervisor: listen failed: {e}");
+            FAILED
+        }
+        Err(e) => unreachable(&format!(
+            "cannot reach the supervisor at {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -193,9 +308,9 @@ impl Session {
     }
 
     /// Send the request; read the one answer line.
-    fn ask(&mut self, request: Request) -> Result<Result<String, String>, String> {
+    fn ask(&mut self, request: &Request) -> Result<Result<String, String>, String> {
         let shown = self.path.display().to_string();
-        self.request = request;
+        self.request = request.clone();
         if let Err(e) = self
             .stream
             .write_all(format!("{}\n", request.line()).as_bytes())
@@ -245,18 +360,18 @@ impl Session {
         };
         let left = d.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(self.late(self.request));
+            return Err(self.late(&self.request));
         }
         let _ = self.stream.set_read_timeout(Some(left));
         Ok(())
     }
 
-    fn late(&self, request: Request) -> String {
+    fn late(&self, request: &Request) -> String {
         let what = match request {
             Request::Reload => "; the reload may still complete (see supervisor status)",
             Request::Stop => "; the stop goes on",
-            Request::Status => "",
             Request::Upgrade(_) => "; the upgrade may still complete (see supervisor status)",
+            _ => "",
         };
         format!(
             "no answer from the supervisor at {} in time{what}",
@@ -276,7 +391,7 @@ impl Session {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(self.late(Request::Stop));
+                    return Err(self.late(&Request::Stop));
                 }
                 // A reset also means the other end is gone.
                 Err(_) => break,

@@ -2,22 +2,29 @@
 //! supervisor.
 //!
 //! A Unix stream socket, mode 0600, every peer checked with SO_PEERCRED
-//! (root or the supervisor's own uid). One request per connection, one line
+//! (root or the supervisor's own uid; with `--user`, the children's uid
+//! too, for `fds` and `listen` only). One request per connection, one line
 //! each way, plain text: `reload`, `status` or `stop` in; `ok TEXT` or
 //! `error TEXT` out. `reload` is answered once its outcome is known, `stop`
 //! once the supervisor is about to exit, `status` at once with a JSON
-//! object. The parsing is pure, in [`supervisor::parse::control`]; the
-//! driver owns the connections.
+//! object. `fds` and `listen` are answered with `ok N` and N listener
+//! descriptions, the sockets attached with `SCM_RIGHTS` in batches of at
+//! most [`SCM_MAX_FD`] ([`Transfer`]), sent without ever blocking. The
+//! parsing is pure, in [`supervisor::parse::control`]; the driver owns
+//! the connections.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use supervisor::parse::control::{
-    Line, MAX_REQUEST, Request, answer, parse_answer, parse_request, take_line,
+    Line, MAX_REQUEST, Request, SCM_MAX_FD, answer, fds_header, parse_answer, parse_request,
+    take_line,
 };
+use supervisor::parse::listen::Spec;
 
 /// A connection must send its request within this time.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,8 +140,16 @@ pub fn check_private(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long to wait before sending again after `ETOOMANYREFS` (the
+/// peer's user has too many file descriptors in flight: the kernel counts
+/// them against its `RLIMIT_NOFILE` until the receiver takes them).
+pub const REFUSED_RETRY: Duration = Duration::from_millis(20);
+
+/// How many `ETOOMANYREFS` in a row a transfer survives (about 5 s).
+pub const MAX_REFUSED: u32 = 250;
+
 /// Where a connection is in its one exchange.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug)]
 pub enum Stage {
     /// Reading the request line.
     Reading(Vec<u8>),
@@ -142,6 +157,125 @@ pub enum Stage {
     Waiting,
     /// Sending the answer, from this offset; then close.
     Writing(Vec<u8>, usize),
+    /// Sending listeners with `SCM_RIGHTS`; then close.
+    Sending(Transfer),
+}
+
+/// An answer that carries file descriptors: `ok N\n` and N description
+/// lines, the fds attached in the same order, at most [`SCM_MAX_FD`] per
+/// `sendmsg`, each batch's lines as the data of the `sendmsg` that carries
+/// its fds (the header with the first). The fds are the supervisor's own
+/// duplicates, closed once the kernel has taken them (or when the transfer
+/// is dropped: a client that leaves mid-transfer leaks nothing).
+#[derive(Debug)]
+pub struct Transfer {
+    batches: VecDeque<Batch>,
+    /// `ETOOMANYREFS` in a row.
+    refused: u32,
+    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
+    /// socket is writable.
+    retry_at: Option<Instant>,
+    /// Some bytes have gone out: an error can no longer be answered.
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Batch {
+    data: Vec<u8>,
+    sent: usize,
+    /// Emptied once attached to a `sendmsg` that went out.
+    fds: Vec<OwnedFd>,
+}
+
+impl Transfer {
+    /// The answer for these (description line, socket) pairs, in order.
+    pub fn new(items: Vec<(String, OwnedFd)>) -> Transfer {
+        Transfer::with_preamble(String::new(), items)
+    }
+
+    /// As [`Transfer::new`], with `preamble` (whole lines) between the
+    /// header and the first description line.
+    pub fn with_preamble(preamble: String, items: Vec<(String, OwnedFd)>) -> Transfer {
+        let mut batches = VecDeque::new();
+        let mut header = Some(fds_header(items.len()) + &preamble);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut data = header.take().unwrap_or_default().into_bytes();
+            let mut fds = Vec::new();
+            for (line, fd) in items.by_ref().take(SCM_MAX_FD) {
+                data.extend_from_slice(line.as_bytes());
+                fds.push(fd);
+            }
+            batches.push_back(Batch { data, sent: 0, fds });
+        }
+        if let Some(h) = header {
+            // No listener: the header alone.
+            batches.push_back(Batch {
+                data: h.into_bytes(),
+                sent: 0,
+                fds: Vec::new(),
+            });
+        }
+        Transfer {
+            batches,
+            refused: 0,
+            retry_at: None,
+            started: false,
+        }
+    }
+}
+
+/// What a send step of a [`Transfer`] came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendStep {
+    /// More to send, when writable (or at the retry time).
+    Pending,
+    /// Everything sent: close.
+    Done,
+    /// It cannot go on; whether nothing was sent yet, and why.
+    Failed(bool, String),
+}
+
+/// Send what the socket takes of `t`; never blocks.
+pub fn send_some(stream: &UnixStream, t: &mut Transfer, now: Instant) -> SendStep {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    while let Some(b) = t.batches.front_mut() {
+        if b.sent == b.data.len() {
+            t.batches.pop_front();
+            continue;
+        }
+        let raw: Vec<RawFd> = b.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+        let iov = [IoSlice::new(&b.data[b.sent..])];
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, flags, None) {
+            Ok(0) => return SendStep::Failed(!t.started, "sendmsg sent nothing".into()),
+            Ok(n) => {
+                // The fds went with the first bytes sent (unix(7) stream
+                // sockets attach them to the first segment): our copies go.
+                b.fds.clear();
+                b.sent += n;
+                t.refused = 0;
+                t.started = true;
+            }
+            Err(nix::errno::Errno::EAGAIN) => return SendStep::Pending,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::ETOOMANYREFS) => {
+                t.refused += 1;
+                if t.refused > MAX_REFUSED {
+                    return SendStep::Failed(
+                        !t.started,
+                        "the receiving user has too many file descriptors in flight (ETOOMANYREFS; its RLIMIT_NOFILE is too low for this many listeners)".into(),
+                    );
+                }
+                t.retry_at = Some(now + REFUSED_RETRY);
+                return SendStep::Pending;
+            }
+            Err(e) => return SendStep::Failed(!t.started, format!("sendmsg: {e}")),
+        }
+    }
+    SendStep::Done
 }
 
 /// One control connection.
@@ -151,6 +285,8 @@ pub struct Conn {
     pub stream: UnixStream,
     /// The peer's pid (from SO_PEERCRED; 0 if unknown).
     pub pid: i32,
+    /// The peer's uid (from SO_PEERCRED).
+    pub uid: u32,
     /// Where it is.
     pub stage: Stage,
     /// When reading or writing gives up.
@@ -170,10 +306,11 @@ pub enum ReadStep {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(stream: UnixStream, pid: i32, now: Instant) -> Conn {
+    pub fn new(stream: UnixStream, pid: i32, uid: u32, now: Instant) -> Conn {
         Conn {
             stream,
             pid,
+            uid,
             stage: Stage::Reading(Vec::new()),
             deadline: Some(now + REQUEST_TIMEOUT),
         }
@@ -186,8 +323,46 @@ impl Conn {
         match self.stage {
             Stage::Reading(_) => Some((self.stream.as_fd(), true)),
             Stage::Writing(..) => Some((self.stream.as_fd(), false)),
-            Stage::Waiting => None,
+            Stage::Sending(ref t) if t.retry_at.is_none() => Some((self.stream.as_fd(), false)),
+            Stage::Sending(_) | Stage::Waiting => None,
         }
+    }
+
+    /// When the connection next needs the loop: its give-up deadline, or
+    /// the retry time of a refused transfer.
+    pub fn next_time(&self) -> Option<Instant> {
+        let retry = match &self.stage {
+            Stage::Sending(t) => t.retry_at,
+            _ => None,
+        };
+        [self.deadline, retry].into_iter().flatten().min()
+    }
+
+    /// Send listeners; the caller then calls [`Conn::send`].
+    pub fn start_transfer(&mut self, t: Transfer, now: Instant) {
+        self.stage = Stage::Sending(t);
+        self.deadline = Some(now + WRITE_TIMEOUT);
+    }
+
+    /// Send what the socket takes of the transfer; on a failure before
+    /// anything went out, the error is answered as a line instead.
+    pub fn send(&mut self, now: Instant) -> SendStep {
+        let Stage::Sending(t) = &mut self.stage else {
+            return SendStep::Done;
+        };
+        if t.retry_at.is_some_and(|r| r > now) {
+            return SendStep::Pending;
+        }
+        t.retry_at = None;
+        let step = send_some(&self.stream, t, now);
+        if let SendStep::Failed(true, why) = &step {
+            let line = answer(false, why);
+            self.reply(line, now);
+            if !self.write() {
+                return SendStep::Pending;
+            }
+        }
+        step
     }
 
     /// Read what is there; never blocks.
@@ -252,6 +427,19 @@ impl Conn {
     }
 }
 
+/// A listener's kind and address for its description line, from what it
+/// is bound to (`127.0.0.1:80`, `udp:127.0.0.1:53`, `unix:/run/x.sock`,
+/// `unix:@name`): `KIND:ADDRESS` is again a `--listen` address.
+pub fn kind_and_address(bound: &str) -> (&'static str, &str) {
+    if let Some(a) = bound.strip_prefix("udp:") {
+        ("udp", a)
+    } else if let Some(a) = bound.strip_prefix("unix:") {
+        ("unix", a)
+    } else {
+        ("tcp", bound)
+    }
+}
+
 fn too_long() -> String {
     format!("request longer than {MAX_REQUEST} bytes")
 }
@@ -273,6 +461,16 @@ pub enum ControlEvent {
     /// Upgrade the supervisor in place (the check bounded by the duration
     /// given, if any); answer `ConnId` with the outcome.
     Upgrade(ConnId, i32, Option<Duration>),
+    /// Another supervisor (peer pid) asks to take every socket over: the
+    /// driver takes the connection ([`ControlServer::take_stream`]).
+    Takeover(ConnId, i32),
+    /// Send `ConnId` (peer pid) these listeners, every one when empty
+    /// ([`ControlServer::send_fds`], or [`ControlServer::answer`] with an
+    /// error).
+    Fds(ConnId, i32, Vec<String>),
+    /// Open this listener (or find the one of its name) and send it to
+    /// `ConnId` (peer pid), as for [`ControlEvent::Fds`].
+    Listen(ConnId, i32, Spec),
 }
 
 /// Connections waiting for an outcome (reload or stop) beyond this number
@@ -305,6 +503,11 @@ pub struct ControlServer {
     accept_failing: bool,
     /// Connections waiting for the supervisor to exit.
     stop_waiters: Vec<ConnId>,
+    /// A uid besides root and ours that may fetch and open listeners
+    /// (the children's, with `--user`), and nothing else.
+    fetch_uid: Option<u32>,
+    /// Another supervisor accepts on the socket now.
+    handed_over: bool,
 }
 
 /// The control socket and its connections as carried across an in-place
@@ -317,6 +520,8 @@ pub struct Saved {
     conns: Vec<SavedConn>,
     next: ConnId,
     stop_waiters: Vec<ConnId>,
+    #[serde(default)]
+    fetch_uid: Option<u32>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -324,27 +529,49 @@ struct SavedConn {
     id: ConnId,
     fd: i32,
     pid: i32,
-    stage: Stage,
+    #[serde(default)]
+    uid: u32,
+    stage: SavedStage,
     #[serde(with = "crate::upgrade::mono::opt")]
     deadline: Option<Instant>,
 }
 
+/// A connection's stage as carried across an upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum SavedStage {
+    Reading(Vec<u8>),
+    Waiting,
+    Writing(Vec<u8>, usize),
+}
+
 impl ControlServer {
-    /// The state for an in-place upgrade.
+    /// The state for an in-place upgrade. A connection in the middle of an
+    /// fd transfer is not carried (the exec closes it: its client sees the
+    /// connection end early and asks again).
     pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
         Saved {
             listener: self.listener.save(keep),
             conns: self
                 .conns
                 .iter()
-                .map(|(id, c)| SavedConn {
-                    id: *id,
-                    fd: keep.fd(c.stream.as_fd()),
-                    pid: c.pid,
-                    stage: c.stage.clone(),
-                    deadline: c.deadline,
+                .filter_map(|(id, c)| {
+                    let stage = match &c.stage {
+                        Stage::Reading(b) => SavedStage::Reading(b.clone()),
+                        Stage::Waiting => SavedStage::Waiting,
+                        Stage::Writing(b, n) => SavedStage::Writing(b.clone(), *n),
+                        Stage::Sending(_) => return None,
+                    };
+                    Some(SavedConn {
+                        id: *id,
+                        fd: keep.fd(c.stream.as_fd()),
+                        pid: c.pid,
+                        uid: c.uid,
+                        stage,
+                        deadline: c.deadline,
+                    })
                 })
                 .collect(),
+            fetch_uid: self.fetch_uid,
             next: self.next,
             stop_waiters: self.stop_waiters.clone(),
         }
@@ -356,10 +583,16 @@ impl ControlServer {
             .conns
             .into_iter()
             .map(|c| {
+                let stage = match c.stage {
+                    SavedStage::Reading(b) => Stage::Reading(b),
+                    SavedStage::Waiting => Stage::Waiting,
+                    SavedStage::Writing(b, n) => Stage::Writing(b, n),
+                };
                 let conn = Conn {
                     stream: UnixStream::from(adopt.take(c.fd)),
                     pid: c.pid,
-                    stage: c.stage,
+                    uid: c.uid,
+                    stage,
                     deadline: c.deadline,
                 };
                 (c.id, conn)
@@ -372,6 +605,8 @@ impl ControlServer {
             accept_paused: None,
             accept_failing: false,
             stop_waiters: saved.stop_waiters,
+            fetch_uid: saved.fetch_uid,
+            handed_over: false,
         }
     }
 }
@@ -386,13 +621,21 @@ impl ControlServer {
             accept_paused: None,
             accept_failing: false,
             stop_waiters: Vec::new(),
+            fetch_uid: None,
+            handed_over: false,
         }
+    }
+
+    /// Let `uid` (the children's, with `--user`) fetch and open listeners
+    /// too (`fds`, `listen`), and nothing else.
+    pub fn allow_fetch_by(&mut self, uid: u32) {
+        self.fetch_uid = Some(uid);
     }
 
     /// The fds to poll, with what each waits for (`true`: input).
     pub fn interest(&self) -> Vec<(Watch, BorrowedFd<'_>, bool)> {
         let mut out = Vec::new();
-        if self.accept_paused.is_none() {
+        if self.accept_paused.is_none() && !self.handed_over {
             out.push((Watch::Accept, self.listener.fd(), true));
         }
         for (id, c) in &self.conns {
@@ -407,7 +650,7 @@ impl ControlServer {
     pub fn deadline(&self) -> Option<Instant> {
         self.conns
             .values()
-            .filter_map(|c| c.deadline)
+            .filter_map(Conn::next_time)
             .chain(self.accept_paused)
             .min()
     }
@@ -428,6 +671,16 @@ impl ControlServer {
     pub fn on_timeout(&mut self, now: Instant) {
         if self.accept_paused.is_some_and(|t| t <= now) {
             self.accept_paused = None;
+        }
+        // Transfers the kernel refused a moment ago try again.
+        let retry: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.stage, Stage::Sending(t) if t.retry_at.is_some_and(|r| r <= now)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            self.step_transfer(id, now);
         }
         let late: Vec<ConnId> = self
             .conns
@@ -457,6 +710,65 @@ impl ControlServer {
             conn.reply(answer(ok, text), now);
             if conn.write() {
                 self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Send connection `id` these listeners: `(description line, a
+    /// duplicate of the socket)` pairs, in order (see [`Transfer`]); the
+    /// connection closes once they are sent.
+    pub fn send_fds(&mut self, id: ConnId, items: Vec<(String, OwnedFd)>, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.start_transfer(Transfer::new(items), now);
+            self.step_transfer(id, now);
+        }
+    }
+
+    /// Send connection `id` these listeners, each as (name, what it is
+    /// bound to as the listener shows it, a duplicate of its socket); a
+    /// listener that cannot be described in one line makes the answer an
+    /// error instead.
+    pub fn send_listeners(
+        &mut self,
+        id: ConnId,
+        listeners: Vec<(String, String, OwnedFd)>,
+        now: Instant,
+    ) {
+        let mut items = Vec::with_capacity(listeners.len());
+        for (name, bound, fd) in listeners {
+            let (kind, address) = kind_and_address(&bound);
+            match supervisor::parse::control::fd_line(&name, kind, address) {
+                Ok(line) => items.push((line, fd)),
+                Err(why) => return self.answer(id, false, &why, now),
+            }
+        }
+        self.send_fds(id, items, now);
+    }
+
+    /// Push a transfer on; close its connection once it is done or failed.
+    fn step_transfer(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.send(now) {
+            SendStep::Pending => {}
+            SendStep::Done => {
+                self.conns.remove(&id);
+            }
+            SendStep::Failed(before_any, why) => {
+                let pid = conn.pid;
+                if before_any {
+                    log::warn!("control connection from pid {pid}: {why}");
+                    // The error line is being written (or was).
+                    if !matches!(conn.stage, Stage::Writing(..)) || conn.write() {
+                        self.conns.remove(&id);
+                    }
+                } else {
+                    log::warn!(
+                        "control connection from pid {pid}: sending listeners failed midway ({why}): closed"
+                    );
+                    self.conns.remove(&id);
+                }
             }
         }
     }
@@ -521,8 +833,8 @@ impl ControlServer {
                 }
             };
             let me = nix::unistd::geteuid().as_raw();
-            let mut conn = Conn::new(stream, pid, now);
-            if uid != 0 && uid != me {
+            let mut conn = Conn::new(stream, pid, uid, now);
+            if uid != 0 && uid != me && Some(uid) != self.fetch_uid {
                 log::warn!(
                     "refused a control connection from pid {pid} (uid {uid}): only root and uid {me} may control this supervisor"
                 );
@@ -554,6 +866,10 @@ impl ControlServer {
                 }
                 None
             }
+            Stage::Sending(_) => {
+                self.step_transfer(id, now);
+                None
+            }
             Stage::Reading(_) => match conn.read() {
                 ReadStep::Pending => None,
                 ReadStep::Gone => {
@@ -575,12 +891,27 @@ impl ControlServer {
         let waiting = self.conns.len() - self.busy();
         let conn = self.conns.get_mut(&id)?;
         let pid = conn.pid;
+        let uid = conn.uid;
+        let me = nix::unistd::geteuid().as_raw();
         match request {
             Err(why) => {
                 log::warn!("control connection from pid {pid}: {why}");
                 self.answer(id, false, &why, now);
                 None
             }
+            Ok(r) if uid != 0 && uid != me && !r.sends_fds() => {
+                log::warn!(
+                    "refused a {} request from pid {pid} (uid {uid}): the children's user may only fetch and open listeners",
+                    r.as_str()
+                );
+                let why = format!(
+                    "permission denied: uid {uid} may only fetch and open listeners (fds, listen)"
+                );
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(Request::Fds(names)) => Some(ControlEvent::Fds(id, pid, names)),
+            Ok(Request::Listen(spec)) => Some(ControlEvent::Listen(id, pid, spec)),
             Ok(Request::Status) => Some(ControlEvent::Status(id)),
             Ok(Request::Reload | Request::Stop | Request::Upgrade(_)) if waiting >= MAX_WAITERS => {
                 let why = format!("busy: {MAX_WAITERS} requests already wait for an outcome");
@@ -604,7 +935,35 @@ impl ControlServer {
                 self.stop_waiters.push(id);
                 Some(ControlEvent::Stop(id, pid))
             }
+            Ok(Request::Takeover) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Takeover(id, pid))
+            }
         }
+    }
+
+    /// Hand connection `id` over (a takeover's: it outlives the one
+    /// exchange of this server's connections).
+    pub fn take_stream(&mut self, id: ConnId) -> Option<UnixStream> {
+        self.stop_waiters.retain(|w| *w != id);
+        self.conns.remove(&id).map(|c| c.stream)
+    }
+
+    /// Stop (or resume) accepting: while another supervisor takes over,
+    /// new connections are its to accept.
+    pub fn set_accepting(&mut self, on: bool) {
+        self.handed_over = !on;
+    }
+
+    /// The listening socket, for a takeover.
+    pub fn save_listener(&self, keep: &mut crate::upgrade::Keep) -> crate::listen::Saved {
+        self.listener.save(keep)
+    }
+
+    /// The socket's file is another supervisor's now: leave it at exit.
+    pub fn disown_file(&mut self) {
+        self.listener.disown_file();
     }
 }
 
@@ -758,13 +1117,63 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(
             answer_of(&mut bad),
-            "error unknown request \"reboot\" (expected reload, status or stop)\n"
+            "error unknown request \"reboot\" (expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
         );
         assert_eq!(srv.deadline(), Some(now + REQUEST_TIMEOUT));
         srv.on_timeout(now + REQUEST_TIMEOUT);
         assert_eq!(answer_of(&mut silent), "error no request within 10s\n");
         assert_eq!(srv.deadline(), None);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn transfers_go_in_batches_of_scm_max_fd_with_their_lines() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let items: Vec<(String, OwnedFd)> = (0..600)
+            .map(|i| {
+                (
+                    format!("l{i} tcp 127.0.0.1:{i}\n"),
+                    b.as_fd().try_clone_to_owned().unwrap(),
+                )
+            })
+            .collect();
+        let mut t = Transfer::new(items);
+        let sizes: Vec<usize> = t.batches.iter().map(|b| b.fds.len()).collect();
+        assert_eq!(sizes, [253, 253, 94]);
+        assert!(t.batches[0].data.starts_with(b"ok 600\nl0 tcp"));
+        assert!(t.batches[1].data.starts_with(b"l253 tcp"));
+        assert_eq!(send_some(&a, &mut t, Instant::now()), SendStep::Done);
+        // Read back: each recvmsg brings one batch, its fds with its lines.
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let (mut data, mut fds) = (Vec::new(), 0);
+        while fds < 600 {
+            let mut buf = vec![0u8; 65536];
+            let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                b.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .unwrap();
+            assert!(!msg.flags.contains(MsgFlags::MSG_CTRUNC));
+            let n = msg.bytes;
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    fds += raw.len();
+                    for r in raw {
+                        // SAFETY: SCM_RIGHTS just installed it; ours alone.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) });
+                    }
+                }
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(data).unwrap();
+        assert_eq!(text.lines().count(), 601);
+        assert_eq!(text.lines().last(), Some("l599 tcp 127.0.0.1:599"));
     }
 
     #[test]

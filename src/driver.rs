@@ -460,6 +460,12 @@ impl Driver {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 self.parts.control.answer(id, true, &json, Instant::now());
             }
+            ControlEvent::Takeover(id, _) => {
+                let now = Instant::now();
+                self.parts
+                    .control
+                    .answer(id, false, "takeover is not available yet", now);
+            }
             ControlEvent::Upgrade(id, pid, timeout) => {
                 log::info!("upgrade requested (control socket, pid {pid})");
                 self.upgrade(Some(id), timeout);
@@ -467,6 +473,50 @@ impl Driver {
             ControlEvent::Reload(id, pid) => {
                 log::info!("reload requested (control socket, pid {pid})");
                 self.reload(Some(id));
+            }
+            ControlEvent::Fds(id, pid, names) => {
+                let now = Instant::now();
+                match self.parts.steering.fetch(&names) {
+                    Ok(handed) => {
+                        log::info!(
+                            "sending {} listener(s) to pid {pid} (control socket)",
+                            handed.len()
+                        );
+                        let items = handed.into_iter().map(|h| (h.name, h.bound, h.fd));
+                        self.parts.control.send_listeners(id, items.collect(), now);
+                    }
+                    Err(why) => {
+                        log::warn!("listeners asked for by pid {pid}: {why}");
+                        self.parts.control.answer(id, false, &why, now);
+                    }
+                }
+            }
+            ControlEvent::Listen(id, pid, spec) => {
+                let now = Instant::now();
+                let known = self.parts.steering.listeners().count();
+                let opened = self.parts.steering.open(&spec).and_then(|i| {
+                    if i >= known {
+                        let (l, mode) = self.parts.steering.listeners().nth(i).expect("just added");
+                        log::info!(
+                            "listening on {} as {:?} (fd {} in the next generations), {}, opened at run time for pid {pid}",
+                            l.bound,
+                            l.name,
+                            supervisor::child::LISTEN_FDS_START + i as i32,
+                            mode.as_str()
+                        );
+                    }
+                    self.parts.steering.fetch(std::slice::from_ref(&spec.name))
+                });
+                match opened {
+                    Ok(handed) => {
+                        let items = handed.into_iter().map(|h| (h.name, h.bound, h.fd));
+                        self.parts.control.send_listeners(id, items.collect(), now);
+                    }
+                    Err(why) => {
+                        log::warn!("listener {:?} asked for by pid {pid}: {why}", spec.name);
+                        self.parts.control.answer(id, false, &why, now);
+                    }
+                }
             }
             ControlEvent::Stop(_, pid) => {
                 // During the shutdown delay a second request ends it, as a

@@ -5,7 +5,7 @@
 //! and every launcher-compatibility variable), plus the generation's own:
 //! `LISTEN_FDS`, `LISTEN_FDNAMES` (`LISTEN_PID` is written by the spawned
 //! child itself, see `spawn`), `NOTIFY_SOCKET`, `SUPERVISOR_GENERATION`,
-//! and the `--compat` variables. Pure: it reads the environment it is
+//! `SUPERVISOR_CONTROL`, and the `--compat` variables. Pure: it reads the environment it is
 //! given.
 
 use std::ffi::{OsStr, OsString};
@@ -16,7 +16,7 @@ use crate::compat::{self, Compat};
 
 /// Variables of the supervisor's own environment never passed to children:
 /// they describe the supervisor's launcher, not the child's.
-const STRIPPED: [&str; 9] = [
+const STRIPPED: [&str; 10] = [
     child::LISTEN_FDS,
     child::LISTEN_PID,
     child::LISTEN_FDNAMES,
@@ -26,6 +26,7 @@ const STRIPPED: [&str; 9] = [
     child::WATCHDOG_USEC,
     child::SUPERVISOR_GENERATION,
     child::SUPERVISOR_DRAIN_TIMEOUT_MS,
+    child::SUPERVISOR_CONTROL,
 ];
 
 /// What a generation's environment is made of.
@@ -48,6 +49,8 @@ pub struct Inputs<'a> {
     pub compat: &'a Compat,
     /// The supervisor's pid (for einhorn's master pid).
     pub supervisor_pid: u32,
+    /// The control socket's path.
+    pub control: &'a OsStr,
 }
 
 /// The generation's environment.
@@ -83,6 +86,7 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
         child::SUPERVISOR_DRAIN_TIMEOUT_MS.into(),
         i.drain_timeout.as_millis().to_string().into(),
     ));
+    env.push((child::SUPERVISOR_CONTROL.into(), i.control.to_owned()));
     let extra = compat::variables(
         i.compat,
         i.starter_keys,
@@ -123,6 +127,7 @@ mod tests {
             drain_timeout: std::time::Duration::from_secs(30),
             compat: &compat,
             supervisor_pid: 10,
+            control: OsStr::new("/run/app/supervisor.sock"),
         });
         let get = |k: &str| {
             let v: Vec<_> = env.iter().filter(|(key, _)| key == k).collect();
@@ -137,6 +142,10 @@ mod tests {
         assert_eq!(get("NOTIFY_SOCKET").as_deref(), Some("/tmp/n/3"));
         assert_eq!(get("SUPERVISOR_GENERATION").as_deref(), Some("3"));
         assert_eq!(get("SUPERVISOR_DRAIN_TIMEOUT_MS").as_deref(), Some("30000"));
+        assert_eq!(
+            get("SUPERVISOR_CONTROL").as_deref(),
+            Some("/run/app/supervisor.sock")
+        );
         assert_eq!(get("WATCHDOG_USEC"), None);
         assert_eq!(get("EINHORN_FD_COUNT"), None);
     }

@@ -68,6 +68,12 @@ impl Listener {
         self.fd = Some(fd);
     }
 
+    /// The socket's file (a Unix socket's) belongs to another supervisor
+    /// now, which took the socket over: it is not removed at exit.
+    pub fn disown_file(&mut self) {
+        self.created = None;
+    }
+
     /// Hand the socket to its new owner (steering); the listener keeps its
     /// name, address and Unix socket file.
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
@@ -272,7 +278,7 @@ pub fn merge(
 }
 
 /// Whether a socket is what `addr` asks for (port 0 asks for any port).
-fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
+pub fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
     let Ok(bound) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
         return false;
     };

@@ -1388,7 +1388,10 @@ mod tests {
         let acts = all_actions(&mut m);
         assert!(acts.contains(&Action::Report(Event::HandedOff)), "{acts:?}");
         assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
-        assert!(signals(&acts).is_empty(), "stopped before its queue emptied");
+        assert!(
+            signals(&acts).is_empty(),
+            "stopped before its queue emptied"
+        );
         assert!(m.stopping());
         // Reloads are refused from now on.
         m.handle(ms(t0, 110), Input::Reload(7));

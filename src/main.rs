@@ -206,7 +206,7 @@ fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steerin
 }
 
 /// How the children are run.
-fn command(args: cli::Args, setup: Setup) -> children::Command {
+fn command(args: cli::Args, setup: Setup, control_path: &std::path::Path) -> children::Command {
     children::Command {
         argv: args.command,
         stop_signal: args.stop_signal,
@@ -215,6 +215,8 @@ fn command(args: cli::Args, setup: Setup) -> children::Command {
         drain_timeout: args.drain_timeout,
         credentials: setup.credentials,
         chdir: args.chdir,
+        // Absolute: a child may change its directory.
+        control: std::path::absolute(control_path).unwrap_or_else(|_| control_path.to_path_buf()),
     }
 }
 
@@ -278,7 +280,12 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         binary: binary_path(),
     };
     let watchdog = manager::watchdog_interval();
-    let children = children::Children::restore(command(args, setup), state.children, &mut adopt);
+    let control_path = settings.control_path.clone();
+    let children = children::Children::restore(
+        command(args, setup, &control_path),
+        state.children,
+        &mut adopt,
+    );
     let mut manager = manager::ServiceManager::from_env(watchdog);
     if let (Some(m), Some(saved)) = (&mut manager, state.manager) {
         m.restore(saved);
@@ -373,17 +380,24 @@ fn run(args: cli::Args) -> Result<i32> {
         let names: Vec<String> = setup.compat.0.iter().map(ToString::to_string).collect();
         log::info!("compatibility variables for: {}", names.join(", "));
     }
+    let mut control = control::ControlServer::new(control);
+    if let Some(c) = &setup.credentials {
+        // The children's user may fetch and open listeners, if the file
+        // lets it connect: the socket stays root's, mode 0600, unless the
+        // operator opens it (a default ACL on its directory).
+        control.allow_fetch_by(c.uid);
+    }
     let settings = snapshot::Settings {
-        control_path,
+        control_path: control_path.clone(),
         ready: args.ready.describe(),
         drain_timeout: args.drain_timeout,
         binary: binary_path(),
     };
-    let children = children::Children::new(command(args, setup))?;
+    let children = children::Children::new(command(args, setup, &control_path))?;
     let parts = parts::Parts {
         children,
         steering,
-        control: control::ControlServer::new(control),
+        control,
         manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
         prober,
         health,

@@ -72,6 +72,35 @@ struct Member {
     /// that a leaving member's slot is filled by it rather than by the
     /// routed member; retired from the start, never routed.
     spare: bool,
+    /// A UDP socket handed out over the control socket (`fds`): never
+    /// closed while the supervisor runs, since the holder keeps it bound
+    /// and in the group, where closing our copy would shift the mirror of
+    /// the group's order.
+    pinned: bool,
+}
+
+impl Member {
+    fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
+        Member {
+            fd,
+            owner,
+            retired: false,
+            spare: false,
+            pinned: false,
+        }
+    }
+}
+
+/// One listener's socket as handed out over the control socket.
+#[derive(Debug)]
+pub struct Handed {
+    /// The listener's name.
+    pub name: String,
+    /// What it is bound to (`127.0.0.1:80`, `udp:[::1]:53`,
+    /// `unix:/run/x.sock`, `unix:@name`).
+    pub bound: String,
+    /// A duplicate of the socket that takes new connections.
+    pub fd: OwnedFd,
 }
 
 /// The listeners and their groups as carried across an in-place upgrade:
@@ -80,14 +109,15 @@ struct Member {
 pub struct Saved {
     slots: Vec<SavedSlot>,
     unwatched: Vec<i32>,
+    steer: bool,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct SavedSlot {
     listener: crate::listen::Saved,
     mode: Mode,
-    /// (fd, owner, retired, spare), in the kernel's order.
-    members: Vec<(i32, Option<Generation>, bool, bool)>,
+    /// (fd, owner, retired, spare, pinned), in the kernel's order.
+    members: Vec<(i32, Option<Generation>, bool, bool, bool)>,
     routed: usize,
     probe: Option<(u16, usize)>,
     stream: bool,
@@ -214,6 +244,8 @@ pub struct Steering {
     unwatched: BTreeSet<i32>,
     backlog: Backlog,
     options: SocketOptions,
+    /// Steer mode asked for (`--handoff steer`).
+    steer: bool,
 }
 
 impl Steering {
@@ -228,67 +260,28 @@ impl Steering {
     ) -> Steering {
         let slots = listeners
             .into_iter()
-            .map(|mut listener| {
-                let kind = if steer {
-                    steer_kind(listener.fd())
-                } else {
-                    Err("--handoff shared".to_string())
-                };
-                match kind {
-                    Ok((stream, addr, v6only)) => {
-                        // Steering owns the socket from now on: it must be
-                        // able to close it once generation 1 is gone.
-                        let fd = listener
-                            .take_fd()
-                            .expect("a bound listener holds its socket");
-                        let member = Member {
-                            fd,
-                            owner: None,
-                            retired: false,
-                            spare: false,
-                        };
-                        Slot {
-                            listener,
-                            mode: Mode::Steer,
-                            members: vec![member],
-                            routed: 0,
-                            probe: None,
-                            stream,
-                            addr,
-                            v6only,
-                            frozen: false,
-                            shared_addr: None,
-                        }
-                    }
-                    Err(why) => {
-                        // A TCP listener is watched for a hang-up, and bound
-                        // again on its address if a server shuts it down.
-                        let tcp = tcp_address(listener.fd());
-                        Slot {
-                            stream: tcp.is_some(),
-                            listener,
-                            mode: Mode::Shared(why),
-                            members: Vec::new(),
-                            routed: 0,
-                            probe: None,
-                            addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                            v6only: tcp.is_some_and(|(_, only)| only),
-                            frozen: false,
-                            shared_addr: tcp.map(|(a, _)| a),
-                        }
-                    }
-                }
-            })
+            .map(|listener| slot_for(listener, steer))
             .collect();
         let mut s = Steering {
             slots,
             unwatched: BTreeSet::new(),
             backlog,
             options,
+            steer,
         };
         for i in 0..s.slots.len() {
+            s.start_steering(i);
+        }
+        s
+    }
+
+    /// Attach slot `i`'s program (and, for a handed-over socket, check that
+    /// its group can be joined); fall back to shared mode if not.
+    fn start_steering(&mut self, i: usize) {
+        let s = self;
+        {
             if s.slots[i].mode != Mode::Steer {
-                continue;
+                return;
             }
             // A handed-over socket may belong to another user (a socket
             // unit's is root's): try joining its group once, now (after the
@@ -296,7 +289,7 @@ impl Steering {
             // socket, which is closed at once).
             if let Err(e) = s.attach(i) {
                 s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
-                continue;
+                return;
             }
             if s.slots[i].listener.inherited
                 && let Err(e) = s.join(i)
@@ -304,13 +297,111 @@ impl Steering {
                 s.slots[i].mode = Mode::Shared(format!(
                     "its reuseport group cannot be joined ({e:#}; the service must run as the socket's owner)"
                 ));
-                continue;
+                return;
             }
             if let Err(e) = s.attach(i) {
                 s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
             }
         }
-        s
+    }
+
+    /// The listener named `spec.name`, opened now if there is none (bound
+    /// with the start-up listeners' options and appended after them: every
+    /// later generation gets it); its index. Bind and listen never block.
+    ///
+    /// # Errors
+    /// A listener of that name bound elsewhere (the message says both
+    /// addresses), or the bind fails (a port in use, a privilege).
+    pub fn open(&mut self, spec: &crate::listen::Spec) -> Result<usize, String> {
+        if let Some(i) = self.slots.iter().position(|s| s.listener.name == spec.name) {
+            let slot = &self.slots[i];
+            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+                (Mode::Steer, Some(m)) => m.fd.as_fd(),
+                _ => slot.shared_fd(),
+            };
+            if crate::listen::agrees(&spec.addr, fd) {
+                return Ok(i);
+            }
+            return Err(format!(
+                "listener {:?} is already bound to {}, not {}",
+                spec.name, slot.listener.bound, spec.text
+            ));
+        }
+        let opts = crate::listen::BindOptions {
+            backlog: self.backlog,
+            reuseport: self.steer,
+            socket: self.options,
+        };
+        let mut bound = crate::listen::bind_all(std::slice::from_ref(spec), &opts)
+            .map_err(|e| format!("{e:#}"))?;
+        let listener = bound.pop().ok_or("nothing was bound")?;
+        self.slots.push(slot_for(listener, self.steer));
+        let i = self.slots.len() - 1;
+        self.start_steering(i);
+        Ok(i)
+    }
+
+    /// Duplicates of the sockets that take new connections, for a holder
+    /// outside (the control socket's `fds`): the listeners named, in that
+    /// order, or every listener when `names` is empty. In steer mode that is
+    /// the routed generation's socket; in shared mode the one socket.
+    ///
+    /// # Errors
+    /// An unknown name (named in the message), or no fd left to duplicate.
+    pub fn fetch(&mut self, names: &[String]) -> Result<Vec<Handed>, String> {
+        let picked: Vec<usize> = if names.is_empty() {
+            (0..self.slots.len()).collect()
+        } else {
+            names
+                .iter()
+                .map(|n| {
+                    self.slots
+                        .iter()
+                        .position(|s| &s.listener.name == n)
+                        .ok_or_else(|| {
+                            let known: Vec<&str> = self
+                                .slots
+                                .iter()
+                                .map(|s| s.listener.name.as_str())
+                                .collect();
+                            format!(
+                                "no listener named {n:?} (there are: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(picked.len());
+        for i in picked {
+            let slot = &mut self.slots[i];
+            let routed = slot.routed;
+            let fd = match (&slot.mode, slot.members.get_mut(routed)) {
+                (Mode::Steer, Some(m)) => {
+                    // A UDP member stays in the group as long as anyone
+                    // holds it (only a TCP member leaves at shutdown()).
+                    m.pinned |= !slot.stream;
+                    m.fd.as_fd()
+                }
+                _ => slot.shared_fd(),
+            };
+            let fd = fd.try_clone_to_owned().map_err(|e| {
+                format!(
+                    "duplicate the socket of listener {:?}: {e}",
+                    slot.listener.name
+                )
+            })?;
+            out.push(Handed {
+                name: slot.listener.name.clone(),
+                bound: slot.listener.bound.clone(),
+                fd,
+            });
+        }
+        Ok(out)
     }
 
     /// The state for an in-place upgrade.
@@ -325,7 +416,10 @@ impl Steering {
                     members: s
                         .members
                         .iter()
-                        .map(|m| (keep.fd(m.fd.as_fd()), m.owner, m.retired, m.spare))
+                        .map(|m| {
+                            let fd = keep.fd(m.fd.as_fd());
+                            (fd, m.owner, m.retired, m.spare, m.pinned)
+                        })
                         .collect(),
                     routed: s.routed,
                     probe: s.probe,
@@ -337,6 +431,7 @@ impl Steering {
                 })
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
+            steer: self.steer,
         }
     }
 
@@ -357,11 +452,12 @@ impl Steering {
                 members: s
                     .members
                     .into_iter()
-                    .map(|(fd, owner, retired, spare)| Member {
+                    .map(|(fd, owner, retired, spare, pinned)| Member {
                         fd: adopt.take(fd),
                         owner,
                         retired,
                         spare,
+                        pinned,
                     })
                     .collect(),
                 routed: s.routed,
@@ -378,6 +474,7 @@ impl Steering {
             unwatched: saved.unwatched.into_iter().collect(),
             backlog,
             options,
+            steer: saved.steer,
         }
     }
 
@@ -415,12 +512,7 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member {
-                        fd,
-                        owner: Some(g),
-                        retired: false,
-                        spare: false,
-                    });
+                    self.slots[i].members.push(Member::new(fd, Some(g)));
                     // The routed member is no longer the last one: sockets
                     // retired meanwhile can go without moving it.
                     self.flush_retired(i, notices);
@@ -490,7 +582,7 @@ impl Steering {
             // generation that was already starting.
             let routed = self.slots[i].routed;
             for m in self.slots[i].members.iter_mut().enumerate() {
-                if m.0 != routed && m.1.owner.is_none() {
+                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned {
                     m.1.retired = true;
                 }
             }
@@ -533,6 +625,10 @@ impl Steering {
                 continue;
             }
             self.slots[i].members[k].owner = None;
+            if self.slots[i].members[k].pinned {
+                // Handed out (UDP): it stays, receiving nothing.
+                continue;
+            }
             self.slots[i].members[k].retired = true;
             if self.flush_retired(i, notices) {
                 changed.push(i);
@@ -579,10 +675,9 @@ impl Steering {
             match self.join(i) {
                 Ok(fd) => {
                     self.slots[i].members.push(Member {
-                        fd,
-                        owner: None,
                         retired: true,
                         spare: true,
+                        ..Member::new(fd, None)
                     });
                     self.remove(i, k, notices);
                     changed = true;
@@ -1013,6 +1108,54 @@ impl Steering {
         };
         let prog = program(s.routed as u32, s.probe.map(|(p, k)| (p, k as u32)));
         attach_cbpf(m.fd.as_fd(), &prog)
+    }
+}
+
+/// The slot of a bound listener: steered if `steer` asks for it and the
+/// socket can be (TCP or UDP with `SO_REUSEPORT`), else shared.
+fn slot_for(mut listener: Listener, steer: bool) -> Slot {
+    let kind = if steer {
+        steer_kind(listener.fd())
+    } else {
+        Err("--handoff shared".to_string())
+    };
+    match kind {
+        Ok((stream, addr, v6only)) => {
+            // Steering owns the socket from now on: it must be able to
+            // close it once generation 1 is gone.
+            let fd = listener
+                .take_fd()
+                .expect("a bound listener holds its socket");
+            Slot {
+                listener,
+                mode: Mode::Steer,
+                members: vec![Member::new(fd, None)],
+                routed: 0,
+                probe: None,
+                stream,
+                addr,
+                v6only,
+                frozen: false,
+                shared_addr: None,
+            }
+        }
+        Err(why) => {
+            // A TCP listener is watched for a hang-up, and bound again on
+            // its address if a server shuts it down.
+            let tcp = tcp_address(listener.fd());
+            Slot {
+                stream: tcp.is_some(),
+                listener,
+                mode: Mode::Shared(why),
+                members: Vec::new(),
+                routed: 0,
+                probe: None,
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                v6only: tcp.is_some_and(|(_, only)| only),
+                frozen: false,
+                shared_addr: tcp.map(|(a, _)| a),
+            }
+        }
     }
 }
 

@@ -16,6 +16,28 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Write `content` to `path` from a child process: a file this process
+/// opened for writing would be inherited, still open, by children that
+/// other test threads fork meanwhile, and executing it would then fail with
+/// ETXTBSY until they exec.
+fn write_outside(path: &Path, content: &[u8]) {
+    let mut tee = Command::new("tee")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run tee");
+    std::io::Write::write_all(tee.stdin.as_mut().unwrap(), content).unwrap();
+    drop(tee.stdin.take());
+    assert!(tee.wait().unwrap().success(), "tee {}", path.display());
+}
+
+/// Copy `from` to `to` from a child process (see [`write_outside`]).
+fn copy_outside(from: &Path, to: &Path) {
+    let ok = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(ok.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// A copy of the supervisor binary in a directory of the test's own.
 struct Binary {
     dir: TempDir,
@@ -26,14 +48,14 @@ impl Binary {
     fn new(tag: &str) -> Binary {
         let dir = TempDir::new(tag);
         let path = dir.path("supervisor");
-        std::fs::copy(supervisor_bin(), &path).expect("copy the supervisor binary");
+        copy_outside(Path::new(supervisor_bin()), &path);
         Binary { dir, path }
     }
 
     /// Put `content` at the binary's path (mode `mode`), by rename.
     fn replace_with(&self, content: &[u8], mode: u32) {
         let tmp = self.dir.path("supervisor.new");
-        std::fs::write(&tmp, content).unwrap();
+        write_outside(&tmp, content);
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
     }
@@ -41,7 +63,7 @@ impl Binary {
     /// Put a fresh copy of the real binary back.
     fn restore(&self) {
         let tmp = self.dir.path("supervisor.new");
-        std::fs::copy(supervisor_bin(), &tmp).unwrap();
+        copy_outside(Path::new(supervisor_bin()), &tmp);
         std::fs::rename(&tmp, &self.path).unwrap();
     }
 
@@ -370,14 +392,14 @@ fn a_new_image_that_refuses_the_state_goes_back_to_the_old_one() {
     let fds_before = fd_count(&sv);
     let load = Load::start(addr, 2, Duration::from_secs(60));
     let real = bin.dir.path("real-supervisor");
-    std::fs::copy(supervisor_bin(), &real).unwrap();
+    copy_outside(Path::new(supervisor_bin()), &real);
     let fixer = bin.dir.path("fixer");
     let fill = |t: &str| {
         t.replace("@REAL@", real.to_str().unwrap())
             .replace("@FIXER@", fixer.to_str().unwrap())
             .replace("@BIN@", bin.path.to_str().unwrap())
     };
-    std::fs::write(&fixer, fill(FIXER)).unwrap();
+    write_outside(&fixer, fill(FIXER).as_bytes());
     std::fs::set_permissions(&fixer, std::fs::Permissions::from_mode(0o755)).unwrap();
     bin.replace_with(fill(REFUSING_RELEASE).as_bytes(), 0o755);
 

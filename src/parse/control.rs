@@ -1,13 +1,22 @@
 //! The control socket's protocol text: one request line in (`reload`,
-//! `status` or `stop`), one answer line out (`ok TEXT` or `error TEXT`).
+//! `status`, `stop`, `fds [NAME...]` or `listen NAME ADDR`), one answer
+//! line out (`ok TEXT` or `error TEXT`); for `fds` and `listen`, the
+//! listener descriptions that go with the file descriptors
+//! ([`fds_header`], [`fd_line`], [`parse_fds_header`], [`parse_fd_line`]).
 //!
 //! Pure: the supervisor's control server and its client do the I/O.
+
+use crate::parse::listen::{Spec, valid_name as valid_wire_name};
 
 /// Longest request line accepted (the real ones are a few bytes).
 pub const MAX_REQUEST: usize = 1024;
 
+/// The most file descriptors one `sendmsg` carries (the kernel's
+/// `SCM_MAX_FD`): a transfer of more goes in batches of this size.
+pub const SCM_MAX_FD: usize = 253;
+
 /// A request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Start a new generation; answer with the outcome.
     Reload,
@@ -15,30 +24,48 @@ pub enum Request {
     Status,
     /// Stop gracefully; answer when about to exit.
     Stop,
+    /// Send the listening sockets with `SCM_RIGHTS`: these names in this
+    /// order, or every listener when empty.
+    Fds(Vec<String>),
+    /// Open a listener at run time (or find the one of that name) and send
+    /// it with `SCM_RIGHTS`.
+    Listen(Spec),
     /// Upgrade the supervisor in place (`upgrade` or `upgrade TIMEOUT`,
     /// the bound on the new binary's check); answer with the outcome.
     Upgrade(Option<std::time::Duration>),
+    /// Another supervisor takes every socket over (supervisor to
+    /// supervisor; see the binary's `takeover` module).
+    Takeover,
 }
 
 impl Request {
-    /// The request line (without its newline).
-    pub fn as_str(self) -> &'static str {
+    /// The request's word (the first of its line).
+    pub fn as_str(&self) -> &'static str {
         match self {
             Request::Reload => "reload",
             Request::Status => "status",
             Request::Stop => "stop",
+            Request::Fds(_) => "fds",
+            Request::Listen(_) => "listen",
             Request::Upgrade(_) => "upgrade",
+            Request::Takeover => "takeover",
         }
     }
-}
 
-impl Request {
-    /// The whole request line (without its newline), arguments included.
-    pub fn line(self) -> String {
+    /// The request line (without its newline).
+    pub fn line(&self) -> String {
         match self {
+            Request::Fds(names) if !names.is_empty() => format!("fds {}", names.join(" ")),
+            Request::Listen(spec) => format!("listen {} {}", spec.name, spec.text),
             Request::Upgrade(Some(t)) => format!("upgrade {}ms", t.as_millis().max(1)),
-            r => r.as_str().to_string(),
+            other => other.as_str().to_string(),
         }
+    }
+
+    /// Whether the answer carries file descriptors (the [`fds_header`]
+    /// format rather than one answer line).
+    pub fn sends_fds(&self) -> bool {
+        matches!(self, Request::Fds(_) | Request::Listen(_))
     }
 }
 
@@ -50,26 +77,133 @@ impl Request {
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     match line {
-        b"reload" => Ok(Request::Reload),
-        b"status" => Ok(Request::Status),
-        b"stop" => Ok(Request::Stop),
-        b"upgrade" => Ok(Request::Upgrade(None)),
-        _ if line.starts_with(b"upgrade ") => {
-            let arg = String::from_utf8_lossy(&line[b"upgrade ".len()..]).into_owned();
-            match crate::duration::parse(&arg) {
-                Ok(d) if !d.is_zero() => Ok(Request::Upgrade(Some(d))),
-                Ok(_) => Err("upgrade: the timeout must be more than 0".to_string()),
-                Err(e) => Err(format!(
-                    "upgrade: bad timeout {:?}: {e}",
-                    arg.chars().take(40).collect::<String>()
-                )),
+        b"reload" => return Ok(Request::Reload),
+        b"status" => return Ok(Request::Status),
+        b"stop" => return Ok(Request::Stop),
+        b"fds" => return Ok(Request::Fds(Vec::new())),
+        b"upgrade" => return Ok(Request::Upgrade(None)),
+        b"takeover" => return Ok(Request::Takeover),
+        _ => {}
+    }
+    let shown = |b: &[u8]| -> String { String::from_utf8_lossy(b).chars().take(40).collect() };
+    if let Some(rest) = line.strip_prefix(b"upgrade ") {
+        let arg = String::from_utf8_lossy(rest).into_owned();
+        return match crate::duration::parse(&arg) {
+            Ok(d) if !d.is_zero() => Ok(Request::Upgrade(Some(d))),
+            Ok(_) => Err("upgrade: the timeout must be more than 0".to_string()),
+            Err(e) => Err(format!(
+                "upgrade: bad timeout {:?}: {}",
+                shown(rest),
+                e.chars().take(200).collect::<String>().escape_debug()
+            )),
+        };
+    }
+    if let Some(rest) = line.strip_prefix(b"fds ") {
+        let rest = std::str::from_utf8(rest)
+            .map_err(|_| format!("fds: names are ASCII, not {:?}", shown(rest)))?;
+        let mut names = Vec::new();
+        for name in rest.split(' ').filter(|n| !n.is_empty()) {
+            if !valid_wire_name(name) {
+                return Err(format!(
+                    "fds: invalid listener name {:?} (1 to 255 printable ASCII characters without ':' or space)",
+                    shown(name.as_bytes())
+                ));
             }
+            names.push(name.to_string());
+        }
+        return Ok(Request::Fds(names));
+    }
+    if let Some(rest) = line.strip_prefix(b"listen ") {
+        let rest = std::str::from_utf8(rest)
+            .map_err(|_| format!("listen: not UTF-8: {:?}", shown(rest)))?;
+        let Some((name, addr)) = rest.split_once(' ') else {
+            return Err("listen: expected `listen NAME ADDR`".into());
+        };
+        if !valid_wire_name(name) {
+            return Err(format!(
+                "listen: invalid listener name {:?} (1 to 255 printable ASCII characters without ':' or space)",
+                shown(name.as_bytes())
+            ));
+        }
+        // The message quotes the address: shown short and escaped.
+        let spec = Spec::named(name, addr).map_err(|e| {
+            let short: String = e.chars().take(200).collect();
+            format!("listen: {}", short.escape_debug())
+        })?;
+        return Ok(Request::Listen(spec));
+    }
+    Err(format!(
+        "unknown request {:?} (expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)",
+        shown(line)
+    ))
+}
+
+/// The kinds of listener in a description line.
+pub const KINDS: [&str; 3] = ["tcp", "udp", "unix"];
+
+/// The first line of a successful `fds` or `listen` answer: `ok N\n`, N
+/// the number of descriptions and file descriptors that follow.
+pub fn fds_header(n: usize) -> String {
+    format!("ok {n}\n")
+}
+
+/// One listener's description line, `NAME KIND ADDRESS\n`, for the file
+/// descriptor at the same position. `KIND:ADDRESS` is a `--listen`
+/// address (`tcp:127.0.0.1:8080`, `udp:[::1]:53`, `unix:/run/x.sock`,
+/// `unix:@name`); ADDRESS is the rest of the line and may hold spaces.
+///
+/// # Errors
+/// A name or address that cannot travel in one line (a space in the name,
+/// a line break anywhere, an unknown kind).
+pub fn fd_line(name: &str, kind: &str, address: &str) -> Result<String, String> {
+    if !valid_wire_name(name) {
+        return Err(format!(
+            "listener {name:?} cannot be sent: its name holds a space or is not a valid LISTEN_FDNAMES entry"
+        ));
+    }
+    if !KINDS.contains(&kind) {
+        return Err(format!("listener {name:?}: unknown kind {kind:?}"));
+    }
+    if address.is_empty() || address.contains(['\n', '\r']) {
+        return Err(format!(
+            "listener {name:?} cannot be sent: its address {address:?} is empty or holds a line break"
+        ));
+    }
+    Ok(format!("{name} {kind} {address}\n"))
+}
+
+/// Parse the first line of an `fds` or `listen` answer (without its
+/// newline): `Ok(Ok(n))` for `ok N`, `Ok(Err(text))` for `error TEXT`.
+///
+/// # Errors
+/// Neither form: a description of the line.
+pub fn parse_fds_header(line: &str) -> Result<Result<usize, String>, String> {
+    match parse_answer(line)? {
+        Ok(n) => match n.parse::<usize>() {
+            Ok(n) => Ok(Ok(n)),
+            Err(_) => Err(format!("expected `ok N`, got `ok {n}`")),
+        },
+        Err(text) => Ok(Err(text)),
+    }
+}
+
+/// Parse a description line (without its newline) into (name, kind,
+/// address).
+///
+/// # Errors
+/// Fewer than three fields, an unknown kind, or an empty name.
+pub fn parse_fd_line(line: &str) -> Result<(String, String, String), String> {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(kind), Some(addr))
+            if !name.is_empty() && KINDS.contains(&kind) && !addr.is_empty() =>
+        {
+            Ok((name.to_string(), kind.to_string(), addr.to_string()))
         }
         _ => {
-            let shown: String = String::from_utf8_lossy(line).chars().take(40).collect();
+            let shown: String = line.chars().take(60).collect();
             Err(format!(
-                "unknown request {:?} (expected reload, status, stop or upgrade)",
-                shown
+                "bad listener description {shown:?} (expected NAME KIND ADDRESS)"
             ))
         }
     }
@@ -137,26 +271,107 @@ mod tests {
         assert_eq!(parse_request(b"status\r"), Ok(Request::Status));
         assert_eq!(parse_request(b"stop"), Ok(Request::Stop));
         assert_eq!(parse_request(b"upgrade"), Ok(Request::Upgrade(None)));
+        assert_eq!(parse_request(b"takeover"), Ok(Request::Takeover));
         let r = Request::Upgrade(Some(std::time::Duration::from_millis(2500)));
         assert_eq!(parse_request(r.line().as_bytes()), Ok(r));
-        assert_eq!(
-            parse_request(b"upgrade 30s"),
-            Ok(Request::Upgrade(Some(std::time::Duration::from_secs(30))))
-        );
         for bad in [&b"upgrade 0s"[..], b"upgrade soon", b"upgrade -1s"] {
             assert!(parse_request(bad).unwrap_err().starts_with("upgrade: "));
         }
         for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
             let e = parse_request(bad).unwrap_err();
             assert!(
-                e.contains("expected reload, status, stop or upgrade"),
+                e.contains(
+                    "expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR"
+                ),
                 "{e}"
             );
         }
         // Garbage is shown short and escaped, never as raw bytes.
         let e = parse_request(&[b'x'; 500]).unwrap_err();
-        assert!(e.len() < 120, "{e}");
+        assert!(e.len() < 160, "{e}");
         assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
+    }
+
+    #[test]
+    fn fetch_requests() {
+        assert_eq!(parse_request(b"fds"), Ok(Request::Fds(vec![])));
+        assert_eq!(parse_request(b"fds\r"), Ok(Request::Fds(vec![])));
+        assert_eq!(
+            parse_request(b"fds b a  c"),
+            Ok(Request::Fds(vec!["b".into(), "a".into(), "c".into()]))
+        );
+        assert_eq!(parse_request(b"fds "), Ok(Request::Fds(vec![])));
+        for bad in [&b"fds a:b"[..], b"fds a\tb", b"fds \xff", b"fdsa"] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let r = parse_request(b"fds x y").unwrap();
+        assert_eq!(r.line(), "fds x y");
+        assert!(r.sends_fds());
+        assert!(!Request::Reload.sends_fds());
+    }
+
+    #[test]
+    fn listen_requests() {
+        use crate::parse::listen::Addr;
+        let Ok(Request::Listen(spec)) = parse_request(b"listen metrics tcp:127.0.0.1:9090") else {
+            panic!()
+        };
+        assert_eq!(spec.name, "metrics");
+        assert_eq!(spec.addr, Addr::Tcp("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(spec.text, "tcp:127.0.0.1:9090");
+        assert_eq!(
+            Request::Listen(spec).line(),
+            "listen metrics tcp:127.0.0.1:9090"
+        );
+        // The address is the rest of the line: a path may hold spaces.
+        let Ok(Request::Listen(spec)) = parse_request(b"listen u unix:/run/a b.sock") else {
+            panic!()
+        };
+        assert_eq!(spec.addr, Addr::Unix("/run/a b.sock".into()));
+        let Ok(Request::Listen(spec)) = parse_request(b"listen d udp:[::1]:53") else {
+            panic!()
+        };
+        assert_eq!(spec.addr, Addr::Udp("[::1]:53".parse().unwrap()));
+        for (bad, says) in [
+            (&b"listen"[..], "unknown request"),
+            (b"listen x", "expected `listen NAME ADDR`"),
+            (b"listen a:b 127.0.0.1:1", "invalid listener name"),
+            (b"listen x 127.0.0.1:99999", "invalid address"),
+            (b"listen x nowhere", "invalid address"),
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn fd_lines() {
+        assert_eq!(fds_header(3), "ok 3\n");
+        assert_eq!(parse_fds_header("ok 3"), Ok(Ok(3)));
+        assert_eq!(parse_fds_header("error no"), Ok(Err("no".into())));
+        assert!(parse_fds_header("ok three").is_err());
+        let line = fd_line("http", "tcp", "[::1]:8080").unwrap();
+        assert_eq!(line, "http tcp [::1]:8080\n");
+        assert_eq!(
+            parse_fd_line(line.trim_end()),
+            Ok(("http".into(), "tcp".into(), "[::1]:8080".into()))
+        );
+        let line = fd_line("u", "unix", "/run/a b.sock").unwrap();
+        assert_eq!(
+            parse_fd_line(line.trim_end()).unwrap().2,
+            "/run/a b.sock",
+            "the address is the rest of the line"
+        );
+        assert!(fd_line("a b", "tcp", "1.2.3.4:5").is_err());
+        assert!(fd_line("a", "sctp", "1.2.3.4:5").is_err());
+        assert!(fd_line("a", "unix", "/x\ny").is_err());
+        assert!(fd_line("a", "unix", "").is_err());
+        assert!(parse_fd_line("a tcp").is_err());
+        assert!(parse_fd_line("a sctp x").is_err());
     }
 
     #[test]
@@ -194,15 +409,16 @@ mod tests {
         for i in 0..20_000 {
             let mut data = rng.bytes(if i % 50 == 0 { 3000 } else { 40 });
             if rng.one_in(4) {
-                let r = rng.pick(&["reload", "status", "stop"]);
+                let r = rng.pick(&["reload", "status", "stop", "fds ", "listen x ", "upgrade "]);
                 data.splice(0..0, r.bytes());
             }
             match parse_request(&data) {
-                Ok(r) => assert!(
-                    data.strip_suffix(b"\r")
-                        .unwrap_or(&data)
-                        .starts_with(r.as_str().as_bytes())
+                Ok(r @ Request::Upgrade(Some(_))) => assert!(data.starts_with(b"upgrade ")),
+                Ok(r) if !r.sends_fds() => assert_eq!(
+                    data.strip_suffix(b"\r").unwrap_or(&data),
+                    r.as_str().as_bytes()
                 ),
+                Ok(r) => assert!(data.starts_with(r.as_str().as_bytes())),
                 Err(e) => assert!(e.len() < 600 && !e.contains(char::is_control), "{e:?}"),
             }
             match take_line(&data) {

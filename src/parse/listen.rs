@@ -48,44 +48,63 @@ impl FromStr for Spec {
     fn from_str(s: &str) -> Result<Spec, String> {
         // Only a Unix path may hold a '=': anything else splits at the first
         // one into NAME=ADDR.
-        let (name, text) = match s.split_once('=') {
-            Some((n, a)) if !s.starts_with("unix:") => (Some(n), a),
-            _ => (None, s),
-        };
+        match s.split_once('=') {
+            Some((n, a)) if !s.starts_with("unix:") => Spec::named(n, a),
+            _ => Spec::unnamed(s),
+        }
+    }
+}
+
+impl Spec {
+    /// A spec from its name and its address text (`NAME=ADDR` split).
+    ///
+    /// # Errors
+    /// An invalid name or address; the message says which and why.
+    pub fn named(name: &str, text: &str) -> Result<Spec, String> {
         let addr = parse_addr(text).map_err(|why| format!("invalid address '{text}': {why}"))?;
-        let name = match name {
-            Some(n) => {
-                if n.is_empty() || !crate::child::valid_fd_name(n) {
-                    return Err(format!(
-                        "invalid listener name '{n}': a name is 1 to 255 printable ASCII characters without ':'"
-                    ));
-                }
-                n.to_string()
-            }
-            // LISTEN_FDNAMES is ':'-separated, so the default name (the
-            // address) cannot keep its colons.
-            None => {
-                let n = text.replace(':', "_");
-                if !crate::child::valid_fd_name(&n) {
-                    return Err(format!(
-                        "address '{text}' cannot serve as a listener name; give one with NAME=ADDR"
-                    ));
-                }
-                n
-            }
-        };
+        if !valid_name(name) {
+            return Err(format!(
+                "invalid listener name '{name}': a name is 1 to 255 printable ASCII characters without ':' or space"
+            ));
+        }
+        Ok(Spec {
+            name_from_address: false,
+            name: name.to_string(),
+            addr,
+            text: text.to_string(),
+        })
+    }
+
+    /// A spec without a name: named after its address.
+    fn unnamed(text: &str) -> Result<Spec, String> {
+        let addr = parse_addr(text).map_err(|why| format!("invalid address '{text}': {why}"))?;
+        // LISTEN_FDNAMES is ':'-separated, so the default name (the
+        // address) cannot keep its colons.
+        let name = text.replace(':', "_");
+        if !valid_name(&name) {
+            return Err(format!(
+                "address '{text}' cannot serve as a listener name; give one with NAME=ADDR"
+            ));
+        }
         let port_zero = match &addr {
             Addr::Tcp(a) | Addr::Udp(a) => a.port() == 0,
             Addr::TcpAll(p) | Addr::UdpAll(p) => *p == 0,
             _ => false,
         };
         Ok(Spec {
-            name_from_address: port_zero && !s.contains('='),
+            name_from_address: port_zero,
             name,
             addr,
             text: text.to_string(),
         })
     }
+}
+
+/// A listener name: a `LISTEN_FDNAMES` entry (1 to 255 printable ASCII
+/// characters without `:`), and no space either, since the control
+/// socket's listener descriptions separate their fields with spaces.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(' ') && crate::child::valid_fd_name(name)
 }
 
 /// Parse the address part of a spec: `HOST:PORT`, `[IPV6]:PORT`, `:PORT`,
@@ -96,6 +115,9 @@ impl FromStr for Spec {
 /// None of these forms; the message says what is wrong.
 pub fn parse_addr(text: &str) -> Result<Addr, String> {
     if let Some(path) = text.strip_prefix("unix:") {
+        if path.contains(['\n', '\r']) {
+            return Err("a line break in a socket name".into());
+        }
         if let Some(abs) = path.strip_prefix('@') {
             if abs.is_empty() || abs.len() > 107 {
                 return Err("an abstract name is 1 to 107 bytes".into());
@@ -305,9 +327,14 @@ mod tests {
                 .string_from(NAME_CHARS, 20)
                 .replace('=', "")
                 .chars()
-                .filter(|c| *c != ' ' || rng.one_in(2))
+                .filter(|c| *c != ' ')
                 .collect::<String>();
-            if name.is_empty() {
+            if name.is_empty() && text.contains(' ') {
+                // A name cannot hold a space (the control socket's listener
+                // descriptions separate fields with spaces).
+                let e = text.parse::<Spec>().unwrap_err();
+                assert!(e.contains("cannot serve as a listener name"), "{e}");
+            } else if name.is_empty() {
                 let spec: Spec = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
                 assert_eq!((&spec.addr, spec.text.as_str()), (&addr, text.as_str()));
                 assert_eq!(spec.name, text.replace(':', "_"));
