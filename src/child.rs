@@ -96,7 +96,9 @@ use std::time::Duration;
 pub mod drain;
 pub mod fetch;
 
-pub use fetch::{Fetched, SUPERVISOR_CONTROL, control_path, fetch_listeners, open_listener};
+pub use fetch::{
+    Exchange, Fetched, SUPERVISOR_CONTROL, control_path, exchange, fetch_listeners, open_listener,
+};
 
 use crate::parse::activation::listen_env;
 use crate::parse::notify::{socket_addr, status_message};

@@ -261,6 +261,14 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub health: Option<std::net::SocketAddr>,
 
+    /// Take over from the supervisor whose control socket is at PATH: take
+    /// its sockets (and the control socket), start a generation on them,
+    /// and once it is ready tell the old supervisor to drain and exit. If
+    /// the new generation fails, the old supervisor carries on and this one
+    /// exits 1.
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<PathBuf>,
+
     /// Run the children as USER (name or uid), with its groups (the
     /// supervisor must be root; it keeps binding the listeners).
     #[arg(long, value_name = "USER")]

@@ -225,6 +225,19 @@ impl Transfer {
     }
 }
 
+impl Transfer {
+    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
+    /// socket is writable.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// The retry time has come.
+    pub fn clear_retry(&mut self) {
+        self.retry_at = None;
+    }
+}
+
 /// What a send step of a [`Transfer`] came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendStep {
@@ -951,9 +964,19 @@ impl ControlServer {
     }
 
     /// Stop (or resume) accepting: while another supervisor takes over,
-    /// new connections are its to accept.
+    /// new connections are its to accept. Resuming listens again, so that
+    /// clients see this process behind the socket again (`SO_PEERCRED` names
+    /// whoever called `listen()` last).
     pub fn set_accepting(&mut self, on: bool) {
         self.handed_over = !on;
+        if on
+            && let Err(e) = nix::sys::socket::listen(
+                &self.listener.fd(),
+                nix::sys::socket::Backlog::MAXALLOWABLE,
+            )
+        {
+            log::warn!("listen on the control socket again: {e}");
+        }
     }
 
     /// The listening socket, for a takeover.
@@ -961,9 +984,14 @@ impl ControlServer {
         self.listener.save(keep)
     }
 
-    /// The socket's file is another supervisor's now: leave it at exit.
-    pub fn disown_file(&mut self) {
-        self.listener.disown_file();
+    /// The socket's file is another supervisor's (`false`: this one's
+    /// again): left at exit.
+    pub fn disown_file(&mut self, disown: bool) {
+        if disown {
+            self.listener.disown_file();
+        } else {
+            self.listener.own_file();
+        }
     }
 }
 

@@ -81,6 +81,10 @@ pub struct Driver {
     exec_due: Option<(Option<ConnId>, Instant)>,
     /// In-place upgrades so far, and the Unix time of the last one.
     upgrades: (u64, Option<f64>),
+    /// Taking over, the first generation failed.
+    takeover_failed: bool,
+    /// The exit status, whatever the machine says (a failed takeover).
+    exit_code: Option<i32>,
 }
 
 impl Driver {
@@ -116,6 +120,8 @@ impl Driver {
             exit: None,
             exec_due: None,
             upgrades: (0, None),
+            takeover_failed: false,
+            exit_code: None,
         })
     }
 
@@ -249,6 +255,8 @@ impl Driver {
                             self.upgrade_checked(v);
                         }
                     }
+                    Watch::Handover => self.handover_step(now),
+                    Watch::Takeover => self.predecessor_step(),
                     Watch::Hangup(_) => {}
                 }
             }
@@ -265,6 +273,15 @@ impl Driver {
                 self.drain_progress(now);
                 if let Some(v) = self.parts.upgrade.as_ref().and_then(|c| c.on_timeout(now)) {
                     self.upgrade_checked(v);
+                }
+                if self
+                    .parts
+                    .handover
+                    .as_ref()
+                    .and_then(crate::takeover::Source::deadline)
+                    .is_some_and(|d| d <= now)
+                {
+                    self.handover_step(now);
                 }
                 // A probe that succeeded has fed the machine a later time
                 // (`feed` reads the clock): the timeout must not go back.
@@ -460,12 +477,7 @@ impl Driver {
                 let json = serde_json::to_string(&self.status()).unwrap_or_default();
                 self.parts.control.answer(id, true, &json, Instant::now());
             }
-            ControlEvent::Takeover(id, _) => {
-                let now = Instant::now();
-                self.parts
-                    .control
-                    .answer(id, false, "takeover is not available yet", now);
-            }
+            ControlEvent::Takeover(id, pid) => self.hand_over(id, pid),
             ControlEvent::Upgrade(id, pid, timeout) => {
                 log::info!("upgrade requested (control socket, pid {pid})");
                 self.upgrade(Some(id), timeout);
@@ -490,6 +502,10 @@ impl Driver {
                         self.parts.control.answer(id, false, &why, now);
                     }
                 }
+            }
+            ControlEvent::Listen(id, _, _) if self.parts.steering.held() => {
+                let why = "another supervisor is taking over: ask it";
+                self.parts.control.answer(id, false, why, Instant::now());
             }
             ControlEvent::Listen(id, pid, spec) => {
                 let now = Instant::now();
@@ -534,6 +550,14 @@ impl Driver {
 
     /// Ask for a reload (SIGHUP, or a control request to answer).
     fn reload(&mut self, waiter: Option<ConnId>) {
+        if let Some(h) = &self.parts.handover {
+            let why = format!("supervisor pid {} is taking over: no reload here", h.peer);
+            log::warn!("reload refused: {why}");
+            if let Some(id) = waiter {
+                self.parts.control.answer(id, false, &why, Instant::now());
+            }
+            return;
+        }
         self.next_ticket += 1;
         let t = self.next_ticket;
         if let Some(id) = waiter {
@@ -545,12 +569,157 @@ impl Driver {
         self.feed(Input::Reload(t));
     }
 
+    /// Another supervisor asks for every socket (see [`crate::takeover`]).
+    fn hand_over(&mut self, id: ConnId, pid: i32) {
+        let now = Instant::now();
+        let refuse = if self.machine.stopping() {
+            Some("the supervisor is stopping".to_string())
+        } else if self.parts.handover.is_some() {
+            Some("another supervisor is taking over already".to_string())
+        } else if self.parts.upgrade.is_some() || self.exec_due.is_some() {
+            Some("an upgrade is under way".to_string())
+        } else if self.parts.takeover.is_some() {
+            Some("this supervisor is still taking over from another".to_string())
+        } else {
+            self.machine
+                .starting()
+                .map(|g| format!("{g} is starting: ask again once it is ready"))
+        };
+        if let Some(why) = refuse {
+            log::warn!("takeover by pid {pid} refused: {why}");
+            self.parts.control.answer(id, false, &why, now);
+            return;
+        }
+        let Some(stream) = self.parts.control.take_stream(id) else {
+            return;
+        };
+        let mut keep = crate::upgrade::Keep::default();
+        let payload = crate::takeover::Payload {
+            format: crate::takeover::FORMAT.to_string(),
+            version: crate::takeover::VERSION,
+            writer: crate::upgrade::version().to_string(),
+            pid: std::process::id(),
+            steering: self.parts.steering.save(&mut keep),
+            control: self.parts.control.save_listener(&mut keep),
+            health: self.parts.health.as_ref().map(|h| h.save(&mut keep)),
+        };
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = keep
+            .list()
+            .into_iter()
+            // SAFETY: every fd listed was just read from a part that owns
+            // it and keeps it open for the duration of this call.
+            .map(|raw| unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) })
+            .collect();
+        match crate::takeover::Source::new(stream, pid, &payload, &fds) {
+            Ok(source) => {
+                log::info!(
+                    "supervisor pid {pid} takes over: {} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)",
+                    fds.len()
+                );
+                self.parts.steering.hold();
+                self.parts.control.set_accepting(false);
+                self.parts.handover = Some(source);
+                self.handover_step(now);
+            }
+            Err(e) => log::error!("takeover by pid {pid}: {e:#}"),
+        }
+    }
+
+    /// The handover's connection is ready (or its retry is due).
+    fn handover_step(&mut self, now: Instant) {
+        let Some(h) = &mut self.parts.handover else {
+            return;
+        };
+        let peer = h.peer;
+        match h.step(now) {
+            None => {}
+            Some(crate::takeover::Heard::Drain) => {
+                log::info!("supervisor pid {peer} serves: handing over");
+                self.parts.steering.disown_files(true);
+                self.parts.control.disown_file(true);
+                self.feed(Input::HandOff);
+            }
+            Some(crate::takeover::Heard::Gone) => {
+                log::error!(
+                    "the takeover by supervisor pid {peer} failed (it is gone without taking over): carrying on"
+                );
+                self.parts.handover = None;
+                self.parts.steering.resume(&mut self.notices);
+                self.parts.control.set_accepting(true);
+                self.log_notices();
+            }
+        }
+    }
+
+    /// The supervisor taken over from: its connection ended.
+    fn predecessor_step(&mut self) {
+        let Some(t) = &mut self.parts.takeover else {
+            return;
+        };
+        if !t.gone() {
+            return;
+        }
+        let (peer, drained) = (t.peer, t.drained());
+        self.parts.takeover = None;
+        if drained {
+            log::info!("supervisor pid {peer} has exited: closing its generations' sockets");
+        } else {
+            log::warn!(
+                "supervisor pid {peer} is gone before it was told to drain: closing its generations' sockets"
+            );
+        }
+        self.parts.steering.release_previous(&mut self.notices);
+        self.log_notices();
+    }
+
+    /// Taking over: once a generation of ours serves, tell the old
+    /// supervisor; if the first one fails, give up and exit.
+    fn advance_takeover(&mut self) {
+        let Some(t) = &mut self.parts.takeover else {
+            return;
+        };
+        if t.drained() {
+            return;
+        }
+        if let Some(g) = self.machine.active() {
+            let peer = t.peer;
+            // The files are this supervisor's from the moment the old one
+            // is told to go.
+            self.parts.steering.disown_files(false);
+            self.parts.control.disown_file(false);
+            match t.drain() {
+                Ok(()) => log::info!(
+                    "{} serves: supervisor pid {peer} told to let its generations go",
+                    self.parts.children.who(g)
+                ),
+                Err(e) => log::warn!("{e:#}"),
+            }
+        } else if self.takeover_failed && !self.machine.stopping() {
+            log::error!(
+                "the takeover failed: the new generation did not become ready; supervisor pid {} carries on, this one exits",
+                t.peer
+            );
+            // The old supervisor owns its files still (they were never
+            // this one's); it carries on once this process is gone.
+            self.parts.control.set_accepting(false);
+            self.exit_code = Some(1);
+            self.feed(Input::Stop);
+        }
+    }
+
     /// Begin an in-place upgrade: check the binary first (see
     /// [`crate::upgrade`]).
     fn upgrade(&mut self, waiter: Option<ConnId>, timeout: Option<std::time::Duration>) {
         let now = Instant::now();
         let refuse = if self.parts.upgrade.is_some() || self.exec_due.is_some() {
             Some("an upgrade is already under way".to_string())
+        } else if self.parts.handover.is_some() {
+            Some("another supervisor is taking over".to_string())
+        } else if self.parts.takeover.is_some() {
+            Some(
+                "this supervisor is taking over from another: upgrade it once that one has exited"
+                    .to_string(),
+            )
         } else if self.machine.stopping() {
             Some("the supervisor is stopping".to_string())
         } else {
@@ -701,6 +870,11 @@ impl Driver {
                     self.machine.handle(now, Input::Queued(g, n));
                 }
                 Action::Report(e) => {
+                    if matches!(e, Event::StartFailed { .. })
+                        && self.parts.takeover.as_ref().is_some_and(|t| !t.drained())
+                    {
+                        self.takeover_failed = true;
+                    }
                     if let (Event::StartFailed { generation, .. }, Some(p)) =
                         (&e, &mut self.parts.prober)
                     {
@@ -726,6 +900,7 @@ impl Driver {
                     }
                 }
                 Action::Exit(code) => {
+                    let code = self.exit_code.unwrap_or(code);
                     log::info!("exiting with status {code}");
                     self.exit = Some(code);
                 }
@@ -739,6 +914,7 @@ impl Driver {
             }
         }
         self.log_notices();
+        self.advance_takeover();
         self.drain_progress(Instant::now());
         self.tell_manager();
         let now = Instant::now();
@@ -748,6 +924,11 @@ impl Driver {
     }
 
     fn spawn(&mut self, g: Generation, now: Instant) {
+        if self.parts.steering.held() {
+            let why = "another supervisor is taking over".to_string();
+            self.machine.handle(now, Input::SpawnFailed(g, why));
+            return;
+        }
         let steering = &mut self.parts.steering;
         let names: Vec<String> = steering.listeners().map(|(l, _)| l.name.clone()).collect();
         let keys: Vec<String> = steering

@@ -40,6 +40,9 @@ pub struct Listener {
     fd: Option<OwnedFd>,
     /// Unix socket file we created: (path, device, inode), for cleanup.
     created: Option<(PathBuf, u64, u64)>,
+    /// The file is another supervisor's (a takeover under way): left at
+    /// exit.
+    disowned: bool,
     /// For a Unix socket path: the lock on `PATH.lock`, held for our life,
     /// so that two supervisors never both decide the path is theirs.
     _lock: Option<Flock<File>>,
@@ -71,7 +74,12 @@ impl Listener {
     /// The socket's file (a Unix socket's) belongs to another supervisor
     /// now, which took the socket over: it is not removed at exit.
     pub fn disown_file(&mut self) {
-        self.created = None;
+        self.disowned = true;
+    }
+
+    /// The socket's file is this supervisor's (again): removed at exit.
+    pub fn own_file(&mut self) {
+        self.disowned = false;
     }
 
     /// Hand the socket to its new owner (steering); the listener keeps its
@@ -126,6 +134,7 @@ impl Listener {
             inherited: saved.inherited,
             fd: saved.fd.map(|raw| adopt.take(raw)),
             created: saved.created,
+            disowned: false,
             _lock: lock,
         }
     }
@@ -212,7 +221,8 @@ pub struct BindOptions {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.created
+        if !self.disowned
+            && let Some((path, dev, ino)) = &self.created
             && let Ok(meta) = std::fs::symlink_metadata(path)
             && meta.dev() == *dev
             && meta.ino() == *ino
@@ -457,6 +467,7 @@ fn adopt(fd: OwnedFd, raw: i32, name: String) -> Result<Listener> {
         inherited: true,
         fd: Some(fd),
         created: None,
+        disowned: false,
         _lock: None,
     })
 }
@@ -531,6 +542,7 @@ fn bind_one(spec: &Spec, opts: &BindOptions) -> Result<Listener> {
         inherited: false,
         fd: Some(fd),
         created: None,
+        disowned: false,
         _lock: None,
     };
     if let Addr::Unix(path) = &spec.addr {

@@ -28,6 +28,7 @@ mod report;
 mod snapshot;
 mod spawn;
 mod steer;
+mod takeover;
 mod upgrade;
 
 use std::process::ExitCode;
@@ -304,6 +305,8 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         prober,
         health,
         upgrade: None,
+        handover: None,
+        takeover: None,
     };
     let machine = Machine::restore(cfg, state.machine, Instant::now());
     let driver = driver::Driver::restore(
@@ -332,6 +335,14 @@ fn run(args: cli::Args) -> Result<i32> {
         return Err(e);
     }
     let setup = setup(&args)?;
+    if let Some(path) = args.takeover.clone() {
+        if !inherited.is_empty() {
+            anyhow::bail!(
+                "--takeover takes the sockets of the running supervisor: sockets handed over by a launcher (LISTEN_FDS) cannot be used as well"
+            );
+        }
+        return take_over(args, setup, &path);
+    }
     let health = args.health.map(health::HealthServer::bind).transpose()?;
     let bind = listen::BindOptions {
         backlog: setup.backlog,
@@ -350,6 +361,86 @@ fn run(args: cli::Args) -> Result<i32> {
     // Orphans of our children are reparented to us, so we reap them too.
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
     let steering = steer::Steering::new(listeners, setup.steer, setup.backlog, setup.socket);
+    serve(args, setup, steering, control, control_path, health, None)
+}
+
+/// Start by taking every socket of the supervisor whose control socket is
+/// at `path` (see [`takeover`]).
+fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i32> {
+    if let Some(c) = &args.control
+        && c != path
+    {
+        anyhow::bail!(
+            "--control {} and --takeover {}: the control socket is taken over too (give the same path, or none)",
+            c.display(),
+            path.display()
+        );
+    }
+    let taken = takeover::fetch(path)?;
+    let payload = taken.payload;
+    let mut adopt = upgrade::Adopt::received(&taken.numbers, taken.fds)?;
+    let mut steering = steer::Steering::restore(
+        payload.steering.into_previous(),
+        setup.backlog,
+        setup.socket,
+        &mut adopt,
+    );
+    let mut control = listen::Listener::restore(payload.control, &mut adopt);
+    // The socket files stay the old supervisor's until it is told to go:
+    // this one may yet fail and leave them to it.
+    control.disown_file();
+    steering.disown_files(true);
+    // A client learns who serves the socket from SO_PEERCRED, which is
+    // whoever last called listen() on it: this supervisor from now.
+    nix::sys::socket::listen(&control.fd(), Backlog::MAXALLOWABLE)
+        .context("listen on the control socket taken over")?;
+    let old_health = match payload.health {
+        Some(h) => Some(health::HealthServer::restore(h, &mut adopt)?),
+        None => None,
+    };
+    adopt.close_rest();
+    // The listeners given must be the ones taken (as for sockets handed
+    // over by a launcher); the others are bound anew, after them.
+    for spec in &args.listen {
+        steering
+            .open(spec)
+            .map_err(|e| anyhow::anyhow!("--listen {}={}: {e}", spec.name, spec.text))?;
+    }
+    let health = match (args.health, old_health) {
+        (Some(want), Some(h)) if h.address() == want => Some(h),
+        (Some(want), _) => Some(health::HealthServer::bind(want)?),
+        (None, _) => None,
+    };
+    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    log::info!(
+        "took over the sockets of supervisor {} (pid {}) at {}: {} listener(s)",
+        payload.writer,
+        payload.pid,
+        path.display(),
+        steering.listeners().count()
+    );
+    let sink = takeover::Sink::new(taken.stream, payload.pid);
+    serve(
+        args,
+        setup,
+        steering,
+        control,
+        path.to_path_buf(),
+        health,
+        Some(sink),
+    )
+}
+
+/// Serve on the listeners: the first generation, then the event loop.
+fn serve(
+    args: cli::Args,
+    setup: Setup,
+    steering: steer::Steering,
+    control: listen::Listener,
+    control_path: std::path::PathBuf,
+    health: Option<health::HealthServer>,
+    takeover: Option<takeover::Sink>,
+) -> Result<i32> {
     let (ready, prober) = readiness(&args, &steering)?;
     for (i, (l, mode)) in steering.listeners().enumerate() {
         let from = if l.inherited {
@@ -402,6 +493,8 @@ fn run(args: cli::Args) -> Result<i32> {
         prober,
         health,
         upgrade: None,
+        handover: None,
+        takeover,
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;

@@ -33,6 +33,10 @@ pub struct Parts {
     pub health: Option<HealthServer>,
     /// The check of a new binary, while an upgrade waits for it.
     pub upgrade: Option<crate::upgrade::Check>,
+    /// Another supervisor taking the sockets over.
+    pub handover: Option<crate::takeover::Source>,
+    /// The supervisor this one took the sockets over from, until it exits.
+    pub takeover: Option<crate::takeover::Sink>,
 }
 
 /// What a poll entry watches.
@@ -54,6 +58,10 @@ pub enum Watch {
     Hangup(i32),
     /// The upgrade check's answer.
     Upgrade,
+    /// The connection of the supervisor taking over.
+    Handover,
+    /// The connection to the supervisor this one took over from.
+    Takeover,
 }
 
 impl Parts {
@@ -65,6 +73,9 @@ impl Parts {
             self.prober.as_ref().and_then(Prober::deadline),
             self.health.as_ref().and_then(HealthServer::deadline),
             self.upgrade.as_ref().map(crate::upgrade::Check::deadline),
+            self.handover
+                .as_ref()
+                .and_then(crate::takeover::Source::deadline),
         ]
         .into_iter()
         .flatten()
@@ -103,6 +114,14 @@ impl Parts {
         if let Some(c) = &self.upgrade {
             watch.push(Watch::Upgrade);
             fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+        }
+        if let Some((fd, input)) = self.handover.as_ref().and_then(|h| h.interest()) {
+            watch.push(Watch::Handover);
+            fds.push(PollFd::new(fd, flags(input)));
+        }
+        if let Some(fd) = self.takeover.as_ref().and_then(|t| t.interest()) {
+            watch.push(Watch::Takeover);
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         // No events asked: only a hang-up (or an error) is reported, which a
         // listening socket never has.

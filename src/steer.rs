@@ -246,9 +246,114 @@ pub struct Steering {
     options: SocketOptions,
     /// Steer mode asked for (`--handoff steer`).
     steer: bool,
+    /// Another supervisor is taking the sockets over, its mirror of every
+    /// group copied from this one: nothing here changes a group (no
+    /// program, no member joins or leaves) until it is gone.
+    held: bool,
+    /// Generations reaped while held, released once no longer held.
+    deferred: Vec<Generation>,
+}
+
+/// The owner, in a supervisor that took the sockets over, of every socket
+/// the previous supervisor's generations held (its own generations count
+/// from 1).
+pub const PREVIOUS: Generation = Generation(0);
+
+impl Saved {
+    /// The sockets as a supervisor that takes them over sees them: every
+    /// member the previous supervisor's (kept, in the same order, until it
+    /// has exited), no probe rule.
+    pub fn into_previous(mut self) -> Saved {
+        for s in &mut self.slots {
+            for m in &mut s.members {
+                m.1 = Some(PREVIOUS);
+                m.2 = false;
+                m.3 = false;
+            }
+            s.probe = None;
+        }
+        self.unwatched.clear();
+        self
+    }
 }
 
 impl Steering {
+    /// Another supervisor takes the sockets over: change no group from now.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Whether another supervisor is taking the sockets over.
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// The takeover failed and the other supervisor has exited (its
+    /// sockets have left the groups): release what was reaped meanwhile,
+    /// and route by this supervisor's program again.
+    pub fn resume(&mut self, notices: &mut Vec<Notice>) {
+        self.held = false;
+        for g in std::mem::take(&mut self.deferred) {
+            self.release(g, notices);
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode == Mode::Steer
+                && let Err(e) = self.attach(i)
+            {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The Unix socket files are another supervisor's (`false`: this
+    /// one's again): left at exit.
+    pub fn disown_files(&mut self, disown: bool) {
+        for s in &mut self.slots {
+            if disown {
+                s.listener.disown_file();
+            } else {
+                s.listener.own_file();
+            }
+        }
+    }
+
+    /// The previous supervisor has exited: close its sockets (each leaves
+    /// its group, mirrored as usual).
+    pub fn release_previous(&mut self, notices: &mut Vec<Notice>) {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer {
+                // Frozen or shared: nothing is closed.
+                for m in &mut slot.members {
+                    if m.owner == Some(PREVIOUS) {
+                        m.owner = None;
+                    }
+                }
+                continue;
+            }
+            let routed = slot.routed;
+            let mut any = false;
+            for (k, m) in slot.members.iter_mut().enumerate() {
+                if m.owner != Some(PREVIOUS) {
+                    continue;
+                }
+                m.owner = None;
+                if k != routed && !m.pinned {
+                    m.retired = true;
+                    any = true;
+                }
+            }
+            if any && self.flush_retired(i, notices) {
+                changed.push(i);
+            }
+        }
+        self.after_change(&changed, notices);
+    }
+
     /// Take the bound listeners; `steer` asks for steer mode wherever it
     /// can work. Returns the listeners that fell back to shared mode with
     /// the reason, for the log.
@@ -268,6 +373,8 @@ impl Steering {
             backlog,
             options,
             steer,
+            held: false,
+            deferred: Vec::new(),
         };
         for i in 0..s.slots.len() {
             s.start_steering(i);
@@ -475,6 +582,8 @@ impl Steering {
             backlog,
             options,
             steer: saved.steer,
+            held: false,
+            deferred: Vec::new(),
         }
     }
 
@@ -602,6 +711,10 @@ impl Steering {
     /// routed (a crash: its restart takes it over, and connections queued
     /// meanwhile are served).
     pub fn release(&mut self, g: Generation, notices: &mut Vec<Notice>) {
+        if self.held {
+            self.deferred.push(g);
+            return;
+        }
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             if self.slots[i].mode != Mode::Steer {
@@ -733,6 +846,12 @@ impl Steering {
     /// the answer says whether the serving generation must be replaced to
     /// use it (it holds only the dead one).
     pub fn on_hangup(&mut self, raw: i32, notices: &mut Vec<Notice>) -> bool {
+        if self.held {
+            // Nothing changes while another supervisor takes over; stop
+            // watching it (it would report again and again).
+            self.unwatched.insert(raw);
+            return false;
+        }
         for i in 0..self.slots.len() {
             if self.slots[i].mode != Mode::Steer {
                 if self.slots[i].shared_fd().as_raw_fd() != raw {
@@ -1100,6 +1219,9 @@ impl Steering {
     /// Attach slot `i`'s program: everything to the routed member, except
     /// a probe's source port.
     fn attach(&self, i: usize) -> Result<(), Errno> {
+        if self.held {
+            return Ok(());
+        }
         let s = &self.slots[i];
         // Any member attaches the program to the whole group; an empty
         // group has nothing to route (its next member gets the program).

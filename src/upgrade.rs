@@ -143,11 +143,14 @@ impl Keep {
     }
 }
 
-/// Taking the carried fds back, each once.
+/// Taking the carried fds back, each once: the fds an exec kept (their
+/// numbers unchanged), or fds received from another supervisor (a
+/// takeover), each known by the number it had there.
 #[derive(Debug)]
 pub struct Adopt {
     listed: BTreeSet<RawFd>,
     taken: BTreeSet<RawFd>,
+    received: Option<std::collections::BTreeMap<RawFd, OwnedFd>>,
 }
 
 impl Adopt {
@@ -170,6 +173,28 @@ impl Adopt {
         Ok(Adopt {
             listed,
             taken: BTreeSet::new(),
+            received: None,
+        })
+    }
+
+    /// Fds received from another supervisor: `fds[k]` was its fd `numbers[k]`.
+    ///
+    /// # Errors
+    /// The counts differ, or a number is listed twice.
+    pub fn received(numbers: &[RawFd], fds: Vec<OwnedFd>) -> Result<Adopt> {
+        if numbers.len() != fds.len() {
+            bail!("{} fds received for {} named", fds.len(), numbers.len());
+        }
+        let mut map = std::collections::BTreeMap::new();
+        for (n, fd) in numbers.iter().zip(fds) {
+            if map.insert(*n, fd).is_some() {
+                bail!("fd {n} is named twice");
+            }
+        }
+        Ok(Adopt {
+            listed: numbers.iter().copied().collect(),
+            taken: BTreeSet::new(),
+            received: Some(map),
         })
     }
 
@@ -183,6 +208,9 @@ impl Adopt {
             self.listed.contains(&raw) && self.taken.insert(raw),
             "fd {raw} taken twice or not listed in the upgrade state"
         );
+        if let Some(map) = &mut self.received {
+            return map.remove(&raw).expect("a listed fd was received");
+        }
         // SAFETY: the fd is open (checked in `new`), was the old image's,
         // survived the exec because the old image cleared its close-on-exec
         // flag, and is taken only once (asserted above).
@@ -193,6 +221,10 @@ impl Adopt {
 
     /// Fds listed but not taken (closed: nothing owns them).
     pub fn close_rest(self) {
+        if self.received.is_some() {
+            // Dropped with the map.
+            return;
+        }
         for raw in self.listed.difference(&self.taken) {
             // SAFETY: listed, open and not taken: nothing in this image owns
             // it.

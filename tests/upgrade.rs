@@ -283,7 +283,19 @@ fn a_binary_that_cannot_take_over_leaves_the_old_image_running() {
                 .unwrap()
                 .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
                 .any(|pid| {
-                    status_field(pid, "PPid") == sv.pid.to_string()
+                    // Processes come and go during the scan: read, never
+                    // insist.
+                    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|s| {
+                            s.rsplit(')')
+                                .next()?
+                                .split_whitespace()
+                                .nth(1)?
+                                .parse::<i32>()
+                                .ok()
+                        });
+                    parent == Some(sv.pid)
                         && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
                             .is_ok_and(|c| c.starts_with("sleep"))
                 });

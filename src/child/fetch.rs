@@ -120,6 +120,46 @@ pub fn open_listener(control: &Path, name: &str, addr: &str) -> io::Result<Fetch
 /// Send one request line; read the listeners of the answer.
 fn request(control: &Path, line: &str) -> io::Result<Vec<Fetched>> {
     let shown = control.display();
+    let answer = exchange(control, line, 0)?;
+    let text =
+        String::from_utf8(answer.data).map_err(|_| invalid(format!("{shown}: not UTF-8")))?;
+    text.lines()
+        .zip(answer.fds)
+        .map(|(l, fd)| {
+            let (name, kind, address) = parse_fd_line(l).map_err(invalid)?;
+            Ok(Fetched {
+                name,
+                kind,
+                address,
+                fd,
+            })
+        })
+        .collect()
+}
+
+/// An answer that carried file descriptors.
+#[derive(Debug)]
+pub struct Exchange {
+    /// What followed the `ok N` line: the preamble lines, then one line per
+    /// fd.
+    pub data: Vec<u8>,
+    /// The N fds, in order.
+    pub fds: Vec<OwnedFd>,
+    /// The connection, still open.
+    pub stream: UnixStream,
+}
+
+/// Send one request line to the control socket at `control` and read an
+/// answer in the format of `fds` (`ok N`, `preamble` whole lines, then N
+/// lines with the N fds attached; or `error TEXT`). Every fd received is
+/// closed if anything goes wrong. The building block of [`fetch_listeners`]
+/// and [`open_listener`], for requests of the same format.
+///
+/// # Errors
+/// The connection or the transfer failed; the supervisor answered
+/// `error TEXT` (the error's message is TEXT).
+pub fn exchange(control: &Path, line: &str, preamble: usize) -> io::Result<Exchange> {
+    let shown = control.display();
     let mut stream = UnixStream::connect(control)
         .map_err(|e| io::Error::new(e.kind(), format!("connect to {shown}: {e}")))?;
     check_peer(&stream).map_err(|e| io::Error::new(e.kind(), format!("{shown}: {e}")))?;
@@ -143,13 +183,13 @@ fn request(control: &Path, line: &str) -> io::Result<Vec<Fetched>> {
         }
         if let Some(n) = expected {
             let lines = data.iter().filter(|&&b| b == b'\n').count();
-            if lines > n || fds.len() > n {
+            if lines > n + preamble || fds.len() > n {
                 return Err(invalid(format!(
-                    "{shown} sent {lines} descriptions and {} fds for {n} listeners",
+                    "{shown} sent {lines} lines and {} fds for {n} sockets",
                     fds.len()
                 )));
             }
-            if lines == n && fds.len() == n {
+            if lines == n + preamble && fds.len() == n {
                 break;
             }
         }
@@ -161,7 +201,7 @@ fn request(control: &Path, line: &str) -> io::Result<Vec<Fetched>> {
         let got = recv_with_fds(stream.as_raw_fd(), &mut buf, &mut fds)?;
         if got == 0 {
             let what = match expected {
-                Some(n) => format!("after {} of {n} listeners", fds.len()),
+                Some(n) => format!("after {} of {n} sockets", fds.len()),
                 None => "without answering".to_string(),
             };
             return Err(io::Error::new(
@@ -171,19 +211,7 @@ fn request(control: &Path, line: &str) -> io::Result<Vec<Fetched>> {
         }
         data.extend_from_slice(&buf[..got]);
     }
-    let text = String::from_utf8(data).map_err(|_| invalid(format!("{shown}: not UTF-8")))?;
-    text.lines()
-        .zip(fds)
-        .map(|(l, fd)| {
-            let (name, kind, address) = parse_fd_line(l).map_err(invalid)?;
-            Ok(Fetched {
-                name,
-                kind,
-                address,
-                fd,
-            })
-        })
-        .collect()
+    Ok(Exchange { data, fds, stream })
 }
 
 /// Whoever listens at the path must be root or this process's own user:

@@ -1,0 +1,192 @@
+//! Takeover (`supervisor --takeover PATH ...`): a new supervisor takes every
+//! socket of the running one, starts its own generation on them, and once
+//! it is ready the old one lets its generations go and exits 0; if the new
+//! generation fails, the old supervisor carries on.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The old supervisor: the demo server on one TCP listener, with a control
+/// socket at a path of the test's own; reloaded once, so that its serving
+/// generation (2) is told apart from the new supervisor's first (1) in the
+/// answers.
+fn old_supervisor(dir: &TempDir, extra: &[&str]) -> Supervisor {
+    let control = dir.path("c.sock");
+    let sv = Supervisor::builder()
+        .listen("127.0.0.1:0")
+        .control(&control)
+        .args(extra)
+        .demo(&[])
+        .start();
+    sv.wait_active(1);
+    let r = sv.reload_and_wait();
+    assert_eq!(r.code, Some(0), "{r:?}");
+    sv.wait_generations(&[(2, sv.pid_of(2), "active")]);
+    sv
+}
+
+/// `supervisor --takeover PATH [extra...] -- demo_server [demo...]`.
+fn new_supervisor(old: &Supervisor, extra: &[&str], demo_args: &[&str]) -> Supervisor {
+    let mut cmd = Command::new(supervisor_bin());
+    // The same --control as --takeover (allowed): the harness reads it.
+    cmd.arg("--takeover")
+        .arg(&old.control)
+        .arg("--control")
+        .arg(&old.control)
+        .args(extra)
+        .arg("--")
+        .arg(demo())
+        .args(demo_args);
+    Supervisor::start_with(&mut cmd)
+}
+
+#[test]
+fn a_takeover_under_load_loses_nothing_and_the_old_supervisor_exits_0() {
+    let dir = TempDir::new("takeover");
+    let mut old = old_supervisor(&dir, &[]);
+    let addr = old.listener_addr(0);
+    let port = addr.port();
+    let listener = old.status().listeners[0].clone();
+    let old_child = old.pid_of(2);
+    let keep_alive = Load::start(addr, 4, Duration::from_secs(60));
+    let closing = Load::start_closing(addr, 2, Duration::from_secs(60));
+    keep_alive.expect_served(2, 50, "before the takeover");
+
+    // The same --listen as the old one's: it must agree with what is taken.
+    let new = new_supervisor(&old, &["--listen", &listener.address], &[]);
+    // The control socket moved: the old path answers with the new pid.
+    let st = new.wait_status("the new supervisor behind the old path", WAIT, |s| {
+        (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then(|| s.clone())
+    });
+    assert_eq!(st.listeners.len(), 1);
+    assert_eq!(st.listeners[0].name, listener.name);
+    assert_eq!(st.listeners[0].address, listener.address);
+    closing.expect_served(1, 50, "after the takeover");
+    keep_alive.expect_served(1, 50, "after the takeover (keep-alive clients)");
+
+    // The old supervisor lets its generation drain, then exits 0.
+    let status = old.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", old.output());
+    assert!(
+        wait_gone(old_child, WAIT),
+        "the old generation is still there"
+    );
+    assert!(
+        old.has_line("handing over"),
+        "the old supervisor never handed over:\n{}",
+        old.output()
+    );
+    // The new one then closes the old generation's sockets: only its own
+    // listen on the port (its generation's, and possibly one spare).
+    let own = wait_until(WAIT, || {
+        let n = listening_sockets("tcp", port).len();
+        (n <= 1 + new.spares()).then_some(n)
+    });
+    assert!(
+        own.is_some(),
+        "the old generation's sockets still listen: {:?}\n{}",
+        listening_sockets("tcp", port),
+        new.output()
+    );
+    assert!(
+        dir.path("c.sock").exists(),
+        "the old supervisor removed the control socket file"
+    );
+    // The new supervisor reloads at the old path as the old one did.
+    let r = new.reload_and_wait();
+    assert_eq!(r.code, Some(0), "{r:?}");
+    closing.expect_served(2, 50, "after a reload by the new supervisor");
+    keep_alive.finish_clean("takeover (keep-alive)", 100);
+    closing.finish_clean("takeover (Connection: close)", 100);
+}
+
+#[test]
+fn a_failing_new_generation_leaves_the_old_supervisor_serving() {
+    let dir = TempDir::new("takeover-fail");
+    let old = old_supervisor(&dir, &[]);
+    let addr = old.listener_addr(0);
+    let load = Load::start_closing(addr, 2, Duration::from_secs(60));
+    load.expect_served(2, 30, "before the takeover");
+    let mut new = new_supervisor(&old, &[], &["--fail-at-start"]);
+    let status = new.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", new.output());
+    assert!(new.has_line("the takeover failed"), "{}", new.output());
+    // The old supervisor serves, answers at its path under its own pid,
+    // and reloads again.
+    old.wait_status("the old supervisor behind its path again", WAIT, |s| {
+        (s.supervisor.pid == old.pid as u32).then_some(())
+    });
+    load.expect_served(2, 30, "after the failed takeover");
+    let r = old.reload_and_wait();
+    assert_eq!(r.code, Some(0), "{r:?}\n{}", old.output());
+    load.expect_served(3, 30, "after a reload of the old supervisor");
+    assert!(dir.path("c.sock").exists());
+    load.finish_clean("a failed takeover", 60);
+    // Nothing of the new supervisor is left listening.
+    let port = addr.port();
+    let left = wait_until(WAIT, || {
+        let n = listening_sockets("tcp", port).len();
+        (n <= 1 + old.spares()).then_some(n)
+    });
+    assert!(left.is_some(), "{:?}", listening_sockets("tcp", port));
+}
+
+#[test]
+fn a_listen_option_that_disagrees_is_refused_and_the_old_one_carries_on() {
+    let dir = TempDir::new("takeover-disagree");
+    let old = old_supervisor(&dir, &[]);
+    let name = old.status().listeners[0].name.clone();
+    let spec = format!("{name}=127.0.0.1:1");
+    let mut new = new_supervisor(&old, &["--listen", &spec], &[]);
+    let status = new.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", new.output());
+    let out = new.output();
+    assert!(
+        out.contains("is already bound to") && out.contains("127.0.0.1:1"),
+        "{out}"
+    );
+    old.wait_status("the old supervisor behind its path again", WAIT, |s| {
+        (s.supervisor.pid == old.pid as u32).then_some(())
+    });
+    let r = old.reload_and_wait();
+    assert_eq!(r.code, Some(0), "{r:?}");
+}
+
+#[test]
+fn a_shared_listener_is_taken_over_too() {
+    let dir = TempDir::new("takeover-shared");
+    let mut old = old_supervisor(&dir, &["--handoff", "shared"]);
+    let addr = old.listener_addr(0);
+    let load = Load::start(addr, 4, Duration::from_secs(60));
+    load.expect_served(2, 30, "before the takeover");
+    let new = new_supervisor(&old, &[], &[]);
+    new.wait_status("the new supervisor serving", WAIT, |s| {
+        (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then_some(())
+    });
+    assert_eq!(new.status().listeners[0].mode, "shared");
+    load.expect_served(1, 30, "after the takeover");
+    assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
+    load.finish_clean("a shared takeover", 60);
+}
+
+#[test]
+fn a_takeover_from_nothing_is_a_clear_error() {
+    let dir = TempDir::new("takeover-none");
+    let out = Command::new(supervisor_bin())
+        .arg("--takeover")
+        .arg(dir.path("nobody.sock"))
+        .arg("--")
+        .arg(demo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("take over from the supervisor at") && err.contains("nobody.sock"),
+        "{err}"
+    );
+}
