@@ -400,11 +400,22 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
     };
     adopt.close_rest();
     // The listeners given must be the ones taken (as for sockets handed
-    // over by a launcher); the others are bound anew, after them.
+    // over by a launcher): a named one by its name, one without a name by
+    // its address; the others are bound anew, after them.
+    let mut matched = std::collections::BTreeSet::new();
     for spec in &args.listen {
-        steering
-            .open(spec)
-            .map_err(|e| anyhow::anyhow!("--listen {}={}: {e}", spec.name, spec.text))?;
+        let found = if spec.name_from_address {
+            steering.agreeing(&spec.addr, &matched)
+        } else {
+            None
+        };
+        let i = match found {
+            Some(i) => i,
+            None => steering
+                .open(spec)
+                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", spec.text))?,
+        };
+        matched.insert(i);
     }
     let health = match (args.health, old_health) {
         (Some(want), Some(h)) if h.address() == want => Some(h),

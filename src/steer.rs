@@ -448,6 +448,24 @@ impl Steering {
         Ok(i)
     }
 
+    /// The first listener, not among `taken`, whose socket is what `addr`
+    /// asks for (port 0: any port): for `--listen` options without a name,
+    /// matched against listeners taken over.
+    pub fn agreeing(
+        &self,
+        addr: &crate::listen::Addr,
+        taken: &BTreeSet<usize>,
+    ) -> Option<usize> {
+        (0..self.slots.len()).find(|i| {
+            let slot = &self.slots[*i];
+            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+                (Mode::Steer, Some(m)) => m.fd.as_fd(),
+                _ => slot.shared_fd(),
+            };
+            !taken.contains(i) && crate::listen::agrees(addr, fd)
+        })
+    }
+
     /// Duplicates of the sockets that take new connections, for a holder
     /// outside (the control socket's `fds`): the listeners named, in that
     /// order, or every listener when `names` is empty. In steer mode that is

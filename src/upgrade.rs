@@ -242,8 +242,9 @@ pub fn write_state(state: &State) -> Result<OwnedFd> {
         nix::sys::memfd::memfd_create(c"supervisor-state", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .context("memfd_create")?;
     let mut file = std::fs::File::from(fd);
-    serde_json::to_writer(&mut file, state).context("write the upgrade state")?;
-    file.flush().context("write the upgrade state")?;
+    // One write, not one per token.
+    let text = serde_json::to_vec(state).context("serialize the upgrade state")?;
+    file.write_all(&text).context("write the upgrade state")?;
     file.rewind().context("rewind the upgrade state")?;
     Ok(OwnedFd::from(file))
 }
