@@ -163,11 +163,15 @@ fn a_shared_listener_is_taken_over_too() {
     let addr = old.listener_addr(0);
     let load = Load::start(addr, 4, Duration::from_secs(60));
     load.expect_served(2, 30, "before the takeover");
-    let new = new_supervisor(&old, &[], &[]);
+    // The same options as the old one's, a port-0 listener included: it
+    // is matched by address, not bound anew.
+    let new = new_supervisor(&old, &["--listen", "127.0.0.1:0", "--handoff", "shared"], &[]);
     new.wait_status("the new supervisor serving", WAIT, |s| {
         (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then_some(())
     });
-    assert_eq!(new.status().listeners[0].mode, "shared");
+    let st = new.status();
+    assert_eq!(st.listeners.len(), 1, "{:?}", st.listeners);
+    assert_eq!(st.listeners[0].mode, "shared");
     load.expect_served(1, 30, "after the takeover");
     assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
     load.finish_clean("a shared takeover", 60);
