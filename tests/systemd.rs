@@ -537,3 +537,60 @@ fn coalesced_reloads_each_say_reloading_and_ready_comes_once_all_are_answered() 
         );
     }
 }
+
+/// An in-place upgrade keeps the pid the service manager knows and what it
+/// was told: no second READY=1, no RELOADING=1 or STOPPING=1, and the
+/// watchdog's keep-alives go on from the new image.
+#[test]
+fn an_upgrade_keeps_what_the_service_manager_was_told_and_the_watchdog() {
+    let dir = TempDir::new("mgr-upgrade");
+    let manager = FakeManager::at_path(&dir);
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .env("NOTIFY_SOCKET", &manager.address)
+        .env("WATCHDOG_USEC", "200000")
+        .demo(&[])
+        .start();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "{}", sv.output());
+        if manager.next(&sv).starts_with("READY=1") {
+            break;
+        }
+    }
+    sv.wait_active(1);
+    let out = sv.ctl(&["upgrade"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // What was queued until the upgrade's answer is checked, then dropped:
+    // the pings counted below are the new image's.
+    manager.sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = manager.sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            !m.lines().any(|l| l == "READY=1" || l == "STOPPING=1"),
+            "{m:?}"
+        );
+    }
+    manager.sock.set_nonblocking(false).unwrap();
+    // Messages from now on: keep-alives (at least three, so the new image
+    // sends them too), and nothing that says the service changed.
+    let mut pings = 0;
+    let deadline = std::time::Instant::now() + T;
+    while pings < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", sv.output());
+        let m = manager.next(&sv);
+        if m == "WATCHDOG=1" {
+            pings += 1;
+            continue;
+        }
+        for word in ["READY=1", "RELOADING=1", "STOPPING=1"] {
+            assert!(
+                !m.lines().any(|l| l == word),
+                "the upgrade told the manager {m:?}"
+            );
+        }
+    }
+    assert_eq!(sv.status().supervisor.upgrades, 1);
+}
