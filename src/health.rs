@@ -135,15 +135,7 @@ impl HealthServer {
     /// # Errors
     /// The socket has no local address (it is not the health socket).
     pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Result<HealthServer> {
-        let listener = TcpListener::from(adopt.take(saved.fd));
-        let address = listener.local_addr().context("health socket address")?;
-        Ok(HealthServer {
-            listener,
-            address,
-            conns: BTreeMap::new(),
-            next: 0,
-            paused: None,
-        })
+        HealthServer::serving(TcpListener::from(adopt.take(saved.fd)))
     }
 }
 
@@ -157,6 +149,11 @@ impl HealthServer {
         listener
             .set_nonblocking(true)
             .context("make the health socket non-blocking")?;
+        HealthServer::serving(listener)
+    }
+
+    /// Serve on a bound, non-blocking socket.
+    fn serving(listener: TcpListener) -> Result<HealthServer> {
         let address = listener.local_addr().context("health socket address")?;
         Ok(HealthServer {
             listener,
