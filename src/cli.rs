@@ -21,8 +21,11 @@ SUPERVISOR_GENERATION and SUPERVISOR_CONTROL set, as systemd socket
 activation does (plus the control socket's path).
 
 Control commands (through the control socket): reload, status, stop;
-fds (fetch the listeners with SCM_RIGHTS and exec a command with them);
-listen (open a listener at run time, kept for every later generation).
+upgrade (re-execute the supervisor binary in place: same pid, children
+and sockets); fds (fetch the listeners with SCM_RIGHTS and exec a command
+with them); listen (open a listener at run time, kept for every later
+generation). --takeover PATH starts a supervisor that takes every socket
+of the one at PATH, which then drains and exits.
 
 Signals:
   SIGHUP                   reload: start a new generation; once it is ready,
@@ -297,7 +300,7 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     pub compat: Vec<Compat>,
 
-    /// The control socket for `supervisor reload|status|stop`; default
+    /// The control socket for `supervisor reload|status|stop|upgrade|fds|listen`; default
     /// supervisor.sock in $RUNTIME_DIRECTORY, else in $XDG_RUNTIME_DIR,
     /// else in the private directory /tmp/supervisor-UID.
     #[arg(long, value_name = "PATH")]

@@ -164,10 +164,19 @@ fn fds(path: &Path, names: &[String], command: &[std::ffi::OsString]) -> i32 {
             return FAILED;
         }
         Err(e) => {
-            return unreachable(&format!(
-                "cannot fetch listeners from the supervisor at {}: {e}",
-                path.display()
-            ));
+            // Not reached at all (said as the other commands say it), or
+            // the transfer failed.
+            return unreachable(&match UnixStream::connect(path) {
+                Err(c) => format!(
+                    "cannot reach the supervisor at {}: {}",
+                    path.display(),
+                    why_not(&c, path)
+                ),
+                Ok(_) => format!(
+                    "cannot fetch listeners from the supervisor at {}: {e}",
+                    path.display()
+                ),
+            });
         }
     };
     let start = supervisor::child::LISTEN_FDS_START;
@@ -241,6 +250,28 @@ fn listen(path: &Path, spec: &supervisor::parse::listen::Spec) -> i32 {
     }
 }
 
+/// Why connecting to the control socket at `path` failed, in words.
+fn why_not(e: &std::io::Error, path: &Path) -> String {
+    match e.kind() {
+        ErrorKind::NotFound => {
+            "no such socket (is the supervisor running? give its --control PATH)".to_string()
+        }
+        ErrorKind::ConnectionRefused
+            if std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket()) =>
+        {
+            "not a socket".to_string()
+        }
+        ErrorKind::ConnectionRefused => {
+            "nothing is listening (the supervisor that made it has exited)".to_string()
+        }
+        ErrorKind::PermissionDenied => {
+            "permission denied (only root and the supervisor's own user may use it)".to_string()
+        }
+        ErrorKind::NotADirectory => "a part of the path is not a directory".to_string(),
+        _ => e.to_string(),
+    }
+}
+
 fn unreachable(why: &str) -> i32 {
     eprintln!("supervisor: error: {why}");
     UNREACHABLE
@@ -261,27 +292,10 @@ impl Session {
     fn open(path: &Path, deadline: Option<Instant>) -> Result<Session, String> {
         let shown = path.display();
         let stream = UnixStream::connect(path).map_err(|e| {
-            let why = match e.raw_os_error() {
-                Some(libc::ENOENT) => {
-                    "no such socket (is the supervisor running? give its --control PATH)"
-                        .to_string()
-                }
-                Some(libc::ECONNREFUSED)
-                    if std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket()) =>
-                {
-                    "not a socket".to_string()
-                }
-                Some(libc::ECONNREFUSED) => {
-                    "nothing is listening (the supervisor that made it has exited)".to_string()
-                }
-                Some(libc::EACCES | libc::EPERM) => {
-                    "permission denied (only root and the supervisor's own user may use it)"
-                        .to_string()
-                }
-                Some(libc::ENOTDIR) => "a part of the path is not a directory".to_string(),
-                _ => e.to_string(),
-            };
-            format!("cannot reach the supervisor at {shown}: {why}")
+            format!(
+                "cannot reach the supervisor at {shown}: {}",
+                why_not(&e, path)
+            )
         })?;
         // Whoever listens there must be root or us: anyone can create a
         // socket at a path in a shared directory, and a deploy script must

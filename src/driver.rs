@@ -85,6 +85,8 @@ pub struct Driver {
     takeover_failed: bool,
     /// The exit status, whatever the machine says (a failed takeover).
     exit_code: Option<i32>,
+    /// The crash policy to apply once a takeover is done.
+    restart: Option<crate::machine::RestartPolicy>,
 }
 
 impl Driver {
@@ -122,6 +124,7 @@ impl Driver {
             upgrades: (0, None),
             takeover_failed: false,
             exit_code: None,
+            restart: None,
         })
     }
 
@@ -184,6 +187,12 @@ impl Driver {
             }
         }
         Ok(d)
+    }
+
+    /// Taking over: the crash policy asked for, applied once the old
+    /// supervisor is told to go (until then a failed start is final).
+    pub fn restart_after_takeover(&mut self, policy: crate::machine::RestartPolicy) {
+        self.restart = Some(policy);
     }
 
     /// Say `hint` after "was not ready within ..." (the likely cause).
@@ -687,6 +696,9 @@ impl Driver {
             // is told to go.
             self.parts.steering.disown_files(false);
             self.parts.control.disown_file(false);
+            if let Some(policy) = self.restart.take() {
+                self.machine.set_restart(policy);
+            }
             match t.drain() {
                 Ok(()) => log::info!(
                     "{} serves: supervisor pid {peer} told to let its generations go",
@@ -694,7 +706,7 @@ impl Driver {
                 ),
                 Err(e) => log::warn!("{e:#}"),
             }
-        } else if self.takeover_failed && !self.machine.stopping() {
+        } else if std::mem::take(&mut self.takeover_failed) {
             log::error!(
                 "the takeover failed: the new generation did not become ready; supervisor pid {} carries on, this one exits",
                 t.peer
@@ -703,7 +715,9 @@ impl Driver {
             // this one's); it carries on once this process is gone.
             self.parts.control.set_accepting(false);
             self.exit_code = Some(1);
-            self.feed(Input::Stop);
+            if !self.machine.stopping() {
+                self.feed(Input::Stop);
+            }
         }
     }
 

@@ -584,6 +584,11 @@ impl Machine {
         }
     }
 
+    /// What to do when the active generation exits on its own, from now.
+    pub fn set_restart(&mut self, policy: RestartPolicy) {
+        self.cfg.restart = policy;
+    }
+
     /// The next action for the driver, in order.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {

@@ -228,11 +228,10 @@ fn binary_path() -> std::path::PathBuf {
     let arg0 = std::env::args_os().next().unwrap_or_default();
     let p = std::path::Path::new(&arg0);
     if p.as_os_str().as_encoded_bytes().contains(&b'/') {
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        if let Ok(cwd) = std::env::current_dir() {
-            return cwd.join(p);
+        // Absolute, `.` components gone (symbolic links are kept: a deploy
+        // may switch one).
+        if let Ok(a) = std::path::absolute(p) {
+            return a;
         }
     } else if let Ok(found) = spawn::resolve(&arg0) {
         return found;
@@ -370,11 +369,13 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
     if let Some(c) = &args.control
         && c != path
     {
-        anyhow::bail!(
-            "--control {} and --takeover {}: the control socket is taken over too (give the same path, or none)",
+        // A usage error: nothing was asked of the old supervisor yet.
+        eprintln!(
+            "supervisor: error: --control {} and --takeover {}: the control socket is taken over too (give the same path, or none)",
             c.display(),
             path.display()
         );
+        return Ok(2);
     }
     let taken = takeover::fetch(path)?;
     let payload = taken.payload;
@@ -423,6 +424,15 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
         (None, _) => None,
     };
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    for (l, mode) in steering.listeners() {
+        if setup.steer != (*mode == steer::Mode::Steer) {
+            log::info!(
+                "listener {:?} keeps the hand-off mode it had: {} (taken over)",
+                l.name,
+                mode.as_str()
+            );
+        }
+    }
     log::info!(
         "took over the sockets of supervisor {} (pid {}) at {}: {} listener(s)",
         payload.writer,
@@ -470,7 +480,14 @@ fn serve(
             log::info!("listener {:?} is shared by every generation: {why}", l.name);
         }
     }
-    let cfg = config(&args, ready, &steering);
+    let mut cfg = config(&args, ready, &steering);
+    // Taking over, a first generation that fails is not started again: the
+    // old supervisor carries on, this one exits. The policy asked for
+    // applies once the old one has been told to go.
+    let restart = cfg.restart;
+    if takeover.is_some() {
+        cfg.restart = machine::RestartPolicy::Never;
+    }
     if let Some(h) = &health {
         log::info!(
             "health endpoint http://{}/ (/livez, /readyz, /metrics)",
@@ -509,6 +526,7 @@ fn serve(
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;
+    driver.restart_after_takeover(restart);
     if matches!(ready, machine::ReadyMode::Notify) {
         driver.not_ready_hint(
             "no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH",

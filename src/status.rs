@@ -147,6 +147,9 @@ impl Status {
             sup.version
         );
         let _ = writeln!(out, "control:     {}", sup.control);
+        if !sup.binary.is_empty() {
+            let _ = writeln!(out, "binary:      {}", sup.binary);
+        }
         let command: Vec<String> = self.command.iter().map(|w| shell_word(w)).collect();
         let _ = writeln!(out, "command:     {}", command.join(" "));
         let _ = writeln!(

@@ -439,8 +439,17 @@ impl Steering {
             reuseport: self.steer,
             socket: self.options,
         };
-        let mut bound = crate::listen::bind_all(std::slice::from_ref(spec), &opts)
-            .map_err(|e| format!("{e:#}"))?;
+        let mut bound =
+            crate::listen::bind_all(std::slice::from_ref(spec), &opts).map_err(|e| {
+                let why = format!("{e:#}");
+                match self.agreeing(&spec.addr, &BTreeSet::new()) {
+                    Some(i) if why.contains("EADDRINUSE") => format!(
+                        "{why} (it is the address of this supervisor's listener {:?})",
+                        self.slots[i].listener.name
+                    ),
+                    _ => why,
+                }
+            })?;
         let listener = bound.pop().ok_or("nothing was bound")?;
         self.slots.push(slot_for(listener, self.steer));
         let i = self.slots.len() - 1;
@@ -451,11 +460,7 @@ impl Steering {
     /// The first listener, not among `taken`, whose socket is what `addr`
     /// asks for (port 0: any port): for `--listen` options without a name,
     /// matched against listeners taken over.
-    pub fn agreeing(
-        &self,
-        addr: &crate::listen::Addr,
-        taken: &BTreeSet<usize>,
-    ) -> Option<usize> {
+    pub fn agreeing(&self, addr: &crate::listen::Addr, taken: &BTreeSet<usize>) -> Option<usize> {
         (0..self.slots.len()).find(|i| {
             let slot = &self.slots[*i];
             let fd = match (&slot.mode, slot.members.get(slot.routed)) {

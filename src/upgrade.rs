@@ -342,6 +342,18 @@ impl Check {
         now: Instant,
     ) -> Result<Check> {
         use std::os::unix::process::CommandExt;
+        // A file that is neither a program nor a script would be run by
+        // /bin/sh (execvp's fallback): say what it is instead.
+        let mut head = [0u8; 4];
+        let n = std::fs::File::open(binary)
+            .and_then(|mut f| f.read(&mut head))
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        if !(head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!")) {
+            bail!(
+                "{} is not a program (neither an ELF binary nor a #! script)",
+                binary.display()
+            );
+        }
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
         // What it says on standard error (a usage error, say) is its answer
         // too.

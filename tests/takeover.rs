@@ -165,7 +165,11 @@ fn a_shared_listener_is_taken_over_too() {
     load.expect_served(2, 30, "before the takeover");
     // The same options as the old one's, a port-0 listener included: it
     // is matched by address, not bound anew.
-    let new = new_supervisor(&old, &["--listen", "127.0.0.1:0", "--handoff", "shared"], &[]);
+    let new = new_supervisor(
+        &old,
+        &["--listen", "127.0.0.1:0", "--handoff", "shared"],
+        &[],
+    );
     new.wait_status("the new supervisor serving", WAIT, |s| {
         (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then_some(())
     });

@@ -224,7 +224,7 @@ fn a_binary_that_cannot_take_over_leaves_the_old_image_running() {
     /// What the binary is, its content and mode, the upgrade's extra
     /// arguments, and what the refusal must say.
     type Case<'a> = (&'a str, &'a [u8], u32, &'a [&'a str], &'a str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "not executable",
             b"#!/bin/sh\nexit 0\n",
@@ -259,6 +259,13 @@ fn a_binary_that_cannot_take_over_leaves_the_old_image_running() {
             0o755,
             &[],
             "",
+        ),
+        (
+            "a text without #!",
+            b"echo hello\n",
+            0o755,
+            &[],
+            "is not a program (neither an ELF binary nor a #! script)",
         ),
     ];
     for (what, content, mode, extra, reason) in cases {
