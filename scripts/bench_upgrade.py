@@ -72,6 +72,8 @@ def client(exe: str, *args: str, timeout: float = 60.0) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
     wall = (time.perf_counter() - t0) * 1e3
+    if wall > 2000:
+        log(f"slow: supervisor {args[0]} took {wall:.0f} ms")
     if out.returncode != 0:
         raise BenchError(f"supervisor {' '.join(args)}: exit {out.returncode}: {out.stderr.strip()}")
     return wall, out.stdout.strip()
@@ -172,6 +174,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--upgrades", type=int, default=10)
     ap.add_argument("--bin-dir", type=Path)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     cfg = ap.parse_args()
     bins = cfg.bin_dir
     if bins is None:
@@ -190,6 +193,9 @@ def main() -> int:
             runs.append(res)
     except (BenchError, subprocess.SubprocessError) as e:
         log(f"error: {e}")
+        for f in sorted(tmp.glob("**/sup-*.log"))[-2:]:
+            lines = f.read_text(errors="replace").splitlines()
+            log(f"the last lines of {f.name}:\n" + "\n".join(lines[-15:]))
         ok = False
     except KeyboardInterrupt:
         log("interrupted")
@@ -197,7 +203,10 @@ def main() -> int:
     finally:
         for p in PROCS:
             stop(p, signal.SIGKILL if p.poll() is None else signal.SIGTERM, 5)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if cfg.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not runs:
         return 1
     print(f"{'figure':58} {'median':>9} {'min':>9} {'max':>9}   per run")
