@@ -318,7 +318,17 @@ mod tests {
             text.contains("reloads:     5 succeeded, 1 failed, 0 pending"),
             "{text}"
         );
-        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.contains("binary:      /usr/bin/supervisor"), "{text}");
+        assert_eq!(text.lines().count(), 12, "{text}");
+        // After an upgrade, the first line says so.
+        let mut upgraded = sample();
+        upgraded.supervisor.upgrades = 3;
+        upgraded.supervisor.upgraded_ms_ago = Some(120_000);
+        let text = upgraded.render();
+        assert!(
+            text.contains("version 0.1.0, upgraded in place 3 times (last 2m0s ago)"),
+            "{text}"
+        );
     }
 
     #[test]
