@@ -318,8 +318,12 @@ impl Children {
         }
     }
 
-    /// `generation 3 worker 1 (pid 4212)`.
+    /// `generation 3 worker 1 (pid 4212)`; with one worker per
+    /// generation, as [`Children::who`] says it.
     pub fn who_worker(&self, g: Generation, w: u32) -> String {
+        if self.command.workers <= 1 {
+            return self.who(g);
+        }
         match self.worker_pid(g, w) {
             Some(pid) => format!("{g} worker {w} (pid {pid})"),
             None => format!("{g} worker {w}"),
@@ -346,9 +350,10 @@ impl Children {
 
     fn signal_stop(&self, g: Generation, w: u32, c: &Child) {
         let s = self.command.stop_signal;
-        log::debug!("{g} worker {w} (pid {}): sending {s}", c.pid);
+        let who = self.who_worker(g, w);
+        log::debug!("{who}: sending {s}");
         if let Err(e) = kill(c.pid, s) {
-            log::warn!("{g} worker {w} (pid {}): send {s}: {e}", c.pid);
+            log::warn!("{who}: send {s}: {e}");
         }
         let _ = kill(c.pid, Signal::SIGCONT);
     }
@@ -358,7 +363,7 @@ impl Children {
     pub fn forward(&self, g: Generation, sig: Signal) {
         for (w, c) in self.of(g).filter(|(_, c)| !c.reaped) {
             if let Err(e) = kill(c.pid, sig) {
-                log::warn!("{g} worker {w} (pid {}): forward {sig}: {e}", c.pid);
+                log::warn!("{}: forward {sig}: {e}", self.who_worker(g, w));
             }
         }
     }
@@ -377,8 +382,8 @@ impl Children {
             return;
         };
         log::debug!(
-            "{g} worker {w} (pid {}): sending SIGKILL to its process group",
-            c.pid
+            "{}: sending SIGKILL to its process group",
+            self.who_worker(g, w)
         );
         let _ = killpg(c.pid, Signal::SIGKILL);
         let _ = kill(c.pid, Signal::SIGKILL);
@@ -466,11 +471,7 @@ impl Children {
                 }
             };
             if let Some(text) = &msg.status {
-                let who = if self.command.workers > 1 {
-                    self.who_worker(g, w)
-                } else {
-                    self.who(g)
-                };
+                let who = self.who_worker(g, w);
                 if let Some(c) = self.map.get_mut(&(g, w))
                     && c.status.as_deref() != Some(text.as_str())
                 {

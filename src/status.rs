@@ -383,7 +383,7 @@ mod tests {
             text.contains("reloads:     5 succeeded, 1 failed, 0 pending"),
             "{text}"
         );
-        assert_eq!(text.lines().count(), 11, "{text}");
+        assert_eq!(text.lines().count(), 13, "{text}");
     }
 
     #[test]
