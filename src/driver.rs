@@ -723,12 +723,19 @@ impl Driver {
             let now = Instant::now();
             match action {
                 Action::Spawn(g) => {
-                    for w in 0..self.machine.workers_per_generation() {
-                        // A worker that could not be spawned failed the
-                        // start: no more of them.
-                        if !self.machine.worker_alive(g, w) || !self.spawn(g, w) {
-                            break;
+                    let n = self.machine.workers_per_generation();
+                    for w in 0..n {
+                        if !self.machine.worker_alive(g, w) || self.spawn(g, w) {
+                            continue;
                         }
+                        // A worker that could not be spawned failed the
+                        // start: the ones after it are never started.
+                        for rest in w + 1..n {
+                            let why = format!("not started: worker {w} could not be");
+                            self.machine
+                                .handle(now, Input::WorkerSpawnFailed(g, rest, why));
+                        }
+                        break;
                     }
                     if self.machine.worker_alive(g, 0)
                         && let Some(p) = &mut self.parts.prober

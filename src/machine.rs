@@ -1471,7 +1471,8 @@ impl Machine {
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
                 }
-                let starting = self.starting();
+                // A canary takes over as a starting generation would.
+                let starting = self.starting().or_else(|| self.canary());
                 let restart = self.cfg.restart.restarts(status)
                     && !self.stopping()
                     && (starting.is_some() || self.may_start(now, status));
@@ -1487,6 +1488,9 @@ impl Machine {
                     restart_in,
                     starting,
                 });
+                if self.canary().is_some() && !self.stopping() {
+                    self.promote(now, true);
+                }
                 if !restart && starting.is_none() && !self.done {
                     match self.stopping {
                         Stopping::Graceful | Stopping::Forced | Stopping::HandedOff => {}
@@ -1751,11 +1755,10 @@ impl Machine {
                     self.handle_exit(now, g, ended);
                 }
             }
-            Some(State::Quiescing { .. } | State::Draining { .. }) => {
-                if alive == 0 {
-                    self.handle_exit(now, g, ended);
-                }
+            Some(State::Quiescing { .. } | State::Draining { .. }) if alive == 0 => {
+                self.handle_exit(now, g, ended);
             }
+            Some(State::Quiescing { .. } | State::Draining { .. }) => {}
         }
         self.roll(now);
         self.fill(now);
@@ -3610,6 +3613,58 @@ mod tests {
             automatic: true
         })));
         assert_eq!(m.active(), Some(G2));
+    }
+
+    #[test]
+    fn canary_takes_over_when_the_serving_generation_dies() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(steer_cfg(), t0);
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 10), Input::Ready(G1));
+        m.handle(
+            ms(t0, 20),
+            Input::ReloadWith(
+                1,
+                Strategy::Canary {
+                    percent: 10,
+                    promote_after: None,
+                },
+            ),
+        );
+        m.handle(ms(t0, 30), Input::Ready(G2));
+        assert_eq!(m.canary(), Some(G2));
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 40), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Route(G2)), "{acts:?}");
+        assert!(spawns(&acts).is_empty(), "no restart: {acts:?}");
+        assert_eq!(m.active(), Some(G2));
+        assert_eq!(m.canary(), None);
+    }
+
+    #[test]
+    fn workers_not_started_after_a_spawn_failure_end_the_generation() {
+        let (mut m, t0) = pool(3);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = all_actions(&mut m);
+        // Worker 0 started, worker 1 could not be, worker 2 never was.
+        m.handle(
+            ms(t0, 101),
+            Input::WorkerSpawnFailed(G2, 1, "fork: EAGAIN".into()),
+        );
+        m.handle(
+            ms(t0, 101),
+            Input::WorkerSpawnFailed(G2, 2, "not started".into()),
+        );
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Stop(G2)), "{acts:?}");
+        assert!(m.knows(G2));
+        m.handle(
+            ms(t0, 150),
+            Input::WorkerExited(G2, 0, ExitStatus::Signal(15)),
+        );
+        assert!(!m.knows(G2));
+        assert_eq!(m.active(), Some(G1));
     }
 
     #[test]

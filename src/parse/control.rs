@@ -533,7 +533,8 @@ mod tests {
                 data.splice(0..0, r.bytes());
             }
             match parse_request(&data) {
-                Ok(r @ Request::Upgrade(Some(_))) => assert!(data.starts_with(b"upgrade ")),
+                Ok(Request::Upgrade(Some(_))) => assert!(data.starts_with(b"upgrade ")),
+                Ok(Request::ReloadWith(_)) => assert!(data.starts_with(b"reload ")),
                 Ok(r) if !r.sends_fds() => assert_eq!(
                     data.strip_suffix(b"\r").unwrap_or(&data),
                     r.as_str().as_bytes()
