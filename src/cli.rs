@@ -538,6 +538,78 @@ mod tests {
     }
 
     #[test]
+    fn workers_and_reload_strategies() {
+        let a = Cli::try_parse_from(["supervisor", "--workers", "4", "--reload", "rolling=2", "x"])
+            .unwrap();
+        assert_eq!(a.run.workers, 4);
+        assert_eq!(a.run.reload, crate::machine::Strategy::Rolling(2));
+        let a = Cli::try_parse_from(["supervisor", "x"]).unwrap();
+        assert_eq!(
+            (a.run.workers, a.run.reload),
+            (1, crate::machine::Strategy::AllAtOnce)
+        );
+        for bad in [
+            &["supervisor", "--workers", "0", "x"][..],
+            &["supervisor", "--reload", "rolling=0", "x"],
+            &["supervisor", "--reload", "canary", "x"],
+            &["supervisor", "reload", "--canary", "100"],
+            &["supervisor", "reload", "--canary", "0"],
+            &["supervisor", "reload", "--promote-after", "1m"],
+            &["supervisor", "reload", "--rolling", "--canary", "5"],
+            &["supervisor", "reload", "--rolling=0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(1)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling=3"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(3)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from([
+            "supervisor",
+            "reload",
+            "--canary",
+            "20",
+            "--promote-after",
+            "10m",
+        ])
+        .unwrap()
+        .client
+        {
+            Some(Client::Reload {
+                canary,
+                promote_after,
+                ..
+            }) => {
+                assert_eq!(canary, Some(20));
+                assert_eq!(promote_after, Some(Duration::from_secs(600)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "promote"])
+                .unwrap()
+                .client,
+            Some(Client::Promote { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "rollback", "--timeout", "5s"])
+                .unwrap()
+                .client,
+            Some(Client::Rollback { .. })
+        ));
+    }
+
+    #[test]
     fn control_commands() {
         let a = Cli::try_parse_from(["supervisor", "reload", "--timeout", "5s"]).unwrap();
         match a.client {
