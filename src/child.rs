@@ -20,6 +20,9 @@
 //! - `NOTIFY_SOCKET=<path or @abstract>`, a unix datagram socket for
 //!   `sd_notify`-style state messages;
 //! - `SUPERVISOR_GENERATION=<n>`, 1 for the first child;
+//! - `SUPERVISOR_WORKER=<i>` and `SUPERVISOR_WORKERS=<n>`
+//!   ([`SUPERVISOR_WORKER`]): with `--workers N`, each generation is N
+//!   processes on the same sockets; this one's index (0 to N-1) and N;
 //! - `SUPERVISOR_DRAIN_TIMEOUT_MS=<ms>` ([`SUPERVISOR_DRAIN_TIMEOUT_MS`]),
 //!   the supervisor's `--drain-timeout`: how long the child has, from its
 //!   stop signal, before the supervisor sends SIGKILL;
@@ -121,6 +124,10 @@ pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 /// Generation number of this child, 1 for the first.
 pub const SUPERVISOR_GENERATION: &str = "SUPERVISOR_GENERATION";
+/// This worker's index within its generation, 0 to N-1 (`--workers N`).
+pub const SUPERVISOR_WORKER: &str = "SUPERVISOR_WORKER";
+/// The number of workers in each generation (`--workers N`).
+pub const SUPERVISOR_WORKERS: &str = "SUPERVISOR_WORKERS";
 /// The supervisor's `--drain-timeout` in whole milliseconds: how long the
 /// child has, from its stop signal, before the supervisor sends SIGKILL.
 /// [`drain::Drain`] takes its deadline from it.

@@ -1,8 +1,9 @@
 //! The generations' processes: spawning them, signalling them, reaping
 //! them, and reading their notify sockets.
 //!
-//! Owns each generation's pid (until it is reaped), its notify socket and
-//! its last `STATUS=`. It signals only pids it has not yet reaped, so a pid
+//! Owns each worker's pid (until it is reaped), its notify socket and
+//! its last `STATUS=` (a generation is one worker, or N with `--workers`).
+//! A worker is named by its generation and index. It signals only pids it has not yet reaped, so a pid
 //! is never reused under it. It never decides anything: the driver tells it
 //! what to do and feeds what it reports to the machine.
 
@@ -27,16 +28,19 @@ use crate::spawn::{self, Plan};
 /// that a flooding child cannot starve signals and deadlines.
 const NOTIFY_BATCH: usize = 64;
 
-/// How many generations' process groups are remembered.
-const GROUPS_KEPT: usize = 64;
+/// How many workers' process groups are remembered.
+const GROUPS_KEPT: usize = 1024;
 
 /// How long the supervisor waits, on its way out, for a leftover process
 /// it SIGKILLed (one in uninterruptible sleep may never go).
 const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 
-/// A generation's process, until it is reaped.
+/// A worker's process, until it is reaped.
 struct Child {
     pid: Pid,
+    /// Sent its stop signal alone (a rolling reload): a stop of its whole
+    /// generation does not send it again.
+    stopped: bool,
     /// When it was spawned.
     started: Instant,
     notify: NotifySocket,
@@ -62,6 +66,11 @@ pub struct Saved {
 /// One process as carried across an in-place upgrade.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct SavedChild {
+    /// Its index in its generation (0 in states saved before workers).
+    #[serde(default)]
+    worker: u32,
+    #[serde(default)]
+    stopped: bool,
     pid: i32,
     #[serde(with = "crate::upgrade::mono")]
     started: Instant,
@@ -88,13 +97,15 @@ pub struct Command {
     pub chdir: Option<std::path::PathBuf>,
     /// The control socket (passed to the children as `SUPERVISOR_CONTROL`).
     pub control: std::path::PathBuf,
+    /// Processes per generation.
+    pub workers: u32,
 }
 
 /// One reaped process.
 #[derive(Debug)]
 pub struct Reaped {
-    /// Its generation, if it was a generation's main process.
-    pub generation: Option<Generation>,
+    /// Its generation and worker index, if it was a worker's main process.
+    pub worker: Option<(Generation, u32)>,
     /// Its pid.
     pub pid: Pid,
     /// How it ended.
@@ -105,7 +116,7 @@ pub struct Reaped {
 pub struct Children {
     command: Command,
     notify_dir: NotifyDir,
-    map: BTreeMap<Generation, Child>,
+    map: BTreeMap<(Generation, u32), Child>,
     /// The process groups of the last [`GROUPS_KEPT`] generations spawned
     /// (each leads its own): a leftover in one of them was no escapee. (An
     /// older group was SIGKILLed whole when its leader was reaped.)
@@ -140,8 +151,10 @@ impl Children {
             children: self
                 .map
                 .iter()
-                .map(|(g, c)| {
+                .map(|((g, w), c)| {
                     let saved = SavedChild {
+                        worker: *w,
+                        stopped: c.stopped,
                         pid: c.pid.as_raw(),
                         started: c.started,
                         notify: c.notify.save(keep),
@@ -163,13 +176,14 @@ impl Children {
             .into_iter()
             .map(|(g, c)| {
                 let child = Child {
+                    stopped: c.stopped,
                     pid: Pid::from_raw(c.pid),
                     started: c.started,
                     notify: crate::notify::NotifySocket::restore(c.notify, adopt),
                     reaped: c.reaped,
                     status: c.status,
                 };
-                (g, child)
+                ((g, c.worker), child)
             })
             .collect();
         Children {
@@ -185,19 +199,24 @@ impl Children {
         &self.command
     }
 
-    /// Fork and exec generation `g` with `fds` at 3, 4, ... and their
-    /// `names` and Server::Starter keys.
+    /// Fork and exec worker `w` of generation `g` with `fds` at 3, 4, ...
+    /// and their `names` and Server::Starter keys.
     ///
     /// # Errors
     /// The notify socket, fork or exec failed (the message says which).
     pub fn spawn(
         &mut self,
-        g: Generation,
+        (g, w): (Generation, u32),
         fds: &[BorrowedFd<'_>],
         names: &[&str],
         starter_keys: &[String],
     ) -> Result<Pid> {
-        let mut notify = self.notify_dir.socket(g.0)?;
+        // A restarted worker's predecessor (reaped) gives its socket's
+        // path back first.
+        if self.map.get(&(g, w)).is_some_and(|c| c.reaped) {
+            self.map.remove(&(g, w));
+        }
+        let mut notify = self.notify_dir.socket(g.0, w)?;
         if let Some(c) = &self.command.credentials {
             // The child must be able to send READY=1 as its own user.
             notify.allow(c.uid, c.gid)?;
@@ -209,6 +228,7 @@ impl Children {
             starter_keys,
             notify: notify.path().as_os_str(),
             generation: g.0,
+            worker: (w, self.command.workers.max(1)),
             drain_timeout: self.command.drain_timeout,
             compat: &self.command.compat,
             supervisor_pid: std::process::id(),
@@ -228,9 +248,10 @@ impl Children {
         }
         self.groups.push_back(pid.as_raw());
         self.map.insert(
-            g,
+            (g, w),
             Child {
                 pid,
+                stopped: false,
                 started: Instant::now(),
                 notify,
                 reaped: false,
@@ -241,63 +262,129 @@ impl Children {
     }
 
     /// The notify sockets to poll.
-    pub fn interest(&self) -> Vec<(Generation, BorrowedFd<'_>)> {
-        self.map.iter().map(|(g, c)| (*g, c.notify.fd())).collect()
+    pub fn interest(&self) -> Vec<((Generation, u32), BorrowedFd<'_>)> {
+        self.map.iter().map(|(k, c)| (*k, c.notify.fd())).collect()
     }
 
-    /// `g`'s pid, while it is not forgotten.
+    /// Generation `g`'s workers' processes, in index order.
+    fn of(&self, g: Generation) -> impl Iterator<Item = (u32, &Child)> {
+        self.map
+            .range((g, 0)..=(g, u32::MAX))
+            .map(|((_, w), c)| (*w, c))
+    }
+
+    /// `g`'s pid (its lowest worker's, preferring one not reaped), while
+    /// it is not forgotten.
     pub fn pid(&self, g: Generation) -> Option<Pid> {
-        self.map.get(&g).map(|c| c.pid)
+        self.of(g)
+            .find(|(_, c)| !c.reaped)
+            .or_else(|| self.of(g).next())
+            .map(|(_, c)| c.pid)
     }
 
-    /// When `g` was spawned.
+    /// Worker `w` of `g`: its pid, while it is not forgotten.
+    pub fn worker_pid(&self, g: Generation, w: u32) -> Option<Pid> {
+        self.map.get(&(g, w)).map(|c| c.pid)
+    }
+
+    /// Whether any process of `g` is still known.
+    pub fn has(&self, g: Generation) -> bool {
+        self.of(g).next().is_some()
+    }
+
+    /// When `g` was spawned (its first worker still known).
     pub fn started(&self, g: Generation) -> Option<Instant> {
-        self.map.get(&g).map(|c| c.started)
+        self.of(g).map(|(_, c)| c.started).min()
     }
 
-    /// `g`'s last `STATUS=`.
+    /// When worker `w` of `g` was spawned.
+    pub fn worker_started(&self, g: Generation, w: u32) -> Option<Instant> {
+        self.map.get(&(g, w)).map(|c| c.started)
+    }
+
+    /// `g`'s last `STATUS=` (its lowest worker's that sent one).
     pub fn status_text(&self, g: Generation) -> Option<&str> {
-        self.map.get(&g).and_then(|c| c.status.as_deref())
+        self.of(g).find_map(|(_, c)| c.status.as_deref())
     }
 
-    /// `generation 3 (pid 4211)`, or without a pid if it never had one.
+    /// `generation 3 (pid 4211)`, `generation 3 (pids 4211, 4212)`, or
+    /// without a pid if it never had one.
     pub fn who(&self, g: Generation) -> String {
-        match self.pid(g) {
-            Some(pid) => format!("{g} (pid {pid})"),
-            None => g.to_string(),
+        let pids: Vec<String> = self.of(g).map(|(_, c)| c.pid.to_string()).collect();
+        match pids.len() {
+            0 => g.to_string(),
+            1 => format!("{g} (pid {})", pids[0]),
+            _ => format!("{g} (pids {})", pids.join(", ")),
         }
     }
 
-    /// Send `g` its stop signal (and SIGCONT: a stopped child could not act
-    /// on it otherwise).
+    /// `generation 3 worker 1 (pid 4212)`; with one worker per
+    /// generation, as [`Children::who`] says it.
+    pub fn who_worker(&self, g: Generation, w: u32) -> String {
+        if self.command.workers <= 1 {
+            return self.who(g);
+        }
+        match self.worker_pid(g, w) {
+            Some(pid) => format!("{g} worker {w} (pid {pid})"),
+            None => format!("{g} worker {w}"),
+        }
+    }
+
+    /// Send `g`'s workers their stop signal (and SIGCONT: a stopped child
+    /// could not act on it otherwise), but not those already sent it alone.
     pub fn stop(&self, g: Generation) {
-        let Some(c) = self.map.get(&g).filter(|c| !c.reaped) else {
-            return;
-        };
+        for (w, c) in self.of(g).filter(|(_, c)| !c.reaped && !c.stopped) {
+            self.signal_stop(g, w, c);
+        }
+    }
+
+    /// Send worker `w` of `g` its stop signal.
+    pub fn stop_worker(&mut self, g: Generation, w: u32) {
+        if let Some(c) = self.map.get(&(g, w)).filter(|c| !c.reaped) {
+            self.signal_stop(g, w, c);
+        }
+        if let Some(c) = self.map.get_mut(&(g, w)) {
+            c.stopped = true;
+        }
+    }
+
+    fn signal_stop(&self, g: Generation, w: u32, c: &Child) {
         let s = self.command.stop_signal;
-        log::debug!("{g} (pid {}): sending {s}", c.pid);
+        let who = self.who_worker(g, w);
+        log::debug!("{who}: sending {s}");
         if let Err(e) = kill(c.pid, s) {
-            log::warn!("{g} (pid {}): send {s}: {e}", c.pid);
+            log::warn!("{who}: send {s}: {e}");
         }
         let _ = kill(c.pid, Signal::SIGCONT);
     }
 
-    /// Pass signal `sig` on to `g` (a signal the supervisor does not handle
-    /// itself).
+    /// Pass signal `sig` on to `g`'s workers (a signal the supervisor does
+    /// not handle itself).
     pub fn forward(&self, g: Generation, sig: Signal) {
-        if let Some(c) = self.map.get(&g).filter(|c| !c.reaped)
-            && let Err(e) = kill(c.pid, sig)
-        {
-            log::warn!("{g} (pid {}): forward {sig}: {e}", c.pid);
+        for (w, c) in self.of(g).filter(|(_, c)| !c.reaped) {
+            if let Err(e) = kill(c.pid, sig) {
+                log::warn!("{}: forward {sig}: {e}", self.who_worker(g, w));
+            }
         }
     }
 
-    /// SIGKILL `g`'s whole process group.
+    /// SIGKILL the process group of each of `g`'s workers.
     pub fn kill(&self, g: Generation) {
-        let Some(c) = self.map.get(&g).filter(|c| !c.reaped) else {
+        let workers: Vec<u32> = self.of(g).map(|(w, _)| w).collect();
+        for w in workers {
+            self.kill_worker(g, w);
+        }
+    }
+
+    /// SIGKILL worker `w` of `g`'s process group.
+    pub fn kill_worker(&self, g: Generation, w: u32) {
+        let Some(c) = self.map.get(&(g, w)).filter(|c| !c.reaped) else {
             return;
         };
-        log::debug!("{g} (pid {}): sending SIGKILL to its process group", c.pid);
+        log::debug!(
+            "{}: sending SIGKILL to its process group",
+            self.who_worker(g, w)
+        );
         let _ = killpg(c.pid, Signal::SIGKILL);
         let _ = kill(c.pid, Signal::SIGKILL);
     }
@@ -322,12 +409,12 @@ impl Children {
                     return out;
                 }
             };
-            let generation = self
+            let worker = self
                 .map
                 .iter()
                 .find(|(_, c)| c.pid == pid && !c.reaped)
-                .map(|(g, _)| *g);
-            if generation.is_some() {
+                .map(|(k, _)| *k);
+            if worker.is_some() {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
             let status = match waitpid(pid, None) {
@@ -339,13 +426,13 @@ impl Children {
                     return out;
                 }
             };
-            if let Some(g) = generation
-                && let Some(c) = self.map.get_mut(&g)
+            if let Some(k) = worker
+                && let Some(c) = self.map.get_mut(&k)
             {
                 c.reaped = true;
             }
             out.push(Reaped {
-                generation,
+                worker,
                 pid,
                 status,
             });
@@ -355,43 +442,37 @@ impl Children {
     /// Forget reaped children whose exit has been handled (`handled`): kept
     /// until then so that the events about them can name their pids (one
     /// SIGCHLD may reap several, whose exits are handled one by one).
-    pub fn forget_reaped(&mut self, handled: impl Fn(Generation) -> bool) -> Vec<Generation> {
-        let gone: Vec<Generation> = self
-            .map
-            .iter()
-            .filter(|(g, c)| c.reaped && handled(**g))
-            .map(|(g, _)| *g)
-            .collect();
-        for g in &gone {
-            self.map.remove(g);
-        }
-        gone
+    pub fn forget_reaped(&mut self, handled: impl Fn(Generation, u32) -> bool) {
+        self.map.retain(|(g, w), c| !(c.reaped && handled(*g, *w)));
     }
 
-    /// Read `g`'s notify socket: the messages that arrived, in order.
-    /// Rejected datagrams are logged and dropped; a new `STATUS=` is
-    /// remembered.
-    pub fn read_notify(&mut self, g: Generation) -> Vec<Message> {
+    /// Read worker `w` of `g`'s notify socket: the messages that arrived,
+    /// in order. Rejected datagrams are logged and dropped; a new
+    /// `STATUS=` is remembered.
+    pub fn read_notify(&mut self, g: Generation, w: u32) -> Vec<Message> {
         let mut out = Vec::new();
         for _ in 0..NOTIFY_BATCH {
-            let Some(c) = self.map.get(&g) else {
+            let Some(c) = self.map.get(&(g, w)) else {
                 break;
             };
             let msg = match c.notify.recv() {
                 Ok(None) => break,
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(why))) => {
-                    log::warn!("{}: dropped a notify message that {why}", self.who(g));
+                    log::warn!(
+                        "{}: dropped a notify message that {why}",
+                        self.who_worker(g, w)
+                    );
                     continue;
                 }
                 Err(e) => {
-                    log::warn!("{}: {e:#}", self.who(g));
+                    log::warn!("{}: {e:#}", self.who_worker(g, w));
                     break;
                 }
             };
             if let Some(text) = &msg.status {
-                let who = self.who(g);
-                if let Some(c) = self.map.get_mut(&g)
+                let who = self.who_worker(g, w);
+                if let Some(c) = self.map.get_mut(&(g, w))
                     && c.status.as_deref() != Some(text.as_str())
                 {
                     // Escaped: a child's text must not forge log lines.

@@ -20,12 +20,13 @@ with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET,
 SUPERVISOR_GENERATION and SUPERVISOR_CONTROL set, as systemd socket
 activation does (plus the control socket's path).
 
-Control commands (through the control socket): reload, status, stop;
-upgrade (re-execute the supervisor binary in place: same pid, children
-and sockets); fds (fetch the listeners with SCM_RIGHTS and exec a command
-with them); listen (open a listener at run time, kept for every later
-generation). --takeover PATH starts a supervisor that takes every socket
-of the one at PATH, which then drains and exits.
+Control commands (through the control socket): reload (all at once, or
+--rolling[=K], or --canary PCT [--promote-after DUR]), promote, rollback,
+status, stop; upgrade (re-execute the supervisor binary in place: same
+pid, children and sockets); fds (fetch the listeners with SCM_RIGHTS and
+exec a command with them); listen (open a listener at run time, kept for
+every later generation). --takeover PATH starts a supervisor that takes
+every socket of the one at PATH, which then drains and exits.
 
 Signals:
   SIGHUP                   reload: start a new generation; once it is ready,
@@ -54,7 +55,7 @@ SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
 #[command(
     name = "supervisor",
     version,
-    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload|status|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload [--rolling[=K] | --canary PCT [--promote-after DUR]] [--control PATH]\n       supervisor promote|rollback|status|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -81,6 +82,43 @@ pub enum Client {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the reload may still finish).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+        /// Replace the workers K at a time (default 1): never more than N+K
+        /// alive, each generation's share of new connections following its
+        /// ready workers; a new worker that fails rolls the reload back.
+        #[arg(long, value_name = "K", num_args = 0..=1, require_equals = true,
+              default_missing_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024),
+              conflicts_with = "canary")]
+        rolling: Option<u32>,
+        /// Start the new generation as a canary: once ready it gets PCT
+        /// percent of new connections until `supervisor promote` or
+        /// `supervisor rollback` (a crash of it rolls back at once).
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u32).range(1..=99))]
+        canary: Option<u32>,
+        /// With --canary: promote it by itself after DUR if it has not
+        /// crashed by then.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "canary")]
+        promote_after: Option<Duration>,
+    },
+    /// Finish a canary reload: the canary takes every new connection and
+    /// the old generation quiesces and stops (as a reload's switch).
+    Promote {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Undo a canary (or a rolling reload under way): the serving
+    /// generation takes every new connection back, the new one quiesces
+    /// and stops.
+    Rollback {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
         timeout: Option<Duration>,
     },
@@ -306,6 +344,19 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Run N processes of the command per generation (workers), each told
+    /// its index (SUPERVISOR_WORKER=0..N-1) and the count
+    /// (SUPERVISOR_WORKERS), all on the generation's sockets; a worker that
+    /// crashes is restarted alone.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// How SIGHUP and a plain `supervisor reload` replace the workers:
+    /// all-at-once (N new workers, then the switch), or rolling[=K] (K at
+    /// a time, never more than N+K alive).
+    #[arg(long, value_name = "HOW", default_value = "all-at-once", value_parser = parse_reload)]
+    pub reload: crate::machine::Strategy,
+
     /// The server command and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -364,6 +415,19 @@ impl From<Restart> for RestartPolicy {
     }
 }
 
+/// Parse `--reload`: `all-at-once`, `rolling` or `rolling=K`.
+pub fn parse_reload(s: &str) -> Result<crate::machine::Strategy, String> {
+    use crate::machine::Strategy;
+    match s {
+        "all-at-once" => Ok(Strategy::AllAtOnce),
+        "rolling" => Ok(Strategy::Rolling(1)),
+        _ => match s.strip_prefix("rolling=").map(str::parse::<u32>) {
+            Some(Ok(k)) if (1..=1024).contains(&k) => Ok(Strategy::Rolling(k)),
+            _ => Err("expected all-at-once, rolling or rolling=K (K from 1 to 1024)".into()),
+        },
+    }
+}
+
 /// Parse a duration (see [`supervisor::duration::parse`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     supervisor::duration::parse(s)
@@ -385,9 +449,12 @@ pub fn parse_ready(s: &str) -> Result<Ready, String> {
 /// most likely meant as one (`supervisor --control P reload`): the message
 /// that says how to write it.
 pub fn control_word_misplaced(e: &anyhow::Error, command: &std::ffi::OsStr) -> Option<String> {
-    let c = command
-        .to_str()
-        .filter(|c| ["reload", "status", "stop", "upgrade", "fds", "listen"].contains(c))?;
+    let c = command.to_str().filter(|c| {
+        [
+            "reload", "promote", "rollback", "status", "stop", "upgrade", "fds", "listen",
+        ]
+        .contains(c)
+    })?;
     Some(format!(
         "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
     ))
@@ -481,12 +548,91 @@ mod tests {
     }
 
     #[test]
+    fn workers_and_reload_strategies() {
+        let a = Cli::try_parse_from(["supervisor", "--workers", "4", "--reload", "rolling=2", "x"])
+            .unwrap();
+        assert_eq!(a.run.workers, 4);
+        assert_eq!(a.run.reload, crate::machine::Strategy::Rolling(2));
+        let a = Cli::try_parse_from(["supervisor", "x"]).unwrap();
+        assert_eq!(
+            (a.run.workers, a.run.reload),
+            (1, crate::machine::Strategy::AllAtOnce)
+        );
+        for bad in [
+            &["supervisor", "--workers", "0", "x"][..],
+            &["supervisor", "--reload", "rolling=0", "x"],
+            &["supervisor", "--reload", "canary", "x"],
+            &["supervisor", "reload", "--canary", "100"],
+            &["supervisor", "reload", "--canary", "0"],
+            &["supervisor", "reload", "--promote-after", "1m"],
+            &["supervisor", "reload", "--rolling", "--canary", "5"],
+            &["supervisor", "reload", "--rolling=0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(1)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling=3"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(3)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from([
+            "supervisor",
+            "reload",
+            "--canary",
+            "20",
+            "--promote-after",
+            "10m",
+        ])
+        .unwrap()
+        .client
+        {
+            Some(Client::Reload {
+                canary,
+                promote_after,
+                ..
+            }) => {
+                assert_eq!(canary, Some(20));
+                assert_eq!(promote_after, Some(Duration::from_secs(600)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "promote"])
+                .unwrap()
+                .client,
+            Some(Client::Promote { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "rollback", "--timeout", "5s"])
+                .unwrap()
+                .client,
+            Some(Client::Rollback { .. })
+        ));
+    }
+
+    #[test]
     fn control_commands() {
         let a = Cli::try_parse_from(["supervisor", "reload", "--timeout", "5s"]).unwrap();
         match a.client {
-            Some(Client::Reload { control, timeout }) => {
+            Some(Client::Reload {
+                control,
+                timeout,
+                rolling,
+                canary,
+                ..
+            }) => {
                 assert_eq!(control, None);
                 assert_eq!(timeout, Some(Duration::from_secs(5)));
+                assert_eq!((rolling, canary), (None, None));
             }
             other => panic!("parsed as {other:?}"),
         }

@@ -39,7 +39,26 @@ pub fn run(client: Client) -> i32 {
     // as any command does.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let (path, request, timeout) = match &client {
-        Client::Reload { control, timeout } => (control, Request::Reload, *timeout),
+        Client::Reload {
+            control,
+            timeout,
+            rolling,
+            canary,
+            promote_after,
+        } => {
+            use supervisor::parse::control::ReloadKind;
+            let request = match (rolling, canary) {
+                (Some(k), _) => Request::ReloadWith(ReloadKind::Rolling(*k)),
+                (None, Some(percent)) => Request::ReloadWith(ReloadKind::Canary {
+                    percent: *percent,
+                    promote_after: *promote_after,
+                }),
+                (None, None) => Request::Reload,
+            };
+            (control, request, *timeout)
+        }
+        Client::Promote { control, timeout } => (control, Request::Promote, *timeout),
+        Client::Rollback { control, timeout } => (control, Request::Rollback, *timeout),
         Client::Status { control, .. } => (control, Request::Status, Some(STATUS_TIMEOUT)),
         Client::Stop { control, timeout } => (control, Request::Stop, *timeout),
         // The supervisor bounds the check by the timeout; the exec and the
@@ -95,7 +114,9 @@ pub fn run(client: Client) -> i32 {
         Ok(text) => text,
         Err(text) => {
             let what = match request {
-                Request::Reload => "reload failed",
+                Request::Reload | Request::ReloadWith(_) => "reload failed",
+                Request::Promote => "promote failed",
+                Request::Rollback => "rollback failed",
                 Request::Status => "status failed",
                 Request::Stop => "stop failed",
                 Request::Upgrade(_) => "upgrade failed",
@@ -106,7 +127,10 @@ pub fn run(client: Client) -> i32 {
         }
     };
     match client {
-        Client::Reload { .. } | Client::Upgrade { .. } => {
+        Client::Reload { .. }
+        | Client::Upgrade { .. }
+        | Client::Promote { .. }
+        | Client::Rollback { .. } => {
             println!("{text}");
             0
         }

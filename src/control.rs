@@ -466,6 +466,13 @@ pub enum ControlEvent {
     /// Start a reload and answer `ConnId` with its outcome
     /// ([`ControlServer::answer`]).
     Reload(ConnId, i32),
+    /// A reload with its own strategy (rolling, canary), answered as
+    /// [`ControlEvent::Reload`].
+    ReloadWith(ConnId, i32, supervisor::parse::control::ReloadKind),
+    /// Promote the canary; answer with the outcome.
+    Promote(ConnId, i32),
+    /// Roll the canary (or rolling reload) back; answer with the outcome.
+    Rollback(ConnId, i32),
     /// Stop; answer `ConnId` when about to exit
     /// ([`ControlServer::answer_stop`]).
     Stop(ConnId, i32),
@@ -926,7 +933,14 @@ impl ControlServer {
             Ok(Request::Fds(names)) => Some(ControlEvent::Fds(id, pid, names)),
             Ok(Request::Listen(spec)) => Some(ControlEvent::Listen(id, pid, spec)),
             Ok(Request::Status) => Some(ControlEvent::Status(id)),
-            Ok(Request::Reload | Request::Stop | Request::Upgrade(_)) if waiting >= MAX_WAITERS => {
+            Ok(
+                Request::Reload
+                | Request::ReloadWith(_)
+                | Request::Promote
+                | Request::Rollback
+                | Request::Stop
+                | Request::Upgrade(_),
+            ) if waiting >= MAX_WAITERS => {
                 let why = format!("busy: {MAX_WAITERS} requests already wait for an outcome");
                 log::warn!("control connection from pid {pid}: {why}");
                 self.answer(id, false, &why, now);
@@ -936,6 +950,21 @@ impl ControlServer {
                 conn.stage = Stage::Waiting;
                 conn.deadline = None;
                 Some(ControlEvent::Reload(id, pid))
+            }
+            Ok(Request::ReloadWith(kind)) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::ReloadWith(id, pid, kind))
+            }
+            Ok(Request::Promote) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Promote(id, pid))
+            }
+            Ok(Request::Rollback) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Rollback(id, pid))
             }
             Ok(Request::Upgrade(timeout)) => {
                 conn.stage = Stage::Waiting;
@@ -1145,7 +1174,7 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(
             answer_of(&mut bad),
-            "error unknown request \"reboot\" (expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
+            "error unknown request \"reboot\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
         );
         assert_eq!(srv.deadline(), Some(now + REQUEST_TIMEOUT));
         srv.on_timeout(now + REQUEST_TIMEOUT);

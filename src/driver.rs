@@ -25,7 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::control::{self, ConnId, ControlEvent};
 use crate::health;
-use crate::machine::{Action, Event, Generation, Input, Machine, Ticket};
+use crate::machine::{Action, Event, Generation, Input, Machine, Strategy, Ticket};
 use crate::manager::View;
 use crate::parts::{Parts, Watch};
 use crate::report::Report;
@@ -245,7 +245,7 @@ impl Driver {
                 let now = Instant::now();
                 match w {
                     Watch::Signals => {}
-                    Watch::Notify(g) => self.read_notify(g),
+                    Watch::Notify(g, w) => self.read_notify(g, w),
                     Watch::Control(c) => {
                         for e in self.parts.control.on_ready(c, now) {
                             self.control_event(e);
@@ -354,8 +354,8 @@ impl Driver {
             match sig {
                 Signal::SIGCHLD => {
                     for r in self.parts.children.reap() {
-                        match r.generation {
-                            Some(g) => self.feed(Input::Exited(g, r.status)),
+                        match r.worker {
+                            Some((g, w)) => self.feed(Input::WorkerExited(g, w, r.status)),
                             None => log::debug!(
                                 "reaped orphan pid {}: {}",
                                 r.pid,
@@ -388,13 +388,13 @@ impl Driver {
         Ok(())
     }
 
-    fn read_notify(&mut self, g: Generation) {
-        for msg in self.parts.children.read_notify(g) {
+    fn read_notify(&mut self, g: Generation, w: u32) {
+        for msg in self.parts.children.read_notify(g, w) {
             if msg.stopping {
-                log::info!("{} is stopping", self.parts.children.who(g));
+                log::info!("{} is stopping", self.parts.children.who_worker(g, w));
             } else if msg.ready {
                 // STOPPING beats READY in one message, as systemd has it.
-                self.feed(Input::Ready(g));
+                self.feed(Input::WorkerReady(g, w));
             }
         }
     }
@@ -495,6 +495,39 @@ impl Driver {
                 log::info!("reload requested (control socket, pid {pid})");
                 self.reload(Some(id));
             }
+            ControlEvent::ReloadWith(id, ..)
+            | ControlEvent::Promote(id, _)
+            | ControlEvent::Rollback(id, _)
+                if self.refused_during_handover(Some(id)) => {}
+            ControlEvent::ReloadWith(id, pid, kind) => {
+                use supervisor::parse::control::ReloadKind;
+                let strategy = match kind {
+                    ReloadKind::Rolling(k) => Strategy::Rolling(k),
+                    ReloadKind::Canary {
+                        percent,
+                        promote_after,
+                    } => Strategy::Canary {
+                        percent,
+                        promote_after,
+                    },
+                };
+                log::info!("reload requested (control socket, pid {pid}): {strategy:?}");
+                let t = self.ticket(Some(id));
+                if let Some(m) = &mut self.parts.manager {
+                    m.reload_requested();
+                }
+                self.feed(Input::ReloadWith(t, strategy));
+            }
+            ControlEvent::Promote(id, pid) => {
+                log::info!("promote requested (control socket, pid {pid})");
+                let t = self.ticket(Some(id));
+                self.feed(Input::Promote(t));
+            }
+            ControlEvent::Rollback(id, pid) => {
+                log::info!("rollback requested (control socket, pid {pid})");
+                let t = self.ticket(Some(id));
+                self.feed(Input::Rollback(t));
+            }
             ControlEvent::Fds(id, pid, names) => {
                 let now = Instant::now();
                 match self.parts.steering.fetch(&names) {
@@ -557,21 +590,36 @@ impl Driver {
         }
     }
 
-    /// Ask for a reload (SIGHUP, or a control request to answer).
-    fn reload(&mut self, waiter: Option<ConnId>) {
-        if let Some(h) = &self.parts.handover {
-            let why = format!("supervisor pid {} is taking over: no reload here", h.peer);
-            log::warn!("reload refused: {why}");
-            if let Some(id) = waiter {
-                self.parts.control.answer(id, false, &why, Instant::now());
-            }
-            return;
-        }
+    /// A new ticket, its answer going to `waiter` if any.
+    fn ticket(&mut self, waiter: Option<ConnId>) -> Ticket {
         self.next_ticket += 1;
         let t = self.next_ticket;
         if let Some(id) = waiter {
             self.reload_waiters.insert(t, id);
         }
+        t
+    }
+
+    /// Refuse a reload, promote or rollback while another supervisor takes
+    /// over (answering `waiter`); whether it was refused.
+    fn refused_during_handover(&mut self, waiter: Option<ConnId>) -> bool {
+        let Some(h) = &self.parts.handover else {
+            return false;
+        };
+        let why = format!("supervisor pid {} is taking over: no reload here", h.peer);
+        log::warn!("reload refused: {why}");
+        if let Some(id) = waiter {
+            self.parts.control.answer(id, false, &why, Instant::now());
+        }
+        true
+    }
+
+    /// Ask for a reload (SIGHUP, or a control request to answer).
+    fn reload(&mut self, waiter: Option<ConnId>) {
+        if self.refused_during_handover(waiter) {
+            return;
+        }
+        let t = self.ticket(waiter);
         if let Some(m) = &mut self.parts.manager {
             m.reload_requested();
         }
@@ -870,9 +918,45 @@ impl Driver {
         while let Some(action) = self.machine.poll_action() {
             let now = Instant::now();
             match action {
-                Action::Spawn(g) => self.spawn(g, now),
+                Action::Spawn(g) => {
+                    let n = self.machine.workers_per_generation();
+                    for w in 0..n {
+                        if !self.machine.worker_alive(g, w) || self.spawn(g, w) {
+                            continue;
+                        }
+                        // A worker that could not be spawned failed the
+                        // start: the ones after it are never started.
+                        for rest in w + 1..n {
+                            let why = format!("not started: worker {w} could not be");
+                            self.machine
+                                .handle(now, Input::WorkerSpawnFailed(g, rest, why));
+                        }
+                        break;
+                    }
+                    if self.machine.worker_alive(g, 0)
+                        && let Some(p) = &mut self.parts.prober
+                        && let Err(e) = p.start(g, &self.parts.steering, now)
+                    {
+                        log::error!("{g}: cannot probe its readiness: {e:#}");
+                    }
+                }
+                Action::SpawnWorker(g, w) => {
+                    // A rolling reload's first workers are probed as a
+                    // generation is.
+                    let first = self.machine.starting() == Some(g) && !self.parts.children.has(g);
+                    if self.spawn(g, w)
+                        && first
+                        && let Some(p) = &mut self.parts.prober
+                        && let Err(e) = p.start(g, &self.parts.steering, now)
+                    {
+                        log::error!("{g}: cannot probe its readiness: {e:#}");
+                    }
+                }
                 Action::Stop(g) => self.parts.children.stop(g),
                 Action::Kill(g) => self.parts.children.kill(g),
+                Action::StopWorker(g, w) => self.parts.children.stop_worker(g, w),
+                Action::KillWorker(g, w) => self.parts.children.kill_worker(g, w),
+                Action::Split(shares) => self.parts.steering.split(&shares, &mut self.notices),
                 Action::Route(g) => {
                     self.parts.steering.route(g, &mut self.notices);
                     if let Some(p) = &mut self.parts.prober {
@@ -921,10 +1005,17 @@ impl Driver {
             }
         }
         let machine = &self.machine;
-        for g in self.parts.children.forget_reaped(|g| !machine.knows(g)) {
-            self.parts.steering.release(g, &mut self.notices);
-            if let Some(p) = &mut self.parts.prober {
-                p.cancel(g, &mut self.parts.steering);
+        self.parts
+            .children
+            .forget_reaped(|g, w| !machine.worker_alive(g, w));
+        // A generation the machine is done with and no process of which is
+        // left gives its sockets back.
+        for g in self.parts.steering.owners() {
+            if !self.machine.knows(g) && !self.parts.children.has(g) {
+                self.parts.steering.release(g, &mut self.notices);
+                if let Some(p) = &mut self.parts.prober {
+                    p.cancel(g, &mut self.parts.steering);
+                }
             }
         }
         self.log_notices();
@@ -937,11 +1028,15 @@ impl Driver {
         }
     }
 
-    fn spawn(&mut self, g: Generation, now: Instant) {
+    /// Spawn worker `w` of `g` on `g`'s sockets; whether it started (a
+    /// failure is fed to the machine).
+    fn spawn(&mut self, g: Generation, w: u32) -> bool {
+        let now = Instant::now();
         if self.parts.steering.held() {
             let why = "another supervisor is taking over".to_string();
-            self.machine.handle(now, Input::SpawnFailed(g, why));
-            return;
+            self.machine
+                .handle(now, Input::WorkerSpawnFailed(g, w, why));
+            return false;
         }
         let steering = &mut self.parts.steering;
         let names: Vec<String> = steering.listeners().map(|(l, _)| l.name.clone()).collect();
@@ -951,19 +1046,19 @@ impl Driver {
             .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let fds = steering.sockets_for(g, &mut self.notices);
-        match self.parts.children.spawn(g, &fds, &names, &keys) {
+        match self.parts.children.spawn((g, w), &fds, &names, &keys) {
             Ok(pid) => {
-                log::info!("{g} (pid {pid}) started");
-                if let Some(p) = &mut self.parts.prober
-                    && let Err(e) = p.start(g, &self.parts.steering, now)
-                {
-                    log::error!("{g}: cannot probe its readiness: {e:#}");
+                if self.machine.workers_per_generation() > 1 {
+                    log::info!("{g} worker {w} (pid {pid}) started");
+                } else {
+                    log::info!("{g} (pid {pid}) started");
                 }
+                true
             }
             Err(e) => {
-                self.parts.steering.release(g, &mut self.notices);
                 self.machine
-                    .handle(now, Input::SpawnFailed(g, format!("{e:#}")));
+                    .handle(now, Input::WorkerSpawnFailed(g, w, format!("{e:#}")));
+                false
             }
         }
     }

@@ -5,7 +5,8 @@
 //! and every launcher-compatibility variable), plus the generation's own:
 //! `LISTEN_FDS`, `LISTEN_FDNAMES` (`LISTEN_PID` is written by the spawned
 //! child itself, see `spawn`), `NOTIFY_SOCKET`, `SUPERVISOR_GENERATION`,
-//! `SUPERVISOR_CONTROL`, and the `--compat` variables. Pure: it reads the environment it is
+//! `SUPERVISOR_WORKER`, `SUPERVISOR_WORKERS`, `SUPERVISOR_CONTROL`, and the
+//! `--compat` variables. Pure: it reads the environment it is
 //! given.
 
 use std::ffi::{OsStr, OsString};
@@ -16,7 +17,7 @@ use crate::compat::{self, Compat};
 
 /// Variables of the supervisor's own environment never passed to children:
 /// they describe the supervisor's launcher, not the child's.
-const STRIPPED: [&str; 10] = [
+const STRIPPED: [&str; 12] = [
     child::LISTEN_FDS,
     child::LISTEN_PID,
     child::LISTEN_FDNAMES,
@@ -25,6 +26,8 @@ const STRIPPED: [&str; 10] = [
     child::WATCHDOG_PID,
     child::WATCHDOG_USEC,
     child::SUPERVISOR_GENERATION,
+    child::SUPERVISOR_WORKER,
+    child::SUPERVISOR_WORKERS,
     child::SUPERVISOR_DRAIN_TIMEOUT_MS,
     child::SUPERVISOR_CONTROL,
 ];
@@ -43,6 +46,8 @@ pub struct Inputs<'a> {
     pub notify: &'a OsStr,
     /// The generation's number.
     pub generation: u64,
+    /// The worker's index and the number of workers per generation.
+    pub worker: (u32, u32),
     /// The drain timeout, passed on so that a server can finish first.
     pub drain_timeout: std::time::Duration,
     /// Launcher-compatibility variables to add.
@@ -81,6 +86,14 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
     env.push((
         child::SUPERVISOR_GENERATION.into(),
         i.generation.to_string().into(),
+    ));
+    env.push((
+        child::SUPERVISOR_WORKER.into(),
+        i.worker.0.to_string().into(),
+    ));
+    env.push((
+        child::SUPERVISOR_WORKERS.into(),
+        i.worker.1.to_string().into(),
     ));
     env.push((
         child::SUPERVISOR_DRAIN_TIMEOUT_MS.into(),
@@ -124,6 +137,7 @@ mod tests {
             starter_keys: &["8080".into(), "9090".into()],
             notify: OsStr::new("/tmp/n/3"),
             generation: 3,
+            worker: (1, 4),
             drain_timeout: std::time::Duration::from_secs(30),
             compat: &compat,
             supervisor_pid: 10,
@@ -141,6 +155,8 @@ mod tests {
         assert_eq!(get("LISTEN_PID"), None);
         assert_eq!(get("NOTIFY_SOCKET").as_deref(), Some("/tmp/n/3"));
         assert_eq!(get("SUPERVISOR_GENERATION").as_deref(), Some("3"));
+        assert_eq!(get("SUPERVISOR_WORKER").as_deref(), Some("1"));
+        assert_eq!(get("SUPERVISOR_WORKERS").as_deref(), Some("4"));
         assert_eq!(get("SUPERVISOR_DRAIN_TIMEOUT_MS").as_deref(), Some("30000"));
         assert_eq!(
             get("SUPERVISOR_CONTROL").as_deref(),

@@ -12,9 +12,28 @@
 //! *quiesces* until the driver reports its own queue empty for a quiet
 //! period (or a bound passes), and only then gets its stop signal.
 //!
+//! With `--workers N` ([`Config::workers`]) a generation is N processes of
+//! the command (workers `0..N`), all on the generation's sockets. The
+//! generation is ready once every worker is; a worker of the serving
+//! generation that exits is restarted alone, with its own backoff
+//! ([`Action::SpawnWorker`]), while the others serve. Besides the default
+//! reload (all at once: N new workers, switch, quiesce the old ones), a
+//! reload may be *rolling* ([`Strategy::Rolling`]: K new workers at a time,
+//! each generation's share of new connections following its number of
+//! ready workers ([`Action::Split`]), an old worker stopped for each new
+//! one ready, never more than N+K workers alive, the last old workers
+//! quiescing as a replaced generation does; a new worker that fails rolls
+//! the whole reload back) or a *canary* ([`Strategy::Canary`]: the new
+//! generation, once ready, gets a fixed share until [`Input::Promote`]
+//! (or a deadline) switches to it or [`Input::Rollback`] (or a crash of the
+//! canary) retires it).
+//!
 //! Invariants, checked after every input:
-//! - at most one generation is starting and at most one is active; any number
-//!   may be quiescing or draining;
+//! - at most one generation is starting, at most one is active and at most
+//!   one is a canary (only beside an active one); any number may be
+//!   quiescing or draining;
+//! - during a rolling reload no worker is spawned that would make more than
+//!   N+K workers alive;
 //! - time never goes backwards between inputs;
 //! - an active generation is only ever stopped once a newer one is ready (or
 //!   the whole supervisor stops);
@@ -126,6 +145,12 @@ pub struct Config {
     /// On a stop request, keep serving this long first (for an
     /// orchestrator to take the service out of rotation).
     pub shutdown_delay: Duration,
+    /// Processes per generation (`--workers`), at least 1.
+    pub workers: u32,
+    /// How a plain reload (SIGHUP, `supervisor reload`) replaces the
+    /// serving generation: [`Strategy::AllAtOnce`] or
+    /// [`Strategy::Rolling`].
+    pub reload: Strategy,
 }
 
 /// The start limit, as systemd's `StartLimitBurst=` and
@@ -152,6 +177,25 @@ pub struct Quiesce {
     pub poll: Duration,
 }
 
+/// How a reload replaces the serving generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Strategy {
+    /// N new workers; switch once all are ready; the old ones quiesce and
+    /// stop.
+    AllAtOnce,
+    /// Replace the workers K at a time (at most N+K alive), the share of
+    /// new connections following the ready workers of each generation.
+    Rolling(u32),
+    /// Start the new generation and, once ready, give it `percent` of the
+    /// new connections until it is promoted or rolled back.
+    Canary {
+        /// The new generation's share, 1 to 99.
+        percent: u32,
+        /// Promote by itself after this long if the canary has not crashed.
+        promote_after: Option<Duration>,
+    },
+}
+
 /// Why a generation started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Cause {
@@ -174,6 +218,20 @@ pub enum StartFailure {
     NotReady(Duration),
     /// The supervisor began to stop while it was starting.
     Stopping,
+    /// `rollback` was asked for while it was starting.
+    RolledBack,
+}
+
+/// A short description of a failure, for the machine's own texts.
+fn describe(why: &StartFailure) -> String {
+    match why {
+        StartFailure::Spawn(e) => format!("could not be started: {e}"),
+        StartFailure::Exited(ExitStatus::Code(c)) => format!("exited with status {c}"),
+        StartFailure::Exited(ExitStatus::Signal(n)) => format!("was killed by signal {n}"),
+        StartFailure::NotReady(d) => format!("was not ready within {}ms", d.as_millis()),
+        StartFailure::Stopping => "was stopped: the supervisor is stopping".into(),
+        StartFailure::RolledBack => "was rolled back".into(),
+    }
 }
 
 /// The answer to a reload request.
@@ -201,6 +259,33 @@ pub enum ReloadOutcome {
     },
     /// The request was refused without starting anything.
     Refused(Refusal),
+    /// A canary generation is ready and receives `percent` of the new
+    /// connections; `serving` keeps the rest.
+    Canary {
+        /// The canary.
+        generation: Generation,
+        /// Time from spawn to ready.
+        after: Duration,
+        /// Its share of new connections.
+        percent: u32,
+        /// The generation that keeps the rest.
+        serving: Generation,
+    },
+    /// `promote`: the canary serves everything; `replaced` quiesces.
+    Promoted {
+        /// The generation now serving.
+        generation: Generation,
+        /// The generation it replaced.
+        replaced: Generation,
+    },
+    /// `rollback`: `serving` takes everything back; `generation` quiesces
+    /// and stops.
+    RolledBack {
+        /// The canary (or rolling) generation retired.
+        generation: Generation,
+        /// The generation serving everything again.
+        serving: Generation,
+    },
 }
 
 /// Why a reload request was refused.
@@ -208,12 +293,34 @@ pub enum ReloadOutcome {
 pub enum Refusal {
     /// The supervisor is stopping.
     Stopping,
+    /// A canary runs: it must be promoted or rolled back first.
+    CanaryRunning(Generation),
+    /// `promote` or `rollback` with no canary (or rolling reload) to act on.
+    NothingToPromote,
+    /// `promote` during a rolling reload (it promotes itself as it goes).
+    Rolling(Generation),
+    /// A canary or rolling reload with no generation serving to compare
+    /// with.
+    NothingServing,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::Stopping => write!(f, "the supervisor is stopping"),
+            Refusal::CanaryRunning(g) => write!(
+                f,
+                "{g} is a canary: `supervisor promote` or `supervisor rollback` first"
+            ),
+            Refusal::NothingToPromote => write!(f, "no canary or rolling reload is under way"),
+            Refusal::Rolling(g) => write!(
+                f,
+                "{g} is rolling in: it takes over worker by worker (`supervisor rollback` stops it)"
+            ),
+            Refusal::NothingServing => write!(
+                f,
+                "no generation is serving (a plain `supervisor reload` starts one)"
+            ),
         }
     }
 }
@@ -308,6 +415,64 @@ pub enum Event {
         /// The status the supervisor exits with.
         status: ExitStatus,
     },
+    /// A worker of a serving generation exited on its own.
+    WorkerCrashed {
+        /// Its generation.
+        generation: Generation,
+        /// Its index.
+        worker: u32,
+        /// How it exited.
+        status: ExitStatus,
+        /// When it will be restarted, if it will.
+        restart_in: Option<Duration>,
+    },
+    /// A restarted worker (or one of a rolling reload) was not ready in
+    /// time and was stopped.
+    WorkerNotReady {
+        /// Its generation.
+        generation: Generation,
+        /// Its index.
+        worker: u32,
+    },
+    /// A rolling reload stopped one old worker (a new one took its share).
+    WorkerRetired {
+        /// Its generation.
+        generation: Generation,
+        /// Its index.
+        worker: u32,
+    },
+    /// The shares of new connections changed (rolling reload, canary).
+    Split {
+        /// Each generation's share, in percent, summing to 100.
+        shares: Vec<(Generation, u32)>,
+    },
+    /// A canary is ready and gets its share.
+    Canary {
+        /// The canary.
+        generation: Generation,
+        /// Its share.
+        percent: u32,
+        /// Time from spawn to ready.
+        after: Duration,
+    },
+    /// The canary now serves everything (asked, or its time was up).
+    Promoted {
+        /// The canary.
+        generation: Generation,
+        /// The generation it replaced.
+        replaced: Generation,
+        /// `promote-after` ran out (else a request).
+        automatic: bool,
+    },
+    /// A canary or rolling reload was rolled back.
+    RolledBack {
+        /// The new generation, retired.
+        generation: Generation,
+        /// The generation serving everything again.
+        serving: Generation,
+        /// Why (`asked`, or what failed).
+        why: String,
+    },
     /// A graceful stop began.
     Stopping,
     /// Another supervisor took over: the generations are replaced by its
@@ -320,9 +485,21 @@ pub enum Event {
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Fork and exec this generation; report failure as
-    /// [`Input::SpawnFailed`].
+    /// Fork and exec this generation's workers (all of them, `0..N`);
+    /// report a failure as [`Input::WorkerSpawnFailed`] (and spawn no more
+    /// of them).
     Spawn(Generation),
+    /// Fork and exec one worker of a generation (a restart, or a rolling
+    /// reload's next worker); it gets the generation's sockets.
+    SpawnWorker(Generation, u32),
+    /// Send one worker its stop signal.
+    StopWorker(Generation, u32),
+    /// SIGKILL one worker's process group.
+    KillWorker(Generation, u32),
+    /// Share new connections between generations by weight (steer mode):
+    /// each generation's share, in percent. Empty: everything to the routed
+    /// generation again.
+    Split(Vec<(Generation, u32)>),
     /// Send this generation its stop signal.
     Stop(Generation),
     /// SIGKILL this generation's whole process group.
@@ -344,12 +521,9 @@ pub enum Action {
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// The generation sent `READY=1`.
+    /// The whole generation is ready (a readiness probe passed; or, with
+    /// one worker, it sent `READY=1`).
     Ready(Generation),
-    /// The generation was reaped.
-    Exited(Generation, ExitStatus),
-    /// The generation could not be spawned (no process exists for it).
-    SpawnFailed(Generation, String),
     /// Reload requested (SIGHUP or a control request).
     Reload(Ticket),
     /// Stop requested (SIGTERM, SIGINT); a second one forces.
@@ -359,6 +533,19 @@ pub enum Input {
     /// Another supervisor took over and serves: every generation goes as a
     /// replaced one does (quiesce, stop, drain), then exit with status 0.
     HandOff,
+    /// A reload with a strategy other than the configured one.
+    ReloadWith(Ticket, Strategy),
+    /// Finish a canary: it serves everything, the old generation quiesces.
+    Promote(Ticket),
+    /// Undo a canary or a rolling reload: the old generation serves
+    /// everything, the new one quiesces and stops.
+    Rollback(Ticket),
+    /// A worker sent `READY=1`.
+    WorkerReady(Generation, u32),
+    /// A worker was reaped.
+    WorkerExited(Generation, u32, ExitStatus),
+    /// A worker could not be spawned.
+    WorkerSpawnFailed(Generation, u32, String),
 }
 
 /// How a generation ended.
@@ -368,6 +555,17 @@ enum Ended {
     Exited(ExitStatus),
     /// It could not be spawned (no process ever existed).
     SpawnFailed(String),
+}
+
+/// Which deadline of a worker passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkerDue {
+    /// Started alone, must be ready.
+    Ready,
+    /// Its restart.
+    Restart,
+    /// Stopped alone, must be killed.
+    Kill,
 }
 
 /// Which deadline of a generation passed.
@@ -431,6 +629,116 @@ enum State {
         #[serde(with = "crate::upgrade::mono::opt")]
         deadline: Option<Instant>,
     },
+    /// Ready, receiving a share of new connections beside the active
+    /// generation, until promoted or rolled back.
+    Canary {
+        #[serde(with = "crate::upgrade::mono")]
+        since: Instant,
+    },
+}
+
+/// One worker of a generation.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Worker {
+    state: WorkerState,
+    /// Consecutive crashes since its last healthy run, for its backoff.
+    failures: u32,
+    /// Times it was restarted.
+    restarts: u64,
+}
+
+/// Where one worker is. A worker is *alive* (has a process) while
+/// starting, ready or retiring.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum WorkerState {
+    /// No process: not spawned yet (rolling reload), or gone for good.
+    Vacant,
+    /// Spawned, not ready yet. The deadline counts for a worker started
+    /// alone (a restart, a rolling reload's); a generation started whole
+    /// has the generation's deadline.
+    Starting {
+        #[serde(with = "crate::upgrade::mono")]
+        spawned: Instant,
+        #[serde(with = "crate::upgrade::mono")]
+        deadline: Instant,
+    },
+    /// Ready.
+    Ready {
+        #[serde(with = "crate::upgrade::mono")]
+        since: Instant,
+    },
+    /// Sent its stop signal alone; SIGKILL at the deadline (`None` once
+    /// sent). `restart`: started again once reaped (it was not ready in
+    /// time).
+    Retiring {
+        #[serde(with = "crate::upgrade::mono")]
+        since: Instant,
+        #[serde(with = "crate::upgrade::mono::opt")]
+        deadline: Option<Instant>,
+        restart: bool,
+    },
+    /// Crashed; restarted at this time.
+    Backoff {
+        #[serde(with = "crate::upgrade::mono")]
+        at: Instant,
+    },
+    /// Exited, and not started again (the crash policy, or its generation
+    /// is going).
+    Exited,
+}
+
+impl Worker {
+    fn vacant() -> Worker {
+        Worker {
+            state: WorkerState::Vacant,
+            failures: 0,
+            restarts: 0,
+        }
+    }
+}
+
+impl WorkerState {
+    fn alive(&self) -> bool {
+        matches!(
+            self,
+            WorkerState::Starting { .. } | WorkerState::Ready { .. } | WorkerState::Retiring { .. }
+        )
+    }
+}
+
+/// A reload in progress that is more than one switch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Rollout {
+    /// `new` replaces `old` K workers at a time.
+    Rolling {
+        old: Generation,
+        new: Generation,
+        k: u32,
+    },
+    /// `new` starts whole; once ready it is a canary with `percent`.
+    Canary {
+        old: Generation,
+        new: Generation,
+        percent: u32,
+        promote_after: Option<Duration>,
+        /// Once it is a canary with `promote_after`: when it is promoted.
+        #[serde(with = "crate::upgrade::mono::opt")]
+        promote_at: Option<Instant>,
+    },
+}
+
+impl Rollout {
+    fn new_generation(&self) -> Generation {
+        match self {
+            Rollout::Rolling { new, .. } | Rollout::Canary { new, .. } => *new,
+        }
+    }
+
+    fn old_generation(&self) -> Generation {
+        match self {
+            Rollout::Rolling { old, .. } | Rollout::Canary { old, .. } => *old,
+        }
+    }
 }
 
 /// The lifecycle state machine. See the module documentation.
@@ -459,6 +767,18 @@ pub struct Machine {
     now: Instant,
     /// When the recent starts counted by the start limit happened.
     starts: VecDeque<Instant>,
+    /// Each generation's workers (index = worker number).
+    pools: BTreeMap<Generation, Vec<Worker>>,
+    /// The rolling or canary reload under way.
+    rollout: Option<Rollout>,
+    /// The strategy of the queued reload.
+    queued_strategy: Option<Strategy>,
+    /// The shares last asked of steering (empty: all to the routed one).
+    split: Vec<(Generation, u32)>,
+    /// After a rolled-back rolling reload, workers of the serving
+    /// generation are started again only while fewer than N + this many
+    /// are alive.
+    surge: u32,
     actions: VecDeque<Action>,
 }
 
@@ -483,6 +803,16 @@ pub struct Saved {
     now: Instant,
     #[serde(with = "crate::upgrade::mono::seq")]
     starts: VecDeque<Instant>,
+    #[serde(default)]
+    pools: Vec<(Generation, Vec<Worker>)>,
+    #[serde(default)]
+    rollout: Option<Rollout>,
+    #[serde(default)]
+    queued_strategy: Option<Strategy>,
+    #[serde(default)]
+    split: Vec<(Generation, u32)>,
+    #[serde(default)]
+    surge: u32,
 }
 
 /// Where a generation is in its life (for status reports).
@@ -496,16 +826,50 @@ pub enum Phase {
     Quiescing,
     /// Sent its stop signal; finishing its work.
     Draining,
+    /// Ready, receiving a share of new connections beside the active one.
+    Canary,
 }
 
 impl Phase {
-    /// `starting`, `active` or `draining`.
+    /// `starting`, `active`, `quiescing`, `draining` or `canary`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
             Phase::Active => "active",
             Phase::Quiescing => "quiescing",
             Phase::Draining => "draining",
+            Phase::Canary => "canary",
+        }
+    }
+}
+
+/// Where a worker is (for status reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerPhase {
+    /// No process (not started yet in a rolling reload, or gone).
+    Vacant,
+    /// Started, not ready yet.
+    Starting,
+    /// Ready.
+    Ready,
+    /// Stopped alone (rolling reload), or stopped for not being ready.
+    Retiring,
+    /// Crashed, waiting for its restart.
+    Backoff,
+    /// Exited, not to be started again.
+    Exited,
+}
+
+impl WorkerPhase {
+    /// `vacant`, `starting`, `ready`, `retiring`, `backoff` or `exited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPhase::Vacant => "vacant",
+            WorkerPhase::Starting => "starting",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Retiring => "retiring",
+            WorkerPhase::Backoff => "backoff",
+            WorkerPhase::Exited => "exited",
         }
     }
 }
@@ -528,6 +892,11 @@ impl Machine {
             restarts: 0,
             now,
             starts: VecDeque::new(),
+            pools: BTreeMap::new(),
+            rollout: None,
+            queued_strategy: None,
+            split: Vec::new(),
+            surge: 1,
             actions: VecDeque::new(),
         };
         m.spawn(now, Cause::Initial, Vec::new());
@@ -558,6 +927,11 @@ impl Machine {
             restarts: self.restarts,
             now: self.now,
             starts: self.starts.clone(),
+            pools: self.pools.iter().map(|(g, p)| (*g, p.clone())).collect(),
+            rollout: self.rollout.clone(),
+            queued_strategy: self.queued_strategy,
+            split: self.split.clone(),
+            surge: self.surge,
         }
     }
 
@@ -580,8 +954,45 @@ impl Machine {
             restarts: saved.restarts,
             now: saved.now.max(now),
             starts: saved.starts,
+            pools: saved.pools.into_iter().collect(),
+            rollout: saved.rollout,
+            queued_strategy: saved.queued_strategy,
+            split: saved.split,
+            surge: saved.surge.max(1),
             actions: VecDeque::new(),
         }
+        .with_pools()
+    }
+
+    /// A state saved by a version without workers has no pools: each
+    /// generation gets its one worker, in its generation's phase.
+    fn with_pools(mut self) -> Machine {
+        let gens: Vec<(Generation, State)> = self
+            .generations
+            .iter()
+            .filter(|(g, _)| !self.pools.contains_key(g))
+            .map(|(g, s)| (*g, s.clone()))
+            .collect();
+        for (g, s) in gens {
+            let state = match s {
+                State::Starting {
+                    spawned, deadline, ..
+                } => WorkerState::Starting { spawned, deadline },
+                State::Active { since } | State::Canary { since } => WorkerState::Ready { since },
+                State::Quiescing { since, .. } | State::Draining { since, .. } => {
+                    WorkerState::Ready { since }
+                }
+            };
+            self.pools.insert(
+                g,
+                vec![Worker {
+                    state,
+                    failures: 0,
+                    restarts: 0,
+                }],
+            );
+        }
+        self
     }
 
     /// What to do when the active generation exits on its own, from now.
@@ -597,17 +1008,122 @@ impl Machine {
 
     /// When [`Machine::handle_timeout`] must be called next, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let timers = self.generations.values().filter_map(|s| match s {
+        let rolling = self.rolling_new();
+        let timers = self.generations.iter().filter_map(|(g, s)| match s {
+            State::Starting { .. } if Some(*g) == rolling => None,
             State::Starting { deadline, .. } => Some(*deadline),
             State::Draining { deadline, .. } => *deadline,
             State::Quiescing { check_at, .. } => Some(*check_at),
-            State::Active { .. } => None,
+            State::Active { .. } | State::Canary { .. } => None,
         });
         let delay = match self.stopping {
             Stopping::Delay(until) => Some(until),
             _ => None,
         };
-        timers.chain(self.restart_at).chain(delay).min()
+        let promote = match &self.rollout {
+            Some(Rollout::Canary { promote_at, .. }) => *promote_at,
+            _ => None,
+        };
+        let workers = self.worker_timers().into_iter().map(|(_, _, t, _)| t);
+        timers
+            .chain(self.restart_at)
+            .chain(delay)
+            .chain(promote)
+            .chain(workers)
+            .min()
+    }
+
+    /// The deadlines of workers handled one by one: restarts due, workers
+    /// started alone that must be ready, workers stopped alone that must
+    /// be killed.
+    fn worker_timers(&self) -> Vec<(Generation, u32, Instant, WorkerDue)> {
+        let rolling = self.rolling_new();
+        let mut out = Vec::new();
+        for (g, pool) in &self.pools {
+            let state = self.generations.get(g);
+            let alone = matches!(state, Some(State::Active { .. } | State::Canary { .. }))
+                || Some(*g) == rolling;
+            let draining = matches!(state, Some(State::Draining { .. }));
+            for (w, worker) in pool.iter().enumerate() {
+                let w = w as u32;
+                match worker.state {
+                    WorkerState::Starting { deadline, .. } if alone => {
+                        out.push((*g, w, deadline, WorkerDue::Ready));
+                    }
+                    WorkerState::Backoff { at } if alone && !self.stopping() => {
+                        out.push((*g, w, at, WorkerDue::Restart));
+                    }
+                    WorkerState::Retiring {
+                        deadline: Some(d), ..
+                    } if !draining => out.push((*g, w, d, WorkerDue::Kill)),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The generation of a rolling reload under way, if any.
+    fn rolling_new(&self) -> Option<Generation> {
+        match &self.rollout {
+            Some(Rollout::Rolling { new, .. }) => Some(*new),
+            _ => None,
+        }
+    }
+
+    /// The canary, once it is ready.
+    pub fn canary(&self) -> Option<Generation> {
+        self.find(|s| matches!(s, State::Canary { .. }))
+    }
+
+    /// The shares of new connections, in percent, while a rolling reload
+    /// or a canary splits them (empty otherwise: all to the active one).
+    pub fn shares(&self) -> &[(Generation, u32)] {
+        &self.split
+    }
+
+    /// Processes per generation.
+    pub fn workers_per_generation(&self) -> u32 {
+        self.cfg.workers.max(1)
+    }
+
+    /// Generation `g`'s workers: index, phase, since when, restarts.
+    pub fn workers(&self, g: Generation) -> Vec<(u32, WorkerPhase, Option<Instant>, u64)> {
+        let Some(pool) = self.pools.get(&g) else {
+            return Vec::new();
+        };
+        pool.iter()
+            .enumerate()
+            .map(|(w, worker)| {
+                let (phase, since) = match worker.state {
+                    WorkerState::Vacant => (WorkerPhase::Vacant, None),
+                    WorkerState::Starting { spawned, .. } => (WorkerPhase::Starting, Some(spawned)),
+                    WorkerState::Ready { since } => (WorkerPhase::Ready, Some(since)),
+                    WorkerState::Retiring { since, .. } => (WorkerPhase::Retiring, Some(since)),
+                    WorkerState::Backoff { .. } => (WorkerPhase::Backoff, None),
+                    WorkerState::Exited => (WorkerPhase::Exited, None),
+                };
+                (w as u32, phase, since, worker.restarts)
+            })
+            .collect()
+    }
+
+    /// Whether worker `w` of `g` has a process the machine has not yet
+    /// seen exit.
+    pub fn worker_alive(&self, g: Generation, w: u32) -> bool {
+        self.pools
+            .get(&g)
+            .and_then(|p| p.get(w as usize))
+            .is_some_and(|x| x.state.alive())
+    }
+
+    /// Workers alive, every generation counted.
+    pub fn alive_workers(&self) -> u32 {
+        self.pools
+            .values()
+            .flat_map(|p| p.iter())
+            .filter(|w| w.state.alive())
+            .count() as u32
     }
 
     /// The generation currently serving, if any.
@@ -629,6 +1145,7 @@ impl Machine {
                 State::Active { since } => (*g, Phase::Active, *since),
                 State::Quiescing { since, .. } => (*g, Phase::Quiescing, *since),
                 State::Draining { since, .. } => (*g, Phase::Draining, *since),
+                State::Canary { since } => (*g, Phase::Canary, *since),
             })
             .collect()
     }
@@ -698,10 +1215,18 @@ impl Machine {
         }
         let now = self.tick(now);
         match input {
-            Input::Ready(g) => self.handle_ready(now, g),
-            Input::Exited(g, status) => self.handle_exit(now, g, Ended::Exited(status)),
-            Input::SpawnFailed(g, why) => self.handle_exit(now, g, Ended::SpawnFailed(why)),
-            Input::Reload(t) => self.handle_reload(now, t),
+            Input::Ready(g) => self.handle_generation_ready(now, g),
+            Input::WorkerReady(g, w) => self.handle_worker_ready(now, g, w),
+            Input::WorkerExited(g, w, status) => {
+                self.handle_worker_exit(now, g, w, Ended::Exited(status));
+            }
+            Input::WorkerSpawnFailed(g, w, why) => {
+                self.handle_worker_exit(now, g, w, Ended::SpawnFailed(why));
+            }
+            Input::Reload(t) => self.handle_reload(now, t, self.cfg.reload),
+            Input::ReloadWith(t, strategy) => self.handle_reload(now, t, strategy),
+            Input::Promote(t) => self.handle_promote(now, t),
+            Input::Rollback(t) => self.handle_rollback(now, t),
             Input::Stop => self.handle_stop(now),
             Input::Queued(g, n) => self.handle_queued(now, g, n),
             Input::HandOff => self.handle_hand_off(now),
@@ -715,10 +1240,12 @@ impl Machine {
             return;
         }
         let now = self.tick(now);
+        let rolling = self.rolling_new();
         let due: Vec<(Generation, Due)> = self
             .generations
             .iter()
             .filter_map(|(g, s)| match s {
+                State::Starting { .. } if Some(*g) == rolling => None,
                 State::Starting { deadline, .. } if *deadline <= now => Some((*g, Due::Ready)),
                 State::Draining {
                     deadline: Some(d), ..
@@ -749,11 +1276,60 @@ impl Machine {
                         self.handle_ready(now, g);
                     } else {
                         let why = StartFailure::NotReady(self.cfg.ready_timeout);
-                        self.fail_start(now, g, why, true);
+                        self.fail_start(now, g, why, true, false);
                     }
                 }
                 Due::Measure => self.measure(now, g),
             }
+        }
+        for (g, w, at, due) in self.worker_timers() {
+            if at > now {
+                continue;
+            }
+            // Re-check: an earlier entry may have changed it.
+            let Some(state) = self
+                .pools
+                .get(&g)
+                .and_then(|p| p.get(w as usize))
+                .map(|x| x.state.clone())
+            else {
+                continue;
+            };
+            match (due, state) {
+                (WorkerDue::Ready, WorkerState::Starting { .. }) => {
+                    if let ReadyMode::Delay(_) | ReadyMode::Probe = self.cfg.ready {
+                        self.handle_worker_ready(now, g, w);
+                    } else {
+                        self.worker_not_ready(now, g, w);
+                    }
+                }
+                (WorkerDue::Restart, WorkerState::Backoff { .. }) => {
+                    self.restarts += 1;
+                    if let Some(x) = self.worker_mut(g, w) {
+                        x.restarts += 1;
+                    }
+                    self.spawn_worker(now, g, w, true);
+                }
+                (WorkerDue::Kill, WorkerState::Retiring { .. }) => {
+                    if let Some(x) = self.worker_mut(g, w)
+                        && let WorkerState::Retiring { deadline, .. } = &mut x.state
+                    {
+                        *deadline = None;
+                    }
+                    self.push(Action::KillWorker(g, w));
+                }
+                _ => {}
+            }
+        }
+        if let Some(Rollout::Canary {
+            promote_at: Some(at),
+            new,
+            ..
+        }) = self.rollout.clone()
+            && at <= now
+            && self.canary() == Some(new)
+        {
+            self.promote(now, true);
         }
         if let Stopping::Delay(until) = self.stopping
             && until <= now
@@ -786,6 +1362,54 @@ impl Machine {
             return;
         };
         let (after, tickets) = (now.saturating_duration_since(*spawned), tickets.clone());
+        if let Some(pool) = self.pools.get_mut(&g) {
+            for w in pool.iter_mut() {
+                if let WorkerState::Starting { .. } = w.state {
+                    w.state = WorkerState::Ready { since: now };
+                }
+            }
+        }
+        if let Some(Rollout::Canary {
+            old,
+            new,
+            percent,
+            promote_after,
+            ..
+        }) = self.rollout.clone()
+            && new == g
+        {
+            // A canary: ready, but only a share of new connections.
+            self.generations.insert(g, State::Canary { since: now });
+            if let Some(Rollout::Canary { promote_at, .. }) = &mut self.rollout {
+                *promote_at = promote_after.map(|d| now + d);
+            }
+            self.set_split(vec![(old, 100 - percent), (g, percent)]);
+            self.report(Event::Canary {
+                generation: g,
+                percent,
+                after,
+            });
+            if !tickets.is_empty() {
+                self.push(Action::Answer(
+                    tickets,
+                    ReloadOutcome::Canary {
+                        generation: g,
+                        after,
+                        percent,
+                        serving: old,
+                    },
+                ));
+            }
+            // Reloads asked for meanwhile cannot start beside a canary.
+            if let Some(queued) = self.queued.take() {
+                self.queued_strategy = None;
+                self.push(Action::Answer(
+                    queued,
+                    ReloadOutcome::Refused(Refusal::CanaryRunning(g)),
+                ));
+            }
+            return;
+        }
         let replaced = self.active();
         // A generation that served long enough before being replaced ends
         // any crash streak, as if it had exited after a healthy run.
@@ -795,6 +1419,7 @@ impl Machine {
             self.failures = 0;
         }
         self.generations.insert(g, State::Active { since: now });
+        self.set_split(Vec::new());
         self.push(Action::Route(g));
         self.report(Event::Ready {
             generation: g,
@@ -842,7 +1467,7 @@ impl Machine {
                     Ended::SpawnFailed(e) => StartFailure::Spawn(e),
                     Ended::Exited(s) => StartFailure::Exited(s),
                 };
-                self.fail_start(now, g, why, false);
+                self.fail_start(now, g, why, false, false);
             }
             Some(State::Active { since }) => {
                 let since = *since;
@@ -851,7 +1476,8 @@ impl Machine {
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
                 }
-                let starting = self.starting();
+                // A canary takes over as a starting generation would.
+                let starting = self.starting().or_else(|| self.canary());
                 let restart = self.cfg.restart.restarts(status)
                     && !self.stopping()
                     && (starting.is_some() || self.may_start(now, status));
@@ -867,6 +1493,9 @@ impl Machine {
                     restart_in,
                     starting,
                 });
+                if self.canary().is_some() && !self.stopping() {
+                    self.promote(now, true);
+                }
                 if !restart && starting.is_none() && !self.done {
                     match self.stopping {
                         Stopping::Graceful | Stopping::Forced | Stopping::HandedOff => {}
@@ -874,7 +1503,11 @@ impl Machine {
                     }
                 }
             }
-            Some(State::Draining { since, .. } | State::Quiescing { since, .. }) => {
+            Some(
+                State::Draining { since, .. }
+                | State::Quiescing { since, .. }
+                | State::Canary { since },
+            ) => {
                 let since = *since;
                 self.generations.remove(&g);
                 self.report(Event::Drained {
@@ -947,20 +1580,491 @@ impl Machine {
         self.push(Action::MeasureQueue(g));
     }
 
-    fn handle_reload(&mut self, now: Instant, ticket: Ticket) {
+    fn handle_reload(&mut self, now: Instant, ticket: Ticket, strategy: Strategy) {
+        let refuse = |m: &mut Machine, why| {
+            m.push(Action::Answer(vec![ticket], ReloadOutcome::Refused(why)));
+        };
         if self.stopping() {
-            self.push(Action::Answer(
-                vec![ticket],
-                ReloadOutcome::Refused(Refusal::Stopping),
-            ));
+            refuse(self, Refusal::Stopping);
+        } else if let Some(Rollout::Canary { new, .. }) = &self.rollout {
+            let new = *new;
+            refuse(self, Refusal::CanaryRunning(new));
+        } else if matches!(strategy, Strategy::Canary { .. }) && self.active().is_none() {
+            refuse(self, Refusal::NothingServing);
         } else if let Some(starting) = self.starting() {
             self.queued.get_or_insert_with(Vec::new).push(ticket);
+            self.queued_strategy = Some(strategy);
             self.report(Event::ReloadQueued { starting });
         } else {
             // A reload during a restart backoff starts at once.
             self.restart_at = None;
-            self.spawn(now, Cause::Reload, vec![ticket]);
+            self.start(now, strategy, vec![ticket]);
         }
+    }
+
+    /// Start a reload's generation, as `strategy` says.
+    fn start(&mut self, now: Instant, strategy: Strategy, tickets: Vec<Ticket>) {
+        let old = self.active();
+        match (strategy, old) {
+            (Strategy::Rolling(k), Some(old)) => {
+                let n = self.workers_per_generation();
+                self.last += 1;
+                let g = Generation(self.last);
+                self.generations.insert(
+                    g,
+                    State::Starting {
+                        spawned: now,
+                        // Unused: each worker has its own deadline.
+                        deadline: now + self.cfg.ready_timeout,
+                        cause: Cause::Reload,
+                        tickets,
+                    },
+                );
+                self.pools.insert(g, vec![Worker::vacant(); n as usize]);
+                self.rollout = Some(Rollout::Rolling {
+                    old,
+                    new: g,
+                    k: k.clamp(1, n),
+                });
+                self.roll(now);
+            }
+            (
+                Strategy::Canary {
+                    percent,
+                    promote_after,
+                },
+                Some(old),
+            ) => {
+                self.spawn(now, Cause::Reload, tickets);
+                self.rollout = Some(Rollout::Canary {
+                    old,
+                    new: Generation(self.last),
+                    percent: percent.clamp(1, 99),
+                    promote_after,
+                    promote_at: None,
+                });
+            }
+            _ => self.spawn(now, Cause::Reload, tickets),
+        }
+    }
+
+    /// `Input::Ready`: the whole generation is ready (a probe passed, or
+    /// its only worker said so).
+    fn handle_generation_ready(&mut self, now: Instant, g: Generation) {
+        if Some(g) == self.rolling_new() {
+            if let Some(pool) = self.pools.get_mut(&g) {
+                for w in pool.iter_mut() {
+                    if let WorkerState::Starting { .. } = w.state {
+                        w.state = WorkerState::Ready { since: now };
+                    }
+                }
+            }
+            self.roll(now);
+        } else {
+            self.handle_ready(now, g);
+        }
+    }
+
+    fn handle_worker_ready(&mut self, now: Instant, g: Generation, w: u32) {
+        let Some(worker) = self.worker_mut(g, w) else {
+            return;
+        };
+        if !matches!(worker.state, WorkerState::Starting { .. }) {
+            // A duplicate READY=1, or one from a worker already stopped.
+            return;
+        }
+        worker.state = WorkerState::Ready { since: now };
+        match self.generations.get(&g) {
+            Some(State::Starting { .. }) if Some(g) == self.rolling_new() => self.roll(now),
+            Some(State::Starting { .. }) => {
+                let all = self.pools.get(&g).is_some_and(|p| {
+                    p.iter()
+                        .all(|x| matches!(x.state, WorkerState::Ready { .. }))
+                });
+                if all {
+                    self.handle_ready(now, g);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A worker was reaped (or could not be spawned).
+    fn handle_worker_exit(&mut self, now: Instant, g: Generation, w: u32, ended: Ended) {
+        let status = match &ended {
+            Ended::Exited(s) => *s,
+            Ended::SpawnFailed(_) => ExitStatus::Code(127),
+        };
+        let Some(worker) = self.worker_mut(g, w) else {
+            // A generation the machine has forgotten, or never had.
+            self.handle_exit(now, g, ended);
+            return;
+        };
+        if !worker.state.alive() {
+            return;
+        }
+        let was = std::mem::replace(&mut worker.state, WorkerState::Exited);
+        if let WorkerState::Retiring { restart: false, .. } = was {
+            // A rolling reload's old worker: its place is taken by a new
+            // one, or by a new old one if the reload is rolled back.
+            worker.state = WorkerState::Vacant;
+        }
+        let alive = self.alive_in(g);
+        let n = self.workers_per_generation();
+        let why = match &ended {
+            Ended::SpawnFailed(e) => StartFailure::Spawn(e.clone()),
+            Ended::Exited(s) => StartFailure::Exited(*s),
+        };
+        match self.generations.get(&g) {
+            None => {}
+            Some(State::Starting { .. }) if Some(g) == self.rolling_new() => {
+                let text = format!("worker {w} {}", describe(&why));
+                self.roll_back(now, text, Some(why));
+                if alive == 0 && self.generations.contains_key(&g) {
+                    self.handle_exit(now, g, ended);
+                }
+            }
+            Some(State::Starting { .. }) => {
+                if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                } else {
+                    self.fail_start(now, g, why, true, false);
+                }
+            }
+            Some(State::Active { .. }) => {
+                let restart = matches!(was, WorkerState::Retiring { restart: true, .. });
+                if matches!(was, WorkerState::Retiring { restart: false, .. }) {
+                    // A rolling reload's old worker: its share went first.
+                } else if (n > 1 || restart) && !self.stopping() {
+                    self.worker_crashed(now, g, w, status, &was);
+                } else if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                }
+                if self.generations.contains_key(&g)
+                    && alive == 0
+                    && !self.pools.get(&g).is_some_and(|p| {
+                        p.iter()
+                            .any(|x| matches!(x.state, WorkerState::Backoff { .. }))
+                    })
+                    && matches!(self.generations.get(&g), Some(State::Active { .. }))
+                {
+                    // Nothing left and nothing to restart: the generation
+                    // has ended, as if it were one process.
+                    self.handle_exit(now, g, Ended::Exited(status));
+                }
+            }
+            Some(State::Canary { .. }) => {
+                let text = format!("worker {w} {}", describe(&why));
+                self.roll_back(now, text, None);
+                if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                }
+            }
+            Some(State::Quiescing { .. } | State::Draining { .. }) if alive == 0 => {
+                self.handle_exit(now, g, ended);
+            }
+            Some(State::Quiescing { .. } | State::Draining { .. }) => {}
+        }
+        self.roll(now);
+        self.fill(now);
+        self.maybe_exit();
+    }
+
+    /// A worker of a serving generation exited: restart it alone, with its
+    /// own backoff, if the crash policy says so.
+    fn worker_crashed(
+        &mut self,
+        now: Instant,
+        g: Generation,
+        w: u32,
+        status: ExitStatus,
+        was: &WorkerState,
+    ) {
+        let healthy = matches!(was, WorkerState::Ready { since }
+            if now.saturating_duration_since(*since) >= self.cfg.healthy_after);
+        // One stopped for not being ready is started again whatever its
+        // status.
+        let wanted = self.cfg.restart.restarts(status)
+            || matches!(was, WorkerState::Retiring { restart: true, .. });
+        let restart = wanted && self.may_start(now, status);
+        let mut restart_in = None;
+        let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
+        if let Some(x) = self.worker_mut(g, w) {
+            if healthy {
+                x.failures = 0;
+            }
+            if restart {
+                let factor = 1u32.checked_shl(x.failures.min(31)).unwrap_or(u32::MAX);
+                let delay = initial.saturating_mul(factor).min(max);
+                x.failures = x.failures.saturating_add(1);
+                x.state = WorkerState::Backoff { at: now + delay };
+                restart_in = Some(delay);
+            }
+        }
+        self.report(Event::WorkerCrashed {
+            generation: g,
+            worker: w,
+            status,
+            restart_in,
+        });
+        if !restart && wanted {
+            // The start limit was hit: give up, as for a generation.
+            self.last_status = Some(status);
+            self.begin_stop(now, Some(status));
+        }
+    }
+
+    /// A worker started alone was not ready in time.
+    fn worker_not_ready(&mut self, now: Instant, g: Generation, w: u32) {
+        let why = StartFailure::NotReady(self.cfg.ready_timeout);
+        if Some(g) == self.rolling_new() {
+            let text = format!("worker {w} {}", describe(&why));
+            self.roll_back(now, text, Some(why));
+            return;
+        }
+        if self.canary() == Some(g) {
+            let text = format!("worker {w} {}", describe(&why));
+            self.roll_back(now, text, None);
+        }
+        self.report(Event::WorkerNotReady {
+            generation: g,
+            worker: w,
+        });
+        let restart = self.active() == Some(g) && !self.stopping();
+        let kill_at = now + self.cfg.drain_timeout;
+        if let Some(x) = self.worker_mut(g, w) {
+            x.state = WorkerState::Retiring {
+                since: now,
+                deadline: Some(kill_at),
+                restart,
+            };
+        }
+        self.push(Action::StopWorker(g, w));
+    }
+
+    /// The next step of a rolling reload: when every new worker is ready,
+    /// the switch; else retire old workers that ready new ones replace
+    /// (keeping one until the switch), set the shares, and start new
+    /// workers as far as N+K allows.
+    fn roll(&mut self, now: Instant) {
+        let Some(Rollout::Rolling { old, new, k }) = self.rollout.clone() else {
+            return;
+        };
+        let n = self.workers_per_generation();
+        let count = |m: &Machine, g: Generation, f: fn(&WorkerState) -> bool| {
+            m.pools
+                .get(&g)
+                .map_or(0, |p| p.iter().filter(|x| f(&x.state)).count() as u32)
+        };
+        let ready = |s: &WorkerState| matches!(s, WorkerState::Ready { .. });
+        let new_ready = count(self, new, ready);
+        if new_ready >= n {
+            self.rollout = None;
+            self.handle_ready(now, new);
+            return;
+        }
+        let old_serves = matches!(self.generations.get(&old), Some(State::Active { .. }));
+        let old_ready = if old_serves {
+            count(self, old, ready)
+        } else {
+            0
+        };
+        let extra = (old_ready + new_ready)
+            .saturating_sub(n)
+            .min(old_ready.saturating_sub(1));
+        let victims: Vec<u32> = self.pools.get(&old).map_or(Vec::new(), |p| {
+            (0..p.len())
+                .rev()
+                .filter(|&w| ready(&p[w].state))
+                .take(extra as usize)
+                .map(|w| w as u32)
+                .collect()
+        });
+        let old_left = old_ready - victims.len() as u32;
+        if new_ready > 0 && old_left > 0 {
+            let total = old_left + new_ready;
+            let pct = ((new_ready * 100 + total / 2) / total).clamp(1, 99);
+            self.set_split(vec![(old, 100 - pct), (new, pct)]);
+        }
+        let kill_at = now + self.cfg.drain_timeout;
+        for w in victims {
+            if let Some(x) = self.worker_mut(old, w) {
+                x.state = WorkerState::Retiring {
+                    since: now,
+                    deadline: Some(kill_at),
+                    restart: false,
+                };
+            }
+            self.push(Action::StopWorker(old, w));
+            self.report(Event::WorkerRetired {
+                generation: old,
+                worker: w,
+            });
+        }
+        let starting = count(self, new, |s| matches!(s, WorkerState::Starting { .. }));
+        let used = count(self, new, |s| !matches!(s, WorkerState::Vacant));
+        let room = (n + k).saturating_sub(self.alive_workers());
+        let want = k.saturating_sub(starting).min(n - used).min(room);
+        let vacant: Vec<u32> = self.pools.get(&new).map_or(Vec::new(), |p| {
+            (0..p.len())
+                .filter(|&w| p[w].state == WorkerState::Vacant)
+                .take(want as usize)
+                .map(|w| w as u32)
+                .collect()
+        });
+        for w in vacant {
+            self.spawn_worker(now, new, w, false);
+        }
+        debug_assert!(self.alive_workers() <= n + k || room == 0);
+    }
+
+    /// After a rolled-back rolling reload: start the serving generation's
+    /// missing workers again, while fewer than N + K are alive.
+    fn fill(&mut self, now: Instant) {
+        if self.rollout.is_some() || self.stopping() {
+            return;
+        }
+        let Some(g) = self.active() else {
+            return;
+        };
+        let cap = self.workers_per_generation() + self.surge;
+        let vacant: Vec<u32> = self.pools.get(&g).map_or(Vec::new(), |p| {
+            (0..p.len())
+                .filter(|&w| p[w].state == WorkerState::Vacant)
+                .map(|w| w as u32)
+                .collect()
+        });
+        for w in vacant {
+            if self.alive_workers() >= cap {
+                break;
+            }
+            self.spawn_worker(now, g, w, false);
+        }
+    }
+
+    /// Fork one worker of `g` (counted by the start limit if `counted`).
+    fn spawn_worker(&mut self, now: Instant, g: Generation, w: u32, counted: bool) {
+        if counted {
+            self.starts.push_back(now);
+        }
+        let wait = match self.cfg.ready {
+            ReadyMode::Notify | ReadyMode::Probe => self.cfg.ready_timeout,
+            ReadyMode::Delay(d) => d,
+        };
+        if let Some(x) = self.worker_mut(g, w) {
+            x.state = WorkerState::Starting {
+                spawned: now,
+                deadline: now + wait,
+            };
+        }
+        self.push(Action::SpawnWorker(g, w));
+    }
+
+    fn handle_promote(&mut self, now: Instant, ticket: Ticket) {
+        let outcome = match (&self.rollout, self.canary()) {
+            (Some(Rollout::Canary { old, new, .. }), Some(c)) if *new == c => {
+                let (old, new) = (*old, *new);
+                self.promote(now, false);
+                ReloadOutcome::Promoted {
+                    generation: new,
+                    replaced: old,
+                }
+            }
+            (Some(Rollout::Rolling { new, .. }), _) => {
+                ReloadOutcome::Refused(Refusal::Rolling(*new))
+            }
+            _ if self.stopping() => ReloadOutcome::Refused(Refusal::Stopping),
+            _ => ReloadOutcome::Refused(Refusal::NothingToPromote),
+        };
+        self.push(Action::Answer(vec![ticket], outcome));
+    }
+
+    /// The canary serves everything; the old generation quiesces.
+    fn promote(&mut self, now: Instant, automatic: bool) {
+        let Some(Rollout::Canary { old, new, .. }) = self.rollout.take() else {
+            return;
+        };
+        self.generations.insert(new, State::Active { since: now });
+        self.set_split(Vec::new());
+        self.push(Action::Route(new));
+        self.report(Event::Promoted {
+            generation: new,
+            replaced: old,
+            automatic,
+        });
+        if matches!(self.generations.get(&old), Some(State::Active { .. })) {
+            self.retire(now, old);
+        }
+        self.start_queued(now);
+    }
+
+    fn handle_rollback(&mut self, now: Instant, ticket: Ticket) {
+        let outcome = match &self.rollout {
+            Some(r) => {
+                let (old, new) = (r.old_generation(), r.new_generation());
+                self.roll_back(now, "asked".into(), Some(StartFailure::RolledBack));
+                ReloadOutcome::RolledBack {
+                    generation: new,
+                    serving: old,
+                }
+            }
+            None if self.stopping() => ReloadOutcome::Refused(Refusal::Stopping),
+            None => ReloadOutcome::Refused(Refusal::NothingToPromote),
+        };
+        self.push(Action::Answer(vec![ticket], outcome));
+    }
+
+    /// Undo the rollout: everything to the old generation again; the new
+    /// one quiesces if it had a share (else it is stopped at once); a
+    /// rolling reload's old workers that were stopped start again.
+    fn roll_back(&mut self, now: Instant, why: String, failure: Option<StartFailure>) {
+        let Some(r) = self.rollout.take() else {
+            return;
+        };
+        let (old, new) = (r.old_generation(), r.new_generation());
+        let traffic = self.split.iter().any(|(g, _)| *g == new);
+        self.set_split(Vec::new());
+        if let Rollout::Rolling { k, .. } = r {
+            self.surge = k.max(1);
+        }
+        self.report(Event::RolledBack {
+            generation: new,
+            serving: old,
+            why,
+        });
+        match self.generations.get(&new) {
+            Some(State::Starting { .. }) => {
+                let still = self.alive_in(new) > 0;
+                let failure = failure.unwrap_or(StartFailure::RolledBack);
+                self.fail_start(now, new, failure, still, traffic);
+            }
+            Some(State::Canary { .. }) => self.retire(now, new),
+            _ => {}
+        }
+        self.fill(now);
+    }
+
+    /// Ask steering for these shares (percent), unless already asked.
+    fn set_split(&mut self, shares: Vec<(Generation, u32)>) {
+        if shares == self.split {
+            return;
+        }
+        self.split = shares.clone();
+        self.push(Action::Split(shares.clone()));
+        if !shares.is_empty() {
+            self.report(Event::Split { shares });
+        }
+    }
+
+    fn worker_mut(&mut self, g: Generation, w: u32) -> Option<&mut Worker> {
+        self.pools.get_mut(&g).and_then(|p| p.get_mut(w as usize))
+    }
+
+    /// Workers of `g` alive.
+    fn alive_in(&self, g: Generation) -> u32 {
+        self.pools
+            .get(&g)
+            .map_or(0, |p| p.iter().filter(|x| x.state.alive()).count() as u32)
     }
 
     /// The exit status of a stop begun now: the serving generation's (once
@@ -1022,6 +2126,7 @@ impl Machine {
         }
         self.stopping = Stopping::HandedOff;
         self.restart_at = None;
+        self.rollout = None;
         self.report(Event::HandedOff);
         if let Some(tickets) = self.queued.take() {
             self.push(Action::Answer(
@@ -1036,9 +2141,9 @@ impl Machine {
         for g in gens {
             match self.generations.get(&g) {
                 Some(State::Starting { .. }) => {
-                    self.fail_start(now, g, StartFailure::Stopping, true);
+                    self.fail_start(now, g, StartFailure::Stopping, true, false);
                 }
-                Some(State::Active { .. }) => self.retire(now, g),
+                Some(State::Active { .. } | State::Canary { .. }) => self.retire(now, g),
                 _ => {}
             }
         }
@@ -1050,6 +2155,7 @@ impl Machine {
     fn begin_stop(&mut self, now: Instant, status: Option<ExitStatus>) {
         self.stopping = Stopping::Graceful;
         self.restart_at = None;
+        self.rollout = None;
         self.report(Event::Stopping);
         if let Some(tickets) = self.queued.take() {
             self.push(Action::Answer(
@@ -1065,9 +2171,11 @@ impl Machine {
         for g in gens {
             match self.generations.get(&g) {
                 Some(State::Starting { .. }) => {
-                    self.fail_start(now, g, StartFailure::Stopping, true);
+                    self.fail_start(now, g, StartFailure::Stopping, true, false);
                 }
-                Some(State::Active { .. } | State::Quiescing { .. }) => self.drain(now, g),
+                Some(State::Active { .. } | State::Quiescing { .. } | State::Canary { .. }) => {
+                    self.drain(now, g);
+                }
                 _ => {}
             }
         }
@@ -1085,10 +2193,22 @@ impl Machine {
     /// A starting generation failed: report it, answer its requesters, stop
     /// it if it still runs, then restart, start the queued reload or stop
     /// the supervisor as the crash policy says.
-    fn fail_start(&mut self, now: Instant, g: Generation, why: StartFailure, still_running: bool) {
+    fn fail_start(
+        &mut self,
+        now: Instant,
+        g: Generation,
+        why: StartFailure,
+        still_running: bool,
+        quiesce_first: bool,
+    ) {
         let Some(State::Starting { cause, tickets, .. }) = self.generations.remove(&g) else {
             return;
         };
+        if self.rollout.as_ref().map(Rollout::new_generation) == Some(g) {
+            // A canary that failed its start (the rolling case comes here
+            // through `roll_back`).
+            self.rollout = None;
+        }
         let serving = self.active();
         let mut restart_in = None;
         let mut stop_with = None;
@@ -1105,7 +2225,9 @@ impl Machine {
             let status = match &why {
                 StartFailure::Exited(s) => *s,
                 StartFailure::Spawn(_) => ExitStatus::Code(127),
-                StartFailure::NotReady(_) | StartFailure::Stopping => ExitStatus::Code(1),
+                StartFailure::NotReady(_) | StartFailure::Stopping | StartFailure::RolledBack => {
+                    ExitStatus::Code(1)
+                }
             };
             self.last_status = Some(status);
             if self.cfg.restart.restarts(status) && self.may_start(now, status) {
@@ -1133,7 +2255,13 @@ impl Machine {
             ));
         }
         if still_running {
-            self.drain(now, g);
+            if quiesce_first && self.cfg.quiesce.is_some() {
+                // A rolling reload's workers had a share of new
+                // connections: their queue is answered before they stop.
+                self.retire(now, g);
+            } else {
+                self.drain(now, g);
+            }
         }
         if let Some(status) = stop_with {
             self.begin_stop(now, Some(status));
@@ -1145,10 +2273,12 @@ impl Machine {
     fn start_queued(&mut self, now: Instant) {
         if !self.stopping()
             && self.starting().is_none()
+            && self.canary().is_none()
             && let Some(tickets) = self.queued.take()
         {
             self.restart_at = None;
-            self.spawn(now, Cause::Reload, tickets);
+            let strategy = self.queued_strategy.take().unwrap_or(self.cfg.reload);
+            self.start(now, strategy, tickets);
         }
     }
 
@@ -1203,6 +2333,16 @@ impl Machine {
                 tickets,
             },
         );
+        let worker = Worker {
+            state: WorkerState::Starting {
+                spawned: now,
+                deadline: now + wait,
+            },
+            failures: 0,
+            restarts: 0,
+        };
+        self.pools
+            .insert(g, vec![worker; self.workers_per_generation() as usize]);
         self.push(Action::Spawn(g));
     }
 
@@ -1251,10 +2391,45 @@ impl Machine {
         self.actions.push_back(a);
     }
 
-    fn check(&self) {
+    /// After every input: a rollout whose new generation is gone ends;
+    /// shares that name a generation no longer serving are dropped; the
+    /// workers of forgotten generations go.
+    fn tidy(&mut self) {
+        if let Some(r) = &self.rollout
+            && !matches!(
+                self.generations.get(&r.new_generation()),
+                Some(State::Starting { .. } | State::Canary { .. })
+            )
+        {
+            self.rollout = None;
+        }
+        let serving = |s: Option<&State>| {
+            matches!(
+                s,
+                Some(State::Active { .. } | State::Canary { .. } | State::Starting { .. })
+            )
+        };
+        if self
+            .split
+            .iter()
+            .any(|(g, _)| !serving(self.generations.get(g)))
+        {
+            self.set_split(Vec::new());
+        }
+        let known = &self.generations;
+        self.pools.retain(|g, _| known.contains_key(g));
+    }
+
+    fn check(&mut self) {
+        self.tidy();
         let count = |f: fn(&State) -> bool| self.generations.values().filter(|s| f(s)).count();
         debug_assert!(count(|s| matches!(s, State::Starting { .. })) <= 1);
         debug_assert!(count(|s| matches!(s, State::Active { .. })) <= 1);
+        debug_assert!(count(|s| matches!(s, State::Canary { .. })) <= 1);
+        debug_assert!(
+            self.canary().is_none() || self.active().is_some() || self.stopping(),
+            "a canary beside nothing"
+        );
         if matches!(self.stopping, Stopping::Graceful | Stopping::Forced) {
             debug_assert!(count(|s| !matches!(s, State::Draining { .. })) == 0);
         }
@@ -1287,6 +2462,8 @@ mod tests {
             stop_signal: 15,
             start_limit: None,
             shutdown_delay: Duration::ZERO,
+            workers: 1,
+            reload: Strategy::AllAtOnce,
         }
     }
 
@@ -1411,7 +2588,7 @@ mod tests {
         assert_eq!(signals(&all_actions(&mut m)), vec![(G1, Signal::Stop)]);
         // A generation that dies of something else still ends in status 0,
         // and is not restarted.
-        m.handle(ms(t0, 300), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle(ms(t0, 300), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         assert_eq!(all_actions(&mut m).last(), Some(&Action::Exit(0)));
         assert!(m.is_done());
     }
@@ -1495,7 +2672,10 @@ mod tests {
             ]
         );
         assert_eq!(m.next_deadline(), Some(ms(t0, 3400)));
-        m.handle(ms(t0, 1600), Input::Exited(G1, ExitStatus::Code(0)));
+        m.handle(
+            ms(t0, 1600),
+            Input::WorkerExited(G1, 0, ExitStatus::Code(0)),
+        );
         assert_eq!(
             actions(&mut m),
             vec![Action::Report(Event::Drained {
@@ -1512,7 +2692,7 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Reload(1));
         let _ = actions(&mut m);
-        m.handle(ms(t0, 150), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle(ms(t0, 150), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
         let acts = actions(&mut m);
         assert!(signals(&acts).is_empty(), "{acts:?}");
         assert!(acts.contains(&Action::Answer(
@@ -1529,7 +2709,10 @@ mod tests {
         // A spawn failure reads the same way.
         m.handle(ms(t0, 200), Input::Reload(2));
         let _ = actions(&mut m);
-        m.handle(ms(t0, 201), Input::SpawnFailed(G3, "exec x: ENOENT".into()));
+        m.handle(
+            ms(t0, 201),
+            Input::WorkerSpawnFailed(G3, 0, "exec x: ENOENT".into()),
+        );
         let acts = actions(&mut m);
         assert!(signals(&acts).is_empty());
         assert_eq!(m.active(), Some(G1));
@@ -1573,7 +2756,10 @@ mod tests {
         m.handle_timeout(ms(t0, 3200));
         let acts = actions(&mut m);
         assert_eq!(signals(&acts), vec![(G1, Signal::Kill)]);
-        m.handle(ms(t0, 3210), Input::Exited(G1, ExitStatus::Signal(9)));
+        m.handle(
+            ms(t0, 3210),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(9)),
+        );
         assert!(matches!(
             actions(&mut m).as_slice(),
             [Action::Report(Event::Drained { generation: G1, .. })]
@@ -1595,8 +2781,14 @@ mod tests {
         assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Kill)]);
         m.handle_timeout(ms(t0, 5010));
         assert_eq!(signals(&actions(&mut m)), vec![(G2, Signal::Kill)]);
-        m.handle(ms(t0, 5020), Input::Exited(G2, ExitStatus::Signal(9)));
-        m.handle(ms(t0, 5030), Input::Exited(G1, ExitStatus::Signal(9)));
+        m.handle(
+            ms(t0, 5020),
+            Input::WorkerExited(G2, 0, ExitStatus::Signal(9)),
+        );
+        m.handle(
+            ms(t0, 5030),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(9)),
+        );
         let acts = actions(&mut m);
         assert_eq!(acts.len(), 2);
         assert_eq!(m.next_deadline(), None);
@@ -1636,7 +2828,7 @@ mod tests {
         );
         assert_eq!(m.restarts(), 0);
         // A crash restart counts; a reload does not.
-        m.handle(ms(t0, 200), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle(ms(t0, 200), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 300));
         assert_eq!(m.restarts(), 1);
         assert!(matches!(m.phases().last(), Some((G3, Phase::Starting, _))));
@@ -1653,7 +2845,7 @@ mod tests {
         for g in 1..=5u64 {
             m.handle(
                 ms(t0, now),
-                Input::Exited(Generation(g), ExitStatus::Code(1)),
+                Input::WorkerExited(Generation(g), 0, ExitStatus::Code(1)),
             );
             let acts = actions(&mut m);
             let Some(Action::Report(Event::Crashed {
@@ -1676,7 +2868,7 @@ mod tests {
         now += 10_000;
         m.handle(
             ms(t0, now),
-            Input::Exited(Generation(6), ExitStatus::Signal(11)),
+            Input::WorkerExited(Generation(6), 0, ExitStatus::Signal(11)),
         );
         let acts = actions(&mut m);
         assert!(matches!(
@@ -1688,14 +2880,17 @@ mod tests {
     #[test]
     fn restart_policy_decides_on_a_clean_exit() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(0)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(0)));
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
         let (mut m, t0) = serving(RestartPolicy::Always);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(0)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(0)));
         let _ = actions(&mut m);
         assert_eq!(m.next_deadline(), Some(ms(t0, 200)));
         let (mut m, t0) = serving(RestartPolicy::Never);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Signal(6)));
+        m.handle(
+            ms(t0, 100),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(6)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(134)));
     }
 
@@ -1706,17 +2901,17 @@ mod tests {
         let _ = actions(&mut m);
         m.handle(
             t0,
-            Input::SpawnFailed(G1, "exec x: Exec format error".into()),
+            Input::WorkerSpawnFailed(G1, 0, "exec x: Exec format error".into()),
         );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(127)));
         // A later spawn failure (a restart) is retried with backoff.
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 200));
         let _ = actions(&mut m);
         m.handle(
             ms(t0, 200),
-            Input::SpawnFailed(G2, "exec x: ETXTBSY".into()),
+            Input::WorkerSpawnFailed(G2, 0, "exec x: ETXTBSY".into()),
         );
         assert!(!actions(&mut m).iter().any(|a| matches!(a, Action::Exit(_))));
         assert_eq!(m.next_deadline(), Some(ms(t0, 400)));
@@ -1726,10 +2921,10 @@ mod tests {
     fn replacing_a_healthy_generation_resets_the_backoff() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         // A crash streak: 100ms, 200ms.
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 200));
         m.handle(ms(t0, 210), Input::Ready(G2));
-        m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle(ms(t0, 300), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 500));
         m.handle(ms(t0, 510), Input::Ready(G3));
         // Then an hour of service, a reload, and a quick crash of the new
@@ -1739,7 +2934,7 @@ mod tests {
         let _ = actions(&mut m);
         m.handle(
             ms(t0, 3_600_200),
-            Input::Exited(Generation(4), ExitStatus::Code(1)),
+            Input::WorkerExited(Generation(4), 0, ExitStatus::Code(1)),
         );
         let acts = actions(&mut m);
         assert!(
@@ -1753,7 +2948,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(cfg(ReadyMode::Notify, RestartPolicy::Never), t0);
         let _ = actions(&mut m);
-        m.handle(t0, Input::SpawnFailed(G1, "exec: ENOENT".into()));
+        m.handle(t0, Input::WorkerSpawnFailed(G1, 0, "exec: ENOENT".into()));
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(127)));
         assert!(m.is_done());
     }
@@ -1780,9 +2975,12 @@ mod tests {
             actions(&mut m).as_slice(),
             [Action::Answer(_, ReloadOutcome::Refused(_))]
         ));
-        m.handle(ms(t0, 300), Input::Exited(G2, ExitStatus::Code(0)));
+        m.handle(ms(t0, 300), Input::WorkerExited(G2, 0, ExitStatus::Code(0)));
         // Killed by the stop signal it was sent: a clean stop.
-        m.handle(ms(t0, 400), Input::Exited(G1, ExitStatus::Signal(15)));
+        m.handle(
+            ms(t0, 400),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(15)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
     }
 
@@ -1790,11 +2988,17 @@ mod tests {
     fn a_death_by_another_signal_or_an_unsent_stop_signal_stays_a_failure() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Stop);
-        m.handle(ms(t0, 200), Input::Exited(G1, ExitStatus::Signal(6)));
+        m.handle(
+            ms(t0, 200),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(6)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(134)));
         // SIGTERM from someone else, while serving: a crash.
         let (mut m, t0) = serving(RestartPolicy::Never);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Signal(15)));
+        m.handle(
+            ms(t0, 100),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(15)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(143)));
     }
 
@@ -1805,7 +3009,10 @@ mod tests {
         let _ = actions(&mut m);
         m.handle(ms(t0, 10), Input::Stop);
         assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Stop)]);
-        m.handle(ms(t0, 20), Input::Exited(G1, ExitStatus::Signal(15)));
+        m.handle(
+            ms(t0, 20),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(15)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(0)));
     }
 
@@ -1818,14 +3025,17 @@ mod tests {
         let acts = actions(&mut m);
         assert_eq!(signals(&acts), vec![(G1, Signal::Kill)]);
         assert_eq!(m.next_deadline(), None);
-        m.handle(ms(t0, 210), Input::Exited(G1, ExitStatus::Signal(9)));
+        m.handle(
+            ms(t0, 210),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(9)),
+        );
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(137)));
     }
 
     #[test]
     fn stop_during_a_restart_backoff_exits_with_the_crash_status() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(3)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(3)));
         let _ = actions(&mut m);
         m.handle(ms(t0, 150), Input::Stop);
         assert_eq!(actions(&mut m).last(), Some(&Action::Exit(3)));
@@ -1834,7 +3044,7 @@ mod tests {
     #[test]
     fn reload_during_backoff_starts_at_once() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
-        m.handle(ms(t0, 100), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         let _ = actions(&mut m);
         m.handle(ms(t0, 120), Input::Reload(4));
         assert_eq!(spawns(&actions(&mut m)), vec![G2]);
@@ -1846,7 +3056,7 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::Never);
         m.handle(ms(t0, 100), Input::Reload(1));
         let _ = actions(&mut m);
-        m.handle(ms(t0, 150), Input::Exited(G1, ExitStatus::Code(1)));
+        m.handle(ms(t0, 150), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         let acts = actions(&mut m);
         assert!(
             !acts.iter().any(|a| matches!(a, Action::Exit(_))),
@@ -1901,7 +3111,7 @@ mod tests {
         m.handle(ms(t0, 10), Input::Ready(G1));
         all_actions(&mut m);
         m.handle(ms(t0, 20), Input::Reload(1));
-        m.handle(ms(t0, 30), Input::Exited(G2, ExitStatus::Code(1)));
+        m.handle(ms(t0, 30), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
         let acts = all_actions(&mut m);
         assert!(
             !acts.iter().any(|a| matches!(a, Action::Route(_))),
@@ -1971,7 +3181,7 @@ mod tests {
     #[test]
     fn steer_a_quiescing_generation_that_exits_counts_as_drained() {
         let (mut m, t0) = switched();
-        m.handle(ms(t0, 200), Input::Exited(G1, ExitStatus::Code(0)));
+        m.handle(ms(t0, 200), Input::WorkerExited(G1, 0, ExitStatus::Code(0)));
         assert!(matches!(
             all_actions(&mut m)[..],
             [Action::Report(Event::Drained { generation: G1, .. })]
@@ -1986,6 +3196,540 @@ mod tests {
         let acts = all_actions(&mut m);
         assert!(acts.contains(&Action::Stop(G1)), "{acts:?}");
         assert!(acts.contains(&Action::Stop(G2)), "{acts:?}");
+    }
+
+    /// A steered machine with `n` workers per generation, generation 1
+    /// serving with every worker ready.
+    fn pool(n: u32) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                workers: n,
+                ..steer_cfg()
+            },
+            t0,
+        );
+        assert_eq!(all_actions(&mut m), vec![Action::Spawn(G1)]);
+        for w in 0..n {
+            assert_eq!(m.active(), None, "ready before worker {w}");
+            m.handle(ms(t0, 10), Input::WorkerReady(G1, w));
+        }
+        assert_eq!(m.active(), Some(G1));
+        assert_eq!(all_actions(&mut m)[0], Action::Route(G1));
+        (m, t0)
+    }
+
+    fn answers(acts: &[Action]) -> Vec<ReloadOutcome> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Answer(_, o) => Some(o.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn workers_a_generation_is_ready_once_every_worker_is() {
+        let (mut m, t0) = pool(3);
+        assert_eq!(m.alive_workers(), 3);
+        // A duplicate READY=1 changes nothing.
+        m.handle(ms(t0, 20), Input::WorkerReady(G1, 1));
+        assert!(all_actions(&mut m).is_empty());
+        // A reload (all at once): the new generation waits for all three.
+        m.handle(ms(t0, 100), Input::Reload(1));
+        assert_eq!(all_actions(&mut m), vec![Action::Spawn(G2)]);
+        assert_eq!(m.alive_workers(), 6);
+        m.handle(ms(t0, 110), Input::WorkerReady(G2, 2));
+        m.handle(ms(t0, 120), Input::WorkerReady(G2, 0));
+        assert!(all_actions(&mut m).is_empty(), "not all ready");
+        m.handle(ms(t0, 130), Input::WorkerReady(G2, 1));
+        let acts = all_actions(&mut m);
+        assert_eq!(acts[0], Action::Route(G2));
+        assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
+        assert!(matches!(answers(&acts)[..], [ReloadOutcome::Ready { .. }]));
+    }
+
+    #[test]
+    fn workers_one_that_exits_at_start_fails_the_whole_start() {
+        let (mut m, t0) = pool(3);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 110), Input::WorkerReady(G2, 0));
+        m.handle(ms(t0, 120), Input::WorkerExited(G2, 1, ExitStatus::Code(3)));
+        let acts = all_actions(&mut m);
+        assert!(
+            acts.contains(&Action::Stop(G2)),
+            "the others stop: {acts:?}"
+        );
+        assert!(matches!(
+            answers(&acts)[..],
+            [ReloadOutcome::Failed {
+                serving: Some(G1),
+                ..
+            }]
+        ));
+        assert_eq!(m.active(), Some(G1));
+        // The generation goes once its last worker is reaped.
+        m.handle(ms(t0, 130), Input::WorkerExited(G2, 0, ExitStatus::Code(0)));
+        assert!(m.knows(G2));
+        m.handle(ms(t0, 140), Input::WorkerExited(G2, 2, ExitStatus::Code(0)));
+        assert!(!m.knows(G2));
+    }
+
+    #[test]
+    fn workers_a_crashed_worker_is_restarted_alone_with_its_own_backoff() {
+        let (mut m, t0) = pool(3);
+        m.handle(
+            ms(t0, 1000),
+            Input::WorkerExited(G1, 1, ExitStatus::Code(1)),
+        );
+        let acts = all_actions(&mut m);
+        assert_eq!(
+            acts,
+            vec![Action::Report(Event::WorkerCrashed {
+                generation: G1,
+                worker: 1,
+                status: ExitStatus::Code(1),
+                restart_in: Some(Duration::from_millis(100)),
+            })]
+        );
+        assert_eq!(m.active(), Some(G1), "the others serve on");
+        assert_eq!(m.next_deadline(), Some(ms(t0, 1100)));
+        m.handle_timeout(ms(t0, 1100));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G1, 1)]);
+        assert_eq!(m.restarts(), 1);
+        m.handle(ms(t0, 1150), Input::WorkerReady(G1, 1));
+        // A second crash soon after: twice the delay.
+        m.handle(
+            ms(t0, 1200),
+            Input::WorkerExited(G1, 1, ExitStatus::Signal(9)),
+        );
+        assert!(matches!(
+            all_actions(&mut m)[..],
+            [Action::Report(Event::WorkerCrashed {
+                restart_in: Some(d),
+                ..
+            })] if d == Duration::from_millis(200)
+        ));
+        // A restarted worker that is never ready is stopped, then started
+        // again.
+        m.handle_timeout(ms(t0, 1400));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G1, 1)]);
+        m.handle_timeout(ms(t0, 1400 + 5000));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::StopWorker(G1, 1)), "{acts:?}");
+        m.handle(
+            ms(t0, 6500),
+            Input::WorkerExited(G1, 1, ExitStatus::Code(0)),
+        );
+        assert!(matches!(
+            all_actions(&mut m)[..],
+            [Action::Report(Event::WorkerCrashed {
+                restart_in: Some(_),
+                ..
+            })]
+        ));
+        // Every worker gone with nothing to restart (a clean exit under
+        // on-failure): the generation has ended, as one process would.
+        let (mut m, t0) = pool(2);
+        m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(0)));
+        assert_eq!(m.active(), Some(G1));
+        m.handle(ms(t0, 200), Input::WorkerExited(G1, 1, ExitStatus::Code(0)));
+        let acts = all_actions(&mut m);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Report(Event::Crashed { .. }))),
+            "{acts:?}"
+        );
+        assert_eq!(acts.last(), Some(&Action::Exit(0)));
+    }
+
+    /// Drive a rolling reload of `n` workers, `k` at a time, with every
+    /// new worker ready and every retired one exiting as soon as they can,
+    /// one fact at a time; check that no more than n + k are ever alive.
+    fn roll_all(m: &mut Machine, t0: Instant, n: u32, k: u32) -> Vec<Action> {
+        m.handle(ms(t0, 100), Input::ReloadWith(1, Strategy::Rolling(k)));
+        let mut seen = Vec::new();
+        let mut facts = VecDeque::new();
+        let mut at = 100;
+        loop {
+            assert!(m.alive_workers() <= n + k, "{} alive", m.alive_workers());
+            for a in all_actions(m) {
+                match &a {
+                    Action::SpawnWorker(g, w) => facts.push_back(Input::WorkerReady(*g, *w)),
+                    Action::StopWorker(g, w) => {
+                        facts.push_back(Input::WorkerExited(*g, *w, ExitStatus::Code(0)));
+                    }
+                    _ => {}
+                }
+                seen.push(a);
+            }
+            let Some(next) = facts.pop_front() else {
+                break;
+            };
+            at += 10;
+            m.handle(ms(t0, at), next);
+        }
+        seen
+    }
+
+    #[test]
+    fn rolling_replaces_workers_one_at_a_time_never_more_than_n_plus_1() {
+        let (mut m, t0) = pool(4);
+        let acts = roll_all(&mut m, t0, 4, 1);
+        let spawned: Vec<u32> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::SpawnWorker(G2, w) => Some(*w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spawned, vec![0, 1, 2, 3]);
+        let stopped: Vec<u32> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::StopWorker(G1, w) => Some(*w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopped, vec![3, 2, 1], "the last old worker quiesces");
+        // The shares follow the ready workers: 1 of 4, 2 of 4, 3 of 4.
+        let splits: Vec<Vec<(Generation, u32)>> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Split(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            splits,
+            vec![
+                vec![(G1, 75), (G2, 25)],
+                vec![(G1, 50), (G2, 50)],
+                vec![(G1, 25), (G2, 75)],
+                vec![],
+            ]
+        );
+        assert_eq!(m.active(), Some(G2));
+        assert!(acts.contains(&Action::Route(G2)));
+        assert!(acts.contains(&Action::MeasureQueue(G1)));
+        assert!(matches!(answers(&acts)[..], [ReloadOutcome::Ready { .. }]));
+        assert!(m.shares().is_empty());
+    }
+
+    #[test]
+    fn rolling_two_at_a_time_never_more_than_n_plus_2() {
+        let (mut m, t0) = pool(5);
+        let acts = roll_all(&mut m, t0, 5, 2);
+        assert_eq!(m.active(), Some(G2));
+        assert_eq!(
+            acts.iter()
+                .filter(|a| matches!(a, Action::SpawnWorker(G2, _)))
+                .count(),
+            5
+        );
+    }
+
+    #[test]
+    fn rolling_a_failing_new_worker_rolls_everything_back() {
+        let (mut m, t0) = pool(4);
+        m.handle(ms(t0, 100), Input::ReloadWith(7, Strategy::Rolling(1)));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G2, 0)]);
+        m.handle(ms(t0, 110), Input::WorkerReady(G2, 0));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Split(vec![(G1, 75), (G2, 25)])));
+        assert!(acts.contains(&Action::StopWorker(G1, 3)));
+        m.handle(ms(t0, 120), Input::WorkerExited(G1, 3, ExitStatus::Code(0)));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G2, 1)]);
+        // The second new worker fails.
+        m.handle(ms(t0, 130), Input::WorkerExited(G2, 1, ExitStatus::Code(1)));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Split(vec![])), "{acts:?}");
+        assert!(
+            acts.contains(&Action::MeasureQueue(G2)),
+            "the new generation had a share: it quiesces: {acts:?}"
+        );
+        assert!(matches!(
+            answers(&acts)[..],
+            [ReloadOutcome::Failed {
+                serving: Some(G1),
+                ..
+            }]
+        ));
+        // The old generation's stopped worker starts again (5 alive at most).
+        assert!(acts.contains(&Action::SpawnWorker(G1, 3)), "{acts:?}");
+        assert_eq!(m.active(), Some(G1));
+        assert!(m.alive_workers() <= 5);
+        // A new worker not ready in time rolls back the same way.
+        let (mut m, t0) = pool(2);
+        m.handle(ms(t0, 100), Input::ReloadWith(8, Strategy::Rolling(1)));
+        let _ = all_actions(&mut m);
+        assert_eq!(m.next_deadline(), Some(ms(t0, 5100)));
+        m.handle_timeout(ms(t0, 5100));
+        let acts = all_actions(&mut m);
+        assert!(
+            acts.contains(&Action::Stop(G2)),
+            "no share: stopped at once"
+        );
+        assert!(matches!(answers(&acts)[..], [ReloadOutcome::Failed { .. }]));
+    }
+
+    #[test]
+    fn rolling_by_default_for_a_plain_reload() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                workers: 2,
+                reload: Strategy::Rolling(1),
+                ..steer_cfg()
+            },
+            t0,
+        );
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 1));
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G2, 0)]);
+        // `rollback` during a rolling reload.
+        m.handle(ms(t0, 110), Input::Rollback(2));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Stop(G2)));
+        assert!(answers(&acts).contains(&ReloadOutcome::RolledBack {
+            generation: G2,
+            serving: G1
+        }));
+    }
+
+    /// Generation 2 a canary with `percent`, beside generation 1.
+    fn canary(percent: u32, promote_after: Option<Duration>) -> (Machine, Instant) {
+        let (mut m, t0) = pool(2);
+        m.handle(
+            ms(t0, 100),
+            Input::ReloadWith(
+                1,
+                Strategy::Canary {
+                    percent,
+                    promote_after,
+                },
+            ),
+        );
+        assert_eq!(all_actions(&mut m), vec![Action::Spawn(G2)]);
+        m.handle(ms(t0, 110), Input::WorkerReady(G2, 0));
+        m.handle(ms(t0, 120), Input::WorkerReady(G2, 1));
+        let acts = all_actions(&mut m);
+        assert_eq!(
+            acts[0],
+            Action::Split(vec![(G1, 100 - percent), (G2, percent)])
+        );
+        assert!(!acts.iter().any(|a| matches!(a, Action::Route(_))));
+        assert!(matches!(
+            answers(&acts)[..],
+            [ReloadOutcome::Canary {
+                generation: G2,
+                serving: G1,
+                ..
+            }]
+        ));
+        assert_eq!(m.active(), Some(G1));
+        assert_eq!(m.canary(), Some(G2));
+        (m, t0)
+    }
+
+    #[test]
+    fn canary_gets_its_share_then_promote_switches() {
+        let (mut m, t0) = canary(20, None);
+        assert_eq!(m.shares(), &[(G1, 80), (G2, 20)]);
+        // Another reload waits for the canary's verdict.
+        m.handle(ms(t0, 200), Input::Reload(5));
+        assert_eq!(
+            answers(&all_actions(&mut m)),
+            vec![ReloadOutcome::Refused(Refusal::CanaryRunning(G2))]
+        );
+        m.handle(ms(t0, 300), Input::Promote(6));
+        let acts = all_actions(&mut m);
+        assert_eq!(acts[0], Action::Split(vec![]));
+        assert_eq!(acts[1], Action::Route(G2));
+        assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
+        assert_eq!(
+            answers(&acts),
+            vec![ReloadOutcome::Promoted {
+                generation: G2,
+                replaced: G1
+            }]
+        );
+        assert_eq!(m.active(), Some(G2));
+        // Nothing left to promote.
+        m.handle(ms(t0, 400), Input::Promote(7));
+        assert_eq!(
+            answers(&all_actions(&mut m)),
+            vec![ReloadOutcome::Refused(Refusal::NothingToPromote)]
+        );
+    }
+
+    #[test]
+    fn canary_rollback_sends_everything_back_and_quiesces_it() {
+        let (mut m, t0) = canary(20, None);
+        m.handle(ms(t0, 300), Input::Rollback(6));
+        let acts = all_actions(&mut m);
+        assert_eq!(acts[0], Action::Split(vec![]));
+        assert!(acts.contains(&Action::MeasureQueue(G2)), "{acts:?}");
+        assert!(!acts.contains(&Action::Stop(G2)), "it quiesces first");
+        assert_eq!(m.active(), Some(G1));
+        assert_eq!(m.canary(), None);
+        // It stops once its queue has been empty for the quiet period.
+        m.handle(ms(t0, 310), Input::Queued(G2, 0));
+        m.handle_timeout(ms(t0, 510));
+        m.handle(ms(t0, 511), Input::Queued(G2, 0));
+        assert!(all_actions(&mut m).contains(&Action::Stop(G2)));
+    }
+
+    #[test]
+    fn canary_a_crash_rolls_back_at_once() {
+        let (mut m, t0) = canary(10, Some(Duration::from_secs(60)));
+        m.handle(
+            ms(t0, 300),
+            Input::WorkerExited(G2, 1, ExitStatus::Signal(11)),
+        );
+        let acts = all_actions(&mut m);
+        assert_eq!(acts[0], Action::Split(vec![]));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Report(Event::RolledBack { generation: G2, .. }))),
+            "{acts:?}"
+        );
+        assert!(acts.contains(&Action::MeasureQueue(G2)));
+        assert_eq!(m.canary(), None);
+        // No promotion comes later.
+        m.handle_timeout(ms(t0, 120 + 60_000));
+        assert_eq!(m.active(), Some(G1));
+    }
+
+    #[test]
+    fn canary_promotes_itself_after_promote_after() {
+        let (mut m, t0) = canary(20, Some(Duration::from_secs(30)));
+        assert_eq!(m.next_deadline(), Some(ms(t0, 120 + 30_000)));
+        m.handle_timeout(ms(t0, 120 + 30_000));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Route(G2)));
+        assert!(acts.contains(&Action::Report(Event::Promoted {
+            generation: G2,
+            replaced: G1,
+            automatic: true
+        })));
+        assert_eq!(m.active(), Some(G2));
+    }
+
+    #[test]
+    fn canary_takes_over_when_the_serving_generation_dies() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(steer_cfg(), t0);
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 10), Input::Ready(G1));
+        m.handle(
+            ms(t0, 20),
+            Input::ReloadWith(
+                1,
+                Strategy::Canary {
+                    percent: 10,
+                    promote_after: None,
+                },
+            ),
+        );
+        m.handle(ms(t0, 30), Input::Ready(G2));
+        assert_eq!(m.canary(), Some(G2));
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 40), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Route(G2)), "{acts:?}");
+        assert!(spawns(&acts).is_empty(), "no restart: {acts:?}");
+        assert_eq!(m.active(), Some(G2));
+        assert_eq!(m.canary(), None);
+    }
+
+    #[test]
+    fn workers_not_started_after_a_spawn_failure_end_the_generation() {
+        let (mut m, t0) = pool(3);
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = all_actions(&mut m);
+        // Worker 0 started, worker 1 could not be, worker 2 never was.
+        m.handle(
+            ms(t0, 101),
+            Input::WorkerSpawnFailed(G2, 1, "fork: EAGAIN".into()),
+        );
+        m.handle(
+            ms(t0, 101),
+            Input::WorkerSpawnFailed(G2, 2, "not started".into()),
+        );
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Stop(G2)), "{acts:?}");
+        assert!(m.knows(G2));
+        m.handle(
+            ms(t0, 150),
+            Input::WorkerExited(G2, 0, ExitStatus::Signal(15)),
+        );
+        assert!(!m.knows(G2));
+        assert_eq!(m.active(), Some(G1));
+    }
+
+    #[test]
+    fn canary_needs_a_serving_generation_and_a_stop_ends_it() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(steer_cfg(), t0);
+        let _ = all_actions(&mut m);
+        m.handle(
+            ms(t0, 5),
+            Input::ReloadWith(
+                1,
+                Strategy::Canary {
+                    percent: 20,
+                    promote_after: None,
+                },
+            ),
+        );
+        assert_eq!(
+            answers(&all_actions(&mut m)),
+            vec![ReloadOutcome::Refused(Refusal::NothingServing)]
+        );
+        let (mut m, t0) = canary(20, None);
+        m.handle(ms(t0, 300), Input::Stop);
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::Stop(G1)) && acts.contains(&Action::Stop(G2)));
+    }
+
+    #[test]
+    fn workers_and_rollouts_survive_an_upgrade() {
+        let (mut m, t0) = canary(20, Some(Duration::from_secs(30)));
+        m.handle(ms(t0, 200), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
+        let _ = all_actions(&mut m);
+        let text = serde_json::to_string(&m.save()).unwrap();
+        let saved: Saved = serde_json::from_str(&text).unwrap();
+        let mut back = Machine::restore(
+            Config {
+                workers: 2,
+                ..steer_cfg()
+            },
+            saved,
+            ms(t0, 250),
+        );
+        assert_eq!(back.canary(), Some(G2));
+        assert_eq!(back.shares(), &[(G1, 80), (G2, 20)]);
+        assert_eq!(back.workers(G1)[0].1, WorkerPhase::Backoff);
+        let (a, b) = (m.next_deadline().unwrap(), back.next_deadline().unwrap());
+        let gap = if a > b { a - b } else { b - a };
+        assert!(gap < Duration::from_millis(5), "deadline moved by {gap:?}");
+        back.handle_timeout(ms(t0, 310));
+        assert_eq!(all_actions(&mut back), vec![Action::SpawnWorker(G1, 0)]);
+        // A state saved before workers existed has no pools: each
+        // generation gets its one worker.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in ["pools", "rollout", "queued_strategy", "split", "surge"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let saved: Saved = serde_json::from_value(old).unwrap();
+        let back = Machine::restore(steer_cfg(), saved, ms(t0, 250));
+        assert_eq!(back.workers(G1).len(), 1);
+        assert!(back.worker_alive(G1, 0));
     }
 
     #[test]

@@ -203,6 +203,8 @@ fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steerin
             interval: args.start_limit_interval,
         }),
         shutdown_delay: args.shutdown_delay,
+        workers: args.workers,
+        reload: args.reload,
     }
 }
 
@@ -216,6 +218,7 @@ fn command(args: cli::Args, setup: Setup, control_path: &std::path::Path) -> chi
         drain_timeout: args.drain_timeout,
         credentials: setup.credentials,
         chdir: args.chdir,
+        workers: args.workers,
         // Absolute: a child may change its directory.
         control: std::path::absolute(control_path).unwrap_or_else(|_| control_path.to_path_buf()),
     }

@@ -59,6 +59,9 @@ pub struct Counts {
     pub start_time: f64,
     /// Connections waiting in each listener's serving socket, in order.
     pub queued: Vec<u64>,
+    /// Workers of serving generations that exited on their own.
+    #[serde(default)]
+    pub worker_crashes: u64,
 }
 
 /// A label value, escaped as the format wants.
@@ -86,7 +89,7 @@ pub fn render(status: &Status, counts: &Counts) -> String {
         "gauge",
         &[(String::new(), serving as f64)],
     );
-    let states = ["starting", "active", "quiescing", "draining"];
+    let states = ["starting", "active", "quiescing", "draining", "canary"];
     let rows: Vec<(String, f64)> = states
         .iter()
         .map(|s| {
@@ -168,6 +171,56 @@ pub fn render(status: &Status, counts: &Counts) -> String {
         "Connections waiting in the accept queue of each listener's serving socket.",
         "gauge",
         &rows,
+    );
+    let mut workers = Vec::new();
+    let mut restarts = Vec::new();
+    let mut shares = Vec::new();
+    for g in &status.generations {
+        for w in &g.workers {
+            let labels = format!(
+                "{{generation=\"{}\",worker=\"{}\",pid=\"{}\",state=\"{}\"}}",
+                g.generation,
+                w.index,
+                w.pid.map_or_else(String::new, |p| p.to_string()),
+                label(&w.state)
+            );
+            workers.push((labels, 1.0));
+            restarts.push((
+                format!("{{generation=\"{}\",worker=\"{}\"}}", g.generation, w.index),
+                w.restarts as f64,
+            ));
+        }
+        if let Some(p) = g.share {
+            shares.push((format!("{{generation=\"{}\"}}", g.generation), f64::from(p)));
+        }
+    }
+    gauge(
+        &mut out,
+        "supervisor_worker_info",
+        "Every worker of every generation, with its pid and state (1 each).",
+        "gauge",
+        &workers,
+    );
+    gauge(
+        &mut out,
+        "supervisor_worker_restarts_total",
+        "Times each worker was restarted after it exited on its own.",
+        "counter",
+        &restarts,
+    );
+    gauge(
+        &mut out,
+        "supervisor_worker_crashes_total",
+        "Workers of serving generations that exited on their own.",
+        "counter",
+        &[(String::new(), counts.worker_crashes as f64)],
+    );
+    gauge(
+        &mut out,
+        "supervisor_generation_share_percent",
+        "Each generation's share of new connections while a rolling reload or a canary splits them.",
+        "gauge",
+        &shares,
     );
     counts.reload_seconds.write(
         &mut out,

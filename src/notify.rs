@@ -108,12 +108,18 @@ impl NotifyDir {
             .with_context(|| format!("chmod 0711 {}", self.path.display()))
     }
 
-    /// Bind the socket for generation `generation`.
+    /// Bind the socket for worker `worker` of generation `generation`
+    /// (each worker has its own, so that a `READY=1` names its worker
+    /// whoever sends it).
     ///
     /// # Errors
     /// The socket cannot be created or bound.
-    pub fn socket(&self, generation: u64) -> Result<NotifySocket> {
-        let path = self.path.join(format!("gen-{generation}.sock"));
+    pub fn socket(&self, generation: u64, worker: u32) -> Result<NotifySocket> {
+        let path = if worker == 0 {
+            self.path.join(format!("gen-{generation}.sock"))
+        } else {
+            self.path.join(format!("gen-{generation}-{worker}.sock"))
+        };
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -285,7 +291,7 @@ mod tests {
     #[test]
     fn receives_from_own_uid_only_whole_messages() {
         let dir = NotifyDir::create().unwrap();
-        let sock = dir.socket(1).unwrap();
+        let sock = dir.socket(1, 0).unwrap();
         assert!(sock.recv().unwrap().is_none());
         let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
         tx.send_to(b"READY=1\nSTATUS=up", sock.path()).unwrap();

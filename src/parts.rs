@@ -46,8 +46,8 @@ pub enum Watch {
     Signals,
     /// The control socket or one of its connections.
     Control(control::Watch),
-    /// A generation's notify socket.
-    Notify(Generation),
+    /// A worker's notify socket (its generation and index).
+    Notify(Generation, u32),
     /// The service manager's socket has room.
     Manager,
     /// The readiness probe's connection.
@@ -95,8 +95,8 @@ impl Parts {
             watch.push(Watch::Control(w));
             fds.push(PollFd::new(fd, flags(input)));
         }
-        for (g, fd) in self.children.interest() {
-            watch.push(Watch::Notify(g));
+        for ((g, w), fd) in self.children.interest() {
+            watch.push(Watch::Notify(g, w));
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         if let Some(fd) = self.manager.as_ref().and_then(ServiceManager::interest) {

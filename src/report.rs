@@ -16,11 +16,18 @@ use crate::machine::{Cause, Event, ExitStatus, Generation, ReloadOutcome, StartF
 pub trait Who {
     /// The generation's name.
     fn who(&self, g: Generation) -> String;
+    /// One worker's name: `generation 3 worker 1 (pid 4212)`.
+    fn who_worker(&self, g: Generation, w: u32) -> String {
+        format!("{g} worker {w}")
+    }
 }
 
 impl Who for crate::children::Children {
     fn who(&self, g: Generation) -> String {
         crate::children::Children::who(self, g)
+    }
+    fn who_worker(&self, g: Generation, w: u32) -> String {
+        crate::children::Children::who_worker(self, g, w)
     }
 }
 
@@ -149,6 +156,65 @@ impl Report {
                 "the new supervisor serves: every generation goes as a replaced one does, then this supervisor exits"
             ),
             Event::ForcedStop => log::warn!("second stop request: killing every generation now"),
+            Event::WorkerCrashed {
+                generation,
+                worker,
+                status,
+                restart_in,
+            } => {
+                self.counts.worker_crashes += 1;
+                let next = match restart_in {
+                    Some(d) => format!("restarting it in {}", human(*d)),
+                    None => "not restarting it".to_string(),
+                };
+                log::warn!(
+                    "{} {} while serving; {next} (the other workers serve on)",
+                    who.who_worker(*generation, *worker),
+                    describe_status(*status)
+                );
+            }
+            Event::WorkerNotReady { generation, worker } => log::warn!(
+                "{} was not ready in time: stopping it",
+                who.who_worker(*generation, *worker)
+            ),
+            Event::WorkerRetired { generation, worker } => log::info!(
+                "{} retiring: a new worker took its share; sent {stop_signal}",
+                who.who_worker(*generation, *worker)
+            ),
+            Event::Split { shares } => log::info!("new connections split: {}", split_text(shares)),
+            Event::Canary {
+                generation,
+                percent,
+                after,
+            } => log::info!(
+                "{} ready in {}: a canary, receiving {percent}% of new connections",
+                who.who(*generation),
+                human(*after)
+            ),
+            Event::Promoted {
+                generation,
+                replaced,
+                automatic,
+            } => log::info!(
+                "{} promoted{}: it receives every new connection; {} {}",
+                who.who(*generation),
+                if *automatic {
+                    " (promote-after ran out)"
+                } else {
+                    ""
+                },
+                who.who(*replaced),
+                if steer { "quiescing" } else { "draining" }
+            ),
+            Event::RolledBack {
+                generation,
+                serving,
+                why,
+            } => log::warn!(
+                "rolled back ({why}): {} receives every new connection again; {} stops",
+                who.who(*serving),
+                who.who(*generation)
+            ),
         }
     }
 
@@ -196,6 +262,52 @@ impl Report {
                 (false, format!("{what}{tail}"))
             }
             ReloadOutcome::Refused(why) => (false, format!("refused: {why}")),
+            ReloadOutcome::Canary {
+                generation,
+                after,
+                percent,
+                serving,
+            } => {
+                self.counts.reload_seconds.observe(*after);
+                (
+                    true,
+                    format!(
+                        "{} ready in {}: a canary with {percent}% of new connections; {} keeps {}%",
+                        who.who(*generation),
+                        human(*after),
+                        who.who(*serving),
+                        100 - percent
+                    ),
+                )
+            }
+            ReloadOutcome::Promoted {
+                generation,
+                replaced,
+            } => {
+                self.reloads_ok += 1;
+                self.last_failure = None;
+                self.counts.last_reload_success = Some(unix_now());
+                (
+                    true,
+                    format!(
+                        "{} promoted: it receives every new connection; {} {}",
+                        who.who(*generation),
+                        who.who(*replaced),
+                        if steer { "quiescing" } else { "draining" }
+                    ),
+                )
+            }
+            ReloadOutcome::RolledBack {
+                generation,
+                serving,
+            } => (
+                true,
+                format!(
+                    "rolled back: {} receives every new connection; {} stops",
+                    who.who(*serving),
+                    who.who(*generation)
+                ),
+            ),
         }
     }
 
@@ -322,7 +434,14 @@ fn describe_failure(f: &StartFailure) -> String {
         StartFailure::Exited(s) => format!("{} before it was ready", describe_status(*s)),
         StartFailure::NotReady(d) => format!("was not ready within {}", human(*d)),
         StartFailure::Stopping => "was stopped before it was ready".to_string(),
+        StartFailure::RolledBack => "was rolled back".to_string(),
     }
+}
+
+/// `generation 6 80%, generation 7 20%`.
+pub fn split_text(shares: &[(Generation, u32)]) -> String {
+    let parts: Vec<String> = shares.iter().map(|(g, p)| format!("{g} {p}%")).collect();
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use supervisor::duration::millis;
 use supervisor::status;
 
 use crate::children::Children;
-use crate::machine::Machine;
+use crate::machine::{Machine, WorkerPhase};
 use crate::report::Report;
 use crate::steer::Steering;
 
@@ -68,6 +68,32 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             state_ms: millis(now.saturating_duration_since(since)),
             status: children.status_text(g).map(str::to_string),
             queued: steering.queue_of(g),
+            workers: machine
+                .workers(g)
+                .into_iter()
+                .map(|(w, phase, _, restarts)| {
+                    let alive = !matches!(
+                        phase,
+                        WorkerPhase::Vacant | WorkerPhase::Backoff | WorkerPhase::Exited
+                    );
+                    let pid = children.worker_pid(g, w).filter(|_| alive);
+                    status::Worker {
+                        index: w,
+                        pid: pid.map(|p| p.as_raw()),
+                        state: phase.as_str().to_string(),
+                        restarts,
+                        age_ms: children
+                            .worker_started(g, w)
+                            .filter(|_| alive)
+                            .map(|s| millis(now.saturating_duration_since(s))),
+                    }
+                })
+                .collect(),
+            share: machine
+                .shares()
+                .iter()
+                .find(|(x, _)| *x == g)
+                .map(|(_, p)| *p),
         })
         .collect();
     let listeners = steering

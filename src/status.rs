@@ -103,6 +103,30 @@ pub struct Generation {
     /// shared mode).
     #[serde(default)]
     pub queued: Option<u64>,
+    /// Its workers (`--workers N`; one otherwise), by index.
+    #[serde(default)]
+    pub workers: Vec<Worker>,
+    /// Its share of new connections in percent, while a rolling reload or
+    /// a canary splits them between generations.
+    #[serde(default)]
+    pub share: Option<u32>,
+}
+
+/// One worker of a generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// Its index, 0 to N-1 (`SUPERVISOR_WORKER`).
+    pub index: u32,
+    /// Its pid, while it has a process.
+    pub pid: Option<i32>,
+    /// `starting`, `ready`, `retiring` (stopped alone), `backoff`
+    /// (crashed, restarting) or `vacant` (no process).
+    pub state: String,
+    /// Times it was restarted after exiting on its own.
+    pub restarts: u64,
+    /// Time since its process was spawned, in milliseconds.
+    #[serde(default)]
+    pub age_ms: Option<u64>,
 }
 
 /// Reload counts.
@@ -207,11 +231,31 @@ impl Status {
                 if let Some(q) = g.queued.filter(|&q| q > 0) {
                     let _ = write!(line, ", {q} queued");
                 }
+                if let Some(p) = g.share {
+                    let _ = write!(line, ", {p}% of new connections");
+                }
                 if let Some(text) = &g.status {
                     // A child's text must not be able to forge lines.
                     let _ = write!(line, "  status: {}", text.escape_debug());
                 }
                 let _ = writeln!(out, "{line}");
+                if g.workers.len() > 1 {
+                    for w in &g.workers {
+                        let pid = w
+                            .pid
+                            .map_or_else(|| "no pid".to_string(), |p| format!("pid {p}"));
+                        let age = w.age_ms.map_or_else(|| "-".to_string(), ms);
+                        let _ = writeln!(
+                            out,
+                            "       worker {:<3} {:<10} {:<9} up {age}, {} restart{}",
+                            w.index,
+                            pid,
+                            w.state,
+                            w.restarts,
+                            if w.restarts == 1 { "" } else { "s" }
+                        );
+                    }
+                }
             }
         }
         let r = &self.reloads;
@@ -276,6 +320,8 @@ mod tests {
                     state_ms: 2_100,
                     status: None,
                     queued: Some(2),
+                    workers: Vec::new(),
+                    share: None,
                 },
                 Generation {
                     generation: 7,
@@ -285,6 +331,23 @@ mod tests {
                     state_ms: 2_100,
                     status: Some("serving\n3".into()),
                     queued: Some(0),
+                    workers: vec![
+                        Worker {
+                            index: 0,
+                            pid: Some(101),
+                            state: "ready".into(),
+                            restarts: 0,
+                            age_ms: Some(2_300),
+                        },
+                        Worker {
+                            index: 1,
+                            pid: Some(105),
+                            state: "ready".into(),
+                            restarts: 2,
+                            age_ms: Some(300),
+                        },
+                    ],
+                    share: Some(80),
                 },
             ],
             restarts: 1,
@@ -300,6 +363,11 @@ mod tests {
     #[test]
     fn renders() {
         let text = sample().render();
+        assert!(
+            text.contains("worker 1   pid 105    ready     up 300ms, 2 restarts"),
+            "{text}"
+        );
+        assert!(text.contains(", 80% of new connections"), "{text}");
         assert!(text.contains("supervisor pid 42, up 1m1s"), "{text}");
         assert!(
             text.contains("command:     ./server --name 'two words'"),
@@ -319,7 +387,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("binary:      /usr/bin/supervisor"), "{text}");
-        assert_eq!(text.lines().count(), 12, "{text}");
+        assert_eq!(text.lines().count(), 14, "{text}");
         // After an upgrade, the first line says so.
         let mut upgraded = sample();
         upgraded.supervisor.upgrades = 3;

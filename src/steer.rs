@@ -12,6 +12,12 @@
 //! mode (Unix sockets, sockets that cannot be joined) gives every
 //! generation the same socket.
 //!
+//! While a rolling reload or a canary runs, new connections are *split*
+//! between generations by weight: the program draws a random number
+//! (`ld random`, `SKF_AD_RANDOM`) and compares it with thresholds, one per
+//! generation, so each member gets its share (see [`program`]). A
+//! generation's workers (`--workers N`) share its one member socket.
+//!
 //! The kernel numbers a group's members in the order they joined and moves
 //! the last member into the slot of one that leaves; this part keeps its own
 //! copy of that order and re-attaches the program after every change. After
@@ -110,6 +116,9 @@ pub struct Saved {
     slots: Vec<SavedSlot>,
     unwatched: Vec<i32>,
     steer: bool,
+    /// The split of new connections between generations, in percent.
+    #[serde(default)]
+    split: Vec<(Generation, u32)>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -246,6 +255,9 @@ pub struct Steering {
     options: SocketOptions,
     /// Steer mode asked for (`--handoff steer`).
     steer: bool,
+    /// Shares of new connections by generation, in percent (a rolling
+    /// reload, a canary); empty: all to the routed member.
+    split: Vec<(Generation, u32)>,
     /// Another supervisor is taking the sockets over, its mirror of every
     /// group copied from this one: nothing here changes a group (no
     /// program, no member joins or leaves) until it is gone.
@@ -273,6 +285,7 @@ impl Saved {
             s.probe = None;
         }
         self.unwatched.clear();
+        self.split.clear();
         self
     }
 }
@@ -375,6 +388,7 @@ impl Steering {
             steer,
             held: false,
             deferred: Vec::new(),
+            split: Vec::new(),
         };
         for i in 0..s.slots.len() {
             s.start_steering(i);
@@ -562,6 +576,7 @@ impl Steering {
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
             steer: self.steer,
+            split: self.split.clone(),
         }
     }
 
@@ -607,6 +622,7 @@ impl Steering {
             steer: saved.steer,
             held: false,
             deferred: Vec::new(),
+            split: saved.split,
         }
     }
 
@@ -629,6 +645,11 @@ impl Steering {
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if slot.mode != Mode::Steer {
+                continue;
+            }
+            // Another worker of `g`: the generation's socket is shared by
+            // its workers.
+            if slot.members.iter().any(|m| m.owner == Some(g)) {
                 continue;
             }
             if slot
@@ -728,6 +749,33 @@ impl Steering {
                 });
             }
         }
+    }
+
+    /// Share new connections between generations by weight (percent);
+    /// empty: all to the routed generation again. A generation with no
+    /// socket of its own in a group gets nothing there.
+    pub fn split(&mut self, shares: &[(Generation, u32)], notices: &mut Vec<Notice>) {
+        self.split = shares.to_vec();
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer && !self.slots[i].frozen {
+                continue;
+            }
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The generations that still own a socket (for the driver's sweep of
+    /// gone generations).
+    pub fn owners(&self) -> BTreeSet<Generation> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.members.iter().filter_map(|m| m.owner))
+            .collect()
     }
 
     /// Generation `g` was reaped: close its own sockets, unless one is
@@ -1251,8 +1299,32 @@ impl Steering {
         let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
             return Ok(());
         };
-        let prog = program(s.routed as u32, s.probe.map(|(p, k)| (p, k as u32)));
+        let prog = program(
+            s.routed as u32,
+            &self.weights(i),
+            s.probe.map(|(p, k)| (p, k as u32)),
+        );
         attach_cbpf(m.fd.as_fd(), &prog)
+    }
+
+    /// Slot `i`'s members and their weights under the current split: each
+    /// generation in the split that has a socket of its own there. Fewer
+    /// than two: no split (all to the routed member).
+    fn weights(&self, i: usize) -> Vec<(u32, u32)> {
+        let s = &self.slots[i];
+        let out: Vec<(u32, u32)> = self
+            .split
+            .iter()
+            .filter(|(_, w)| *w > 0)
+            .filter_map(|(g, w)| {
+                let k = s
+                    .members
+                    .iter()
+                    .position(|m| m.owner == Some(*g) && !m.retired)?;
+                Some((k as u32, *w))
+            })
+            .collect();
+        if out.len() < 2 { Vec::new() } else { out }
     }
 }
 
@@ -1366,26 +1438,66 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The classic BPF program of a group: connections from source port
-/// `probe.0` go to member `probe.1`, everything else to member `routed`.
+/// `probe.0` go to member `probe.1`; the others to member `routed`, or,
+/// when `split` names two members or more (member index, weight), to one
+/// of them at random with a probability proportional to its weight.
 ///
 /// The source port is read from the packet's transport header, found
 /// through the network header (`SKF_NET_OFF`): after a variable-length IPv4
 /// header, or after the fixed 40-byte IPv6 header.
-pub fn program(routed: u32, probe: Option<(u16, u32)>) -> Vec<libc::sock_filter> {
+///
+/// The split draws a 32-bit random number (`ld #rand`, the ancillary load
+/// at `SKF_AD_OFF + SKF_AD_RANDOM`, a fresh `get_random_u32` per packet)
+/// and compares it with the cumulative thresholds `T_j = floor(2^32 *
+/// (w_0 + ... + w_j) / W)`: the first member whose threshold is above the
+/// number gets the connection, the last one everything above the last
+/// threshold. So member j gets `(T_j - T_(j-1)) / 2^32` of the new
+/// connections, its weight's share to within 2^-32.
+pub fn program(
+    routed: u32,
+    split: &[(u32, u32)],
+    probe: Option<(u16, u32)>,
+) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20;
     const LD_B_ABS: u16 = 0x30;
     const LD_H_ABS: u16 = 0x28;
     const LD_H_IND: u16 = 0x48;
     const LDX_B_MSH: u16 = 0xb1;
     const ALU_RSH_K: u16 = 0x74;
     const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
     const JA: u16 = 0x05;
     const RET_K: u16 = 0x06;
     let ins = |code, jt, jf, k: u32| libc::sock_filter { code, jt, jf, k };
     let net = libc::SKF_NET_OFF as u32;
-    let Some((port, member)) = probe else {
-        return vec![ins(RET_K, 0, 0, routed)];
+    let tail = match split {
+        [] | [_] => vec![ins(RET_K, 0, 0, routed)],
+        _ => {
+            let total: u64 = split.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut out = vec![ins(
+                LD_W_ABS,
+                0,
+                0,
+                (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+            )];
+            let mut cum = 0u64;
+            let (last, first) = split.split_last().expect("two members or more");
+            for (member, weight) in first {
+                cum += u64::from(*weight);
+                // At most 2^32 - 1: the last member's weight is above 0.
+                let threshold = ((cum << 32) / total.max(1)).min(u64::from(u32::MAX)) as u32;
+                // Random >= threshold: on to the next test; else this one.
+                out.push(ins(JGE_K, 1, 0, threshold));
+                out.push(ins(RET_K, 0, 0, *member));
+            }
+            out.push(ins(RET_K, 0, 0, last.0));
+            out
+        }
     };
-    vec![
+    let Some((port, member)) = probe else {
+        return tail;
+    };
+    let mut out = vec![
         ins(LD_B_ABS, 0, 0, net),  // 0: A = first byte of the IP header
         ins(ALU_RSH_K, 0, 0, 4),   // 1: A = IP version
         ins(JEQ_K, 3, 0, 6),       // 2: IPv6? to 6
@@ -1395,8 +1507,9 @@ pub fn program(routed: u32, probe: Option<(u16, u32)>) -> Vec<libc::sock_filter>
         ins(LD_H_ABS, 0, 0, net.wrapping_add(40)), // 6: A = IPv6 source port
         ins(JEQ_K, 0, 1, u32::from(port)), // 7: the probe's port?
         ins(RET_K, 0, 0, member),  // 8: to the probe's member
-        ins(RET_K, 0, 0, routed),  // 9: to the routed member
-    ]
+    ];
+    out.extend(tail); // 9: everything else
+    out
 }
 
 fn attach_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> Result<(), Errno> {
@@ -1495,14 +1608,14 @@ mod tests {
 
     #[test]
     fn a_program_without_probe_is_one_return() {
-        let p = program(3, None);
+        let p = program(3, &[], None);
         assert_eq!(p.len(), 1);
         assert_eq!((p[0].code, p[0].k), (0x06, 3));
     }
 
     #[test]
     fn a_probe_program_jumps_to_its_returns() {
-        let p = program(1, Some((40000, 2)));
+        let p = program(1, &[], Some((40000, 2)));
         assert_eq!(p.len(), 10);
         // Every jump lands inside the program.
         for (i, ins) in p.iter().enumerate() {
@@ -1517,5 +1630,77 @@ mod tests {
         assert_eq!(p[7].k, 40000);
         assert_eq!((p[8].code, p[8].k), (0x06, 2));
         assert_eq!((p[9].code, p[9].k), (0x06, 1));
+    }
+
+    #[test]
+    fn a_split_program_compares_a_random_number_with_thresholds() {
+        // 80/20 between members 2 and 0.
+        let p = program(2, &[(2, 80), (0, 20)], None);
+        assert_eq!(p.len(), 4);
+        assert_eq!(
+            (p[0].code, p[0].k),
+            (0x20, (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32)
+        );
+        let t = p[1].k;
+        assert_eq!((p[1].code, p[1].jt, p[1].jf), (0x35, 1, 0));
+        assert_eq!((t as f64 / 2f64.powi(32) * 100.0).round(), 80.0);
+        assert_eq!((p[2].code, p[2].k), (0x06, 2));
+        assert_eq!((p[3].code, p[3].k), (0x06, 0));
+        // Three members: two thresholds, increasing.
+        let p = program(0, &[(0, 1), (1, 1), (2, 2)], None);
+        assert_eq!(p.len(), 6);
+        assert!(p[1].k < p[3].k);
+        assert_eq!(p[3].k, 1 << 31);
+        // One member is no split; with a probe the split follows it.
+        assert_eq!(program(4, &[(1, 100)], None).len(), 1);
+        let p = program(1, &[(1, 50), (3, 50)], Some((40000, 2)));
+        assert_eq!(p.len(), 9 + 4);
+        assert_eq!((p[8].code, p[8].k), (0x06, 2));
+        assert_eq!(p[9].code, 0x20);
+    }
+
+    /// The split program, run by the kernel on real connections: about the
+    /// asked share lands on each of two listening sockets.
+    #[test]
+    fn the_kernel_runs_the_split_program() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::FromRawFd;
+        let bind = |port: u16| -> TcpListener {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Tcp,
+            )
+            .unwrap();
+            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+            let addr = SockaddrIn::new(127, 0, 0, 1, port);
+            bind(fd.as_raw_fd(), &addr).unwrap();
+            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+            // SAFETY: `fd` is a new listening socket; ownership moves.
+            unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+        };
+        let a = bind(0);
+        let port = a.local_addr().unwrap().port();
+        let b = bind(port);
+        // Member 0 is `a`, member 1 is `b` (join order): 25% to `b`.
+        attach_cbpf(a.as_fd(), &program(0, &[(0, 75), (1, 25)], None)).unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let total = 800;
+        let (mut on_a, mut on_b) = (0, 0);
+        for _ in 0..total {
+            let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // The handshake is complete on loopback when connect returns.
+            if a.accept().is_ok() {
+                on_a += 1;
+            }
+            if b.accept().is_ok() {
+                on_b += 1;
+            }
+        }
+        assert_eq!(on_a + on_b, total);
+        // Binomial(800, 0.25): mean 200, sd 12.2; 5 sd either way.
+        assert!((139..=261).contains(&on_b), "{on_b} of {total} on b");
     }
 }

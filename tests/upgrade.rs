@@ -445,3 +445,67 @@ fn a_new_image_that_refuses_the_state_goes_back_to_the_old_one() {
     load.expect_served(2, 20, "after the upgrade");
     load.finish_clean("a refused upgrade", 40);
 }
+
+#[test]
+fn workers_their_restarts_and_a_canary_cross_the_upgrade() {
+    let bin = Binary::new("upgrade-workers");
+    let sv = bin.start(&["--workers", "2", "--ready", "notify"], &[]);
+    let addr = sv.listener_addr(0);
+    let load = Load::start_closing(addr, 4, Duration::from_secs(60));
+    load.expect_served(1, 50, "before the canary");
+    let out = sv.ctl(&["reload", "--canary", "30", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    load.expect_served(2, 20, "the canary");
+    let workers = |s: &Status, g: u64| -> Vec<(u32, Option<i32>, String)> {
+        s.generations
+            .iter()
+            .find(|e| e.generation == g)
+            .map(|e| {
+                e.workers
+                    .iter()
+                    .map(|w| (w.index, w.pid, w.state.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = sv.status();
+    assert_eq!(workers(&before, 1).len(), 2);
+    assert_eq!(workers(&before, 2).len(), 2);
+
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}\n{}", sv.output());
+    let after = sv.status();
+    assert_eq!(after.supervisor.upgrades, 1);
+    // The same worker processes, in the same states; the canary keeps its
+    // share.
+    for g in [1, 2] {
+        assert_eq!(workers(&after, g), workers(&before, g), "generation {g}");
+    }
+    let canary = after
+        .generations
+        .iter()
+        .find(|e| e.generation == 2)
+        .unwrap();
+    assert_eq!((canary.state.as_str(), canary.share), ("canary", Some(30)));
+    load.expect_served(2, 20, "the canary after the upgrade");
+    load.expect_served(1, 20, "the old generation after the upgrade");
+
+    // The new image restarts a crashed worker alone, and promotes.
+    let victim = workers(&after, 1)[1].1.unwrap();
+    // SAFETY: kill(2) on a worker of our supervisor.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    sv.wait_status("worker 1 of generation 1 restarted", WAIT, |s| {
+        let w = s.generations.first()?.workers.get(1)?.clone();
+        (w.restarts == 1 && w.state == "ready").then_some(())
+    });
+    let out = sv.ctl(&["promote", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    sv.wait_status("generation 1 gone", WAIT, |s| {
+        (s.generations.len() == 1).then_some(())
+    });
+    load.expect_served(2, 50, "after the promotion");
+    // The killed worker may have held connections.
+    let stats = load.finish();
+    let failures = stats.failures.lock().unwrap().clone();
+    assert!(failures.len() <= 4, "{failures:?}");
+}

@@ -1,4 +1,5 @@
 //! The control socket's protocol text: one request line in (`reload`,
+//! `reload rolling K`, `reload canary PCT [DUR]`, `promote`, `rollback`,
 //! `status`, `stop`, `fds [NAME...]` or `listen NAME ADDR`), one answer
 //! line out (`ok TEXT` or `error TEXT`); for `fds` and `listen`, the
 //! listener descriptions that go with the file descriptors
@@ -36,6 +37,29 @@ pub enum Request {
     /// Another supervisor takes every socket over (supervisor to
     /// supervisor; see the binary's `takeover` module).
     Takeover,
+    /// A reload with a strategy of its own (`reload rolling K`, `reload
+    /// canary PCT [DUR]`); answered as `reload` is.
+    ReloadWith(ReloadKind),
+    /// Finish a canary: it takes every new connection.
+    Promote,
+    /// Undo a canary or a rolling reload: the serving generation takes
+    /// every new connection back, the new one stops.
+    Rollback,
+}
+
+/// How a `reload` replaces the serving generation when it says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadKind {
+    /// K workers at a time.
+    Rolling(u32),
+    /// A canary with this share (1 to 99 percent), promoted by itself
+    /// after the duration, if one is given.
+    Canary {
+        /// Percent of new connections.
+        percent: u32,
+        /// Promote after this long.
+        promote_after: Option<std::time::Duration>,
+    },
 }
 
 impl Request {
@@ -49,6 +73,9 @@ impl Request {
             Request::Listen(_) => "listen",
             Request::Upgrade(_) => "upgrade",
             Request::Takeover => "takeover",
+            Request::ReloadWith(_) => "reload",
+            Request::Promote => "promote",
+            Request::Rollback => "rollback",
         }
     }
 
@@ -58,6 +85,14 @@ impl Request {
             Request::Fds(names) if !names.is_empty() => format!("fds {}", names.join(" ")),
             Request::Listen(spec) => format!("listen {} {}", spec.name, spec.text),
             Request::Upgrade(Some(t)) => format!("upgrade {}ms", t.as_millis().max(1)),
+            Request::ReloadWith(ReloadKind::Rolling(k)) => format!("reload rolling {k}"),
+            Request::ReloadWith(ReloadKind::Canary {
+                percent,
+                promote_after,
+            }) => match promote_after {
+                Some(d) => format!("reload canary {percent} {}ms", d.as_millis().max(1)),
+                None => format!("reload canary {percent}"),
+            },
             other => other.as_str().to_string(),
         }
     }
@@ -83,6 +118,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         b"fds" => return Ok(Request::Fds(Vec::new())),
         b"upgrade" => return Ok(Request::Upgrade(None)),
         b"takeover" => return Ok(Request::Takeover),
+        b"promote" => return Ok(Request::Promote),
+        b"rollback" => return Ok(Request::Rollback),
         _ => {}
     }
     let shown = |b: &[u8]| -> String { String::from_utf8_lossy(b).chars().take(40).collect() };
@@ -97,6 +134,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
                 e.chars().take(200).collect::<String>().escape_debug()
             )),
         };
+    }
+    if let Some(rest) = line.strip_prefix(b"reload ") {
+        return parse_reload(rest).map(Request::ReloadWith);
     }
     if let Some(rest) = line.strip_prefix(b"fds ") {
         let rest = std::str::from_utf8(rest)
@@ -133,9 +173,46 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         return Ok(Request::Listen(spec));
     }
     Err(format!(
-        "unknown request {:?} (expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)",
+        "unknown request {:?} (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)",
         shown(line)
     ))
+}
+
+/// The words after `reload `: `rolling K` or `canary PCT [DUR]`.
+fn parse_reload(rest: &[u8]) -> Result<ReloadKind, String> {
+    let usage = "reload: expected `reload`, `reload rolling K` or `reload canary PCT [DUR]`";
+    let text = std::str::from_utf8(rest).map_err(|_| usage.to_string())?;
+    let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+    let number = |w: &str, what: &str, max: u32| -> Result<u32, String> {
+        match w.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "reload: {what} must be a number from 1 to {max}, not {:?}",
+                w.chars().take(40).collect::<String>()
+            )),
+        }
+    };
+    match words.as_slice() {
+        ["rolling", k] => Ok(ReloadKind::Rolling(number(k, "K", 1024)?)),
+        ["canary", pct] => Ok(ReloadKind::Canary {
+            percent: number(pct, "the canary's percent", 99)?,
+            promote_after: None,
+        }),
+        ["canary", pct, dur] => {
+            let percent = number(pct, "the canary's percent", 99)?;
+            match crate::duration::parse(dur) {
+                Ok(d) if !d.is_zero() => Ok(ReloadKind::Canary {
+                    percent,
+                    promote_after: Some(d),
+                }),
+                _ => Err(format!(
+                    "reload: bad promote-after duration {:?}",
+                    dur.chars().take(40).collect::<String>()
+                )),
+            }
+        }
+        _ => Err(usage.to_string()),
+    }
 }
 
 /// The kinds of listener in a description line.
@@ -277,19 +354,62 @@ mod tests {
         for bad in [&b"upgrade 0s"[..], b"upgrade soon", b"upgrade -1s"] {
             assert!(parse_request(bad).unwrap_err().starts_with("upgrade: "));
         }
-        for bad in [&b""[..], b"RELOAD", b"reload now", b"\xff\xfe", b"stop\0"] {
+        for bad in [&b""[..], b"RELOAD", b"\xff\xfe", b"stop\0"] {
             let e = parse_request(bad).unwrap_err();
             assert!(
                 e.contains(
-                    "expected reload, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR"
+                    "expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR"
                 ),
                 "{e}"
             );
         }
+        assert!(
+            parse_request(b"reload now")
+                .unwrap_err()
+                .starts_with("reload: ")
+        );
         // Garbage is shown short and escaped, never as raw bytes.
         let e = parse_request(&[b'x'; 500]).unwrap_err();
-        assert!(e.len() < 160, "{e}");
+        assert!(e.len() < 200, "{e}");
         assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
+    }
+
+    #[test]
+    fn reload_strategies_promote_and_rollback() {
+        assert_eq!(
+            parse_request(b"reload rolling 2"),
+            Ok(Request::ReloadWith(ReloadKind::Rolling(2)))
+        );
+        assert_eq!(
+            parse_request(b"reload canary 20"),
+            Ok(Request::ReloadWith(ReloadKind::Canary {
+                percent: 20,
+                promote_after: None
+            }))
+        );
+        let r = Request::ReloadWith(ReloadKind::Canary {
+            percent: 5,
+            promote_after: Some(std::time::Duration::from_secs(90)),
+        });
+        assert_eq!(r.line(), "reload canary 5 90000ms");
+        assert_eq!(parse_request(r.line().as_bytes()), Ok(r));
+        let r = Request::ReloadWith(ReloadKind::Rolling(3));
+        assert_eq!(parse_request(r.line().as_bytes()), Ok(r));
+        assert_eq!(parse_request(b"promote"), Ok(Request::Promote));
+        assert_eq!(parse_request(b"rollback\r"), Ok(Request::Rollback));
+        for bad in [
+            &b"reload rolling 0"[..],
+            b"reload rolling",
+            b"reload canary 100",
+            b"reload canary 0",
+            b"reload canary 20 0s",
+            b"reload canary 20 soon",
+            b"reload canary 20 1s x",
+            b"reload \xff",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("reload: "), "{e}");
+        }
     }
 
     #[test]
@@ -414,6 +534,7 @@ mod tests {
             }
             match parse_request(&data) {
                 Ok(Request::Upgrade(Some(_))) => assert!(data.starts_with(b"upgrade ")),
+                Ok(Request::ReloadWith(_)) => assert!(data.starts_with(b"reload ")),
                 Ok(r) if !r.sends_fds() => assert_eq!(
                     data.strip_suffix(b"\r").unwrap_or(&data),
                     r.as_str().as_bytes()

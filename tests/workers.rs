@@ -1,0 +1,533 @@
+//! Worker pools (`--workers N`) and the three reload strategies: all at
+//! once, rolling (`reload --rolling[=K]`) and canary (`reload --canary PCT`,
+//! `promote`, `rollback`). The child is a single-threaded Python stdlib
+//! HTTP server (below) that answers every request with its generation,
+//! worker index and pid; clients send `Connection: close`, so that every
+//! request is a new connection that the kernel (and the supervisor's BPF
+//! program) places anew.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A single-threaded server on the inherited fd 3: one connection at a
+/// time, answered with `generation G worker W pid P`. It sends `READY=1`
+/// once it accepts. On SIGTERM it finishes the connection in hand and
+/// exits 0. `GET /crash` answers, then exits 1 (a worker that dies holding
+/// no connection). `FAIL=G:W` makes worker W of generation G exit 1 at
+/// start.
+const SERVER: &str = r#"
+import os, signal, socket, sys
+gen = os.environ["SUPERVISOR_GENERATION"]
+worker = os.environ["SUPERVISOR_WORKER"]
+if os.environ.get("FAIL") == gen + ":" + worker:
+    sys.exit(1)
+stopping = False
+def stop(*_):
+    global stopping
+    stopping = True
+signal.signal(signal.SIGTERM, stop)
+sock = socket.socket(fileno=3)
+sock.settimeout(0.05)
+addr = os.environ["NOTIFY_SOCKET"]
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", addr)
+n.close()
+while not stopping:
+    try:
+        conn, _ = sock.accept()
+    except (socket.timeout, BlockingIOError, InterruptedError):
+        continue
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    body = ("generation %s worker %s pid %d\n" % (gen, worker, os.getpid())).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    conn.close()
+    if data.startswith(b"GET /crash "):
+        os._exit(1)
+sys.exit(0)
+"#;
+
+/// Who answered one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Who {
+    generation: u64,
+    worker: u32,
+    pid: i32,
+}
+
+/// One `GET PATH` with `Connection: close`.
+fn get(addr: SocketAddr, path: &str) -> Result<Who, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .ok_or_else(|| format!("no body in {text:?}"))?;
+    let w: Vec<&str> = body.split_whitespace().collect();
+    match w.as_slice() {
+        ["generation", g, "worker", k, "pid", p] => Ok(Who {
+            generation: g.parse().unwrap(),
+            worker: k.parse().unwrap(),
+            pid: p.parse().unwrap(),
+        }),
+        _ => Err(format!("unexpected answer {text:?}")),
+    }
+}
+
+/// `Connection: close` requests from `threads` clients until stopped
+/// (bounded by a deadline and a count), counting who answered.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    seen: Arc<Mutex<BTreeMap<Who, u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, seen, failures) = (stop.clone(), seen.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100_000 {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            break;
+                        }
+                        match get(addr, "/") {
+                            Ok(w) => *seen.lock().unwrap().entry(w).or_default() += 1,
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            seen,
+            failures,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.seen.lock().unwrap().values().sum()
+    }
+
+    fn served_by(&self, g: u64) -> u64 {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(w, _)| w.generation == g)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Wait until generation `g` has answered `n` more requests.
+    fn expect_served(&self, g: u64, n: u64, what: &str) {
+        let base = self.served_by(g);
+        let done = wait_until(WAIT, || (self.served_by(g) >= base + n).then_some(()));
+        assert!(
+            done.is_some(),
+            "{what}: generation {g} did not serve {n} more requests; {} ok, failures {:?}",
+            self.ok(),
+            self.failures.lock().unwrap()
+        );
+    }
+
+    /// Stop; who answered, and the failures.
+    fn finish(mut self) -> (BTreeMap<Who, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let seen = self.seen.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (seen, failures)
+    }
+
+    fn finish_clean(self, what: &str) -> BTreeMap<Who, u64> {
+        let (seen, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{what}: {} failed requests ({} ok):\n{}",
+            failures.len(),
+            seen.values().sum::<u64>(),
+            failures.join("\n")
+        );
+        seen
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A supervisor running `workers` copies of the server, ready by notify.
+fn start(dir: &TempDir, workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Supervisor {
+    let script = dir.path("server.py");
+    std::fs::write(&script, SERVER).unwrap();
+    let n = workers.to_string();
+    let mut b = Supervisor::builder()
+        .tcp()
+        .notify()
+        .args(["--workers", n.as_str(), "--quiesce", "100ms"])
+        .args(extra)
+        .command([python3(), script.to_str().unwrap().to_string()]);
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let sv = b.start();
+    wait_workers_ready(&sv, 1, workers);
+    sv
+}
+
+/// Wait until generation `g` is active with `n` workers ready.
+fn wait_workers_ready(sv: &Supervisor, g: u64, n: u32) -> Status {
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        let e = s.generation(g)?;
+        let ready = e.workers.iter().filter(|w| w.state == "ready").count();
+        (e.state == "active" && ready == n as usize).then_some(())
+    });
+    sv.status()
+}
+
+/// The supervisor's child processes now (the workers of every generation).
+fn children(pid: i32) -> Vec<i32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| process_state(*p).is_some_and(|s| s != 'Z'))
+        .collect()
+}
+
+/// Sample the supervisor's live children until `done`; the most seen.
+fn peak_children(pid: i32, done: &AtomicBool) -> usize {
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while !done.load(Ordering::Relaxed) && Instant::now() < until {
+        peak = peak.max(children(pid).len());
+        std::thread::yield_now();
+    }
+    peak.max(children(pid).len())
+}
+
+/// The reload command's answer: exit code and text.
+fn reload(sv: &Supervisor, args: &[&str]) -> (Option<i32>, String) {
+    let mut words = vec!["reload", "--timeout", "30s"];
+    words.extend(args);
+    let out = sv.ctl(&words);
+    (out.code, format!("{}{}", out.stdout, out.stderr))
+}
+
+#[test]
+fn four_workers_serve_and_a_crashed_worker_is_replaced_alone() {
+    let dir = TempDir::new("workers");
+    let sv = start(&dir, 4, &[], &[]);
+    let addr = sv.listener_addr(0);
+    let status = sv.status();
+    let g1 = status.generation(1).unwrap();
+    assert_eq!(g1.workers.len(), 4);
+    let pids: BTreeSet<i32> = g1.workers.iter().map(|w| w.pid.unwrap()).collect();
+    assert_eq!(pids.len(), 4, "{g1:?}");
+    for w in &g1.workers {
+        let env = environ(w.pid.unwrap());
+        assert_eq!(env["SUPERVISOR_WORKER"], w.index.to_string());
+        assert_eq!(env["SUPERVISOR_WORKERS"], "4");
+    }
+    assert!(
+        sv.ctl(&["status"]).stdout.contains("worker 3"),
+        "status shows every worker"
+    );
+
+    // All four serve: concurrent clients see four pids and four indexes.
+    let load = Load::start(addr, 8);
+    let seen = wait_until(WAIT, || {
+        let seen = load.seen.lock().unwrap();
+        (seen.keys().map(|w| w.pid).collect::<BTreeSet<_>>().len() == 4).then(|| seen.clone())
+    });
+    assert!(seen.is_some(), "not all four answered: {:?}", load.seen);
+    let seen = seen.unwrap();
+    let workers: BTreeSet<u32> = seen.keys().map(|w| w.worker).collect();
+    assert_eq!(workers, BTreeSet::from([0, 1, 2, 3]));
+    assert!(seen.keys().all(|w| pids.contains(&w.pid)));
+
+    // A worker that exits on its own between connections (it holds none):
+    // restarted alone, the others serve on, no request fails.
+    let crashed = get(addr, "/crash").unwrap();
+    let s = sv.wait_status("the expected state", WAIT, |s: &Status| {
+        let w = &s.generation(1)?.workers[crashed.worker as usize];
+        (w.restarts == 1 && w.state == "ready" && w.pid != Some(crashed.pid)).then(|| s.clone())
+    });
+    let after: BTreeSet<i32> = s
+        .generation(1)
+        .unwrap()
+        .workers
+        .iter()
+        .map(|w| w.pid.unwrap())
+        .collect();
+    assert_eq!(
+        pids.difference(&after).count(),
+        1,
+        "only the crashed worker changed"
+    );
+    assert_eq!(s.generation(1).unwrap().state, "active");
+    assert!(sv.has_line(&format!(
+        "worker {} (pid {}) exited with status 1",
+        crashed.worker, crashed.pid
+    )));
+    load.expect_served(1, 200, "after the crash");
+    let metrics_pid = s.generation(1).unwrap().workers[0].pid.unwrap();
+    let seen = load.finish_clean("a worker exiting between connections");
+    assert!(
+        seen.keys()
+            .any(|w| after.contains(&w.pid) && !pids.contains(&w.pid)),
+        "the new worker serves"
+    );
+
+    // A worker killed while it may hold a connection: a single-threaded
+    // worker holds at most one, so at most one request fails, and the
+    // worker is replaced.
+    let load = Load::start(addr, 8);
+    load.expect_served(1, 100, "before the kill");
+    // SAFETY: kill(2) on a worker of our supervisor.
+    unsafe { libc::kill(metrics_pid, libc::SIGKILL) };
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        let w = &s.generation(1)?.workers[0];
+        (w.state == "ready" && w.pid != Some(metrics_pid)).then_some(())
+    });
+    load.expect_served(1, 200, "after the kill");
+    let (_, failures) = load.finish();
+    assert!(
+        failures.len() <= 1,
+        "more than the killed worker's one connection failed: {failures:?}"
+    );
+}
+
+#[test]
+fn a_reload_of_four_workers_under_load_loses_nothing() {
+    let dir = TempDir::new("workers");
+    let sv = start(&dir, 4, &[], &[]);
+    let addr = sv.listener_addr(0);
+    let load = Load::start(addr, 8);
+    load.expect_served(1, 100, "before the reloads");
+    for g in 2..=3 {
+        let (code, text) = reload(&sv, &[]);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains(&format!("generation {g} (pids ")), "{text}");
+        load.expect_served(g, 200, "after the reload");
+    }
+    let seen = load.finish_clean("all-at-once reloads of four workers");
+    let g3: BTreeSet<i32> = seen
+        .keys()
+        .filter(|w| w.generation == 3)
+        .map(|w| w.pid)
+        .collect();
+    assert!(
+        g3.len() >= 2,
+        "the new generation's workers share the load: {g3:?}"
+    );
+}
+
+#[test]
+fn rolling_reloads_keep_at_most_n_plus_k_alive_and_lose_nothing() {
+    let dir = TempDir::new("workers");
+    let sv = start(&dir, 4, &[], &[]);
+    let addr = sv.listener_addr(0);
+    let load = Load::start(addr, 8);
+    load.expect_served(1, 100, "before the reload");
+    for (g, k, flag) in [(2u64, 1usize, "--rolling"), (3, 2, "--rolling=2")] {
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (done, pid) = (done.clone(), sv.pid);
+            std::thread::spawn(move || peak_children(pid, &done))
+        };
+        let (code, text) = reload(&sv, &[flag]);
+        assert_eq!(code, Some(0), "{text}");
+        // The reload is answered once every new worker is ready; the old
+        // generation's last workers quiesce, then stop.
+        sv.wait_status("the expected state", WAIT, |s: &Status| {
+            (s.generation(g - 1).is_none()).then_some(())
+        });
+        done.store(true, Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        assert!(peak <= 4 + k, "{flag}: {peak} workers alive at once");
+        assert!(
+            peak > 4,
+            "{flag}: the sampler never saw a new worker beside the old ones"
+        );
+        if k == 1 {
+            let line = format!(
+                "new connections split: generation {} 75%, generation {g} 25%",
+                g - 1
+            );
+            assert!(sv.has_line(&line), "{line}");
+        }
+        load.expect_served(g, 200, "after the rolling reload");
+    }
+    load.finish_clean("rolling reloads of four workers");
+    let s = sv.status();
+    assert_eq!(s.generation(3).unwrap().workers.len(), 4);
+}
+
+#[test]
+fn a_failing_new_worker_rolls_a_rolling_reload_back() {
+    let dir = TempDir::new("workers");
+    // The second worker of generation 2 exits at start.
+    let sv = start(&dir, 4, &["--reload", "rolling"], &[("FAIL", "2:1")]);
+    let addr = sv.listener_addr(0);
+    let load = Load::start(addr, 8);
+    load.expect_served(1, 100, "before the reload");
+    let (code, text) = reload(&sv, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("generation 2"), "{text}");
+    assert!(
+        text.contains("generation 1 (pids"),
+        "the old one still serves: {text}"
+    );
+    assert!(sv.has_line("rolled back (worker 1 exited with status 1)"));
+    // The old generation is whole again, the new one gone.
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        let g1 = s.generation(1)?;
+        let ready = g1.workers.iter().filter(|w| w.state == "ready").count();
+        (s.generation(2).is_none() && ready == 4).then_some(())
+    });
+    load.expect_served(1, 200, "after the rollback");
+    load.finish_clean("a rolled-back rolling reload");
+}
+
+/// Requests from `threads` clients until `total` have been answered.
+fn count_by_generation(addr: SocketAddr, total: u64) -> (BTreeMap<u64, u64>, Vec<String>) {
+    let load = Load::start(addr, 4);
+    wait_until(Duration::from_secs(60), || {
+        (load.ok() >= total).then_some(())
+    });
+    let (seen, failures) = load.finish();
+    let mut by = BTreeMap::new();
+    for (w, n) in seen {
+        *by.entry(w.generation).or_default() += n;
+    }
+    (by, failures)
+}
+
+#[test]
+fn a_canary_gets_its_share_and_promote_and_rollback_move_everything() {
+    let dir = TempDir::new("workers");
+    let sv = start(&dir, 2, &[], &[]);
+    let addr = sv.listener_addr(0);
+    let (code, text) = reload(&sv, &["--canary", "20"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("a canary with 20% of new connections"),
+        "{text}"
+    );
+    let s = sv.status();
+    assert_eq!(s.generation(2).unwrap().state, "canary");
+    assert_eq!(s.generation(2).unwrap().share, Some(20));
+    assert_eq!(s.generation(1).unwrap().share, Some(80));
+    assert!(
+        sv.ctl(&["status"])
+            .stdout
+            .contains("20% of new connections")
+    );
+    // Over 3,000 connections the canary's count is Binomial(n, 0.2):
+    // standard deviation sqrt(n * 0.2 * 0.8), about 22 at n = 3,000. The
+    // bound is 5 standard deviations either way (a false failure about
+    // once in 1.7 million runs).
+    let (by, failures) = count_by_generation(addr, 3000);
+    assert!(failures.is_empty(), "{failures:?}");
+    let n: u64 = by.values().sum();
+    let canary = by.get(&2).copied().unwrap_or(0) as f64;
+    let sd = (n as f64 * 0.2 * 0.8).sqrt();
+    assert!(
+        (canary - 0.2 * n as f64).abs() <= 5.0 * sd,
+        "canary served {canary} of {n} ({by:?}), want 20% within {:.0}",
+        5.0 * sd
+    );
+
+    // Promote under load: no request fails; everything goes to 2.
+    let load = Load::start(addr, 8);
+    load.expect_served(2, 50, "before the promotion");
+    let out = sv.ctl(&["promote"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("generation 2 (pids"), "{out:?}");
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        (s.generation(1).is_none()).then_some(())
+    });
+    let before = load.served_by(1);
+    load.expect_served(2, 300, "after the promotion");
+    assert_eq!(load.served_by(1), before, "generation 1 is gone");
+    assert_eq!(sv.status().generation(2).unwrap().share, None);
+
+    // A second canary, rolled back under load: everything back to 2.
+    let (code, text) = reload(&sv, &["--canary", "20"]);
+    assert_eq!(code, Some(0), "{text}");
+    load.expect_served(3, 20, "the second canary");
+    let out = sv.ctl(&["rollback"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("rolled back"), "{out:?}");
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        (s.generation(3).is_none()).then_some(())
+    });
+    let before = load.served_by(3);
+    load.expect_served(2, 300, "after the rollback");
+    assert_eq!(
+        load.served_by(3),
+        before,
+        "nothing reaches the rolled-back canary"
+    );
+    load.finish_clean("promote and rollback under load");
+    // Nothing to promote now.
+    let out = sv.ctl(&["promote"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+}
+
+#[test]
+fn a_crashing_canary_is_rolled_back_at_once() {
+    let dir = TempDir::new("workers");
+    let sv = start(&dir, 2, &[], &[]);
+    let addr = sv.listener_addr(0);
+    let (code, text) = reload(&sv, &["--canary", "50", "--promote-after", "10m"]);
+    assert_eq!(code, Some(0), "{text}");
+    let pid = sv.status().generation(2).unwrap().workers[0].pid.unwrap();
+    // SAFETY: kill(2) on a worker of our supervisor.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    sv.wait_line("rolled back (worker 0 was killed by signal 9)", WAIT);
+    sv.wait_status("the expected state", WAIT, |s: &Status| {
+        (s.generation(2).is_none()).then_some(())
+    });
+    let s = sv.status();
+    assert_eq!(s.generation(1).unwrap().state, "active");
+    assert_eq!(s.generation(1).unwrap().share, None);
+    let (by, failures) = count_by_generation(addr, 300);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(by.keys().copied().collect::<Vec<_>>(), vec![1], "{by:?}");
+}
