@@ -1009,9 +1009,11 @@ impl Driver {
             .children
             .forget_reaped(|g, w| !machine.worker_alive(g, w));
         // A generation the machine is done with and no process of which is
-        // left gives its sockets back.
+        // left gives its sockets back. (The sockets of the supervisor taken
+        // over from go once it has exited: see `predecessor_step`.)
         for g in self.parts.steering.owners() {
-            if !self.machine.knows(g) && !self.parts.children.has(g) {
+            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.has(g)
+            {
                 self.parts.steering.release(g, &mut self.notices);
                 if let Some(p) = &mut self.parts.prober {
                     p.cancel(g, &mut self.parts.steering);
