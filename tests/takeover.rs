@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -197,4 +198,24 @@ fn a_takeover_from_nothing_is_a_clear_error() {
         err.contains("take over from the supervisor at") && err.contains("nobody.sock"),
         "{err}"
     );
+}
+
+#[test]
+fn a_worker_pool_is_taken_over_by_one_of_another_size() {
+    let dir = TempDir::new("takeover-workers");
+    let mut old = old_supervisor(&dir, &["--workers", "2"]);
+    assert_eq!(old.status().generations[0].workers.len(), 2);
+    let addr = old.listener_addr(0);
+    let load = Load::start_closing(addr, 2, Duration::from_secs(60));
+    load.expect_served(2, 30, "before the takeover");
+    let new = new_supervisor(&old, &["--workers", "3"], &[]);
+    let st = new.wait_status("the new pool serving", WAIT, |s| {
+        let active = s.in_state("active")?;
+        (s.supervisor.pid == new.pid as u32 && active.workers.len() == 3).then(|| s.clone())
+    });
+    let pids: BTreeSet<Option<i32>> = st.generations[0].workers.iter().map(|w| w.pid).collect();
+    assert_eq!(pids.len(), 3, "{st:?}");
+    load.expect_served(1, 30, "after the takeover");
+    assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
+    load.finish_clean("a worker pool taken over", 60);
 }
