@@ -96,8 +96,9 @@ class Run:
 
     def start(self, *extra: str) -> subprocess.Popen:
         out = open(self.tmp / f"sup-{len(PROCS)}.log", "wb")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "debug"))
         proc = subprocess.Popen([self.exe, *extra, *self.args], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
         PROCS.append(proc)
         return proc
 
@@ -195,7 +196,8 @@ def main() -> int:
         log(f"error: {e}")
         for f in sorted(tmp.glob("**/sup-*.log"))[-2:]:
             lines = f.read_text(errors="replace").splitlines()
-            log(f"the last lines of {f.name}:\n" + "\n".join(lines[-15:]))
+            lines = [l for l in lines if "listening on" not in l]
+            log(f"the last lines of {f.name}:\n" + "\n".join(lines[-25:]))
         ok = False
     except KeyboardInterrupt:
         log("interrupted")

@@ -380,7 +380,14 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
         );
         return Ok(2);
     }
+    let asked = Instant::now();
     let taken = takeover::fetch(path)?;
+    log::debug!(
+        "{} socket(s) received from {} in {}",
+        taken.fds.len(),
+        path.display(),
+        supervisor::duration::human(asked.elapsed())
+    );
     let payload = taken.payload;
     let mut adopt = upgrade::Adopt::received(&taken.numbers, taken.fds)?;
     let mut steering = steer::Steering::restore(
