@@ -104,10 +104,18 @@ class Run:
 
     def status(self) -> dict:
         def ask():
-            r = subprocess.run([self.exe, "status", "--json", "--control", self.control],
-                               capture_output=True, text=True, timeout=20)
+            t0 = time.perf_counter()
+            try:
+                r = subprocess.run([self.exe, "status", "--json", "--control", self.control],
+                                   capture_output=True, text=True, timeout=20)
+            except subprocess.TimeoutExpired:
+                log("slow: supervisor status took more than 20 s (asked again)")
+                return None
+            wall = (time.perf_counter() - t0) * 1e3
+            if wall > 2000:
+                log(f"slow: supervisor status took {wall:.0f} ms")
             return json.loads(r.stdout) if r.returncode == 0 else None
-        return wait_for(ask, 30, "status")
+        return wait_for(ask, 90, "status")
 
     def in_place(self, n: int, res: dict, cond: str) -> None:
         pid = self.sup.pid
@@ -126,12 +134,14 @@ class Run:
             old = self.sup
             t0 = time.perf_counter()
             new = self.start("--takeover", self.control)
-            wait_for(lambda: self.status()["supervisor"]["pid"] == new.pid
-                     and any(g["state"] == "active" for g in self.status()["generations"]), 60,
-                     "the new supervisor serving")
+            def serving() -> bool:
+                st = self.status()
+                return st["supervisor"]["pid"] == new.pid and any(
+                    g["state"] == "active" for g in st["generations"])
+            wait_for(serving, 120, "the new supervisor serving")
             serving = (time.perf_counter() - t0) * 1e3
             try:
-                old.wait(60)
+                old.wait(120)
             except subprocess.TimeoutExpired:
                 raise BenchError("the old supervisor did not exit")
             gone = (time.perf_counter() - t0) * 1e3
