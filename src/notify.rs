@@ -242,6 +242,13 @@ impl NotifySocket {
             _ if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) => {
                 Err(Rejected::Truncated)
             }
+            // sd_notify_barrier(3) (systemd-notify sends one after READY=1
+            // since systemd 250): `BARRIER=1` with the write end of a pipe,
+            // which the receiver closes (done above) to say it has read
+            // everything before. Nothing else to do, and nothing to warn of.
+            _ if received_fds && is_barrier(&buf[..len.min(BUFFER_MAX)]) => {
+                Ok(supervisor::parse::notify::Message::default())
+            }
             _ if received_fds => Err(Rejected::Fds),
             None => Err(Rejected::NoCredentials),
             Some(u) if u != me && u != 0 && Some(u) != self.allowed => Err(Rejected::Foreign(u)),
@@ -276,6 +283,13 @@ impl NotifySocket {
             allowed: saved.allowed,
         }
     }
+}
+
+/// Whether a datagram is `BARRIER=1` alone (sd_notify_barrier(3)).
+fn is_barrier(data: &[u8]) -> bool {
+    let data = data.strip_suffix(b"\0").unwrap_or(data);
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    data == b"BARRIER=1"
 }
 
 impl Drop for NotifySocket {
