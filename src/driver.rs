@@ -986,7 +986,12 @@ impl Driver {
                 }
                 Action::Answer(tickets, outcome) => {
                     let (ok, text) = self.report.outcome(&outcome, &self.parts.children, steer);
-                    log::debug!("reload requests {tickets:?} answered: {text}");
+                    if matches!(outcome, crate::machine::ReloadOutcome::Refused(_)) {
+                        // A refusal has no event of its own: say it here.
+                        log::warn!("reload request {tickets:?} {text}");
+                    } else {
+                        log::debug!("reload requests {tickets:?} answered: {text}");
+                    }
                     for t in tickets {
                         if let Some(id) = self.reload_waiters.remove(&t) {
                             // Sent after the service manager has heard

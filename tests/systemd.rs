@@ -301,11 +301,7 @@ fn systemd_notify_in_a_shell_script_child_proves_readiness() {
     // systemd-notify (systemd 250 and later) follows READY=1 with a
     // BARRIER=1 that carries a pipe's fd: the barrier is honoured (the fd
     // closed), not reported as a hostile message.
-    assert!(
-        !sv.has_line("carries file descriptors"),
-        "{}",
-        sv.output()
-    );
+    assert!(!sv.has_line("carries file descriptors"), "{}", sv.output());
 }
 
 /// `systemd-socket-activate` binds, waits for the first connection, then
