@@ -1389,17 +1389,15 @@ impl Machine {
                 percent,
                 after,
             });
-            if !tickets.is_empty() {
-                self.push(Action::Answer(
-                    tickets,
-                    ReloadOutcome::Canary {
-                        generation: g,
-                        after,
-                        percent,
-                        serving: old,
-                    },
-                ));
-            }
+            self.answer(
+                tickets,
+                ReloadOutcome::Canary {
+                    generation: g,
+                    after,
+                    percent,
+                    serving: old,
+                },
+            );
             // Reloads asked for meanwhile cannot start beside a canary.
             if let Some(queued) = self.queued.take() {
                 self.queued_strategy = None;
@@ -1429,16 +1427,14 @@ impl Machine {
         if let Some(old) = replaced {
             self.retire(now, old);
         }
-        if !tickets.is_empty() {
-            self.push(Action::Answer(
-                tickets,
-                ReloadOutcome::Ready {
-                    generation: g,
-                    after,
-                    replaced,
-                },
-            ));
-        }
+        self.answer(
+            tickets,
+            ReloadOutcome::Ready {
+                generation: g,
+                after,
+                replaced,
+            },
+        );
         self.start_queued(now);
     }
 
@@ -2243,17 +2239,15 @@ impl Machine {
             serving,
             restart_in,
         });
-        if !tickets.is_empty() {
-            self.push(Action::Answer(
-                tickets,
-                ReloadOutcome::Failed {
-                    generation: g,
-                    why,
-                    serving,
-                    stopping: self.stopping(),
-                },
-            ));
-        }
+        self.answer(
+            tickets,
+            ReloadOutcome::Failed {
+                generation: g,
+                why,
+                serving,
+                stopping: self.stopping(),
+            },
+        );
         if still_running {
             if quiesce_first && self.cfg.quiesce.is_some() {
                 // A rolling reload's workers had a share of new
@@ -2381,6 +2375,13 @@ impl Machine {
 
     fn find(&self, f: impl Fn(&State) -> bool) -> Option<Generation> {
         self.generations.iter().find(|(_, s)| f(s)).map(|(g, _)| *g)
+    }
+
+    /// Answer the reload requests `tickets`, if there are any.
+    fn answer(&mut self, tickets: Vec<Ticket>, outcome: ReloadOutcome) {
+        if !tickets.is_empty() {
+            self.push(Action::Answer(tickets, outcome));
+        }
     }
 
     fn report(&mut self, e: Event) {
