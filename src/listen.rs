@@ -221,6 +221,12 @@ pub struct BindOptions {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        if self.disowned {
+            // The lock's open file description is shared with the other
+            // supervisor (the fd came with the socket): dropping the lock
+            // would unlock it for both. The fd closes at exit instead.
+            std::mem::forget(self._lock.take());
+        }
         if !self.disowned
             && let Some((path, dev, ino)) = &self.created
             && let Ok(meta) = std::fs::symlink_metadata(path)

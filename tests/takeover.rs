@@ -30,6 +30,24 @@ fn old_supervisor(dir: &TempDir, extra: &[&str]) -> Supervisor {
     sv
 }
 
+/// A plain supervisor on `control` must be refused: the control socket's
+/// lock is still held (by whoever took it over, or kept it).
+fn assert_control_locked(control: &std::path::Path) {
+    let out = Command::new(supervisor_bin())
+        .args(["--listen", "127.0.0.1:0", "--control"])
+        .arg(control)
+        .arg("--")
+        .arg(demo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is in use by another supervisor (it holds"),
+        "{err}"
+    );
+}
+
 /// `supervisor --takeover PATH [extra...] -- demo_server [demo...]`.
 fn new_supervisor(old: &Supervisor, extra: &[&str], demo_args: &[&str]) -> Supervisor {
     let mut cmd = Command::new(supervisor_bin());
@@ -126,6 +144,8 @@ fn a_failing_new_generation_leaves_the_old_supervisor_serving() {
     assert_eq!(r.code, Some(0), "{r:?}\n{}", old.output());
     load.expect_served(3, 30, "after a reload of the old supervisor");
     assert!(dir.path("c.sock").exists());
+    // The new supervisor's exit did not unlock the old one's path.
+    assert_control_locked(&dir.path("c.sock"));
     load.finish_clean("a failed takeover", 60);
     // Nothing of the new supervisor is left listening.
     let port = addr.port();
