@@ -56,6 +56,18 @@ pub fn handled_signals() -> SigSet {
 /// generation (as tini and dumb-init do).
 pub const FORWARDED: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGWINCH];
 
+/// Say so when a step of the loop took long (the kernel's work on many
+/// reuseport groups: sockets joining, programs attached).
+fn slow(what: &str, began: Instant) {
+    let took = began.elapsed();
+    if took >= std::time::Duration::from_secs(1) {
+        log::warn!(
+            "{what} took {} (the loop waited meanwhile)",
+            supervisor::duration::human(took)
+        );
+    }
+}
+
 /// The running supervisor.
 pub struct Driver {
     machine: Machine,
@@ -958,7 +970,9 @@ impl Driver {
                 Action::KillWorker(g, w) => self.parts.children.kill_worker(g, w),
                 Action::Split(shares) => self.parts.steering.split(&shares, &mut self.notices),
                 Action::Route(g) => {
+                    let began = Instant::now();
                     self.parts.steering.route(g, &mut self.notices);
+                    slow("routing new connections", began);
                     if let Some(p) = &mut self.parts.prober {
                         p.cancel(g, &mut self.parts.steering);
                     }
@@ -1052,7 +1066,9 @@ impl Driver {
             .map(|(l, _)| l.starter_key.clone())
             .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let began = Instant::now();
         let fds = steering.sockets_for(g, &mut self.notices);
+        slow("giving a generation its sockets", began);
         match self.parts.children.spawn((g, w), &fds, &names, &keys) {
             Ok(pid) => {
                 if self.machine.workers_per_generation() > 1 {
