@@ -279,7 +279,12 @@ impl Sink {
     /// # Errors
     /// The old supervisor is gone (its generations went with it).
     pub fn drain(&mut self) -> Result<()> {
+        // Six bytes into a socket the old supervisor reads: bounded all the
+        // same, the loop must never wait on it for long.
         let _ = self.stream.set_nonblocking(false);
+        let _ = self
+            .stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(1)));
         let sent = self.stream.write_all(b"drain\n");
         let _ = self.stream.set_nonblocking(true);
         sent.context("tell the old supervisor to drain")?;
