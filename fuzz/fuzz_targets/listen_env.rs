@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use supervisor::child::valid_fd_name;
-use supervisor::parse::activation::{self, ListenPid};
+use supervisor_child::protocol::activation::{self, ListenPid};
+use supervisor_child::protocol::valid_fd_name;
 
 fuzz_target!(
     |input: (Option<&str>, Option<&str>, Option<&str>, u32, i32)| {

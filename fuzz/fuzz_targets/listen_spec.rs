@@ -1,9 +1,9 @@
 //! Listener specs: `Spec::from_str`, `parse_addr`, `host_port`.
 #![no_main]
 
+use hot_supervisor::parse::listen::{self, Spec};
 use libfuzzer_sys::fuzz_target;
-use supervisor::child::valid_fd_name;
-use supervisor::parse::listen::{self, Spec};
+use supervisor_child::protocol::valid_fd_name;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -5,8 +5,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+use hot_supervisor::parse::notify::{self, Message, Rejected};
 use libfuzzer_sys::fuzz_target;
-use supervisor::parse::notify::{self, Message, Rejected};
+use supervisor_child::protocol::notify::{socket_addr, status_message};
 
 fn encode(m: &Message) -> String {
     let mut lines = Vec::new();
@@ -38,10 +39,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert_eq!(e, Rejected::Nul),
     }
-    let _ = notify::socket_addr(OsStr::from_bytes(data));
+    let _ = socket_addr(OsStr::from_bytes(data));
     if let Ok(text) = std::str::from_utf8(data) {
         // The builder's field is one line that parses back whole.
-        let line = notify::status_message(text);
+        let line = status_message(text);
         let m = notify::parse(line.as_bytes()).expect("a built status parses");
         assert_eq!(m.status.as_deref(), Some(&line["STATUS=".len()..]));
         assert_eq!(

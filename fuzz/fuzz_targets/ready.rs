@@ -1,8 +1,8 @@
 //! Ready modes: `parse::ready::parse`.
 #![no_main]
 
+use hot_supervisor::parse::ready::{Ready, parse};
 use libfuzzer_sys::fuzz_target;
-use supervisor::parse::ready::{Ready, parse};
 
 fuzz_target!(|s: &str| {
     match parse(s) {
@@ -11,7 +11,7 @@ fuzz_target!(|s: &str| {
             assert_eq!(parse(&format!("http:{p}")), Ok(Ready::Http(p)));
         }
         Ok(Ready::Delay(d)) => {
-            let printed = supervisor::duration::human(d);
+            let printed = hot_supervisor::duration::human(d);
             assert!(parse(&format!("delay:{printed}")).is_ok(), "{d:?}");
         }
         Ok(_) | Err(_) => {}

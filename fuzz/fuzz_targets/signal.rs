@@ -1,8 +1,8 @@
 //! Stop signals: `parse::signal::parse`.
 #![no_main]
 
+use hot_supervisor::parse::signal::parse;
 use libfuzzer_sys::fuzz_target;
-use supervisor::parse::signal::parse;
 
 fuzz_target!(|s: &str| {
     if let Ok(sig) = parse(s) {

@@ -1,0 +1,589 @@
+//! The generations' processes: spawning them, signalling them, reaping
+//! them, and reading their notify sockets.
+//!
+//! Owns each worker's pid (until it is reaped), its notify socket and
+//! its last `STATUS=` (a generation is one worker, or N with `--workers`).
+//! A worker is named by its generation and index. It signals only pids it has not yet reaped, so a pid
+//! is never reused under it. It never decides anything: the driver tells it
+//! what to do and feeds what it reports to the machine.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+
+use crate::compat::Compat;
+use crate::environ;
+use crate::machine::{ExitStatus, Generation};
+use crate::notify::{Message, NotifyDir, NotifySocket};
+use crate::spawn::{self, Plan};
+
+/// At most this many notify datagrams are read per socket per wake-up, so
+/// that a flooding child cannot starve signals and deadlines.
+const NOTIFY_BATCH: usize = 64;
+
+/// How many workers' process groups are remembered.
+const GROUPS_KEPT: usize = 1024;
+
+/// How long the supervisor waits, on its way out, for a leftover process
+/// it SIGKILLed (one in uninterruptible sleep may never go).
+const ORPHAN_WAIT: Duration = Duration::from_secs(2);
+
+/// A worker's process, until it is reaped.
+struct Child {
+    pid: Pid,
+    /// Sent its stop signal alone (a rolling reload): a stop of its whole
+    /// generation does not send it again.
+    stopped: bool,
+    /// When it was spawned.
+    started: Instant,
+    notify: NotifySocket,
+    /// Set once waitpid has collected it: never signal it again.
+    reaped: bool,
+    /// The last `STATUS=` text.
+    status: Option<String>,
+}
+
+/// The processes as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// What was read at start (`--env-file`, `--env`, `--user`): an upgrade
+    /// keeps it, as reloads do, even if the files have changed or gone.
+    pub env: Vec<(String, String)>,
+    /// As resolved at start.
+    pub credentials: Option<spawn::Credentials>,
+    notify_dir: std::path::PathBuf,
+    children: Vec<(Generation, SavedChild)>,
+    groups: Vec<i32>,
+}
+
+/// One process as carried across an in-place upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedChild {
+    /// Its index in its generation (0 in states saved before workers).
+    #[serde(default)]
+    worker: u32,
+    #[serde(default)]
+    stopped: bool,
+    pid: i32,
+    #[serde(with = "crate::upgrade::mono")]
+    started: Instant,
+    notify: crate::notify::Saved,
+    reaped: bool,
+    status: Option<String>,
+}
+
+/// What the command is and how it is run.
+pub struct Command {
+    /// The command and its arguments.
+    pub argv: Vec<OsString>,
+    /// The generations' stop signal.
+    pub stop_signal: Signal,
+    /// Variables for servers written for other launchers.
+    pub compat: Compat,
+    /// `--env-file` and `--env` assignments.
+    pub env: Vec<(String, String)>,
+    /// The drain timeout (passed to the children).
+    pub drain_timeout: Duration,
+    /// Run as this user.
+    pub credentials: Option<spawn::Credentials>,
+    /// Run in this directory.
+    pub chdir: Option<std::path::PathBuf>,
+    /// The control socket (passed to the children as `SUPERVISOR_CONTROL`).
+    pub control: std::path::PathBuf,
+    /// Processes per generation.
+    pub workers: u32,
+}
+
+/// One reaped process.
+#[derive(Debug)]
+pub struct Reaped {
+    /// Its generation and worker index, if it was a worker's main process.
+    pub worker: Option<(Generation, u32)>,
+    /// Its pid.
+    pub pid: Pid,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Every generation's process. See the module documentation.
+pub struct Children {
+    command: Command,
+    notify_dir: NotifyDir,
+    map: BTreeMap<(Generation, u32), Child>,
+    /// The process groups of the last [`GROUPS_KEPT`] generations spawned
+    /// (each leads its own): a leftover in one of them was no escapee. (An
+    /// older group was SIGKILLed whole when its leader was reaped.)
+    groups: std::collections::VecDeque<i32>,
+}
+
+impl Children {
+    /// No children yet; notify sockets go in a new private directory.
+    ///
+    /// # Errors
+    /// The notify directory cannot be created.
+    pub fn new(command: Command) -> Result<Children> {
+        let notify_dir = if command.credentials.is_some() {
+            NotifyDir::create_for_others()?
+        } else {
+            NotifyDir::create()?
+        };
+        Ok(Children {
+            command,
+            notify_dir,
+            map: BTreeMap::new(),
+            groups: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Their state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            env: self.command.env.clone(),
+            credentials: self.command.credentials.clone(),
+            notify_dir: self.notify_dir.save(),
+            children: self
+                .map
+                .iter()
+                .map(|((g, w), c)| {
+                    let saved = SavedChild {
+                        worker: *w,
+                        stopped: c.stopped,
+                        pid: c.pid.as_raw(),
+                        started: c.started,
+                        notify: c.notify.save(keep),
+                        reaped: c.reaped,
+                        status: c.status.clone(),
+                    };
+                    (*g, saved)
+                })
+                .collect(),
+            groups: self.groups.iter().copied().collect(),
+        }
+    }
+
+    /// The processes an upgrade carried across (they are this process's
+    /// children still: exec changes no parent).
+    pub fn restore(command: Command, saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Children {
+        let map = saved
+            .children
+            .into_iter()
+            .map(|(g, c)| {
+                let child = Child {
+                    stopped: c.stopped,
+                    pid: Pid::from_raw(c.pid),
+                    started: c.started,
+                    notify: crate::notify::NotifySocket::restore(c.notify, adopt),
+                    reaped: c.reaped,
+                    status: c.status,
+                };
+                ((g, c.worker), child)
+            })
+            .collect();
+        Children {
+            command,
+            notify_dir: NotifyDir::restore(saved.notify_dir),
+            map,
+            groups: saved.groups.into_iter().collect(),
+        }
+    }
+
+    /// The command being run.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// Fork and exec worker `w` of generation `g` with `fds` at 3, 4, ...
+    /// and their `names` and Server::Starter keys.
+    ///
+    /// # Errors
+    /// The notify socket, fork or exec failed (the message says which).
+    pub fn spawn(
+        &mut self,
+        (g, w): (Generation, u32),
+        fds: &[BorrowedFd<'_>],
+        names: &[&str],
+        starter_keys: &[String],
+    ) -> Result<Pid> {
+        // A restarted worker's predecessor (reaped) gives its socket's
+        // path back first.
+        if self.map.get(&(g, w)).is_some_and(|c| c.reaped) {
+            self.map.remove(&(g, w));
+        }
+        let mut notify = self.notify_dir.socket(g.0, w)?;
+        if let Some(c) = &self.command.credentials {
+            // The child must be able to send READY=1 as its own user.
+            notify.allow(c.uid, c.gid)?;
+        }
+        let env = environ::build(&environ::Inputs {
+            inherited: std::env::vars_os().collect(),
+            extra: &self.command.env,
+            names,
+            starter_keys,
+            notify: notify.path().as_os_str(),
+            generation: g.0,
+            worker: (w, self.command.workers.max(1)),
+            drain_timeout: self.command.drain_timeout,
+            compat: &self.command.compat,
+            supervisor_pid: std::process::id(),
+            control: self.command.control.as_os_str(),
+        });
+        let mut plan = Plan::new(
+            &self.command.argv,
+            env,
+            !fds.is_empty(),
+            self.command.stop_signal as i32,
+        )?
+        .with_credentials(self.command.credentials.clone())
+        .with_chdir(self.command.chdir.as_deref())?;
+        let pid = spawn::spawn(&mut plan, fds)?;
+        if self.groups.len() >= GROUPS_KEPT {
+            self.groups.pop_front();
+        }
+        self.groups.push_back(pid.as_raw());
+        self.map.insert(
+            (g, w),
+            Child {
+                pid,
+                stopped: false,
+                started: Instant::now(),
+                notify,
+                reaped: false,
+                status: None,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// The notify sockets to poll.
+    pub fn interest(&self) -> Vec<((Generation, u32), BorrowedFd<'_>)> {
+        self.map.iter().map(|(k, c)| (*k, c.notify.fd())).collect()
+    }
+
+    /// Generation `g`'s workers' processes, in index order.
+    fn of(&self, g: Generation) -> impl Iterator<Item = (u32, &Child)> {
+        self.map
+            .range((g, 0)..=(g, u32::MAX))
+            .map(|((_, w), c)| (*w, c))
+    }
+
+    /// `g`'s pid (its lowest worker's, preferring one not reaped), while
+    /// it is not forgotten.
+    pub fn pid(&self, g: Generation) -> Option<Pid> {
+        self.of(g)
+            .find(|(_, c)| !c.reaped)
+            .or_else(|| self.of(g).next())
+            .map(|(_, c)| c.pid)
+    }
+
+    /// Worker `w` of `g`: its pid, while it is not forgotten.
+    pub fn worker_pid(&self, g: Generation, w: u32) -> Option<Pid> {
+        self.map.get(&(g, w)).map(|c| c.pid)
+    }
+
+    /// Whether any process of `g` is still known.
+    pub fn has(&self, g: Generation) -> bool {
+        self.of(g).next().is_some()
+    }
+
+    /// When `g` was spawned (its first worker still known).
+    pub fn started(&self, g: Generation) -> Option<Instant> {
+        self.of(g).map(|(_, c)| c.started).min()
+    }
+
+    /// When worker `w` of `g` was spawned.
+    pub fn worker_started(&self, g: Generation, w: u32) -> Option<Instant> {
+        self.map.get(&(g, w)).map(|c| c.started)
+    }
+
+    /// `g`'s last `STATUS=` (its lowest worker's that sent one).
+    pub fn status_text(&self, g: Generation) -> Option<&str> {
+        self.of(g).find_map(|(_, c)| c.status.as_deref())
+    }
+
+    /// `generation 3 (pid 4211)`, `generation 3 (pids 4211, 4212)`, or
+    /// without a pid if it never had one.
+    pub fn who(&self, g: Generation) -> String {
+        let pids: Vec<String> = self.of(g).map(|(_, c)| c.pid.to_string()).collect();
+        match pids.len() {
+            0 => g.to_string(),
+            1 => format!("{g} (pid {})", pids[0]),
+            _ => format!("{g} (pids {})", pids.join(", ")),
+        }
+    }
+
+    /// `generation 3 worker 1 (pid 4212)`; with one worker per
+    /// generation, as [`Children::who`] says it.
+    pub fn who_worker(&self, g: Generation, w: u32) -> String {
+        if self.command.workers <= 1 {
+            return self.who(g);
+        }
+        match self.worker_pid(g, w) {
+            Some(pid) => format!("{g} worker {w} (pid {pid})"),
+            None => format!("{g} worker {w}"),
+        }
+    }
+
+    /// Send `g`'s workers their stop signal (and SIGCONT: a stopped child
+    /// could not act on it otherwise), but not those already sent it alone.
+    pub fn stop(&self, g: Generation) {
+        for (w, c) in self.of(g).filter(|(_, c)| !c.reaped && !c.stopped) {
+            self.signal_stop(g, w, c);
+        }
+    }
+
+    /// Send worker `w` of `g` its stop signal.
+    pub fn stop_worker(&mut self, g: Generation, w: u32) {
+        if let Some(c) = self.map.get(&(g, w)).filter(|c| !c.reaped) {
+            self.signal_stop(g, w, c);
+        }
+        if let Some(c) = self.map.get_mut(&(g, w)) {
+            c.stopped = true;
+        }
+    }
+
+    fn signal_stop(&self, g: Generation, w: u32, c: &Child) {
+        let s = self.command.stop_signal;
+        let who = self.who_worker(g, w);
+        log::debug!("{who}: sending {s}");
+        if let Err(e) = kill(c.pid, s) {
+            log::warn!("{who}: send {s}: {e}");
+        }
+        let _ = kill(c.pid, Signal::SIGCONT);
+    }
+
+    /// Pass signal `sig` on to `g`'s workers (a signal the supervisor does
+    /// not handle itself).
+    pub fn forward(&self, g: Generation, sig: Signal) {
+        for (w, c) in self.of(g).filter(|(_, c)| !c.reaped) {
+            if let Err(e) = kill(c.pid, sig) {
+                log::warn!("{}: forward {sig}: {e}", self.who_worker(g, w));
+            }
+        }
+    }
+
+    /// SIGKILL the process group of each of `g`'s workers.
+    pub fn kill(&self, g: Generation) {
+        let workers: Vec<u32> = self.of(g).map(|(w, _)| w).collect();
+        for w in workers {
+            self.kill_worker(g, w);
+        }
+    }
+
+    /// SIGKILL worker `w` of `g`'s process group.
+    pub fn kill_worker(&self, g: Generation, w: u32) {
+        let Some(c) = self.map.get(&(g, w)).filter(|c| !c.reaped) else {
+            return;
+        };
+        log::debug!(
+            "{}: sending SIGKILL to its process group",
+            self.who_worker(g, w)
+        );
+        let _ = killpg(c.pid, Signal::SIGKILL);
+        let _ = kill(c.pid, Signal::SIGKILL);
+    }
+
+    /// Collect every exited child. A generation is killed as a whole
+    /// process group first, while the exited leader's zombie still holds
+    /// the group id, so no helper it left behind outlives it and no pid is
+    /// signalled after it could have been reused.
+    pub fn reap(&mut self) -> Vec<Reaped> {
+        let mut out = Vec::new();
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return out,
+                Ok(s) => match s.pid() {
+                    Some(p) => p,
+                    None => return out,
+                },
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitid: {e}");
+                    return out;
+                }
+            };
+            let worker = self
+                .map
+                .iter()
+                .find(|(_, c)| c.pid == pid && !c.reaped)
+                .map(|(k, _)| *k);
+            if worker.is_some() {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+            let status = match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waitpid {pid}: {e}");
+                    return out;
+                }
+            };
+            if let Some(k) = worker
+                && let Some(c) = self.map.get_mut(&k)
+            {
+                c.reaped = true;
+            }
+            out.push(Reaped {
+                worker,
+                pid,
+                status,
+            });
+        }
+    }
+
+    /// Forget reaped children whose exit has been handled (`handled`): kept
+    /// until then so that the events about them can name their pids (one
+    /// SIGCHLD may reap several, whose exits are handled one by one).
+    pub fn forget_reaped(&mut self, handled: impl Fn(Generation, u32) -> bool) {
+        self.map.retain(|(g, w), c| !(c.reaped && handled(*g, *w)));
+    }
+
+    /// Read worker `w` of `g`'s notify socket: the messages that arrived,
+    /// in order. Rejected datagrams are logged and dropped; a new
+    /// `STATUS=` is remembered.
+    pub fn read_notify(&mut self, g: Generation, w: u32) -> Vec<Message> {
+        let mut out = Vec::new();
+        for _ in 0..NOTIFY_BATCH {
+            let Some(c) = self.map.get(&(g, w)) else {
+                break;
+            };
+            let msg = match c.notify.recv() {
+                Ok(None) => break,
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(why))) => {
+                    log::warn!(
+                        "{}: dropped a notify message that {why}",
+                        self.who_worker(g, w)
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("{}: {e:#}", self.who_worker(g, w));
+                    break;
+                }
+            };
+            if let Some(text) = &msg.status {
+                let who = self.who_worker(g, w);
+                if let Some(c) = self.map.get_mut(&(g, w))
+                    && c.status.as_deref() != Some(text.as_str())
+                {
+                    // Escaped: a child's text must not forge log lines.
+                    log::info!("{who} status: {}", text.escape_debug());
+                    c.status = Some(text.clone());
+                }
+            }
+            out.push(msg);
+        }
+        out
+    }
+
+    /// Before exiting: processes that left their generation's process group
+    /// (setsid) and were reparented to us would otherwise outlive the
+    /// supervisor and keep its sockets. They are our unreaped children, so
+    /// their pids are safe to signal. Each is waited for at most
+    /// [`ORPHAN_WAIT`] in all (one in uninterruptible sleep may never go).
+    pub fn kill_orphans(&mut self) {
+        let me = std::process::id();
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        let pids: Vec<Pid> = list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .map(Pid::from_raw)
+            .collect();
+        for &pid in &pids {
+            match proc_state(pid) {
+                // Dead already (killed with its process group a moment
+                // ago): only to be reaped.
+                Some(('Z', _)) | None => {}
+                Some((_, pgrp)) if self.groups.contains(&pgrp) => {
+                    log::debug!("killing pid {pid}, left in a generation's process group");
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Some(_) => {
+                    log::warn!(
+                        "killing pid {pid}, left behind outside its generation's process group"
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        // Wait on pidfds (readable once the process has exited), so that a
+        // process stuck in uninterruptible sleep costs at most ORPHAN_WAIT.
+        let pidfds: Vec<(Pid, std::os::fd::OwnedFd)> = pids
+            .iter()
+            .filter_map(|&p| pidfd_open(p).map(|fd| (p, fd)))
+            .collect();
+        let until = Instant::now() + ORPHAN_WAIT;
+        let mut left: Vec<&(Pid, std::os::fd::OwnedFd)> = pidfds.iter().collect();
+        while !left.is_empty() {
+            let mut fds: Vec<nix::poll::PollFd> = left
+                .iter()
+                .map(|(_, fd)| nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN))
+                .collect();
+            let ms = until.saturating_duration_since(Instant::now()).as_millis();
+            let timeout = nix::poll::PollTimeout::try_from(ms.min(60_000) as i32)
+                .unwrap_or(nix::poll::PollTimeout::ZERO);
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => {
+                    let stuck: Vec<Pid> = left.iter().map(|(p, _)| *p).collect();
+                    log::warn!(
+                        "pids {stuck:?} did not die within {} of SIGKILL; exiting without them",
+                        hot_supervisor::duration::human(ORPHAN_WAIT)
+                    );
+                    break;
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log::warn!("poll: {e}");
+                    break;
+                }
+            }
+            let done: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            let mut i = 0;
+            left.retain(|(pid, _)| {
+                let d = done[i];
+                i += 1;
+                if d {
+                    let _ = waitpid(*pid, Some(WaitPidFlag::WNOHANG));
+                }
+                !d
+            });
+        }
+    }
+}
+
+/// A process's state letter and process group, from `/proc/PID/stat`.
+fn proc_state(pid: Pid) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the
+    // last ')'.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let _ppid = rest.next()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// A pidfd for `pid` (Linux 5.3), if the kernel gives one.
+fn pidfd_open(pid: Pid) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let raw = i32::try_from(r).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}

@@ -1,0 +1,699 @@
+//! The command line: clap definitions, and the conversion of strings into
+//! typed settings (addresses, durations, signals) at the edge.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+pub use hot_supervisor::parse::signal::parse as parse_signal;
+use nix::sys::signal::Signal;
+
+use crate::compat::Compat;
+use crate::listen::Spec;
+use crate::machine::{ReadyMode, RestartPolicy};
+use crate::probe::Check;
+
+const AFTER_HELP: &str = "\
+Each generation of CMD gets the listeners as fds 3, 4, ... in --listen order,
+with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET,
+SUPERVISOR_GENERATION and SUPERVISOR_CONTROL set, as systemd socket
+activation does (plus the control socket's path).
+
+Control commands (through the control socket): reload (all at once, or
+--rolling[=K], or --canary PCT [--promote-after DUR]), promote, rollback,
+status, stop; upgrade (re-execute the supervisor binary in place: same
+pid, children and sockets); fds (fetch the listeners with SCM_RIGHTS and
+exec a command with them); listen (open a listener at run time, kept for
+every later generation). --takeover PATH starts a supervisor that takes
+every socket of the one at PATH, which then drains and exits.
+
+Signals:
+  SIGHUP                   reload: start a new generation; once it is ready,
+                           send new connections to it, then stop the old
+                           one (which then drains)
+  SIGTERM, SIGINT, SIGQUIT stop: after --shutdown-delay, send the stop signal
+                           to every generation, wait for them to exit; a
+                           second one ends the delay, or kills them now
+  SIGUSR2                  upgrade the supervisor in place (as `supervisor
+                           upgrade`): same pid, children and sockets
+  SIGUSR1, SIGWINCH        forwarded to the serving generation
+
+Exit status:
+  the active child's     its exit code, or 128+N if signal N killed it (0 if
+                         it died of the stop signal it was sent)
+  0                      stopped with no child ever active
+  1                      the supervisor's own failure (bind, missing command)
+  2                      usage error
+  127                    the first generation could not be executed
+
+Durations: 500ms, 30s, 2m30s, 1h (decimals allowed: 1.5s). Signals: TERM,
+SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
+
+/// Zero-downtime hot-restart supervisor for network servers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "supervisor",
+    version,
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload [--rolling[=K] | --canary PCT [--promote-after DUR]] [--control PATH]\n       supervisor promote|rollback|status|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    subcommand_value_name = "CONTROL",
+    subcommand_help_heading = "Control a running supervisor (through its control socket)"
+)]
+pub struct Cli {
+    /// A control command, or none to run a server.
+    #[command(subcommand)]
+    pub client: Option<Client>,
+
+    /// The server to run and how.
+    #[command(flatten)]
+    pub run: Args,
+}
+
+/// The control commands: clients of a running supervisor.
+#[derive(Debug, Subcommand)]
+pub enum Client {
+    /// Reload and wait for the outcome: exit 0 once the new generation is
+    /// ready, 1 with the reason if it failed (the old one still serves).
+    Reload {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3; the reload may still finish).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+        /// Replace the workers K at a time (default 1): never more than N+K
+        /// alive, each generation's share of new connections following its
+        /// ready workers; a new worker that fails rolls the reload back.
+        #[arg(long, value_name = "K", num_args = 0..=1, require_equals = true,
+              default_missing_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024),
+              conflicts_with = "canary")]
+        rolling: Option<u32>,
+        /// Start the new generation as a canary: once ready it gets PCT
+        /// percent of new connections until `supervisor promote` or
+        /// `supervisor rollback` (a crash of it rolls back at once).
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u32).range(1..=99))]
+        canary: Option<u32>,
+        /// With --canary: promote it by itself after DUR if it has not
+        /// crashed by then.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "canary")]
+        promote_after: Option<Duration>,
+    },
+    /// Finish a canary reload: the canary takes every new connection and
+    /// the old generation quiesces and stops (as a reload's switch).
+    Promote {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Undo a canary (or a rolling reload under way): the serving
+    /// generation takes every new connection back, the new one quiesces
+    /// and stops.
+    Rollback {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Show the command, listeners, generations and restarts.
+    Status {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop gracefully (every generation drains) and wait until the
+    /// supervisor has exited.
+    Stop {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Give up waiting after DUR (exit 3; the stop goes on).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Upgrade the supervisor in place (same pid, children and sockets):
+    /// re-execute the binary at the path it was started from, after
+    /// checking that it can take over. Exit 0 once the new image serves,
+    /// 1 with the reason if it cannot (the old one carries on).
+    Upgrade {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// How long the new binary may take to confirm that it can take
+        /// over (default 10s).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+        timeout: Option<Duration>,
+    },
+    /// Fetch the listening sockets (SCM_RIGHTS) and exec CMD with them at
+    /// fds 3, 4, ... and LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES set, as
+    /// socket activation does.
+    #[command(override_usage = "supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]")]
+    Fds {
+        /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
+        /// else as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Only this listener; repeatable, in the order wanted (default:
+        /// every listener, in fd order).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// The command to exec and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Open a listener in the running supervisor (or find the one of that
+    /// name): kept for every later generation, after the others.
+    #[command(override_usage = "supervisor listen [--control PATH] NAME=ADDR")]
+    Listen {
+        /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
+        /// else as the supervisor's).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// NAME=ADDR, ADDR as for --listen (tcp:0.0.0.0:9090,
+        /// udp:127.0.0.1:5353, unix:/run/x.sock).
+        #[arg(value_name = "NAME=ADDR", value_parser = parse_named_listener)]
+        listener: Spec,
+    },
+}
+
+/// Parse `NAME=ADDR` for `supervisor listen` (a name is required).
+pub fn parse_named_listener(s: &str) -> Result<Spec, String> {
+    let Some((name, addr)) = s.split_once('=') else {
+        return Err("expected NAME=ADDR (a run-time listener needs a name)".into());
+    };
+    Spec::named(name, addr)
+}
+
+/// Options of the server-running mode.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The listeners, in the order of their fds (see the help text).
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "[NAME=]ADDR",
+        help = "Listen on [NAME=]ADDR: HOST:PORT, [IPV6]:PORT, :PORT or PORT (every address), udp:HOST:PORT, unix:/PATH or unix:@ABSTRACT. Repeatable; the name defaults to ADDR with ':' replaced by '_'"
+    )]
+    pub listen: Vec<Spec>,
+
+    /// Listen backlog (1 to 4096); default: the kernel's limit
+    /// (net.core.somaxconn).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=4096))]
+    pub backlog: Option<i32>,
+
+    /// How a generation proves it is ready: `notify` (it sends READY=1 to
+    /// NOTIFY_SOCKET; recommended), `tcp` (it accepts a probe connection),
+    /// `http:PATH` (it answers GET PATH with 2xx or 3xx), or `delay:DUR`
+    /// (alive for DUR, or READY=1 earlier). `tcp` and `http:` need a TCP
+    /// listener in steer mode.
+    #[arg(long, value_name = "MODE", default_value = "delay:1s", value_parser = parse_ready)]
+    pub ready: Ready,
+
+    /// How listeners are handed to the generations: `steer` (each
+    /// generation gets its own socket in a reuseport group; new connections
+    /// go only to the serving one) or `shared` (every generation gets the
+    /// same socket). Unix sockets, and sockets that cannot be joined, are
+    /// always shared.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "steer")]
+    pub handoff: Handoff,
+
+    /// Steer mode: once a new generation serves, the old one is stopped
+    /// only after its own queue has been empty for DUR, so that every
+    /// connection it accepted has had its request read.
+    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub quiesce: Duration,
+
+    /// Steer mode: stop an old generation whose queue is not empty after
+    /// DUR anyway (the log says how many connections were still queued).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub quiesce_timeout: Duration,
+
+    /// Do not set TCP_NODELAY on TCP listeners (by default it is set, as
+    /// nginx, Go and Node do; accepted connections inherit it).
+    #[arg(long)]
+    pub no_tcp_nodelay: bool,
+
+    /// Set SO_KEEPALIVE on TCP listeners (accepted connections inherit it).
+    #[arg(long)]
+    pub tcp_keepalive: bool,
+
+    /// TCP_DEFER_ACCEPT: wake the server only once a connection has data,
+    /// waiting at most DUR (whole seconds).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub defer_accept: Option<Duration>,
+
+    /// SO_RCVBUF of the listeners, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub rcvbuf: Option<usize>,
+
+    /// SO_SNDBUF of the listeners, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub sndbuf: Option<usize>,
+
+    /// How long a new generation may take to become ready before it is
+    /// stopped and the reload counts as failed.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub ready_timeout: Duration,
+
+    /// Signal that asks a generation to drain and exit (nginx wants QUIT,
+    /// HAProxy USR1).
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: Signal,
+
+    /// How long a stopped generation may drain before SIGKILL to its
+    /// process group.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
+
+    /// When the serving generation exits on its own: restart it (with
+    /// exponential backoff from 100ms to 10s, reset after 10s of healthy
+    /// run) on failure, always, or never (then the supervisor exits with
+    /// its status).
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "on-failure")]
+    pub restart: Restart,
+
+    /// On a stop request (SIGTERM, SIGINT, `supervisor stop`), keep
+    /// everything serving for DUR first (the health endpoint's /readyz says
+    /// 503 meanwhile); a second request ends the delay.
+    #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub shutdown_delay: Duration,
+
+    /// Give up (exit with the failing generation's status) after N starts
+    /// by the crash policy within --start-limit-interval; 0: never.
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub start_limit_burst: u32,
+
+    /// The window of --start-limit-burst.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub start_limit_interval: Duration,
+
+    /// Serve /livez, /readyz and /metrics (Prometheus) on ADDR
+    /// (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    pub health: Option<std::net::SocketAddr>,
+
+    /// Take over from the supervisor whose control socket is at PATH: take
+    /// its sockets (and the control socket), start a generation on them,
+    /// and once it is ready tell the old supervisor to drain and exit. If
+    /// the new generation fails, the old supervisor carries on and this one
+    /// exits 1.
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<PathBuf>,
+
+    /// Run the children as USER (name or uid), with its groups (the
+    /// supervisor must be root; it keeps binding the listeners).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the children with GROUP (name or gid) as their group (default:
+    /// the user's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Set KEY=VALUE in the children's environment; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = hot_supervisor::envfile::parse_assignment)]
+    pub env: Vec<(String, String)>,
+
+    /// Read KEY=VALUE lines for the children's environment from PATH (the
+    /// format of systemd's EnvironmentFile=); repeatable; read at start.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Vec<PathBuf>,
+
+    /// Run the children in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Also set the variables of servers written for other launchers:
+    /// einhorn, server-starter, nginx (comma-separated, or all).
+    #[arg(long, value_name = "LIST")]
+    pub compat: Vec<Compat>,
+
+    /// The control socket for `supervisor reload|status|stop|upgrade|fds|listen`; default
+    /// supervisor.sock in $RUNTIME_DIRECTORY, else in $XDG_RUNTIME_DIR,
+    /// else in the private directory /tmp/supervisor-UID.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Run N processes of the command per generation (workers), each told
+    /// its index (SUPERVISOR_WORKER=0..N-1) and the count
+    /// (SUPERVISOR_WORKERS), all on the generation's sockets; a worker that
+    /// crashes is restarted alone.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+
+    /// How SIGHUP and a plain `supervisor reload` replace the workers:
+    /// all-at-once (N new workers, then the switch), or rolling[=K] (K at
+    /// a time, never more than N+K alive).
+    #[arg(long, value_name = "HOW", default_value = "all-at-once", value_parser = parse_reload)]
+    pub reload: crate::machine::Strategy,
+
+    /// The server command and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `--handoff` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Handoff {
+    /// A socket per generation, new connections routed to the serving one.
+    Steer,
+    /// The same socket for every generation.
+    Shared,
+}
+
+/// `--ready` values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// As the machine sees it (notify, delay).
+    Machine(ReadyMode),
+    /// A probe by the supervisor.
+    Probe(Check),
+}
+
+impl Ready {
+    /// The mode as the user wrote it (for status).
+    pub fn describe(&self) -> String {
+        match self {
+            Ready::Machine(ReadyMode::Notify) => "notify".into(),
+            Ready::Machine(ReadyMode::Delay(d)) => {
+                format!("delay:{}", hot_supervisor::duration::human(*d))
+            }
+            Ready::Machine(ReadyMode::Probe) => "probe".into(),
+            Ready::Probe(c) => c.describe(),
+        }
+    }
+}
+
+/// `--restart` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Restart {
+    /// Restart unless the child exited with status 0.
+    OnFailure,
+    /// Always restart.
+    Always,
+    /// Never restart.
+    Never,
+}
+
+impl From<Restart> for RestartPolicy {
+    fn from(r: Restart) -> RestartPolicy {
+        match r {
+            Restart::OnFailure => RestartPolicy::OnFailure,
+            Restart::Always => RestartPolicy::Always,
+            Restart::Never => RestartPolicy::Never,
+        }
+    }
+}
+
+/// Parse `--reload`: `all-at-once`, `rolling` or `rolling=K`.
+pub fn parse_reload(s: &str) -> Result<crate::machine::Strategy, String> {
+    use crate::machine::Strategy;
+    match s {
+        "all-at-once" => Ok(Strategy::AllAtOnce),
+        "rolling" => Ok(Strategy::Rolling(1)),
+        _ => match s.strip_prefix("rolling=").map(str::parse::<u32>) {
+            Some(Ok(k)) if (1..=1024).contains(&k) => Ok(Strategy::Rolling(k)),
+            _ => Err("expected all-at-once, rolling or rolling=K (K from 1 to 1024)".into()),
+        },
+    }
+}
+
+/// Parse a duration (see [`hot_supervisor::duration::parse`]).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    hot_supervisor::duration::parse(s)
+}
+
+/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR` (see
+/// [`hot_supervisor::parse::ready::parse`]).
+pub fn parse_ready(s: &str) -> Result<Ready, String> {
+    use hot_supervisor::parse::ready;
+    Ok(match ready::parse(s)? {
+        ready::Ready::Notify => Ready::Machine(ReadyMode::Notify),
+        ready::Ready::Tcp => Ready::Probe(Check::Tcp),
+        ready::Ready::Http(path) => Ready::Probe(Check::Http(path)),
+        ready::Ready::Delay(d) => Ready::Machine(ReadyMode::Delay(d)),
+    })
+}
+
+/// A command that cannot be found but is a control command's name was
+/// most likely meant as one (`supervisor --control P reload`): the message
+/// that says how to write it.
+pub fn control_word_misplaced(e: &anyhow::Error, command: &std::ffi::OsStr) -> Option<String> {
+    let c = command.to_str().filter(|c| {
+        [
+            "reload", "promote", "rollback", "status", "stop", "upgrade", "fds", "listen",
+        ]
+        .contains(c)
+    })?;
+    Some(format!(
+        "{e:#} (to control a running supervisor, put the command first: supervisor {c} --control PATH)"
+    ))
+}
+
+/// Parse the command line; on a usage error print one line to stderr and
+/// exit 2 (help and version print as usual and exit 0).
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let message = if e.kind() == ErrorKind::MissingRequiredArgument {
+                "no command given: supervisor [OPTIONS] -- CMD [ARGS...]".to_string()
+            } else {
+                // clap's first paragraph, on one line.
+                let rendered = e.render().to_string();
+                let para: Vec<&str> = rendered
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let text = para.join(" ");
+                text.strip_prefix("error: ").unwrap_or(&text).to_string()
+            };
+            eprintln!("supervisor: error: {message} (see supervisor --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+        assert!(
+            parse_duration("2600000000000000h")
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("notify"), Ok(Ready::Machine(ReadyMode::Notify)));
+        assert_eq!(
+            parse_ready("delay:250ms"),
+            Ok(Ready::Machine(ReadyMode::Delay(Duration::from_millis(250))))
+        );
+        assert_eq!(parse_ready("tcp"), Ok(Ready::Probe(Check::Tcp)));
+        assert_eq!(
+            parse_ready("http:/health"),
+            Ok(Ready::Probe(Check::Http("/health".into())))
+        );
+        assert!(parse_ready("http:health").is_err());
+        assert!(parse_ready("http:/a b").is_err());
+        assert!(parse_ready("soon").is_err());
+    }
+
+    #[test]
+    fn command_after_dashes() {
+        let a = Cli::try_parse_from(["supervisor", "-l", ":0", "--", "srv", "--flag"]).unwrap();
+        assert!(a.client.is_none());
+        assert_eq!(
+            a.run.command,
+            vec![OsString::from("srv"), OsString::from("--flag")]
+        );
+        assert!(Cli::try_parse_from(["supervisor", "-l", ":0"]).is_err());
+        // Options of the command after its name are the command's.
+        let a = Cli::try_parse_from(["supervisor", "srv", "-l", "x"]).unwrap();
+        assert_eq!(a.run.command.len(), 3);
+        assert!(a.run.listen.is_empty());
+        assert!(Cli::try_parse_from(["supervisor", "--bogus", "--", "srv"]).is_err());
+        // A server that happens to be called `reload` runs after `--`.
+        let a = Cli::try_parse_from(["supervisor", "--", "reload"]).unwrap();
+        assert!(a.client.is_none());
+        assert_eq!(a.run.command, vec![OsString::from("reload")]);
+    }
+
+    #[test]
+    fn workers_and_reload_strategies() {
+        let a = Cli::try_parse_from(["supervisor", "--workers", "4", "--reload", "rolling=2", "x"])
+            .unwrap();
+        assert_eq!(a.run.workers, 4);
+        assert_eq!(a.run.reload, crate::machine::Strategy::Rolling(2));
+        let a = Cli::try_parse_from(["supervisor", "x"]).unwrap();
+        assert_eq!(
+            (a.run.workers, a.run.reload),
+            (1, crate::machine::Strategy::AllAtOnce)
+        );
+        for bad in [
+            &["supervisor", "--workers", "0", "x"][..],
+            &["supervisor", "--reload", "rolling=0", "x"],
+            &["supervisor", "--reload", "canary", "x"],
+            &["supervisor", "reload", "--canary", "100"],
+            &["supervisor", "reload", "--canary", "0"],
+            &["supervisor", "reload", "--promote-after", "1m"],
+            &["supervisor", "reload", "--rolling", "--canary", "5"],
+            &["supervisor", "reload", "--rolling=0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(1)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from(["supervisor", "reload", "--rolling=3"])
+            .unwrap()
+            .client
+        {
+            Some(Client::Reload { rolling, .. }) => assert_eq!(rolling, Some(3)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match Cli::try_parse_from([
+            "supervisor",
+            "reload",
+            "--canary",
+            "20",
+            "--promote-after",
+            "10m",
+        ])
+        .unwrap()
+        .client
+        {
+            Some(Client::Reload {
+                canary,
+                promote_after,
+                ..
+            }) => {
+                assert_eq!(canary, Some(20));
+                assert_eq!(promote_after, Some(Duration::from_secs(600)));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "promote"])
+                .unwrap()
+                .client,
+            Some(Client::Promote { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "rollback", "--timeout", "5s"])
+                .unwrap()
+                .client,
+            Some(Client::Rollback { .. })
+        ));
+    }
+
+    #[test]
+    fn control_commands() {
+        let a = Cli::try_parse_from(["supervisor", "reload", "--timeout", "5s"]).unwrap();
+        match a.client {
+            Some(Client::Reload {
+                control,
+                timeout,
+                rolling,
+                canary,
+                ..
+            }) => {
+                assert_eq!(control, None);
+                assert_eq!(timeout, Some(Duration::from_secs(5)));
+                assert_eq!((rolling, canary), (None, None));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let a = Cli::try_parse_from(["supervisor", "status", "--control", "/x.sock", "--json"])
+            .unwrap();
+        match a.client {
+            Some(Client::Status { control, json }) => {
+                assert_eq!(control, Some(PathBuf::from("/x.sock")));
+                assert!(json);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "stop"]).unwrap().client,
+            Some(Client::Stop { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["supervisor", "upgrade", "--timeout", "3s"])
+                .unwrap()
+                .client,
+            Some(Client::Upgrade {
+                timeout: Some(t),
+                ..
+            }) if t == Duration::from_secs(3)
+        ));
+        // After a run option, `reload` can only be the server's name.
+        let a = Cli::try_parse_from(["supervisor", "-l", ":0", "reload"]).unwrap();
+        assert!(a.client.is_none());
+        let a = Cli::try_parse_from([
+            "supervisor",
+            "fds",
+            "--name",
+            "b",
+            "--name",
+            "a",
+            "--",
+            "srv",
+            "--flag",
+        ])
+        .unwrap();
+        match a.client {
+            Some(Client::Fds { names, command, .. }) => {
+                assert_eq!(names, ["b", "a"]);
+                assert_eq!(command, [OsString::from("srv"), OsString::from("--flag")]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let a = Cli::try_parse_from(["supervisor", "listen", "m=tcp:127.0.0.1:9090"]).unwrap();
+        match a.client {
+            Some(Client::Listen { listener, .. }) => {
+                assert_eq!(
+                    (listener.name.as_str(), listener.text.as_str()),
+                    ("m", "tcp:127.0.0.1:9090")
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["supervisor", "listen", "tcp:127.0.0.1:9090"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "listen", "a b=127.0.0.1:1"]).is_err());
+        // Run options make no sense with a control command.
+        assert!(Cli::try_parse_from(["supervisor", "reload", "--ready", "notify"]).is_err());
+        assert!(Cli::try_parse_from(["supervisor", "reload", "--timeout", "soon"]).is_err());
+    }
+}

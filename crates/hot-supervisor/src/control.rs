@@ -1,0 +1,1248 @@
+//! The control socket: `supervisor reload|status|stop` talking to a running
+//! supervisor.
+//!
+//! A Unix stream socket, mode 0600, every peer checked with SO_PEERCRED
+//! (root or the supervisor's own uid; with `--user`, the children's uid
+//! too, for `fds` and `listen` only). One request per connection, one line
+//! each way, plain text: `reload`, `status` or `stop` in; `ok TEXT` or
+//! `error TEXT` out. `reload` is answered once its outcome is known, `stop`
+//! once the supervisor is about to exit, `status` at once with a JSON
+//! object. `fds` and `listen` are answered with `ok N` and N listener
+//! descriptions, the sockets attached with `SCM_RIGHTS` in batches of at
+//! most [`SCM_MAX_FD`] ([`Transfer`]), sent without ever blocking. The
+//! parsing is pure, in [`hot_supervisor::parse::control`]; the driver owns
+//! the connections.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use hot_supervisor::parse::control::{
+    Line, MAX_REQUEST, Request, SCM_MAX_FD, answer, fds_header, parse_answer, parse_request,
+    take_line,
+};
+use hot_supervisor::parse::listen::Spec;
+
+/// A connection must send its request within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An answer must be taken by the client within this time.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many connections are open at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The socket's file name in its directory.
+pub const FILE_NAME: &str = "supervisor.sock";
+
+/// The default control socket path: `supervisor.sock` in the first entry of
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else in
+/// `$XDG_RUNTIME_DIR`, else in the private directory `/tmp/supervisor-UID`
+/// (which [`private_dir`] creates and checks). Values that are not
+/// absolute paths are ignored.
+pub fn default_path(
+    runtime_directory: Option<&std::ffi::OsStr>,
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+    uid: u32,
+) -> PathBuf {
+    let first = |v: &std::ffi::OsStr| {
+        // systemd joins several RuntimeDirectory= entries with ':'.
+        let s = v.to_string_lossy();
+        let first = s.split(':').next().unwrap_or("").to_string();
+        Some(PathBuf::from(first)).filter(|p| p.is_absolute())
+    };
+    runtime_directory
+        .and_then(first)
+        .or_else(|| {
+            xdg_runtime_dir
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        })
+        .unwrap_or_else(|| fallback_dir(uid))
+        .join(FILE_NAME)
+}
+
+/// The last-resort directory: per user, private.
+pub fn fallback_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/supervisor-{uid}"))
+}
+
+/// The default path for this process's environment and user.
+pub fn default_path_here() -> PathBuf {
+    default_path(
+        std::env::var_os("RUNTIME_DIRECTORY").as_deref(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        nix::unistd::geteuid().as_raw(),
+    )
+}
+
+/// The control socket path of a run: `--control PATH` as given, else the
+/// default, whose fallback directory is created private if needed.
+///
+/// # Errors
+/// The fallback directory cannot be made private to us.
+pub fn path_for_run(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let p = default_path_here();
+    if let Some(dir) = p.parent()
+        && dir == fallback_dir(nix::unistd::geteuid().as_raw())
+    {
+        anyhow::Context::context(private_dir(dir), "control socket directory")?;
+    }
+    Ok(p)
+}
+
+/// Create the fallback directory if needed and make sure nobody else can
+/// use it: a directory we own, mode 0700, not a symlink. Anyone can create
+/// `/tmp/supervisor-UID` before us, so its existence proves nothing.
+///
+/// # Errors
+/// It cannot be created, or it exists but is not private to us.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Exactly 0700, whatever the umask (one with 0100 set would leave
+        // the directory unusable to its owner).
+        Ok(()) => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| anyhow::Error::new(e).context(format!("chmod {}", dir.display())))?;
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("create {}", dir.display())));
+        }
+    }
+    check_private(dir)
+}
+
+/// Check that `dir` is a directory owned by us with mode 0700 (not a
+/// symlink).
+///
+/// # Errors
+/// It is not, or it cannot be inspected.
+pub fn check_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| anyhow::anyhow!("inspect {}: {e}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is not a private directory of uid {me} (a directory it owns, mode 0700); give --control PATH",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// How long to wait before sending again after `ETOOMANYREFS` (the
+/// peer's user has too many file descriptors in flight: the kernel counts
+/// them against its `RLIMIT_NOFILE` until the receiver takes them).
+pub const REFUSED_RETRY: Duration = Duration::from_millis(20);
+
+/// How many `ETOOMANYREFS` in a row a transfer survives (about 5 s).
+pub const MAX_REFUSED: u32 = 250;
+
+/// Where a connection is in its one exchange.
+#[derive(Debug)]
+pub enum Stage {
+    /// Reading the request line.
+    Reading(Vec<u8>),
+    /// The request is being carried out; the answer comes later.
+    Waiting,
+    /// Sending the answer, from this offset; then close.
+    Writing(Vec<u8>, usize),
+    /// Sending listeners with `SCM_RIGHTS`; then close.
+    Sending(Transfer),
+}
+
+/// An answer that carries file descriptors: `ok N\n` and N description
+/// lines, the fds attached in the same order, at most [`SCM_MAX_FD`] per
+/// `sendmsg`, each batch's lines as the data of the `sendmsg` that carries
+/// its fds (the header with the first). The fds are the supervisor's own
+/// duplicates, closed once the kernel has taken them (or when the transfer
+/// is dropped: a client that leaves mid-transfer leaks nothing).
+#[derive(Debug)]
+pub struct Transfer {
+    batches: VecDeque<Batch>,
+    /// `ETOOMANYREFS` in a row.
+    refused: u32,
+    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
+    /// socket is writable.
+    retry_at: Option<Instant>,
+    /// Some bytes have gone out: an error can no longer be answered.
+    started: bool,
+}
+
+#[derive(Debug)]
+struct Batch {
+    data: Vec<u8>,
+    sent: usize,
+    /// Emptied once attached to a `sendmsg` that went out.
+    fds: Vec<OwnedFd>,
+}
+
+impl Transfer {
+    /// The answer for these (description line, socket) pairs, in order.
+    pub fn new(items: Vec<(String, OwnedFd)>) -> Transfer {
+        Transfer::with_preamble(String::new(), items)
+    }
+
+    /// As [`Transfer::new`], with `preamble` (whole lines) between the
+    /// header and the first description line.
+    pub fn with_preamble(preamble: String, items: Vec<(String, OwnedFd)>) -> Transfer {
+        let mut batches = VecDeque::new();
+        let mut header = Some(fds_header(items.len()) + &preamble);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut data = header.take().unwrap_or_default().into_bytes();
+            let mut fds = Vec::new();
+            for (line, fd) in items.by_ref().take(SCM_MAX_FD) {
+                data.extend_from_slice(line.as_bytes());
+                fds.push(fd);
+            }
+            batches.push_back(Batch { data, sent: 0, fds });
+        }
+        if let Some(h) = header {
+            // No listener: the header alone.
+            batches.push_back(Batch {
+                data: h.into_bytes(),
+                sent: 0,
+                fds: Vec::new(),
+            });
+        }
+        Transfer {
+            batches,
+            refused: 0,
+            retry_at: None,
+            started: false,
+        }
+    }
+}
+
+impl Transfer {
+    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
+    /// socket is writable.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// The retry time has come.
+    pub fn clear_retry(&mut self) {
+        self.retry_at = None;
+    }
+}
+
+/// What a send step of a [`Transfer`] came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendStep {
+    /// More to send, when writable (or at the retry time).
+    Pending,
+    /// Everything sent: close.
+    Done,
+    /// It cannot go on; whether nothing was sent yet, and why.
+    Failed(bool, String),
+}
+
+/// Send what the socket takes of `t`; never blocks.
+pub fn send_some(stream: &UnixStream, t: &mut Transfer, now: Instant) -> SendStep {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    while let Some(b) = t.batches.front_mut() {
+        if b.sent == b.data.len() {
+            t.batches.pop_front();
+            continue;
+        }
+        let raw: Vec<RawFd> = b.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+        let iov = [IoSlice::new(&b.data[b.sent..])];
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, flags, None) {
+            Ok(0) => return SendStep::Failed(!t.started, "sendmsg sent nothing".into()),
+            Ok(n) => {
+                // The fds went with the first bytes sent (unix(7) stream
+                // sockets attach them to the first segment): our copies go.
+                b.fds.clear();
+                b.sent += n;
+                t.refused = 0;
+                t.started = true;
+            }
+            Err(nix::errno::Errno::EAGAIN) => return SendStep::Pending,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::ETOOMANYREFS) => {
+                t.refused += 1;
+                if t.refused > MAX_REFUSED {
+                    return SendStep::Failed(
+                        !t.started,
+                        "the receiving user has too many file descriptors in flight (ETOOMANYREFS; its RLIMIT_NOFILE is too low for this many listeners)".into(),
+                    );
+                }
+                t.retry_at = Some(now + REFUSED_RETRY);
+                return SendStep::Pending;
+            }
+            Err(e) => return SendStep::Failed(!t.started, format!("sendmsg: {e}")),
+        }
+    }
+    SendStep::Done
+}
+
+/// One control connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The non-blocking stream.
+    pub stream: UnixStream,
+    /// The peer's pid (from SO_PEERCRED; 0 if unknown).
+    pub pid: i32,
+    /// The peer's uid (from SO_PEERCRED).
+    pub uid: u32,
+    /// Where it is.
+    pub stage: Stage,
+    /// When reading or writing gives up.
+    pub deadline: Option<Instant>,
+}
+
+/// What a read step produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Nothing complete yet.
+    Pending,
+    /// A request, or the error to answer with.
+    Request(Result<Request, String>),
+    /// The peer left without a request: close quietly.
+    Gone,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(stream: UnixStream, pid: i32, uid: u32, now: Instant) -> Conn {
+        Conn {
+            stream,
+            pid,
+            uid,
+            stage: Stage::Reading(Vec::new()),
+            deadline: Some(now + REQUEST_TIMEOUT),
+        }
+    }
+
+    /// The fd to poll, with whether to wait for input (else output); `None`
+    /// while waiting for an outcome (a half-closed peer must not wake the
+    /// loop over and over).
+    pub fn interest(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        match self.stage {
+            Stage::Reading(_) => Some((self.stream.as_fd(), true)),
+            Stage::Writing(..) => Some((self.stream.as_fd(), false)),
+            Stage::Sending(ref t) if t.retry_at.is_none() => Some((self.stream.as_fd(), false)),
+            Stage::Sending(_) | Stage::Waiting => None,
+        }
+    }
+
+    /// When the connection next needs the loop: its give-up deadline, or
+    /// the retry time of a refused transfer.
+    pub fn next_time(&self) -> Option<Instant> {
+        let retry = match &self.stage {
+            Stage::Sending(t) => t.retry_at,
+            _ => None,
+        };
+        [self.deadline, retry].into_iter().flatten().min()
+    }
+
+    /// Send listeners; the caller then calls [`Conn::send`].
+    pub fn start_transfer(&mut self, t: Transfer, now: Instant) {
+        self.stage = Stage::Sending(t);
+        self.deadline = Some(now + WRITE_TIMEOUT);
+    }
+
+    /// Send what the socket takes of the transfer; on a failure before
+    /// anything went out, the error is answered as a line instead.
+    pub fn send(&mut self, now: Instant) -> SendStep {
+        let Stage::Sending(t) = &mut self.stage else {
+            return SendStep::Done;
+        };
+        if t.retry_at.is_some_and(|r| r > now) {
+            return SendStep::Pending;
+        }
+        t.retry_at = None;
+        let step = send_some(&self.stream, t, now);
+        if let SendStep::Failed(true, why) = &step {
+            let line = answer(false, why);
+            self.reply(line, now);
+            if !self.write() {
+                return SendStep::Pending;
+            }
+        }
+        step
+    }
+
+    /// Read what is there; never blocks.
+    pub fn read(&mut self) -> ReadStep {
+        let Stage::Reading(buf) = &mut self.stage else {
+            return ReadStep::Pending;
+        };
+        let mut chunk = [0u8; 512];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    // End of input: a request without its newline still
+                    // counts; nothing at all means the peer left.
+                    if buf.is_empty() {
+                        return ReadStep::Gone;
+                    }
+                    return match take_line(buf) {
+                        Line::TooLong => ReadStep::Request(Err(too_long())),
+                        Line::Complete(l) => ReadStep::Request(parse_request(l)),
+                        Line::Incomplete => ReadStep::Request(parse_request(buf)),
+                    };
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    match take_line(buf) {
+                        Line::Incomplete => continue,
+                        Line::TooLong => return ReadStep::Request(Err(too_long())),
+                        Line::Complete(l) => return ReadStep::Request(parse_request(l)),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return ReadStep::Pending,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return ReadStep::Gone,
+            }
+        }
+    }
+
+    /// Start sending `line`; the caller then calls [`Conn::write`].
+    pub fn reply(&mut self, line: String, now: Instant) {
+        self.stage = Stage::Writing(line.into_bytes(), 0);
+        self.deadline = Some(now + WRITE_TIMEOUT);
+    }
+
+    /// Send what the socket takes; `true` once done (sent, or the peer is
+    /// gone) and the connection can be closed.
+    pub fn write(&mut self) -> bool {
+        let Stage::Writing(out, pos) = &mut self.stage else {
+            return false;
+        };
+        while *pos < out.len() {
+            match self.stream.write(&out[*pos..]) {
+                Ok(0) => return true,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // EPIPE and friends: the client left; SIGPIPE is not a
+                // concern, std ignores it for the process.
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+/// A listener's kind and address for its description line, from what it
+/// is bound to (`127.0.0.1:80`, `udp:127.0.0.1:53`, `unix:/run/x.sock`,
+/// `unix:@name`): `KIND:ADDRESS` is again a `--listen` address.
+pub fn kind_and_address(bound: &str) -> (&'static str, &str) {
+    if let Some(a) = bound.strip_prefix("udp:") {
+        ("udp", a)
+    } else if let Some(a) = bound.strip_prefix("unix:") {
+        ("unix", a)
+    } else {
+        ("tcp", bound)
+    }
+}
+
+fn too_long() -> String {
+    format!("request longer than {MAX_REQUEST} bytes")
+}
+
+/// A control connection's id, for answering it later.
+pub type ConnId = u64;
+
+/// What the control server asks the driver to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// Start a reload and answer `ConnId` with its outcome
+    /// ([`ControlServer::answer`]).
+    Reload(ConnId, i32),
+    /// A reload with its own strategy (rolling, canary), answered as
+    /// [`ControlEvent::Reload`].
+    ReloadWith(ConnId, i32, hot_supervisor::parse::control::ReloadKind),
+    /// Promote the canary; answer with the outcome.
+    Promote(ConnId, i32),
+    /// Roll the canary (or rolling reload) back; answer with the outcome.
+    Rollback(ConnId, i32),
+    /// Stop; answer `ConnId` when about to exit
+    /// ([`ControlServer::answer_stop`]).
+    Stop(ConnId, i32),
+    /// Answer `ConnId` at once with the status ([`ControlServer::answer`]).
+    Status(ConnId),
+    /// Upgrade the supervisor in place (the check bounded by the duration
+    /// given, if any); answer `ConnId` with the outcome.
+    Upgrade(ConnId, i32, Option<Duration>),
+    /// Another supervisor (peer pid) asks to take every socket over: the
+    /// driver takes the connection ([`ControlServer::take_stream`]).
+    Takeover(ConnId, i32),
+    /// Send `ConnId` (peer pid) these listeners, every one when empty
+    /// ([`ControlServer::send_fds`], or [`ControlServer::answer`] with an
+    /// error).
+    Fds(ConnId, i32, Vec<String>),
+    /// Open this listener (or find the one of its name) and send it to
+    /// `ConnId` (peer pid), as for [`ControlEvent::Fds`].
+    Listen(ConnId, i32, Spec),
+}
+
+/// Connections waiting for an outcome (reload or stop) beyond this number
+/// are refused; they are counted apart from [`MAX_CONNECTIONS`], so that
+/// clients waiting for a slow start never make `status` answer busy.
+pub const MAX_WAITERS: usize = 1024;
+
+/// What a poll entry of the control server watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The listening socket.
+    Accept,
+    /// One connection.
+    Conn(ConnId),
+}
+
+/// The control socket and its connections: accepting (with the peer
+/// check), reading requests, holding waiting requesters, writing answers,
+/// and every deadline of theirs. It never acts on a request: it turns them
+/// into [`ControlEvent`]s for the driver.
+pub struct ControlServer {
+    /// The listening socket (its file is removed when dropped).
+    listener: crate::listen::Listener,
+    conns: std::collections::BTreeMap<ConnId, Conn>,
+    next: ConnId,
+    /// Accepting is paused until then (out of file descriptors: the
+    /// pending connection would otherwise wake the loop at once, forever).
+    accept_paused: Option<Instant>,
+    /// Accepting failed and was logged; cleared by the next success.
+    accept_failing: bool,
+    /// Connections waiting for the supervisor to exit.
+    stop_waiters: Vec<ConnId>,
+    /// A uid besides root and ours that may fetch and open listeners
+    /// (the children's, with `--user`), and nothing else.
+    fetch_uid: Option<u32>,
+    /// Another supervisor accepts on the socket now.
+    handed_over: bool,
+}
+
+/// The control socket and its connections as carried across an in-place
+/// upgrade (the requester of the upgrade among them, to be answered by the
+/// new image).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    listener: crate::listen::Saved,
+    /// (id, fd, pid, stage, deadline)
+    conns: Vec<SavedConn>,
+    next: ConnId,
+    stop_waiters: Vec<ConnId>,
+    #[serde(default)]
+    fetch_uid: Option<u32>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedConn {
+    id: ConnId,
+    fd: i32,
+    pid: i32,
+    #[serde(default)]
+    uid: u32,
+    stage: SavedStage,
+    #[serde(with = "crate::upgrade::mono::opt")]
+    deadline: Option<Instant>,
+}
+
+/// A connection's stage as carried across an upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum SavedStage {
+    Reading(Vec<u8>),
+    Waiting,
+    Writing(Vec<u8>, usize),
+}
+
+impl ControlServer {
+    /// The state for an in-place upgrade. A connection in the middle of an
+    /// fd transfer is not carried (the exec closes it: its client sees the
+    /// connection end early and asks again).
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            listener: self.listener.save(keep),
+            conns: self
+                .conns
+                .iter()
+                .filter_map(|(id, c)| {
+                    let stage = match &c.stage {
+                        Stage::Reading(b) => SavedStage::Reading(b.clone()),
+                        Stage::Waiting => SavedStage::Waiting,
+                        Stage::Writing(b, n) => SavedStage::Writing(b.clone(), *n),
+                        Stage::Sending(_) => return None,
+                    };
+                    Some(SavedConn {
+                        id: *id,
+                        fd: keep.fd(c.stream.as_fd()),
+                        pid: c.pid,
+                        uid: c.uid,
+                        stage,
+                        deadline: c.deadline,
+                    })
+                })
+                .collect(),
+            fetch_uid: self.fetch_uid,
+            next: self.next,
+            stop_waiters: self.stop_waiters.clone(),
+        }
+    }
+
+    /// The control server an upgrade carried across.
+    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> ControlServer {
+        let conns = saved
+            .conns
+            .into_iter()
+            .map(|c| {
+                let stage = match c.stage {
+                    SavedStage::Reading(b) => Stage::Reading(b),
+                    SavedStage::Waiting => Stage::Waiting,
+                    SavedStage::Writing(b, n) => Stage::Writing(b, n),
+                };
+                let conn = Conn {
+                    stream: UnixStream::from(adopt.take(c.fd)),
+                    pid: c.pid,
+                    uid: c.uid,
+                    stage,
+                    deadline: c.deadline,
+                };
+                (c.id, conn)
+            })
+            .collect();
+        ControlServer {
+            listener: crate::listen::Listener::restore(saved.listener, adopt),
+            conns,
+            next: saved.next,
+            accept_paused: None,
+            accept_failing: false,
+            stop_waiters: saved.stop_waiters,
+            fetch_uid: saved.fetch_uid,
+            handed_over: false,
+        }
+    }
+}
+
+impl ControlServer {
+    /// Serve on a bound, non-blocking control socket.
+    pub fn new(listener: crate::listen::Listener) -> ControlServer {
+        ControlServer {
+            listener,
+            conns: std::collections::BTreeMap::new(),
+            next: 0,
+            accept_paused: None,
+            accept_failing: false,
+            stop_waiters: Vec::new(),
+            fetch_uid: None,
+            handed_over: false,
+        }
+    }
+
+    /// Let `uid` (the children's, with `--user`) fetch and open listeners
+    /// too (`fds`, `listen`), and nothing else.
+    pub fn allow_fetch_by(&mut self, uid: u32) {
+        self.fetch_uid = Some(uid);
+    }
+
+    /// The fds to poll, with what each waits for (`true`: input).
+    pub fn interest(&self) -> Vec<(Watch, BorrowedFd<'_>, bool)> {
+        let mut out = Vec::new();
+        if self.accept_paused.is_none() && !self.handed_over {
+            out.push((Watch::Accept, self.listener.fd(), true));
+        }
+        for (id, c) in &self.conns {
+            if let Some((fd, input)) = c.interest() {
+                out.push((Watch::Conn(*id), fd, input));
+            }
+        }
+        out
+    }
+
+    /// The next time [`ControlServer::on_timeout`] must run.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(Conn::next_time)
+            .chain(self.accept_paused)
+            .min()
+    }
+
+    /// A watched fd is ready.
+    pub fn on_ready(&mut self, w: Watch, now: Instant) -> Vec<ControlEvent> {
+        match w {
+            Watch::Accept => {
+                self.accept(now);
+                Vec::new()
+            }
+            Watch::Conn(id) => self.serve(id, now).into_iter().collect(),
+        }
+    }
+
+    /// Deadlines: resume accepting, close connections that sent no request
+    /// or took no answer in time.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.accept_paused.is_some_and(|t| t <= now) {
+            self.accept_paused = None;
+        }
+        // Transfers the kernel refused a moment ago try again.
+        let retry: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.stage, Stage::Sending(t) if t.retry_at.is_some_and(|r| r <= now)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            self.step_transfer(id, now);
+        }
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(mut conn) = self.conns.remove(&id)
+                && let Stage::Reading(_) = conn.stage
+            {
+                let why = format!(
+                    "no request within {}",
+                    hot_supervisor::duration::human(REQUEST_TIMEOUT)
+                );
+                log::debug!("control connection from pid {}: {why}: closed", conn.pid);
+                conn.reply(answer(false, &why), now);
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Answer connection `id` (a status, or a reload's outcome) and close
+    /// it once the answer is taken.
+    pub fn answer(&mut self, id: ConnId, ok: bool, text: &str, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.reply(answer(ok, text), now);
+            if conn.write() {
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Send connection `id` these listeners: `(description line, a
+    /// duplicate of the socket)` pairs, in order (see [`Transfer`]); the
+    /// connection closes once they are sent.
+    pub fn send_fds(&mut self, id: ConnId, items: Vec<(String, OwnedFd)>, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.start_transfer(Transfer::new(items), now);
+            self.step_transfer(id, now);
+        }
+    }
+
+    /// Send connection `id` these listeners, each as (name, what it is
+    /// bound to as the listener shows it, a duplicate of its socket); a
+    /// listener that cannot be described in one line makes the answer an
+    /// error instead.
+    pub fn send_listeners(
+        &mut self,
+        id: ConnId,
+        listeners: Vec<(String, String, OwnedFd)>,
+        now: Instant,
+    ) {
+        let mut items = Vec::with_capacity(listeners.len());
+        for (name, bound, fd) in listeners {
+            let (kind, address) = kind_and_address(&bound);
+            match hot_supervisor::parse::control::fd_line(&name, kind, address) {
+                Ok(line) => items.push((line, fd)),
+                Err(why) => return self.answer(id, false, &why, now),
+            }
+        }
+        self.send_fds(id, items, now);
+    }
+
+    /// Push a transfer on; close its connection once it is done or failed.
+    fn step_transfer(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.send(now) {
+            SendStep::Pending => {}
+            SendStep::Done => {
+                self.conns.remove(&id);
+            }
+            SendStep::Failed(before_any, why) => {
+                let pid = conn.pid;
+                if before_any {
+                    log::warn!("control connection from pid {pid}: {why}");
+                    // The error line is being written (or was).
+                    if !matches!(conn.stage, Stage::Writing(..)) || conn.write() {
+                        self.conns.remove(&id);
+                    }
+                } else {
+                    log::warn!(
+                        "control connection from pid {pid}: sending listeners failed midway ({why}): closed"
+                    );
+                    self.conns.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Tell the `stop` clients that the supervisor exits now. Their
+    /// connections stay open until the server is dropped on the way out,
+    /// after the control socket file is removed: EOF then means "gone".
+    pub fn answer_stop(&mut self, code: i32, now: Instant) {
+        let line = answer(true, &format!("exit status {code}"));
+        for id in std::mem::take(&mut self.stop_waiters) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.reply(line.clone(), now);
+                let _ = conn.write();
+            }
+        }
+    }
+
+    /// Connections in their one exchange (not waiting for an outcome).
+    fn busy(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| !matches!(c.stage, Stage::Waiting))
+            .count()
+    }
+
+    /// Accept every waiting connection; refuse other users' and any beyond
+    /// the limits.
+    fn accept(&mut self, now: Instant) {
+        use nix::sys::socket::{SockFlag, accept4, getsockopt, sockopt::PeerCredentials};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        for _ in 0..MAX_CONNECTIONS {
+            let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+            let raw = match accept4(self.listener.fd().as_raw_fd(), flags) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ECONNABORTED) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    // EMFILE and the like: leave the queue alone for a
+                    // moment rather than spin on it (and say so once).
+                    if self.accept_failing {
+                        log::debug!("accept on the control socket: {e}; retrying in 100ms");
+                    } else {
+                        log::warn!("accept on the control socket: {e}; retrying every 100ms");
+                        self.accept_failing = true;
+                    }
+                    self.accept_paused = Some(now + Duration::from_millis(100));
+                    return;
+                }
+            };
+            if self.accept_failing {
+                log::info!("accepting on the control socket again");
+                self.accept_failing = false;
+            }
+            // SAFETY: accept4 just returned this new descriptor; nothing
+            // else owns it.
+            let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(raw) });
+            let (pid, uid) = match getsockopt(&stream, PeerCredentials) {
+                Ok(c) => (c.pid(), c.uid()),
+                Err(e) => {
+                    log::warn!("control connection without credentials ({e}): closed");
+                    continue;
+                }
+            };
+            let me = nix::unistd::geteuid().as_raw();
+            let mut conn = Conn::new(stream, pid, uid, now);
+            if uid != 0 && uid != me && Some(uid) != self.fetch_uid {
+                log::warn!(
+                    "refused a control connection from pid {pid} (uid {uid}): only root and uid {me} may control this supervisor"
+                );
+                let why = format!("permission denied: uid {uid} may not control this supervisor");
+                conn.reply(answer(false, &why), now);
+                let _ = conn.write();
+                continue;
+            }
+            if self.busy() >= MAX_CONNECTIONS {
+                log::warn!(
+                    "refused a control connection from pid {pid}: {MAX_CONNECTIONS} already open"
+                );
+                conn.reply(answer(false, "busy: too many control connections"), now);
+                let _ = conn.write();
+                continue;
+            }
+            self.next += 1;
+            self.conns.insert(self.next, conn);
+        }
+    }
+
+    /// A connection is readable or writable.
+    fn serve(&mut self, id: ConnId, now: Instant) -> Option<ControlEvent> {
+        let conn = self.conns.get_mut(&id)?;
+        match conn.stage {
+            Stage::Writing(..) => {
+                if conn.write() {
+                    self.conns.remove(&id);
+                }
+                None
+            }
+            Stage::Sending(_) => {
+                self.step_transfer(id, now);
+                None
+            }
+            Stage::Reading(_) => match conn.read() {
+                ReadStep::Pending => None,
+                ReadStep::Gone => {
+                    self.conns.remove(&id);
+                    None
+                }
+                ReadStep::Request(r) => self.request(id, r, now),
+            },
+            Stage::Waiting => None,
+        }
+    }
+
+    fn request(
+        &mut self,
+        id: ConnId,
+        request: Result<Request, String>,
+        now: Instant,
+    ) -> Option<ControlEvent> {
+        let waiting = self.conns.len() - self.busy();
+        let conn = self.conns.get_mut(&id)?;
+        let pid = conn.pid;
+        let uid = conn.uid;
+        let me = nix::unistd::geteuid().as_raw();
+        match request {
+            Err(why) => {
+                log::warn!("control connection from pid {pid}: {why}");
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(r) if uid != 0 && uid != me && !r.sends_fds() => {
+                log::warn!(
+                    "refused a {} request from pid {pid} (uid {uid}): the children's user may only fetch and open listeners",
+                    r.as_str()
+                );
+                let why = format!(
+                    "permission denied: uid {uid} may only fetch and open listeners (fds, listen)"
+                );
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(Request::Fds(names)) => Some(ControlEvent::Fds(id, pid, names)),
+            Ok(Request::Listen(spec)) => Some(ControlEvent::Listen(id, pid, spec)),
+            Ok(Request::Status) => Some(ControlEvent::Status(id)),
+            Ok(
+                Request::Reload
+                | Request::ReloadWith(_)
+                | Request::Promote
+                | Request::Rollback
+                | Request::Stop
+                | Request::Upgrade(_),
+            ) if waiting >= MAX_WAITERS => {
+                let why = format!("busy: {MAX_WAITERS} requests already wait for an outcome");
+                log::warn!("control connection from pid {pid}: {why}");
+                self.answer(id, false, &why, now);
+                None
+            }
+            Ok(Request::Reload) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Reload(id, pid))
+            }
+            Ok(Request::ReloadWith(kind)) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::ReloadWith(id, pid, kind))
+            }
+            Ok(Request::Promote) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Promote(id, pid))
+            }
+            Ok(Request::Rollback) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Rollback(id, pid))
+            }
+            Ok(Request::Upgrade(timeout)) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Upgrade(id, pid, timeout))
+            }
+            Ok(Request::Stop) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                self.stop_waiters.push(id);
+                Some(ControlEvent::Stop(id, pid))
+            }
+            Ok(Request::Takeover) => {
+                conn.stage = Stage::Waiting;
+                conn.deadline = None;
+                Some(ControlEvent::Takeover(id, pid))
+            }
+        }
+    }
+
+    /// Hand connection `id` over (a takeover's: it outlives the one
+    /// exchange of this server's connections).
+    pub fn take_stream(&mut self, id: ConnId) -> Option<UnixStream> {
+        self.stop_waiters.retain(|w| *w != id);
+        self.conns.remove(&id).map(|c| c.stream)
+    }
+
+    /// Stop (or resume) accepting: while another supervisor takes over,
+    /// new connections are its to accept. Resuming listens again, so that
+    /// clients see this process behind the socket again (`SO_PEERCRED` names
+    /// whoever called `listen()` last).
+    pub fn set_accepting(&mut self, on: bool) {
+        self.handed_over = !on;
+        if on
+            && let Err(e) = nix::sys::socket::listen(
+                &self.listener.fd(),
+                nix::sys::socket::Backlog::MAXALLOWABLE,
+            )
+        {
+            log::warn!("listen on the control socket again: {e}");
+        }
+    }
+
+    /// The listening socket, for a takeover.
+    pub fn save_listener(&self, keep: &mut crate::upgrade::Keep) -> crate::listen::Saved {
+        self.listener.save(keep)
+    }
+
+    /// The socket's file is another supervisor's (`false`: this one's
+    /// again): left at exit.
+    pub fn disown_file(&mut self, disown: bool) {
+        if disown {
+            self.listener.disown_file();
+        } else {
+            self.listener.own_file();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_private_directory_must_be_ours_and_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("sv-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let fresh = base.join("fresh");
+        private_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Again: an existing private directory is fine.
+        private_dir(&fresh).unwrap();
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            private_dir(&open)
+                .unwrap_err()
+                .to_string()
+                .contains("not a private directory")
+        );
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(private_dir(&link).is_err());
+        let file = base.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(private_dir(&file).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn default_paths() {
+        let p = |rd: Option<&str>, xdg: Option<&str>| {
+            default_path(rd.map(OsStr::new), xdg.map(OsStr::new), 1000)
+        };
+        assert_eq!(
+            p(Some("/run/app"), Some("/run/user/1000")),
+            PathBuf::from("/run/app/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("/run/a:/run/b"), None),
+            PathBuf::from("/run/a/supervisor.sock")
+        );
+        assert_eq!(
+            p(None, Some("/run/user/1000")),
+            PathBuf::from("/run/user/1000/supervisor.sock")
+        );
+        assert_eq!(
+            p(Some("relative"), Some("")),
+            PathBuf::from("/tmp/supervisor-1000/supervisor.sock")
+        );
+    }
+    /// Hand every watched fd to the server once (as if poll said ready;
+    /// the sockets are non-blocking, so an idle one just yields nothing).
+    fn pump(server: &mut ControlServer, now: Instant) -> Vec<ControlEvent> {
+        let watches: Vec<Watch> = server.interest().into_iter().map(|(w, _, _)| w).collect();
+        watches
+            .into_iter()
+            .flat_map(|w| server.on_ready(w, now))
+            .collect()
+    }
+
+    fn server(tag: &str) -> (ControlServer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sv-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join(FILE_NAME);
+        let listener = crate::listen::bind_control(&path).unwrap();
+        (ControlServer::new(listener), path)
+    }
+
+    fn ask(path: &Path, line: &str) -> UnixStream {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(line.as_bytes()).unwrap();
+        c
+    }
+
+    fn answer_of(c: &mut UnixStream) -> String {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_status_request_is_an_event_and_its_answer_is_sent() {
+        let (mut srv, path) = server("status");
+        let now = Instant::now();
+        let mut c = ask(&path, "status\n");
+        let mut events = pump(&mut srv, now);
+        events.extend(pump(&mut srv, now));
+        let [ControlEvent::Status(id)] = events[..] else {
+            panic!("{events:?}");
+        };
+        srv.answer(id, true, "{}", now);
+        assert_eq!(answer_of(&mut c), "ok {}\n");
+        assert!(srv.interest().iter().all(|(w, _, _)| *w == Watch::Accept));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn waiting_requesters_do_not_make_status_busy() {
+        let (mut srv, path) = server("waiters");
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 6 {
+            waiting.push(ask(&path, "reload\n"));
+            for _ in 0..2 {
+                for e in pump(&mut srv, now) {
+                    match e {
+                        ControlEvent::Reload(id, _) => ids.push(id),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(ids.len(), MAX_CONNECTIONS + 6, "every reload waits");
+        // Waiting connections are not polled: a half-closed client cannot
+        // wake the loop.
+        assert_eq!(srv.interest().len(), 1);
+        let mut c = ask(&path, "status\n");
+        let mut events = pump(&mut srv, now);
+        events.extend(pump(&mut srv, now));
+        let [ControlEvent::Status(id)] = events[..] else {
+            panic!("status is not served: {events:?}");
+        };
+        srv.answer(id, true, "fine", now);
+        assert_eq!(answer_of(&mut c), "ok fine\n");
+        // Each waiter gets its own answer.
+        srv.answer(ids[3], false, "failed", now);
+        assert_eq!(answer_of(&mut waiting[3]), "error failed\n");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn silent_and_bad_requests_are_answered_and_closed() {
+        let (mut srv, path) = server("silent");
+        let now = Instant::now();
+        let mut silent = UnixStream::connect(&path).unwrap();
+        let mut bad = ask(&path, "reboot\n");
+        let events: Vec<_> = (0..3).flat_map(|_| pump(&mut srv, now)).collect();
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(
+            answer_of(&mut bad),
+            "error unknown request \"reboot\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
+        );
+        assert_eq!(srv.deadline(), Some(now + REQUEST_TIMEOUT));
+        srv.on_timeout(now + REQUEST_TIMEOUT);
+        assert_eq!(answer_of(&mut silent), "error no request within 10s\n");
+        assert_eq!(srv.deadline(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn transfers_go_in_batches_of_scm_max_fd_with_their_lines() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let items: Vec<(String, OwnedFd)> = (0..600)
+            .map(|i| {
+                (
+                    format!("l{i} tcp 127.0.0.1:{i}\n"),
+                    b.as_fd().try_clone_to_owned().unwrap(),
+                )
+            })
+            .collect();
+        let mut t = Transfer::new(items);
+        let sizes: Vec<usize> = t.batches.iter().map(|b| b.fds.len()).collect();
+        assert_eq!(sizes, [253, 253, 94]);
+        assert!(t.batches[0].data.starts_with(b"ok 600\nl0 tcp"));
+        assert!(t.batches[1].data.starts_with(b"l253 tcp"));
+        assert_eq!(send_some(&a, &mut t, Instant::now()), SendStep::Done);
+        // Read back: each recvmsg brings one batch, its fds with its lines.
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        let (mut data, mut fds) = (Vec::new(), 0);
+        while fds < 600 {
+            let mut buf = vec![0u8; 65536];
+            let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                b.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .unwrap();
+            assert!(!msg.flags.contains(MsgFlags::MSG_CTRUNC));
+            let n = msg.bytes;
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    fds += raw.len();
+                    for r in raw {
+                        // SAFETY: SCM_RIGHTS just installed it; ours alone.
+                        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) });
+                    }
+                }
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(data).unwrap();
+        assert_eq!(text.lines().count(), 601);
+        assert_eq!(text.lines().last(), Some("l599 tcp 127.0.0.1:599"));
+    }
+
+    #[test]
+    fn stop_requesters_hear_the_exit_status() {
+        let (mut srv, path) = server("stop");
+        let now = Instant::now();
+        let mut c = ask(&path, "stop\n");
+        let events: Vec<_> = (0..2).flat_map(|_| pump(&mut srv, now)).collect();
+        assert!(matches!(events[..], [ControlEvent::Stop(..)]), "{events:?}");
+        srv.answer_stop(143, now);
+        drop(srv);
+        assert_eq!(answer_of(&mut c), "ok exit status 143\n");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}

@@ -1,0 +1,1113 @@
+//! The event loop: the only code that waits, and the only code that routes
+//! between the parts.
+//!
+//! One `poll` over the signalfd (SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT)
+//! and whatever fds the parts want polled, with the earliest of their
+//! deadlines as its timeout: when nothing happens the supervisor sleeps
+//! with no timeout at all. Inputs go to the [`Machine`], which alone
+//! decides the lifecycle; its actions are carried out here by calling the
+//! parts ([`Parts`]: the processes, the sockets and their routing, the
+//! control socket, the service manager, the probes, the health endpoint)
+//! and [`Report`] (text). The driver holds no protocol and writes no text
+//! of its own beyond the few lines that say which part did what. It must
+//! never block: every part it calls is non-blocking.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::control::{self, ConnId, ControlEvent};
+use crate::health;
+use crate::machine::{Action, Event, Generation, Input, Machine, Strategy, Ticket};
+use crate::manager::View;
+use crate::parts::{Parts, Watch};
+use crate::report::Report;
+use crate::snapshot::Settings;
+use crate::steer::Notice;
+
+/// The signals the supervisor handles; blocked from the first line of
+/// `main` and read from the signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR2,
+    ]
+    .into_iter()
+    .chain(FORWARDED)
+    {
+        set.add(s);
+    }
+    set
+}
+
+/// Signals the supervisor does not act on itself but passes to the serving
+/// generation (as tini and dumb-init do).
+pub const FORWARDED: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGWINCH];
+
+/// Say so when a step of the loop took long (the kernel's work on many
+/// reuseport groups: sockets joining, programs attached).
+fn slow(what: &str, began: Instant) {
+    let took = began.elapsed();
+    if took >= std::time::Duration::from_secs(1) {
+        log::warn!(
+            "{what} took {} (the loop waited meanwhile)",
+            hot_supervisor::duration::human(took)
+        );
+    }
+}
+
+/// The running supervisor.
+pub struct Driver {
+    machine: Machine,
+    settings: Settings,
+    parts: Parts,
+    report: Report,
+    signals: SignalFd,
+    next_ticket: Ticket,
+    /// Which control connection waits for which reload.
+    reload_waiters: BTreeMap<Ticket, ConnId>,
+    /// Reload answers to send once the current actions are done.
+    answers: Vec<(ConnId, bool, String)>,
+    /// What steering reported while carrying out actions, for the log.
+    notices: Vec<Notice>,
+    started: Instant,
+    /// The drain progress lines (a timer only while some generation
+    /// drains).
+    progress: crate::report::Progress,
+    /// Set when the machine asks to exit.
+    exit: Option<i32>,
+    /// The upgrade to carry out at the top of the loop (its check said yes):
+    /// the connection to answer, when it was asked for, the new version.
+    exec_due: Option<(Option<ConnId>, Instant)>,
+    /// In-place upgrades so far, and the Unix time of the last one.
+    upgrades: (u64, Option<f64>),
+    /// Taking over, the first generation failed.
+    takeover_failed: bool,
+    /// The exit status, whatever the machine says (a failed takeover).
+    exit_code: Option<i32>,
+    /// The crash policy to apply once a takeover is done.
+    restart: Option<crate::machine::RestartPolicy>,
+}
+
+impl Driver {
+    /// Set up the loop around `machine` (which has already asked for
+    /// generation 1).
+    ///
+    /// # Errors
+    /// The signalfd cannot be created.
+    pub fn new(machine: Machine, settings: Settings, parts: Parts) -> Result<Driver> {
+        let signals = SignalFd::with_flags(
+            &handled_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .context("create signalfd")?;
+        Ok(Driver {
+            machine,
+            settings,
+            parts,
+            report: Report {
+                counts: crate::metrics::Counts {
+                    start_time: crate::report::unix_now(),
+                    ..Default::default()
+                },
+                ..Report::default()
+            },
+            signals,
+            next_ticket: 0,
+            reload_waiters: BTreeMap::new(),
+            answers: Vec::new(),
+            notices: Vec::new(),
+            started: Instant::now(),
+            progress: crate::report::Progress::default(),
+            exit: None,
+            exec_due: None,
+            upgrades: (0, None),
+            takeover_failed: false,
+            exit_code: None,
+            restart: None,
+        })
+    }
+
+    /// The driver an in-place upgrade carried across; answers the upgrade's
+    /// requester (`refused`: a new image refused the state and came back to
+    /// this one, saying why).
+    ///
+    /// # Errors
+    /// The signalfd cannot be created.
+    pub fn restore(
+        machine: Machine,
+        settings: Settings,
+        parts: Parts,
+        report: Report,
+        saved: crate::upgrade::DriverSaved,
+        refused: Option<String>,
+    ) -> Result<Driver> {
+        let mut d = Driver::new(machine, settings, parts)?;
+        d.report = report;
+        d.next_ticket = saved.next_ticket;
+        d.reload_waiters = saved.reload_waiters.into_iter().collect();
+        d.started = saved.started;
+        let took = saved.requested.elapsed();
+        let now = Instant::now();
+        let pid = std::process::id();
+        let (ok, text) = match refused {
+            None => {
+                d.upgrades = (saved.upgrades, Some(saved.upgraded_at));
+                let text = format!(
+                    "upgraded in place from supervisor {} to {} (pid {pid}) in {}",
+                    saved.from_version,
+                    crate::upgrade::version(),
+                    hot_supervisor::duration::human(took)
+                );
+                log::info!("{text}");
+                (true, text)
+            }
+            Some(why) => {
+                d.upgrades = (saved.upgrades.saturating_sub(1), None);
+                let text = format!(
+                    "the new image refused the state ({why}); supervisor {} (pid {pid}) carries on",
+                    crate::upgrade::version()
+                );
+                log::error!("upgrade failed: {text}");
+                (false, text)
+            }
+        };
+        if let Some(id) = saved.upgrade_waiter {
+            d.parts.control.answer(id, ok, &text, now);
+        }
+        // A probe in flight was cut by the exec: start it again.
+        for (g, phase, _) in d.machine.phases() {
+            if phase == crate::machine::Phase::Starting
+                && let Some(p) = &mut d.parts.prober
+            {
+                p.cancel(g, &mut d.parts.steering);
+                if let Err(e) = p.start(g, &d.parts.steering, now) {
+                    log::error!("{g}: cannot probe its readiness: {e:#}");
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Taking over: the crash policy asked for, applied once the old
+    /// supervisor is told to go (until then a failed start is final).
+    pub fn restart_after_takeover(&mut self, policy: crate::machine::RestartPolicy) {
+        self.restart = Some(policy);
+    }
+
+    /// Say `hint` after "was not ready within ..." (the likely cause).
+    pub fn not_ready_hint(&mut self, hint: &str) {
+        self.report.not_ready_hint = Some(hint.to_string());
+    }
+
+    /// Run until the machine says exit; returns the exit status.
+    ///
+    /// # Errors
+    /// Only failures of the supervisor itself (poll, signalfd): a child's
+    /// failures are inputs, never errors.
+    pub fn run(mut self) -> Result<i32> {
+        self.execute();
+        loop {
+            if let Some((waiter, requested)) = self.exec_due.take()
+                && self.exit.is_none()
+            {
+                self.exec_upgrade(waiter, requested);
+            }
+            if let Some(code) = self.exit {
+                self.parts.children.kill_orphans();
+                self.parts.control.answer_stop(code, Instant::now());
+                return Ok(code);
+            }
+            let woken = self.wait()?;
+            // A listening socket that a server shut down has left its group
+            // already: the bookkeeping follows before anything else changes
+            // the group (the server's exit, reaped below, would).
+            let (hangups, woken): (Vec<Watch>, Vec<Watch>) = woken
+                .into_iter()
+                .partition(|w| matches!(w, Watch::Hangup(_)));
+            for w in hangups {
+                if let Watch::Hangup(raw) = w {
+                    self.hangup(raw);
+                }
+            }
+            // Signals next, whatever poll said about them: a child that
+            // died just before its ready delay ran out must count as dead,
+            // not ready. (The signalfd is non-blocking.)
+            self.read_signals()?;
+            // New control connections last, after closed ones have made room.
+            let (accept, woken): (Vec<Watch>, Vec<Watch>) = woken
+                .into_iter()
+                .partition(|w| matches!(w, Watch::Control(control::Watch::Accept)));
+            for w in woken.into_iter().chain(accept) {
+                if self.exit.is_some() {
+                    break;
+                }
+                let now = Instant::now();
+                match w {
+                    Watch::Signals => {}
+                    Watch::Notify(g, w) => self.read_notify(g, w),
+                    Watch::Control(c) => {
+                        for e in self.parts.control.on_ready(c, now) {
+                            self.control_event(e);
+                        }
+                    }
+                    Watch::Manager => {
+                        if let Some(m) = &mut self.parts.manager {
+                            m.on_writable();
+                        }
+                    }
+                    Watch::Probe => self.advance_probe(now),
+                    Watch::Health(w) => self.serve_health(w, now),
+                    Watch::Upgrade => {
+                        let verdict = self.parts.upgrade.as_mut().and_then(|c| c.on_readable());
+                        if let Some(v) = verdict {
+                            self.upgrade_checked(v);
+                        }
+                    }
+                    Watch::Handover => self.handover_step(now),
+                    Watch::Takeover => self.predecessor_step(),
+                    Watch::Hangup(_) => {}
+                }
+            }
+            if self.exit.is_none() {
+                let now = Instant::now();
+                self.parts.control.on_timeout(now);
+                if let Some(m) = &mut self.parts.manager {
+                    m.on_timeout(now);
+                }
+                self.advance_probe(now);
+                if let Some(h) = &mut self.parts.health {
+                    h.on_timeout(now);
+                }
+                self.drain_progress(now);
+                if let Some(v) = self.parts.upgrade.as_ref().and_then(|c| c.on_timeout(now)) {
+                    self.upgrade_checked(v);
+                }
+                if self
+                    .parts
+                    .handover
+                    .as_ref()
+                    .and_then(crate::takeover::Source::deadline)
+                    .is_some_and(|d| d <= now)
+                {
+                    self.handover_step(now);
+                }
+                // A probe that succeeded has fed the machine a later time
+                // (`feed` reads the clock): the timeout must not go back.
+                self.machine.handle_timeout(Instant::now());
+                self.execute();
+            }
+        }
+    }
+
+    /// One `poll` over every part's fds until the earliest deadline; the
+    /// watches that woke.
+    fn wait(&mut self) -> Result<Vec<Watch>> {
+        let deadline = [
+            self.machine.next_deadline(),
+            self.parts.deadline(),
+            self.progress.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                // Round up, so that we never wake just before a deadline
+                // and spin.
+                let left = d.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128)).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut watch = vec![Watch::Signals];
+        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        self.parts.interest(&mut watch, &mut fds);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        Ok(watch
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(w, _)| w)
+            .collect())
+    }
+
+    /// Hand one input to the machine and carry out what it asks at once,
+    /// so that the next input meets the world the machine believes in.
+    fn feed(&mut self, input: Input) {
+        self.machine.handle(Instant::now(), input);
+        self.execute();
+    }
+
+    fn read_signals(&mut self) -> Result<()> {
+        while self.exit.is_none() {
+            let Some(info) = self.signals.read_signal().context("read signalfd")? else {
+                break;
+            };
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {
+                    for r in self.parts.children.reap() {
+                        match r.worker {
+                            Some((g, w)) => self.feed(Input::WorkerExited(g, w, r.status)),
+                            None => log::debug!(
+                                "reaped orphan pid {}: {}",
+                                r.pid,
+                                crate::report::describe_status(r.status)
+                            ),
+                        }
+                    }
+                }
+                Signal::SIGHUP => {
+                    log::info!("reload requested (SIGHUP)");
+                    self.reload(None);
+                }
+                Signal::SIGUSR2 => {
+                    log::info!("upgrade requested (SIGUSR2)");
+                    self.upgrade(None, None);
+                }
+                s if FORWARDED.contains(&s) => match self.machine.active() {
+                    Some(g) => {
+                        log::debug!("forwarding {s} to {}", self.parts.children.who(g));
+                        self.parts.children.forward(g, s);
+                    }
+                    None => log::info!("received {s}: no generation serves to forward it to"),
+                },
+                _ => {
+                    log::info!("received {sig}: stopping");
+                    self.feed(Input::Stop);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_notify(&mut self, g: Generation, w: u32) {
+        for msg in self.parts.children.read_notify(g, w) {
+            if msg.stopping {
+                log::info!("{} is stopping", self.parts.children.who_worker(g, w));
+            } else if msg.ready {
+                // STOPPING beats READY in one message, as systemd has it.
+                self.feed(Input::WorkerReady(g, w));
+            }
+        }
+    }
+
+    fn advance_probe(&mut self, now: Instant) {
+        let Some(prober) = &mut self.parts.prober else {
+            return;
+        };
+        if let Some(g) = prober.advance(&mut self.parts.steering, now) {
+            self.feed(Input::Ready(g));
+        }
+    }
+
+    /// A listening socket hung up: steering puts a new one in its place,
+    /// and a generation that held only the dead one is replaced.
+    fn hangup(&mut self, raw: i32) {
+        let replace = self.parts.steering.on_hangup(raw, &mut self.notices);
+        self.log_notices();
+        if replace && !self.machine.stopping() {
+            log::warn!(
+                "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
+            );
+            self.reload(None);
+        }
+    }
+
+    /// A health request: answer it from the machine's state.
+    fn serve_health(&mut self, w: health::Watch, now: Instant) {
+        let Some(h) = &mut self.parts.health else {
+            return;
+        };
+        for id in h.on_ready(w, now) {
+            let Some((route, _)) = self.parts.health.as_ref().and_then(|h| h.route(id)) else {
+                continue;
+            };
+            let (code, kind, body) = match route {
+                health::Route::Live => (200, "text/plain", "ok\n".to_string()),
+                health::Route::Ready => {
+                    let serving = self.machine.active().map(|g| self.parts.children.who(g));
+                    let delay = self
+                        .machine
+                        .shutdown_delay_until()
+                        .map(|t| t.saturating_duration_since(now));
+                    let (code, text) =
+                        health::readiness(serving.as_deref(), self.machine.stopping(), delay);
+                    (code, "text/plain", text)
+                }
+                health::Route::Metrics => {
+                    self.report.counts.queued = self.parts.steering.serving_queues();
+                    let body = crate::metrics::render(&self.status(), &self.report.counts);
+                    (200, "text/plain; version=0.0.4; charset=utf-8", body)
+                }
+            };
+            if let Some(h) = &mut self.parts.health {
+                h.answer(id, code, kind, &body, now);
+            }
+        }
+    }
+
+    /// While generations drain: a progress line every few seconds.
+    fn drain_progress(&mut self, now: Instant) {
+        let draining: Vec<(Generation, Instant)> = self
+            .machine
+            .phases()
+            .into_iter()
+            .filter(|(_, p, _)| *p == crate::machine::Phase::Draining)
+            .map(|(g, _, since)| (g, since))
+            .collect();
+        let timeout = self.settings.drain_timeout;
+        self.progress
+            .tick(now, &draining, timeout, &self.parts.children);
+    }
+
+    fn status(&self) -> hot_supervisor::status::Status {
+        crate::snapshot::status(&crate::snapshot::Sources {
+            machine: &self.machine,
+            children: &self.parts.children,
+            steering: &self.parts.steering,
+            report: &self.report,
+            settings: &self.settings,
+            started: self.started,
+            upgrades: self.upgrades,
+        })
+    }
+
+    fn control_event(&mut self, e: ControlEvent) {
+        match e {
+            ControlEvent::Status(id) => {
+                let json = serde_json::to_string(&self.status()).unwrap_or_default();
+                self.parts.control.answer(id, true, &json, Instant::now());
+            }
+            ControlEvent::Takeover(id, pid) => self.hand_over(id, pid),
+            ControlEvent::Upgrade(id, pid, timeout) => {
+                log::info!("upgrade requested (control socket, pid {pid})");
+                self.upgrade(Some(id), timeout);
+            }
+            ControlEvent::Reload(id, pid) => {
+                log::info!("reload requested (control socket, pid {pid})");
+                self.reload(Some(id));
+            }
+            ControlEvent::ReloadWith(id, ..)
+            | ControlEvent::Promote(id, _)
+            | ControlEvent::Rollback(id, _)
+                if self.refused_during_handover(Some(id)) => {}
+            ControlEvent::ReloadWith(id, pid, kind) => {
+                use hot_supervisor::parse::control::ReloadKind;
+                let strategy = match kind {
+                    ReloadKind::Rolling(k) => Strategy::Rolling(k),
+                    ReloadKind::Canary {
+                        percent,
+                        promote_after,
+                    } => Strategy::Canary {
+                        percent,
+                        promote_after,
+                    },
+                };
+                log::info!("reload requested (control socket, pid {pid}): {strategy:?}");
+                let t = self.ticket(Some(id));
+                if let Some(m) = &mut self.parts.manager {
+                    m.reload_requested();
+                }
+                self.feed(Input::ReloadWith(t, strategy));
+            }
+            ControlEvent::Promote(id, pid) => {
+                log::info!("promote requested (control socket, pid {pid})");
+                let t = self.ticket(Some(id));
+                self.feed(Input::Promote(t));
+            }
+            ControlEvent::Rollback(id, pid) => {
+                log::info!("rollback requested (control socket, pid {pid})");
+                let t = self.ticket(Some(id));
+                self.feed(Input::Rollback(t));
+            }
+            ControlEvent::Fds(id, pid, names) => {
+                let now = Instant::now();
+                match self.parts.steering.fetch(&names) {
+                    Ok(handed) => {
+                        log::info!(
+                            "sending {} listener(s) to pid {pid} (control socket)",
+                            handed.len()
+                        );
+                        let items = handed.into_iter().map(|h| (h.name, h.bound, h.fd));
+                        self.parts.control.send_listeners(id, items.collect(), now);
+                    }
+                    Err(why) => {
+                        log::warn!("listeners asked for by pid {pid}: {why}");
+                        self.parts.control.answer(id, false, &why, now);
+                    }
+                }
+            }
+            ControlEvent::Listen(id, _, _) if self.parts.steering.held() => {
+                let why = "another supervisor is taking over: ask it";
+                self.parts.control.answer(id, false, why, Instant::now());
+            }
+            ControlEvent::Listen(id, pid, spec) => {
+                let now = Instant::now();
+                let known = self.parts.steering.listeners().count();
+                let opened = self.parts.steering.open(&spec).and_then(|i| {
+                    if i >= known {
+                        let (l, mode) = self.parts.steering.listeners().nth(i).expect("just added");
+                        log::info!(
+                            "listening on {} as {:?} (fd {} in the next generations), {}, opened at run time for pid {pid}",
+                            l.bound,
+                            l.name,
+                            supervisor_child::protocol::LISTEN_FDS_START + i as i32,
+                            mode.as_str()
+                        );
+                    }
+                    self.parts.steering.fetch(std::slice::from_ref(&spec.name))
+                });
+                match opened {
+                    Ok(handed) => {
+                        let items = handed.into_iter().map(|h| (h.name, h.bound, h.fd));
+                        self.parts.control.send_listeners(id, items.collect(), now);
+                    }
+                    Err(why) => {
+                        log::warn!("listener {:?} asked for by pid {pid}: {why}", spec.name);
+                        self.parts.control.answer(id, false, &why, now);
+                    }
+                }
+            }
+            ControlEvent::Stop(_, pid) => {
+                // During the shutdown delay a second request ends it, as a
+                // second SIGTERM does; once the stop proper runs, a stop
+                // client only waits (it never forces the kill).
+                if self.machine.stopping() && self.machine.shutdown_delay_until().is_none() {
+                    log::info!("stop requested (control socket, pid {pid}): already stopping");
+                } else {
+                    log::info!("stop requested (control socket, pid {pid})");
+                    self.feed(Input::Stop);
+                }
+            }
+        }
+    }
+
+    /// A new ticket, its answer going to `waiter` if any.
+    fn ticket(&mut self, waiter: Option<ConnId>) -> Ticket {
+        self.next_ticket += 1;
+        let t = self.next_ticket;
+        if let Some(id) = waiter {
+            self.reload_waiters.insert(t, id);
+        }
+        t
+    }
+
+    /// Refuse a reload, promote or rollback while another supervisor takes
+    /// over (answering `waiter`); whether it was refused.
+    fn refused_during_handover(&mut self, waiter: Option<ConnId>) -> bool {
+        let Some(h) = &self.parts.handover else {
+            return false;
+        };
+        let why = format!("supervisor pid {} is taking over: no reload here", h.peer);
+        log::warn!("reload refused: {why}");
+        if let Some(id) = waiter {
+            self.parts.control.answer(id, false, &why, Instant::now());
+        }
+        true
+    }
+
+    /// Ask for a reload (SIGHUP, or a control request to answer).
+    fn reload(&mut self, waiter: Option<ConnId>) {
+        if self.refused_during_handover(waiter) {
+            return;
+        }
+        let t = self.ticket(waiter);
+        if let Some(m) = &mut self.parts.manager {
+            m.reload_requested();
+        }
+        self.feed(Input::Reload(t));
+    }
+
+    /// Another supervisor asks for every socket (see [`crate::takeover`]).
+    fn hand_over(&mut self, id: ConnId, pid: i32) {
+        let now = Instant::now();
+        let refuse = if self.machine.stopping() {
+            Some("the supervisor is stopping".to_string())
+        } else if self.parts.handover.is_some() {
+            Some("another supervisor is taking over already".to_string())
+        } else if self.parts.upgrade.is_some() || self.exec_due.is_some() {
+            Some("an upgrade is under way".to_string())
+        } else if self.parts.takeover.is_some() {
+            Some("this supervisor is still taking over from another".to_string())
+        } else {
+            self.machine
+                .starting()
+                .map(|g| format!("{g} is starting: ask again once it is ready"))
+        };
+        if let Some(why) = refuse {
+            log::warn!("takeover by pid {pid} refused: {why}");
+            self.parts.control.answer(id, false, &why, now);
+            return;
+        }
+        let Some(stream) = self.parts.control.take_stream(id) else {
+            return;
+        };
+        let mut keep = crate::upgrade::Keep::default();
+        let payload = crate::takeover::Payload {
+            format: crate::takeover::FORMAT.to_string(),
+            version: crate::takeover::VERSION,
+            writer: crate::upgrade::version().to_string(),
+            pid: std::process::id(),
+            steering: self.parts.steering.save(&mut keep),
+            control: self.parts.control.save_listener(&mut keep),
+            health: self.parts.health.as_ref().map(|h| h.save(&mut keep)),
+        };
+        let fds: Vec<std::os::fd::BorrowedFd<'_>> = keep
+            .list()
+            .into_iter()
+            // SAFETY: every fd listed was just read from a part that owns
+            // it and keeps it open for the duration of this call.
+            .map(|raw| unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) })
+            .collect();
+        match crate::takeover::Source::new(stream, pid, &payload, &fds) {
+            Ok(source) => {
+                log::info!(
+                    "supervisor pid {pid} takes over: {} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)",
+                    fds.len()
+                );
+                self.parts.steering.hold();
+                self.parts.control.set_accepting(false);
+                self.parts.handover = Some(source);
+                self.handover_step(now);
+            }
+            Err(e) => log::error!("takeover by pid {pid}: {e:#}"),
+        }
+    }
+
+    /// The handover's connection is ready (or its retry is due).
+    fn handover_step(&mut self, now: Instant) {
+        let Some(h) = &mut self.parts.handover else {
+            return;
+        };
+        let peer = h.peer;
+        match h.step(now) {
+            None => {}
+            Some(crate::takeover::Heard::Drain) => {
+                log::info!("supervisor pid {peer} serves: handing over");
+                self.parts.steering.disown_files(true);
+                self.parts.control.disown_file(true);
+                self.feed(Input::HandOff);
+            }
+            Some(crate::takeover::Heard::Gone) => {
+                log::error!(
+                    "the takeover by supervisor pid {peer} failed (it is gone without taking over): carrying on"
+                );
+                self.parts.handover = None;
+                self.parts.steering.resume(&mut self.notices);
+                self.parts.control.set_accepting(true);
+                self.log_notices();
+            }
+        }
+    }
+
+    /// The supervisor taken over from: its connection ended.
+    fn predecessor_step(&mut self) {
+        let Some(t) = &mut self.parts.takeover else {
+            return;
+        };
+        if !t.gone() {
+            return;
+        }
+        let (peer, drained) = (t.peer, t.drained());
+        self.parts.takeover = None;
+        if drained {
+            log::info!("supervisor pid {peer} has exited: closing its generations' sockets");
+        } else {
+            log::warn!(
+                "supervisor pid {peer} is gone before it was told to drain: closing its generations' sockets"
+            );
+        }
+        self.parts.steering.release_previous(&mut self.notices);
+        self.log_notices();
+    }
+
+    /// Taking over: once a generation of ours serves, tell the old
+    /// supervisor; if the first one fails, give up and exit.
+    fn advance_takeover(&mut self) {
+        let Some(t) = &mut self.parts.takeover else {
+            return;
+        };
+        if t.drained() {
+            return;
+        }
+        if let Some(g) = self.machine.active() {
+            let peer = t.peer;
+            // The files are this supervisor's from the moment the old one
+            // is told to go.
+            self.parts.steering.disown_files(false);
+            self.parts.control.disown_file(false);
+            if let Some(policy) = self.restart.take() {
+                self.machine.set_restart(policy);
+            }
+            match t.drain() {
+                Ok(()) => log::info!(
+                    "{} serves: supervisor pid {peer} told to let its generations go",
+                    self.parts.children.who(g)
+                ),
+                Err(e) => log::warn!("{e:#}"),
+            }
+        } else if std::mem::take(&mut self.takeover_failed) {
+            log::error!(
+                "the takeover failed: the new generation did not become ready; supervisor pid {} carries on, this one exits",
+                t.peer
+            );
+            // The old supervisor owns its files still (they were never
+            // this one's); it carries on once this process is gone.
+            self.parts.control.set_accepting(false);
+            self.exit_code = Some(1);
+            if !self.machine.stopping() {
+                self.feed(Input::Stop);
+            }
+        }
+    }
+
+    /// Begin an in-place upgrade: check the binary first (see
+    /// [`crate::upgrade`]).
+    fn upgrade(&mut self, waiter: Option<ConnId>, timeout: Option<std::time::Duration>) {
+        let now = Instant::now();
+        let refuse = if self.parts.upgrade.is_some() || self.exec_due.is_some() {
+            Some("an upgrade is already under way".to_string())
+        } else if self.parts.handover.is_some() {
+            Some("another supervisor is taking over".to_string())
+        } else if self.parts.takeover.is_some() {
+            Some(
+                "this supervisor is taking over from another: upgrade it once that one has exited"
+                    .to_string(),
+            )
+        } else if self.machine.stopping() {
+            Some("the supervisor is stopping".to_string())
+        } else {
+            None
+        };
+        let started = match refuse {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
+                crate::upgrade::Check::start(
+                    &self.settings.binary,
+                    state,
+                    timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
+                    waiter,
+                    now,
+                )
+            }),
+        };
+        match started {
+            Ok(check) => {
+                log::info!(
+                    "checking {} (pid {}) before the upgrade",
+                    check.binary.display(),
+                    check.pid()
+                );
+                self.parts.upgrade = Some(check);
+            }
+            Err(e) => self.upgrade_failed(waiter, &format!("{e:#}")),
+        }
+    }
+
+    fn upgrade_failed(&mut self, waiter: Option<ConnId>, why: &str) {
+        let text = format!(
+            "{why}; supervisor {} (pid {}) carries on",
+            crate::upgrade::version(),
+            std::process::id()
+        );
+        log::error!("upgrade failed: {text}");
+        if let Some(id) = waiter {
+            self.parts.control.answer(id, false, &text, Instant::now());
+        }
+    }
+
+    /// The check of the new binary is over.
+    fn upgrade_checked(&mut self, verdict: crate::upgrade::Verdict) {
+        let Some(check) = self.parts.upgrade.take() else {
+            return;
+        };
+        match verdict {
+            crate::upgrade::Verdict::Ok(version) => {
+                log::info!(
+                    "{} (supervisor {version}) accepts the state: executing it in place",
+                    check.binary.display()
+                );
+                self.exec_due = Some((check.waiter, check.requested));
+            }
+            crate::upgrade::Verdict::Failed(why) => self.upgrade_failed(check.waiter, &why),
+        }
+    }
+
+    /// Everything the next image needs, and the fds it names.
+    fn save(
+        &self,
+        waiter: Option<ConnId>,
+        requested: Instant,
+    ) -> (crate::upgrade::State, Vec<i32>) {
+        let mut keep = crate::upgrade::Keep::default();
+        let steering = self.parts.steering.save(&mut keep);
+        let children = self.parts.children.save(&mut keep);
+        let control = self.parts.control.save(&mut keep);
+        let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
+        let state = crate::upgrade::State {
+            format: crate::upgrade::FORMAT.to_string(),
+            version: crate::upgrade::VERSION,
+            writer: crate::upgrade::version().to_string(),
+            fds: keep.list(),
+            machine: self.machine.save(),
+            children,
+            steering,
+            control,
+            health,
+            manager: self.parts.manager.as_ref().map(|m| m.save()),
+            report: crate::report::Report {
+                not_ready_hint: self.report.not_ready_hint.clone(),
+                reloads_ok: self.report.reloads_ok,
+                reloads_failed: self.report.reloads_failed,
+                last_failure: self.report.last_failure.clone(),
+                last_failed_reload: self.report.last_failed_reload.clone(),
+                counts: self.report.counts.clone(),
+            },
+            driver: crate::upgrade::DriverSaved {
+                next_ticket: self.next_ticket,
+                reload_waiters: self.reload_waiters.iter().map(|(t, c)| (*t, *c)).collect(),
+                upgrade_waiter: waiter,
+                started: self.started,
+                upgrades: self.upgrades.0 + 1,
+                requested,
+                from_version: crate::upgrade::version().to_string(),
+                upgraded_at: crate::report::unix_now(),
+            },
+        };
+        (state, keep.list())
+    }
+
+    /// Exec the new image with the state as it is now; returns only if
+    /// that failed (then the old image carries on and says why).
+    fn exec_upgrade(&mut self, waiter: Option<ConnId>, requested: Instant) {
+        if self.machine.stopping() {
+            return self.upgrade_failed(waiter, "the supervisor began to stop during the check");
+        }
+        // Whatever the service manager is owed goes out first.
+        self.tell_manager();
+        let (state, keep) = self.save(waiter, requested);
+        let fd = match crate::upgrade::write_state(&state) {
+            Ok(fd) => fd,
+            Err(e) => return self.upgrade_failed(waiter, &format!("{e:#}")),
+        };
+        log::info!(
+            "executing {} in place (pid {})",
+            self.settings.binary.display(),
+            std::process::id()
+        );
+        let e = crate::upgrade::exec(
+            &self.settings.binary,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &keep,
+            None,
+        );
+        self.upgrade_failed(waiter, &format!("{e:#}"));
+    }
+
+    /// Carry out the machine's actions; an `Exit` is kept in `self.exit`.
+    fn execute(&mut self) {
+        let steer = self.machine.quiesces();
+        while let Some(action) = self.machine.poll_action() {
+            let now = Instant::now();
+            match action {
+                Action::Spawn(g) => {
+                    let n = self.machine.workers_per_generation();
+                    for w in 0..n {
+                        if !self.machine.worker_alive(g, w) || self.spawn(g, w) {
+                            continue;
+                        }
+                        // A worker that could not be spawned failed the
+                        // start: the ones after it are never started.
+                        for rest in w + 1..n {
+                            let why = format!("not started: worker {w} could not be");
+                            self.machine
+                                .handle(now, Input::WorkerSpawnFailed(g, rest, why));
+                        }
+                        break;
+                    }
+                    if self.machine.worker_alive(g, 0)
+                        && let Some(p) = &mut self.parts.prober
+                        && let Err(e) = p.start(g, &self.parts.steering, now)
+                    {
+                        log::error!("{g}: cannot probe its readiness: {e:#}");
+                    }
+                }
+                Action::SpawnWorker(g, w) => {
+                    // A rolling reload's first workers are probed as a
+                    // generation is.
+                    let first = self.machine.starting() == Some(g) && !self.parts.children.has(g);
+                    if self.spawn(g, w)
+                        && first
+                        && let Some(p) = &mut self.parts.prober
+                        && let Err(e) = p.start(g, &self.parts.steering, now)
+                    {
+                        log::error!("{g}: cannot probe its readiness: {e:#}");
+                    }
+                }
+                Action::Stop(g) => self.parts.children.stop(g),
+                Action::Kill(g) => self.parts.children.kill(g),
+                Action::StopWorker(g, w) => self.parts.children.stop_worker(g, w),
+                Action::KillWorker(g, w) => self.parts.children.kill_worker(g, w),
+                Action::Split(shares) => self.parts.steering.split(&shares, &mut self.notices),
+                Action::Route(g) => {
+                    let began = Instant::now();
+                    self.parts.steering.route(g, &mut self.notices);
+                    slow("routing new connections", began);
+                    if let Some(p) = &mut self.parts.prober {
+                        p.cancel(g, &mut self.parts.steering);
+                    }
+                }
+                Action::MeasureQueue(g) => {
+                    let n = self.parts.steering.queued(g);
+                    self.machine.handle(now, Input::Queued(g, n));
+                }
+                Action::Report(e) => {
+                    if matches!(e, Event::StartFailed { .. })
+                        && self.parts.takeover.as_ref().is_some_and(|t| !t.drained())
+                    {
+                        self.takeover_failed = true;
+                    }
+                    if let (Event::StartFailed { generation, .. }, Some(p)) =
+                        (&e, &mut self.parts.prober)
+                    {
+                        if let Some(why) = p.last_failure(*generation) {
+                            log::info!("{generation}: last probe: {why}");
+                        }
+                        p.cancel(*generation, &mut self.parts.steering);
+                    }
+                    let sig = self.parts.children.command().stop_signal;
+                    self.report.event(&e, &self.parts.children, sig, steer);
+                }
+                Action::Answer(tickets, outcome) => {
+                    let (ok, text) = self.report.outcome(&outcome, &self.parts.children, steer);
+                    if matches!(outcome, crate::machine::ReloadOutcome::Refused(_)) {
+                        // A refusal has no event of its own: say it here.
+                        log::warn!("reload request {tickets:?} {text}");
+                    } else {
+                        log::debug!("reload requests {tickets:?} answered: {text}");
+                    }
+                    for t in tickets {
+                        if let Some(id) = self.reload_waiters.remove(&t) {
+                            // Sent after the service manager has heard
+                            // READY=1 (below), so that a reload command run
+                            // by the manager never ends before the manager
+                            // knows the reload did.
+                            self.answers.push((id, ok, text.clone()));
+                        }
+                    }
+                }
+                Action::Exit(code) => {
+                    let code = self.exit_code.unwrap_or(code);
+                    log::info!("exiting with status {code}");
+                    self.exit = Some(code);
+                }
+            }
+        }
+        let machine = &self.machine;
+        self.parts
+            .children
+            .forget_reaped(|g, w| !machine.worker_alive(g, w));
+        // A generation the machine is done with and no process of which is
+        // left gives its sockets back. (The sockets of the supervisor taken
+        // over from go once it has exited: see `predecessor_step`.)
+        for g in self.parts.steering.owners() {
+            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.has(g)
+            {
+                self.parts.steering.release(g, &mut self.notices);
+                if let Some(p) = &mut self.parts.prober {
+                    p.cancel(g, &mut self.parts.steering);
+                }
+            }
+        }
+        self.log_notices();
+        self.advance_takeover();
+        self.drain_progress(Instant::now());
+        self.tell_manager();
+        let now = Instant::now();
+        for (id, ok, text) in std::mem::take(&mut self.answers) {
+            self.parts.control.answer(id, ok, &text, now);
+        }
+    }
+
+    /// Spawn worker `w` of `g` on `g`'s sockets; whether it started (a
+    /// failure is fed to the machine).
+    fn spawn(&mut self, g: Generation, w: u32) -> bool {
+        let now = Instant::now();
+        if self.parts.steering.held() {
+            let why = "another supervisor is taking over".to_string();
+            self.machine
+                .handle(now, Input::WorkerSpawnFailed(g, w, why));
+            return false;
+        }
+        let steering = &mut self.parts.steering;
+        let names: Vec<String> = steering.listeners().map(|(l, _)| l.name.clone()).collect();
+        let keys: Vec<String> = steering
+            .listeners()
+            .map(|(l, _)| l.starter_key.clone())
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let began = Instant::now();
+        let fds = steering.sockets_for(g, &mut self.notices);
+        slow("giving a generation its sockets", began);
+        match self.parts.children.spawn((g, w), &fds, &names, &keys) {
+            Ok(pid) => {
+                if self.machine.workers_per_generation() > 1 {
+                    log::info!("{g} worker {w} (pid {pid}) started");
+                } else {
+                    log::info!("{g} (pid {pid}) started");
+                }
+                true
+            }
+            Err(e) => {
+                self.machine
+                    .handle(now, Input::WorkerSpawnFailed(g, w, format!("{e:#}")));
+                false
+            }
+        }
+    }
+
+    fn log_notices(&mut self) {
+        for n in std::mem::take(&mut self.notices) {
+            n.log();
+        }
+    }
+
+    /// Tell the service manager what changed.
+    fn tell_manager(&mut self) {
+        let stopping = self.machine.stopping() || self.exit.is_some();
+        let text = self.report.status_line(
+            &self.parts.children,
+            stopping,
+            self.machine.active(),
+            self.machine.starting(),
+        );
+        if let Some(m) = &mut self.parts.manager {
+            m.update(&View {
+                serving: self.machine.active().is_some(),
+                stopping,
+                pending_reloads: self.machine.pending_reloads(),
+                status: text,
+            });
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! `supervisor`: run a server command under zero-downtime hot restarts.
+//!
+//! `main` blocks the handled signals before anything else (so that none can
+//! arrive before the signalfd reads them), parses the command line, binds
+//! the listeners and hands over to the driver. Errors of the supervisor's
+//! own set-up print one line to stderr and exit 1.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod children;
+mod cli;
+mod client;
+mod compat;
+mod control;
+mod driver;
+mod environ;
+mod health;
+mod listen;
+mod logging;
+mod machine;
+mod manager;
+mod metrics;
+mod notify;
+mod parts;
+mod probe;
+mod report;
+mod snapshot;
+mod spawn;
+mod steer;
+mod takeover;
+mod upgrade;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigmaskHow, sigprocmask};
+use nix::sys::socket::Backlog;
+
+use crate::machine::{Config, Machine};
+
+fn main() -> ExitCode {
+    logging::guard_standard_fds();
+    if let Err(e) = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&driver::handled_signals()),
+        None,
+    ) {
+        eprintln!("supervisor: error: block signals: {e}");
+        return ExitCode::from(1);
+    }
+    // An in-place upgrade's state, if this image was started by one; the
+    // variables go, so that no child inherits them.
+    let handed = upgrade::handed();
+    let check = std::env::var_os(upgrade::CHECK_VAR).is_some();
+    for var in [
+        upgrade::STATE_VAR,
+        upgrade::OLD_EXE_VAR,
+        upgrade::REFUSED_VAR,
+        upgrade::CHECK_VAR,
+    ] {
+        // SAFETY: no other thread exists yet (nothing has been started).
+        unsafe { std::env::remove_var(var) };
+    }
+    let cli = cli::parse();
+    if let Some(c) = cli.client {
+        return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
+    }
+    if check {
+        // The check run of an upgrade: the command line must mean what it
+        // meant to the old image, and the state must be readable.
+        if let Err(e) = setup_args(&cli.run) {
+            println!("error {e:#}");
+            return ExitCode::from(1);
+        }
+        return ExitCode::from(u8::try_from(upgrade::check_main()).unwrap_or(1));
+    }
+    logging::init();
+    let result = match handed {
+        Some(h) => resume(cli.run, h),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("supervisor: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What the command line decides, before anything is bound.
+struct Setup {
+    compat: compat::Compat,
+    credentials: Option<spawn::Credentials>,
+    env: Vec<(String, String)>,
+    backlog: Backlog,
+    steer: bool,
+    socket: listen::SocketOptions,
+}
+
+/// Check everything about the children that can be wrong, before anything
+/// is bound: the command line, then the files and names it refers to.
+fn setup(args: &cli::Args) -> Result<Setup> {
+    let mut setup = setup_args(args)?;
+    setup.credentials = spawn::Credentials::resolve(args.user.as_deref(), args.group.as_deref())?;
+    for path in &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--env-file {}", path.display()))?;
+        let parsed = hot_supervisor::envfile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
+        setup.env.extend(parsed);
+    }
+    setup.env.extend(args.env.iter().cloned());
+    if let Some(dir) = &args.chdir
+        && !dir.is_dir()
+    {
+        anyhow::bail!("--chdir {}: not a directory", dir.display());
+    }
+    Ok(setup)
+}
+
+/// What the command line alone decides (an upgrade's check runs it; the
+/// environment and credentials read at start travel in the state).
+fn setup_args(args: &cli::Args) -> Result<Setup> {
+    let compat = compat::Compat::merge(&args.compat);
+    let backlog = match args.backlog {
+        Some(n) => Backlog::new(n).context("--backlog")?,
+        None => Backlog::MAXALLOWABLE,
+    };
+    let steer = args.handoff == cli::Handoff::Steer;
+    if args.defer_accept.is_some() && matches!(args.ready, cli::Ready::Probe(probe::Check::Tcp)) {
+        anyhow::bail!(
+            "--ready tcp cannot work with --defer-accept: a probe connection that sends nothing never reaches the accept queue (use --ready http:PATH)"
+        );
+    }
+    if !steer && matches!(args.ready, cli::Ready::Probe(_)) {
+        anyhow::bail!(
+            "--ready {} needs --handoff steer (a probe must reach the new generation alone)",
+            args.ready.describe()
+        );
+    }
+    let socket = listen::SocketOptions {
+        nodelay: !args.no_tcp_nodelay,
+        keepalive: args.tcp_keepalive,
+        defer_accept: args
+            .defer_accept
+            .map_or(0, |d| u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)),
+        rcvbuf: args.rcvbuf,
+        sndbuf: args.sndbuf,
+    };
+    Ok(Setup {
+        compat,
+        credentials: None,
+        env: Vec::new(),
+        backlog,
+        steer,
+        socket,
+    })
+}
+
+/// The readiness mode and its prober.
+fn readiness(
+    args: &cli::Args,
+    steering: &steer::Steering,
+) -> Result<(machine::ReadyMode, Option<probe::Prober>)> {
+    Ok(match &args.ready {
+        cli::Ready::Machine(m) => (*m, None),
+        cli::Ready::Probe(check) => {
+            if !steering.can_probe() {
+                anyhow::bail!(
+                    "--ready {}: no TCP listener can be steered to probe (Unix and UDP listeners, and sockets handed over without SO_REUSEPORT, cannot)",
+                    check.describe()
+                );
+            }
+            (
+                machine::ReadyMode::Probe,
+                Some(probe::Prober::new(check.clone())),
+            )
+        }
+    })
+}
+
+/// The machine's settings.
+fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steering) -> Config {
+    Config {
+        ready,
+        ready_timeout: args.ready_timeout,
+        drain_timeout: args.drain_timeout,
+        restart: args.restart.into(),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(10),
+        healthy_after: Duration::from_secs(10),
+        quiesce: steering.any_steered().then_some(machine::Quiesce {
+            quiet: args.quiesce,
+            limit: args.quiesce_timeout,
+            poll: Duration::from_millis(10),
+        }),
+        stop_signal: args.stop_signal as i32,
+        start_limit: (args.start_limit_burst > 0).then_some(machine::StartLimit {
+            burst: args.start_limit_burst,
+            interval: args.start_limit_interval,
+        }),
+        shutdown_delay: args.shutdown_delay,
+        workers: args.workers,
+        reload: args.reload,
+    }
+}
+
+/// How the children are run.
+fn command(args: cli::Args, setup: Setup, control_path: &std::path::Path) -> children::Command {
+    children::Command {
+        argv: args.command,
+        stop_signal: args.stop_signal,
+        compat: setup.compat,
+        env: setup.env,
+        drain_timeout: args.drain_timeout,
+        credentials: setup.credentials,
+        chdir: args.chdir,
+        workers: args.workers,
+        // Absolute: a child may change its directory.
+        control: std::path::absolute(control_path).unwrap_or_else(|_| control_path.to_path_buf()),
+    }
+}
+
+/// The binary an in-place upgrade executes: the path this one was started
+/// from (a deploy may put a new version there), made absolute now, since
+/// the working directory may change.
+fn binary_path() -> std::path::PathBuf {
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    let p = std::path::Path::new(&arg0);
+    if p.as_os_str().as_encoded_bytes().contains(&b'/') {
+        // Absolute, `.` components gone (symbolic links are kept: a deploy
+        // may switch one).
+        if let Ok(a) = std::path::absolute(p) {
+            return a;
+        }
+    } else if let Ok(found) = spawn::resolve(&arg0) {
+        return found;
+    }
+    std::env::current_exe().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Carry on from the state an in-place upgrade handed this image.
+fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result<i32> {
+    let (state_fd, old_exe, refused) = handed;
+    // Everything is read and checked before a single fd is adopted: a new
+    // image that refuses goes back to the old one, which must find every
+    // fd and file as it left them.
+    let checked = upgrade::read_handed(state_fd).and_then(|state| {
+        let adopt = upgrade::Adopt::new(&state.fds)?;
+        let mut setup = setup_args(&args)?;
+        setup.env.clone_from(&state.children.env);
+        setup.credentials.clone_from(&state.children.credentials);
+        Ok((state, adopt, setup))
+    });
+    let (state, mut adopt, setup) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("{e:#}");
+            if let (Some(old), None) = (old_exe, &refused) {
+                log::error!("cannot take over from the old image ({why}): going back to it");
+                let e = upgrade::go_back(state_fd, old, &why);
+                return Err(e.context(format!("cannot take over from the old image ({why})")));
+            }
+            return Err(e.context("cannot carry on from the upgrade's state"));
+        }
+    };
+    let steering =
+        steer::Steering::restore(state.steering, setup.backlog, setup.socket, &mut adopt);
+    let control = control::ControlServer::restore(state.control, &mut adopt);
+    let health = match state.health {
+        Some(h) => Some(health::HealthServer::restore(h, &mut adopt)?),
+        None => None,
+    };
+    let (ready, prober) = readiness(&args, &steering)?;
+    let cfg = config(&args, ready, &steering);
+    let settings = snapshot::Settings {
+        control_path: control::path_for_run(args.control.as_deref())?,
+        ready: args.ready.describe(),
+        drain_timeout: args.drain_timeout,
+        binary: binary_path(),
+    };
+    let watchdog = manager::watchdog_interval();
+    let control_path = settings.control_path.clone();
+    let children = children::Children::restore(
+        command(args, setup, &control_path),
+        state.children,
+        &mut adopt,
+    );
+    let mut manager = manager::ServiceManager::from_env(watchdog);
+    if let (Some(m), Some(saved)) = (&mut manager, state.manager) {
+        m.restore(saved);
+    }
+    adopt.close_rest();
+    for fd in std::iter::once(state_fd).chain(old_exe) {
+        // SAFETY: the state's memfd and the old binary's fd were left open
+        // for this image, which owns them now and is done with them.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    let parts = parts::Parts {
+        children,
+        steering,
+        control,
+        manager,
+        prober,
+        health,
+        upgrade: None,
+        handover: None,
+        takeover: None,
+    };
+    let machine = Machine::restore(cfg, state.machine, Instant::now());
+    let driver = driver::Driver::restore(
+        machine,
+        settings,
+        parts,
+        state.report,
+        state.driver,
+        refused,
+    )?;
+    driver.run()
+}
+
+fn run(args: cli::Args) -> Result<i32> {
+    // First, before any other descriptor is opened: the sockets a launcher
+    // may have handed us as fds 3, 4, ...
+    let inherited = listen::inherited()?;
+    // Fail before binding anything if the command cannot run at all; each
+    // generation resolves it again, so a deploy may replace it.
+    if let Err(e) = spawn::resolve(&args.command[0]) {
+        if let Some(hint) = cli::control_word_misplaced(&e, &args.command[0]) {
+            // A usage error, not a failure of the supervisor.
+            eprintln!("supervisor: error: {hint}");
+            return Ok(2);
+        }
+        return Err(e);
+    }
+    let setup = setup(&args)?;
+    if let Some(path) = args.takeover.clone() {
+        if !inherited.is_empty() {
+            anyhow::bail!(
+                "--takeover takes the sockets of the running supervisor: sockets handed over by a launcher (LISTEN_FDS) cannot be used as well"
+            );
+        }
+        return take_over(args, setup, &path);
+    }
+    let health = args.health.map(health::HealthServer::bind).transpose()?;
+    let bind = listen::BindOptions {
+        backlog: setup.backlog,
+        reuseport: setup.steer,
+        socket: setup.socket,
+    };
+    let listeners = listen::merge(inherited, &args.listen, &bind)?;
+    compat::check_keys(&setup.compat, &listeners)?;
+    let control_path = control::path_for_run(args.control.as_deref())?;
+    let control = listen::bind_control(&control_path).with_context(|| {
+        format!(
+            "control socket {} (give another with --control PATH)",
+            control_path.display()
+        )
+    })?;
+    // Orphans of our children are reparented to us, so we reap them too.
+    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    let steering = steer::Steering::new(listeners, setup.steer, setup.backlog, setup.socket);
+    serve(args, setup, steering, control, control_path, health, None)
+}
+
+/// Start by taking every socket of the supervisor whose control socket is
+/// at `path` (see [`takeover`]).
+fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i32> {
+    if let Some(c) = &args.control
+        && c != path
+    {
+        // A usage error: nothing was asked of the old supervisor yet.
+        eprintln!(
+            "supervisor: error: --control {} and --takeover {}: the control socket is taken over too (give the same path, or none)",
+            c.display(),
+            path.display()
+        );
+        return Ok(2);
+    }
+    let asked = Instant::now();
+    let taken = takeover::fetch(path)?;
+    log::debug!(
+        "{} socket(s) received from {} in {}",
+        taken.fds.len(),
+        path.display(),
+        hot_supervisor::duration::human(asked.elapsed())
+    );
+    let payload = taken.payload;
+    let mut adopt = upgrade::Adopt::received(&taken.numbers, taken.fds)?;
+    let mut steering = steer::Steering::restore(
+        payload.steering.into_previous(),
+        setup.backlog,
+        setup.socket,
+        &mut adopt,
+    );
+    let mut control = listen::Listener::restore(payload.control, &mut adopt);
+    // The socket files stay the old supervisor's until it is told to go:
+    // this one may yet fail and leave them to it.
+    control.disown_file();
+    steering.disown_files(true);
+    // A client learns who serves the socket from SO_PEERCRED, which is
+    // whoever last called listen() on it: this supervisor from now.
+    nix::sys::socket::listen(&control.fd(), Backlog::MAXALLOWABLE)
+        .context("listen on the control socket taken over")?;
+    let old_health = match payload.health {
+        Some(h) => Some(health::HealthServer::restore(h, &mut adopt)?),
+        None => None,
+    };
+    adopt.close_rest();
+    // The listeners given must be the ones taken (as for sockets handed
+    // over by a launcher): a named one by its name, one without a name by
+    // its address; the others are bound anew, after them.
+    let mut matched = std::collections::BTreeSet::new();
+    for spec in &args.listen {
+        let found = if spec.name_from_address {
+            steering.agreeing(&spec.addr, &matched)
+        } else {
+            None
+        };
+        let i = match found {
+            Some(i) => i,
+            None => steering
+                .open(spec)
+                .map_err(|e| anyhow::anyhow!("--listen {}: {e}", spec.text))?,
+        };
+        matched.insert(i);
+    }
+    let health = match (args.health, old_health) {
+        (Some(want), Some(h)) if h.address() == want => Some(h),
+        (Some(want), _) => Some(health::HealthServer::bind(want)?),
+        (None, _) => None,
+    };
+    nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
+    for (l, mode) in steering.listeners() {
+        if setup.steer != (*mode == steer::Mode::Steer) {
+            log::info!(
+                "listener {:?} keeps the hand-off mode it had: {} (taken over)",
+                l.name,
+                mode.as_str()
+            );
+        }
+    }
+    log::info!(
+        "took over the sockets of supervisor {} (pid {}) at {}: {} listener(s)",
+        payload.writer,
+        payload.pid,
+        path.display(),
+        steering.listeners().count()
+    );
+    let sink = takeover::Sink::new(taken.stream, payload.pid);
+    serve(
+        args,
+        setup,
+        steering,
+        control,
+        path.to_path_buf(),
+        health,
+        Some(sink),
+    )
+}
+
+/// Serve on the listeners: the first generation, then the event loop.
+fn serve(
+    args: cli::Args,
+    setup: Setup,
+    steering: steer::Steering,
+    control: listen::Listener,
+    control_path: std::path::PathBuf,
+    health: Option<health::HealthServer>,
+    takeover: Option<takeover::Sink>,
+) -> Result<i32> {
+    let (ready, prober) = readiness(&args, &steering)?;
+    for (i, (l, mode)) in steering.listeners().enumerate() {
+        let from = if l.inherited {
+            ", handed over by the service manager"
+        } else {
+            ""
+        };
+        log::info!(
+            "listening on {} as {:?} (fd {} in children), {}{from}",
+            l.bound,
+            l.name,
+            supervisor_child::protocol::LISTEN_FDS_START + i as i32,
+            mode.as_str()
+        );
+        if let (true, steer::Mode::Shared(why)) = (setup.steer, mode) {
+            log::info!("listener {:?} is shared by every generation: {why}", l.name);
+        }
+    }
+    let mut cfg = config(&args, ready, &steering);
+    // Taking over, a first generation that fails is not started again: the
+    // old supervisor carries on, this one exits. The policy asked for
+    // applies once the old one has been told to go.
+    let restart = cfg.restart;
+    if takeover.is_some() {
+        cfg.restart = machine::RestartPolicy::Never;
+    }
+    if let Some(h) = &health {
+        log::info!(
+            "health endpoint http://{}/ (/livez, /readyz, /metrics)",
+            h.address()
+        );
+    }
+    log::info!("control socket {}", control_path.display());
+    if !setup.compat.0.is_empty() {
+        let names: Vec<String> = setup.compat.0.iter().map(ToString::to_string).collect();
+        log::info!("compatibility variables for: {}", names.join(", "));
+    }
+    let mut control = control::ControlServer::new(control);
+    if let Some(c) = &setup.credentials {
+        // The children's user may fetch and open listeners, if the file
+        // lets it connect: the socket stays root's, mode 0600, unless the
+        // operator opens it (a default ACL on its directory).
+        control.allow_fetch_by(c.uid);
+    }
+    let settings = snapshot::Settings {
+        control_path: control_path.clone(),
+        ready: args.ready.describe(),
+        drain_timeout: args.drain_timeout,
+        binary: binary_path(),
+    };
+    let children = children::Children::new(command(args, setup, &control_path))?;
+    let parts = parts::Parts {
+        children,
+        steering,
+        control,
+        manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
+        prober,
+        health,
+        upgrade: None,
+        handover: None,
+        takeover,
+    };
+    let machine = Machine::new(cfg, Instant::now());
+    let mut driver = driver::Driver::new(machine, settings, parts)?;
+    driver.restart_after_takeover(restart);
+    if matches!(ready, machine::ReadyMode::Notify) {
+        driver.not_ready_hint(
+            "no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH",
+        );
+    }
+    driver.run()
+}

@@ -1,0 +1,145 @@
+//! What `supervisor status` shows, gathered from the machine and the parts
+//! into the one [`status::Status`] type. Read-only: it changes nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hot_supervisor::duration::millis;
+use hot_supervisor::status;
+use supervisor_child::protocol as child;
+
+use crate::children::Children;
+use crate::machine::{Machine, WorkerPhase};
+use crate::report::Report;
+use crate::steer::Steering;
+
+/// What `supervisor status` shows of the settings.
+pub struct Settings {
+    /// The control socket's path.
+    pub control_path: PathBuf,
+    /// How readiness is proven, as the user wrote it.
+    pub ready: String,
+    /// The drain timeout.
+    pub drain_timeout: Duration,
+    /// The binary an in-place upgrade executes.
+    pub binary: PathBuf,
+}
+
+/// Where the status comes from.
+pub struct Sources<'a> {
+    /// The lifecycle.
+    pub machine: &'a Machine,
+    /// The processes.
+    pub children: &'a Children,
+    /// The sockets.
+    pub steering: &'a Steering,
+    /// The reload counts.
+    pub report: &'a Report,
+    /// The settings shown.
+    pub settings: &'a Settings,
+    /// When the supervisor started.
+    pub started: Instant,
+    /// In-place upgrades so far, and the Unix time of the last.
+    pub upgrades: (u64, Option<f64>),
+}
+
+/// Everything `supervisor status` shows.
+pub fn status(src: &Sources<'_>) -> status::Status {
+    let now = Instant::now();
+    let Sources {
+        machine,
+        children,
+        steering,
+        report,
+        settings,
+        started,
+        upgrades,
+    } = *src;
+    let generations = machine
+        .phases()
+        .into_iter()
+        .map(|(g, phase, since)| status::Generation {
+            generation: g.0,
+            pid: children.pid(g).map(|p| p.as_raw()),
+            state: phase.as_str().to_string(),
+            age_ms: children
+                .started(g)
+                .map(|s| millis(now.saturating_duration_since(s))),
+            state_ms: millis(now.saturating_duration_since(since)),
+            status: children.status_text(g).map(str::to_string),
+            queued: steering.queue_of(g),
+            workers: machine
+                .workers(g)
+                .into_iter()
+                .map(|(w, phase, _, restarts)| {
+                    let alive = !matches!(
+                        phase,
+                        WorkerPhase::Vacant | WorkerPhase::Backoff | WorkerPhase::Exited
+                    );
+                    let pid = children.worker_pid(g, w).filter(|_| alive);
+                    status::Worker {
+                        index: w,
+                        pid: pid.map(|p| p.as_raw()),
+                        state: phase.as_str().to_string(),
+                        restarts,
+                        age_ms: children
+                            .worker_started(g, w)
+                            .filter(|_| alive)
+                            .map(|s| millis(now.saturating_duration_since(s))),
+                    }
+                })
+                .collect(),
+            share: machine
+                .shares()
+                .iter()
+                .find(|(x, _)| *x == g)
+                .map(|(_, p)| *p),
+        })
+        .collect();
+    let listeners = steering
+        .listeners()
+        .enumerate()
+        .map(|(i, (l, mode))| status::Listener {
+            name: l.name.clone(),
+            address: l.bound.clone(),
+            fd: child::LISTEN_FDS_START + i as i32,
+            inherited: l.inherited,
+            mode: mode.as_str().to_string(),
+            spare_sockets: steering.spares(i),
+        })
+        .collect();
+    let command = children
+        .command()
+        .argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    status::Status {
+        supervisor: status::Supervisor {
+            pid: std::process::id(),
+            uptime_ms: millis(now.saturating_duration_since(started)),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            control: settings.control_path.to_string_lossy().into_owned(),
+            stopping: machine.stopping(),
+            binary: settings.binary.to_string_lossy().into_owned(),
+            upgrades: upgrades.0,
+            upgraded_ms_ago: upgrades.1.map(|at| {
+                let ago = (crate::report::unix_now() - at).max(0.0);
+                millis(Duration::from_secs_f64(ago))
+            }),
+        },
+        command,
+        ready: settings.ready.clone(),
+        stop_signal: children.command().stop_signal.as_str().to_string(),
+        drain_timeout_ms: millis(settings.drain_timeout),
+        listeners,
+        generations,
+        restarts: machine.restarts(),
+        reloads: status::Reloads {
+            succeeded: report.reloads_ok,
+            failed: report.reloads_failed,
+            pending: machine.pending_reloads() as u64,
+            last_failure: report.last_failed_reload.clone(),
+        },
+    }
+}

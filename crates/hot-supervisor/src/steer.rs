@@ -1,0 +1,1706 @@
+//! Traffic steering: one socket per generation, new connections routed by
+//! the supervisor.
+//!
+//! Owns every listening socket the generations receive. A listener in
+//! *steer* mode is a `SO_REUSEPORT` group owned by the supervisor: each
+//! generation gets its own member socket (same address, same fd number in
+//! the child, same name), and a classic BPF program attached to the group
+//! sends every new connection or datagram to the member of the *routed*
+//! generation only. A starting generation's member receives nothing until
+//! the machine asks to route to it; a probe connection from a known source
+//! port is the one exception (readiness probes). A listener in *shared*
+//! mode (Unix sockets, sockets that cannot be joined) gives every
+//! generation the same socket.
+//!
+//! While a rolling reload or a canary runs, new connections are *split*
+//! between generations by weight: the program draws a random number
+//! (`ld random`, `SKF_AD_RANDOM`) and compares it with thresholds, one per
+//! generation, so each member gets its share (see [`program`]). A
+//! generation's workers (`--workers N`) share its one member socket.
+//!
+//! The kernel numbers a group's members in the order they joined and moves
+//! the last member into the slot of one that leaves; this part keeps its own
+//! copy of that order and re-attaches the program after every change. After
+//! every change it also looks for sockets on the same port that are not its
+//! own (another process of the same user can join the group and shift the
+//! indices); on finding one it stops changing that group and shares the
+//! routed socket from then on, rather than misroute.
+//!
+//! It never spawns, signals or logs lifecycle events: it answers the
+//! driver's calls with fds, counts and reasons.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
+    SockaddrStorage, bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt,
+};
+
+use crate::listen::{Listener, SocketOptions};
+use hot_supervisor::sockinfo::{self, queue_length};
+
+use crate::machine::Generation;
+
+/// How a listener is handed to the generations.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Mode {
+    /// One socket per generation, new connections routed.
+    Steer,
+    /// The same socket for every generation; the reason, for the log.
+    Shared(String),
+}
+
+impl Mode {
+    /// `steer` or `shared`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Steer => "steer",
+            Mode::Shared(_) => "shared",
+        }
+    }
+}
+
+/// One socket of a group.
+#[derive(Debug)]
+struct Member {
+    fd: OwnedFd,
+    /// The generation it belongs to; `None` once that generation is gone
+    /// (a routed socket waiting for the crash restart that takes it over).
+    owner: Option<Generation>,
+    /// Its generation is gone and nothing is routed to it: it is closed as
+    /// soon as that moves no routed member (see [`Steering::flush_retired`]).
+    retired: bool,
+    /// A socket of the supervisor's own that only stands in the group so
+    /// that a leaving member's slot is filled by it rather than by the
+    /// routed member; retired from the start, never routed.
+    spare: bool,
+    /// A UDP socket handed out over the control socket (`fds`): never
+    /// closed while the supervisor runs, since the holder keeps it bound
+    /// and in the group, where closing our copy would shift the mirror of
+    /// the group's order.
+    pinned: bool,
+}
+
+impl Member {
+    fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
+        Member {
+            fd,
+            owner,
+            retired: false,
+            spare: false,
+            pinned: false,
+        }
+    }
+}
+
+/// One listener's socket as handed out over the control socket.
+#[derive(Debug)]
+pub struct Handed {
+    /// The listener's name.
+    pub name: String,
+    /// What it is bound to (`127.0.0.1:80`, `udp:[::1]:53`,
+    /// `unix:/run/x.sock`, `unix:@name`).
+    pub bound: String,
+    /// A duplicate of the socket that takes new connections.
+    pub fd: OwnedFd,
+}
+
+/// The listeners and their groups as carried across an in-place upgrade:
+/// the members in the kernel's order, so the mirror stays true.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    slots: Vec<SavedSlot>,
+    unwatched: Vec<i32>,
+    steer: bool,
+    /// The split of new connections between generations, in percent.
+    #[serde(default)]
+    split: Vec<(Generation, u32)>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedSlot {
+    listener: crate::listen::Saved,
+    mode: Mode,
+    /// (fd, owner, retired, spare, pinned), in the kernel's order.
+    members: Vec<(i32, Option<Generation>, bool, bool, bool)>,
+    routed: usize,
+    probe: Option<(u16, usize)>,
+    stream: bool,
+    addr: SocketAddr,
+    v6only: bool,
+    frozen: bool,
+    shared_addr: Option<SocketAddr>,
+}
+
+/// Where one listener's traffic goes.
+#[derive(Debug)]
+struct Slot {
+    listener: Listener,
+    mode: Mode,
+    /// Steer mode: the members in the kernel's order (index = position).
+    members: Vec<Member>,
+    /// Steer mode: the index of the member that takes new connections.
+    routed: usize,
+    /// A probe's source port and the member index it goes to.
+    probe: Option<(u16, usize)>,
+    /// TCP (else UDP).
+    stream: bool,
+    /// Where new members bind.
+    addr: SocketAddr,
+    v6only: bool,
+    /// A stranger was found: members are never added or removed again.
+    frozen: bool,
+    /// A shared TCP listener's address, to bind it again if a server
+    /// shuts it down.
+    shared_addr: Option<SocketAddr>,
+}
+
+impl Notice {
+    /// The log line.
+    pub fn log(&self) {
+        match self {
+            Notice::ClosedWithQueue { listener, queued } => log::warn!(
+                "listener {listener:?}: closing a gone generation's socket reset {queued} queued connection(s) (net.ipv4.tcp_migrate_req=1 makes the kernel move them instead)"
+            ),
+            Notice::Stranger { listener, who } => log::error!(
+                "listener {listener:?}: sockets on its port that are not the supervisor's ({who}) may shift the reuseport group; it is no longer steered: new generations share the serving socket"
+            ),
+            Notice::Failed { listener, why } => log::error!(
+                "listener {listener:?}: steering failed ({why}); new generations share the serving socket"
+            ),
+            Notice::Relistened {
+                listener,
+                generation,
+                failed,
+            } => {
+                let whose = match generation {
+                    Some(g) => format!("{g}'s socket"),
+                    None => "the shared socket".to_string(),
+                };
+                match failed {
+                    None => log::warn!(
+                        "listener {listener:?}: {whose} stopped listening (a shutdown() by a server?): a new socket listens in its place"
+                    ),
+                    Some(why) => log::error!(
+                        "listener {listener:?}: {whose} stopped listening and no new socket can listen in its place: {why}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// The one socket of a shared listener: the listener's own, or, for a
+    /// listener that fell back from steering, the routed member.
+    fn shared_fd(&self) -> BorrowedFd<'_> {
+        match self.members.get(self.routed) {
+            Some(m) => m.fd.as_fd(),
+            None => self.listener.fd(),
+        }
+    }
+}
+
+/// What steering reports back to the driver for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A socket of a gone generation was closed with connections still in
+    /// its queue (they are reset by the close).
+    ClosedWithQueue {
+        /// The listener's name.
+        listener: String,
+        /// The connections reset.
+        queued: u64,
+    },
+    /// Sockets on the listener's port that the supervisor does not own:
+    /// steering is off for it from now on.
+    Stranger {
+        /// The listener's name.
+        listener: String,
+        /// Who holds them, as far as can be found out.
+        who: String,
+    },
+    /// The kernel refused a group change; the listener is shared from now.
+    Failed {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        why: String,
+    },
+    /// A socket stopped listening (a `shutdown()` by a server, on a socket
+    /// every holder shares) and a new one takes its place, or cannot.
+    Relistened {
+        /// The listener's name.
+        listener: String,
+        /// The generation it belongs to, if any (none: a shared socket).
+        generation: Option<Generation>,
+        /// `None` if listening again worked, else why not.
+        failed: Option<String>,
+    },
+}
+
+/// Every listener's sockets. See the module documentation.
+#[derive(Debug)]
+pub struct Steering {
+    slots: Vec<Slot>,
+    /// Sockets no longer watched for a hang-up: one that reported one but
+    /// still listens, or could not listen again (else poll would report it
+    /// again and again).
+    unwatched: BTreeSet<i32>,
+    backlog: Backlog,
+    options: SocketOptions,
+    /// Steer mode asked for (`--handoff steer`).
+    steer: bool,
+    /// Shares of new connections by generation, in percent (a rolling
+    /// reload, a canary); empty: all to the routed member.
+    split: Vec<(Generation, u32)>,
+    /// Another supervisor is taking the sockets over, its mirror of every
+    /// group copied from this one: nothing here changes a group (no
+    /// program, no member joins or leaves) until it is gone.
+    held: bool,
+    /// Generations reaped while held, released once no longer held.
+    deferred: Vec<Generation>,
+}
+
+/// The owner, in a supervisor that took the sockets over, of every socket
+/// the previous supervisor's generations held (its own generations count
+/// from 1).
+pub const PREVIOUS: Generation = Generation(0);
+
+impl Saved {
+    /// The sockets as a supervisor that takes them over sees them: every
+    /// member the previous supervisor's (kept, in the same order, until it
+    /// has exited), no probe rule.
+    pub fn into_previous(mut self) -> Saved {
+        for s in &mut self.slots {
+            for m in &mut s.members {
+                m.1 = Some(PREVIOUS);
+                m.2 = false;
+                m.3 = false;
+            }
+            s.probe = None;
+        }
+        self.unwatched.clear();
+        self.split.clear();
+        self
+    }
+}
+
+impl Steering {
+    /// Another supervisor takes the sockets over: change no group from now.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Whether another supervisor is taking the sockets over.
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// The takeover failed and the other supervisor has exited (its
+    /// sockets have left the groups): release what was reaped meanwhile,
+    /// and route by this supervisor's program again.
+    pub fn resume(&mut self, notices: &mut Vec<Notice>) {
+        self.held = false;
+        for g in std::mem::take(&mut self.deferred) {
+            self.release(g, notices);
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode == Mode::Steer
+                && let Err(e) = self.attach(i)
+            {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The Unix socket files are another supervisor's (`false`: this
+    /// one's again): left at exit.
+    pub fn disown_files(&mut self, disown: bool) {
+        for s in &mut self.slots {
+            if disown {
+                s.listener.disown_file();
+            } else {
+                s.listener.own_file();
+            }
+        }
+    }
+
+    /// The previous supervisor has exited: close its sockets (each leaves
+    /// its group, mirrored as usual).
+    pub fn release_previous(&mut self, notices: &mut Vec<Notice>) {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer {
+                // Frozen or shared: nothing is closed.
+                for m in &mut slot.members {
+                    if m.owner == Some(PREVIOUS) {
+                        m.owner = None;
+                    }
+                }
+                continue;
+            }
+            let routed = slot.routed;
+            let mut any = false;
+            for (k, m) in slot.members.iter_mut().enumerate() {
+                if m.owner != Some(PREVIOUS) {
+                    continue;
+                }
+                m.owner = None;
+                if k != routed && !m.pinned {
+                    m.retired = true;
+                    any = true;
+                }
+            }
+            if any && self.flush_retired(i, notices) {
+                changed.push(i);
+            }
+        }
+        self.after_change(&changed, notices);
+    }
+
+    /// Take the bound listeners; `steer` asks for steer mode wherever it
+    /// can work. Returns the listeners that fell back to shared mode with
+    /// the reason, for the log.
+    pub fn new(
+        listeners: Vec<Listener>,
+        steer: bool,
+        backlog: Backlog,
+        options: SocketOptions,
+    ) -> Steering {
+        let slots = listeners
+            .into_iter()
+            .map(|listener| slot_for(listener, steer))
+            .collect();
+        let mut s = Steering {
+            slots,
+            unwatched: BTreeSet::new(),
+            backlog,
+            options,
+            steer,
+            held: false,
+            deferred: Vec::new(),
+            split: Vec::new(),
+        };
+        for i in 0..s.slots.len() {
+            s.start_steering(i);
+        }
+        s
+    }
+
+    /// Attach slot `i`'s program (and, for a handed-over socket, check that
+    /// its group can be joined); fall back to shared mode if not.
+    fn start_steering(&mut self, i: usize) {
+        let s = self;
+        {
+            if s.slots[i].mode != Mode::Steer {
+                return;
+            }
+            // A handed-over socket may belong to another user (a socket
+            // unit's is root's): try joining its group once, now (after the
+            // program is attached, so that no connection lands on the trial
+            // socket, which is closed at once).
+            if let Err(e) = s.attach(i) {
+                s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
+                return;
+            }
+            if s.slots[i].listener.inherited
+                && let Err(e) = s.join(i)
+            {
+                s.slots[i].mode = Mode::Shared(format!(
+                    "its reuseport group cannot be joined ({e:#}; the service must run as the socket's owner)"
+                ));
+                return;
+            }
+            if let Err(e) = s.attach(i) {
+                s.slots[i].mode = Mode::Shared(format!("the kernel refused the program: {e}"));
+            }
+        }
+    }
+
+    /// The listener named `spec.name`, opened now if there is none (bound
+    /// with the start-up listeners' options and appended after them: every
+    /// later generation gets it); its index. Bind and listen never block.
+    ///
+    /// # Errors
+    /// A listener of that name bound elsewhere (the message says both
+    /// addresses), or the bind fails (a port in use, a privilege).
+    pub fn open(&mut self, spec: &crate::listen::Spec) -> Result<usize, String> {
+        if let Some(i) = self.slots.iter().position(|s| s.listener.name == spec.name) {
+            let slot = &self.slots[i];
+            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+                (Mode::Steer, Some(m)) => m.fd.as_fd(),
+                _ => slot.shared_fd(),
+            };
+            if crate::listen::agrees(&spec.addr, fd) {
+                return Ok(i);
+            }
+            return Err(format!(
+                "listener {:?} is already bound to {}, not {}",
+                spec.name, slot.listener.bound, spec.text
+            ));
+        }
+        let opts = crate::listen::BindOptions {
+            backlog: self.backlog,
+            reuseport: self.steer,
+            socket: self.options,
+        };
+        let mut bound =
+            crate::listen::bind_all(std::slice::from_ref(spec), &opts).map_err(|e| {
+                let why = format!("{e:#}");
+                match self.agreeing(&spec.addr, &BTreeSet::new()) {
+                    Some(i) if why.contains("EADDRINUSE") => format!(
+                        "{why} (it is the address of this supervisor's listener {:?})",
+                        self.slots[i].listener.name
+                    ),
+                    _ => why,
+                }
+            })?;
+        let listener = bound.pop().ok_or("nothing was bound")?;
+        self.slots.push(slot_for(listener, self.steer));
+        let i = self.slots.len() - 1;
+        self.start_steering(i);
+        Ok(i)
+    }
+
+    /// The first listener, not among `taken`, whose socket is what `addr`
+    /// asks for (port 0: any port): for `--listen` options without a name,
+    /// matched against listeners taken over.
+    pub fn agreeing(&self, addr: &crate::listen::Addr, taken: &BTreeSet<usize>) -> Option<usize> {
+        (0..self.slots.len()).find(|i| {
+            let slot = &self.slots[*i];
+            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+                (Mode::Steer, Some(m)) => m.fd.as_fd(),
+                _ => slot.shared_fd(),
+            };
+            !taken.contains(i) && crate::listen::agrees(addr, fd)
+        })
+    }
+
+    /// Duplicates of the sockets that take new connections, for a holder
+    /// outside (the control socket's `fds`): the listeners named, in that
+    /// order, or every listener when `names` is empty. In steer mode that is
+    /// the routed generation's socket; in shared mode the one socket.
+    ///
+    /// # Errors
+    /// An unknown name (named in the message), or no fd left to duplicate.
+    pub fn fetch(&mut self, names: &[String]) -> Result<Vec<Handed>, String> {
+        let picked: Vec<usize> = if names.is_empty() {
+            (0..self.slots.len()).collect()
+        } else {
+            names
+                .iter()
+                .map(|n| {
+                    self.slots
+                        .iter()
+                        .position(|s| &s.listener.name == n)
+                        .ok_or_else(|| {
+                            let known: Vec<&str> = self
+                                .slots
+                                .iter()
+                                .map(|s| s.listener.name.as_str())
+                                .collect();
+                            format!(
+                                "no listener named {n:?} (there are: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(picked.len());
+        for i in picked {
+            let slot = &mut self.slots[i];
+            let routed = slot.routed;
+            let fd = match (&slot.mode, slot.members.get_mut(routed)) {
+                (Mode::Steer, Some(m)) => {
+                    // A UDP member stays in the group as long as anyone
+                    // holds it (only a TCP member leaves at shutdown()).
+                    m.pinned |= !slot.stream;
+                    m.fd.as_fd()
+                }
+                _ => slot.shared_fd(),
+            };
+            let fd = fd.try_clone_to_owned().map_err(|e| {
+                format!(
+                    "duplicate the socket of listener {:?}: {e}",
+                    slot.listener.name
+                )
+            })?;
+            out.push(Handed {
+                name: slot.listener.name.clone(),
+                bound: slot.listener.bound.clone(),
+                fd,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The state for an in-place upgrade.
+    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+        Saved {
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SavedSlot {
+                    listener: s.listener.save(keep),
+                    mode: s.mode.clone(),
+                    members: s
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let fd = keep.fd(m.fd.as_fd());
+                            (fd, m.owner, m.retired, m.spare, m.pinned)
+                        })
+                        .collect(),
+                    routed: s.routed,
+                    probe: s.probe,
+                    stream: s.stream,
+                    addr: s.addr,
+                    v6only: s.v6only,
+                    frozen: s.frozen,
+                    shared_addr: s.shared_addr,
+                })
+                .collect(),
+            unwatched: self.unwatched.iter().copied().collect(),
+            steer: self.steer,
+            split: self.split.clone(),
+        }
+    }
+
+    /// The listeners an upgrade carried across. The groups' programs stay
+    /// attached through the exec (they belong to the sockets).
+    pub fn restore(
+        saved: Saved,
+        backlog: Backlog,
+        options: SocketOptions,
+        adopt: &mut crate::upgrade::Adopt,
+    ) -> Steering {
+        let slots = saved
+            .slots
+            .into_iter()
+            .map(|s| Slot {
+                listener: Listener::restore(s.listener, adopt),
+                mode: s.mode,
+                members: s
+                    .members
+                    .into_iter()
+                    .map(|(fd, owner, retired, spare, pinned)| Member {
+                        fd: adopt.take(fd),
+                        owner,
+                        retired,
+                        spare,
+                        pinned,
+                    })
+                    .collect(),
+                routed: s.routed,
+                probe: s.probe,
+                stream: s.stream,
+                addr: s.addr,
+                v6only: s.v6only,
+                frozen: s.frozen,
+                shared_addr: s.shared_addr,
+            })
+            .collect();
+        Steering {
+            slots,
+            unwatched: saved.unwatched.into_iter().collect(),
+            backlog,
+            options,
+            steer: saved.steer,
+            held: false,
+            deferred: Vec::new(),
+            split: saved.split,
+        }
+    }
+
+    /// The listeners, in fd order.
+    pub fn listeners(&self) -> impl Iterator<Item = (&Listener, &Mode)> {
+        self.slots.iter().map(|s| (&s.listener, &s.mode))
+    }
+
+    /// Whether any listener is steered (so replaced generations quiesce).
+    pub fn any_steered(&self) -> bool {
+        self.slots.iter().any(|s| s.mode == Mode::Steer)
+    }
+
+    /// The sockets generation `g` receives, in fd order: for each steered
+    /// listener the routed socket if no live generation holds it (the first
+    /// generation, or the restart of a crashed one), else a new member that
+    /// receives nothing yet; for each shared listener the one socket.
+    pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer {
+                continue;
+            }
+            // Another worker of `g`: the generation's socket is shared by
+            // its workers.
+            if slot.members.iter().any(|m| m.owner == Some(g)) {
+                continue;
+            }
+            if slot
+                .members
+                .get(slot.routed)
+                .is_some_and(|m| m.owner.is_none() && !m.retired)
+            {
+                slot.members[slot.routed].owner = Some(g);
+                continue;
+            }
+            if slot.frozen {
+                continue;
+            }
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member::new(fd, Some(g)));
+                    // The routed member is no longer the last one: sockets
+                    // retired meanwhile can go without moving it.
+                    self.flush_retired(i, notices);
+                    changed.push(i);
+                }
+                Err(e) => {
+                    let slot = &mut self.slots[i];
+                    slot.frozen = true;
+                    slot.mode = Mode::Shared(format!("steering failed: {e:#}"));
+                    notices.push(Notice::Failed {
+                        listener: slot.listener.name.clone(),
+                        why: format!("{e:#}"),
+                    });
+                }
+            }
+        }
+        self.after_change(&changed, notices);
+        // A group found frozen just now gives `g` the routed socket (below),
+        // not the member that joined for it: that one is not `g`'s.
+        for slot in self.slots.iter_mut().filter(|s| s.mode != Mode::Steer) {
+            let routed = slot.routed;
+            for (k, m) in slot.members.iter_mut().enumerate() {
+                if k != routed && m.owner == Some(g) {
+                    m.owner = None;
+                }
+            }
+        }
+        self.slots
+            .iter()
+            .map(|slot| match slot.mode {
+                Mode::Steer => {
+                    let own = slot.members.iter().find(|m| m.owner == Some(g));
+                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                }
+                Mode::Shared(_) => slot.shared_fd(),
+            })
+            .collect()
+    }
+
+    /// Send new connections to `g`'s sockets. Sockets left behind by gone
+    /// generations that nobody will take over are closed.
+    pub fn route(&mut self, g: Generation, notices: &mut Vec<Notice>) {
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            // A frozen group (a stranger joined) is still re-pointed at the
+            // new generation's own socket, if it has one: that socket is
+            // the only one it accepts on (changing the program moves no
+            // member); nothing is ever closed in it.
+            if slot.mode != Mode::Steer && !slot.frozen {
+                continue;
+            }
+            let Some(k) = slot.members.iter().position(|m| m.owner == Some(g)) else {
+                continue;
+            };
+            if k != slot.routed {
+                slot.routed = k;
+                if slot.probe.is_some_and(|(_, j)| j == k) {
+                    slot.probe = None;
+                }
+                changed.push(i);
+            }
+            if slot.frozen {
+                continue;
+            }
+            // An orphan: the crashed generation's socket, replaced by a
+            // generation that was already starting.
+            let routed = self.slots[i].routed;
+            for m in self.slots[i].members.iter_mut().enumerate() {
+                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned {
+                    m.1.retired = true;
+                }
+            }
+            self.flush_retired(i, notices);
+        }
+        for i in changed {
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// Share new connections between generations by weight (percent);
+    /// empty: all to the routed generation again. A generation with no
+    /// socket of its own in a group gets nothing there.
+    pub fn split(&mut self, shares: &[(Generation, u32)], notices: &mut Vec<Notice>) {
+        self.split = shares.to_vec();
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer && !self.slots[i].frozen {
+                continue;
+            }
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// The generations that still own a socket (for the driver's sweep of
+    /// gone generations).
+    pub fn owners(&self) -> BTreeSet<Generation> {
+        self.slots
+            .iter()
+            .flat_map(|s| s.members.iter().filter_map(|m| m.owner))
+            .collect()
+    }
+
+    /// Generation `g` was reaped: close its own sockets, unless one is
+    /// routed (a crash: its restart takes it over, and connections queued
+    /// meanwhile are served).
+    pub fn release(&mut self, g: Generation, notices: &mut Vec<Notice>) {
+        if self.held {
+            self.deferred.push(g);
+            return;
+        }
+        let mut changed = Vec::new();
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer {
+                continue;
+            }
+            let Some(k) = self.slots[i]
+                .members
+                .iter()
+                .position(|m| m.owner == Some(g))
+            else {
+                continue;
+            };
+            if k == self.slots[i].routed {
+                self.slots[i].members[k].owner = None;
+                continue;
+            }
+            if self.slots[i].frozen {
+                // Keep it open: closing would move members around in a
+                // group where a stranger's position is unknown.
+                self.slots[i].members[k].owner = None;
+                continue;
+            }
+            self.slots[i].members[k].owner = None;
+            if self.slots[i].members[k].pinned {
+                // Handed out (UDP): it stays, receiving nothing.
+                continue;
+            }
+            self.slots[i].members[k].retired = true;
+            if self.flush_retired(i, notices) {
+                changed.push(i);
+            }
+        }
+        self.after_change(&changed, notices);
+    }
+
+    /// Close the retired members of slot `i` without ever moving the routed
+    /// member. The kernel fills a leaving member's slot with the group's
+    /// last member; were that the routed one, the program's index would
+    /// point past the end until re-attached, and new connections would be
+    /// spread by hash over every member meanwhile. So when the routed member
+    /// is last, a spare socket of the supervisor's joins first and is the
+    /// one that moves; spares are closed later, when that moves no routed
+    /// member (once the next generation's socket has joined, it is the last
+    /// one). Returns whether the group changed.
+    fn flush_retired(&mut self, i: usize, notices: &mut Vec<Notice>) -> bool {
+        let mut changed = false;
+        // Each pass closes one member or ends: bounded by the member count.
+        for _ in 0..=self.slots[i].members.len() * 2 {
+            let slot = &self.slots[i];
+            let Some(last) = slot.members.len().checked_sub(1) else {
+                break;
+            };
+            // A member that no longer listens has left the group already
+            // (a server shut it down): closing it moves nothing.
+            let safe = |k: usize| {
+                k == last || slot.routed != last || !listening(slot.members[k].fd.as_fd())
+            };
+            if let Some(k) = (0..=last)
+                .rev()
+                .find(|&k| slot.members[k].retired && safe(k))
+            {
+                self.remove(i, k, notices);
+                changed = true;
+                continue;
+            }
+            // A retired member (not a spare) that only the spare can free.
+            let Some(k) = (0..=last).find(|&k| slot.members[k].retired && !slot.members[k].spare)
+            else {
+                break;
+            };
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member {
+                        retired: true,
+                        spare: true,
+                        ..Member::new(fd, None)
+                    });
+                    self.remove(i, k, notices);
+                    changed = true;
+                }
+                Err(e) => {
+                    // Without a spare, closing would move the routed member:
+                    // it waits for the next generation's socket instead.
+                    log::debug!("no spare socket ({e:#}): closing later");
+                    break;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The listening TCP sockets that generations hold (polled for a
+    /// hang-up only: a listening socket reports none, one that stopped
+    /// listening after a `shutdown()` does), with their fd numbers.
+    pub fn hangup_interest(&self) -> Vec<(i32, BorrowedFd<'_>)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            if !s.stream {
+                continue;
+            }
+            match s.mode {
+                Mode::Steer => {
+                    for (k, m) in s.members.iter().enumerate() {
+                        let raw = m.fd.as_raw_fd();
+                        if (m.owner.is_some() || (k == s.routed && !m.retired))
+                            && !self.unwatched.contains(&raw)
+                        {
+                            out.push((raw, m.fd.as_fd()));
+                        }
+                    }
+                }
+                Mode::Shared(_) => {
+                    let fd = s.shared_fd();
+                    if !self.unwatched.contains(&fd.as_raw_fd()) {
+                        out.push((fd.as_raw_fd(), fd));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The socket with fd number `raw` hung up. A TCP socket that a
+    /// holder `shutdown()` no longer listens, and has lost its port: it
+    /// cannot listen again, and every process holding it has lost it. So
+    /// the listener gets a fresh socket (steer mode: the dead one leaves the
+    /// group's bookkeeping, and new connections go to the newest member
+    /// meanwhile; shared mode: a new socket is bound on the address), and
+    /// the answer says whether the serving generation must be replaced to
+    /// use it (it holds only the dead one).
+    pub fn on_hangup(&mut self, raw: i32, notices: &mut Vec<Notice>) -> bool {
+        if self.held {
+            // Nothing changes while another supervisor takes over; stop
+            // watching it (it would report again and again).
+            self.unwatched.insert(raw);
+            return false;
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i].mode != Mode::Steer {
+                if self.slots[i].shared_fd().as_raw_fd() != raw {
+                    continue;
+                }
+                if listening(self.slots[i].shared_fd()) {
+                    self.unwatched.insert(raw);
+                    return false;
+                }
+                let name = self.slots[i].listener.name.clone();
+                let Some(addr) = self.slots[i].shared_addr else {
+                    // A group a stranger joined: no plain socket can take
+                    // the port while the stranger holds it.
+                    self.unwatched.insert(raw);
+                    notices.push(Notice::Relistened {
+                        listener: name,
+                        generation: None,
+                        failed: Some("another process holds sockets on its port".into()),
+                    });
+                    return false;
+                };
+                let failed = match self.bind_plain(addr, self.slots[i].v6only) {
+                    Ok(fd) => {
+                        self.slots[i].listener.replace_fd(fd);
+                        None
+                    }
+                    Err(e) => {
+                        self.unwatched.insert(raw);
+                        Some(format!("{e:#}"))
+                    }
+                };
+                let ok = failed.is_none();
+                notices.push(Notice::Relistened {
+                    listener: name,
+                    generation: None,
+                    failed,
+                });
+                return ok;
+            }
+            let Some(k) = self.slots[i]
+                .members
+                .iter()
+                .position(|m| m.fd.as_raw_fd() == raw)
+            else {
+                continue;
+            };
+            if listening(self.slots[i].members[k].fd.as_fd()) {
+                self.unwatched.insert(raw);
+                return false;
+            }
+            // The kernel has taken it out of the group, moving the last
+            // member into its slot: mirror that (closing our copy: the
+            // socket is dead for everyone), and point the program at the
+            // routed member's new place, or, if the dead one was routed, at
+            // the newest member until the replacement generation is ready.
+            let slot = &mut self.slots[i];
+            let was_routed = slot.routed == k;
+            let m = slot.members.swap_remove(k);
+            let last = slot.members.len();
+            if slot.routed == last {
+                slot.routed = k;
+            }
+            if was_routed {
+                // The newest generation's socket (it is starting, or about
+                // to be replaced by the generation started below), never a
+                // spare or a socket of a gone generation.
+                slot.routed = slot
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| !m.spare && !m.retired && m.owner.is_some())
+                    .max_by_key(|(_, m)| m.owner)
+                    .map_or(0, |(j, _)| j);
+            }
+            if let Some((port, j)) = slot.probe {
+                slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+            }
+            let owner = m.owner;
+            drop(m);
+            if !self.slots[i].members.is_empty()
+                && let Err(e) = self.attach(i)
+            {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+            notices.push(Notice::Relistened {
+                listener: self.slots[i].listener.name.clone(),
+                generation: owner,
+                failed: None,
+            });
+            return was_routed;
+        }
+        false
+    }
+
+    /// A new listening TCP socket on `addr`, without `SO_REUSEPORT` (for a
+    /// shared listener).
+    fn bind_plain(&self, addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Tcp,
+        )
+        .context("socket")?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        if family == AddressFamily::Inet6 {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &v6only).context("IPV6_V6ONLY")?;
+        }
+        self.options.apply(fd.as_fd(), true)?;
+        match addr {
+            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+        }
+        .with_context(|| format!("bind {addr} again"))?;
+        listen(&fd, self.backlog).context("listen")?;
+        Ok(fd)
+    }
+
+    /// Connections waiting in `g`'s own steered sockets (not counting a
+    /// socket that is still routed).
+    pub fn queued(&self, g: Generation) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| s.mode == Mode::Steer || s.frozen)
+            .flat_map(|s| {
+                s.members
+                    .iter()
+                    .enumerate()
+                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.routed)
+                    .map(move |(_, m)| queue_length(m.fd.as_fd(), s.stream))
+            })
+            .sum()
+    }
+
+    /// The queue of each steered listener's socket of `g`, for status.
+    pub fn queue_of(&self, g: Generation) -> Option<u64> {
+        let mut any = false;
+        let mut n = 0;
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| s.mode == Mode::Steer || s.frozen)
+        {
+            for m in s.members.iter().filter(|m| m.owner == Some(g)) {
+                any = true;
+                n += queue_length(m.fd.as_fd(), s.stream);
+            }
+        }
+        any.then_some(n)
+    }
+
+    /// Whether some listener is a steered TCP one (readiness probes need
+    /// one).
+    pub fn can_probe(&self) -> bool {
+        self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
+    }
+
+    /// The spare sockets in listener `i`'s group.
+    pub fn spares(&self, i: usize) -> u32 {
+        self.slots[i].members.iter().filter(|m| m.spare).count() as u32
+    }
+
+    /// Connections waiting in each listener's serving socket, in order.
+    pub fn serving_queues(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| match (s.members.get(s.routed), s.listener.fd_opt()) {
+                (Some(m), _) => queue_length(m.fd.as_fd(), s.stream),
+                (None, Some(fd)) => {
+                    let stream =
+                        getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+                    queue_length(fd, stream)
+                }
+                (None, None) => 0,
+            })
+            .collect()
+    }
+
+    /// A TCP listener whose socket of `g` can be probed: the listener's
+    /// index and the address to connect to.
+    pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            let own = s.members.iter().any(|m| m.owner == Some(g));
+            (s.mode == Mode::Steer && s.stream && own).then(|| (i, connect_addr(s.addr)))
+        })
+    }
+
+    /// Route connections from source port `port` on listener `i` to `g`'s
+    /// socket (a readiness probe); `None` ends the exception.
+    pub fn set_probe(&mut self, i: usize, rule: Option<(u16, Generation)>) -> Result<()> {
+        let slot = &mut self.slots[i];
+        slot.probe = match rule {
+            Some((port, g)) => {
+                let k = slot.members.iter().position(|m| m.owner == Some(g));
+                Some((port, k.context("the generation has no socket of its own")?))
+            }
+            None => None,
+        };
+        Ok(self.attach(i)?)
+    }
+
+    /// `g`'s own socket of listener `i`, and whether it is TCP.
+    pub fn socket_of(&self, i: usize, g: Generation) -> Option<BorrowedFd<'_>> {
+        let s = &self.slots[i];
+        s.members
+            .iter()
+            .find(|m| m.owner == Some(g))
+            .map(|m| m.fd.as_fd())
+    }
+
+    /// Every socket the supervisor holds for the listeners (for the
+    /// stranger check and the tests' fd accounting).
+    fn own_inodes(&self) -> BTreeSet<u64> {
+        let mut set = BTreeSet::new();
+        for s in &self.slots {
+            if let Some(fd) = s.listener.fd_opt() {
+                set.extend(inode(fd));
+            }
+            for m in &s.members {
+                set.extend(inode(m.fd.as_fd()));
+            }
+        }
+        set
+    }
+
+    /// A new member for slot `i`, joined to the group.
+    fn join(&self, i: usize) -> Result<OwnedFd> {
+        let s = &self.slots[i];
+        let (family, ty, proto) = match (s.addr, s.stream) {
+            (SocketAddr::V4(_), true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
+            (SocketAddr::V6(_), true) => {
+                (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp)
+            }
+            (SocketAddr::V4(_), false) => {
+                (AddressFamily::Inet, SockType::Datagram, SockProtocol::Udp)
+            }
+            (SocketAddr::V6(_), false) => {
+                (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp)
+            }
+        };
+        let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).context("socket")?;
+        setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
+        if s.stream {
+            setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
+        }
+        if family == AddressFamily::Inet6 {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &s.v6only).context("IPV6_V6ONLY")?;
+        }
+        if !s.listener.inherited {
+            self.options.apply(fd.as_fd(), s.stream)?;
+        }
+        match s.addr {
+            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+        }
+        .with_context(|| format!("bind a new socket to {}", s.addr))?;
+        if s.stream {
+            listen(&fd, self.backlog).context("listen")?;
+        }
+        Ok(fd)
+    }
+
+    /// Close member `k` of slot `i`, mirroring the kernel: the last member
+    /// moves into its slot.
+    fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
+        let slot = &mut self.slots[i];
+        let m = slot.members.swap_remove(k);
+        let last = slot.members.len();
+        if slot.routed == last {
+            slot.routed = k;
+        }
+        if let Some((port, j)) = slot.probe {
+            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+        }
+        self.unwatched.remove(&m.fd.as_raw_fd());
+        let slot = &mut self.slots[i];
+        let queued = queue_length(m.fd.as_fd(), slot.stream);
+        if queued > 0 {
+            notices.push(Notice::ClosedWithQueue {
+                listener: slot.listener.name.clone(),
+                queued,
+            });
+        }
+        if slot.stream {
+            // Leave the group at once, whoever else holds the socket.
+            let _ = nix::sys::socket::shutdown(m.fd.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
+        drop(m);
+        // The kernel has moved its last member into slot k: if that was the
+        // routed one, the program's index now points past the end, and the
+        // kernel spreads new connections by hash over every member (starting
+        // and draining generations too) until the program follows. So it
+        // follows at once, before anything else (the stranger check reads
+        // every listening socket of the machine).
+        if !self.slots[i].members.is_empty()
+            && let Err(e) = self.attach(i)
+        {
+            notices.push(Notice::Failed {
+                listener: self.slots[i].listener.name.clone(),
+                why: format!("attach the program: {e}"),
+            });
+        }
+    }
+
+    /// After members joined or left: look for strangers, then re-attach
+    /// the program of every changed group.
+    fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
+        if changed.is_empty() {
+            return;
+        }
+        let own = self.own_inodes();
+        let found = foreign_sockets(
+            &changed
+                .iter()
+                .map(|&i| (self.slots[i].addr, self.slots[i].stream))
+                .collect::<Vec<_>>(),
+            &own,
+        );
+        for &i in changed {
+            let port = self.slots[i].addr.port();
+            let stream = self.slots[i].stream;
+            let strangers: Vec<u64> = found
+                .iter()
+                .filter(|(p, s, _)| *p == port && *s == stream)
+                .map(|(_, _, ino)| *ino)
+                .collect();
+            if !strangers.is_empty() {
+                self.freeze(i);
+                notices.push(Notice::Stranger {
+                    listener: self.slots[i].listener.name.clone(),
+                    who: describe_holders(&strangers),
+                });
+            }
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
+    }
+
+    /// A stranger joined slot `i`: give up members of starting
+    /// generations (they were never routed, and may not be where we
+    /// believe) and never change the group again.
+    fn freeze(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.frozen = true;
+        slot.mode = Mode::Shared("another process joined its reuseport group".into());
+        slot.probe = None;
+        // Owners stay: a generation already started holds its own socket
+        // and accepts on nothing else, so it is routed there when ready
+        // (best effort: a member that joined after the stranger may not be
+        // where the list says). Later generations share the routed socket,
+        // and no member is closed again while the supervisor runs.
+    }
+
+    /// Attach slot `i`'s program: everything to the routed member, except
+    /// a probe's source port.
+    fn attach(&self, i: usize) -> Result<(), Errno> {
+        if self.held {
+            return Ok(());
+        }
+        let s = &self.slots[i];
+        // Any member attaches the program to the whole group; an empty
+        // group has nothing to route (its next member gets the program).
+        let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
+            return Ok(());
+        };
+        let prog = program(
+            s.routed as u32,
+            &self.weights(i),
+            s.probe.map(|(p, k)| (p, k as u32)),
+        );
+        attach_cbpf(m.fd.as_fd(), &prog)
+    }
+
+    /// Slot `i`'s members and their weights under the current split: each
+    /// generation in the split that has a socket of its own there. Fewer
+    /// than two: no split (all to the routed member).
+    fn weights(&self, i: usize) -> Vec<(u32, u32)> {
+        let s = &self.slots[i];
+        let out: Vec<(u32, u32)> = self
+            .split
+            .iter()
+            .filter(|(_, w)| *w > 0)
+            .filter_map(|(g, w)| {
+                let k = s
+                    .members
+                    .iter()
+                    .position(|m| m.owner == Some(*g) && !m.retired)?;
+                Some((k as u32, *w))
+            })
+            .collect();
+        if out.len() < 2 { Vec::new() } else { out }
+    }
+}
+
+/// The slot of a bound listener: steered if `steer` asks for it and the
+/// socket can be (TCP or UDP with `SO_REUSEPORT`), else shared.
+fn slot_for(mut listener: Listener, steer: bool) -> Slot {
+    let kind = if steer {
+        steer_kind(listener.fd())
+    } else {
+        Err("--handoff shared".to_string())
+    };
+    match kind {
+        Ok((stream, addr, v6only)) => {
+            // Steering owns the socket from now on: it must be able to
+            // close it once generation 1 is gone.
+            let fd = listener
+                .take_fd()
+                .expect("a bound listener holds its socket");
+            Slot {
+                listener,
+                mode: Mode::Steer,
+                members: vec![Member::new(fd, None)],
+                routed: 0,
+                probe: None,
+                stream,
+                addr,
+                v6only,
+                frozen: false,
+                shared_addr: None,
+            }
+        }
+        Err(why) => {
+            // A TCP listener is watched for a hang-up, and bound again on
+            // its address if a server shuts it down.
+            let tcp = tcp_address(listener.fd());
+            Slot {
+                stream: tcp.is_some(),
+                listener,
+                mode: Mode::Shared(why),
+                members: Vec::new(),
+                routed: 0,
+                probe: None,
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                v6only: tcp.is_some_and(|(_, only)| only),
+                frozen: false,
+                shared_addr: tcp.map(|(a, _)| a),
+            }
+        }
+    }
+}
+
+/// Whether a listener can be steered: TCP or UDP, with `SO_REUSEPORT`
+/// set. Returns (is TCP, bound address, IPV6_V6ONLY).
+fn steer_kind(fd: BorrowedFd<'_>) -> Result<(bool, SocketAddr, bool), String> {
+    let ty: SockType = getsockopt(&fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
+    let stream = match ty {
+        SockType::Stream => true,
+        SockType::Datagram => false,
+        _ => return Err("neither TCP nor UDP".into()),
+    };
+    let addr: SockaddrStorage =
+        getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
+    let (addr, v6only) = if let Some(a) = addr.as_sockaddr_in() {
+        (SocketAddr::from(*a), false)
+    } else if let Some(a) = addr.as_sockaddr_in6() {
+        let only = getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false);
+        (SocketAddr::from(*a), only)
+    } else {
+        return Err("a Unix socket (no reuseport groups)".into());
+    };
+    if !getsockopt(&fd, sockopt::ReusePort).unwrap_or(false) {
+        return Err("the socket was handed over without SO_REUSEPORT, so it cannot be joined (a systemd socket unit needs ReusePort=yes)".into());
+    }
+    Ok((stream, addr, v6only))
+}
+
+/// A TCP (IPv4 or IPv6) socket's address and `IPV6_V6ONLY`; `None` for
+/// any other socket.
+fn tcp_address(fd: BorrowedFd<'_>) -> Option<(SocketAddr, bool)> {
+    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Stream {
+        return None;
+    }
+    let a: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
+    if let Some(a) = a.as_sockaddr_in() {
+        return Some((SocketAddr::from(*a), false));
+    }
+    let a = a.as_sockaddr_in6()?;
+    Some((
+        SocketAddr::from(*a),
+        getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false),
+    ))
+}
+
+/// Whether a socket is listening (`SO_ACCEPTCONN`).
+fn listening(fd: BorrowedFd<'_>) -> bool {
+    getsockopt(&fd, sockopt::AcceptConn).unwrap_or(true)
+}
+
+/// Where a probe connects for a listener bound to `addr`: loopback for a
+/// wildcard address.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The classic BPF program of a group: connections from source port
+/// `probe.0` go to member `probe.1`; the others to member `routed`, or,
+/// when `split` names two members or more (member index, weight), to one
+/// of them at random with a probability proportional to its weight.
+///
+/// The source port is read from the packet's transport header, found
+/// through the network header (`SKF_NET_OFF`): after a variable-length IPv4
+/// header, or after the fixed 40-byte IPv6 header.
+///
+/// The split draws a 32-bit random number (`ld #rand`, the ancillary load
+/// at `SKF_AD_OFF + SKF_AD_RANDOM`, a fresh `get_random_u32` per packet)
+/// and compares it with the cumulative thresholds `T_j = floor(2^32 *
+/// (w_0 + ... + w_j) / W)`: the first member whose threshold is above the
+/// number gets the connection, the last one everything above the last
+/// threshold. So member j gets `(T_j - T_(j-1)) / 2^32` of the new
+/// connections, its weight's share to within 2^-32.
+pub fn program(
+    routed: u32,
+    split: &[(u32, u32)],
+    probe: Option<(u16, u32)>,
+) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20;
+    const LD_B_ABS: u16 = 0x30;
+    const LD_H_ABS: u16 = 0x28;
+    const LD_H_IND: u16 = 0x48;
+    const LDX_B_MSH: u16 = 0xb1;
+    const ALU_RSH_K: u16 = 0x74;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const JA: u16 = 0x05;
+    const RET_K: u16 = 0x06;
+    let ins = |code, jt, jf, k: u32| libc::sock_filter { code, jt, jf, k };
+    let net = libc::SKF_NET_OFF as u32;
+    let tail = match split {
+        [] | [_] => vec![ins(RET_K, 0, 0, routed)],
+        _ => {
+            let total: u64 = split.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut out = vec![ins(
+                LD_W_ABS,
+                0,
+                0,
+                (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+            )];
+            let mut cum = 0u64;
+            let (last, first) = split.split_last().expect("two members or more");
+            for (member, weight) in first {
+                cum += u64::from(*weight);
+                // At most 2^32 - 1: the last member's weight is above 0.
+                let threshold = ((cum << 32) / total.max(1)).min(u64::from(u32::MAX)) as u32;
+                // Random >= threshold: on to the next test; else this one.
+                out.push(ins(JGE_K, 1, 0, threshold));
+                out.push(ins(RET_K, 0, 0, *member));
+            }
+            out.push(ins(RET_K, 0, 0, last.0));
+            out
+        }
+    };
+    let Some((port, member)) = probe else {
+        return tail;
+    };
+    let mut out = vec![
+        ins(LD_B_ABS, 0, 0, net),  // 0: A = first byte of the IP header
+        ins(ALU_RSH_K, 0, 0, 4),   // 1: A = IP version
+        ins(JEQ_K, 3, 0, 6),       // 2: IPv6? to 6
+        ins(LDX_B_MSH, 0, 0, net), // 3: X = IPv4 header length
+        ins(LD_H_IND, 0, 0, net),  // 4: A = source port
+        ins(JA, 0, 0, 1),          // 5: to 7
+        ins(LD_H_ABS, 0, 0, net.wrapping_add(40)), // 6: A = IPv6 source port
+        ins(JEQ_K, 0, 1, u32::from(port)), // 7: the probe's port?
+        ins(RET_K, 0, 0, member),  // 8: to the probe's member
+    ];
+    out.extend(tail); // 9: everything else
+    out
+}
+
+fn attach_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> Result<(), Errno> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points into `prog`, which outlives the call; the
+    // kernel copies the program before returning.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// The inode of a socket (as `/proc/net/*` and `/proc/PID/fd` show it).
+fn inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino)
+}
+
+/// Sockets bound to one of `ports` (TCP listening, or unconnected UDP)
+/// whose inode is not in `own`: (port, is TCP, inode). Asked of the kernel
+/// with sock_diag(7), which filters by state, so that thousands of
+/// connections in TIME_WAIT cost nothing (`/proc/net/tcp` lists them all).
+fn foreign_sockets(ports: &[(SocketAddr, bool)], own: &BTreeSet<u64>) -> Vec<(u16, bool, u64)> {
+    let mut found = Vec::new();
+    // Only sockets of our own user can join our groups (the kernel admits
+    // none other), and only on the same address.
+    let me = nix::unistd::geteuid().as_raw();
+    for stream in [true, false] {
+        if !ports.iter().any(|(_, s)| *s == stream) {
+            continue;
+        }
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            match sockinfo::listening(family, stream) {
+                Ok(list) => {
+                    for (addr, uid, ino) in list {
+                        let same = ports.iter().any(|(ours, s)| {
+                            *s == stream
+                                && ours.port() == addr.port()
+                                && (ours.ip() == addr.ip()
+                                    || (ours.ip().is_unspecified() && addr.ip().is_unspecified()))
+                        });
+                        if ino != 0 && uid == me && same && !own.contains(&ino) {
+                            found.push((addr.port(), stream, ino));
+                        }
+                    }
+                }
+                Err(e) => log::debug!("sock_diag: {e}: sockets of other processes not checked"),
+            }
+        }
+    }
+    found
+}
+
+/// `pid 1234 (python3)` for each process holding one of the sockets, or
+/// the inodes if no holder can be seen.
+fn describe_holders(inodes: &[u64]) -> String {
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut who = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+            });
+            if holds {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                who.push(format!("pid {pid} ({})", comm.trim()));
+            }
+        }
+    }
+    if who.is_empty() {
+        let list: Vec<String> = inodes.iter().map(u64::to_string).collect();
+        format!("socket inode {}", list.join(", "))
+    } else {
+        who.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_without_probe_is_one_return() {
+        let p = program(3, &[], None);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].code, p[0].k), (0x06, 3));
+    }
+
+    #[test]
+    fn a_probe_program_jumps_to_its_returns() {
+        let p = program(1, &[], Some((40000, 2)));
+        assert_eq!(p.len(), 10);
+        // Every jump lands inside the program.
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code == 0x15 {
+                assert!(i + 1 + (ins.jt as usize) < p.len());
+                assert!(i + 1 + (ins.jf as usize) < p.len());
+            }
+            if ins.code == 0x05 {
+                assert!(i + 1 + (ins.k as usize) < p.len());
+            }
+        }
+        assert_eq!(p[7].k, 40000);
+        assert_eq!((p[8].code, p[8].k), (0x06, 2));
+        assert_eq!((p[9].code, p[9].k), (0x06, 1));
+    }
+
+    #[test]
+    fn a_split_program_compares_a_random_number_with_thresholds() {
+        // 80/20 between members 2 and 0.
+        let p = program(2, &[(2, 80), (0, 20)], None);
+        assert_eq!(p.len(), 4);
+        assert_eq!(
+            (p[0].code, p[0].k),
+            (0x20, (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32)
+        );
+        let t = p[1].k;
+        assert_eq!((p[1].code, p[1].jt, p[1].jf), (0x35, 1, 0));
+        assert_eq!((t as f64 / 2f64.powi(32) * 100.0).round(), 80.0);
+        assert_eq!((p[2].code, p[2].k), (0x06, 2));
+        assert_eq!((p[3].code, p[3].k), (0x06, 0));
+        // Three members: two thresholds, increasing.
+        let p = program(0, &[(0, 1), (1, 1), (2, 2)], None);
+        assert_eq!(p.len(), 6);
+        assert!(p[1].k < p[3].k);
+        assert_eq!(p[3].k, 1 << 31);
+        // One member is no split; with a probe the split follows it.
+        assert_eq!(program(4, &[(1, 100)], None).len(), 1);
+        let p = program(1, &[(1, 50), (3, 50)], Some((40000, 2)));
+        assert_eq!(p.len(), 9 + 4);
+        assert_eq!((p[8].code, p[8].k), (0x06, 2));
+        assert_eq!(p[9].code, 0x20);
+    }
+
+    /// The split program, run by the kernel on real connections: about the
+    /// asked share lands on each of two listening sockets.
+    #[test]
+    fn the_kernel_runs_the_split_program() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::FromRawFd;
+        let bind = |port: u16| -> TcpListener {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Tcp,
+            )
+            .unwrap();
+            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+            let addr = SockaddrIn::new(127, 0, 0, 1, port);
+            bind(fd.as_raw_fd(), &addr).unwrap();
+            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+            // SAFETY: `fd` is a new listening socket; ownership moves.
+            unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+        };
+        let a = bind(0);
+        let port = a.local_addr().unwrap().port();
+        let b = bind(port);
+        // Member 0 is `a`, member 1 is `b` (join order): 25% to `b`.
+        attach_cbpf(a.as_fd(), &program(0, &[(0, 75), (1, 25)], None)).unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let total = 800;
+        let (mut on_a, mut on_b) = (0, 0);
+        for _ in 0..total {
+            let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // The handshake is complete on loopback when connect returns.
+            if a.accept().is_ok() {
+                on_a += 1;
+            }
+            if b.accept().is_ok() {
+                on_b += 1;
+            }
+        }
+        assert_eq!(on_a + on_b, total);
+        // Binomial(800, 0.25): mean 200, sd 12.2; 5 sd either way.
+        assert!((139..=261).contains(&on_b), "{on_b} of {total} on b");
+    }
+}

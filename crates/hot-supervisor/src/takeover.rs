@@ -1,0 +1,313 @@
+//! Takeover: a new supervisor (`supervisor --takeover PATH ...`) takes every
+//! socket of the running one over its control socket, starts its own first
+//! generation on them, and once that serves tells the old supervisor to let
+//! its generations go (quiesce, stop, drain) and exit.
+//!
+//! The exchange, on one connection to the old supervisor's control socket:
+//!
+//! 1. new → old: `takeover`.
+//! 2. old → new: `ok N`, then one line of JSON ([`Payload`]: the listeners
+//!    with their reuseport groups, members in the kernel's order, the
+//!    control socket, the health socket), then N lines, each the number the
+//!    old supervisor knows an fd by, with the N fds attached (`SCM_RIGHTS`,
+//!    in the batches of the `fds` answer). From then on the old supervisor
+//!    changes no group (no program, no member joins or leaves: the new
+//!    one's copy of the order must stay true), accepts no control
+//!    connection (the new one does, on the same socket), starts no
+//!    generation, and keeps serving.
+//! 3. new → old: `drain` once the new generation is ready and routed. The
+//!    old supervisor's generations go as replaced ones do; it exits 0 when
+//!    they are gone, leaving its Unix socket files to the new one.
+//! 4. If the new generation fails instead, the new supervisor stops it and
+//!    exits (non-zero) without a word: the old one sees the connection end
+//!    before a `drain`, and carries on as before (its groups lost only the
+//!    new one's members, at their end, so its copy of the order is true).
+//!
+//! The new supervisor learns that the old one has exited when the
+//! connection ends after its `drain`; only then does it close the sockets
+//! of the old generations (which every one of them held).
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::control::{SendStep, Transfer, send_some};
+
+/// The payload's format name.
+pub const FORMAT: &str = "supervisor-takeover";
+
+/// The payload's version; a supervisor takes over from versions up to its
+/// own.
+pub const VERSION: u32 = 1;
+
+/// What the old supervisor hands over besides the fds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Payload {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// The old supervisor's version.
+    pub writer: String,
+    /// The old supervisor's pid.
+    pub pid: u32,
+    /// The listeners and their groups.
+    pub steering: crate::steer::Saved,
+    /// The control socket.
+    pub control: crate::listen::Saved,
+    /// The health endpoint's socket.
+    pub health: Option<crate::health::Saved>,
+}
+
+/// What the old supervisor hears back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The new supervisor serves: let the generations go.
+    Drain,
+    /// The new supervisor is gone without `drain` (its generation failed):
+    /// carry on.
+    Gone,
+}
+
+/// The old supervisor's side of a takeover: the transfer, then the wait for
+/// `drain` (or the end). After `drain` the connection stays open, unpolled,
+/// until this process exits: its end tells the new supervisor.
+#[derive(Debug)]
+pub struct Source {
+    stream: UnixStream,
+    transfer: Option<Transfer>,
+    read: Vec<u8>,
+    drained: bool,
+    /// The new supervisor's pid.
+    pub peer: i32,
+}
+
+impl Source {
+    /// Send `payload` and duplicates of `fds` (each with the number it has
+    /// here) to the new supervisor on `stream`.
+    ///
+    /// # Errors
+    /// The payload cannot be serialized, or an fd duplicated.
+    pub fn new(
+        stream: UnixStream,
+        peer: i32,
+        payload: &Payload,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Source> {
+        let json = serde_json::to_string(payload).context("serialize the takeover")?;
+        let items = fds
+            .iter()
+            .map(|fd| {
+                let line = format!("{}\n", std::os::fd::AsRawFd::as_raw_fd(fd));
+                Ok((line, fd.try_clone_to_owned().context("dup")?))
+            })
+            .collect::<Result<Vec<(String, OwnedFd)>>>()?;
+        stream
+            .set_nonblocking(true)
+            .context("make the takeover connection non-blocking")?;
+        Ok(Source {
+            stream,
+            transfer: Some(Transfer::with_preamble(json + "\n", items)),
+            read: Vec::new(),
+            drained: false,
+            peer,
+        })
+    }
+
+    /// The fd to poll and whether for input (else output); none once
+    /// `drain` was heard.
+    pub fn interest(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        if self.drained {
+            return None;
+        }
+        match &self.transfer {
+            Some(t) if t.retry_at().is_some() => None,
+            Some(_) => Some((self.stream.as_fd(), false)),
+            None => Some((self.stream.as_fd(), true)),
+        }
+    }
+
+    /// When a refused send is tried again.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.transfer.as_ref().and_then(Transfer::retry_at)
+    }
+
+    /// The connection is ready (or a retry is due): send, or read.
+    pub fn step(&mut self, now: Instant) -> Option<Heard> {
+        if let Some(t) = &mut self.transfer {
+            if t.retry_at().is_some_and(|r| r > now) {
+                return None;
+            }
+            t.clear_retry();
+            return match send_some(&self.stream, t, now) {
+                SendStep::Pending => None,
+                SendStep::Done => {
+                    self.transfer = None;
+                    None
+                }
+                SendStep::Failed(_, why) => {
+                    log::warn!("takeover by pid {}: {why}", self.peer);
+                    self.transfer = None;
+                    Some(Heard::Gone)
+                }
+            };
+        }
+        if self.drained {
+            return None;
+        }
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Some(Heard::Gone),
+                Ok(n) => {
+                    self.read.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = self.read.iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&self.read[..end]).into_owned();
+                        self.read.drain(..=end);
+                        if line == "drain" {
+                            self.drained = true;
+                            return Some(Heard::Drain);
+                        }
+                        log::warn!(
+                            "takeover by pid {}: unexpected {:?}",
+                            self.peer,
+                            line.chars().take(40).collect::<String>()
+                        );
+                    }
+                    if self.read.len() > 1024 {
+                        return Some(Heard::Gone);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
+                Err(_) => return Some(Heard::Gone),
+            }
+        }
+    }
+}
+
+/// What a new supervisor received.
+#[derive(Debug)]
+pub struct Taken {
+    /// The payload.
+    pub payload: Payload,
+    /// The fds, in order, with the numbers the old supervisor knew them by.
+    pub numbers: Vec<i32>,
+    /// The fds.
+    pub fds: Vec<OwnedFd>,
+    /// The connection (kept: see [`Sink`]).
+    pub stream: UnixStream,
+}
+
+/// Ask the supervisor at `path` for its sockets (blocking: the new
+/// supervisor does this before it serves anything).
+///
+/// # Errors
+/// It cannot be reached, refuses (the message is its answer), or sends
+/// something else than a takeover this binary can read.
+pub fn fetch(path: &Path) -> Result<Taken> {
+    let answer = supervisor_child::exchange(path, "takeover", 1)
+        .map_err(|e| anyhow!("take over from the supervisor at {}: {e}", path.display()))?;
+    let text = String::from_utf8(answer.data).context("the takeover is not UTF-8")?;
+    let mut lines = text.lines();
+    let json = lines.next().unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(json).context("the takeover's payload")?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        bail!(
+            "the supervisor at {} sent no takeover payload",
+            path.display()
+        );
+    }
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    if version.is_none_or(|v| v > u64::from(VERSION)) {
+        bail!(
+            "the supervisor at {} hands over in version {version:?}; this binary ({}) takes versions up to {VERSION}: upgrade this binary, or the old one in place (supervisor upgrade) first",
+            path.display(),
+            crate::upgrade::version()
+        );
+    }
+    let payload: Payload =
+        serde_json::from_value(value).context("the takeover's payload is malformed")?;
+    let numbers = lines
+        .map(|l| {
+            l.trim()
+                .parse::<i32>()
+                .context("an fd number of the takeover")
+        })
+        .collect::<Result<Vec<i32>>>()?;
+    Ok(Taken {
+        payload,
+        numbers,
+        fds: answer.fds,
+        stream: answer.stream,
+    })
+}
+
+/// The new supervisor's side once it serves on what it took: `drain` to
+/// the old one, then the connection's end says the old one has exited.
+#[derive(Debug)]
+pub struct Sink {
+    stream: UnixStream,
+    /// The old supervisor's pid.
+    pub peer: u32,
+    drained: bool,
+}
+
+impl Sink {
+    /// The connection to the old supervisor, whose pid is `peer`.
+    pub fn new(stream: UnixStream, peer: u32) -> Sink {
+        let _ = stream.set_nonblocking(true);
+        Sink {
+            stream,
+            peer,
+            drained: false,
+        }
+    }
+
+    /// Whether `drain` was sent.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Tell the old supervisor to let its generations go.
+    ///
+    /// # Errors
+    /// The old supervisor is gone (its generations went with it).
+    pub fn drain(&mut self) -> Result<()> {
+        // Six bytes into a socket the old supervisor reads: bounded all the
+        // same, the loop must never wait on it for long.
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self
+            .stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        let sent = self.stream.write_all(b"drain\n");
+        let _ = self.stream.set_nonblocking(true);
+        sent.context("tell the old supervisor to drain")?;
+        self.drained = true;
+        Ok(())
+    }
+
+    /// The fd to poll for the end of the connection.
+    pub fn interest(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.stream.as_fd())
+    }
+
+    /// Readable: whether the old supervisor has exited.
+    pub fn gone(&mut self) -> bool {
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
