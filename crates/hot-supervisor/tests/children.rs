@@ -124,6 +124,38 @@ fn rust_tokio_child_on_supervisor_child_module_reloads_under_load() {
     stop("tokio", sv);
 }
 
+/// The child library's front-page server (its README shows this very
+/// file's code): three reloads under `Connection: close` load, every
+/// request answered, each generation drained with status 0.
+#[test]
+fn child_library_front_page_server_reloads_under_load() {
+    let sv = rust_child("hello");
+    let mut old_pid = sv.wait_active(1);
+    let load = Load::start_closing(sv.listener_addr(0), CLIENTS, Duration::from_secs(120));
+    load.expect_served(1, SERVED, "hello: first generation");
+    for g in 2..=4 {
+        sv.signal(libc::SIGHUP);
+        let pid = sv.wait_active(g);
+        load.expect_served(g, SERVED, "hello: the new generation");
+        assert!(wait_gone(old_pid, T), "generation {} was not reaped", g - 1);
+        old_pid = pid;
+    }
+    load.finish_clean("hello", 4 * SERVED);
+    stop("hello", sv);
+}
+
+#[test]
+fn child_library_readme_shows_the_front_page_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../supervisor-child");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let code = std::fs::read_to_string(root.join("examples/hello.rs")).unwrap();
+    let body = &code[code.find("use std::io").expect("hello.rs has its imports")..];
+    assert!(
+        readme.contains(&format!("```rust,no_run\n{body}```")),
+        "crates/supervisor-child/README.md must show examples/hello.rs from its first `use` on"
+    );
+}
+
 // The Python example child (examples/children/python/server.py) is the
 // non-Rust child of tests/reload.rs, which reloads it ten times under load.
 

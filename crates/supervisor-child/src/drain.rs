@@ -504,6 +504,7 @@ impl Inner {
 
 /// What [`Drain::health`] reports: what a health endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Health {
     /// Not yet ready ([`Drain::ready`] not called): 503.
     Starting,
@@ -542,6 +543,7 @@ impl fmt::Display for Health {
 
 /// How a drain ended ([`Drain::wait`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Every request answered and every tracked connection closed.
     Drained {
@@ -608,6 +610,20 @@ impl Drain {
     /// # Errors
     ///
     /// As [`Builder::install`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use supervisor_child::drain::Drain;
+    ///
+    /// // Before the accept loop: the stop signals now begin the drain.
+    /// let drain = Drain::install()?;
+    /// drain.ready()?;
+    /// // ... accept while drain.accepting(), then:
+    /// let outcome = drain.wait();
+    /// std::process::exit(if outcome.is_drained() { 0 } else { 1 });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn install() -> io::Result<Drain> {
         Builder::default().install()
     }

@@ -58,6 +58,15 @@ pub struct Fetched {
 /// The control socket named by [`SUPERVISOR_CONTROL`] in this process's
 /// environment (the supervisor sets it for its children), if it is an
 /// absolute path.
+///
+/// # Example
+///
+/// ```
+/// match supervisor_child::control_path() {
+///     Some(path) => eprintln!("supervisor at {}", path.display()),
+///     None => eprintln!("not started by a supervisor"),
+/// }
+/// ```
 pub fn control_path() -> Option<PathBuf> {
     std::env::var_os(SUPERVISOR_CONTROL)
         .map(PathBuf::from)
@@ -73,6 +82,22 @@ pub fn control_path() -> Option<PathBuf> {
 /// The supervisor cannot be reached, refuses (an unknown name, another
 /// user), or the transfer fails midway; every fd received so far is
 /// closed.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::net::TcpListener;
+///
+/// // A process the supervisor did not start (a debugging shell, a
+/// // sidecar) asks for the listener named "http".
+/// let control = supervisor_child::control_path().expect("SUPERVISOR_CONTROL");
+/// let mut fetched = supervisor_child::fetch_listeners(&control, &["http"])?;
+/// let http = fetched.remove(0);
+/// assert_eq!(http.kind, "tcp");
+/// let listener = TcpListener::from(http.fd);
+/// # let _ = listener;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn fetch_listeners(control: &Path, names: &[&str]) -> io::Result<Vec<Fetched>> {
     let mut line = String::from("fds");
     for name in names {
@@ -97,6 +122,21 @@ pub fn fetch_listeners(control: &Path, names: &[&str]) -> io::Result<Vec<Fetched
 /// # Errors
 /// As [`fetch_listeners`]; also a name bound elsewhere (the message says
 /// both addresses), or an address that cannot be bound.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::net::TcpListener;
+///
+/// // A metrics port opened at run time, bound by the supervisor (which may
+/// // bind port 80 when this process may not) and kept for every later
+/// // generation.
+/// let control = supervisor_child::control_path().expect("SUPERVISOR_CONTROL");
+/// let metrics = supervisor_child::open_listener(&control, "metrics", "tcp:127.0.0.1:9090")?;
+/// let listener = TcpListener::from(metrics.fd);
+/// # let _ = listener;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn open_listener(control: &Path, name: &str, addr: &str) -> io::Result<Fetched> {
     if name.is_empty() || name.contains([' ', '\n', '\r']) || addr.contains(['\n', '\r']) {
         return Err(io::Error::new(
@@ -155,6 +195,18 @@ pub struct Exchange {
 /// # Errors
 /// The connection or the transfer failed; the supervisor answered
 /// `error TEXT` (the error's message is TEXT).
+///
+/// # Example
+///
+/// ```no_run
+/// // What fetch_listeners does: every listener, no preamble.
+/// let control = supervisor_child::control_path().expect("SUPERVISOR_CONTROL");
+/// let answer = supervisor_child::exchange(&control, "fds", 0)?;
+/// for (line, fd) in String::from_utf8_lossy(&answer.data).lines().zip(&answer.fds) {
+///     eprintln!("{line} (fd {fd:?})");
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn exchange(control: &Path, line: &str, preamble: usize) -> io::Result<Exchange> {
     let shown = control.display();
     let mut stream = UnixStream::connect(control)

@@ -126,6 +126,7 @@ static CLAIMED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// Built implicitly from `&str` and `usize`, so both
 /// `take_tcp_listener("http")` and `take_tcp_listener(0)` work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Key<'a> {
     /// The first not-yet-taken listener with this `LISTEN_FDNAMES` name.
     Name(&'a str),
@@ -199,6 +200,18 @@ impl Listeners {
     /// pid, `LISTEN_FDS` is not a positive count, `LISTEN_FDNAMES` does not
     /// hold one name per fd, a variable is not valid UTF-8, or one of the
     /// announced fds is not open.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use supervisor_child::Listeners;
+    ///
+    /// let listeners = Listeners::from_env()?;
+    /// for (index, fd, name) in listeners.names() {
+    ///     eprintln!("listener {index}: fd {fd} named {name}");
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn from_env() -> io::Result<Listeners> {
         let pid = env_str(LISTEN_PID)?;
         let fds = env_str(LISTEN_FDS)?;
@@ -392,6 +405,16 @@ impl Listeners {
 /// Fails when `NOTIFY_SOCKET` is neither an absolute path nor `@` followed
 /// by an abstract socket name (the `vsock:` forms are not supported), or
 /// when the datagram cannot be sent whole.
+///
+/// # Example
+///
+/// ```
+/// // Several fields in one datagram. Without a supervisor (as here),
+/// // NOTIFY_SOCKET is unset and nothing is sent.
+/// let sent = supervisor_child::notify("READY=1\nSTATUS=warming caches")?;
+/// assert!(!sent || std::env::var_os("NOTIFY_SOCKET").is_some());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn notify(state: &str) -> io::Result<bool> {
     let Some(target) = env::var_os(NOTIFY_SOCKET) else {
         return Ok(false);
@@ -431,6 +454,16 @@ fn send_notify(target: &OsStr, state: &str) -> io::Result<()> {
 /// # Errors
 ///
 /// As [`notify`].
+///
+/// # Example
+///
+/// ```
+/// // Once the listeners are taken and the server can answer:
+/// if !supervisor_child::ready()? {
+///     eprintln!("not under a supervisor: nobody to tell");
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn ready() -> io::Result<bool> {
     notify(READY)
 }
@@ -440,6 +473,15 @@ pub fn ready() -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
+///
+/// # Example
+///
+/// ```
+/// // On the stop signal, after the listener is dropped:
+/// supervisor_child::stopping()?;
+/// supervisor_child::status("draining 3 connections")?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn stopping() -> io::Result<bool> {
     notify(STOPPING)
 }
@@ -451,12 +493,27 @@ pub fn stopping() -> io::Result<bool> {
 /// # Errors
 ///
 /// As [`notify`].
+///
+/// # Example
+///
+/// ```
+/// // Shown by `supervisor status` beside this process.
+/// supervisor_child::status("serving, 12 connections")?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn status(text: &str) -> io::Result<bool> {
     notify(&status_message(text))
 }
 
 /// This child's generation from `SUPERVISOR_GENERATION` (1 for the first),
 /// or `None` when it is unset or not a number.
+///
+/// # Example
+///
+/// ```
+/// let generation = supervisor_child::generation().unwrap_or(0);
+/// eprintln!("generation {generation} starting");
+/// ```
 pub fn generation() -> Option<u64> {
     env::var(SUPERVISOR_GENERATION).ok()?.parse().ok()
 }
@@ -468,6 +525,19 @@ pub fn generation() -> Option<u64> {
 ///
 /// Fails, naming the variable and its value, when it is set but is not a
 /// whole number of milliseconds.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// // Finish in-flight work a little before the supervisor's SIGKILL.
+/// let budget = supervisor_child::drain_timeout()?
+///     .unwrap_or(Duration::from_secs(30))
+///     .saturating_sub(Duration::from_millis(500));
+/// # let _ = budget;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn drain_timeout() -> io::Result<Option<Duration>> {
     env_str(SUPERVISOR_DRAIN_TIMEOUT_MS)?
         .map(|value| parse_drain_timeout(&value))
