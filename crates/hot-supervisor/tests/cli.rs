@@ -372,16 +372,17 @@ fn a_control_word_after_the_options_is_a_usage_error() {
     );
 }
 
-/// The error lines the README quotes are what the program prints (with
-/// the README's address replaced by the one the test uses).
+/// The error lines the usage chapter (docs/usage.md) quotes are what the
+/// program prints (with its address replaced by the one the test uses).
 #[test]
-fn the_readme_quotes_the_errors_as_printed() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
+fn the_docs_quote_the_errors_as_printed() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/usage.md"))
+            .expect("docs/usage.md");
     let quoted = "supervisor: error: bind 127.0.0.1:8080: EADDRINUSE: Address already in use";
     assert!(
         readme.contains(quoted),
-        "the README no longer quotes {quoted:?}"
+        "docs/usage.md no longer quotes {quoted:?}"
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -392,7 +393,7 @@ fn the_readme_quotes_the_errors_as_printed() {
     let quoted = "supervisor: error: invalid value 'nonsense' for '--listen ";
     assert!(
         readme.contains(quoted),
-        "the README no longer quotes {quoted:?}"
+        "docs/usage.md no longer quotes {quoted:?}"
     );
     let (code, line) = fails(&["--listen", "nonsense", "--", "true"]);
     assert_eq!(code, 2);

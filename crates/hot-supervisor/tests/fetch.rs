@@ -378,17 +378,21 @@ fn recv_batch(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> usize {
     msg.bytes
 }
 
-/// The Python client of the README, run as it is written there.
+/// The Python client of the control chapter (docs/control.md), run as it
+/// is written there.
 #[test]
-fn the_readme_python_client_works_as_written() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+fn the_docs_python_client_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/control.md"
+    ))
+    .unwrap();
     let code = readme
         .split("```python\n")
         .skip(1)
         .filter_map(|b| b.split_once("\n```").map(|(c, _)| c))
         .find(|c| c.contains("def fetch(control"))
-        .expect("the README's Python client");
+        .expect("the Python client of docs/control.md");
     let dir = TempDir::new("fetch-py");
     let script = dir.path("client.py");
     std::fs::write(&script, code).unwrap();
