@@ -67,10 +67,131 @@ pub struct Cli {
     #[command(subcommand)]
     pub client: Option<Client>,
 
+    /// Print the man page (man) or a shell's completions (complete-bash,
+    /// complete-zsh, complete-fish) to stdout, and exit.
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<Generate>,
+
     /// The server to run and how.
     #[command(flatten)]
     pub run: Args,
 }
+
+/// What `--generate` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// The man page, roff (`supervisor --generate man > supervisor.1`).
+    Man,
+    /// Completions for bash.
+    CompleteBash,
+    /// Completions for zsh.
+    CompleteZsh,
+    /// Completions for fish.
+    CompleteFish,
+}
+
+/// Write what `--generate` asks for, from the parser's own definition.
+///
+/// # Errors
+/// Writing to `out` failed.
+pub fn generate(what: Generate, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    match what {
+        Generate::Man => man(cmd, out),
+        Generate::CompleteBash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "supervisor", out);
+            Ok(())
+        }
+        Generate::CompleteZsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "supervisor", out);
+            Ok(())
+        }
+        Generate::CompleteFish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "supervisor", out);
+            Ok(())
+        }
+    }
+}
+
+/// The man page: clap_mangen's sections for the whole command, then each
+/// control command's own options, then where the rest is documented.
+fn man(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = cmd.long_about(LONG_ABOUT);
+    let page = clap_mangen::Man::new(cmd.clone());
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = sub.get_name();
+        writeln!(out, ".SH \"SUPERVISOR {}\"", name.to_uppercase())?;
+        let usage = sub
+            .clone()
+            .bin_name(format!("supervisor {name}"))
+            .render_usage();
+        let usage = usage.to_string();
+        let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage);
+        writeln!(out, "\\fB{}\\fR", roff_escape(usage))?;
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            writeln!(out, ".PP\n{}", roff_escape(&about.to_string()))?;
+        }
+        let mut opts = Vec::new();
+        clap_mangen::Man::new(sub.clone()).render_options_section(&mut opts)?;
+        // Its options, under a subheading instead of clap_mangen's section
+        // (and without the string definitions it repeats first).
+        let opts = String::from_utf8_lossy(&opts);
+        let body = opts
+            .split_once(".SH OPTIONS\n")
+            .map_or("", |(_, rest)| rest);
+        writeln!(out, ".SS Options")?;
+        out.write_all(body.as_bytes())?;
+    }
+    // The help text's last part (the children's variables, signals, exit
+    // statuses), as written: its columns need no-fill mode.
+    writeln!(out, ".SH \"SIGNALS, EXIT STATUS, ENVIRONMENT\"\n.nf")?;
+    writeln!(out, "{}\n.fi", roff_escape(AFTER_HELP))?;
+    writeln!(out, ".SH \"SEE ALSO\"\n{}", roff_escape(SEE_ALSO))?;
+    page.render_version_section(out)
+}
+
+/// Text for roff: backslashes and the leading `.` or `'` of a line escaped.
+fn roff_escape(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .lines()
+        .map(|l| {
+            if l.starts_with(['.', '\'']) {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The man page's description.
+const LONG_ABOUT: &str = "\
+supervisor binds the listening sockets once and runs the server command as \
+a child, handing it the sockets as inherited file descriptors (fds 3, 4, ... \
+with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES, as systemd socket activation \
+does). On SIGHUP or `supervisor reload` it starts a new generation of the \
+server on the same sockets, waits until it is ready (--ready), sends new \
+connections to it (--handoff steer: each generation has its own socket in a \
+SO_REUSEPORT group steered by a BPF program), then sends the old generation \
+its stop signal and waits out its drain. A new generation that fails to \
+become ready is stopped, the reload fails, and the old one keeps serving.";
+
+/// The man page's SEE ALSO.
+const SEE_ALSO: &str = "\
+The docs/ chapters of the source distribution (installed with the Debian \
+package under /usr/share/doc/hot-supervisor/docs/): usage.md (every option \
+with its reasons), handoff.md, readiness.md, control.md, workers.md, \
+upgrade.md, systemd.md, containers.md, child-protocol.md, servers.md, \
+performance.md, guarantees.md. systemd.socket(5), sd_listen_fds(3), \
+sd_notify(3).";
 
 /// The control commands: clients of a running supervisor.
 #[derive(Debug, Subcommand)]

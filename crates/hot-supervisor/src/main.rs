@@ -64,6 +64,18 @@ fn main() -> ExitCode {
         unsafe { std::env::remove_var(var) };
     }
     let cli = cli::parse();
+    if let Some(what) = cli.generate {
+        let mut out = std::io::stdout().lock();
+        return match cli::generate(what, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+            Ok(()) => ExitCode::SUCCESS,
+            // `supervisor --generate man | head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("supervisor: error: --generate: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(c) = cli.client {
         return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
     }

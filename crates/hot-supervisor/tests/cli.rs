@@ -399,3 +399,84 @@ fn the_docs_quote_the_errors_as_printed() {
     assert_eq!(code, 2);
     assert!(line.starts_with(quoted), "{line}");
 }
+
+/// The long options a help text lists (`--name` at the start of an option
+/// line).
+fn long_options(help: &str) -> Vec<String> {
+    help.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix('-')
+                .filter(|r| !r.starts_with('-'))
+                .map_or(l, |r| r.split_once(", ").map_or(r, |(_, rest)| rest));
+            let name = l.strip_prefix("--")?;
+            let end = name
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .unwrap_or(name.len());
+            Some(format!("--{}", &name[..end]))
+        })
+        .collect()
+}
+
+/// `supervisor --generate man` documents every long option that
+/// `--help` (and each control command's `--help`) lists, in the roff
+/// form (`\-\-name`).
+#[test]
+fn the_man_page_has_every_option_of_the_help() {
+    let man = run(&["--generate", "man"]);
+    assert!(man.status.success(), "{man:?}");
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH supervisor 1"),
+        "roff"
+    );
+    let mut checked = 0;
+    for args in [
+        vec!["--help"],
+        vec!["reload", "--help"],
+        vec!["status", "--help"],
+        vec!["stop", "--help"],
+        vec!["upgrade", "--help"],
+        vec!["fds", "--help"],
+        vec!["listen", "--help"],
+    ] {
+        let help = run(&args);
+        assert!(help.status.success(), "{args:?}: {help:?}");
+        let help = String::from_utf8(help.stdout).unwrap();
+        let options = long_options(&help);
+        assert!(!options.is_empty(), "{args:?}: no options found in {help}");
+        for option in options {
+            checked += 1;
+            assert!(
+                man.contains(&format!("\\fB{}", option.replace('-', "\\-"))),
+                "the man page lacks {option} (from supervisor {})",
+                args.join(" ")
+            );
+        }
+    }
+    assert!(checked > 40, "only {checked} options checked");
+}
+
+/// The completions name the options too, and `--generate` stands alone.
+#[test]
+fn completions_are_generated_for_three_shells() {
+    for (shell, marker) in [
+        ("complete-bash", "complete -F"),
+        ("complete-zsh", "#compdef supervisor"),
+        ("complete-fish", "complete -c supervisor"),
+    ] {
+        let out = run(&["--generate", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for option in ["drain-timeout", "ready", "handoff", "workers"] {
+            assert!(text.contains(option), "{shell}: no {option}");
+        }
+    }
+    let (code, line) = fails(&["--generate", "man", "--", "true"]);
+    assert_eq!(code, 2, "{line}");
+    let (code, line) = fails(&["--generate", "pdf"]);
+    assert_eq!(code, 2);
+    assert!(line.contains("pdf"), "{line}");
+}
