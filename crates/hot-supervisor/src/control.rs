@@ -92,7 +92,17 @@ pub fn path_for_run(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = p.parent()
         && dir == fallback_dir(nix::unistd::geteuid().as_raw())
     {
-        anyhow::Context::context(private_dir(dir), "control socket directory")?;
+        let made = private_dir(dir);
+        if made.is_err() && !Path::new("/tmp").is_dir() {
+            // A FROM scratch container, say: say where the files could go.
+            return anyhow::Context::context(
+                made.map(|()| p),
+                "control socket directory (runtime files go to $RUNTIME_DIRECTORY, else \
+                 $XDG_RUNTIME_DIR, else /tmp: neither variable is set and /tmp does not \
+                 exist; create /tmp, or set RUNTIME_DIRECTORY to a writable directory)",
+            );
+        }
+        anyhow::Context::context(made, "control socket directory")?;
     }
     Ok(p)
 }

@@ -30,6 +30,7 @@ mod spawn;
 mod steer;
 mod takeover;
 mod upgrade;
+mod users;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -217,6 +217,17 @@ impl Credentials {
                 "--user and --group need the supervisor to run as root (it runs as uid {me}); the supervisor binds the listeners and the children run as the user"
             );
         }
+        if cfg!(target_feature = "crt-static") {
+            // The static build: no name service, the files themselves.
+            let (uid, gid, groups) = crate::users::resolve_from_files(
+                user,
+                group,
+                Path::new("/"),
+                (me.as_raw(), Gid::effective().as_raw()),
+            )
+            .map_err(anyhow::Error::msg)?;
+            return Ok(Some(Credentials { uid, gid, groups }));
+        }
         let user = match user {
             None => None,
             Some(u) => {
