@@ -118,7 +118,10 @@ pub fn generate(what: Generate, out: &mut dyn std::io::Write) -> std::io::Result
 /// control command's own options, then where the rest is documented.
 fn man(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let cmd = cmd.long_about(LONG_ABOUT);
-    let page = clap_mangen::Man::new(cmd.clone());
+    // Section 8 (system administration): section 1 has a supervisor(1)
+    // already, the page of Debian's supervisord package, and ours must
+    // install beside it.
+    let page = clap_mangen::Man::new(cmd.clone()).section("8");
     page.render_title(out)?;
     page.render_name_section(out)?;
     page.render_synopsis_section(out)?;
