@@ -72,6 +72,7 @@ export CARGO_TARGET_DIR="$work/target"
 cargo fetch --quiet
 echo "== cargo tree -e normal --depth 2 (the scratch server's dependencies)"
 cargo tree -e normal --depth 2
+crates=$(cargo tree -e normal,build --prefix none | sed 's/ (\*)$//' | sort -u | wc -l)
 echo "== build from clean (debug)"
 start=$(date +%s.%N)
 cargo build --quiet --offline
