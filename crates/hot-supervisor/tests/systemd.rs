@@ -598,3 +598,103 @@ fn an_upgrade_keeps_what_the_service_manager_was_told_and_the_watchdog() {
     }
     assert_eq!(sv.status().supervisor.upgrades, 1);
 }
+
+/// A supervisor started the way systemd starts it from a socket unit: the
+/// listening socket is the service manager's (here the test's), passed as
+/// fd 3 with LISTEN_FDS=1 and LISTEN_PID its own pid. `RestartSec=200ms`
+/// is played by a pause before the next start.
+fn start_on_socket(fd: std::os::fd::RawFd) -> Supervisor {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"export LISTEN_FDS=1 LISTEN_PID=$$; exec "$@""#,
+        "sh",
+    ])
+    .arg(supervisor_bin())
+    .args(["--ready", "notify", "--drain-timeout", "10s", "--"])
+    .arg(demo());
+    // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would leave close-on-exec set.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Supervisor::start_with(&mut cmd)
+}
+
+/// What survives a crash of the supervisor itself (`kill -9`, then a
+/// restart 200 ms later, as `Restart=always` and `RestartSec=200ms` do),
+/// under `Connection: close` load: with a socket unit the port never
+/// closes, so not one request fails (they wait in the socket's queue);
+/// with `--listen` in `ExecStart=` the port is closed until the restart,
+/// and requests fail, which is why the docs recommend the socket unit.
+#[test]
+fn a_socket_unit_keeps_the_port_across_a_crash_of_the_supervisor() {
+    use std::os::fd::AsRawFd;
+    let restart_delay = Duration::from_millis(200);
+    // The socket unit: the "service manager" holds the socket throughout.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut first = start_on_socket(socket.as_raw_fd());
+    first.wait_active(1);
+    let load = Load::start_closing(addr, 8, Duration::from_secs(120));
+    load.expect_served(1, 100, "socket unit: the first supervisor");
+    first.signal(libc::SIGKILL);
+    first.wait_exit(T);
+    // The pause is the scenario (RestartSec=), not a synchronisation.
+    std::thread::sleep(restart_delay);
+    let second = start_on_socket(socket.as_raw_fd());
+    second.wait_active(1);
+    load.expect_served(1, 100, "socket unit: the restarted supervisor");
+    let served = load.finish_clean("socket unit, supervisor killed and restarted", 200);
+    drop(second);
+    eprintln!(
+        "socket unit: {} requests, 0 failed across a kill -9 of the supervisor and a restart {restart_delay:?} later",
+        served.ok
+    );
+
+    // --listen in ExecStart=: the supervisor's own socket dies with it.
+    let mut first = Supervisor::builder()
+        .listen("127.0.0.1:0")
+        .notify()
+        .drain_timeout("10s")
+        .command([demo()])
+        .start();
+    first.wait_active(1);
+    let addr = first.listener_addr(0);
+    let load = Load::start_closing(addr, 8, Duration::from_secs(120));
+    load.expect_served(1, 100, "--listen: the first supervisor");
+    first.signal(libc::SIGKILL);
+    first.wait_exit(T);
+    std::thread::sleep(restart_delay);
+    let second = Supervisor::builder()
+        .listen(&addr.to_string())
+        .notify()
+        .drain_timeout("10s")
+        .command([demo()])
+        .start();
+    second.wait_active(1);
+    load.expect_served(1, 100, "--listen: the restarted supervisor");
+    let stats = load.finish();
+    let failed = stats.failures.lock().unwrap().len();
+    let ok = stats.ok.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "--listen: {failed} of {} requests failed across the same crash",
+        ok + failed as u64
+    );
+    assert!(
+        failed > 0,
+        "with --listen the port is closed between the crash and the restart: requests must fail, or the test proves nothing"
+    );
+}
