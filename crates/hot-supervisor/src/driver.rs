@@ -187,16 +187,10 @@ impl Driver {
         if let Some(id) = saved.upgrade_waiter {
             d.parts.control.answer(id, ok, &text, now);
         }
-        // A probe in flight was cut by the exec: start it again.
-        for (g, phase, _) in d.machine.phases() {
-            if phase == crate::machine::Phase::Starting
-                && let Some(p) = &mut d.parts.prober
-            {
-                p.cancel(g, &mut d.parts.steering);
-                if let Err(e) = p.start(g, &d.parts.steering, now) {
-                    log::error!("{g}: cannot probe its readiness: {e:#}");
-                }
-            }
+        // A probe in flight was cut by the exec: start it again, for every
+        // worker that still waits to be verified.
+        for g in d.machine.generations_with_starting_workers() {
+            d.probe(g, &d.machine.starting_workers(g), now);
         }
         Ok(d)
     }
@@ -415,8 +409,26 @@ impl Driver {
         let Some(prober) = &mut self.parts.prober else {
             return;
         };
-        if let Some(g) = prober.advance(&mut self.parts.steering, now) {
-            self.feed(Input::Ready(g));
+        for (g, w) in prober.advance(&mut self.parts.steering, now) {
+            self.feed(Input::WorkerReady(g, w));
+        }
+    }
+
+    /// Probe `workers` of `g` (just spawned), when readiness is probed.
+    fn probe(&mut self, g: Generation, workers: &[u32], now: Instant) {
+        let Some(p) = &mut self.parts.prober else {
+            return;
+        };
+        let pids: Vec<(u32, i32)> = workers
+            .iter()
+            .filter_map(|&w| Some((w, self.parts.children.worker_pid(g, w)?.as_raw())))
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        let identify = self.machine.workers_per_generation() > 1;
+        if let Err(e) = p.start(g, &pids, identify, &self.parts.steering, now) {
+            log::error!("{g}: cannot probe its readiness: {e:#}");
         }
     }
 
@@ -945,23 +957,14 @@ impl Driver {
                         }
                         break;
                     }
-                    if self.machine.worker_alive(g, 0)
-                        && let Some(p) = &mut self.parts.prober
-                        && let Err(e) = p.start(g, &self.parts.steering, now)
-                    {
-                        log::error!("{g}: cannot probe its readiness: {e:#}");
-                    }
+                    let started = self.machine.starting_workers(g);
+                    self.probe(g, &started, now);
                 }
                 Action::SpawnWorker(g, w) => {
-                    // A rolling reload's first workers are probed as a
-                    // generation is.
-                    let first = self.machine.starting() == Some(g) && !self.parts.children.has(g);
-                    if self.spawn(g, w)
-                        && first
-                        && let Some(p) = &mut self.parts.prober
-                        && let Err(e) = p.start(g, &self.parts.steering, now)
-                    {
-                        log::error!("{g}: cannot probe its readiness: {e:#}");
+                    // Each new worker is verified on its own: in a rolling
+                    // reload, and when one is restarted alone.
+                    if self.spawn(g, w) {
+                        self.probe(g, &[w], now);
                     }
                 }
                 Action::Stop(g) => self.parts.children.stop(g),
@@ -1027,6 +1030,11 @@ impl Driver {
         self.parts
             .children
             .forget_reaped(|g, w| !machine.worker_alive(g, w));
+        if let Some(p) = &mut self.parts.prober {
+            p.retain(&mut self.parts.steering, |g, w| {
+                machine.worker_starting(g, w)
+            });
+        }
         // A generation the machine is done with and no process of which is
         // left gives its sockets back. (The sockets of the supervisor taken
         // over from go once it has exited: see `predecessor_step`.)

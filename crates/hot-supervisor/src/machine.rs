@@ -521,9 +521,6 @@ pub enum Action {
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// The whole generation is ready (a readiness probe passed; or, with
-    /// one worker, it sent `READY=1`).
-    Ready(Generation),
     /// Reload requested (SIGHUP or a control request).
     Reload(Ticket),
     /// Stop requested (SIGTERM, SIGINT); a second one forces.
@@ -1108,6 +1105,37 @@ impl Machine {
             .collect()
     }
 
+    /// Whether worker `w` of `g` was spawned and has not proven ready yet.
+    pub fn worker_starting(&self, g: Generation, w: u32) -> bool {
+        self.pools
+            .get(&g)
+            .and_then(|p| p.get(w as usize))
+            .is_some_and(|x| matches!(x.state, WorkerState::Starting { .. }))
+    }
+
+    /// The workers of `g` that have not proven ready yet.
+    pub fn starting_workers(&self, g: Generation) -> Vec<u32> {
+        self.pools.get(&g).map_or_else(Vec::new, |p| {
+            p.iter()
+                .enumerate()
+                .filter(|(_, x)| matches!(x.state, WorkerState::Starting { .. }))
+                .map(|(w, _)| w as u32)
+                .collect()
+        })
+    }
+
+    /// The generations with a worker that has not proven ready yet.
+    pub fn generations_with_starting_workers(&self) -> Vec<Generation> {
+        self.pools
+            .iter()
+            .filter(|(_, p)| {
+                p.iter()
+                    .any(|x| matches!(x.state, WorkerState::Starting { .. }))
+            })
+            .map(|(g, _)| *g)
+            .collect()
+    }
+
     /// Whether worker `w` of `g` has a process the machine has not yet
     /// seen exit.
     pub fn worker_alive(&self, g: Generation, w: u32) -> bool {
@@ -1215,7 +1243,6 @@ impl Machine {
         }
         let now = self.tick(now);
         match input {
-            Input::Ready(g) => self.handle_generation_ready(now, g),
             Input::WorkerReady(g, w) => self.handle_worker_ready(now, g, w),
             Input::WorkerExited(g, w, status) => {
                 self.handle_worker_exit(now, g, w, Ended::Exited(status));
@@ -1297,7 +1324,9 @@ impl Machine {
             };
             match (due, state) {
                 (WorkerDue::Ready, WorkerState::Starting { .. }) => {
-                    if let ReadyMode::Delay(_) | ReadyMode::Probe = self.cfg.ready {
+                    // A delay is readiness by definition; for a probe or
+                    // READY=1, a timeout is a failure, never readiness.
+                    if let ReadyMode::Delay(_) = self.cfg.ready {
                         self.handle_worker_ready(now, g, w);
                     } else {
                         self.worker_not_ready(now, g, w);
@@ -1641,23 +1670,6 @@ impl Machine {
                 });
             }
             _ => self.spawn(now, Cause::Reload, tickets),
-        }
-    }
-
-    /// `Input::Ready`: the whole generation is ready (a probe passed, or
-    /// its only worker said so).
-    fn handle_generation_ready(&mut self, now: Instant, g: Generation) {
-        if Some(g) == self.rolling_new() {
-            if let Some(pool) = self.pools.get_mut(&g) {
-                for w in pool.iter_mut() {
-                    if let WorkerState::Starting { .. } = w.state {
-                        w.state = WorkerState::Ready { since: now };
-                    }
-                }
-            }
-            self.roll(now);
-        } else {
-            self.handle_ready(now, g);
         }
     }
 
@@ -2516,7 +2528,7 @@ mod tests {
         // reload queued behind it.
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Reload(1));
-        m.handle(ms(t0, 200), Input::Ready(G2));
+        m.handle(ms(t0, 200), Input::WorkerReady(G2, 0));
         m.handle(ms(t0, 300), Input::Reload(2));
         m.handle(ms(t0, 350), Input::Reload(3));
         let _ = all_actions(&mut m);
@@ -2546,7 +2558,7 @@ mod tests {
         // reload queued behind it (ticket 3) starts generation 4.
         back.handle_timeout(ms(t0, 200 + 3000 + 1));
         assert!(signals(&all_actions(&mut back)).contains(&(G1, Signal::Kill)));
-        back.handle(ms(t0, 3300), Input::Ready(G3));
+        back.handle(ms(t0, 3300), Input::WorkerReady(G3, 0));
         let acts = all_actions(&mut back);
         let answered: Vec<Vec<Ticket>> = acts
             .iter()
@@ -2599,7 +2611,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(cfg(ReadyMode::Notify, restart), t0);
         assert_eq!(actions(&mut m), vec![Action::Spawn(G1)]);
-        m.handle(ms(t0, 50), Input::Ready(G1));
+        m.handle(ms(t0, 50), Input::WorkerReady(G1, 0));
         let acts = actions(&mut m);
         assert_eq!(
             acts,
@@ -2638,7 +2650,7 @@ mod tests {
         // READY=1 before the delay also counts.
         m.handle(ms(t0, 1100), Input::Reload(1));
         let _ = actions(&mut m);
-        m.handle(ms(t0, 1200), Input::Ready(G2));
+        m.handle(ms(t0, 1200), Input::WorkerReady(G2, 0));
         assert_eq!(m.active(), Some(G2));
     }
 
@@ -2652,7 +2664,7 @@ mod tests {
             actions(&mut m).is_empty(),
             "nothing happens to gen 1 while gen 2 starts"
         );
-        m.handle(ms(t0, 400), Input::Ready(G2));
+        m.handle(ms(t0, 400), Input::WorkerReady(G2, 0));
         let acts = actions(&mut m);
         let ready = ReloadOutcome::Ready {
             generation: G2,
@@ -2738,7 +2750,7 @@ mod tests {
             }
         )));
         // A late READY=1 from the failed generation changes nothing.
-        m.handle(ms(t0, 5200), Input::Ready(G2));
+        m.handle(ms(t0, 5200), Input::WorkerReady(G2, 0));
         assert!(actions(&mut m).is_empty());
         assert_eq!(m.active(), Some(G1));
         m.handle_timeout(ms(t0, 8100));
@@ -2750,7 +2762,7 @@ mod tests {
     fn old_generation_ignoring_its_stop_signal_is_killed_after_the_drain_timeout() {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         m.handle(ms(t0, 100), Input::Reload(1));
-        m.handle(ms(t0, 200), Input::Ready(G2));
+        m.handle(ms(t0, 200), Input::WorkerReady(G2, 0));
         let _ = actions(&mut m);
         m.handle_timeout(ms(t0, 3199));
         assert!(actions(&mut m).is_empty());
@@ -2772,7 +2784,7 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         for (g, at) in [(G2, 1000), (G3, 2000)] {
             m.handle(ms(t0, at), Input::Reload(g.0));
-            m.handle(ms(t0, at + 10), Input::Ready(g));
+            m.handle(ms(t0, at + 10), Input::WorkerReady(g, 0));
         }
         let acts = actions(&mut m);
         assert_eq!(signals(&acts), vec![(G1, Signal::Stop), (G2, Signal::Stop)]);
@@ -2804,11 +2816,11 @@ mod tests {
         m.handle(ms(t0, 120), Input::Reload(3));
         let acts = actions(&mut m);
         assert_eq!(spawns(&acts), vec![G2]);
-        m.handle(ms(t0, 200), Input::Ready(G2));
+        m.handle(ms(t0, 200), Input::WorkerReady(G2, 0));
         let acts = actions(&mut m);
         assert_eq!(spawns(&acts), vec![G3]);
         assert!(acts.iter().any(|a| matches!(a, Action::Answer(t, ReloadOutcome::Ready { generation: G2, .. }) if *t == vec![1])));
-        m.handle(ms(t0, 300), Input::Ready(G3));
+        m.handle(ms(t0, 300), Input::WorkerReady(G3, 0));
         let acts = actions(&mut m);
         assert!(acts.iter().any(|a| matches!(a, Action::Answer(t, ReloadOutcome::Ready { generation: G3, .. }) if *t == vec![2, 3])));
         assert_eq!(signals(&acts), vec![(G2, Signal::Stop)]);
@@ -2819,7 +2831,7 @@ mod tests {
         let (mut m, t0) = serving(RestartPolicy::OnFailure);
         assert_eq!(m.phases(), vec![(G1, Phase::Active, ms(t0, 50))]);
         m.handle(ms(t0, 100), Input::Reload(1));
-        m.handle(ms(t0, 150), Input::Ready(G2));
+        m.handle(ms(t0, 150), Input::WorkerReady(G2, 0));
         assert_eq!(
             m.phases(),
             vec![
@@ -2861,7 +2873,7 @@ mod tests {
             now += d.as_millis() as u64;
             m.handle_timeout(ms(t0, now));
             assert_eq!(actions(&mut m), vec![Action::Spawn(Generation(g + 1))]);
-            m.handle(ms(t0, now), Input::Ready(Generation(g + 1)));
+            m.handle(ms(t0, now), Input::WorkerReady(Generation(g + 1), 0));
             let _ = actions(&mut m);
         }
         assert_eq!(delays, vec![100, 200, 400, 400, 400]);
@@ -2924,14 +2936,14 @@ mod tests {
         // A crash streak: 100ms, 200ms.
         m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 200));
-        m.handle(ms(t0, 210), Input::Ready(G2));
+        m.handle(ms(t0, 210), Input::WorkerReady(G2, 0));
         m.handle(ms(t0, 300), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
         m.handle_timeout(ms(t0, 500));
-        m.handle(ms(t0, 510), Input::Ready(G3));
+        m.handle(ms(t0, 510), Input::WorkerReady(G3, 0));
         // Then an hour of service, a reload, and a quick crash of the new
         // generation: back to the first delay.
         m.handle(ms(t0, 3_600_000), Input::Reload(1));
-        m.handle(ms(t0, 3_600_100), Input::Ready(Generation(4)));
+        m.handle(ms(t0, 3_600_100), Input::WorkerReady(Generation(4), 0));
         let _ = actions(&mut m);
         m.handle(
             ms(t0, 3_600_200),
@@ -3063,7 +3075,7 @@ mod tests {
             !acts.iter().any(|a| matches!(a, Action::Exit(_))),
             "{acts:?}"
         );
-        m.handle(ms(t0, 200), Input::Ready(G2));
+        m.handle(ms(t0, 200), Input::WorkerReady(G2, 0));
         assert_eq!(m.active(), Some(G2));
     }
     fn steer_cfg() -> Config {
@@ -3082,12 +3094,12 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(steer_cfg(), t0);
         assert_eq!(all_actions(&mut m), vec![Action::Spawn(G1)]);
-        m.handle(ms(t0, 10), Input::Ready(G1));
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
         let acts = all_actions(&mut m);
         assert_eq!(acts[0], Action::Route(G1), "the first generation is routed");
         m.handle(ms(t0, 100), Input::Reload(1));
         assert_eq!(all_actions(&mut m), vec![Action::Spawn(G2)]);
-        m.handle(ms(t0, 150), Input::Ready(G2));
+        m.handle(ms(t0, 150), Input::WorkerReady(G2, 0));
         let acts = all_actions(&mut m);
         assert_eq!(
             acts[0],
@@ -3109,7 +3121,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(steer_cfg(), t0);
         all_actions(&mut m);
-        m.handle(ms(t0, 10), Input::Ready(G1));
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
         all_actions(&mut m);
         m.handle(ms(t0, 20), Input::Reload(1));
         m.handle(ms(t0, 30), Input::WorkerExited(G2, 0, ExitStatus::Code(1)));
@@ -3248,6 +3260,60 @@ mod tests {
         assert_eq!(acts[0], Action::Route(G2));
         assert!(acts.contains(&Action::MeasureQueue(G1)), "{acts:?}");
         assert!(matches!(answers(&acts)[..], [ReloadOutcome::Ready { .. }]));
+    }
+
+    /// With a probe, as with READY=1, a worker's ready timeout is a
+    /// failure, never readiness: in a reload, and for a worker restarted
+    /// alone (which then counts as a failed start and is tried again).
+    #[test]
+    fn workers_a_probe_timeout_is_never_readiness() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(
+            Config {
+                workers: 2,
+                ready: ReadyMode::Probe,
+                ..steer_cfg()
+            },
+            t0,
+        );
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 1));
+        let _ = all_actions(&mut m);
+        assert_eq!(m.active(), Some(G1));
+        // A reload whose second worker is never verified fails.
+        m.handle(ms(t0, 100), Input::Reload(1));
+        let _ = all_actions(&mut m);
+        m.handle(ms(t0, 110), Input::WorkerReady(G2, 0));
+        let _ = all_actions(&mut m);
+        m.handle_timeout(ms(t0, 100 + 5000));
+        let acts = all_actions(&mut m);
+        assert!(
+            matches!(
+                answers(&acts)[..],
+                [ReloadOutcome::Failed {
+                    serving: Some(G1),
+                    ..
+                }]
+            ),
+            "{acts:?}"
+        );
+        assert_eq!(m.active(), Some(G1));
+        // A worker of the serving generation restarted alone and never
+        // verified is stopped at its ready timeout, not counted ready.
+        m.handle(
+            ms(t0, 6000),
+            Input::WorkerExited(G1, 1, ExitStatus::Code(1)),
+        );
+        let _ = all_actions(&mut m);
+        m.handle_timeout(ms(t0, 6100));
+        assert_eq!(all_actions(&mut m), vec![Action::SpawnWorker(G1, 1)]);
+        assert!(m.worker_starting(G1, 1));
+        m.handle_timeout(ms(t0, 6100 + 5000));
+        let acts = all_actions(&mut m);
+        assert!(acts.contains(&Action::StopWorker(G1, 1)), "{acts:?}");
+        assert!(!m.worker_starting(G1, 1), "never counted ready");
+        assert_eq!(m.starting_workers(G1), Vec::<u32>::new());
     }
 
     #[test]
@@ -3626,7 +3692,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(steer_cfg(), t0);
         let _ = all_actions(&mut m);
-        m.handle(ms(t0, 10), Input::Ready(G1));
+        m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
         m.handle(
             ms(t0, 20),
             Input::ReloadWith(
@@ -3637,7 +3703,7 @@ mod tests {
                 },
             ),
         );
-        m.handle(ms(t0, 30), Input::Ready(G2));
+        m.handle(ms(t0, 30), Input::WorkerReady(G2, 0));
         assert_eq!(m.canary(), Some(G2));
         let _ = all_actions(&mut m);
         m.handle(ms(t0, 40), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
@@ -3741,9 +3807,9 @@ mod tests {
         m.handle(ms(t0, 110), Input::Reload(2));
         m.handle(ms(t0, 120), Input::Reload(3));
         assert_eq!(m.pending_reloads(), 3);
-        m.handle(ms(t0, 130), Input::Ready(G2));
+        m.handle(ms(t0, 130), Input::WorkerReady(G2, 0));
         assert_eq!(m.pending_reloads(), 2, "the queued ones ride on gen 3");
-        m.handle(ms(t0, 140), Input::Ready(G3));
+        m.handle(ms(t0, 140), Input::WorkerReady(G3, 0));
         assert_eq!(m.pending_reloads(), 0);
     }
 

@@ -2,14 +2,28 @@
 //! and `--ready http:PATH`), made possible by steering.
 //!
 //! The probe connects from a loopback port of its own; the group's program
-//! routes that one source port to the starting generation's socket, which
-//! receives nothing else. `tcp`: ready once the generation has accepted the
-//! probe connection (its socket's queue is empty again). `http:PATH`: ready
-//! once `GET PATH` on the probe connection is answered with a 2xx or 3xx
-//! status. Failed attempts are retried until the machine's ready timeout
-//! ends the start. Everything is non-blocking, driven by the loop; it owns
-//! its connection and timers and reports only "generation G is ready".
+//! routes that one source port to the probed generation's socket. `tcp`: a
+//! worker is ready once it has accepted the probe connection. `http:PATH`:
+//! once it has accepted it and answered `GET PATH` with a 2xx or 3xx
+//! status.
+//!
+//! A generation of one worker shares its socket with nobody, so any accept
+//! on it is that worker's (seen as its socket's queue emptying again). With
+//! several workers on one socket (`--workers N`), an answer proves only
+//! that *some* worker is up, so each answer is traced to the worker that
+//! accepted it: the kernel names the server side of the probe connection
+//! (sock_diag, or `/proc/net/tcp`), and `/proc/PID/fd` says which worker
+//! (or which of its own child processes) holds it. The prober probes again
+//! until every worker it waits for has answered one; an answer from a
+//! worker already verified just starts the next attempt.
+//!
+//! Failed attempts are retried until the machine's ready timeout ends the
+//! start: a timeout is never readiness. Everything is non-blocking, driven
+//! by the loop; it owns its connections and timers and reports only
+//! "worker W of generation G is ready". It must never decide what a
+//! failure means: that is the machine's.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -23,7 +37,7 @@ use nix::sys::socket::{
 };
 
 use crate::machine::Generation;
-use hot_supervisor::sockinfo::queue_length;
+use hot_supervisor::sockinfo::{accepted_inode, holds_socket, process_tree, queue_length};
 
 use crate::steer::Steering;
 pub use hot_supervisor::parse::http::status_code;
@@ -36,6 +50,9 @@ const MEASURE: Duration = Duration::from_millis(10);
 const ATTEMPT: Duration = Duration::from_secs(5);
 /// The most of an answer read before its status line must have come.
 const MAX_HEAD: usize = 8192;
+/// How many looks, MEASURE apart, for the worker that holds an accepted
+/// probe connection before the attempt counts as answered by another.
+const LOOKS: u32 = 3;
 
 /// What proves readiness.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,11 +78,20 @@ enum Phase {
     Idle { at: Instant },
     /// Connecting.
     Connecting { conn: TcpStream, until: Instant },
-    /// `tcp`: connected; waiting for the generation to accept.
+    /// `tcp`, one worker: connected; waiting for the generation to accept.
     Accepting {
         conn: TcpStream,
         at: Instant,
         until: Instant,
+    },
+    /// Several workers: connected; waiting for one to accept, then finding
+    /// which one did.
+    Identifying {
+        conn: TcpStream,
+        at: Instant,
+        until: Instant,
+        /// Looks since the connection was accepted.
+        looks: u32,
     },
     /// `http`: sending the request from this offset.
     Sending {
@@ -82,6 +108,14 @@ enum Phase {
     },
 }
 
+/// What one step of an attempt came to.
+enum Step {
+    /// Go on with this phase.
+    Next(Phase),
+    /// This worker answered: it is ready.
+    Ready(u32),
+}
+
 struct Probe {
     g: Generation,
     listener: usize,
@@ -89,110 +123,173 @@ struct Probe {
     phase: Phase,
     /// The last failure, for the log when the start fails.
     last: Option<String>,
+    /// The workers still to verify, with their pids.
+    pending: BTreeMap<u32, i32>,
+    /// Whether each answer must be traced to its worker: the generation
+    /// has several workers on one socket.
+    identify: bool,
+    /// `http`: the worker that accepted the connection in hand.
+    answering: Option<u32>,
 }
 
 /// The prober. See the module documentation.
 pub struct Prober {
     check: Check,
-    probe: Option<Probe>,
+    /// One probe per generation with workers to verify; the first one's
+    /// attempts are under way, the others wait their turn (the program
+    /// routes one probe port per listener).
+    probes: VecDeque<Probe>,
 }
 
 impl Prober {
     /// Probe with `check`.
     pub fn new(check: Check) -> Prober {
-        Prober { check, probe: None }
+        Prober {
+            check,
+            probes: VecDeque::new(),
+        }
     }
 
-    /// Start probing generation `g` (it just spawned).
+    /// Probe `workers` (index, pid) of generation `g`, which just spawned;
+    /// `identify` when the generation has more than one worker. Workers of
+    /// a generation already being probed join its probe.
     ///
     /// # Errors
     /// `g` has no steered TCP socket to probe.
-    pub fn start(&mut self, g: Generation, steering: &Steering, now: Instant) -> Result<()> {
+    pub fn start(
+        &mut self,
+        g: Generation,
+        workers: &[(u32, i32)],
+        identify: bool,
+        steering: &Steering,
+        now: Instant,
+    ) -> Result<()> {
+        if let Some(p) = self.probes.iter_mut().find(|p| p.g == g) {
+            p.pending.extend(workers.iter().copied());
+            p.identify |= identify;
+            return Ok(());
+        }
         let (listener, target) = steering
             .probe_target(g)
             .context("no TCP listener in steer mode to probe")?;
-        self.probe = Some(Probe {
+        self.probes.push_back(Probe {
             g,
             listener,
             target,
             phase: Phase::Idle { at: now },
             last: None,
+            pending: workers.iter().copied().collect(),
+            identify,
+            answering: None,
         });
         Ok(())
     }
 
     /// Stop probing `g` (ready, failed, or gone).
     pub fn cancel(&mut self, g: Generation, steering: &mut Steering) {
-        if let Some(p) = self.probe.take_if(|p| p.g == g) {
+        let front = self.probes.front().is_some_and(|p| p.g == g);
+        if let Some(i) = self.probes.iter().position(|p| p.g == g)
+            && let Some(p) = self.probes.remove(i)
+            && front
+        {
             let _ = steering.set_probe(p.listener, None);
         }
     }
 
-    /// The last failure of the current probe, if any.
+    /// Stop waiting for the workers `keep` says no longer start (they
+    /// exited, or were stopped); a probe left with none ends.
+    pub fn retain(&mut self, steering: &mut Steering, keep: impl Fn(Generation, u32) -> bool) {
+        for p in &mut self.probes {
+            let g = p.g;
+            p.pending.retain(|w, _| keep(g, *w));
+        }
+        while let Some(i) = self.probes.iter().position(|p| p.pending.is_empty()) {
+            let g = self.probes[i].g;
+            self.cancel(g, steering);
+        }
+    }
+
+    /// The last failure of `g`'s probe, if any.
     pub fn last_failure(&self, g: Generation) -> Option<&str> {
-        self.probe
-            .as_ref()
-            .filter(|p| p.g == g)
+        self.probes
+            .iter()
+            .find(|p| p.g == g)
             .and_then(|p| p.last.as_deref())
     }
 
     /// The fd to poll, with whether it waits for input.
     pub fn interest(&self) -> Option<(BorrowedFd<'_>, bool)> {
-        match &self.probe.as_ref()?.phase {
+        match &self.probes.front()?.phase {
             Phase::Connecting { conn, .. } | Phase::Sending { conn, .. } => {
                 Some((conn.as_fd(), false))
             }
             Phase::Reading { conn, .. } => Some((conn.as_fd(), true)),
-            Phase::Idle { .. } | Phase::Accepting { .. } => None,
+            Phase::Idle { .. } | Phase::Accepting { .. } | Phase::Identifying { .. } => None,
         }
     }
 
     /// The next timer.
     pub fn deadline(&self) -> Option<Instant> {
-        Some(match &self.probe.as_ref()?.phase {
+        Some(match &self.probes.front()?.phase {
             Phase::Idle { at } => *at,
-            Phase::Accepting { at, until, .. } => (*at).min(*until),
+            Phase::Accepting { at, until, .. } | Phase::Identifying { at, until, .. } => {
+                (*at).min(*until)
+            }
             Phase::Connecting { until, .. }
             | Phase::Sending { until, .. }
             | Phase::Reading { until, .. } => *until,
         })
     }
 
-    /// Timers or the connection: advance; `Some(g)` once `g` is ready.
-    pub fn advance(&mut self, steering: &mut Steering, now: Instant) -> Option<Generation> {
-        let mut p = self.probe.take()?;
+    /// Timers or the connection: advance; the workers verified ready.
+    pub fn advance(&mut self, steering: &mut Steering, now: Instant) -> Vec<(Generation, u32)> {
+        let mut ready = Vec::new();
+        let Some(mut p) = self.probes.pop_front() else {
+            return ready;
+        };
         let phase = std::mem::replace(&mut p.phase, Phase::Idle { at: now + RETRY });
-        let step = self.step(&mut p, phase, steering, now);
-        match step {
-            Ok(Some(next)) => p.phase = next,
-            Ok(None) => {
-                let g = p.g;
-                let _ = steering.set_probe(p.listener, None);
-                return Some(g);
+        match self.step(&mut p, phase, steering, now) {
+            Ok(Step::Next(next)) => p.phase = next,
+            Ok(Step::Ready(w)) => {
+                p.pending.remove(&w);
+                p.answering = None;
+                ready.push((p.g, w));
+                // The next worker's attempt starts at once.
+                p.phase = Phase::Idle { at: now };
             }
             Err(why) => {
                 if p.last.as_deref() != Some(why.as_str()) {
                     log::debug!("{} probe ({}): {why}", p.g, self.check.describe());
                 }
                 p.last = Some(why);
+                p.answering = None;
                 p.phase = Phase::Idle { at: now + RETRY };
             }
         }
-        self.probe = Some(p);
-        None
+        if p.pending.is_empty() {
+            let _ = steering.set_probe(p.listener, None);
+            // The next generation's probe, if any, starts now.
+            if let Some(next) = self.probes.front_mut() {
+                next.phase = Phase::Idle { at: now };
+            }
+        } else {
+            self.probes.push_front(p);
+        }
+        ready
     }
 
-    /// One step: the next phase, `None` for ready, or why the attempt
-    /// failed.
+    /// One step of the front probe's attempt.
     fn step(
         &self,
         p: &mut Probe,
         phase: Phase,
         steering: &mut Steering,
         now: Instant,
-    ) -> Result<Option<Phase>, String> {
+    ) -> Result<Step, String> {
+        // The worker an answer belongs to when there is only one to ask.
+        let only = p.pending.keys().next().copied().unwrap_or(0);
         match phase {
-            Phase::Idle { at } if at > now => Ok(Some(Phase::Idle { at })),
+            Phase::Idle { at } if at > now => Ok(Step::Next(Phase::Idle { at })),
             Phase::Idle { .. } => {
                 let (conn, port) = connect_from_loopback(p.target).map_err(|e| format!("{e:#}"))?;
                 steering
@@ -200,7 +297,7 @@ impl Prober {
                     .map_err(|e| format!("route the probe: {e:#}"))?;
                 // The route is in place only now: connect after it.
                 start_connect(&conn, p.target).map_err(|e| format!("connect: {e}"))?;
-                Ok(Some(Phase::Connecting {
+                Ok(Step::Next(Phase::Connecting {
                     conn,
                     until: now + ATTEMPT,
                 }))
@@ -215,41 +312,109 @@ impl Prober {
                     return if now >= until {
                         Err("connect timed out".into())
                     } else {
-                        Ok(Some(Phase::Connecting { conn, until }))
+                        Ok(Step::Next(Phase::Connecting { conn, until }))
                     };
                 }
-                Ok(Some(match &self.check {
-                    Check::Tcp => Phase::Accepting {
+                Ok(Step::Next(if p.identify {
+                    Phase::Identifying {
                         conn,
-                        at: now + MEASURE,
+                        at: now,
                         until,
-                    },
-                    Check::Http(path) => Phase::Sending {
-                        conn,
-                        out: request(path, p.target),
-                        pos: 0,
-                        until,
-                    },
+                        looks: 0,
+                    }
+                } else {
+                    match &self.check {
+                        Check::Tcp => Phase::Accepting {
+                            conn,
+                            at: now + MEASURE,
+                            until,
+                        },
+                        Check::Http(path) => Phase::Sending {
+                            conn,
+                            out: request(path, p.target),
+                            pos: 0,
+                            until,
+                        },
+                    }
                 }))
             }
             Phase::Accepting { conn, at, until } => {
                 if at > now {
-                    return Ok(Some(Phase::Accepting { conn, at, until }));
+                    return Ok(Step::Next(Phase::Accepting { conn, at, until }));
                 }
                 let queued = steering
                     .socket_of(p.listener, p.g)
                     .map_or(1, |fd| queue_length(fd, true));
                 if queued == 0 {
-                    return Ok(None);
+                    return Ok(Step::Ready(only));
                 }
                 if now >= until {
                     return Err("the probe connection was not accepted".into());
                 }
-                Ok(Some(Phase::Accepting {
+                Ok(Step::Next(Phase::Accepting {
                     conn,
                     at: now + MEASURE,
                     until,
                 }))
+            }
+            Phase::Identifying {
+                conn,
+                at,
+                until,
+                looks,
+            } => {
+                if at > now {
+                    return Ok(Step::Next(Phase::Identifying {
+                        conn,
+                        at,
+                        until,
+                        looks,
+                    }));
+                }
+                let (Ok(local), Ok(remote)) = (conn.peer_addr(), conn.local_addr()) else {
+                    return Err("the probe connection closed before it was accepted".into());
+                };
+                let inode = accepted_inode(local, remote)
+                    .map_err(|e| format!("which worker accepted the probe: {e}"))?;
+                let Some(inode) = inode else {
+                    if now >= until {
+                        return Err("the probe connection was not accepted".into());
+                    }
+                    return Ok(Step::Next(Phase::Identifying {
+                        conn,
+                        at: now + MEASURE,
+                        until,
+                        looks,
+                    }));
+                };
+                let found = p.pending.iter().find_map(|(&w, &pid)| {
+                    process_tree(pid)
+                        .into_iter()
+                        .any(|q| holds_socket(q, inode))
+                        .then_some(w)
+                });
+                match (found, &self.check) {
+                    (Some(w), Check::Tcp) => Ok(Step::Ready(w)),
+                    (Some(w), Check::Http(path)) => {
+                        p.answering = Some(w);
+                        Ok(Step::Next(Phase::Sending {
+                            conn,
+                            out: request(path, p.target),
+                            pos: 0,
+                            until,
+                        }))
+                    }
+                    // Accepted by a worker already verified (or the fd
+                    // is not installed yet: look again a little later).
+                    (None, _) if looks + 1 < LOOKS => Ok(Step::Next(Phase::Identifying {
+                        conn,
+                        at: now + MEASURE,
+                        until,
+                        looks: looks + 1,
+                    })),
+                    // Not one we wait for: a new attempt at once.
+                    (None, _) => Ok(Step::Next(Phase::Idle { at: now })),
+                }
             }
             Phase::Sending {
                 mut conn,
@@ -264,7 +429,7 @@ impl Prober {
                             return if now >= until {
                                 Err("the request could not be sent in time".into())
                             } else {
-                                Ok(Some(Phase::Sending {
+                                Ok(Step::Next(Phase::Sending {
                                     conn,
                                     out,
                                     pos,
@@ -276,7 +441,7 @@ impl Prober {
                         Err(e) => return Err(format!("send the request: {e}")),
                     }
                 }
-                Ok(Some(Phase::Reading {
+                Ok(Step::Next(Phase::Reading {
                     conn,
                     got: Vec::new(),
                     until,
@@ -287,19 +452,20 @@ impl Prober {
                 mut got,
                 until,
             } => {
+                let who = p.answering.unwrap_or(only);
                 let mut buf = [0u8; 2048];
                 loop {
                     match conn.read(&mut buf) {
                         Ok(0) => {
                             return match status_code(&got) {
-                                Some(code) => judge(code),
+                                Some(code) => judge(code).map(|()| Step::Ready(who)),
                                 None => Err("the connection closed without an answer".into()),
                             };
                         }
                         Ok(n) => {
                             got.extend_from_slice(&buf[..n]);
                             if let Some(code) = status_code(&got) {
-                                return judge(code);
+                                return judge(code).map(|()| Step::Ready(who));
                             }
                             if got.len() > MAX_HEAD {
                                 return Err("the answer is not HTTP".into());
@@ -312,7 +478,7 @@ impl Prober {
                                     hot_supervisor::duration::human(ATTEMPT)
                                 ))
                             } else {
-                                Ok(Some(Phase::Reading { conn, got, until }))
+                                Ok(Step::Next(Phase::Reading { conn, got, until }))
                             };
                         }
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -324,9 +490,9 @@ impl Prober {
     }
 }
 
-fn judge(code: u16) -> Result<Option<Phase>, String> {
+fn judge(code: u16) -> Result<(), String> {
     if (200..400).contains(&code) {
-        Ok(None)
+        Ok(())
     } else {
         Err(format!("answered {code}"))
     }
@@ -391,7 +557,7 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert!(judge(204).unwrap().is_none());
+        assert!(judge(204).is_ok());
         assert!(judge(500).is_err());
         assert!(judge(0).is_err());
     }

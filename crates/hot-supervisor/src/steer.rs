@@ -1564,7 +1564,17 @@ fn foreign_sockets(ports: &[(SocketAddr, bool)], own: &BTreeSet<u64>) -> Vec<(u1
                         }
                     }
                 }
-                Err(e) => log::debug!("sock_diag: {e}: sockets of other processes not checked"),
+                Err(e) => {
+                    // Once per process, not per group change: the cause
+                    // (a sandbox without AF_NETLINK) does not go away.
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        log::warn!(
+                            "sock_diag (netlink) cannot be used ({e}): strangers joining a reuseport group are not detected; under systemd, add AF_NETLINK to RestrictAddressFamilies="
+                        );
+                    });
+                    log::debug!("sock_diag: {e}: sockets of other processes not checked");
+                }
             }
         }
     }

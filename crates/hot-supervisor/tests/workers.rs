@@ -23,9 +23,11 @@ use common::*;
 /// once it accepts. On SIGTERM it finishes the connection in hand and
 /// exits 0. `GET /crash` answers, then exits 1 (a worker that dies holding
 /// no connection). `FAIL=G:W` makes worker W of generation G exit 1 at
-/// start.
+/// start; `HANG=G:W`, or the file `HANG_FILE` existing at its start, makes
+/// it hang before it accepts anything (until its stop signal);
+/// `NO_NOTIFY=1` keeps it from sending `READY=1`, for the probe tests.
 const SERVER: &str = r#"
-import os, signal, socket, sys
+import os, signal, socket, sys, time
 gen = os.environ["SUPERVISOR_GENERATION"]
 worker = os.environ["SUPERVISOR_WORKER"]
 if os.environ.get("FAIL") == gen + ":" + worker:
@@ -35,12 +37,18 @@ def stop(*_):
     global stopping
     stopping = True
 signal.signal(signal.SIGTERM, stop)
+hang_file = os.environ.get("HANG_FILE")
+if os.environ.get("HANG") == gen + ":" + worker or (hang_file and os.path.exists(hang_file)):
+    while not stopping:
+        time.sleep(0.05)
+    sys.exit(0)
 sock = socket.socket(fileno=3)
 sock.settimeout(0.05)
-addr = os.environ["NOTIFY_SOCKET"]
-n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-n.sendto(b"READY=1", addr)
-n.close()
+if not os.environ.get("NO_NOTIFY"):
+    addr = os.environ["NOTIFY_SOCKET"]
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"READY=1", addr)
+    n.close()
 while not stopping:
     try:
         conn, _ = sock.accept()
@@ -192,12 +200,23 @@ impl Drop for Load {
 
 /// A supervisor running `workers` copies of the server, ready by notify.
 fn start(dir: &TempDir, workers: u32, extra: &[&str], env: &[(&str, &str)]) -> Supervisor {
+    start_ready(dir, workers, "notify", extra, env)
+}
+
+/// The same, ready as `--ready MODE` says.
+fn start_ready(
+    dir: &TempDir,
+    workers: u32,
+    ready: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Supervisor {
     let script = dir.path("server.py");
     std::fs::write(&script, SERVER).unwrap();
     let n = workers.to_string();
     let mut b = Supervisor::builder()
         .tcp()
-        .notify()
+        .ready(ready)
         .args(["--workers", n.as_str(), "--quiesce", "100ms"])
         .args(extra)
         .command([python3(), script.to_str().unwrap().to_string()]);
@@ -530,4 +549,169 @@ fn a_crashing_canary_is_rolled_back_at_once() {
     let (by, failures) = count_by_generation(addr, 300);
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(by.keys().copied().collect::<Vec<_>>(), vec![1], "{by:?}");
+}
+
+// --- Readiness probes that reach each worker -----------------------------
+
+/// `reload --rolling` of 2 and 4 workers with `--ready tcp` and
+/// `--ready http:/`, under `Connection: close` load: every new worker is
+/// verified by a probe it answered itself, so the reload ends in far less
+/// than the ready timeout (20 s; the workers start in well under a
+/// second), and no request fails.
+#[test]
+fn rolling_reloads_with_probes_verify_each_worker_quickly() {
+    for (workers, ready) in [(2u32, "tcp"), (2, "http:/"), (4, "tcp"), (4, "http:/")] {
+        let dir = TempDir::new("probe-workers");
+        let sv = start_ready(
+            &dir,
+            workers,
+            ready,
+            &["--ready-timeout", "20s"],
+            &[("NO_NOTIFY", "1")],
+        );
+        let addr = sv.listener_addr(0);
+        let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
+        load.expect_served(
+            1,
+            50,
+            &format!("{workers} workers, {ready}: before the reload"),
+        );
+        for g in 2..=3u64 {
+            let began = Instant::now();
+            let (code, text) = reload(&sv, &["--rolling"]);
+            let took = began.elapsed();
+            assert_eq!(code, Some(0), "{workers} workers, {ready}: {text}");
+            assert!(
+                took < Duration::from_secs(10),
+                "{workers} workers, {ready}: the rolling reload took {took:?}: a worker waited out the ready timeout ({text})"
+            );
+            let st = wait_workers_ready(&sv, g, workers);
+            let pids: BTreeSet<i32> = st
+                .generation(g)
+                .unwrap()
+                .workers
+                .iter()
+                .filter_map(|w| w.pid)
+                .collect();
+            assert_eq!(pids.len(), workers as usize, "{st:?}");
+            load.expect_served(
+                g,
+                50,
+                &format!("{workers} workers, {ready}: generation {g}"),
+            );
+        }
+        load.finish_clean(&format!("{workers} workers, {ready}"), 150);
+    }
+}
+
+/// A new worker that hangs before it accepts anything is never counted
+/// ready: the rolling reload fails when the ready timeout ends (the old
+/// generation serves on, whole), and no request fails meanwhile.
+#[test]
+fn a_worker_hung_before_accepting_fails_a_rolling_reload() {
+    for ready in ["tcp", "http:/"] {
+        let dir = TempDir::new("probe-hang");
+        let sv = start_ready(
+            &dir,
+            2,
+            ready,
+            &["--ready-timeout", "2s"],
+            &[("NO_NOTIFY", "1"), ("HANG", "2:1")],
+        );
+        let addr = sv.listener_addr(0);
+        let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
+        load.expect_served(1, 50, "before the reload");
+        let (code, text) = reload(&sv, &["--rolling"]);
+        assert_eq!(
+            code,
+            Some(1),
+            "{ready}: a hung worker made the reload succeed: {text}"
+        );
+        assert!(text.contains("not ready"), "{ready}: {text}");
+        sv.wait_status("generation 1 whole again", WAIT, |s: &Status| {
+            let g1 = s.generation(1)?;
+            let ready = g1.workers.iter().filter(|w| w.state == "ready").count();
+            (s.generation(2).is_none() && ready == 2).then_some(())
+        });
+        load.expect_served(1, 50, "after the failed reload");
+        load.finish_clean(&format!("a hung new worker, {ready}"), 100);
+    }
+}
+
+/// A worker restarted alone after `kill -9` that hangs before accepting
+/// is never counted ready: each try ends at the ready timeout as a failed
+/// start, and the worker is started again (with backoff); once it starts
+/// properly it is verified and serves. No request fails meanwhile.
+#[test]
+fn a_worker_restarted_alone_is_verified_by_the_probe() {
+    let dir = TempDir::new("probe-restart");
+    let hang = dir.path("hang");
+    let hang_str = hang.to_str().unwrap().to_string();
+    let sv = start_ready(
+        &dir,
+        2,
+        "tcp",
+        &["--ready-timeout", "1s", "--start-limit-burst", "0"],
+        &[("NO_NOTIFY", "1"), ("HANG_FILE", hang_str.as_str())],
+    );
+    let addr = sv.listener_addr(0);
+    let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
+    load.expect_served(1, 50, "before the crash");
+    let victim = sv.status().generation(1).unwrap().workers[1].clone();
+    std::fs::write(&hang, b"").unwrap();
+    // SAFETY: kill(2) on a worker of the supervisor this test started.
+    unsafe { libc::kill(victim.pid.unwrap(), libc::SIGKILL) };
+    // Restarted, then failed for not being ready, then restarted again:
+    // never ready in between.
+    let mut seen_ready_while_hung = false;
+    sv.wait_status("two restarts of the hung worker", WAIT, |s: &Status| {
+        let w = &s.generation(1)?.workers[1];
+        if w.pid != victim.pid && w.state == "ready" {
+            seen_ready_while_hung = true;
+        }
+        (w.restarts >= 2).then_some(())
+    });
+    assert!(!seen_ready_while_hung, "a hung worker was counted ready");
+    load.expect_served(1, 50, "one worker serving while the other hangs");
+    std::fs::remove_file(&hang).unwrap();
+    sv.wait_status("the worker ready again", WAIT, |s: &Status| {
+        let w = &s.generation(1)?.workers[1];
+        (w.state == "ready" && w.pid != victim.pid).then_some(())
+    });
+    load.finish_clean("a worker restarted alone, hung, then sound", 100);
+}
+
+/// A canary and an all-at-once reload with probes and workers: every
+/// worker verified, quickly.
+#[test]
+fn canary_and_whole_reloads_with_probes_verify_every_worker() {
+    let dir = TempDir::new("probe-canary");
+    let sv = start_ready(
+        &dir,
+        3,
+        "tcp",
+        &["--ready-timeout", "20s"],
+        &[("NO_NOTIFY", "1")],
+    );
+    let addr = sv.listener_addr(0);
+    let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
+    load.expect_served(1, 50, "before the reloads");
+    let began = Instant::now();
+    let (code, text) = reload(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+    wait_workers_ready(&sv, 2, 3);
+    let began = Instant::now();
+    let (code, text) = reload(&sv, &["--canary", "50"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+    sv.wait_status("the canary's three workers ready", WAIT, |s: &Status| {
+        let c = s.generation(3)?;
+        (c.workers.iter().filter(|w| w.state == "ready").count() == 3).then_some(())
+    });
+    load.expect_served(3, 20, "the canary");
+    let out = sv.ctl(&["promote", "--timeout", "20s"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_workers_ready(&sv, 3, 3);
+    load.finish_clean("canary and whole reloads with probes", 100);
 }
