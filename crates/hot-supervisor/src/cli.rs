@@ -335,12 +335,15 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=4096))]
     pub backlog: Option<i32>,
 
-    /// How a generation proves it is ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET; recommended), `tcp` (it accepts a probe connection),
-    /// `http:PATH` (it answers GET PATH with 2xx or 3xx), or `delay:DUR`
-    /// (alive for DUR, or READY=1 earlier). `tcp` and `http:` need a TCP
-    /// listener in steer mode.
-    #[arg(long, value_name = "MODE", default_value = "delay:1s", value_parser = parse_ready)]
+    /// How each worker proves it is ready. `auto` (the default): it sends
+    /// READY=1, or it accepts a probe connection on the first steered TCP
+    /// listener, whichever comes first (where nothing can be probed: READY=1
+    /// or 1s alive, and the log says so). `notify`: READY=1 to NOTIFY_SOCKET
+    /// (best for a server that accepts before it can serve). `tcp`: a probe
+    /// connection accepted. `http:PATH`: GET PATH answered 2xx or 3xx.
+    /// `delay:DUR`: alive for DUR, or READY=1 earlier (a timer, not a
+    /// signal). Probes reach each worker and need steer mode.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
     pub ready: Ready,
 
     /// How listeners are handed to the generations: `steer` (each
@@ -498,6 +501,9 @@ pub enum Handoff {
 /// `--ready` values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ready {
+    /// `auto`: a TCP probe or READY=1 where a probe can reach the workers,
+    /// else READY=1 or a delay (decided once the listeners are bound).
+    Auto,
     /// As the machine sees it (notify, delay).
     Machine(ReadyMode),
     /// A probe by the supervisor.
@@ -508,6 +514,7 @@ impl Ready {
     /// The mode as the user wrote it (for status).
     pub fn describe(&self) -> String {
         match self {
+            Ready::Auto => "auto".into(),
             Ready::Machine(ReadyMode::Notify) => "notify".into(),
             Ready::Machine(ReadyMode::Delay(d)) => {
                 format!("delay:{}", hot_supervisor::duration::human(*d))
@@ -557,11 +564,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     hot_supervisor::duration::parse(s)
 }
 
-/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR` (see
+/// Parse `auto`, `notify`, `tcp`, `http:PATH` or `delay:DUR` (see
 /// [`hot_supervisor::parse::ready::parse`]).
 pub fn parse_ready(s: &str) -> Result<Ready, String> {
     use hot_supervisor::parse::ready;
     Ok(match ready::parse(s)? {
+        ready::Ready::Auto => Ready::Auto,
         ready::Ready::Notify => Ready::Machine(ReadyMode::Notify),
         ready::Ready::Tcp => Ready::Probe(Check::Tcp),
         ready::Ready::Http(path) => Ready::Probe(Check::Http(path)),

@@ -173,12 +173,70 @@ fn setup_args(args: &cli::Args) -> Result<Setup> {
     })
 }
 
+/// The timer `--ready auto` falls back to where nothing can be probed.
+const AUTO_DELAY: Duration = Duration::from_secs(1);
+
+/// What `--ready auto` is here: a TCP probe (READY=1 counting too) where
+/// a probe can reach the workers, else READY=1 or [`AUTO_DELAY`]; and, for
+/// the second, why (said once in the log).
+fn auto_readiness(args: &cli::Args, steering: &steer::Steering) -> (cli::Ready, Option<String>) {
+    let why = if args.handoff != cli::Handoff::Steer {
+        Some(
+            "with --handoff shared every generation has the same socket, so a probe cannot tell them apart",
+        )
+    } else if !steering.can_probe() {
+        Some(
+            "there is no TCP listener a probe can be steered to (only Unix or UDP listeners, none at all, or sockets handed over without SO_REUSEPORT)",
+        )
+    } else if args.defer_accept.is_some() {
+        Some("with --defer-accept a probe that sends nothing is never accepted")
+    } else {
+        None
+    };
+    match why {
+        None => (cli::Ready::Probe(probe::Check::Tcp), None),
+        Some(why) => (
+            cli::Ready::Machine(machine::ReadyMode::Delay(AUTO_DELAY)),
+            Some(why.to_string()),
+        ),
+    }
+}
+
+/// What `--ready` amounts to, as `status` shows it.
+fn readiness_text(args: &cli::Args, steering: &steer::Steering) -> String {
+    match &args.ready {
+        cli::Ready::Auto => match auto_readiness(args, steering) {
+            (_, None) => "auto (READY=1 or a tcp probe)".to_string(),
+            (_, Some(_)) => format!(
+                "auto (READY=1 or {} alive)",
+                hot_supervisor::duration::human(AUTO_DELAY)
+            ),
+        },
+        other => other.describe(),
+    }
+}
+
 /// The readiness mode and its prober.
 fn readiness(
     args: &cli::Args,
     steering: &steer::Steering,
 ) -> Result<(machine::ReadyMode, Option<probe::Prober>)> {
-    Ok(match &args.ready {
+    let ready = match &args.ready {
+        cli::Ready::Auto => {
+            let (r, why) = auto_readiness(args, steering);
+            if let Some(why) = why {
+                log::warn!(
+                    "readiness is a timer here: a generation counts as ready once it sends READY=1 or has run {} ({why}); for a real signal, have the server send READY=1 and use --ready notify",
+                    hot_supervisor::duration::human(AUTO_DELAY)
+                );
+            }
+            r
+        }
+        r => r.clone(),
+    };
+    Ok(match &ready {
+        // Never what auto_readiness gives; its fallback if it were.
+        cli::Ready::Auto => (machine::ReadyMode::Delay(AUTO_DELAY), None),
         cli::Ready::Machine(m) => (*m, None),
         cli::Ready::Probe(check) => {
             if !steering.can_probe() {
@@ -291,7 +349,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
     let cfg = config(&args, ready, &steering);
     let settings = snapshot::Settings {
         control_path: control::path_for_run(args.control.as_deref())?,
-        ready: args.ready.describe(),
+        ready: readiness_text(&args, &steering),
         drain_timeout: args.drain_timeout,
         binary: binary_path(),
     };
@@ -531,10 +589,11 @@ fn serve(
     }
     let settings = snapshot::Settings {
         control_path: control_path.clone(),
-        ready: args.ready.describe(),
+        ready: readiness_text(&args, &steering),
         drain_timeout: args.drain_timeout,
         binary: binary_path(),
     };
+    let auto = matches!(args.ready, cli::Ready::Auto);
     let children = children::Children::new(command(args, setup, &control_path))?;
     let parts = parts::Parts {
         children,
@@ -553,6 +612,10 @@ fn serve(
     if matches!(ready, machine::ReadyMode::Notify) {
         driver.not_ready_hint(
             "no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH",
+        );
+    } else if auto && matches!(ready, machine::ReadyMode::Probe) {
+        driver.not_ready_hint(
+            "--ready auto: it neither sent READY=1 nor accepted a probe connection on the first TCP listener; a server that needs longer wants a longer --ready-timeout, one that never accepts there --ready notify or delay:DUR",
         );
     }
     driver.run()

@@ -888,3 +888,105 @@ fn tcp_nodelay_is_set_on_accepted_connections_unless_disabled() {
         assert_eq!(sv.terminate(), Some(0));
     }
 }
+
+/// A server that needs 3 s from its start to its first `accept` (from
+/// generation 2 on) and sends no `READY=1`; it writes `MARKER<generation>`
+/// just before it starts accepting, and answers `generation G`.
+const SLOW_STARTER: &str = r#"
+import os, signal, socket, sys, time
+gen = int(os.environ["SUPERVISOR_GENERATION"])
+stopping = False
+def stop(*_):
+    global stopping
+    stopping = True
+signal.signal(signal.SIGTERM, stop)
+if gen >= 2:
+    time.sleep(3)
+open(sys.argv[1] + str(gen), "w").close()
+sock = socket.socket(fileno=3)
+sock.settimeout(0.05)
+while not stopping:
+    try:
+        conn, _ = sock.accept()
+    except (socket.timeout, BlockingIOError, InterruptedError):
+        continue
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    body = ("generation %d\n" % gen).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    conn.close()
+"#;
+
+/// What one reload of [`SLOW_STARTER`] under `ready` showed: whether the
+/// new generation was ever seen serving before it began to accept, and the
+/// most connections seen in its socket's queue while it was starting.
+fn slow_start(ready: Option<&str>) -> (bool, u64) {
+    let dir = TempDir::new("slow-start");
+    let script = dir.path("server.py");
+    std::fs::write(&script, SLOW_STARTER).unwrap();
+    let marker = dir.path("accepting-");
+    let mut b = Supervisor::builder().tcp().drain_timeout("10s");
+    if let Some(mode) = ready {
+        b = b.ready(mode);
+    }
+    let sv = b
+        .command([
+            python3(),
+            script.to_str().unwrap().to_string(),
+            marker.to_str().unwrap().to_string(),
+        ])
+        .start();
+    sv.wait_active(1);
+    let load = Load::start_closing(sv.listener_addr(0), 8, Duration::from_secs(60));
+    load.expect_served(1, 50, "before the reload");
+    sv.signal(libc::SIGHUP);
+    let accepting = dir.path("accepting-2");
+    let mut early = false;
+    let mut queued = 0;
+    sv.wait_status("generation 2 serving", WAIT, |s: &Status| {
+        let g2 = s.generation(2)?;
+        match g2.state.as_str() {
+            "starting" => {
+                queued = queued.max(g2.queued.unwrap_or(0));
+                None
+            }
+            "active" => {
+                early |= !accepting.exists();
+                Some(())
+            }
+            _ => None,
+        }
+    });
+    load.expect_served(2, 50, "after the reload");
+    load.finish_clean(&format!("a slow starter, ready {ready:?}"), 100);
+    (early, queued)
+}
+
+/// The default readiness (`auto`) waits for a signal: a generation that
+/// takes 3 s to accept and sends no `READY=1` is not called ready before
+/// it accepts the probe, and while it starts nothing but the probe waits
+/// in its socket's queue. With `delay:1s` (the old default) the same
+/// server is called ready after 1 s, before it accepts: that is what the
+/// test tells apart.
+#[test]
+fn the_default_readiness_waits_for_a_slow_server_to_accept() {
+    let (early, queued) = slow_start(None);
+    assert!(
+        !early,
+        "auto: generation 2 was called ready before it accepted"
+    );
+    assert!(
+        queued <= 1,
+        "auto: {queued} connections queued on the starting generation (only the probe may be)"
+    );
+    let (early, _) = slow_start(Some("delay:1s"));
+    assert!(
+        early,
+        "delay:1s: expected generation 2 to be called ready before it accepted (else the test shows nothing)"
+    );
+}

@@ -1,5 +1,5 @@
-//! Ready modes as the command line names them (`--ready`): `notify`,
-//! `tcp`, `http:PATH` or `delay:DUR`.
+//! Ready modes as the command line names them (`--ready`): `auto`,
+//! `notify`, `tcp`, `http:PATH` or `delay:DUR`.
 //!
 //! Pure; the supervisor turns a [`Ready`] into its machine's mode or a
 //! probe.
@@ -9,6 +9,10 @@ use std::time::Duration;
 /// A `--ready` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ready {
+    /// `auto` (the default): `READY=1`, or a TCP probe the worker accepted,
+    /// whichever comes first; where nothing can be probed, `READY=1` or a
+    /// delay.
+    Auto,
     /// `notify`: the child sends `READY=1`.
     Notify,
     /// `tcp`: a probe connection is accepted.
@@ -19,13 +23,16 @@ pub enum Ready {
     Delay(Duration),
 }
 
-/// Parse `notify`, `tcp`, `http:PATH` or `delay:DUR` (a duration as
-/// [`crate::duration::parse`] reads it).
+/// Parse `auto`, `notify`, `tcp`, `http:PATH` or `delay:DUR` (a duration
+/// as [`crate::duration::parse`] reads it).
 ///
 /// # Errors
 /// None of these; a path that does not start with `/` or holds spaces or
 /// control characters; a bad duration.
 pub fn parse(s: &str) -> Result<Ready, String> {
+    if s == "auto" {
+        return Ok(Ready::Auto);
+    }
     if s == "notify" {
         return Ok(Ready::Notify);
     }
@@ -43,7 +50,7 @@ pub fn parse(s: &str) -> Result<Ready, String> {
     match s.strip_prefix("delay:") {
         Some(d) => crate::duration::parse(d).map(Ready::Delay),
         None => Err(format!(
-            "'{s}' is not a ready mode (use notify, tcp, http:PATH or delay:DUR)"
+            "'{s}' is not a ready mode (use auto, notify, tcp, http:PATH or delay:DUR)"
         )),
     }
 }
@@ -54,6 +61,7 @@ mod tests {
 
     #[test]
     fn ready_modes() {
+        assert_eq!(parse("auto"), Ok(Ready::Auto));
         assert_eq!(parse("notify"), Ok(Ready::Notify));
         assert_eq!(
             parse("delay:250ms"),
