@@ -13,6 +13,16 @@ Prints a table (text and Markdown) and keeps every supervisor log.
     python3 scripts/real_servers.py                     # everything installed
     python3 scripts/real_servers.py --servers uvicorn,haproxy --modes steer
     python3 scripts/real_servers.py --nodelay           # TCP_NODELAY check and uvicorn req/s
+    python3 scripts/real_servers.py --ready auto,delay:1s --modes steer --loads close
+                                  # readiness: each server under each mode given
+
+With --ready, every server runs under each readiness mode listed instead of
+its own, and the table gains, per mode, the median reload time (`supervisor
+reload` from request to answer), wrk's maximum latency (a generation called
+ready before it accepts makes clients wait in its queue until it does), and
+the most connections seen waiting in a starting generation's socket (a
+generation a reload started; from `status --json`, sampled every 20 ms;
+under probing modes the probe's own connection is one).
 
 What it needs, per server (a server whose tools are missing is skipped, and
 the table says why): wrk; uvicorn, hypercorn, waitress, granian (PyPI) and
@@ -56,7 +66,13 @@ def run_out(cmd, **kw):
 
 
 def py_version(module, python):
-    return run_out([python, "-c", f"import importlib.metadata as m; print(m.version({module!r}))"])
+    """The module's version, or '' if it is not installed."""
+    try:
+        p = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version({module!r}))"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return p.stdout.strip() if p.returncode == 0 else ""
 
 
 def first_line(s):
@@ -66,19 +82,23 @@ def first_line(s):
 class Server:
     """name; how it takes the socket; the supervisor's options; the command."""
 
-    def __init__(self, name, takes, ready, stop_signal, cmd, chdir=None, env=(), check=None, version=None, build=None):
+    def __init__(self, name, takes, ready, stop_signal, cmd, chdir=None, env=(), check=None, version=None, build=None,
+                 prepare=None, extra=()):
         self.name, self.takes, self.ready, self.stop_signal = name, takes, ready, stop_signal
         self.cmd, self.chdir, self.env = cmd, chdir, list(env)
         self.check, self.version, self.build = check, version, build
+        # prepare(tmp, port) -> the command, for a server whose
+        # configuration must name the port (nginx); extra: more options.
+        self.prepare, self.extra = prepare, list(extra)
 
-    def supervisor_args(self, mode, tmp):
+    def supervisor_args(self, mode, tmp, ready=None):
         args = ["--handoff", mode, "--stop-signal", self.stop_signal, "--ready-timeout", "30s"]
-        ready = self.ready
+        ready = ready or self.ready
         if mode == "shared" and (ready == "tcp" or ready.startswith("http:")):
             # Probes need steer mode; in shared mode the best a server
             # without READY=1 can have is a delay.
             ready = "delay:1s"
-        args += ["--ready", ready]
+        args += ["--ready", ready, *self.extra]
         if self.chdir:
             args += ["--chdir", self.chdir]
         for e in self.env:
@@ -142,8 +162,39 @@ def servers(python):
             return "the sd_notify gem is missing (Debian: ruby-sd-notify): Puma would send no READY=1"
         return None
 
+    def nginx_prepare(tmp, port):
+        prefix = os.path.join(tmp, f"nginx-{port}")
+        os.makedirs(prefix, exist_ok=True)
+        with open(os.path.join(CHILDREN, "nginx", "nginx.conf")) as f:
+            conf = f.read().replace("@LISTEN@", f"127.0.0.1:{port}").replace("@BODY@", "nginx")
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)
+        return [shutil.which("nginx") or "/usr/sbin/nginx", "-e", "stderr", "-p", prefix + "/", "-c", "nginx.conf"]
+
+    def nginx_check():
+        return None if (have("nginx") or os.access("/usr/sbin/nginx", os.X_OK)) else "nginx not found"
+
+    def nginx_version():
+        return first_line(run_out([shutil.which("nginx") or "/usr/sbin/nginx", "-v"])).split(": ")[-1]
+
+    release = os.path.join(ROOT, "target", "release", "examples")
+
+    def need_example(name):
+        return lambda: None if os.access(os.path.join(release, name), os.X_OK) else \
+            f"{name} not built: cargo build --release --examples"
+
     pyv = lambda m: lambda: f"{m} {py_version(m, python)}"
     return [
+        Server("demo_server", "the child library (`Listeners`), READY=1 from the drain kit", "notify", "TERM",
+               [os.path.join(release, "demo_server")], check=need_example("demo_server"),
+               version=lambda: "this repository"),
+        Server("python-example", "`socket.socket(fileno=3)`, READY=1", "notify", "TERM",
+               [python, os.path.join(CHILDREN, "python", "server.py")], version=lambda: "this repository"),
+        Server("slow-start-3s", "`socket.socket(fileno=3)` after 3 s", "delay:1s", "TERM",
+               [python, os.path.join(ROOT, "scripts", "bench_children", "slow_start.py")],
+               version=lambda: "scripts/bench_children/slow_start.py"),
+        Server("nginx", "`listen` of the same address (`--compat nginx`)", "delay:1s", "QUIT",
+               None, check=nginx_check, version=nginx_version, prepare=nginx_prepare, extra=["--compat", "nginx"]),
         Server("uvicorn", "`--fd 3`", "http:/", "TERM",
                ["uvicorn", "--fd", "3", "--no-access-log", "app:app"], chdir=os.path.join(CHILDREN, "uvicorn"),
                check=need_cmd("uvicorn"), version=pyv("uvicorn")),
@@ -193,12 +244,14 @@ def get(url, timeout=2):
 class Supervised:
     """A supervisor running one server, stopped on exit."""
 
-    def __init__(self, args, server, cmd, mode, tmp, log_path, extra=()):
+    def __init__(self, args, server, cmd, mode, tmp, log_path, extra=(), ready=None):
         self.sup, self.port = args.supervisor, free_port()
         self.control = os.path.join(tmp, f"sv-{self.port}.sock")
         self.log_path = log_path
+        if server.prepare:
+            cmd = server.prepare(tmp, self.port)
         argv = [self.sup, "--listen", f"127.0.0.1:{self.port}", "--control", self.control, "--drain-timeout", "20s",
-                *server.supervisor_args(mode, tmp), *extra, "--", *cmd]
+                *server.supervisor_args(mode, tmp, ready), *extra, "--", *cmd]
         self.log = open(log_path, "w")
         self.log.write("$ " + " ".join(argv) + "\n")
         self.log.flush()
@@ -273,6 +326,8 @@ def parse_wrk(out):
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         r["non2xx"] = int(m.group(1))
+    m = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    r["max_latency"] = m.group(1) if m else "?"
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if m:
         r["rps"] = float(m.group(1))
@@ -289,11 +344,44 @@ def supervisor_notes(log):
     return notes
 
 
-def run_cell(args, server, cmd, mode, close, tmp, outdir):
+class QueueSampler:
+    """The most connections seen waiting in the socket of a generation a
+    reload started (not the first: clients reach the first generation while
+    it starts, since there is no other), while it was starting, from
+    `status --json` every 20 ms until stopped."""
+
+    def __init__(self, sv):
+        import threading
+        self.sv, self.most, self.done = sv, 0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                p = subprocess.run([self.sv.sup, "status", "--json", "--control", self.sv.control],
+                                   capture_output=True, text=True, timeout=10)
+                st = json.loads(p.stdout) if p.returncode == 0 else {}
+            except (subprocess.SubprocessError, ValueError, OSError):
+                st = {}
+            for g in st.get("generations", []):
+                if g.get("generation", 1) > 1 and g.get("state") == "starting" and g.get("queued"):
+                    self.most = max(self.most, g["queued"])
+            self.done.wait(0.02)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.most
+
+
+def run_cell(args, server, cmd, mode, close, tmp, outdir, ready=None):
     load = "close" if close else "keepalive"
-    log_path = os.path.join(outdir, f"{server.name}-{mode}-{load}.log")
-    sv = Supervised(args, server, cmd, mode, tmp, log_path)
-    result = {"server": server.name, "mode": mode, "load": load, "reloads_ok": 0, "reload_errors": [], "log": log_path}
+    tag = f"-{ready.replace(':', '')}" if ready else ""
+    log_path = os.path.join(outdir, f"{server.name}-{mode}-{load}{tag}.log")
+    sv = Supervised(args, server, cmd, mode, tmp, log_path, ready=ready)
+    result = {"server": server.name, "mode": mode, "load": load, "reloads_ok": 0, "reload_errors": [], "log": log_path,
+              "reload_ms": []}
     try:
         if not sv.wait_serving():
             result["error"] = "never served"
@@ -301,12 +389,15 @@ def run_cell(args, server, cmd, mode, close, tmp, outdir):
         duration = args.duration
         with Lock(args.lock):
             w = wrk(args, sv.url, close, duration)
+            sampler = QueueSampler(sv) if ready else None
             start = time.monotonic()
             for i in range(args.reloads):
                 delay = start + args.first_reload + i * args.interval - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                began = time.monotonic()
                 rc, out = sv.ctl("reload")
+                result["reload_ms"].append((time.monotonic() - began) * 1000)
                 if rc == 0:
                     result["reloads_ok"] += 1
                 else:
@@ -316,6 +407,7 @@ def run_cell(args, server, cmd, mode, close, tmp, outdir):
             except subprocess.TimeoutExpired:
                 w.kill()
                 out, _ = w.communicate()
+            result["queued"] = sampler.stop() if sampler else None
         result.update(parse_wrk(out))
         result["wrk"] = out
     finally:
@@ -438,6 +530,7 @@ def main():
     ap.add_argument("--lock", help="flock(2) this file around each load run")
     ap.add_argument("--nodelay", action="store_true", help="also: does each server set TCP_NODELAY; uvicorn req/s with and without --no-tcp-nodelay")
     ap.add_argument("--no-cells", action="store_true", help="skip the reload runs")
+    ap.add_argument("--ready", help="comma-separated --ready modes to run every server under, instead of its own")
     ap.add_argument("--supervisor", default=os.path.join(ROOT, "target", "release", "supervisor"))
     ap.add_argument("--python", default=shutil.which("python3") or sys.executable)
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "real-servers"))
@@ -456,7 +549,7 @@ def main():
         for server in servers(args.python):
             if wanted and server.name not in wanted:
                 continue
-            why = server.check()
+            why = server.check() if server.check else None
             if why:
                 skipped.append((server.name, why))
                 print(f"{server.name}: skipped: {why}", flush=True)
@@ -465,20 +558,24 @@ def main():
             cmd = server.build(tmp) if server.build else server.cmd
             print(f"{server.name} ({version}): --ready {server.ready} --stop-signal {server.stop_signal}", flush=True)
             cells = {}
+            readies = args.ready.split(",") if args.ready else [None]
             if not args.no_cells:
-                for mode in modes:
-                    for load in loads:
-                        r = run_cell(args, server, cmd, mode, load == "close", tmp, args.out)
-                        cells[(mode, load)] = r
-                        desc = r.get("error") or (
-                            f"{r['failed']} failed of {r['requests']} (connect {r['connect']}, read {r['read']}, "
-                            f"write {r['write']}, timeout {r['timeout']}, non-2xx {r['non2xx']}), "
-                            f"{r['reloads_ok']}/{args.reloads} reloads ok")
-                        print(f"  {mode:6} {load:9} {desc}", flush=True)
-                        for e in r["reload_errors"]:
-                            print(f"      reload: {e}", flush=True)
-                        for n in r["notes"]:
-                            print(f"      log: {n}", flush=True)
+                for mode, load, ready in [(m, l, r) for m in modes for l in loads for r in readies]:
+                    r = run_cell(args, server, cmd, mode, load == "close", tmp, args.out, ready)
+                    cells[(mode, load, ready)] = r
+                    desc = r.get("error") or (
+                        f"{r['failed']} failed of {r['requests']} (connect {r['connect']}, read {r['read']}, "
+                        f"write {r['write']}, timeout {r['timeout']}, non-2xx {r['non2xx']}), "
+                        f"{r['reloads_ok']}/{args.reloads} reloads ok")
+                    if ready:
+                        ms = sorted(r.get("reload_ms") or [0])
+                        desc += (f"; reload {ms[len(ms) // 2]:.0f} ms median; latency max {r.get('max_latency')}; "
+                         f"most queued on a starting generation: {r.get('queued')}")
+                    print(f"  {mode:6} {load:9} {ready or server.ready:10} {desc}", flush=True)
+                    for e in r["reload_errors"]:
+                        print(f"      reload: {e}", flush=True)
+                    for n in r["notes"]:
+                        print(f"      log: {n}", flush=True)
             if args.nodelay:
                 own = check_nodelay(args, server, cmd, tmp, args.out, supervisor_sets=False)
                 with_sv = check_nodelay(args, server, cmd, tmp, args.out, supervisor_sets=True)
@@ -492,8 +589,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def cell(cells, mode, load):
-        r = cells.get((mode, load))
+    def cell(cells, mode, load, ready=None):
+        r = cells.get((mode, load, ready))
         if r is None:
             return "-"
         if "error" in r:
@@ -503,7 +600,26 @@ def main():
             s += f" ({r['reloads_ok']}/{args.reloads} reloads ok)"
         return s
 
-    if not args.no_cells:
+    if not args.no_cells and args.ready:
+        readies = args.ready.split(",")
+        print(f"\nreadiness: failed requests, median reload time, maximum latency, most connections queued "
+              f"on a starting generation, across {args.reloads} reloads (wrk -t{args.threads} -c{args.connections} -d{args.duration}s)")
+        print("| server | version | " + " | ".join(f"{m} {l} `--ready {r}`" for m in modes for l in loads for r in readies) + " |")
+        print("|---|---|" + "---|" * (len(modes) * len(loads) * len(readies)))
+        for server, version, cells in rows:
+            out = []
+            for m in modes:
+                for l in loads:
+                    for rd in readies:
+                        r = cells.get((m, l, rd))
+                        if r is None or "error" in r:
+                            out.append(r["error"] if r else "-")
+                            continue
+                        ms = sorted(r.get("reload_ms") or [0])
+                        out.append(f"{cell(cells, m, l, rd)} failed, {ms[len(ms) // 2]:.0f} ms, "
+                                   f"max {r.get('max_latency')}, {r.get('queued')} queued")
+            print(f"| {server.name} | {version} | " + " | ".join(out) + " |")
+    elif not args.no_cells:
         cols = [(m, l) for m in modes for l in loads]
         print(f"\nfailed requests across {args.reloads} reloads (wrk -t{args.threads} -c{args.connections} -d{args.duration}s)")
         print("| server | version | --ready | --stop-signal | " + " | ".join(f"{m} {l}" for m, l in cols) + " |")

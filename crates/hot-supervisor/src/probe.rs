@@ -8,7 +8,9 @@
 //! status.
 //!
 //! A generation of one worker shares its socket with nobody, so any accept
-//! on it is that worker's (seen as its socket's queue emptying again). With
+//! on it is that worker's: the probe connection is accepted once the
+//! kernel gives its server side an inode (the accept queue emptying again
+//! would mislead where clients queue too, as on a first generation). With
 //! several workers on one socket (`--workers N`), an answer proves only
 //! that *some* worker is up, so each answer is traced to the worker that
 //! accepted it: the kernel names the server side of the probe connection
@@ -78,7 +80,8 @@ enum Phase {
     Idle { at: Instant },
     /// Connecting.
     Connecting { conn: TcpStream, until: Instant },
-    /// `tcp`, one worker: connected; waiting for the generation to accept.
+    /// `tcp`, one worker: connected; waiting for the generation to accept
+    /// the probe connection.
     Accepting {
         conn: TcpStream,
         at: Instant,
@@ -342,10 +345,23 @@ impl Prober {
                 if at > now {
                     return Ok(Step::Next(Phase::Accepting { conn, at, until }));
                 }
-                let queued = steering
-                    .socket_of(p.listener, p.g)
-                    .map_or(1, |fd| queue_length(fd, true));
-                if queued == 0 {
+                // Accepted: the kernel gives the server's side of the probe
+                // connection an inode. (Where it cannot be asked, the
+                // socket's queue emptying again is the sign; that is wrong
+                // only for a first generation that clients already queue
+                // on.)
+                let accepted = match (conn.peer_addr(), conn.local_addr()) {
+                    (Ok(local), Ok(remote)) => {
+                        accepted_inode(local, remote).ok().map(|i| i.is_some())
+                    }
+                    _ => None,
+                };
+                let accepted = accepted.unwrap_or_else(|| {
+                    steering
+                        .socket_of(p.listener, p.g)
+                        .is_some_and(|fd| queue_length(fd, true) == 0)
+                });
+                if accepted {
                     return Ok(Step::Ready(only));
                 }
                 if now >= until {

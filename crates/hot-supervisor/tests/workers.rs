@@ -655,12 +655,15 @@ fn a_worker_restarted_alone_is_verified_by_the_probe() {
         &[("NO_NOTIFY", "1"), ("HANG_FILE", hang_str.as_str())],
     );
     let addr = sv.listener_addr(0);
-    let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
-    load.expect_served(1, 50, "before the crash");
     let victim = sv.status().generation(1).unwrap().workers[1].clone();
     std::fs::write(&hang, b"").unwrap();
+    // Killed before the load starts: a worker killed under load loses the
+    // connection it was serving (see the test above); what this test
+    // checks is what follows.
     // SAFETY: kill(2) on a worker of the supervisor this test started.
     unsafe { libc::kill(victim.pid.unwrap(), libc::SIGKILL) };
+    let load = common::Load::start_closing(addr, 8, Duration::from_secs(120));
+    load.expect_served(1, 50, "the other worker serving");
     // Restarted, then failed for not being ready, then restarted again:
     // never ready in between.
     let mut seen_ready_while_hung = false;
