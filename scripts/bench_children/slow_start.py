@@ -4,7 +4,13 @@ listens), for the readiness table of scripts/real_servers.py --ready.
 
 It takes its listener from fd 3 (LISTEN_FDS), answers every request with
 `generation G` and `Connection: close`, and on SIGTERM stops accepting,
-finishes the connection in hand and exits 0.
+finishes the connection in hand and exits 0. Also the slow starter of
+hot-supervisor's tests/steer.rs, which sets:
+
+- SLOW_START_SECONDS: the pause before the first accept (default 3);
+- SLOW_START_FROM: the first generation that pauses (default 1);
+- SLOW_START_MARKER: a path prefix; the file PREFIX<generation> is created
+  just before the first accept.
 """
 import os
 import signal
@@ -21,7 +27,11 @@ def stop(*_):
 
 
 signal.signal(signal.SIGTERM, stop)
-time.sleep(float(os.environ.get("SLOW_START_SECONDS", "3")))
+if int(gen) >= int(os.environ.get("SLOW_START_FROM", "1")):
+    time.sleep(float(os.environ.get("SLOW_START_SECONDS", "3")))
+marker = os.environ.get("SLOW_START_MARKER")
+if marker:
+    open(marker + gen, "w").close()
 sock = socket.socket(fileno=3)
 sock.settimeout(0.05)
 body = ("generation %s\n" % gen).encode()

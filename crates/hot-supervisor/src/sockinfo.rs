@@ -61,19 +61,6 @@ pub fn listening(family: libc::c_int, stream: bool) -> Result<Vec<(SocketAddr, u
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const TCP_LISTEN: u32 = 10;
     const TCP_CLOSE: u32 = 7;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
     let mut req = [0u8; 72];
     req[0..4].copy_from_slice(&72u32.to_ne_bytes());
@@ -88,23 +75,7 @@ pub fn listening(family: libc::c_int, stream: bool) -> Result<Vec<(SocketAddr, u
     };
     let states: u32 = 1 << if stream { TCP_LISTEN } else { TCP_CLOSE };
     req[20..24].copy_from_slice(&states.to_ne_bytes());
-    // SAFETY: zeroes are a valid sockaddr_nl (the kernel as destination).
-    let mut dest: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: the buffer and the address are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&raw const dest).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(Errno::last());
-    }
+    let fd = diag_send(&req)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -181,6 +152,42 @@ pub fn accepted_inode(local: SocketAddr, remote: SocketAddr) -> Result<Option<u6
     }
 }
 
+/// A sock_diag netlink socket with `req` (a whole netlink message) sent on
+/// it, ready for the answer.
+fn diag_send(req: &[u8]) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: zeroes are a valid sockaddr_nl (the kernel as destination).
+    let mut dest: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: the buffer and the address are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const dest).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(Errno::last());
+    }
+    Ok(fd)
+}
+
 /// Whether sock_diag can be asked here (a netlink socket can be made).
 pub fn diag_allowed() -> bool {
     // SAFETY: socket(2) with constant arguments; closed at once.
@@ -205,19 +212,6 @@ fn diag_one(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, Errno>
     if local.is_ipv4() != remote.is_ipv4() {
         return Ok(None);
     }
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes): family, protocol,
     // ext, pad, states (4), then the socket id: sport, dport (big-endian),
     // src[16], dst[16], if (4), cookie (8).
@@ -242,23 +236,7 @@ fn diag_one(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, Errno>
     put(&mut req, 44, remote.ip());
     // INET_DIAG_NOCOOKIE: any cookie.
     req[64..72].copy_from_slice(&[0xff; 8]);
-    // SAFETY: zeroes are a valid sockaddr_nl (the kernel as destination).
-    let mut dest: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    dest.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: the buffer and the address are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&raw const dest).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(Errno::last());
-    }
+    let fd = diag_send(&req)?;
     let mut buf = [0u8; 1024];
     let n = loop {
         // SAFETY: `buf` is valid for writes of its whole length.

@@ -889,58 +889,33 @@ fn tcp_nodelay_is_set_on_accepted_connections_unless_disabled() {
     }
 }
 
-/// A server that needs 3 s from its start to its first `accept` (from
-/// generation 2 on) and sends no `READY=1`; it writes `MARKER<generation>`
-/// just before it starts accepting, and answers `generation G`.
-const SLOW_STARTER: &str = r#"
-import os, signal, socket, sys, time
-gen = int(os.environ["SUPERVISOR_GENERATION"])
-stopping = False
-def stop(*_):
-    global stopping
-    stopping = True
-signal.signal(signal.SIGTERM, stop)
-if gen >= 2:
-    time.sleep(3)
-open(sys.argv[1] + str(gen), "w").close()
-sock = socket.socket(fileno=3)
-sock.settimeout(0.05)
-while not stopping:
-    try:
-        conn, _ = sock.accept()
-    except (socket.timeout, BlockingIOError, InterruptedError):
-        continue
-    conn.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    body = ("generation %d\n" % gen).encode()
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-    conn.close()
-"#;
+/// The slow starter of the readiness benchmark
+/// (`scripts/bench_children/slow_start.py`): from generation 2 on, 3 s
+/// from its start to its first `accept`, no `READY=1`; it creates
+/// `MARKER<generation>` just before it starts accepting.
+fn slow_starter() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/bench_children/slow_start.py")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
 
-/// What one reload of [`SLOW_STARTER`] under `ready` showed: whether the
+/// What one reload of the slow starter under `ready` showed: whether the
 /// new generation was ever seen serving before it began to accept, and the
 /// most connections seen in its socket's queue while it was starting.
 fn slow_start(ready: Option<&str>) -> (bool, u64) {
     let dir = TempDir::new("slow-start");
-    let script = dir.path("server.py");
-    std::fs::write(&script, SLOW_STARTER).unwrap();
     let marker = dir.path("accepting-");
-    let mut b = Supervisor::builder().tcp().drain_timeout("10s");
+    let mut b = Supervisor::builder()
+        .tcp()
+        .drain_timeout("10s")
+        .env("SLOW_START_FROM", "2")
+        .env("SLOW_START_MARKER", marker.to_str().unwrap());
     if let Some(mode) = ready {
         b = b.ready(mode);
     }
-    let sv = b
-        .command([
-            python3(),
-            script.to_str().unwrap().to_string(),
-            marker.to_str().unwrap().to_string(),
-        ])
-        .start();
+    let sv = b.command([python3(), slow_starter()]).start();
     sv.wait_active(1);
     let load = Load::start_closing(sv.listener_addr(0), 8, Duration::from_secs(60));
     load.expect_served(1, 50, "before the reload");
