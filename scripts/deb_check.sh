@@ -9,7 +9,15 @@
 # - dpkg -r leaves none of its files behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=$(scripts/deb.sh | tee /dev/stderr | sed -n 's/ (.* bytes)$//p' | grep '\.deb$' | tail -1)
+# (Printed as it comes; not with `tee /dev/stderr`, which truncates a log
+# file that stderr is redirected to.)
+built=$(mktemp)
+scripts/deb.sh | while IFS= read -r line; do
+    printf '%s\n' "$line"
+    printf '%s\n' "$line" >>"$built"
+done
+out=$(sed -n 's/ (.* bytes)$//p' "$built" | grep '\.deb$' | tail -1)
+rm -f "$built"
 [ -f "$out" ] || { echo "deb_check: no package built" >&2; exit 1; }
 ours=$(dpkg-deb -c "$out" | awk '{print $6}' | sed 's|^\./|/|' | grep -v '/$' | sort)
 tmp=$(mktemp -d)
