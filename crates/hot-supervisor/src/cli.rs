@@ -114,6 +114,53 @@ pub fn generate(what: Generate, out: &mut dyn std::io::Write) -> std::io::Result
     }
 }
 
+/// The environment variable a bad value came from, when the option that
+/// clap refused was not on the command line but its variable is set.
+fn from_environment(e: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--drain-timeout <DUR>`: the long name.
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let given = std::env::args_os().skip(1).any(|a| {
+        a.to_str()
+            .and_then(|a| a.strip_prefix("--"))
+            .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+    });
+    if given {
+        return None;
+    }
+    let cmd = Cli::command();
+    let var = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_string();
+    std::env::var_os(&var).is_some().then_some(var)
+}
+
+/// `--generate WHAT` (or `--generate=WHAT`) as this process's only
+/// arguments, with a valid WHAT: what to generate. Read before clap parses
+/// the command line, since options set from the environment
+/// (`SUPERVISOR_OPT_*`) would count as given beside an exclusive
+/// `--generate`. Anything else is clap's to parse (and to refuse).
+pub fn generate_requested() -> Option<Generate> {
+    generate_alone(std::env::args_os().skip(1).collect())
+}
+
+fn generate_alone(args: Vec<OsString>) -> Option<Generate> {
+    let words: Vec<&str> = args.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
+    let what = match words.as_slice() {
+        ["--generate", what] => *what,
+        [one] => one.strip_prefix("--generate=")?,
+        _ => return None,
+    };
+    <Generate as ValueEnum>::from_str(what, false).ok()
+}
+
 /// The man page: clap_mangen's sections for the whole command, then each
 /// control command's own options, then where the rest is documented.
 fn man(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -150,6 +197,29 @@ fn man(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> 
             .map_or("", |(_, rest)| rest);
         writeln!(out, ".SS Options")?;
         out.write_all(body.as_bytes())?;
+    }
+    // Every option's variable (clap_mangen does not show them).
+    writeln!(out, ".SH \"OPTIONS FROM THE ENVIRONMENT\"")?;
+    writeln!(
+        out,
+        "{}",
+        roff_escape(
+            "Every run option can also be set by an environment variable, SUPERVISOR_OPT_ and its \
+             name in capitals with _ for -; the command line wins over the variable. A repeatable \
+             option (--listen, --env, --env-file, --compat) takes one value per line of its \
+             variable. A flag takes true or false. The variables are removed from the children's \
+             environment."
+        )
+    )?;
+    for arg in cmd.get_arguments() {
+        if let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) {
+            writeln!(
+                out,
+                ".TP\n\\fB{}\\fR\n\\-\\-{}",
+                roff_escape(&var.to_string_lossy()),
+                roff_escape(long)
+            )?;
+        }
     }
     // The help text's last part (the children's variables, signals, exit
     // statuses), as written: its columns need no-fill mode.
@@ -203,7 +273,7 @@ pub enum Client {
     /// ready, 1 with the reason if it failed (the old one still serves).
     Reload {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the reload may still finish).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -229,7 +299,7 @@ pub enum Client {
     /// the old generation quiesces and stops (as a reload's switch).
     Promote {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -240,7 +310,7 @@ pub enum Client {
     /// and stops.
     Rollback {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -249,7 +319,7 @@ pub enum Client {
     /// Show the command, listeners, generations and restarts.
     Status {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Print the status as one JSON object.
         #[arg(long)]
@@ -259,7 +329,7 @@ pub enum Client {
     /// supervisor has exited.
     Stop {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Give up waiting after DUR (exit 3; the stop goes on).
         #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -271,7 +341,7 @@ pub enum Client {
     /// 1 with the reason if it cannot (the old one carries on).
     Upgrade {
         /// The supervisor's control socket (default: as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// How long the new binary may take to confirm that it can take
         /// over (default 10s).
@@ -285,7 +355,7 @@ pub enum Client {
     Fds {
         /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
         /// else as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// Only this listener; repeatable, in the order wanted (default:
         /// every listener, in fd order).
@@ -301,7 +371,7 @@ pub enum Client {
     Listen {
         /// The supervisor's control socket (default: $SUPERVISOR_CONTROL,
         /// else as the supervisor's).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
         control: Option<PathBuf>,
         /// NAME=ADDR, ADDR as for --listen (tcp:0.0.0.0:9090,
         /// udp:127.0.0.1:5353, unix:/run/x.sock).
@@ -318,11 +388,21 @@ pub fn parse_named_listener(s: &str) -> Result<Spec, String> {
     Spec::named(name, addr)
 }
 
-/// Options of the server-running mode.
+/// The prefix of the environment variables that set the run options
+/// (`SUPERVISOR_OPT_DRAIN_TIMEOUT` for `--drain-timeout`): not a plain
+/// `SUPERVISOR_`, which the variables the supervisor sets in its children
+/// use. They are removed from the children's environment.
+pub const OPTION_PREFIX: &str = "SUPERVISOR_OPT_";
+
+/// Options of the server-running mode. Each can also be set by the
+/// environment variable [`OPTION_PREFIX`] + its name in capitals with `_`
+/// for `-`; a repeatable option takes one value per line of its variable.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The listeners, in the order of their fds (see the help text).
     #[arg(
+        env = "SUPERVISOR_OPT_LISTEN",
+        value_delimiter = '\n',
         short,
         long = "listen",
         value_name = "[NAME=]ADDR",
@@ -332,7 +412,7 @@ pub struct Args {
 
     /// Listen backlog (1 to 4096); default: the kernel's limit
     /// (net.core.somaxconn).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=4096))]
+    #[arg(long, env = "SUPERVISOR_OPT_BACKLOG", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=4096))]
     pub backlog: Option<i32>,
 
     /// How each worker proves it is ready. `auto` (the default): it sends
@@ -343,7 +423,7 @@ pub struct Args {
     /// connection accepted. `http:PATH`: GET PATH answered 2xx or 3xx.
     /// `delay:DUR`: alive for DUR, or READY=1 earlier (a timer, not a
     /// signal). Probes reach each worker and need steer mode.
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
+    #[arg(long, env = "SUPERVISOR_OPT_READY", value_name = "MODE", default_value = "auto", value_parser = parse_ready)]
     pub ready: Ready,
 
     /// How listeners are handed to the generations: `steer` (each
@@ -351,82 +431,99 @@ pub struct Args {
     /// go only to the serving one) or `shared` (every generation gets the
     /// same socket). Unix sockets, and sockets that cannot be joined, are
     /// always shared.
-    #[arg(long, value_enum, value_name = "MODE", default_value = "steer")]
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_HANDOFF",
+        value_enum,
+        value_name = "MODE",
+        default_value = "steer"
+    )]
     pub handoff: Handoff,
 
     /// Steer mode: once a new generation serves, the old one is stopped
     /// only after its own queue has been empty for DUR, so that every
     /// connection it accepted has had its request read.
-    #[arg(long, value_name = "DUR", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_QUIESCE", value_name = "DUR", default_value = "200ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub quiesce: Duration,
 
     /// Steer mode: stop an old generation whose queue is not empty after
     /// DUR anyway (the log says how many connections were still queued).
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_QUIESCE_TIMEOUT", value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub quiesce_timeout: Duration,
 
     /// Do not set TCP_NODELAY on TCP listeners (by default it is set, as
     /// nginx, Go and Node do; accepted connections inherit it).
-    #[arg(long)]
+    #[arg(env = "SUPERVISOR_OPT_NO_TCP_NODELAY", long)]
     pub no_tcp_nodelay: bool,
 
     /// Set SO_KEEPALIVE on TCP listeners (accepted connections inherit it).
-    #[arg(long)]
+    #[arg(env = "SUPERVISOR_OPT_TCP_KEEPALIVE", long)]
     pub tcp_keepalive: bool,
 
     /// TCP_DEFER_ACCEPT: wake the server only once a connection has data,
     /// waiting at most DUR (whole seconds).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_DEFER_ACCEPT", value_name = "DUR", value_parser = parse_duration, allow_hyphen_values = true)]
     pub defer_accept: Option<Duration>,
 
     /// SO_RCVBUF of the listeners, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, env = "SUPERVISOR_OPT_RCVBUF", value_name = "BYTES")]
     pub rcvbuf: Option<usize>,
 
     /// SO_SNDBUF of the listeners, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, env = "SUPERVISOR_OPT_SNDBUF", value_name = "BYTES")]
     pub sndbuf: Option<usize>,
 
     /// How long a new generation may take to become ready before it is
     /// stopped and the reload counts as failed.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_READY_TIMEOUT", value_name = "DUR", default_value = "60s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub ready_timeout: Duration,
 
     /// Signal that asks a generation to drain and exit (nginx wants QUIT,
     /// HAProxy USR1).
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    #[arg(long, env = "SUPERVISOR_OPT_STOP_SIGNAL", value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
     pub stop_signal: Signal,
 
     /// How long a stopped generation may drain before SIGKILL to its
     /// process group.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_DRAIN_TIMEOUT", value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 
     /// When the serving generation exits on its own: restart it (with
     /// exponential backoff from 100ms to 10s, reset after 10s of healthy
     /// run) on failure, always, or never (then the supervisor exits with
     /// its status).
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "on-failure")]
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_RESTART",
+        value_enum,
+        value_name = "POLICY",
+        default_value = "on-failure"
+    )]
     pub restart: Restart,
 
     /// On a stop request (SIGTERM, SIGINT, `supervisor stop`), keep
     /// everything serving for DUR first (the health endpoint's /readyz says
     /// 503 meanwhile); a second request ends the delay.
-    #[arg(long, value_name = "DUR", default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_SHUTDOWN_DELAY", value_name = "DUR", default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
     pub shutdown_delay: Duration,
 
     /// Give up (exit with the failing generation's status) after N starts
     /// by the crash policy within --start-limit-interval; 0: never.
-    #[arg(long, value_name = "N", default_value = "5")]
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_START_LIMIT_BURST",
+        value_name = "N",
+        default_value = "5"
+    )]
     pub start_limit_burst: u32,
 
     /// The window of --start-limit-burst.
-    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, env = "SUPERVISOR_OPT_START_LIMIT_INTERVAL", value_name = "DUR", default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub start_limit_interval: Duration,
 
     /// Serve /livez, /readyz and /metrics (Prometheus) on ADDR
     /// (HOST:PORT).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "SUPERVISOR_OPT_HEALTH", value_name = "ADDR")]
     pub health: Option<std::net::SocketAddr>,
 
     /// Take over from the supervisor whose control socket is at PATH: take
@@ -434,54 +531,64 @@ pub struct Args {
     /// and once it is ready tell the old supervisor to drain and exit. If
     /// the new generation fails, the old supervisor carries on and this one
     /// exits 1.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SUPERVISOR_OPT_TAKEOVER", value_name = "PATH")]
     pub takeover: Option<PathBuf>,
 
     /// Run the children as USER (name or uid), with its groups (the
     /// supervisor must be root; it keeps binding the listeners).
-    #[arg(long, value_name = "USER")]
+    #[arg(long, env = "SUPERVISOR_OPT_USER", value_name = "USER")]
     pub user: Option<String>,
 
     /// Run the children with GROUP (name or gid) as their group (default:
     /// the user's primary group).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, env = "SUPERVISOR_OPT_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
 
     /// Set KEY=VALUE in the children's environment; repeatable.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = hot_supervisor::envfile::parse_assignment)]
+    #[arg(long, env = "SUPERVISOR_OPT_ENV", value_delimiter = '\n', value_name = "KEY=VALUE", value_parser = hot_supervisor::envfile::parse_assignment)]
     pub env: Vec<(String, String)>,
 
     /// Read KEY=VALUE lines for the children's environment from PATH (the
     /// format of systemd's EnvironmentFile=); repeatable; read at start.
-    #[arg(long, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_ENV_FILE",
+        value_delimiter = '\n',
+        value_name = "PATH"
+    )]
     pub env_file: Vec<PathBuf>,
 
     /// Run the children in DIR.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "SUPERVISOR_OPT_CHDIR", value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 
     /// Also set the variables of servers written for other launchers:
     /// einhorn, server-starter, nginx (comma-separated, or all).
-    #[arg(long, value_name = "LIST")]
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_COMPAT",
+        value_delimiter = '\n',
+        value_name = "LIST"
+    )]
     pub compat: Vec<Compat>,
 
     /// The control socket for `supervisor reload|status|stop|upgrade|fds|listen`; default
     /// supervisor.sock in $RUNTIME_DIRECTORY, else in $XDG_RUNTIME_DIR,
     /// else in the private directory /tmp/supervisor-UID.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SUPERVISOR_OPT_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
     /// Run N processes of the command per generation (workers), each told
     /// its index (SUPERVISOR_WORKER=0..N-1) and the count
     /// (SUPERVISOR_WORKERS), all on the generation's sockets; a worker that
     /// crashes is restarted alone.
-    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "SUPERVISOR_OPT_WORKERS", value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
 
     /// How SIGHUP and a plain `supervisor reload` replace the workers:
     /// all-at-once (N new workers, then the switch), or rolling[=K] (K at
     /// a time, never more than N+K alive).
-    #[arg(long, value_name = "HOW", default_value = "all-at-once", value_parser = parse_reload)]
+    #[arg(long, env = "SUPERVISOR_OPT_RELOAD", value_name = "HOW", default_value = "all-at-once", value_parser = parse_reload)]
     pub reload: crate::machine::Strategy,
 
     /// The server command and its arguments (after `--`).
@@ -613,7 +720,11 @@ pub fn parse() -> Cli {
                     .map(str::trim)
                     .collect();
                 let text = para.join(" ");
-                text.strip_prefix("error: ").unwrap_or(&text).to_string()
+                let text = text.strip_prefix("error: ").unwrap_or(&text).to_string();
+                match from_environment(&e) {
+                    Some(var) => format!("{text} (set by the environment variable {var})"),
+                    None => text,
+                }
             };
             eprintln!("supervisor: error: {message} (see supervisor --help)");
             std::process::exit(2);

@@ -2,7 +2,9 @@
 //!
 //! The supervisor's own environment, less the variables that describe the
 //! supervisor's launcher (its `LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`,
-//! and every launcher-compatibility variable), plus the generation's own:
+//! and every launcher-compatibility variable) and its own options
+//! (`SUPERVISOR_OPT_*`: a child that runs a supervisor must not inherit its
+//! parent's settings), plus the generation's own:
 //! `LISTEN_FDS`, `LISTEN_FDNAMES` (`LISTEN_PID` is written by the spawned
 //! child itself, see `spawn`), `NOTIFY_SOCKET`, `SUPERVISOR_GENERATION`,
 //! `SUPERVISOR_WORKER`, `SUPERVISOR_WORKERS`, `SUPERVISOR_CONTROL`, and the
@@ -66,6 +68,9 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
         .filter(|(k, _)| {
             !STRIPPED.iter().any(|s| k == s)
                 && !k.to_str().is_some_and(compat::is_launcher_variable)
+                && !k
+                    .as_encoded_bytes()
+                    .starts_with(crate::cli::OPTION_PREFIX.as_bytes())
         })
         .cloned()
         .collect();
@@ -124,6 +129,8 @@ mod tests {
             ("NOTIFY_SOCKET".into(), "/run/systemd/notify".into()),
             ("WATCHDOG_USEC".into(), "1000".into()),
             ("EINHORN_FD_COUNT".into(), "4".into()),
+            ("SUPERVISOR_OPT_DRAIN_TIMEOUT".into(), "5s".into()),
+            ("SUPERVISOR_OPT_LISTEN".into(), ":8080".into()),
         ];
         let compat = Compat::merge(&[]);
         let env = build(&Inputs {
@@ -153,6 +160,12 @@ mod tests {
         assert_eq!(get("LISTEN_FDS").as_deref(), Some("2"));
         assert_eq!(get("LISTEN_FDNAMES").as_deref(), Some("http:admin"));
         assert_eq!(get("LISTEN_PID"), None);
+        assert_eq!(
+            get("SUPERVISOR_OPT_DRAIN_TIMEOUT"),
+            None,
+            "the supervisor's options stay its own"
+        );
+        assert_eq!(get("SUPERVISOR_OPT_LISTEN"), None);
         assert_eq!(get("NOTIFY_SOCKET").as_deref(), Some("/tmp/n/3"));
         assert_eq!(get("SUPERVISOR_GENERATION").as_deref(), Some("3"));
         assert_eq!(get("SUPERVISOR_WORKER").as_deref(), Some("1"));

@@ -64,18 +64,12 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet (nothing has been started).
         unsafe { std::env::remove_var(var) };
     }
+    if let Some(what) = cli::generate_requested() {
+        return generate(what);
+    }
     let cli = cli::parse();
     if let Some(what) = cli.generate {
-        let mut out = std::io::stdout().lock();
-        return match cli::generate(what, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
-            Ok(()) => ExitCode::SUCCESS,
-            // `supervisor --generate man | head` is not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("supervisor: error: --generate: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return generate(what);
     }
     if let Some(c) = cli.client {
         return ExitCode::from(u8::try_from(client::run(c)).unwrap_or(1));
@@ -98,6 +92,20 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("supervisor: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--generate WHAT`: print it to stdout.
+fn generate(what: cli::Generate) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match cli::generate(what, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `supervisor --generate man | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("supervisor: error: --generate: {e}");
             ExitCode::from(1)
         }
     }

@@ -223,3 +223,75 @@ fn without_compat_no_launcher_variables_reach_the_child() {
     }
     assert_eq!(sv.terminate(), Some(0));
 }
+
+/// Every run option can come from a `SUPERVISOR_OPT_*` variable (a
+/// container entrypoint's usual configuration); a repeatable one takes a
+/// value per line; the command line wins over the variable; and the
+/// children never see these variables (a child that runs a supervisor of
+/// its own must not inherit its parent's settings).
+#[test]
+fn run_options_from_the_environment_and_never_in_the_children() {
+    let sv = Supervisor::builder()
+        .env(
+            "SUPERVISOR_OPT_LISTEN",
+            "web=127.0.0.1:0\nadmin=127.0.0.1:0",
+        )
+        .env("SUPERVISOR_OPT_READY", "delay:20ms")
+        .env("SUPERVISOR_OPT_DRAIN_TIMEOUT", "7s")
+        .env("SUPERVISOR_OPT_STOP_SIGNAL", "INT")
+        .env(
+            "SUPERVISOR_OPT_ENV",
+            "APP_MODE=prod\nGREETING=two words, one comma",
+        )
+        .args(["--stop-signal", "QUIT"])
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    let st = sv.status();
+    let names: Vec<&str> = st.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["web", "admin"], "{st:?}");
+    assert_eq!(st.drain_timeout_ms, 7000);
+    assert_eq!(st.ready, "delay:20ms");
+    assert_eq!(
+        st.stop_signal, "SIGQUIT",
+        "the command line wins over the variable"
+    );
+    let env = environ(pid);
+    assert_eq!(env.get("APP_MODE").map(String::as_str), Some("prod"));
+    assert_eq!(
+        env.get("GREETING").map(String::as_str),
+        Some("two words, one comma")
+    );
+    let leaked: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("SUPERVISOR_OPT_"))
+        .collect();
+    assert!(leaked.is_empty(), "passed to the child: {leaked:?}");
+    // The supervisor's own environment keeps them (an in-place upgrade
+    // re-reads its options from there).
+    assert!(environ(sv.pid).contains_key("SUPERVISOR_OPT_DRAIN_TIMEOUT"));
+}
+
+/// A bad value from a variable is refused like one from the command line,
+/// and the message names the variable.
+#[test]
+fn a_bad_option_variable_is_named() {
+    let out = std::process::Command::new(supervisor_bin())
+        .env("SUPERVISOR_OPT_DRAIN_TIMEOUT", "soon")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'soon'") && err.contains("SUPERVISOR_OPT_DRAIN_TIMEOUT"),
+        "{err}"
+    );
+    // `--generate` still works with options set in the environment.
+    let out = std::process::Command::new(supervisor_bin())
+        .env("SUPERVISOR_OPT_DRAIN_TIMEOUT", "5s")
+        .args(["--generate", "complete-fish"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

@@ -456,6 +456,22 @@ fn the_man_page_has_every_option_of_the_help() {
         }
     }
     assert!(checked > 40, "only {checked} options checked");
+    // And the variable of every option that has one (`[env: NAME=]` in
+    // --help).
+    let help = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    let vars: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .collect();
+    assert!(vars.len() > 20, "only {} variables in --help", vars.len());
+    for var in vars {
+        assert!(
+            var.starts_with("SUPERVISOR_OPT_"),
+            "{var}: not under the prefix that children never see"
+        );
+        assert!(man.contains(var), "the man page lacks {var}");
+    }
 }
 
 /// The completions name the options too, and `--generate` stands alone.
