@@ -61,6 +61,11 @@ pub struct Saved {
     notify_dir: std::path::PathBuf,
     children: Vec<(Generation, SavedChild)>,
     groups: Vec<i32>,
+    /// Each generation's environment as read at its start (absent in
+    /// states written before it was kept: those generations' workers
+    /// restarted alone read the files again).
+    #[serde(default)]
+    gen_env: Vec<(Generation, Vec<(String, String)>)>,
 }
 
 /// One process as carried across an in-place upgrade.
@@ -87,8 +92,13 @@ pub struct Command {
     pub stop_signal: Signal,
     /// Variables for servers written for other launchers.
     pub compat: Compat,
-    /// `--env-file` and `--env` assignments.
+    /// `--env-file` and `--env` assignments as read at start (what an
+    /// in-place upgrade carries; each generation reads the files again).
     pub env: Vec<(String, String)>,
+    /// The `--env-file` files, read again at each generation's start.
+    pub env_files: Vec<std::path::PathBuf>,
+    /// The `--env` assignments (after the files' ones: they win).
+    pub env_args: Vec<(String, String)>,
     /// The drain timeout (passed to the children).
     pub drain_timeout: Duration,
     /// Run as this user.
@@ -121,6 +131,37 @@ pub struct Children {
     /// (each leads its own): a leftover in one of them was no escapee. (An
     /// older group was SIGKILLed whole when its leader was reaped.)
     groups: std::collections::VecDeque<i32>,
+    /// Each generation's `--env-file` and `--env` assignments, as read when
+    /// its first process started: a worker restarted alone gets the same.
+    gen_env: BTreeMap<Generation, Vec<(String, String)>>,
+    /// When each `--env-file` was last read whole.
+    files_read: BTreeMap<std::path::PathBuf, Instant>,
+}
+
+/// Read every `--env-file` of `files` (in order), then the `--env`
+/// assignments: the assignments a generation starts with.
+///
+/// # Errors
+/// A file that cannot be read (`--env-file PATH: why`) or holds a line
+/// that is no assignment (`PATH:LINE: what is wrong`).
+pub fn read_env(
+    files: &[std::path::PathBuf],
+    args: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
+        let parsed = hot_supervisor::envfile::parse(&text).map_err(|e| {
+            match e.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+                Some((line, what)) => anyhow::anyhow!("{}:{line}: {what}", path.display()),
+                None => anyhow::anyhow!("--env-file {}: {e}", path.display()),
+            }
+        })?;
+        env.extend(parsed);
+    }
+    env.extend(args.iter().cloned());
+    Ok(env)
 }
 
 impl Children {
@@ -139,6 +180,8 @@ impl Children {
             notify_dir,
             map: BTreeMap::new(),
             groups: std::collections::VecDeque::new(),
+            gen_env: BTreeMap::new(),
+            files_read: BTreeMap::new(),
         })
     }
 
@@ -165,6 +208,7 @@ impl Children {
                 })
                 .collect(),
             groups: self.groups.iter().copied().collect(),
+            gen_env: self.gen_env.clone().into_iter().collect(),
         }
     }
 
@@ -191,6 +235,8 @@ impl Children {
             notify_dir: NotifyDir::restore(saved.notify_dir),
             map,
             groups: saved.groups.into_iter().collect(),
+            gen_env: saved.gen_env.into_iter().collect(),
+            files_read: BTreeMap::new(),
         }
     }
 
@@ -216,6 +262,19 @@ impl Children {
         if self.map.get(&(g, w)).is_some_and(|c| c.reaped) {
             self.map.remove(&(g, w));
         }
+        // The generation's environment: read now for its first process.
+        let extra = match self.gen_env.get(&g) {
+            Some(env) => env.clone(),
+            None => {
+                let env = read_env(&self.command.env_files, &self.command.env_args)?;
+                let now = Instant::now();
+                for f in &self.command.env_files {
+                    self.files_read.insert(f.clone(), now);
+                }
+                self.gen_env.insert(g, env.clone());
+                env
+            }
+        };
         let mut notify = self.notify_dir.socket(g.0, w)?;
         if let Some(c) = &self.command.credentials {
             // The child must be able to send READY=1 as its own user.
@@ -223,7 +282,7 @@ impl Children {
         }
         let env = environ::build(&environ::Inputs {
             inherited: std::env::vars_os().collect(),
-            extra: &self.command.env,
+            extra: &extra,
             names,
             starter_keys,
             notify: notify.path().as_os_str(),
@@ -444,6 +503,21 @@ impl Children {
     /// SIGCHLD may reap several, whose exits are handled one by one).
     pub fn forget_reaped(&mut self, handled: impl Fn(Generation, u32) -> bool) {
         self.map.retain(|(g, w), c| !(c.reaped && handled(*g, *w)));
+    }
+
+    /// Forget the environments of the generations `gone` says are gone.
+    pub fn forget_envs(&mut self, gone: impl Fn(Generation) -> bool) {
+        self.gen_env.retain(|g, _| !gone(*g));
+    }
+
+    /// Each `--env-file`, with when it was last read whole (never, by this
+    /// image, if `None`).
+    pub fn env_files(&self) -> Vec<(&std::path::Path, Option<Instant>)> {
+        self.command
+            .env_files
+            .iter()
+            .map(|f| (f.as_path(), self.files_read.get(f).copied()))
+            .collect()
     }
 
     /// Read worker `w` of `g`'s notify socket: the messages that arrived,

@@ -1030,6 +1030,7 @@ impl Driver {
         self.parts
             .children
             .forget_reaped(|g, w| !machine.worker_alive(g, w));
+        self.parts.children.forget_envs(|g| !machine.knows(g));
         if let Some(p) = &mut self.parts.prober {
             p.retain(&mut self.parts.steering, |g, w| {
                 machine.worker_starting(g, w)

@@ -126,14 +126,9 @@ struct Setup {
 fn setup(args: &cli::Args) -> Result<Setup> {
     let mut setup = setup_args(args)?;
     setup.credentials = spawn::Credentials::resolve(args.user.as_deref(), args.group.as_deref())?;
-    for path in &args.env_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--env-file {}", path.display()))?;
-        let parsed = hot_supervisor::envfile::parse(&text)
-            .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
-        setup.env.extend(parsed);
-    }
-    setup.env.extend(args.env.iter().cloned());
+    // Read now to refuse a broken file before anything is bound; each
+    // generation reads them again when it starts.
+    setup.env = children::read_env(&args.env_file, &args.env)?;
     if let Some(dir) = &args.chdir
         && !dir.is_dir()
     {
@@ -294,6 +289,8 @@ fn command(args: cli::Args, setup: Setup, control_path: &std::path::Path) -> chi
         stop_signal: args.stop_signal,
         compat: setup.compat,
         env: setup.env,
+        env_files: args.env_file,
+        env_args: args.env,
         drain_timeout: args.drain_timeout,
         credentials: setup.credentials,
         chdir: args.chdir,

@@ -141,5 +141,13 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             pending: machine.pending_reloads() as u64,
             last_failure: report.last_failed_reload.clone(),
         },
+        env_files: children
+            .env_files()
+            .into_iter()
+            .map(|(path, read)| status::EnvFile {
+                path: path.display().to_string(),
+                read_ms_ago: read.map(|at| millis(now.saturating_duration_since(at))),
+            })
+            .collect(),
     }
 }

@@ -35,6 +35,19 @@ pub struct Status {
     pub restarts: u64,
     /// Reload counts.
     pub reloads: Reloads,
+    /// Each `--env-file`, read again at every generation's start.
+    #[serde(default)]
+    pub env_files: Vec<EnvFile>,
+}
+
+/// An `--env-file` and when it was last read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvFile {
+    /// Its path, as given.
+    pub path: String,
+    /// Time since it was last read whole, in milliseconds (`None`: not
+    /// since this image started, as after an in-place upgrade).
+    pub read_ms_ago: Option<u64>,
 }
 
 /// The supervisor process.
@@ -267,6 +280,14 @@ impl Status {
         if let Some(f) = &r.last_failure {
             let _ = writeln!(out, "last failed reload: {f}");
         }
+        for f in &self.env_files {
+            let when = f
+                .read_ms_ago
+                .map_or("not read since the supervisor started".to_string(), |ms| {
+                    format!("read {} ago", human(Duration::from_millis(ms)))
+                });
+            let _ = writeln!(out, "env file:    {} ({when})", f.path);
+        }
         out
     }
 }
@@ -357,6 +378,10 @@ mod tests {
                 pending: 0,
                 last_failure: None,
             },
+            env_files: vec![EnvFile {
+                path: "/etc/app.env".into(),
+                read_ms_ago: Some(3000),
+            }],
         }
     }
 
@@ -368,6 +393,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(", 80% of new connections"), "{text}");
+        assert!(
+            text.contains("env file:    /etc/app.env (read 3s ago)"),
+            "{text}"
+        );
         assert!(text.contains("supervisor pid 42, up 1m1s"), "{text}");
         assert!(
             text.contains("command:     ./server --name 'two words'"),
@@ -387,7 +416,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("binary:      /usr/bin/supervisor"), "{text}");
-        assert_eq!(text.lines().count(), 14, "{text}");
+        assert_eq!(text.lines().count(), 15, "{text}");
         // After an upgrade, the first line says so.
         let mut upgraded = sample();
         upgraded.supervisor.upgrades = 3;

@@ -295,3 +295,130 @@ fn a_bad_option_variable_is_named() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+// --- --env-file is read again at each generation's start -----------------
+
+/// The value of `KEY` in process `pid`'s environment.
+fn env_of(pid: i32, key: &str) -> Option<String> {
+    environ(pid).get(key).cloned()
+}
+
+/// A reload picks up what changed in an `--env-file`; a broken file fails
+/// the reload with `FILE:LINE: what is wrong` while the old generation
+/// serves on, and no request fails; fixing the file makes the next reload
+/// succeed. `status` says when the file was last read.
+#[test]
+fn a_reload_reads_the_env_file_again_and_a_broken_one_fails_it() {
+    let dir = TempDir::new("envfile");
+    let file = dir.path("app.env");
+    std::fs::write(&file, "MODE=blue\n").unwrap();
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .arg("--env-file")
+        .arg(&file)
+        .drain_timeout("10s")
+        .demo(&[])
+        .start();
+    let pid1 = sv.wait_active(1);
+    assert_eq!(env_of(pid1, "MODE").as_deref(), Some("blue"));
+    let load = Load::start_closing(sv.listener_addr(0), 8, Duration::from_secs(120));
+    load.expect_served(1, 50, "generation 1");
+
+    std::fs::write(&file, "MODE=green\n").unwrap();
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(0), "{a:?}");
+    let pid2 = sv.wait_active(2);
+    assert_eq!(env_of(pid2, "MODE").as_deref(), Some("green"));
+    load.expect_served(2, 50, "generation 2");
+
+    std::fs::write(&file, "MODE=red\nthis line is no assignment\n").unwrap();
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(1), "{a:?}");
+    let want = format!("{}:2: ", file.display());
+    assert!(a.line.contains(&want), "the answer names FILE:LINE: {a:?}");
+    assert!(
+        a.line.contains("generation 2"),
+        "the old one serves on: {a:?}"
+    );
+    let st = sv.status();
+    assert_eq!(
+        st.in_state("active").and_then(|g| g.pid),
+        Some(pid2),
+        "{st:?}"
+    );
+    load.expect_served(2, 50, "generation 2, after the failed reload");
+
+    std::fs::remove_file(&file).unwrap();
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(1), "{a:?}");
+    assert!(a.line.contains("app.env"), "a missing file is named: {a:?}");
+
+    std::fs::write(&file, "MODE=yellow\n").unwrap();
+    let a = sv.reload_and_wait();
+    assert_eq!(a.code, Some(0), "{a:?}");
+    let g = sv.status().in_state("active").unwrap().generation;
+    let pid = sv.wait_active(g);
+    assert_eq!(env_of(pid, "MODE").as_deref(), Some("yellow"));
+    load.finish_clean("env-file reloads", 150);
+
+    let st = sv.status();
+    assert_eq!(st.env_files.len(), 1, "{st:?}");
+    assert!(st.env_files[0].path.ends_with("app.env"));
+    assert!(
+        st.env_files[0].read_ms_ago.is_some_and(|ms| ms < 60_000),
+        "{st:?}"
+    );
+}
+
+/// A worker restarted alone gets its generation's environment as read
+/// when the generation started, not what the file says now.
+#[test]
+fn a_worker_restarted_alone_keeps_its_generations_env_file() {
+    let dir = TempDir::new("envfile-worker");
+    let file = dir.path("app.env");
+    std::fs::write(&file, "MODE=blue\n").unwrap();
+    let sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:20ms")
+        .arg("--env-file")
+        .arg(&file)
+        .args(["--workers", "2"])
+        .sleeper()
+        .start();
+    sv.wait_active(1);
+    let w1 = sv.status().generation(1).unwrap().workers[1].pid.unwrap();
+    std::fs::write(&file, "MODE=green\n").unwrap();
+    // SAFETY: kill(2) on a worker of the supervisor this test started.
+    unsafe { libc::kill(w1, libc::SIGKILL) };
+    let pid = sv.wait_status("worker 1 restarted", WAIT, |st: &Status| {
+        let w = &st.generation(1)?.workers[1];
+        w.pid.filter(|p| *p != w1 && w.state == "ready")
+    });
+    assert_eq!(env_of(pid, "MODE").as_deref(), Some("blue"));
+}
+
+/// A crash restart that finds the file broken is a failed start: backoff,
+/// then the start limit ends the supervisor with the reason in its log.
+#[test]
+fn a_crash_restart_with_a_broken_env_file_is_a_failed_start() {
+    let dir = TempDir::new("envfile-crash");
+    let file = dir.path("app.env");
+    std::fs::write(&file, "MODE=blue\n").unwrap();
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .ready("delay:20ms")
+        .arg("--env-file")
+        .arg(&file)
+        .args(["--start-limit-burst", "3", "--start-limit-interval", "60s"])
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    std::fs::write(&file, "MODE='unterminated\n").unwrap();
+    // SAFETY: kill(2) on the child of the supervisor this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = sv.wait_exit(WAIT);
+    assert_ne!(status.code(), Some(0), "gave up after failed starts");
+    let want = format!("{}:1: ", file.display());
+    assert!(sv.has_line(&want), "the log names FILE:LINE");
+}

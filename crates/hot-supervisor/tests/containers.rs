@@ -1100,7 +1100,7 @@ fn a_bad_env_file_or_chdir_fails_at_start_with_one_line() {
         (
             "--env-file",
             &bad,
-            vec![bad.display().to_string(), "line 3".into()],
+            vec![format!("{}:3: ", bad.display())],
         ),
         ("--env-file", &missing, vec![missing.display().to_string()]),
         ("--chdir", &nodir, vec![nodir.display().to_string()]),
