@@ -1097,11 +1097,7 @@ fn a_bad_env_file_or_chdir_fails_at_start_with_one_line() {
     let missing = dir.path("missing.env");
     let nodir = dir.path("no-such-dir");
     let cases: [(&str, &Path, Vec<String>); 3] = [
-        (
-            "--env-file",
-            &bad,
-            vec![format!("{}:3: ", bad.display())],
-        ),
+        ("--env-file", &bad, vec![format!("{}:3: ", bad.display())]),
         ("--env-file", &missing, vec![missing.display().to_string()]),
         ("--chdir", &nodir, vec![nodir.display().to_string()]),
     ];
