@@ -346,7 +346,12 @@ impl Children {
         self.map.get(&(g, w)).map(|c| c.pid)
     }
 
-    /// Whether any process of `g` is still known.
+    /// Whether any process of `g` has not been reaped.
+    pub fn live(&self, g: Generation) -> bool {
+        self.map.iter().any(|((h, _), c)| *h == g && !c.reaped)
+    }
+
+    /// Whether any process of `g` is still known (reaped or not).
     pub fn has(&self, g: Generation) -> bool {
         self.of(g).next().is_some()
     }

@@ -938,6 +938,19 @@ impl Driver {
 
     /// Carry out the machine's actions; an `Exit` is kept in `self.exit`.
     fn execute(&mut self) {
+        // First, the sockets of generations already gone: a generation
+        // spawned by these actions (a reload queued while the first
+        // generation started, which has just failed) then takes over the
+        // routed socket and the clients queued on it, as a crash restart
+        // does, instead of a socket of its own while those are reset. (Its
+        // reaped processes are forgotten only after the actions, whose
+        // reports name their pids.)
+        for g in self.parts.steering.owners() {
+            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.live(g)
+            {
+                self.parts.steering.release(g, &mut self.notices);
+            }
+        }
         let steer = self.machine.quiesces();
         while let Some(action) = self.machine.poll_action() {
             let now = Instant::now();
@@ -1026,6 +1039,22 @@ impl Driver {
                 }
             }
         }
+        self.release_gone();
+        self.log_notices();
+        self.advance_takeover();
+        self.drain_progress(Instant::now());
+        self.tell_manager();
+        let now = Instant::now();
+        for (id, ok, text) in std::mem::take(&mut self.answers) {
+            self.parts.control.answer(id, ok, &text, now);
+        }
+    }
+
+    /// Forget the processes the machine is done with; a generation the
+    /// machine is done with and no process of which is left gives its
+    /// sockets back. (The sockets of the supervisor taken over from go
+    /// once it has exited: see `predecessor_step`.)
+    fn release_gone(&mut self) {
         let machine = &self.machine;
         self.parts
             .children
@@ -1036,9 +1065,6 @@ impl Driver {
                 machine.worker_starting(g, w)
             });
         }
-        // A generation the machine is done with and no process of which is
-        // left gives its sockets back. (The sockets of the supervisor taken
-        // over from go once it has exited: see `predecessor_step`.)
         for g in self.parts.steering.owners() {
             if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.has(g)
             {
@@ -1047,14 +1073,6 @@ impl Driver {
                     p.cancel(g, &mut self.parts.steering);
                 }
             }
-        }
-        self.log_notices();
-        self.advance_takeover();
-        self.drain_progress(Instant::now());
-        self.tell_manager();
-        let now = Instant::now();
-        for (id, ok, text) in std::mem::take(&mut self.answers) {
-            self.parts.control.answer(id, ok, &text, now);
         }
     }
 

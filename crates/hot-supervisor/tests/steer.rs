@@ -965,3 +965,44 @@ fn the_default_readiness_waits_for_a_slow_server_to_accept() {
         "delay:1s: expected generation 2 to be called ready before it accepted (else the test shows nothing)"
     );
 }
+
+/// The first generation is routed while it starts (there is no other), so
+/// clients queue on its socket. If it fails while a reload waits for it to
+/// finish starting, the generation that reload starts takes over that
+/// socket and its queue, as a crash restart does: every queued client is
+/// answered, none reset.
+#[test]
+fn clients_queued_on_a_failing_first_generation_are_served_by_the_reload_waiting_for_it() {
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .drain_timeout("10s")
+        .command(steer_child(&["--notify", "--late-exit", "1:1500"]))
+        .start();
+    sv.wait_state(1, "starting", WAIT);
+    let addr = sv.listener_addr(0);
+    let reload = {
+        let control = sv.control.to_str().unwrap().to_string();
+        std::thread::spawn(move || ctl(&["reload", "--timeout", "20s", "--control", &control]))
+    };
+    sv.wait_line("reload queued: generation 1", WAIT);
+    // Clients queued on generation 1's socket while it starts.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::closing(addr);
+                c.get("/")
+            })
+        })
+        .collect();
+    let mut served = BTreeMap::new();
+    for c in clients {
+        match c.join().unwrap() {
+            Reply::Ok { generation, .. } => *served.entry(generation).or_insert(0) += 1,
+            Reply::Failed(why) => panic!("a client queued on the first generation failed: {why}"),
+        }
+    }
+    assert_eq!(served, BTreeMap::from([(2, 10)]));
+    let answer = reload.join().unwrap();
+    assert_eq!(answer.code, Some(0), "{answer:?}");
+}

@@ -28,6 +28,9 @@ What a generation does (`--mode-file PATH`, read at start; `ok` if absent):
 - `500`: answer every request with 500;
 - `silent`: accept connections and never answer;
 - `noaccept`: never accept;
+- `late-exit:MS`: never accept, never send READY=1, and exit 1 after MS
+  milliseconds (a start that fails late, with clients queued meanwhile);
+  `--late-exit G:MS` does the same for generation G;
 - `hold-exit:MS`: accept connections and hold them unanswered, never send
   READY=1, and after MS milliseconds write the number of connections it
   accepted to `--count-file` and exit 1.
@@ -51,6 +54,7 @@ parser.add_argument("--drain", choices=["naive", "none"], default="naive")
 parser.add_argument("--notify", action="store_true")
 parser.add_argument("--mode-file")
 parser.add_argument("--fail-generations", default="")
+parser.add_argument("--late-exit", default="", metavar="G:MS")
 parser.add_argument("--count-file")
 parser.add_argument("--udp", action="store_true")
 args = parser.parse_args()
@@ -66,6 +70,8 @@ if args.mode_file and os.path.exists(args.mode_file):
         mode = f.read().strip()
 if str(generation) in args.fail_generations.split(","):
     mode = "exit"
+if args.late_exit.split(":")[0] == str(generation):
+    mode = "late-exit:" + args.late_exit.split(":")[1]
 if mode == "exit":
     sys.exit(f"steer_server.py: generation {generation} fails to start")
 
@@ -161,6 +167,10 @@ if args.drain == "naive":
     # Blocked before any thread starts, so that the main thread alone takes
     # it, with sigwait.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+if mode.startswith("late-exit"):
+    time.sleep(int(mode.split(":")[1]) / 1000)
+    sys.exit(f"steer_server.py: generation {generation} fails to start, late")
 
 if mode != "noaccept":
     threading.Thread(target=acceptor, daemon=True).start()
