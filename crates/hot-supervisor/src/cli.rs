@@ -592,6 +592,23 @@ pub struct Args {
     pub reload: crate::machine::Strategy,
 
     /// The server command and its arguments (after `--`).
+    /// Reload when PATH changes (a file, a directory, or a symlink such as
+    /// a deploy's `current`; a Kubernetes ConfigMap or Secret mount too);
+    /// repeatable. One reload per burst of changes, once
+    /// --watch-debounce has passed without another.
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_WATCH",
+        value_delimiter = '\n',
+        value_name = "PATH"
+    )]
+    pub watch: Vec<PathBuf>,
+
+    /// With --watch: how long the watched paths must stay unchanged after
+    /// a change before the reload starts.
+    #[arg(long, env = "SUPERVISOR_OPT_WATCH_DEBOUNCE", value_name = "DUR", default_value = "500ms", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub watch_debounce: Duration,
+
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }

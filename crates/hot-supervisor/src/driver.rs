@@ -272,6 +272,11 @@ impl Driver {
                     }
                     Watch::Handover => self.handover_step(now),
                     Watch::Takeover => self.predecessor_step(),
+                    Watch::Inotify => {
+                        if let Some(w) = &mut self.parts.watcher {
+                            w.on_readable(now);
+                        }
+                    }
                     Watch::Hangup(_) => {}
                 }
             }
@@ -297,6 +302,17 @@ impl Driver {
                     .is_some_and(|d| d <= now)
                 {
                     self.handover_step(now);
+                }
+                if let Some(path) = self.parts.watcher.as_mut().and_then(|w| w.on_timeout(now)) {
+                    if self.machine.stopping() {
+                        log::info!(
+                            "--watch: {} changed; no reload during a stop",
+                            path.display()
+                        );
+                    } else {
+                        log::info!("reload requested (--watch: {} changed)", path.display());
+                        self.reload(None);
+                    }
                 }
                 // A probe that succeeded has fed the machine a later time
                 // (`feed` reads the clock): the timeout must not go back.
@@ -501,6 +517,7 @@ impl Driver {
             settings: &self.settings,
             started: self.started,
             upgrades: self.upgrades,
+            watcher: self.parts.watcher.as_ref(),
         })
     }
 

@@ -31,6 +31,7 @@ mod steer;
 mod takeover;
 mod upgrade;
 mod users;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -95,6 +96,22 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--watch`: the watcher, if any path is watched.
+fn watcher(args: &cli::Args) -> Result<Option<watch::Watcher>> {
+    if args.watch.is_empty() {
+        return Ok(None);
+    }
+    let w = watch::Watcher::new(args.watch.clone(), args.watch_debounce)?;
+    for p in w.paths() {
+        log::info!(
+            "watching {} (a reload {} after a change)",
+            p.display(),
+            hot_supervisor::duration::human(args.watch_debounce)
+        );
+    }
+    Ok(Some(w))
 }
 
 /// `--generate WHAT`: print it to stdout.
@@ -360,6 +377,12 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
     };
     let watchdog = manager::watchdog_interval();
     let control_path = settings.control_path.clone();
+    // The state is adopted already: a watch that cannot be set up now is
+    // said, not fatal.
+    let watcher = watcher(&args).unwrap_or_else(|e| {
+        log::warn!("{e:#}; nothing is watched");
+        None
+    });
     let children = children::Children::restore(
         command(args, setup, &control_path),
         state.children,
@@ -385,6 +408,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         upgrade: None,
         handover: None,
         takeover: None,
+        watcher,
     };
     let machine = Machine::restore(cfg, state.machine, Instant::now());
     let driver = driver::Driver::restore(
@@ -599,6 +623,7 @@ fn serve(
         binary: binary_path(),
     };
     let auto = matches!(args.ready, cli::Ready::Auto);
+    let watcher = watcher(&args)?;
     let children = children::Children::new(command(args, setup, &control_path))?;
     let parts = parts::Parts {
         children,
@@ -610,6 +635,7 @@ fn serve(
         upgrade: None,
         handover: None,
         takeover,
+        watcher,
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;

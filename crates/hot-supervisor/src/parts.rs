@@ -37,6 +37,8 @@ pub struct Parts {
     pub handover: Option<crate::takeover::Source>,
     /// The supervisor this one took the sockets over from, until it exits.
     pub takeover: Option<crate::takeover::Sink>,
+    /// `--watch`: the watched paths.
+    pub watcher: Option<crate::watch::Watcher>,
 }
 
 /// What a poll entry watches.
@@ -62,6 +64,8 @@ pub enum Watch {
     Handover,
     /// The connection to the supervisor this one took over from.
     Takeover,
+    /// The `--watch` inotify fd.
+    Inotify,
 }
 
 impl Parts {
@@ -76,6 +80,9 @@ impl Parts {
             self.handover
                 .as_ref()
                 .and_then(crate::takeover::Source::deadline),
+            self.watcher
+                .as_ref()
+                .and_then(crate::watch::Watcher::deadline),
         ]
         .into_iter()
         .flatten()
@@ -122,6 +129,10 @@ impl Parts {
         if let Some(fd) = self.takeover.as_ref().and_then(|t| t.interest()) {
             watch.push(Watch::Takeover);
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        if let Some(w) = &self.watcher {
+            watch.push(Watch::Inotify);
+            fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
         }
         // No events asked: only a hang-up (or an error) is reported, which a
         // listening socket never has.

@@ -41,6 +41,8 @@ pub struct Sources<'a> {
     pub started: Instant,
     /// In-place upgrades so far, and the Unix time of the last.
     pub upgrades: (u64, Option<f64>),
+    /// `--watch`, if any.
+    pub watcher: Option<&'a crate::watch::Watcher>,
 }
 
 /// Everything `supervisor status` shows.
@@ -54,6 +56,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
         settings,
         started,
         upgrades,
+        watcher,
     } = *src;
     let generations = machine
         .phases()
@@ -141,6 +144,15 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             pending: machine.pending_reloads() as u64,
             last_failure: report.last_failed_reload.clone(),
         },
+        watch: watcher.map_or_else(Vec::new, |w| {
+            w.paths().iter().map(|p| p.display().to_string()).collect()
+        }),
+        last_watch_trigger: watcher
+            .and_then(|w| w.last())
+            .map(|(p, at)| status::WatchTrigger {
+                path: p.display().to_string(),
+                ms_ago: millis(now.saturating_duration_since(at)),
+            }),
         env_files: children
             .env_files()
             .into_iter()

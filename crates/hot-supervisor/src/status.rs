@@ -38,6 +38,21 @@ pub struct Status {
     /// Each `--env-file`, read again at every generation's start.
     #[serde(default)]
     pub env_files: Vec<EnvFile>,
+    /// The `--watch` paths.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    /// The change that last made `--watch` ask for a reload.
+    #[serde(default)]
+    pub last_watch_trigger: Option<WatchTrigger>,
+}
+
+/// A `--watch` path that changed and asked for a reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchTrigger {
+    /// The path, as given.
+    pub path: String,
+    /// How long ago, in milliseconds.
+    pub ms_ago: u64,
 }
 
 /// An `--env-file` and when it was last read.
@@ -288,6 +303,16 @@ impl Status {
                 });
             let _ = writeln!(out, "env file:    {} ({when})", f.path);
         }
+        if !self.watch.is_empty() {
+            let last = self.last_watch_trigger.as_ref().map_or(String::new(), |t| {
+                format!(
+                    " (last reload for a change: {}, {} ago)",
+                    t.path,
+                    human(Duration::from_millis(t.ms_ago))
+                )
+            });
+            let _ = writeln!(out, "watching:    {}{last}", self.watch.join(", "));
+        }
         out
     }
 }
@@ -382,6 +407,8 @@ mod tests {
                 path: "/etc/app.env".into(),
                 read_ms_ago: Some(3000),
             }],
+            watch: Vec::new(),
+            last_watch_trigger: None,
         }
     }
 
