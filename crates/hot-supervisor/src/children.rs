@@ -341,6 +341,14 @@ impl Children {
             .map(|(_, c)| c.pid)
     }
 
+    /// The pids of `g`'s processes not yet reaped.
+    pub fn live_pids(&self, g: Generation) -> Vec<i32> {
+        self.of(g)
+            .filter(|(_, c)| !c.reaped)
+            .map(|(_, c)| c.pid.as_raw())
+            .collect()
+    }
+
     /// Worker `w` of `g`: its pid, while it is not forgotten.
     pub fn worker_pid(&self, g: Generation, w: u32) -> Option<Pid> {
         self.map.get(&(g, w)).map(|c| c.pid)

@@ -488,6 +488,15 @@ pub struct Args {
     #[arg(long, env = "SUPERVISOR_OPT_DRAIN_TIMEOUT", value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 
+    /// At most N generations alive at once (2 or more; default: no cap).
+    /// A reload that would make more kills the oldest generation that no
+    /// longer receives new connections (quiescing or draining) at once,
+    /// cutting its drain short: for long-lived connections and frequent
+    /// reloads, which otherwise keep old generations for the whole drain
+    /// timeout. Status shows each draining generation's open connections.
+    #[arg(long, env = "SUPERVISOR_OPT_MAX_GENERATIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub max_generations: Option<u32>,
+
     /// When the serving generation exits on its own: restart it (with
     /// exponential backoff from 100ms to 10s, reset after 10s of healthy
     /// run) on failure, always, or never (then the supervisor exits with

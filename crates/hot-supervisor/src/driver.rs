@@ -1028,6 +1028,27 @@ impl Driver {
                         }
                         p.cancel(*generation, &mut self.parts.steering);
                     }
+                    if let Event::Cut {
+                        generation,
+                        was,
+                        max,
+                    } = e
+                    {
+                        // Counted now, before the kill that follows.
+                        let open = crate::snapshot::established(&self.parts.steering).map(|set| {
+                            crate::snapshot::held(&self.parts.children, generation, &set)
+                        });
+                        let queued = self.parts.steering.queue_of(generation);
+                        self.report.cut(
+                            &self.parts.children,
+                            generation,
+                            was,
+                            max,
+                            open,
+                            queued,
+                        );
+                        continue;
+                    }
                     let sig = self.parts.children.command().stop_signal;
                     self.report.event(&e, &self.parts.children, sig, steer);
                 }

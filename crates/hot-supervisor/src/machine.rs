@@ -151,6 +151,10 @@ pub struct Config {
     /// serving generation: [`Strategy::AllAtOnce`] or
     /// [`Strategy::Rolling`].
     pub reload: Strategy,
+    /// At most this many live generations (`--max-generations`): a new
+    /// one that would make more cuts the drain of the oldest generation
+    /// that receives no new connections. `None`: no cap.
+    pub max_generations: Option<usize>,
 }
 
 /// The start limit, as systemd's `StartLimitBurst=` and
@@ -480,6 +484,18 @@ pub enum Event {
     HandedOff,
     /// A second stop request: everything is killed now.
     ForcedStop,
+    /// A new generation would have made more live generations than
+    /// `--max-generations`: this one, which receives no new connections,
+    /// is killed at once, its drain cut short. (Reported before its
+    /// [`Action::Kill`], so that what it still holds can be counted.)
+    Cut {
+        /// The generation cut.
+        generation: Generation,
+        /// Its state until then: `quiescing` or `draining`.
+        was: Phase,
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// What the driver must do.
@@ -1633,6 +1649,7 @@ impl Machine {
         match (strategy, old) {
             (Strategy::Rolling(k), Some(old)) => {
                 let n = self.workers_per_generation();
+                self.cap(now);
                 self.last += 1;
                 let g = Generation(self.last);
                 self.generations.insert(
@@ -2324,6 +2341,7 @@ impl Machine {
         if cause != Cause::Reload {
             self.starts.push_back(now);
         }
+        self.cap(now);
         self.last += 1;
         let g = Generation(self.last);
         let wait = match self.cfg.ready {
@@ -2350,6 +2368,55 @@ impl Machine {
         self.pools
             .insert(g, vec![worker; self.workers_per_generation() as usize]);
         self.push(Action::Spawn(g));
+    }
+
+    /// Make room for one more generation under `--max-generations`: while
+    /// the live generations (those not yet killed) would be more than the
+    /// cap, the oldest one that receives no new connections (quiescing or
+    /// draining) is killed at once. Generations that serve (starting,
+    /// active, canary) are never cut: with none to cut, the cap is
+    /// exceeded for this start (the cap's minimum, 2, leaves room for the
+    /// serving one and the new one).
+    fn cap(&mut self, now: Instant) {
+        let Some(max) = self.cfg.max_generations else {
+            return;
+        };
+        loop {
+            let live = self
+                .generations
+                .values()
+                .filter(|s| !matches!(s, State::Draining { deadline: None, .. }))
+                .count();
+            if live < max {
+                return;
+            }
+            let Some((g, was)) = self.generations.iter().find_map(|(g, s)| match s {
+                State::Quiescing { .. } => Some((*g, Phase::Quiescing)),
+                State::Draining {
+                    deadline: Some(_), ..
+                } => Some((*g, Phase::Draining)),
+                _ => None,
+            }) else {
+                return;
+            };
+            self.report(Event::Cut {
+                generation: g,
+                was,
+                max,
+            });
+            let since = match self.generations.get(&g) {
+                Some(State::Draining { since, .. }) => *since,
+                _ => now,
+            };
+            self.generations.insert(
+                g,
+                State::Draining {
+                    since,
+                    deadline: None,
+                },
+            );
+            self.push(Action::Kill(g));
+        }
     }
 
     /// A replaced generation: in steer mode it quiesces first (its queue
@@ -2477,6 +2544,7 @@ mod tests {
             shutdown_delay: Duration::ZERO,
             workers: 1,
             reload: Strategy::AllAtOnce,
+            max_generations: None,
         }
     }
 
@@ -2806,6 +2874,50 @@ mod tests {
         assert_eq!(acts.len(), 2);
         assert_eq!(m.next_deadline(), None);
         assert_eq!(m.active(), Some(G3));
+    }
+
+    #[test]
+    fn the_generation_cap_kills_the_oldest_draining_generation_before_a_start() {
+        let (mut m, t0) = serving(RestartPolicy::OnFailure);
+        m.cfg.max_generations = Some(2);
+        m.handle(ms(t0, 1000), Input::Reload(1));
+        m.handle(ms(t0, 1010), Input::WorkerReady(G2, 0));
+        assert_eq!(signals(&actions(&mut m)), vec![(G1, Signal::Stop)]);
+        // Generation 1 drains, 2 serves: a third would make 3.
+        m.handle(ms(t0, 2000), Input::Reload(2));
+        let acts = actions(&mut m);
+        assert_eq!(
+            acts[..3],
+            [
+                Action::Report(Event::Cut {
+                    generation: G1,
+                    was: Phase::Draining,
+                    max: 2
+                }),
+                Action::Kill(G1),
+                Action::Spawn(G3),
+            ]
+        );
+        // Killed already: its drain deadline is gone, and it no longer
+        // counts against the cap, so nothing else is cut.
+        m.handle(ms(t0, 2010), Input::WorkerReady(G3, 0));
+        assert_eq!(signals(&actions(&mut m)), vec![(G2, Signal::Stop)]);
+        m.handle(
+            ms(t0, 2020),
+            Input::WorkerExited(G1, 0, ExitStatus::Signal(9)),
+        );
+        actions(&mut m);
+        assert_eq!(m.phases().len(), 2);
+        // Once generation 2 has drained, one serves: a reload cuts
+        // nothing (a serving generation is never cut).
+        m.handle(
+            ms(t0, 2030),
+            Input::WorkerExited(G2, 0, ExitStatus::Code(0)),
+        );
+        m.handle(ms(t0, 3000), Input::Reload(3));
+        let acts = actions(&mut m);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Kill(_))), "{acts:?}");
+        assert!(acts.contains(&Action::Spawn(Generation(4))));
     }
 
     #[test]

@@ -296,6 +296,7 @@ fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steerin
         shutdown_delay: args.shutdown_delay,
         workers: args.workers,
         reload: args.reload,
+        max_generations: args.max_generations.map(|n| n as usize),
     }
 }
 

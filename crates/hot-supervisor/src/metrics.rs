@@ -62,6 +62,12 @@ pub struct Counts {
     /// Workers of serving generations that exited on their own.
     #[serde(default)]
     pub worker_crashes: u64,
+    /// Generations killed by `--max-generations`.
+    #[serde(default)]
+    pub generations_cut: u64,
+    /// Connections they held (open, and queued) when they were killed.
+    #[serde(default)]
+    pub connections_cut: u64,
 }
 
 /// A label value, escaped as the format wants.
@@ -214,6 +220,20 @@ pub fn render(status: &Status, counts: &Counts) -> String {
         "Workers of serving generations that exited on their own.",
         "counter",
         &[(String::new(), counts.worker_crashes as f64)],
+    );
+    gauge(
+        &mut out,
+        "supervisor_generations_cut_total",
+        "Generations killed before the end of their drain because --max-generations was reached.",
+        "counter",
+        &[(String::new(), counts.generations_cut as f64)],
+    );
+    gauge(
+        &mut out,
+        "supervisor_connections_cut_total",
+        "Connections those generations held (open, or queued) when they were killed.",
+        "counter",
+        &[(String::new(), counts.connections_cut as f64)],
     );
     gauge(
         &mut out,

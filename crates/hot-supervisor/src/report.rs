@@ -215,7 +215,45 @@ impl Report {
                 who.who(*serving),
                 who.who(*generation)
             ),
+            Event::Cut {
+                generation,
+                was,
+                max,
+            } => {
+                // What it still held is counted by the driver, which asks
+                // the kernel before the kill: see `cut`.
+                let _ = (generation, was, max);
+            }
         }
+    }
+
+    /// A generation cut by `--max-generations`, holding `connections`
+    /// open connections (`None`: they could not be counted) and `queued`
+    /// connections in its own queues, which its death resets.
+    pub fn cut(
+        &mut self,
+        who: &dyn Who,
+        g: Generation,
+        was: crate::machine::Phase,
+        max: usize,
+        connections: Option<u64>,
+        queued: Option<u64>,
+    ) {
+        self.counts.generations_cut += 1;
+        self.counts.connections_cut += connections.unwrap_or(0) + queued.unwrap_or(0);
+        let held = match connections {
+            Some(n) => format!("{n} open connection(s)"),
+            None => "open connections not counted (sock_diag not allowed)".to_string(),
+        };
+        let queued = match queued {
+            Some(n) if n > 0 => format!(" and {n} queued, reset"),
+            _ => String::new(),
+        };
+        log::warn!(
+            "{} killed while {}: --max-generations {max} reached; it held {held}{queued}",
+            who.who(g),
+            was.as_str()
+        );
     }
 
     fn hint(&self, why: &StartFailure) -> String {

@@ -9,7 +9,7 @@ use hot_supervisor::status;
 use supervisor_child::protocol as child;
 
 use crate::children::Children;
-use crate::machine::{Machine, WorkerPhase};
+use crate::machine::{Generation, Machine, Phase, WorkerPhase};
 use crate::report::Report;
 use crate::steer::Steering;
 
@@ -45,6 +45,31 @@ pub struct Sources<'a> {
     pub watcher: Option<&'a crate::watch::Watcher>,
 }
 
+/// The inodes of the established TCP connections on the listeners' ports
+/// (`None`: sock_diag cannot be asked here).
+pub fn established(steering: &Steering) -> Option<std::collections::HashSet<u64>> {
+    let ports: Vec<u16> = steering
+        .listeners()
+        .filter_map(|(l, _)| l.bound.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+        .collect();
+    if ports.is_empty() {
+        return Some(std::collections::HashSet::new());
+    }
+    hot_supervisor::sockinfo::established_inodes(&ports).ok()
+}
+
+/// How many of the connections `inodes` the processes of `g` (and their
+/// descendants: a server's worker processes) hold open.
+pub fn held(children: &Children, g: Generation, inodes: &std::collections::HashSet<u64>) -> u64 {
+    let pids: Vec<i32> = children
+        .live_pids(g)
+        .into_iter()
+        .flat_map(hot_supervisor::sockinfo::process_tree)
+        .collect();
+    hot_supervisor::sockinfo::held_by(&pids, inodes)
+}
+
 /// Everything `supervisor status` shows.
 pub fn status(src: &Sources<'_>) -> status::Status {
     let now = Instant::now();
@@ -58,10 +83,27 @@ pub fn status(src: &Sources<'_>) -> status::Status {
         upgrades,
         watcher,
     } = *src;
+    // Open connections of the generations that no longer receive new
+    // ones: one sock_diag dump for them all.
+    let retiring: Vec<_> = machine
+        .phases()
+        .into_iter()
+        .filter(|(_, p, _)| matches!(p, Phase::Quiescing | Phase::Draining))
+        .map(|(g, _, _)| g)
+        .collect();
+    let inodes = if retiring.is_empty() {
+        None
+    } else {
+        established(steering)
+    };
     let generations = machine
         .phases()
         .into_iter()
         .map(|(g, phase, since)| status::Generation {
+            connections: inodes
+                .as_ref()
+                .filter(|_| retiring.contains(&g))
+                .map(|set| held(children, g, set)),
             generation: g.0,
             pid: children.pid(g).map(|p| p.as_raw()),
             state: phase.as_str().to_string(),

@@ -58,9 +58,67 @@ pub fn queue_length(fd: BorrowedFd<'_>, stream: bool) -> u64 {
 /// # Errors
 /// The netlink socket cannot be made, or the kernel refuses the dump.
 pub fn listening(family: libc::c_int, stream: bool) -> Result<Vec<(SocketAddr, u32, u64)>, Errno> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const TCP_LISTEN: u32 = 10;
     const TCP_CLOSE: u32 = 7;
+    let states: u32 = 1 << if stream { TCP_LISTEN } else { TCP_CLOSE };
+    dump(family, stream, states)
+}
+
+/// The established TCP connections of the machine (both families) whose
+/// local port is one of `ports`: their inodes (0 for a connection still
+/// in an accept queue is left out). One sock_diag dump per family, the
+/// kernel filtering by state.
+///
+/// # Errors
+/// The netlink socket cannot be made, or the kernel refuses the dump.
+pub fn established_inodes(ports: &[u16]) -> Result<std::collections::HashSet<u64>, Errno> {
+    const TCP_ESTABLISHED: u32 = 1;
+    const TCP_CLOSE_WAIT: u32 = 8;
+    let states = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+    let mut out = std::collections::HashSet::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for (local, _, ino) in dump(family, true, states)? {
+            if ino != 0 && ports.contains(&local.port()) {
+                out.insert(ino);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How many of the sockets `inodes` the processes `pids` hold open
+/// (each socket counted once, however many fds point at it).
+pub fn held_by(pids: &[i32], inodes: &std::collections::HashSet<u64>) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in dir.filter_map(Result::ok) {
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let ino = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|l| l.strip_suffix(']'))
+                .and_then(|l| l.parse::<u64>().ok());
+            if let Some(ino) = ino.filter(|i| inodes.contains(i)) {
+                seen.insert(ino);
+            }
+        }
+    }
+    seen.len() as u64
+}
+
+/// One sock_diag dump of `family`'s TCP (`stream`) or UDP sockets in
+/// `states` (a bit per state): (local address, uid, inode) of each.
+fn dump(
+    family: libc::c_int,
+    stream: bool,
+    states: u32,
+) -> Result<Vec<(SocketAddr, u32, u64)>, Errno> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     // nlmsghdr (16 bytes) + inet_diag_req_v2 (56 bytes).
     let mut req = [0u8; 72];
     req[0..4].copy_from_slice(&72u32.to_ne_bytes());
@@ -73,7 +131,6 @@ pub fn listening(family: libc::c_int, stream: bool) -> Result<Vec<(SocketAddr, u
     } else {
         libc::IPPROTO_UDP as u8
     };
-    let states: u32 = 1 << if stream { TCP_LISTEN } else { TCP_CLOSE };
     req[20..24].copy_from_slice(&states.to_ne_bytes());
     let fd = diag_send(&req)?;
     let mut out = Vec::new();

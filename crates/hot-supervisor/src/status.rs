@@ -131,6 +131,11 @@ pub struct Generation {
     /// shared mode).
     #[serde(default)]
     pub queued: Option<u64>,
+    /// Its open connections, from the kernel (established TCP
+    /// connections on the listeners' ports held by its processes), while
+    /// it quiesces or drains: what cutting it short would cut.
+    #[serde(default)]
+    pub connections: Option<u64>,
     /// Its workers (`--workers N`; one otherwise), by index.
     #[serde(default)]
     pub workers: Vec<Worker>,
@@ -256,6 +261,9 @@ impl Status {
                 if g.state != "active" {
                     let _ = write!(line, ", {} for {}", g.state, ms(g.state_ms));
                 }
+                if let Some(c) = g.connections {
+                    let _ = write!(line, ", {c} open connection(s)");
+                }
                 if let Some(q) = g.queued.filter(|&q| q > 0) {
                     let _ = write!(line, ", {q} queued");
                 }
@@ -366,6 +374,7 @@ mod tests {
                     state_ms: 2_100,
                     status: None,
                     queued: Some(2),
+                    connections: None,
                     workers: Vec::new(),
                     share: None,
                 },
@@ -377,6 +386,7 @@ mod tests {
                     state_ms: 2_100,
                     status: Some("serving\n3".into()),
                     queued: Some(0),
+                    connections: None,
                     workers: vec![
                         Worker {
                             index: 0,
