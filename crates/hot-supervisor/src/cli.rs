@@ -325,6 +325,18 @@ pub enum Client {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the lifecycle events (reload requested, spawned, ready,
+    /// switched, quiescing, stopping, exited, reload succeeded or failed,
+    /// upgrade, takeover, ...), one per line, until the supervisor ends the
+    /// stream (it exits, upgrades in place or is taken over: reconnect).
+    Events {
+        /// The supervisor's control socket (default: as the supervisor's).
+        #[arg(long, value_name = "PATH", env = "SUPERVISOR_OPT_CONTROL")]
+        control: Option<PathBuf>,
+        /// Print each event as the JSON object sent (one per line).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop gracefully (every generation drains) and wait until the
     /// supervisor has exited.
     Stop {
@@ -487,6 +499,19 @@ pub struct Args {
     /// process group.
     #[arg(long, env = "SUPERVISOR_OPT_DRAIN_TIMEOUT", value_name = "DUR", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
+
+    /// How the log is written on stderr: `text` (the default), or `json`,
+    /// one object per line (time, level, message, and the lifecycle
+    /// event's typed fields: event, generation, pid, reason, duration_ms,
+    /// ...) for container log pipelines.
+    #[arg(
+        long,
+        env = "SUPERVISOR_OPT_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::Format,
 
     /// At most N generations alive at once (2 or more; default: no cap).
     /// A reload that would make more kills the oldest generation that no

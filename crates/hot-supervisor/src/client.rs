@@ -60,6 +60,7 @@ pub fn run(client: Client) -> i32 {
         Client::Promote { control, timeout } => (control, Request::Promote, *timeout),
         Client::Rollback { control, timeout } => (control, Request::Rollback, *timeout),
         Client::Status { control, .. } => (control, Request::Status, Some(STATUS_TIMEOUT)),
+        Client::Events { control, .. } => (control, Request::Events, Some(STATUS_TIMEOUT)),
         Client::Stop { control, timeout } => (control, Request::Stop, *timeout),
         // The supervisor bounds the check by the timeout; the exec and the
         // new image's start come on top.
@@ -120,6 +121,7 @@ pub fn run(client: Client) -> i32 {
                 Request::Status => "status failed",
                 Request::Stop => "stop failed",
                 Request::Upgrade(_) => "upgrade failed",
+                Request::Events => "events failed",
                 Request::Fds(_) | Request::Listen(_) | Request::Takeover => "request failed",
             };
             eprintln!("supervisor: {what}: {text}");
@@ -166,6 +168,7 @@ pub fn run(client: Client) -> i32 {
             }
             Err(e) => unreachable(&e),
         },
+        Client::Events { json, .. } => session.follow(json),
         Client::Fds { .. } | Client::Listen { .. } => 0,
     }
 }
@@ -301,6 +304,19 @@ fn unreachable(why: &str) -> i32 {
     UNREACHABLE
 }
 
+/// A Unix time as `HH:MM:SS.mmm` (UTC).
+fn clock(t: f64) -> String {
+    let ms = (t * 1000.0) as u64;
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
 /// One connection to a supervisor.
 struct Session {
     stream: UnixStream,
@@ -310,6 +326,8 @@ struct Session {
     deadline: Option<Instant>,
     /// The request sent (for messages).
     request: Request,
+    /// What came after the answer line (an event stream's first events).
+    rest: Vec<u8>,
 }
 
 impl Session {
@@ -342,6 +360,7 @@ impl Session {
             pid,
             deadline,
             request: Request::Status,
+            rest: Vec::new(),
         })
     }
 
@@ -363,6 +382,7 @@ impl Session {
         let mut chunk = [0u8; 8192];
         loop {
             if let Some(n) = line.iter().position(|&b| b == b'\n') {
+                self.rest = line.split_off(n + 1);
                 line.truncate(n);
                 break;
             }
@@ -415,6 +435,41 @@ impl Session {
             "no answer from the supervisor at {} in time{what}",
             self.path.display()
         )
+    }
+
+    /// After `events`' answer: print each event line as it comes (as sent
+    /// with `json`, else one line for people) until the supervisor ends
+    /// the stream; the exit status.
+    fn follow(&mut self, json: bool) -> i32 {
+        use std::io::BufRead;
+        let _ = self.stream.set_read_timeout(None);
+        let rest = std::mem::take(&mut self.rest);
+        let reader = std::io::BufReader::new(std::io::Cursor::new(rest).chain(&self.stream));
+        let mut out = std::io::stdout().lock();
+        for line in reader.lines() {
+            let Ok(line) = line else {
+                break;
+            };
+            let shown = if json {
+                line
+            } else {
+                match serde_json::from_str::<hot_supervisor::events::Record>(&line) {
+                    Ok(r) => format!("{} {}", clock(r.time), r.render()),
+                    // A kind this client does not know: as sent.
+                    Err(_) => line,
+                }
+            };
+            if writeln!(out, "{shown}").and_then(|()| out.flush()).is_err() {
+                // `supervisor events | head`: the reader left.
+                return 0;
+            }
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "supervisor: the event stream of pid {} ended",
+            self.pid
+        );
+        0
     }
 
     /// After a stop's answer: wait for the connection to close (the

@@ -169,7 +169,22 @@ pub enum Stage {
     Writing(Vec<u8>, usize),
     /// Sending listeners with `SCM_RIGHTS`; then close.
     Sending(Transfer),
+    /// Streaming lifecycle events: what is left to send, from this
+    /// offset; open until the client leaves, falls [`EVENT_BUFFER`]
+    /// behind, or the stream ends (upgrade, takeover, exit).
+    Streaming(Vec<u8>, usize),
 }
+
+/// Bytes of events a subscriber may fall behind (on top of what its
+/// socket's buffer holds) before it is dropped: a reload makes about ten
+/// events of 100 to 250 bytes, so this is some fifty reloads' worth, far
+/// more than a client that reads at all lets pile up. The loop never
+/// waits for a subscriber.
+pub const EVENT_BUFFER: usize = 64 * 1024;
+
+/// At most this many event streams at once; more are refused. Counted
+/// apart from [`MAX_CONNECTIONS`], as waiting requesters are.
+pub const MAX_SUBSCRIBERS: usize = 32;
 
 /// An answer that carries file descriptors: `ok N\n` and N description
 /// lines, the fds attached in the same order, at most [`SCM_MAX_FD`] per
@@ -347,6 +362,9 @@ impl Conn {
             Stage::Reading(_) => Some((self.stream.as_fd(), true)),
             Stage::Writing(..) => Some((self.stream.as_fd(), false)),
             Stage::Sending(ref t) if t.retry_at.is_none() => Some((self.stream.as_fd(), false)),
+            // Events to send: wait for room; none: watch for the client
+            // leaving (its end of stream).
+            Stage::Streaming(ref out, pos) => Some((self.stream.as_fd(), pos >= out.len())),
             Stage::Sending(_) | Stage::Waiting => None,
         }
     }
@@ -447,6 +465,43 @@ impl Conn {
             }
         }
         true
+    }
+
+    /// An event stream: send what the socket takes of what is queued;
+    /// `false` once the client is gone.
+    fn flush_stream(&mut self) -> bool {
+        let Stage::Streaming(out, pos) = &mut self.stage else {
+            return false;
+        };
+        while *pos < out.len() {
+            match self.stream.write(&out[*pos..]) {
+                Ok(0) => return false,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        if *pos == out.len() {
+            out.clear();
+            *pos = 0;
+        }
+        true
+    }
+
+    /// An event stream: take (and ignore) what the client sent; `false`
+    /// once it has left.
+    fn still_there(&mut self) -> bool {
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
     }
 }
 
@@ -589,7 +644,8 @@ impl ControlServer {
                         Stage::Reading(b) => SavedStage::Reading(b.clone()),
                         Stage::Waiting => SavedStage::Waiting,
                         Stage::Writing(b, n) => SavedStage::Writing(b.clone(), *n),
-                        Stage::Sending(_) => return None,
+                        // Ended before the exec (an upgrade event first).
+                        Stage::Sending(_) | Stage::Streaming(..) => return None,
                     };
                     Some(SavedConn {
                         id: *id,
@@ -820,7 +876,7 @@ impl ControlServer {
     fn busy(&self) -> usize {
         self.conns
             .values()
-            .filter(|c| !matches!(c.stage, Stage::Waiting))
+            .filter(|c| !matches!(c.stage, Stage::Waiting | Stage::Streaming(..)))
             .count()
     }
 
@@ -908,7 +964,74 @@ impl ControlServer {
                 }
                 ReadStep::Request(r) => self.request(id, r, now),
             },
+            Stage::Streaming(..) => {
+                let out = matches!(&conn.stage, Stage::Streaming(b, p) if *p < b.len());
+                if !conn.still_there() || (out && !conn.flush_stream()) {
+                    log::debug!("events subscriber pid {} left", conn.pid);
+                    self.conns.remove(&id);
+                }
+                None
+            }
             Stage::Waiting => None,
+        }
+    }
+
+    /// Send `record` to every event stream; a subscriber that has fallen
+    /// [`EVENT_BUFFER`] behind is dropped (it sees its stream end).
+    pub fn publish(&mut self, record: &hot_supervisor::events::Record) {
+        if !self
+            .conns
+            .values()
+            .any(|c| matches!(c.stage, Stage::Streaming(..)))
+        {
+            return;
+        }
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
+        line.push(b'\n');
+        let mut gone = Vec::new();
+        for (id, c) in &mut self.conns {
+            let Stage::Streaming(out, pos) = &mut c.stage else {
+                continue;
+            };
+            if out.len() - *pos + line.len() > EVENT_BUFFER {
+                log::warn!(
+                    "events subscriber pid {} dropped: {} bytes of events unread",
+                    c.pid,
+                    out.len() - *pos
+                );
+                gone.push(*id);
+                continue;
+            }
+            if *pos > 0 {
+                out.drain(..*pos);
+                *pos = 0;
+            }
+            out.extend_from_slice(&line);
+            if !c.flush_stream() {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.conns.remove(&id);
+        }
+    }
+
+    /// End every event stream: what is queued goes out if the socket takes
+    /// it now, then the connection closes (after an upgrade or takeover
+    /// event: subscribers reconnect).
+    pub fn end_streams(&mut self) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.stage, Stage::Streaming(..)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(mut c) = self.conns.remove(&id) {
+                let _ = c.flush_stream();
+            }
         }
     }
 
@@ -991,6 +1114,27 @@ impl ControlServer {
                 conn.stage = Stage::Waiting;
                 conn.deadline = None;
                 Some(ControlEvent::Takeover(id, pid))
+            }
+            Ok(Request::Events) => {
+                let streams = self
+                    .conns
+                    .values()
+                    .filter(|c| matches!(c.stage, Stage::Streaming(..)))
+                    .count();
+                if streams >= MAX_SUBSCRIBERS {
+                    let why = format!("busy: {MAX_SUBSCRIBERS} event streams already open");
+                    log::warn!("control connection from pid {pid}: {why}");
+                    self.answer(id, false, &why, now);
+                    return None;
+                }
+                let conn = self.conns.get_mut(&id)?;
+                log::debug!("events subscriber pid {pid}");
+                conn.stage = Stage::Streaming(answer(true, "events").into_bytes(), 0);
+                conn.deadline = None;
+                if !conn.flush_stream() {
+                    self.conns.remove(&id);
+                }
+                None
             }
         }
     }
@@ -1184,7 +1328,7 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(
             answer_of(&mut bad),
-            "error unknown request \"reboot\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
+            "error unknown request \"reboot\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR)\n"
         );
         assert_eq!(srv.deadline(), Some(now + REQUEST_TIMEOUT));
         srv.on_timeout(now + REQUEST_TIMEOUT);

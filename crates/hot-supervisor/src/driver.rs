@@ -31,6 +31,7 @@ use crate::parts::{Parts, Watch};
 use crate::report::Report;
 use crate::snapshot::Settings;
 use crate::steer::Notice;
+use hot_supervisor::events::{Kind, Record};
 
 /// The signals the supervisor handles; blocked from the first line of
 /// `main` and read from the signalfd.
@@ -220,6 +221,10 @@ impl Driver {
                 self.exec_upgrade(waiter, requested);
             }
             if let Some(code) = self.exit {
+                let mut r = Record::new(crate::report::unix_now(), Kind::Exit);
+                r.status = Some(format!("exit status {code}"));
+                self.parts.control.publish(&r);
+                self.parts.control.end_streams();
                 self.parts.children.kill_orphans();
                 self.parts.control.answer_stop(code, Instant::now());
                 return Ok(code);
@@ -310,8 +315,13 @@ impl Driver {
                             path.display()
                         );
                     } else {
-                        log::info!("reload requested (--watch: {} changed)", path.display());
-                        self.reload(None);
+                        let mut r = Record::new(crate::report::unix_now(), Kind::Watch);
+                        r.path = Some(path.display().to_string());
+                        crate::logging::with_fields(Some(&r), || {
+                            log::info!("reload requested (--watch: {} changed)", path.display());
+                        });
+                        self.parts.control.publish(&r);
+                        self.reload(None, format!("watch {}", path.display()));
                     }
                 }
                 // A probe that succeeded has fed the machine a later time
@@ -388,7 +398,7 @@ impl Driver {
                 }
                 Signal::SIGHUP => {
                     log::info!("reload requested (SIGHUP)");
-                    self.reload(None);
+                    self.reload(None, "SIGHUP".to_string());
                 }
                 Signal::SIGUSR2 => {
                     log::info!("upgrade requested (SIGUSR2)");
@@ -457,7 +467,7 @@ impl Driver {
             log::warn!(
                 "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
             );
-            self.reload(None);
+            self.reload(None, "a serving socket stopped listening".to_string());
         }
     }
 
@@ -534,7 +544,7 @@ impl Driver {
             }
             ControlEvent::Reload(id, pid) => {
                 log::info!("reload requested (control socket, pid {pid})");
-                self.reload(Some(id));
+                self.reload(Some(id), format!("control pid {pid}"));
             }
             ControlEvent::ReloadWith(id, ..)
             | ControlEvent::Promote(id, _)
@@ -553,6 +563,7 @@ impl Driver {
                     },
                 };
                 log::info!("reload requested (control socket, pid {pid}): {strategy:?}");
+                self.requested(format!("control pid {pid}"));
                 let t = self.ticket(Some(id));
                 if let Some(m) = &mut self.parts.manager {
                     m.reload_requested();
@@ -655,16 +666,25 @@ impl Driver {
         true
     }
 
-    /// Ask for a reload (SIGHUP, or a control request to answer).
-    fn reload(&mut self, waiter: Option<ConnId>) {
+    /// Ask for a reload (SIGHUP, or a control request to answer), asked by
+    /// `source`.
+    fn reload(&mut self, waiter: Option<ConnId>, source: String) {
         if self.refused_during_handover(waiter) {
             return;
         }
+        self.requested(source);
         let t = self.ticket(waiter);
         if let Some(m) = &mut self.parts.manager {
             m.reload_requested();
         }
         self.feed(Input::Reload(t));
+    }
+
+    /// A reload was asked for by `source`: an event.
+    fn requested(&mut self, source: String) {
+        let mut r = Record::new(crate::report::unix_now(), Kind::ReloadRequested);
+        r.source = Some(source);
+        self.parts.control.publish(&r);
     }
 
     /// Another supervisor asks for every socket (see [`crate::takeover`]).
@@ -714,6 +734,10 @@ impl Driver {
                     "supervisor pid {pid} takes over: {} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)",
                     fds.len()
                 );
+                let mut r = Record::new(crate::report::unix_now(), Kind::Takeover);
+                r.pid = Some(pid);
+                self.parts.control.publish(&r);
+                self.parts.control.end_streams();
                 self.parts.steering.hold();
                 self.parts.control.set_accepting(false);
                 self.parts.handover = Some(source);
@@ -939,11 +963,18 @@ impl Driver {
             Ok(fd) => fd,
             Err(e) => return self.upgrade_failed(waiter, &format!("{e:#}")),
         };
-        log::info!(
-            "executing {} in place (pid {})",
-            self.settings.binary.display(),
-            std::process::id()
-        );
+        let mut r = Record::new(crate::report::unix_now(), Kind::Upgrade);
+        r.path = Some(self.settings.binary.display().to_string());
+        r.pid = Some(std::process::id() as i32);
+        crate::logging::with_fields(Some(&r), || {
+            log::info!(
+                "executing {} in place (pid {})",
+                self.settings.binary.display(),
+                std::process::id()
+            );
+        });
+        self.parts.control.publish(&r);
+        self.parts.control.end_streams();
         let e = crate::upgrade::exec(
             &self.settings.binary,
             std::os::fd::AsRawFd::as_raw_fd(&fd),
@@ -1006,6 +1037,8 @@ impl Driver {
                     let began = Instant::now();
                     self.parts.steering.route(g, &mut self.notices);
                     slow("routing new connections", began);
+                    let r = crate::stream::about(Kind::Switched, g, &self.parts.children);
+                    self.parts.control.publish(&r);
                     if let Some(p) = &mut self.parts.prober {
                         p.cancel(g, &mut self.parts.steering);
                     }
@@ -1039,21 +1072,32 @@ impl Driver {
                             crate::snapshot::held(&self.parts.children, generation, &set)
                         });
                         let queued = self.parts.steering.queue_of(generation);
-                        self.report.cut(
-                            &self.parts.children,
-                            generation,
-                            was,
-                            max,
-                            open,
-                            queued,
-                        );
+                        let mut r = crate::stream::of_event(&e, &self.parts.children)
+                            .pop()
+                            .expect("one record");
+                        r.connections = Some(open.unwrap_or(0) + queued.unwrap_or(0));
+                        let (children, report) = (&self.parts.children, &mut self.report);
+                        crate::logging::with_fields(Some(&r), || {
+                            report.cut(children, generation, was, max, open, queued);
+                        });
+                        self.parts.control.publish(&r);
                         continue;
                     }
                     let sig = self.parts.children.command().stop_signal;
-                    self.report.event(&e, &self.parts.children, sig, steer);
+                    let records = crate::stream::of_event(&e, &self.parts.children);
+                    let (children, report) = (&self.parts.children, &mut self.report);
+                    crate::logging::with_fields(records.first(), || {
+                        report.event(&e, children, sig, steer);
+                    });
+                    for r in &records {
+                        self.parts.control.publish(r);
+                    }
                 }
                 Action::Answer(tickets, outcome) => {
                     let (ok, text) = self.report.outcome(&outcome, &self.parts.children, steer);
+                    if let Some(r) = crate::stream::of_outcome(&outcome, ok, &text) {
+                        self.parts.control.publish(&r);
+                    }
                     if matches!(outcome, crate::machine::ReloadOutcome::Refused(_)) {
                         // A refusal has no event of its own: say it here.
                         log::warn!("reload request {tickets:?} {text}");
@@ -1136,11 +1180,19 @@ impl Driver {
         slow("giving a generation its sockets", began);
         match self.parts.children.spawn((g, w), &fds, &names, &keys) {
             Ok(pid) => {
-                if self.machine.workers_per_generation() > 1 {
-                    log::info!("{g} worker {w} (pid {pid}) started");
-                } else {
-                    log::info!("{g} (pid {pid}) started");
-                }
+                let workers = self.machine.workers_per_generation() > 1;
+                let mut r = Record::new(crate::report::unix_now(), Kind::Spawned);
+                r.generation = Some(g.0);
+                r.worker = workers.then_some(w);
+                r.pid = Some(pid.as_raw());
+                crate::logging::with_fields(Some(&r), || {
+                    if workers {
+                        log::info!("{g} worker {w} (pid {pid}) started");
+                    } else {
+                        log::info!("{g} (pid {pid}) started");
+                    }
+                });
+                self.parts.control.publish(&r);
                 true
             }
             Err(e) => {

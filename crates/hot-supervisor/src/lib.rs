@@ -28,6 +28,8 @@ pub mod duration;
 #[doc(hidden)]
 pub mod envfile;
 #[doc(hidden)]
+pub mod events;
+#[doc(hidden)]
 pub mod parse;
 #[doc(hidden)]
 pub mod sockinfo;

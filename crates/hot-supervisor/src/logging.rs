@@ -1,4 +1,7 @@
-//! The supervisor's log: one line per event on stderr, through `RUST_LOG`.
+//! The supervisor's log: one line per event on stderr, through `RUST_LOG`;
+//! as text, or with `--log-format json` one JSON object per line (time,
+//! level, message, and the typed fields of the lifecycle event the line
+//! tells, when it tells one: see [`with_fields`]).
 //!
 //! Logging must never stop the supervisor: stderr may be a pipe that
 //! nobody reads (a full pipe would block every `write`), or closed. So the
@@ -91,20 +94,84 @@ pub fn guard_standard_fds() {
     }
 }
 
-/// Start logging: `RUST_LOG` (default `info`), lines like
-/// `2026-11-21T10:30:57.931123Z supervisor[4200] info: ...`.
-pub fn init() {
+std::thread_local! {
+    /// The fields of the lifecycle event being logged, if any.
+    static FIELDS: std::cell::RefCell<Option<serde_json::Map<String, serde_json::Value>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with the fields of `record` attached to every line it logs
+/// (shown with `--log-format json`; the text format has them in its words).
+pub fn with_fields<R>(record: Option<&hot_supervisor::events::Record>, f: impl FnOnce() -> R) -> R {
+    let fields = record
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| match v {
+            serde_json::Value::Object(mut m) => {
+                // The line's own time is the one shown.
+                m.remove("time");
+                Some(m)
+            }
+            _ => None,
+        });
+    let before = FIELDS.with(|c| c.replace(fields));
+    let out = f();
+    FIELDS.with(|c| c.replace(before));
+    out
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `2026-11-21T10:30:57.931123Z supervisor[4200] info: ...`
+    Text,
+    /// `{"time":"2026-11-21T10:30:57.931123Z","level":"info","message":"...",
+    /// "event":"ready","generation":3,...}`, one object per line.
+    Json,
+}
+
+/// Start logging: `RUST_LOG` (default `info`), in `format`.
+pub fn init(format: Format) {
     let pid = std::process::id();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Pipe(Box::new(Stderr)))
         .format(move |buf, record| {
-            writeln!(
-                buf,
-                "{} supervisor[{pid}] {}: {}",
-                buf.timestamp_micros(),
-                record.level().as_str().to_ascii_lowercase(),
-                record.args()
-            )
+            let level = record.level().as_str().to_ascii_lowercase();
+            match format {
+                Format::Text => writeln!(
+                    buf,
+                    "{} supervisor[{pid}] {level}: {}",
+                    buf.timestamp_micros(),
+                    record.args()
+                ),
+                Format::Json => {
+                    // time, level and message first, then the event's
+                    // fields (serde_json's map would sort them).
+                    let head = [
+                        ("time", buf.timestamp_micros().to_string()),
+                        ("level", level),
+                        ("message", record.args().to_string()),
+                    ];
+                    let mut line = String::from("{");
+                    for (i, (k, v)) in head.iter().enumerate() {
+                        if i > 0 {
+                            line.push(',');
+                        }
+                        line.push_str(&format!("\"{k}\":{}", serde_json::Value::from(v.as_str())));
+                    }
+                    FIELDS.with(|c| {
+                        if let Some(f) = &*c.borrow() {
+                            for (k, v) in f {
+                                line.push_str(&format!(
+                                    ",{}:{v}",
+                                    serde_json::Value::from(k.as_str())
+                                ));
+                            }
+                        }
+                    });
+                    line.push('}');
+                    writeln!(buf, "{line}")
+                }
+            }
         })
         .init();
 }

@@ -2916,7 +2916,10 @@ mod tests {
         );
         m.handle(ms(t0, 3000), Input::Reload(3));
         let acts = actions(&mut m);
-        assert!(!acts.iter().any(|a| matches!(a, Action::Kill(_))), "{acts:?}");
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::Kill(_))),
+            "{acts:?}"
+        );
         assert!(acts.contains(&Action::Spawn(Generation(4))));
     }
 

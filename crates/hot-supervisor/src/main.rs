@@ -28,6 +28,7 @@ mod report;
 mod snapshot;
 mod spawn;
 mod steer;
+mod stream;
 mod takeover;
 mod upgrade;
 mod users;
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::from(u8::try_from(upgrade::check_main()).unwrap_or(1));
     }
-    logging::init();
+    logging::init(cli.run.log_format);
     let result = match handed {
         Some(h) => resume(cli.run, h),
         None => run(cli.run),

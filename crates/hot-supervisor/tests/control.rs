@@ -609,7 +609,7 @@ fn hostile_and_careless_peers_do_not_disturb_the_supervisor() {
     let a = exchange(&path, b"hello\n");
     assert_eq!(
         a,
-        "error unknown request \"hello\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)\n"
+        "error unknown request \"hello\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR)\n"
     );
     let a = exchange(&path, b"RELOAD\n");
     assert!(a.starts_with("error unknown request \"RELOAD\""), "{a:?}");

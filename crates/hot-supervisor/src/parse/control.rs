@@ -45,6 +45,10 @@ pub enum Request {
     /// Undo a canary or a rolling reload: the serving generation takes
     /// every new connection back, the new one stops.
     Rollback,
+    /// Stream the lifecycle events, one JSON object per line after `ok
+    /// events`, until the client leaves (the one request that keeps its
+    /// connection open).
+    Events,
 }
 
 /// How a `reload` replaces the serving generation when it says so.
@@ -76,6 +80,7 @@ impl Request {
             Request::ReloadWith(_) => "reload",
             Request::Promote => "promote",
             Request::Rollback => "rollback",
+            Request::Events => "events",
         }
     }
 
@@ -120,6 +125,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         b"takeover" => return Ok(Request::Takeover),
         b"promote" => return Ok(Request::Promote),
         b"rollback" => return Ok(Request::Rollback),
+        b"events" => return Ok(Request::Events),
         _ => {}
     }
     let shown = |b: &[u8]| -> String { String::from_utf8_lossy(b).chars().take(40).collect() };
@@ -173,7 +179,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         return Ok(Request::Listen(spec));
     }
     Err(format!(
-        "unknown request {:?} (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR)",
+        "unknown request {:?} (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR)",
         shown(line)
     ))
 }
@@ -257,7 +263,7 @@ mod tests {
             let e = parse_request(bad).unwrap_err();
             assert!(
                 e.contains(
-                    "expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, stop, upgrade [TIMEOUT], fds [NAME...] or listen NAME ADDR"
+                    "expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR"
                 ),
                 "{e}"
             );
