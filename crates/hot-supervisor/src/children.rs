@@ -256,6 +256,7 @@ impl Children {
         fds: &[BorrowedFd<'_>],
         names: &[&str],
         starter_keys: &[String],
+        channel: Option<BorrowedFd<'_>>,
     ) -> Result<Pid> {
         // A restarted worker's predecessor (reaped) gives its socket's
         // path back first.
@@ -292,6 +293,10 @@ impl Children {
             compat: &self.command.compat,
             supervisor_pid: std::process::id(),
             control: self.command.control.as_os_str(),
+            // Right after the listeners.
+            channel_fd: channel
+                .is_some()
+                .then_some(supervisor_child::protocol::LISTEN_FDS_START + fds.len() as i32),
         });
         let mut plan = Plan::new(
             &self.command.argv,
@@ -301,7 +306,9 @@ impl Children {
         )?
         .with_credentials(self.command.credentials.clone())
         .with_chdir(self.command.chdir.as_deref())?;
-        let pid = spawn::spawn(&mut plan, fds)?;
+        let mut placed = fds.to_vec();
+        placed.extend(channel);
+        let pid = spawn::spawn(&mut plan, &placed)?;
         if self.groups.len() >= GROUPS_KEPT {
             self.groups.pop_front();
         }

@@ -250,6 +250,11 @@ fn fds(path: &Path, names: &[String], command: &[std::ffi::OsString]) -> i32 {
         )
         .env(supervisor_child::protocol::LISTEN_FDS, n.to_string())
         .env(supervisor_child::protocol::LISTEN_FDNAMES, names.join(":"));
+    // A channel this process inherited survives the exec only where no
+    // listener was placed over it.
+    if supervisor_child::channel().is_none_or(|fd| fd < start + n) {
+        cmd.env_remove(supervisor_child::protocol::SUPERVISOR_CHANNEL_FD);
+    }
     let e = cmd.exec();
     eprintln!(
         "supervisor: error: exec {}: {e}",

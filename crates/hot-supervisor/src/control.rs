@@ -218,6 +218,21 @@ impl Transfer {
         Transfer::with_preamble(String::new(), items)
     }
 
+    /// A transfer of one line and no fd (an `error` answer on a channel
+    /// that takes several requests in turn).
+    pub fn line(line: String) -> Transfer {
+        Transfer {
+            batches: VecDeque::from([Batch {
+                data: line.into_bytes(),
+                sent: 0,
+                fds: Vec::new(),
+            }]),
+            refused: 0,
+            retry_at: None,
+            started: false,
+        }
+    }
+
     /// As [`Transfer::new`], with `preamble` (whole lines) between the
     /// header and the first description line.
     pub fn with_preamble(preamble: String, items: Vec<(String, OwnedFd)>) -> Transfer {

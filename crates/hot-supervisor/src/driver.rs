@@ -257,6 +257,7 @@ impl Driver {
                 match w {
                     Watch::Signals => {}
                     Watch::Notify(g, w) => self.read_notify(g, w),
+                    Watch::Channel(g, w) => self.serve_channel((g, w), now),
                     Watch::Control(c) => {
                         for e in self.parts.control.on_ready(c, now) {
                             self.control_event(e);
@@ -288,6 +289,7 @@ impl Driver {
             if self.exit.is_none() {
                 let now = Instant::now();
                 self.parts.control.on_timeout(now);
+                self.parts.channels.on_timeout(now);
                 if let Some(m) = &mut self.parts.manager {
                     m.on_timeout(now);
                 }
@@ -418,6 +420,40 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// A worker's channel: a request for its generation's own sockets is
+    /// answered with them.
+    fn serve_channel(&mut self, who: (Generation, u32), now: Instant) {
+        let Some(ask) = self.parts.channels.on_ready(who, now) else {
+            return;
+        };
+        let items = self
+            .parts
+            .steering
+            .fetch_own(who.0, &ask.names)
+            .and_then(|handed| {
+                handed
+                    .into_iter()
+                    .map(|h| {
+                        let (kind, address) = crate::control::kind_and_address(&h.bound);
+                        hot_supervisor::parse::control::fd_line(&h.name, kind, address)
+                            .map(|line| (line, h.fd))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            });
+        match &items {
+            Ok(i) => log::debug!(
+                "sending {} listener(s) to {} (its channel)",
+                i.len(),
+                self.parts.children.who_worker(who.0, who.1)
+            ),
+            Err(why) => log::warn!(
+                "listeners asked for by {} on its channel: {why}",
+                self.parts.children.who_worker(who.0, who.1)
+            ),
+        }
+        self.parts.channels.answer(who, items, now);
     }
 
     fn read_notify(&mut self, g: Generation, w: u32) {
@@ -917,7 +953,9 @@ impl Driver {
         let children = self.parts.children.save(&mut keep);
         let control = self.parts.control.save(&mut keep);
         let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
+        let channels = self.parts.channels.save(&mut keep);
         let state = crate::upgrade::State {
+            channels,
             format: crate::upgrade::FORMAT.to_string(),
             version: crate::upgrade::VERSION,
             writer: crate::upgrade::version().to_string(),
@@ -1141,6 +1179,10 @@ impl Driver {
         self.parts
             .children
             .forget_reaped(|g, w| !machine.worker_alive(g, w));
+        let children = &self.parts.children;
+        self.parts
+            .channels
+            .retain(|g, w| children.worker_pid(g, w).is_some());
         self.parts.children.forget_envs(|g| !machine.knows(g));
         if let Some(p) = &mut self.parts.prober {
             p.retain(&mut self.parts.steering, |g, w| {
@@ -1178,7 +1220,19 @@ impl Driver {
         let began = Instant::now();
         let fds = steering.sockets_for(g, &mut self.notices);
         slow("giving a generation its sockets", began);
-        match self.parts.children.spawn((g, w), &fds, &names, &keys) {
+        // Its own channel; without one (out of descriptors) it still runs.
+        let pair = crate::channel::pair()
+            .map_err(|e| log::warn!("{g} worker {w}: no channel: {e}"))
+            .ok();
+        let theirs = pair.as_ref().map(|(_, t)| std::os::fd::AsFd::as_fd(t));
+        let spawned = self
+            .parts
+            .children
+            .spawn((g, w), &fds, &names, &keys, theirs);
+        if let (Ok(_), Some((ours, _))) = (&spawned, pair) {
+            self.parts.channels.add((g, w), ours);
+        }
+        match spawned {
             Ok(pid) => {
                 let workers = self.machine.workers_per_generation() > 1;
                 let mut r = Record::new(crate::report::unix_now(), Kind::Spawned);

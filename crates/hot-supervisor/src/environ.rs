@@ -19,7 +19,7 @@ use crate::compat::{self, Compat};
 
 /// Variables of the supervisor's own environment never passed to children:
 /// they describe the supervisor's launcher, not the child's.
-const STRIPPED: [&str; 12] = [
+const STRIPPED: [&str; 13] = [
     child::LISTEN_FDS,
     child::LISTEN_PID,
     child::LISTEN_FDNAMES,
@@ -32,6 +32,7 @@ const STRIPPED: [&str; 12] = [
     child::SUPERVISOR_WORKERS,
     child::SUPERVISOR_DRAIN_TIMEOUT_MS,
     child::SUPERVISOR_CONTROL,
+    child::SUPERVISOR_CHANNEL_FD,
 ];
 
 /// What a generation's environment is made of.
@@ -58,6 +59,8 @@ pub struct Inputs<'a> {
     pub supervisor_pid: u32,
     /// The control socket's path.
     pub control: &'a OsStr,
+    /// The number of the child's channel, if it has one.
+    pub channel_fd: Option<i32>,
 }
 
 /// The generation's environment.
@@ -105,6 +108,9 @@ pub fn build(i: &Inputs<'_>) -> Vec<(OsString, OsString)> {
         i.drain_timeout.as_millis().to_string().into(),
     ));
     env.push((child::SUPERVISOR_CONTROL.into(), i.control.to_owned()));
+    if let Some(fd) = i.channel_fd {
+        env.push((child::SUPERVISOR_CHANNEL_FD.into(), fd.to_string().into()));
+    }
     let extra = compat::variables(
         i.compat,
         i.starter_keys,
@@ -149,6 +155,7 @@ mod tests {
             compat: &compat,
             supervisor_pid: 10,
             control: OsStr::new("/run/app/supervisor.sock"),
+            channel_fd: None,
         });
         let get = |k: &str| {
             let v: Vec<_> = env.iter().filter(|(key, _)| key == k).collect();

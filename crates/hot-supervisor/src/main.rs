@@ -8,6 +8,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod channel;
 mod children;
 mod cli;
 mod client;
@@ -394,6 +395,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
     if let (Some(m), Some(saved)) = (&mut manager, state.manager) {
         m.restore(saved);
     }
+    let channels = channel::Channels::restore(state.channels, &mut adopt);
     adopt.close_rest();
     for fd in std::iter::once(state_fd).chain(old_exe) {
         // SAFETY: the state's memfd and the old binary's fd were left open
@@ -411,6 +413,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         handover: None,
         takeover: None,
         watcher,
+        channels,
     };
     let machine = Machine::restore(cfg, state.machine, Instant::now());
     let driver = driver::Driver::restore(
@@ -638,6 +641,7 @@ fn serve(
         handover: None,
         takeover,
         watcher,
+        channels: channel::Channels::default(),
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;

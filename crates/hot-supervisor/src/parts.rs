@@ -39,6 +39,8 @@ pub struct Parts {
     pub takeover: Option<crate::takeover::Sink>,
     /// `--watch`: the watched paths.
     pub watcher: Option<crate::watch::Watcher>,
+    /// The children's own channels.
+    pub channels: crate::channel::Channels,
 }
 
 /// What a poll entry watches.
@@ -50,6 +52,8 @@ pub enum Watch {
     Control(control::Watch),
     /// A worker's notify socket (its generation and index).
     Notify(Generation, u32),
+    /// A worker's channel.
+    Channel(Generation, u32),
     /// The service manager's socket has room.
     Manager,
     /// The readiness probe's connection.
@@ -83,6 +87,7 @@ impl Parts {
             self.watcher
                 .as_ref()
                 .and_then(crate::watch::Watcher::deadline),
+            self.channels.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -100,6 +105,10 @@ impl Parts {
         };
         for (w, fd, input) in self.control.interest() {
             watch.push(Watch::Control(w));
+            fds.push(PollFd::new(fd, flags(input)));
+        }
+        for ((g, w), fd, input) in self.channels.interest() {
+            watch.push(Watch::Channel(g, w));
             fds.push(PollFd::new(fd, flags(input)));
         }
         for ((g, w), fd) in self.children.interest() {

@@ -548,6 +548,63 @@ impl Steering {
         Ok(out)
     }
 
+    /// Duplicates of generation `g`'s own sockets (what it was given at
+    /// fds 3, 4, ...), by name, every one when `names` is empty: for a
+    /// child's channel. Creates nothing.
+    ///
+    /// # Errors
+    /// An unknown name (the message lists the known ones), or a socket
+    /// that cannot be duplicated.
+    pub fn fetch_own(&self, g: Generation, names: &[String]) -> Result<Vec<Handed>, String> {
+        let mut out = Vec::new();
+        for n in names {
+            if !self.slots.iter().any(|s| &s.listener.name == n) {
+                let known: Vec<&str> = self
+                    .slots
+                    .iter()
+                    .map(|s| s.listener.name.as_str())
+                    .collect();
+                return Err(format!(
+                    "no listener named {n:?} (there are: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        let picked: Vec<&Slot> = if names.is_empty() {
+            self.slots.iter().collect()
+        } else {
+            names
+                .iter()
+                .filter_map(|n| self.slots.iter().find(|s| &s.listener.name == n))
+                .collect()
+        };
+        for slot in picked {
+            let fd = match slot.mode {
+                Mode::Steer => {
+                    let own = slot.members.iter().find(|m| m.owner == Some(g));
+                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                }
+                Mode::Shared(_) => slot.shared_fd(),
+            };
+            let fd = fd.try_clone_to_owned().map_err(|e| {
+                format!(
+                    "duplicate the socket of listener {:?}: {e}",
+                    slot.listener.name
+                )
+            })?;
+            out.push(Handed {
+                name: slot.listener.name.clone(),
+                bound: slot.listener.bound.clone(),
+                fd,
+            });
+        }
+        Ok(out)
+    }
+
     /// The state for an in-place upgrade.
     pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
         Saved {

@@ -94,6 +94,10 @@ pub struct State {
     pub health: Option<crate::health::Saved>,
     /// What the service manager has been told.
     pub manager: Option<crate::manager::Saved>,
+    /// The children's channels (absent in states written before they
+    /// existed).
+    #[serde(default)]
+    pub channels: crate::channel::Saved,
     /// Counters and texts of the report.
     pub report: crate::report::Report,
     /// The driver's own.

@@ -1,4 +1,5 @@
-//! What a child sees: exactly fds 0-2 and the listeners, an empty signal
+//! What a child sees: exactly fds 0-2, the listeners and its channel
+//! right after them, an empty signal
 //! mask, default dispositions, its own process group, LISTEN_PID equal to
 //! its pid, and none of the supervisor's own protocol variables.
 
@@ -56,9 +57,12 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
     let child_fds = fds(pid);
     assert_eq!(
         child_fds.keys().copied().collect::<BTreeSet<_>>(),
-        BTreeSet::from([0, 1, 2, 3, 4, 5]),
+        BTreeSet::from([0, 1, 2, 3, 4, 5, 6]),
         "{child_fds:?}"
     );
+    // Its channel, right after the listeners, named in the environment.
+    assert!(child_fds[&6].starts_with("socket:["), "{child_fds:?}");
+    assert_eq!(environ(pid)["SUPERVISOR_CHANNEL_FD"], "6");
     let tcp = socket_inode("tcp", tcp_port).expect("listening TCP socket in /proc/net/tcp");
     let udp = socket_inode("udp", udp_port).expect("UDP socket in /proc/net/udp");
     let unix = unix_inode(sock).expect("unix socket in /proc/net/unix");

@@ -272,8 +272,10 @@ fn many_listeners_fit_within_a_tight_fd_limit() {
     let pid = sv.wait_active(1);
     assert_eq!(sv.status().listeners.len(), 300);
     let fds = fds(pid);
-    assert_eq!(fds.len(), 303, "child fds: {}", fds.len());
-    assert!((3..303).all(|n| fds.get(&n).is_some_and(|t| t.starts_with("socket:"))));
+    // 0-2, the 300 listeners, and the child's channel right after them.
+    assert_eq!(fds.len(), 304, "child fds: {}", fds.len());
+    assert!((3..304).all(|n| fds.get(&n).is_some_and(|t| t.starts_with("socket:"))));
+    assert_eq!(environ(pid)["SUPERVISOR_CHANNEL_FD"], "303");
     assert_eq!(sv.terminate(), Some(0));
 }
 

@@ -1002,6 +1002,64 @@ fn user_readiness_works_from_a_private_runtime_directory() {
 }
 
 #[test]
+fn a_child_run_as_nobody_fetches_its_own_sockets_over_its_channel() {
+    if !root_or_skip("--user and the child's channel") {
+        return;
+    }
+    // The child library's fetch client, run as nobody, which cannot open
+    // the control socket (root's, 0600): it must take its channel.
+    let bin = TempDir::new("bin-channel");
+    let child = world_executable_copy(&example("fetch_own"), &bin);
+    let out = TempDir::new("out-channel");
+    std::fs::set_permissions(&out.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let result = |g: u64| out.path(&format!("gen{g}.json"));
+    let sv = Supervisor::builder()
+        .tcp()
+        .listen("admin=127.0.0.1:0")
+        .notify()
+        .ready_timeout("10s")
+        .args(["--user", "nobody"])
+        .command([
+            "sh".to_string(),
+            "-c".into(),
+            r#"exec "$0" "$1/gen$SUPERVISOR_GENERATION.json""#.into(),
+            child.to_str().unwrap().into(),
+            out.0.to_str().unwrap().into(),
+        ])
+        .start();
+    let (uid, _) = user_ids("nobody").expect("no user nobody");
+    sv.wait_active(1);
+    // A second generation: its channel gives its own sockets, not the
+    // routed ones of generation 1 (steer mode: each has its own).
+    assert_eq!(sv.reload_and_wait().code, Some(0));
+    for g in [1, 2] {
+        let text = std::fs::read_to_string(result(g)).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(r["uid"], uid, "{text}");
+        assert_eq!(
+            r["error"],
+            serde_json::Value::Null,
+            "generation {g}: {text}"
+        );
+        assert_eq!(r["fetched"], 2, "{text}");
+        assert_eq!(
+            r["same"],
+            serde_json::json!([true, true]),
+            "generation {g}: {text}"
+        );
+        for request in ["reload", "stop"] {
+            let refused = r[request].as_str().unwrap_or_default();
+            assert!(refused.starts_with("error "), "generation {g}: {text}");
+        }
+    }
+    // Nothing was reloaded through the channel: generation 2 serves, and
+    // only the one reload asked for on the control socket happened.
+    let st = sv.status();
+    assert_eq!(st.in_state("active").unwrap().generation, 2);
+    assert_eq!(st.reloads.succeeded, 1, "{st:?}");
+}
+
+#[test]
 fn an_unknown_user_fails_before_anything_is_bound() {
     let dir = TempDir::new("nouser");
     let control = dir.path("control.sock");

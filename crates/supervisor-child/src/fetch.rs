@@ -23,6 +23,16 @@
 //!
 //! Only root, the supervisor's own user and the user its children run as
 //! (`--user`) are served; the children's user only `fds` and `listen`.
+//!
+//! # The child's channel
+//!
+//! A process the supervisor started has a channel of its own
+//! ([`SUPERVISOR_CHANNEL_FD`]): an inherited socket, already connected,
+//! on which the same `fds` request is answered with its own generation's
+//! sockets (the ones it inherited at fds 3, 4, ...), whatever user it runs
+//! as, and every other request is refused. [`fetch_listeners`] uses it when
+//! asked for the supervisor that started this process (the path in
+//! `SUPERVISOR_CONTROL`), one request at a time in the process.
 
 use std::ffi::c_int;
 use std::io::{self, Write};
@@ -32,8 +42,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::SUPERVISOR_CONTROL;
 use crate::protocol::fetch::{SCM_MAX_FD, parse_fd_line, parse_fds_header};
+use crate::protocol::{SUPERVISOR_CHANNEL_FD, SUPERVISOR_CONTROL};
 
 /// How long a request waits for each part of its answer.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +110,7 @@ pub fn control_path() -> Option<PathBuf> {
 /// ```
 pub fn fetch_listeners(control: &Path, names: &[&str]) -> io::Result<Vec<Fetched>> {
     let mut line = String::from("fds");
+    let own = control_path().is_some_and(|p| p == control);
     for name in names {
         if name.is_empty() || name.contains([' ', '\n', '\r']) {
             return Err(io::Error::new(
@@ -110,7 +121,33 @@ pub fn fetch_listeners(control: &Path, names: &[&str]) -> io::Result<Vec<Fetched
         line.push(' ');
         line.push_str(name);
     }
+    if own && let Some(fd) = channel() {
+        return channel_request(fd, &line);
+    }
     request(control, &line)
+}
+
+/// This process's channel to the supervisor that started it
+/// ([`SUPERVISOR_CHANNEL_FD`]), if the variable names an open socket.
+pub fn channel() -> Option<RawFd> {
+    let fd: RawFd = std::env::var(SUPERVISOR_CHANNEL_FD).ok()?.parse().ok()?;
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    (fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then_some(fd)
+}
+
+/// One process-wide request at a time on the channel: answers come in
+/// order on the one socket.
+static CHANNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Send `line` on the channel `fd`; read the listeners of the answer.
+fn channel_request(fd: RawFd, line: &str) -> io::Result<Vec<Fetched>> {
+    let _one = CHANNEL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: `fd` is open (checked by `channel`) and stays open for the
+    // duration of this call, which only duplicates it.
+    let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let stream = UnixStream::from(dup);
+    let answer = converse(stream, line, 0, "the supervisor's channel")?;
+    listeners(answer, "the supervisor's channel")
 }
 
 /// Ask the supervisor at `control` to open a listener named `name` on
@@ -156,8 +193,12 @@ pub fn open_listener(control: &Path, name: &str, addr: &str) -> io::Result<Fetch
 
 /// Send one request line; read the listeners of the answer.
 fn request(control: &Path, line: &str) -> io::Result<Vec<Fetched>> {
-    let shown = control.display();
     let answer = exchange(control, line, 0)?;
+    listeners(answer, &control.display().to_string())
+}
+
+/// The listeners of an answer from `shown`.
+fn listeners(answer: Exchange, shown: &str) -> io::Result<Vec<Fetched>> {
     let text =
         String::from_utf8(answer.data).map_err(|_| invalid(format!("{shown}: not UTF-8")))?;
     text.lines()
@@ -209,9 +250,19 @@ pub struct Exchange {
 /// ```
 pub fn exchange(control: &Path, line: &str, preamble: usize) -> io::Result<Exchange> {
     let shown = control.display();
-    let mut stream = UnixStream::connect(control)
+    let stream = UnixStream::connect(control)
         .map_err(|e| io::Error::new(e.kind(), format!("connect to {shown}: {e}")))?;
     check_peer(&stream).map_err(|e| io::Error::new(e.kind(), format!("{shown}: {e}")))?;
+    converse(stream, line, preamble, &shown.to_string())
+}
+
+/// Send `line` on `stream`, read the answer (see [`exchange`]).
+fn converse(
+    mut stream: UnixStream,
+    line: &str,
+    preamble: usize,
+    shown: &str,
+) -> io::Result<Exchange> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.write_all(format!("{line}\n").as_bytes())?;
     let mut data = Vec::new();

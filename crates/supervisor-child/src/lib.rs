@@ -102,7 +102,9 @@ pub mod protocol;
 #[doc(hidden)]
 pub mod test_rng;
 
-pub use fetch::{Exchange, Fetched, control_path, exchange, fetch_listeners, open_listener};
+pub use fetch::{
+    Exchange, Fetched, channel, control_path, exchange, fetch_listeners, open_listener,
+};
 
 use crate::protocol::activation::listen_env;
 use crate::protocol::notify::{socket_addr, status_message};

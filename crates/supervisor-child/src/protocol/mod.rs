@@ -68,3 +68,11 @@ pub const STATUS_PREFIX: &str = "STATUS=";
 /// Where a child finds the control socket of the supervisor that started
 /// it: the variable holds its path.
 pub const SUPERVISOR_CONTROL: &str = "SUPERVISOR_CONTROL";
+
+/// The child's own channel to the supervisor: the number of an inherited,
+/// connected Unix stream socket on which it may ask `fds [NAME...]` for
+/// its own generation's sockets (and nothing else), one request at a time,
+/// the answers as on the control socket. Works whatever user the child
+/// runs as (`--user`), where the control socket (mode 0600) cannot be
+/// opened.
+pub const SUPERVISOR_CHANNEL_FD: &str = "SUPERVISOR_CHANNEL_FD";
