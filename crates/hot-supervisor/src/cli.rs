@@ -18,11 +18,13 @@ const AFTER_HELP: &str = "\
 Each generation of CMD gets the listeners as fds 3, 4, ... in --listen order,
 with LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, NOTIFY_SOCKET,
 SUPERVISOR_GENERATION and SUPERVISOR_CONTROL set, as systemd socket
-activation does (plus the control socket's path).
+activation does (plus the control socket's path), and its own channel
+right after the listeners (SUPERVISOR_CHANNEL_FD: `fds` there answers its
+generation's sockets, whatever user it runs as; nothing else is served).
 
 Control commands (through the control socket): reload (all at once, or
 --rolling[=K], or --canary PCT [--promote-after DUR]), promote, rollback,
-status, stop; upgrade (re-execute the supervisor binary in place: same
+status, events (follow the lifecycle events, one per line), stop; upgrade (re-execute the supervisor binary in place: same
 pid, children and sockets); fds (fetch the listeners with SCM_RIGHTS and
 exec a command with them); listen (open a listener at run time, kept for
 every later generation). --takeover PATH starts a supervisor that takes
@@ -48,14 +50,15 @@ Exit status:
   127                    the first generation could not be executed
 
 Durations: 500ms, 30s, 2m30s, 1h (decimals allowed: 1.5s). Signals: TERM,
-SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less.";
+SIGTERM or 15. Logging: RUST_LOG=debug for more, RUST_LOG=warn for less;
+--log-format json for one JSON object per line.";
 
 /// Zero-downtime hot-restart supervisor for network servers.
 #[derive(Debug, Parser)]
 #[command(
     name = "supervisor",
     version,
-    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload [--rolling[=K] | --canary PCT [--promote-after DUR]] [--control PATH]\n       supervisor promote|rollback|status|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
+    override_usage = "supervisor [OPTIONS] -- CMD [ARGS...]\n       supervisor reload [--rolling[=K] | --canary PCT [--promote-after DUR]] [--control PATH]\n       supervisor promote|rollback|status|events|stop|upgrade [--control PATH]\n       supervisor fds [--control PATH] [--name NAME]... -- CMD [ARGS...]\n       supervisor listen [--control PATH] NAME=ADDR",
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
@@ -606,7 +609,7 @@ pub struct Args {
     )]
     pub compat: Vec<Compat>,
 
-    /// The control socket for `supervisor reload|status|stop|upgrade|fds|listen`; default
+    /// The control socket for `supervisor reload|status|events|stop|upgrade|fds|listen`; default
     /// supervisor.sock in $RUNTIME_DIRECTORY, else in $XDG_RUNTIME_DIR,
     /// else in the private directory /tmp/supervisor-UID.
     #[arg(long, env = "SUPERVISOR_OPT_CONTROL", value_name = "PATH")]
