@@ -12,18 +12,24 @@
 //! most [`SCM_MAX_FD`] ([`Transfer`]), sent without ever blocking. The
 //! parsing is pure, in [`hot_supervisor::parse::control`]; the driver owns
 //! the connections.
+//!
+//! The parts: [`paths`] (where the socket lives), [`transfer`] (sending
+//! sockets with `SCM_RIGHTS`, shared with the channels and the takeover),
+//! [`conn`] (one connection's exchange) and, here, the server.
 
-use std::collections::VecDeque;
-use std::io::{ErrorKind, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+mod conn;
+mod paths;
+mod transfer;
+
+pub use conn::{Conn, EVENT_BUFFER, MAX_SUBSCRIBERS, ReadStep, Stage};
+pub use paths::{check_private, default_path_here, fallback_dir, path_for_run};
+pub use transfer::{SendStep, Transfer, send_some};
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use hot_supervisor::parse::control::{
-    Line, MAX_REQUEST, Request, SCM_MAX_FD, answer, fds_header, parse_answer, parse_request,
-    take_line,
-};
+pub use hot_supervisor::parse::control::{Request, answer, parse_answer};
 use hot_supervisor::parse::listen::Spec;
 
 /// A connection must send its request within this time.
@@ -34,491 +40,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most this many connections are open at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 64;
-
-/// The socket's file name in its directory.
-pub const FILE_NAME: &str = "supervisor.sock";
-
-/// The default control socket path: `supervisor.sock` in the first entry of
-/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else in
-/// `$XDG_RUNTIME_DIR`, else in the private directory `/tmp/supervisor-UID`
-/// (which [`private_dir`] creates and checks). Values that are not
-/// absolute paths are ignored.
-pub fn default_path(
-    runtime_directory: Option<&std::ffi::OsStr>,
-    xdg_runtime_dir: Option<&std::ffi::OsStr>,
-    uid: u32,
-) -> PathBuf {
-    let first = |v: &std::ffi::OsStr| {
-        // systemd joins several RuntimeDirectory= entries with ':'.
-        let s = v.to_string_lossy();
-        let first = s.split(':').next().unwrap_or("").to_string();
-        Some(PathBuf::from(first)).filter(|p| p.is_absolute())
-    };
-    runtime_directory
-        .and_then(first)
-        .or_else(|| {
-            xdg_runtime_dir
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-        })
-        .unwrap_or_else(|| fallback_dir(uid))
-        .join(FILE_NAME)
-}
-
-/// The last-resort directory: per user, private.
-pub fn fallback_dir(uid: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/supervisor-{uid}"))
-}
-
-/// The default path for this process's environment and user.
-pub fn default_path_here() -> PathBuf {
-    default_path(
-        std::env::var_os("RUNTIME_DIRECTORY").as_deref(),
-        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
-        nix::unistd::geteuid().as_raw(),
-    )
-}
-
-/// The control socket path of a run: `--control PATH` as given, else the
-/// default, whose fallback directory is created private if needed.
-///
-/// # Errors
-/// The fallback directory cannot be made private to us.
-pub fn path_for_run(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
-    }
-    let p = default_path_here();
-    if let Some(dir) = p.parent()
-        && dir == fallback_dir(nix::unistd::geteuid().as_raw())
-    {
-        let made = private_dir(dir);
-        if made.is_err() && !Path::new("/tmp").is_dir() {
-            // A FROM scratch container, say: say where the files could go.
-            return anyhow::Context::context(
-                made.map(|()| p),
-                "control socket directory (runtime files go to $RUNTIME_DIRECTORY, else \
-                 $XDG_RUNTIME_DIR, else /tmp: neither variable is set and /tmp does not \
-                 exist; create /tmp, or set RUNTIME_DIRECTORY to a writable directory)",
-            );
-        }
-        anyhow::Context::context(made, "control socket directory")?;
-    }
-    Ok(p)
-}
-
-/// Create the fallback directory if needed and make sure nobody else can
-/// use it: a directory we own, mode 0700, not a symlink. Anyone can create
-/// `/tmp/supervisor-UID` before us, so its existence proves nothing.
-///
-/// # Errors
-/// It cannot be created, or it exists but is not private to us.
-pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        // Exactly 0700, whatever the umask (one with 0100 set would leave
-        // the directory unusable to its owner).
-        Ok(()) => {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| anyhow::Error::new(e).context(format!("chmod {}", dir.display())))?;
-        }
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("create {}", dir.display())));
-        }
-    }
-    check_private(dir)
-}
-
-/// Check that `dir` is a directory owned by us with mode 0700 (not a
-/// symlink).
-///
-/// # Errors
-/// It is not, or it cannot be inspected.
-pub fn check_private(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| anyhow::anyhow!("inspect {}: {e}", dir.display()))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "{} is not a private directory of uid {me} (a directory it owns, mode 0700); give --control PATH",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// How long to wait before sending again after `ETOOMANYREFS` (the
-/// peer's user has too many file descriptors in flight: the kernel counts
-/// them against its `RLIMIT_NOFILE` until the receiver takes them).
-pub const REFUSED_RETRY: Duration = Duration::from_millis(20);
-
-/// How many `ETOOMANYREFS` in a row a transfer survives (about 5 s).
-pub const MAX_REFUSED: u32 = 250;
-
-/// Where a connection is in its one exchange.
-#[derive(Debug)]
-pub enum Stage {
-    /// Reading the request line.
-    Reading(Vec<u8>),
-    /// The request is being carried out; the answer comes later.
-    Waiting,
-    /// Sending the answer, from this offset; then close.
-    Writing(Vec<u8>, usize),
-    /// Sending listeners with `SCM_RIGHTS`; then close.
-    Sending(Transfer),
-    /// Streaming lifecycle events: what is left to send, from this
-    /// offset; open until the client leaves, falls [`EVENT_BUFFER`]
-    /// behind, or the stream ends (upgrade, takeover, exit).
-    Streaming(Vec<u8>, usize),
-}
-
-/// Bytes of events a subscriber may fall behind (on top of what its
-/// socket's buffer holds) before it is dropped: a reload makes about ten
-/// events of 100 to 250 bytes, so this is some fifty reloads' worth, far
-/// more than a client that reads at all lets pile up. The loop never
-/// waits for a subscriber.
-pub const EVENT_BUFFER: usize = 64 * 1024;
-
-/// At most this many event streams at once; more are refused. Counted
-/// apart from [`MAX_CONNECTIONS`], as waiting requesters are.
-pub const MAX_SUBSCRIBERS: usize = 32;
-
-/// An answer that carries file descriptors: `ok N\n` and N description
-/// lines, the fds attached in the same order, at most [`SCM_MAX_FD`] per
-/// `sendmsg`, each batch's lines as the data of the `sendmsg` that carries
-/// its fds (the header with the first). The fds are the supervisor's own
-/// duplicates, closed once the kernel has taken them (or when the transfer
-/// is dropped: a client that leaves mid-transfer leaks nothing).
-#[derive(Debug)]
-pub struct Transfer {
-    batches: VecDeque<Batch>,
-    /// `ETOOMANYREFS` in a row.
-    refused: u32,
-    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
-    /// socket is writable.
-    retry_at: Option<Instant>,
-    /// Some bytes have gone out: an error can no longer be answered.
-    started: bool,
-}
-
-#[derive(Debug)]
-struct Batch {
-    data: Vec<u8>,
-    sent: usize,
-    /// Emptied once attached to a `sendmsg` that went out.
-    fds: Vec<OwnedFd>,
-}
-
-impl Transfer {
-    /// The answer for these (description line, socket) pairs, in order.
-    pub fn new(items: Vec<(String, OwnedFd)>) -> Transfer {
-        Transfer::with_preamble(String::new(), items)
-    }
-
-    /// A transfer of one line and no fd (an `error` answer on a channel
-    /// that takes several requests in turn).
-    pub fn line(line: String) -> Transfer {
-        Transfer {
-            batches: VecDeque::from([Batch {
-                data: line.into_bytes(),
-                sent: 0,
-                fds: Vec::new(),
-            }]),
-            refused: 0,
-            retry_at: None,
-            started: false,
-        }
-    }
-
-    /// As [`Transfer::new`], with `preamble` (whole lines) between the
-    /// header and the first description line.
-    pub fn with_preamble(preamble: String, items: Vec<(String, OwnedFd)>) -> Transfer {
-        let mut batches = VecDeque::new();
-        let mut header = Some(fds_header(items.len()) + &preamble);
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            let mut data = header.take().unwrap_or_default().into_bytes();
-            let mut fds = Vec::new();
-            for (line, fd) in items.by_ref().take(SCM_MAX_FD) {
-                data.extend_from_slice(line.as_bytes());
-                fds.push(fd);
-            }
-            batches.push_back(Batch { data, sent: 0, fds });
-        }
-        if let Some(h) = header {
-            // No listener: the header alone.
-            batches.push_back(Batch {
-                data: h.into_bytes(),
-                sent: 0,
-                fds: Vec::new(),
-            });
-        }
-        Transfer {
-            batches,
-            refused: 0,
-            retry_at: None,
-            started: false,
-        }
-    }
-}
-
-impl Transfer {
-    /// Sending resumes at this time (after `ETOOMANYREFS`), not when the
-    /// socket is writable.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
-    }
-
-    /// The retry time has come.
-    pub fn clear_retry(&mut self) {
-        self.retry_at = None;
-    }
-}
-
-/// What a send step of a [`Transfer`] came to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendStep {
-    /// More to send, when writable (or at the retry time).
-    Pending,
-    /// Everything sent: close.
-    Done,
-    /// It cannot go on; whether nothing was sent yet, and why.
-    Failed(bool, String),
-}
-
-/// Send what the socket takes of `t`; never blocks.
-pub fn send_some(stream: &UnixStream, t: &mut Transfer, now: Instant) -> SendStep {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    while let Some(b) = t.batches.front_mut() {
-        if b.sent == b.data.len() {
-            t.batches.pop_front();
-            continue;
-        }
-        let raw: Vec<RawFd> = b.fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-        let iov = [IoSlice::new(&b.data[b.sent..])];
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        match sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, flags, None) {
-            Ok(0) => return SendStep::Failed(!t.started, "sendmsg sent nothing".into()),
-            Ok(n) => {
-                // The fds went with the first bytes sent (unix(7) stream
-                // sockets attach them to the first segment): our copies go.
-                b.fds.clear();
-                b.sent += n;
-                t.refused = 0;
-                t.started = true;
-            }
-            Err(nix::errno::Errno::EAGAIN) => return SendStep::Pending,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::ETOOMANYREFS) => {
-                t.refused += 1;
-                if t.refused > MAX_REFUSED {
-                    return SendStep::Failed(
-                        !t.started,
-                        "the receiving user has too many file descriptors in flight (ETOOMANYREFS; its RLIMIT_NOFILE is too low for this many listeners)".into(),
-                    );
-                }
-                t.retry_at = Some(now + REFUSED_RETRY);
-                return SendStep::Pending;
-            }
-            Err(e) => return SendStep::Failed(!t.started, format!("sendmsg: {e}")),
-        }
-    }
-    SendStep::Done
-}
-
-/// One control connection.
-#[derive(Debug)]
-pub struct Conn {
-    /// The non-blocking stream.
-    pub stream: UnixStream,
-    /// The peer's pid (from SO_PEERCRED; 0 if unknown).
-    pub pid: i32,
-    /// The peer's uid (from SO_PEERCRED).
-    pub uid: u32,
-    /// Where it is.
-    pub stage: Stage,
-    /// When reading or writing gives up.
-    pub deadline: Option<Instant>,
-}
-
-/// What a read step produced.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ReadStep {
-    /// Nothing complete yet.
-    Pending,
-    /// A request, or the error to answer with.
-    Request(Result<Request, String>),
-    /// The peer left without a request: close quietly.
-    Gone,
-}
-
-impl Conn {
-    /// A freshly accepted connection.
-    pub fn new(stream: UnixStream, pid: i32, uid: u32, now: Instant) -> Conn {
-        Conn {
-            stream,
-            pid,
-            uid,
-            stage: Stage::Reading(Vec::new()),
-            deadline: Some(now + REQUEST_TIMEOUT),
-        }
-    }
-
-    /// The fd to poll, with whether to wait for input (else output); `None`
-    /// while waiting for an outcome (a half-closed peer must not wake the
-    /// loop over and over).
-    pub fn interest(&self) -> Option<(BorrowedFd<'_>, bool)> {
-        match self.stage {
-            Stage::Reading(_) => Some((self.stream.as_fd(), true)),
-            Stage::Writing(..) => Some((self.stream.as_fd(), false)),
-            Stage::Sending(ref t) if t.retry_at.is_none() => Some((self.stream.as_fd(), false)),
-            // Events to send: wait for room; none: watch for the client
-            // leaving (its end of stream).
-            Stage::Streaming(ref out, pos) => Some((self.stream.as_fd(), pos >= out.len())),
-            Stage::Sending(_) | Stage::Waiting => None,
-        }
-    }
-
-    /// When the connection next needs the loop: its give-up deadline, or
-    /// the retry time of a refused transfer.
-    pub fn next_time(&self) -> Option<Instant> {
-        let retry = match &self.stage {
-            Stage::Sending(t) => t.retry_at,
-            _ => None,
-        };
-        [self.deadline, retry].into_iter().flatten().min()
-    }
-
-    /// Send listeners; the caller then calls [`Conn::send`].
-    pub fn start_transfer(&mut self, t: Transfer, now: Instant) {
-        self.stage = Stage::Sending(t);
-        self.deadline = Some(now + WRITE_TIMEOUT);
-    }
-
-    /// Send what the socket takes of the transfer; on a failure before
-    /// anything went out, the error is answered as a line instead.
-    pub fn send(&mut self, now: Instant) -> SendStep {
-        let Stage::Sending(t) = &mut self.stage else {
-            return SendStep::Done;
-        };
-        if t.retry_at.is_some_and(|r| r > now) {
-            return SendStep::Pending;
-        }
-        t.retry_at = None;
-        let step = send_some(&self.stream, t, now);
-        if let SendStep::Failed(true, why) = &step {
-            let line = answer(false, why);
-            self.reply(line, now);
-            if !self.write() {
-                return SendStep::Pending;
-            }
-        }
-        step
-    }
-
-    /// Read what is there; never blocks.
-    pub fn read(&mut self) -> ReadStep {
-        let Stage::Reading(buf) = &mut self.stage else {
-            return ReadStep::Pending;
-        };
-        let mut chunk = [0u8; 512];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    // End of input: a request without its newline still
-                    // counts; nothing at all means the peer left.
-                    if buf.is_empty() {
-                        return ReadStep::Gone;
-                    }
-                    return match take_line(buf) {
-                        Line::TooLong => ReadStep::Request(Err(too_long())),
-                        Line::Complete(l) => ReadStep::Request(parse_request(l)),
-                        Line::Incomplete => ReadStep::Request(parse_request(buf)),
-                    };
-                }
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    match take_line(buf) {
-                        Line::Incomplete => continue,
-                        Line::TooLong => return ReadStep::Request(Err(too_long())),
-                        Line::Complete(l) => return ReadStep::Request(parse_request(l)),
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return ReadStep::Pending,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return ReadStep::Gone,
-            }
-        }
-    }
-
-    /// Start sending `line`; the caller then calls [`Conn::write`].
-    pub fn reply(&mut self, line: String, now: Instant) {
-        self.stage = Stage::Writing(line.into_bytes(), 0);
-        self.deadline = Some(now + WRITE_TIMEOUT);
-    }
-
-    /// Send what the socket takes; `true` once done (sent, or the peer is
-    /// gone) and the connection can be closed.
-    pub fn write(&mut self) -> bool {
-        let Stage::Writing(out, pos) = &mut self.stage else {
-            return false;
-        };
-        while *pos < out.len() {
-            match self.stream.write(&out[*pos..]) {
-                Ok(0) => return true,
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // EPIPE and friends: the client left; SIGPIPE is not a
-                // concern, std ignores it for the process.
-                Err(_) => return true,
-            }
-        }
-        true
-    }
-
-    /// An event stream: send what the socket takes of what is queued;
-    /// `false` once the client is gone.
-    fn flush_stream(&mut self) -> bool {
-        let Stage::Streaming(out, pos) = &mut self.stage else {
-            return false;
-        };
-        while *pos < out.len() {
-            match self.stream.write(&out[*pos..]) {
-                Ok(0) => return false,
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-        if *pos == out.len() {
-            out.clear();
-            *pos = 0;
-        }
-        true
-    }
-
-    /// An event stream: take (and ignore) what the client sent; `false`
-    /// once it has left.
-    fn still_there(&mut self) -> bool {
-        let mut chunk = [0u8; 256];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return false,
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-    }
-}
 
 /// A listener's kind and address for its description line, from what it
 /// is bound to (`127.0.0.1:80`, `udp:127.0.0.1:53`, `unix:/run/x.sock`,
@@ -531,10 +52,6 @@ pub fn kind_and_address(bound: &str) -> (&'static str, &str) {
     } else {
         ("tcp", bound)
     }
-}
-
-fn too_long() -> String {
-    format!("request longer than {MAX_REQUEST} bytes")
 }
 
 /// A control connection's id, for answering it later.
@@ -777,7 +294,7 @@ impl ControlServer {
         let retry: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(&c.stage, Stage::Sending(t) if t.retry_at.is_some_and(|r| r <= now)))
+            .filter(|(_, c)| matches!(&c.stage, Stage::Sending(t) if t.retry_at().is_some_and(|r| r <= now)))
             .map(|(id, _)| *id)
             .collect();
         for id in retry {
@@ -1095,39 +612,32 @@ impl ControlServer {
                 None
             }
             Ok(Request::Reload) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::Reload(id, pid))
             }
             Ok(Request::ReloadWith(kind)) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::ReloadWith(id, pid, kind))
             }
             Ok(Request::Promote) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::Promote(id, pid))
             }
             Ok(Request::Rollback) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::Rollback(id, pid))
             }
             Ok(Request::Upgrade(timeout)) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::Upgrade(id, pid, timeout))
             }
             Ok(Request::Stop) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 self.stop_waiters.push(id);
                 Some(ControlEvent::Stop(id, pid))
             }
             Ok(Request::Takeover) => {
-                conn.stage = Stage::Waiting;
-                conn.deadline = None;
+                conn.wait();
                 Some(ControlEvent::Takeover(id, pid))
             }
             Ok(Request::Events) => {
@@ -1195,8 +705,13 @@ impl ControlServer {
 
 #[cfg(test)]
 mod tests {
+    use super::paths::{FILE_NAME, default_path, private_dir};
     use super::*;
+    use hot_supervisor::parse::control::SCM_MAX_FD;
     use std::ffi::OsStr;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn the_private_directory_must_be_ours_and_closed() {
