@@ -3,8 +3,8 @@
 //! endpoint (`/livez`, `/readyz`, `/metrics`), the start limit, `--user`,
 //! `--env`/`--env-file`/`--chdir`, and drain progress lines.
 //!
-//! Tests that need root (a pid namespace, `--user`) print "skipped: needs
-//! root" without it. The `/metrics` test parses the exposition with the
+//! Tests that need root (a pid namespace, `--user`) are ignored with that
+//! reason; `.ci/run` runs them as root (`cargo test -- --ignored`). The `/metrics` test parses the exposition with the
 //! Python `prometheus-client` package from the virtual environment that
 //! `.ci/run` installs in `target/test-venv`, and says "skipped" without it.
 
@@ -22,14 +22,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 
 const T: Duration = WAIT;
-
-/// Whether the test may run: prints why not otherwise.
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped: needs root");
-    }
-    is_root()
-}
 
 /// `kill(2)`, its result ignored (the process may be gone).
 fn kill(pid: i32, sig: i32) {
@@ -134,10 +126,9 @@ fn only_line(sv: &Supervisor) -> String {
 // --- 1. PID 1 of a pid namespace ---------------------------------------
 
 #[test]
+#[ignore = "needs root: a pid namespace"]
 fn as_pid_1_it_reaps_orphans_forwards_signals_and_exits_with_the_child_status() {
-    if !root_or_skip("as_pid_1") {
-        return;
-    }
+    require_root("as_pid_1_it_reaps_orphans_forwards_signals_and_exits_with_the_child_status");
     let dir = TempDir::new("pid1");
     let file = dir.path("signals");
     // Traps first, then "traps set"; an orphaned grandchild (its parent
@@ -932,6 +923,10 @@ fn free_privileged_port() -> u16 {
 /// `runtime`: the child runs as nobody on a privileged port and is ready
 /// by its own READY=1; the control socket stays root's.
 fn serve_as_nobody(runtime: &TempDir) {
+    // One at a time: a free privileged port is free only until another
+    // test of this binary binds it.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let (uid, gid) = user_ids("nobody").expect("no user nobody");
     let bin = TempDir::new("bin");
     let demo = world_executable_copy(&PathBuf::from(demo()), &bin);
@@ -979,33 +974,30 @@ fn serve_as_nobody(runtime: &TempDir) {
 }
 
 #[test]
+#[ignore = "needs root: --user"]
 fn user_runs_the_child_as_that_user_on_a_privileged_port() {
-    if !root_or_skip("--user") {
-        return;
-    }
+    require_root("user_runs_the_child_as_that_user_on_a_privileged_port");
     let runtime = TempDir::new("run-user");
     std::fs::set_permissions(&runtime.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     serve_as_nobody(&runtime);
 }
 
 #[test]
+#[ignore = "needs root: --user"]
 fn user_readiness_works_from_a_private_runtime_directory() {
     // $XDG_RUNTIME_DIR must be 0700 (XDG Base Directory Specification),
     // and so may be a RuntimeDirectory= with RuntimeDirectoryMode=0700:
     // the child's user must still reach its NOTIFY_SOCKET.
-    if !root_or_skip("--user with a 0700 runtime directory") {
-        return;
-    }
+    require_root("user_readiness_works_from_a_private_runtime_directory");
     let runtime = TempDir::new("run-private");
     std::fs::set_permissions(&runtime.0, std::fs::Permissions::from_mode(0o700)).unwrap();
     serve_as_nobody(&runtime);
 }
 
 #[test]
+#[ignore = "needs root: --user"]
 fn a_child_run_as_nobody_fetches_its_own_sockets_over_its_channel() {
-    if !root_or_skip("--user and the child's channel") {
-        return;
-    }
+    require_root("a_child_run_as_nobody_fetches_its_own_sockets_over_its_channel");
     // The child library's fetch client, run as nobody, which cannot open
     // the control socket (root's, 0600): it must take its channel.
     let bin = TempDir::new("bin-channel");

@@ -244,11 +244,9 @@ fn a_thousand_listeners_in_one_fetch() {
 /// A peer of another uid is refused: a helper that setuid's to 65534 and
 /// asks for the listeners gets `error permission denied` and no fd.
 #[test]
+#[ignore = "needs root: a helper of another user"]
 fn a_peer_of_another_uid_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run a helper as another user");
-        return;
-    }
+    require_root("a_peer_of_another_uid_is_refused");
     let dir = TempDir::new("fetch-uid");
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let sock = dir.path("c.sock");
@@ -623,11 +621,9 @@ fn a_run_time_listener_survives_five_reloads() {
 /// Run as root with `--user nobody`: a privileged port opened at run time is
 /// served by the unprivileged generations after it.
 #[test]
+#[ignore = "needs root: --user, a port below 1024"]
 fn a_privileged_port_for_an_unprivileged_child() {
-    if !is_root() {
-        eprintln!("skipped: needs root (--user, a port below 1024)");
-        return;
-    }
+    require_root("a_privileged_port_for_an_unprivileged_child");
     let dir = TempDir::new("fetch-priv");
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let script = python_child(&dir);

@@ -1209,6 +1209,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For a test ignored with `needs root` and run anyway: fail, saying why,
+/// rather than pass without testing anything.
+pub fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "{what} needs root (run the ignored tests as root: `cargo test -- --ignored`)"
+    );
+}
+
 /// The direct children of `pid`, from /proc/PID/task/*/children.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
