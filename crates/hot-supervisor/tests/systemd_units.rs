@@ -24,12 +24,10 @@ fn shipped(name: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs systemd-analyze (Debian package systemd)"]
 fn shipped_units_pass_systemd_analyze_verify() {
     if let Err(e) = Command::new("systemd-analyze").arg("--version").output() {
-        eprintln!(
-            "skipped: systemd-analyze cannot be run ({e}); install systemd to check the units"
-        );
-        return;
+        panic!("systemd-analyze cannot be run ({e}); install systemd to check the units");
     }
     // verify insists that ExecStart= and ExecReload= name an executable, and
     // the supervisor is not installed here: point the units at the binary
