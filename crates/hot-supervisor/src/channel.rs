@@ -247,7 +247,7 @@ impl Channels {
     }
 
     /// The state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             channels: self
                 .map
@@ -258,7 +258,7 @@ impl Channels {
     }
 
     /// The channels an upgrade carried across.
-    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Channels {
+    pub fn restore(saved: Saved, adopt: &mut crate::carry::Adopt) -> Channels {
         let mut out = Channels::default();
         for (who, fd) in saved.channels {
             let stream = UnixStream::from(adopt.take(fd));

@@ -77,7 +77,7 @@ struct SavedChild {
     #[serde(default)]
     stopped: bool,
     pid: i32,
-    #[serde(with = "crate::upgrade::mono")]
+    #[serde(with = "crate::carry::mono")]
     started: Instant,
     notify: crate::notify::Saved,
     reaped: bool,
@@ -186,7 +186,7 @@ impl Children {
     }
 
     /// Their state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             env: self.command.env.clone(),
             credentials: self.command.credentials.clone(),
@@ -214,7 +214,7 @@ impl Children {
 
     /// The processes an upgrade carried across (they are this process's
     /// children still: exec changes no parent).
-    pub fn restore(command: Command, saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Children {
+    pub fn restore(command: Command, saved: Saved, adopt: &mut crate::carry::Adopt) -> Children {
         let map = saved
             .children
             .into_iter()

@@ -152,7 +152,7 @@ impl Driver {
         settings: Settings,
         parts: Parts,
         report: Report,
-        saved: crate::upgrade::DriverSaved,
+        saved: crate::state::DriverSaved,
         refused: Option<String>,
     ) -> Result<Driver> {
         let mut d = Driver::new(machine, settings, parts)?;
@@ -747,7 +747,7 @@ impl Driver {
         let Some(stream) = self.parts.control.take_stream(id) else {
             return;
         };
-        let mut keep = crate::upgrade::Keep::default();
+        let mut keep = crate::carry::Keep::default();
         let payload = crate::takeover::Payload {
             format: crate::takeover::FORMAT.to_string(),
             version: crate::takeover::VERSION,
@@ -943,21 +943,17 @@ impl Driver {
     }
 
     /// Everything the next image needs, and the fds it names.
-    fn save(
-        &self,
-        waiter: Option<ConnId>,
-        requested: Instant,
-    ) -> (crate::upgrade::State, Vec<i32>) {
-        let mut keep = crate::upgrade::Keep::default();
+    fn save(&self, waiter: Option<ConnId>, requested: Instant) -> (crate::state::State, Vec<i32>) {
+        let mut keep = crate::carry::Keep::default();
         let steering = self.parts.steering.save(&mut keep);
         let children = self.parts.children.save(&mut keep);
         let control = self.parts.control.save(&mut keep);
         let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
         let channels = self.parts.channels.save(&mut keep);
-        let state = crate::upgrade::State {
+        let state = crate::state::State {
             channels,
-            format: crate::upgrade::FORMAT.to_string(),
-            version: crate::upgrade::VERSION,
+            format: crate::state::FORMAT.to_string(),
+            version: crate::state::VERSION,
             writer: crate::upgrade::version().to_string(),
             fds: keep.list(),
             machine: self.machine.save(),
@@ -974,7 +970,7 @@ impl Driver {
                 last_failed_reload: self.report.last_failed_reload.clone(),
                 counts: self.report.counts.clone(),
             },
-            driver: crate::upgrade::DriverSaved {
+            driver: crate::state::DriverSaved {
                 next_ticket: self.next_ticket,
                 reload_waiters: self.reload_waiters.iter().map(|(t, c)| (*t, *c)).collect(),
                 upgrade_waiter: waiter,

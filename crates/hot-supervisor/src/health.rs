@@ -124,7 +124,7 @@ pub struct Saved {
 
 impl HealthServer {
     /// The state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             fd: keep.fd(self.listener.as_fd()),
         }
@@ -134,7 +134,7 @@ impl HealthServer {
     ///
     /// # Errors
     /// The socket has no local address (it is not the health socket).
-    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Result<HealthServer> {
+    pub fn restore(saved: Saved, adopt: &mut crate::carry::Adopt) -> Result<HealthServer> {
         HealthServer::serving(TcpListener::from(adopt.take(saved.fd)))
     }
 }

@@ -103,7 +103,7 @@ pub struct Saved {
 
 impl Listener {
     /// Its state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             name: self.name.clone(),
             bound: self.bound.clone(),
@@ -116,7 +116,7 @@ impl Listener {
     }
 
     /// The listener an upgrade carried across.
-    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> Listener {
+    pub fn restore(saved: Saved, adopt: &mut crate::carry::Adopt) -> Listener {
         // The lock's open file description already holds the lock; locking
         // it again through the carried fd only confirms that.
         let lock = saved

@@ -599,7 +599,7 @@ enum Stopping {
     No,
     /// A stop was requested: everything serves until then (the shutdown
     /// delay), then the graceful stop begins.
-    Delay(#[serde(with = "crate::upgrade::mono")] Instant),
+    Delay(#[serde(with = "crate::carry::mono")] Instant),
     /// Stop signals sent; waiting for the drains.
     Graceful,
     /// Another supervisor took over: the generations go as replaced ones
@@ -612,40 +612,40 @@ enum Stopping {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum State {
     Starting {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         spawned: Instant,
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         deadline: Instant,
         cause: Cause,
         tickets: Vec<Ticket>,
     },
     Active {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
     },
     Quiescing {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
         /// When the queue is measured next.
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         check_at: Instant,
         /// Since when the queue has been seen empty.
-        #[serde(with = "crate::upgrade::mono::opt")]
+        #[serde(with = "crate::carry::mono::opt")]
         empty_since: Option<Instant>,
         /// The last measurement.
         queued: u64,
     },
     Draining {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
         /// The SIGKILL deadline; `None` once SIGKILL was sent.
-        #[serde(with = "crate::upgrade::mono::opt")]
+        #[serde(with = "crate::carry::mono::opt")]
         deadline: Option<Instant>,
     },
     /// Ready, receiving a share of new connections beside the active
     /// generation, until promoted or rolled back.
     Canary {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
     },
 }
@@ -670,29 +670,29 @@ enum WorkerState {
     /// alone (a restart, a rolling reload's); a generation started whole
     /// has the generation's deadline.
     Starting {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         spawned: Instant,
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         deadline: Instant,
     },
     /// Ready.
     Ready {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
     },
     /// Sent its stop signal alone; SIGKILL at the deadline (`None` once
     /// sent). `restart`: started again once reaped (it was not ready in
     /// time).
     Retiring {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         since: Instant,
-        #[serde(with = "crate::upgrade::mono::opt")]
+        #[serde(with = "crate::carry::mono::opt")]
         deadline: Option<Instant>,
         restart: bool,
     },
     /// Crashed; restarted at this time.
     Backoff {
-        #[serde(with = "crate::upgrade::mono")]
+        #[serde(with = "crate::carry::mono")]
         at: Instant,
     },
     /// Exited, and not started again (the crash policy, or its generation
@@ -735,7 +735,7 @@ enum Rollout {
         percent: u32,
         promote_after: Option<Duration>,
         /// Once it is a canary with `promote_after`: when it is promoted.
-        #[serde(with = "crate::upgrade::mono::opt")]
+        #[serde(with = "crate::carry::mono::opt")]
         promote_at: Option<Instant>,
     },
 }
@@ -803,7 +803,7 @@ pub struct Saved {
     generations: Vec<(Generation, State)>,
     last: u64,
     queued: Option<Vec<Ticket>>,
-    #[serde(with = "crate::upgrade::mono::opt")]
+    #[serde(with = "crate::carry::mono::opt")]
     restart_at: Option<Instant>,
     failures: u32,
     stopping: Stopping,
@@ -812,9 +812,9 @@ pub struct Saved {
     last_status: Option<ExitStatus>,
     done: bool,
     restarts: u64,
-    #[serde(with = "crate::upgrade::mono")]
+    #[serde(with = "crate::carry::mono")]
     now: Instant,
-    #[serde(with = "crate::upgrade::mono::seq")]
+    #[serde(with = "crate::carry::mono::seq")]
     starts: VecDeque<Instant>,
     #[serde(default)]
     pools: Vec<(Generation, Vec<Worker>)>,

@@ -8,6 +8,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod carry;
 mod channel;
 mod children;
 mod cli;
@@ -28,6 +29,7 @@ mod probe;
 mod report;
 mod snapshot;
 mod spawn;
+mod state;
 mod steer;
 mod stream;
 mod takeover;
@@ -345,7 +347,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
     // image that refuses goes back to the old one, which must find every
     // fd and file as it left them.
     let checked = upgrade::read_handed(state_fd).and_then(|state| {
-        let adopt = upgrade::Adopt::new(&state.fds)?;
+        let adopt = carry::Adopt::new(&state.fds)?;
         let mut setup = setup_args(&args)?;
         setup.env.clone_from(&state.children.env);
         setup.credentials.clone_from(&state.children.credentials);
@@ -494,7 +496,7 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
         hot_supervisor::duration::human(asked.elapsed())
     );
     let payload = taken.payload;
-    let mut adopt = upgrade::Adopt::received(&taken.numbers, taken.fds)?;
+    let mut adopt = carry::Adopt::received(&taken.numbers, taken.fds)?;
     let mut steering = steer::Steering::restore(
         payload.steering.into_previous(),
         setup.backlog,

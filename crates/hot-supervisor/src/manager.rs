@@ -116,7 +116,7 @@ pub struct ServiceManager {
 pub struct Saved {
     announcer: serde_json::Value,
     queue: Vec<String>,
-    #[serde(with = "crate::upgrade::mono::opt")]
+    #[serde(with = "crate::carry::mono::opt")]
     watchdog_due: Option<Instant>,
 }
 

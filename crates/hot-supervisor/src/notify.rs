@@ -267,7 +267,7 @@ pub struct Saved {
 
 impl NotifySocket {
     /// Its state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             fd: keep.fd(self.fd.as_fd()),
             path: self.path.clone(),
@@ -276,7 +276,7 @@ impl NotifySocket {
     }
 
     /// The socket an upgrade carried across.
-    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> NotifySocket {
+    pub fn restore(saved: Saved, adopt: &mut crate::carry::Adopt) -> NotifySocket {
         NotifySocket {
             fd: adopt.take(saved.fd),
             path: saved.path,

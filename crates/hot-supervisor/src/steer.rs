@@ -606,7 +606,7 @@ impl Steering {
     }
 
     /// The state for an in-place upgrade.
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             slots: self
                 .slots
@@ -643,7 +643,7 @@ impl Steering {
         saved: Saved,
         backlog: Backlog,
         options: SocketOptions,
-        adopt: &mut crate::upgrade::Adopt,
+        adopt: &mut crate::carry::Adopt,
     ) -> Steering {
         let slots = saved
             .slots

@@ -27,28 +27,19 @@
 //! The state is JSON with a format name and a version number: a binary
 //! reads every version up to its own, and refuses a newer one by name.
 //! Instants travel as `CLOCK_MONOTONIC` readings, which go on counting
-//! through the exec ([`mono`]).
+//! through the exec ([`crate::carry::mono`]).
 
-pub mod mono;
-
-use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Seek, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::state::{FORMAT, State, VERSION};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use serde::{Deserialize, Serialize};
-
-/// The state's format name.
-pub const FORMAT: &str = "supervisor-state";
-
-/// The state's version written by this binary; it reads every version up
-/// to this one. Version 1 is the first.
-pub const VERSION: u32 = 1;
 
 /// The variable naming the state's fd in the new image.
 pub const STATE_VAR: &str = "SUPERVISOR_UPGRADE_STATE";
@@ -69,172 +60,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// This binary's version, as `status` shows it.
 pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
-}
-
-/// Everything an image hands to the next one.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct State {
-    /// [`FORMAT`].
-    pub format: String,
-    /// [`VERSION`] of the writer.
-    pub version: u32,
-    /// The writer's [`version`].
-    pub writer: String,
-    /// Every fd the state names (each open, each once).
-    pub fds: Vec<RawFd>,
-    /// The lifecycle.
-    pub machine: crate::machine::Saved,
-    /// The processes.
-    pub children: crate::children::Saved,
-    /// The listeners and their groups.
-    pub steering: crate::steer::Saved,
-    /// The control socket and its connections.
-    pub control: crate::control::Saved,
-    /// The health endpoint's listening socket.
-    pub health: Option<crate::health::Saved>,
-    /// What the service manager has been told.
-    pub manager: Option<crate::manager::Saved>,
-    /// The children's channels (absent in states written before they
-    /// existed).
-    #[serde(default)]
-    pub channels: crate::channel::Saved,
-    /// Counters and texts of the report.
-    pub report: crate::report::Report,
-    /// The driver's own.
-    pub driver: DriverSaved,
-}
-
-/// The driver's part of the state.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DriverSaved {
-    /// The last reload ticket issued.
-    pub next_ticket: u64,
-    /// Reload tickets and the control connections waiting for them.
-    pub reload_waiters: Vec<(u64, u64)>,
-    /// The control connection that asked for this upgrade.
-    pub upgrade_waiter: Option<u64>,
-    /// When the supervisor started.
-    #[serde(with = "mono")]
-    pub started: Instant,
-    /// Upgrades so far, this one included.
-    pub upgrades: u64,
-    /// When the upgrade was asked for (for the answer's timing).
-    #[serde(with = "mono")]
-    pub requested: Instant,
-    /// The version that wrote the state before this one (for the answer).
-    pub from_version: String,
-    /// Unix time of this upgrade.
-    pub upgraded_at: f64,
-}
-
-/// The fds a state names, collected while it is written.
-#[derive(Debug, Default)]
-pub struct Keep(Vec<RawFd>);
-
-impl Keep {
-    /// Carry `fd`; its number is what the state records.
-    pub fn fd(&mut self, fd: BorrowedFd<'_>) -> RawFd {
-        let raw = fd.as_raw_fd();
-        if !self.0.contains(&raw) {
-            self.0.push(raw);
-        }
-        raw
-    }
-
-    /// The fds, for the state's list.
-    pub fn list(&self) -> Vec<RawFd> {
-        self.0.clone()
-    }
-}
-
-/// Taking the carried fds back, each once: the fds an exec kept (their
-/// numbers unchanged), or fds received from another supervisor (a
-/// takeover), each known by the number it had there.
-#[derive(Debug)]
-pub struct Adopt {
-    listed: BTreeSet<RawFd>,
-    taken: BTreeSet<RawFd>,
-    received: Option<std::collections::BTreeMap<RawFd, OwnedFd>>,
-}
-
-impl Adopt {
-    /// Check that every listed fd is open, before any is taken.
-    ///
-    /// # Errors
-    /// A listed fd is closed, or listed twice.
-    pub fn new(fds: &[RawFd]) -> Result<Adopt> {
-        let mut listed = BTreeSet::new();
-        for &fd in fds {
-            if fd < 0 || !listed.insert(fd) {
-                bail!("the state lists fd {fd} twice (or a negative fd)");
-            }
-            // SAFETY: F_GETFD on any number is harmless; it only asks
-            // whether the fd is open.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                bail!("fd {fd} named by the state is not open");
-            }
-        }
-        Ok(Adopt {
-            listed,
-            taken: BTreeSet::new(),
-            received: None,
-        })
-    }
-
-    /// Fds received from another supervisor: `fds[k]` was its fd `numbers[k]`.
-    ///
-    /// # Errors
-    /// The counts differ, or a number is listed twice.
-    pub fn received(numbers: &[RawFd], fds: Vec<OwnedFd>) -> Result<Adopt> {
-        if numbers.len() != fds.len() {
-            bail!("{} fds received for {} named", fds.len(), numbers.len());
-        }
-        let mut map = std::collections::BTreeMap::new();
-        for (n, fd) in numbers.iter().zip(fds) {
-            if map.insert(*n, fd).is_some() {
-                bail!("fd {n} is named twice");
-            }
-        }
-        Ok(Adopt {
-            listed: numbers.iter().copied().collect(),
-            taken: BTreeSet::new(),
-            received: Some(map),
-        })
-    }
-
-    /// Own fd `raw` again (close-on-exec set again).
-    ///
-    /// # Panics
-    /// `raw` is not in the state's list, or taken twice: the state's writer
-    /// lists every fd it names exactly once, so this is a bug.
-    pub fn take(&mut self, raw: RawFd) -> OwnedFd {
-        assert!(
-            self.listed.contains(&raw) && self.taken.insert(raw),
-            "fd {raw} taken twice or not listed in the upgrade state"
-        );
-        if let Some(map) = &mut self.received {
-            return map.remove(&raw).expect("a listed fd was received");
-        }
-        // SAFETY: the fd is open (checked in `new`), was the old image's,
-        // survived the exec because the old image cleared its close-on-exec
-        // flag, and is taken only once (asserted above).
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-        fd
-    }
-
-    /// Fds listed but not taken (closed: nothing owns them).
-    pub fn close_rest(self) {
-        if self.received.is_some() {
-            // Dropped with the map.
-            return;
-        }
-        for raw in self.listed.difference(&self.taken) {
-            // SAFETY: listed, open and not taken: nothing in this image owns
-            // it.
-            drop(unsafe { OwnedFd::from_raw_fd(*raw) });
-        }
-    }
 }
 
 /// Write `state` to a new memfd (close-on-exec), at offset 0.
@@ -646,13 +471,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("state version 1 is malformed"), "{e}");
-    }
-
-    #[test]
-    fn adopting_checks_every_fd_first() {
-        let e = Adopt::new(&[1_000_000]).unwrap_err().to_string();
-        assert!(e.contains("not open"), "{e}");
-        let e = Adopt::new(&[0, 0]).unwrap_err().to_string();
-        assert!(e.contains("twice"), "{e}");
     }
 }

@@ -149,7 +149,7 @@ struct SavedConn {
     #[serde(default)]
     uid: u32,
     stage: SavedStage,
-    #[serde(with = "crate::upgrade::mono::opt")]
+    #[serde(with = "crate::carry::mono::opt")]
     deadline: Option<Instant>,
 }
 
@@ -165,7 +165,7 @@ impl ControlServer {
     /// The state for an in-place upgrade. A connection in the middle of an
     /// fd transfer is not carried (the exec closes it: its client sees the
     /// connection end early and asks again).
-    pub fn save(&self, keep: &mut crate::upgrade::Keep) -> Saved {
+    pub fn save(&self, keep: &mut crate::carry::Keep) -> Saved {
         Saved {
             listener: self.listener.save(keep),
             conns: self
@@ -196,7 +196,7 @@ impl ControlServer {
     }
 
     /// The control server an upgrade carried across.
-    pub fn restore(saved: Saved, adopt: &mut crate::upgrade::Adopt) -> ControlServer {
+    pub fn restore(saved: Saved, adopt: &mut crate::carry::Adopt) -> ControlServer {
         let conns = saved
             .conns
             .into_iter()
@@ -688,7 +688,7 @@ impl ControlServer {
     }
 
     /// The listening socket, for a takeover.
-    pub fn save_listener(&self, keep: &mut crate::upgrade::Keep) -> crate::listen::Saved {
+    pub fn save_listener(&self, keep: &mut crate::carry::Keep) -> crate::listen::Saved {
         self.listener.save(keep)
     }
 
