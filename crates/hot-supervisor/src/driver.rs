@@ -89,17 +89,10 @@ pub struct Driver {
     progress: crate::report::Progress,
     /// Set when the machine asks to exit.
     exit: Option<i32>,
-    /// The upgrade to carry out at the top of the loop (its check said yes):
-    /// the connection to answer, when it was asked for, the new version.
-    exec_due: Option<(Option<ConnId>, Instant)>,
     /// In-place upgrades so far, and the Unix time of the last one.
     upgrades: (u64, Option<f64>),
-    /// Taking over, the first generation failed.
-    takeover_failed: bool,
     /// The exit status, whatever the machine says (a failed takeover).
     exit_code: Option<i32>,
-    /// The crash policy to apply once a takeover is done.
-    restart: Option<crate::machine::RestartPolicy>,
 }
 
 impl Driver {
@@ -133,11 +126,8 @@ impl Driver {
             started: Instant::now(),
             progress: crate::report::Progress::default(),
             exit: None,
-            exec_due: None,
             upgrades: (0, None),
-            takeover_failed: false,
             exit_code: None,
-            restart: None,
         })
     }
 
@@ -196,12 +186,6 @@ impl Driver {
         Ok(d)
     }
 
-    /// Taking over: the crash policy asked for, applied once the old
-    /// supervisor is told to go (until then a failed start is final).
-    pub fn restart_after_takeover(&mut self, policy: crate::machine::RestartPolicy) {
-        self.restart = Some(policy);
-    }
-
     /// Say `hint` after "was not ready within ..." (the likely cause).
     pub fn not_ready_hint(&mut self, hint: &str) {
         self.report.not_ready_hint = Some(hint.to_string());
@@ -215,9 +199,10 @@ impl Driver {
     pub fn run(mut self) -> Result<i32> {
         self.execute();
         loop {
-            if let Some((waiter, requested)) = self.exec_due.take()
+            if let crate::handoff::Handoff::ExecDue { waiter, requested } = self.parts.handoff
                 && self.exit.is_none()
             {
+                self.parts.handoff = crate::handoff::Handoff::Idle;
                 self.exec_upgrade(waiter, requested);
             }
             if let Some(code) = self.exit {
@@ -271,7 +256,7 @@ impl Driver {
                     Watch::Probe => self.advance_probe(now),
                     Watch::Health(w) => self.serve_health(w, now),
                     Watch::Upgrade => {
-                        let verdict = self.parts.upgrade.as_mut().and_then(|c| c.on_readable());
+                        let verdict = self.parts.handoff.check_mut().and_then(|c| c.on_readable());
                         if let Some(v) = verdict {
                             self.upgrade_checked(v);
                         }
@@ -298,13 +283,13 @@ impl Driver {
                     h.on_timeout(now);
                 }
                 self.drain_progress(now);
-                if let Some(v) = self.parts.upgrade.as_ref().and_then(|c| c.on_timeout(now)) {
+                if let Some(v) = self.parts.handoff.check().and_then(|c| c.on_timeout(now)) {
                     self.upgrade_checked(v);
                 }
                 if self
                     .parts
-                    .handover
-                    .as_ref()
+                    .handoff
+                    .source()
                     .and_then(crate::takeover::Source::deadline)
                     .is_some_and(|d| d <= now)
                 {
@@ -691,10 +676,10 @@ impl Driver {
     /// Refuse a reload, promote or rollback while another supervisor takes
     /// over (answering `waiter`); whether it was refused.
     fn refused_during_handover(&mut self, waiter: Option<ConnId>) -> bool {
-        let Some(h) = &self.parts.handover else {
+        let Err(why) = self.parts.handoff.may_reload() else {
             return false;
         };
-        let why = format!("supervisor pid {} is taking over: no reload here", h.peer);
+        let why = why.to_string();
         log::warn!("reload refused: {why}");
         if let Some(id) = waiter {
             self.parts.control.answer(id, false, &why, Instant::now());
@@ -726,22 +711,13 @@ impl Driver {
     /// Another supervisor asks for every socket (see [`crate::takeover`]).
     fn hand_over(&mut self, id: ConnId, pid: i32) {
         let now = Instant::now();
-        let refuse = if self.machine.stopping() {
-            Some("the supervisor is stopping".to_string())
-        } else if self.parts.handover.is_some() {
-            Some("another supervisor is taking over already".to_string())
-        } else if self.parts.upgrade.is_some() || self.exec_due.is_some() {
-            Some("an upgrade is under way".to_string())
-        } else if self.parts.takeover.is_some() {
-            Some("this supervisor is still taking over from another".to_string())
-        } else {
-            self.machine
-                .starting()
-                .map(|g| format!("{g} is starting: ask again once it is ready"))
-        };
-        if let Some(why) = refuse {
+        let refuse = self
+            .parts
+            .handoff
+            .may_hand_over(self.machine.stopping(), self.machine.starting());
+        if let Err(why) = refuse {
             log::warn!("takeover by pid {pid} refused: {why}");
-            self.parts.control.answer(id, false, &why, now);
+            self.parts.control.answer(id, false, &why.to_string(), now);
             return;
         }
         let Some(stream) = self.parts.control.take_stream(id) else {
@@ -776,7 +752,7 @@ impl Driver {
                 self.parts.control.end_streams();
                 self.parts.steering.hold();
                 self.parts.control.set_accepting(false);
-                self.parts.handover = Some(source);
+                self.parts.handoff = crate::handoff::Handoff::HandingOver(source);
                 self.handover_step(now);
             }
             Err(e) => log::error!("takeover by pid {pid}: {e:#}"),
@@ -785,7 +761,7 @@ impl Driver {
 
     /// The handover's connection is ready (or its retry is due).
     fn handover_step(&mut self, now: Instant) {
-        let Some(h) = &mut self.parts.handover else {
+        let Some(h) = self.parts.handoff.source_mut() else {
             return;
         };
         let peer = h.peer;
@@ -801,7 +777,7 @@ impl Driver {
                 log::error!(
                     "the takeover by supervisor pid {peer} failed (it is gone without taking over): carrying on"
                 );
-                self.parts.handover = None;
+                self.parts.handoff = crate::handoff::Handoff::Idle;
                 self.parts.steering.resume(&mut self.notices);
                 self.parts.control.set_accepting(true);
                 self.log_notices();
@@ -811,14 +787,14 @@ impl Driver {
 
     /// The supervisor taken over from: its connection ended.
     fn predecessor_step(&mut self) {
-        let Some(t) = &mut self.parts.takeover else {
+        let crate::handoff::Handoff::TakingOver { from: t, .. } = &mut self.parts.handoff else {
             return;
         };
         if !t.gone() {
             return;
         }
         let (peer, drained) = (t.peer, t.drained());
-        self.parts.takeover = None;
+        self.parts.handoff = crate::handoff::Handoff::Idle;
         if drained {
             log::info!("supervisor pid {peer} has exited: closing its generations' sockets");
         } else {
@@ -833,7 +809,12 @@ impl Driver {
     /// Taking over: once a generation of ours serves, tell the old
     /// supervisor; if the first one fails, give up and exit.
     fn advance_takeover(&mut self) {
-        let Some(t) = &mut self.parts.takeover else {
+        let crate::handoff::Handoff::TakingOver {
+            from: t,
+            failed,
+            restart,
+        } = &mut self.parts.handoff
+        else {
             return;
         };
         if t.drained() {
@@ -845,7 +826,7 @@ impl Driver {
             // is told to go.
             self.parts.steering.disown_files(false);
             self.parts.control.disown_file(false);
-            if let Some(policy) = self.restart.take() {
+            if let Some(policy) = restart.take() {
                 self.machine.set_restart(policy);
             }
             match t.drain() {
@@ -855,7 +836,7 @@ impl Driver {
                 ),
                 Err(e) => log::warn!("{e:#}"),
             }
-        } else if std::mem::take(&mut self.takeover_failed) {
+        } else if std::mem::take(failed) {
             log::error!(
                 "the takeover failed: the new generation did not become ready; supervisor pid {} carries on, this one exits",
                 t.peer
@@ -874,23 +855,10 @@ impl Driver {
     /// [`crate::upgrade`]).
     fn upgrade(&mut self, waiter: Option<ConnId>, timeout: Option<std::time::Duration>) {
         let now = Instant::now();
-        let refuse = if self.parts.upgrade.is_some() || self.exec_due.is_some() {
-            Some("an upgrade is already under way".to_string())
-        } else if self.parts.handover.is_some() {
-            Some("another supervisor is taking over".to_string())
-        } else if self.parts.takeover.is_some() {
-            Some(
-                "this supervisor is taking over from another: upgrade it once that one has exited"
-                    .to_string(),
-            )
-        } else if self.machine.stopping() {
-            Some("the supervisor is stopping".to_string())
-        } else {
-            None
-        };
+        let refuse = self.parts.handoff.may_upgrade(self.machine.stopping());
         let started = match refuse {
-            Some(why) => Err(anyhow::anyhow!(why)),
-            None => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
+            Err(why) => Err(anyhow::anyhow!(why)),
+            Ok(()) => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
                 crate::upgrade::Check::start(
                     &self.settings.binary,
                     state,
@@ -907,7 +875,7 @@ impl Driver {
                     check.binary.display(),
                     check.pid()
                 );
-                self.parts.upgrade = Some(check);
+                self.parts.handoff = crate::handoff::Handoff::Checking(check);
             }
             Err(e) => self.upgrade_failed(waiter, &format!("{e:#}")),
         }
@@ -927,7 +895,8 @@ impl Driver {
 
     /// The check of the new binary is over.
     fn upgrade_checked(&mut self, verdict: crate::upgrade::Verdict) {
-        let Some(check) = self.parts.upgrade.take() else {
+        let crate::handoff::Handoff::Checking(check) = std::mem::take(&mut self.parts.handoff)
+        else {
             return;
         };
         match verdict {
@@ -936,7 +905,10 @@ impl Driver {
                     "{} (supervisor {version}) accepts the state: executing it in place",
                     check.binary.display()
                 );
-                self.exec_due = Some((check.waiter, check.requested));
+                self.parts.handoff = crate::handoff::Handoff::ExecDue {
+                    waiter: check.waiter,
+                    requested: check.requested,
+                };
             }
             crate::upgrade::Verdict::Failed(why) => self.upgrade_failed(check.waiter, &why),
         }
@@ -1082,10 +1054,8 @@ impl Driver {
                     self.machine.handle(now, Input::Queued(g, n));
                 }
                 Action::Report(e) => {
-                    if matches!(e, Event::StartFailed { .. })
-                        && self.parts.takeover.as_ref().is_some_and(|t| !t.drained())
-                    {
-                        self.takeover_failed = true;
+                    if matches!(e, Event::StartFailed { .. }) {
+                        self.parts.handoff.start_failed();
                     }
                     if let (Event::StartFailed { generation, .. }, Some(p)) =
                         (&e, &mut self.parts.prober)

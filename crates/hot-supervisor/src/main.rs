@@ -17,6 +17,7 @@ mod compat;
 mod control;
 mod driver;
 mod environ;
+mod handoff;
 mod health;
 mod listen;
 mod logging;
@@ -411,9 +412,7 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         manager,
         prober,
         health,
-        upgrade: None,
-        handover: None,
-        takeover: None,
+        handoff: handoff::Handoff::Idle,
         watcher,
         channels,
     };
@@ -639,15 +638,19 @@ fn serve(
         manager: manager::ServiceManager::from_env(manager::watchdog_interval()),
         prober,
         health,
-        upgrade: None,
-        handover: None,
-        takeover,
+        handoff: match takeover {
+            Some(from) => handoff::Handoff::TakingOver {
+                from,
+                failed: false,
+                restart: Some(restart),
+            },
+            None => handoff::Handoff::Idle,
+        },
         watcher,
         channels: channel::Channels::default(),
     };
     let machine = Machine::new(cfg, Instant::now());
     let mut driver = driver::Driver::new(machine, settings, parts)?;
-    driver.restart_after_takeover(restart);
     if matches!(ready, machine::ReadyMode::Notify) {
         driver.not_ready_hint(
             "no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH",

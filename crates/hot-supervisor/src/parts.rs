@@ -31,12 +31,8 @@ pub struct Parts {
     pub prober: Option<Prober>,
     /// The health endpoint, with `--health ADDR`.
     pub health: Option<HealthServer>,
-    /// The check of a new binary, while an upgrade waits for it.
-    pub upgrade: Option<crate::upgrade::Check>,
-    /// Another supervisor taking the sockets over.
-    pub handover: Option<crate::takeover::Source>,
-    /// The supervisor this one took the sockets over from, until it exits.
-    pub takeover: Option<crate::takeover::Sink>,
+    /// The upgrade or takeover under way, if any.
+    pub handoff: crate::handoff::Handoff,
     /// `--watch`: the watched paths.
     pub watcher: Option<crate::watch::Watcher>,
     /// The children's own channels.
@@ -80,9 +76,9 @@ impl Parts {
             self.manager.as_ref().and_then(ServiceManager::deadline),
             self.prober.as_ref().and_then(Prober::deadline),
             self.health.as_ref().and_then(HealthServer::deadline),
-            self.upgrade.as_ref().map(crate::upgrade::Check::deadline),
-            self.handover
-                .as_ref()
+            self.handoff.check().map(crate::upgrade::Check::deadline),
+            self.handoff
+                .source()
                 .and_then(crate::takeover::Source::deadline),
             self.watcher
                 .as_ref()
@@ -127,15 +123,15 @@ impl Parts {
             watch.push(Watch::Health(w));
             fds.push(PollFd::new(fd, flags(input)));
         }
-        if let Some(c) = &self.upgrade {
+        if let Some(c) = self.handoff.check() {
             watch.push(Watch::Upgrade);
             fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
         }
-        if let Some((fd, input)) = self.handover.as_ref().and_then(|h| h.interest()) {
+        if let Some((fd, input)) = self.handoff.source().and_then(|h| h.interest()) {
             watch.push(Watch::Handover);
             fds.push(PollFd::new(fd, flags(input)));
         }
-        if let Some(fd) = self.takeover.as_ref().and_then(|t| t.interest()) {
+        if let Some(fd) = self.handoff.sink().and_then(|t| t.interest()) {
             watch.push(Watch::Takeover);
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
