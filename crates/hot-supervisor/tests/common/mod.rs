@@ -597,8 +597,10 @@ impl Supervisor {
                 .skip(1)
                 .filter_map(|l| {
                     let cols: Vec<&str> = l.split_whitespace().collect();
-                    // St 03: connected (the listener itself is 01).
-                    (cols.get(5) == Some(&"03") && cols.get(7) == Some(&control.as_str()))
+                    // Every socket on the path but the listener (flags
+                    // __SO_ACCEPTCON): connected ones, and ones whose
+                    // client has just left (no longer in state 03).
+                    (cols.get(3) != Some(&"00010000") && cols.get(7) == Some(&control.as_str()))
                         .then(|| format!("socket:[{}]", cols[6]))
                 })
                 .collect()
