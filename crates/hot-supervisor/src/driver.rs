@@ -1010,19 +1010,13 @@ impl Driver {
             let now = Instant::now();
             match action {
                 Action::Spawn(g) => {
-                    let n = self.machine.workers_per_generation();
-                    for w in 0..n {
-                        if !self.machine.worker_alive(g, w) || self.spawn(g, w) {
-                            continue;
+                    // The machine decides what a worker that could not be
+                    // spawned means: once the start has failed, no worker
+                    // of the generation is left to start.
+                    for w in 0..self.machine.workers_per_generation() {
+                        if self.machine.worker_starting(g, w) {
+                            self.spawn(g, w);
                         }
-                        // A worker that could not be spawned failed the
-                        // start: the ones after it are never started.
-                        for rest in w + 1..n {
-                            let why = format!("not started: worker {w} could not be");
-                            self.machine
-                                .handle(now, Input::WorkerSpawnFailed(g, rest, why));
-                        }
-                        break;
                     }
                     let started = self.machine.starting_workers(g);
                     self.probe(g, &started, now);
@@ -1049,22 +1043,20 @@ impl Driver {
                         p.cancel(g, &mut self.parts.steering);
                     }
                 }
+                Action::Abandon(g) => {
+                    self.parts.handoff.start_failed();
+                    if let Some(p) = &mut self.parts.prober {
+                        if let Some(why) = p.last_failure(g) {
+                            log::info!("{g}: last probe: {why}");
+                        }
+                        p.cancel(g, &mut self.parts.steering);
+                    }
+                }
                 Action::MeasureQueue(g) => {
                     let n = self.parts.steering.queued(g);
                     self.machine.handle(now, Input::Queued(g, n));
                 }
                 Action::Report(e) => {
-                    if matches!(e, Event::StartFailed { .. }) {
-                        self.parts.handoff.start_failed();
-                    }
-                    if let (Event::StartFailed { generation, .. }, Some(p)) =
-                        (&e, &mut self.parts.prober)
-                    {
-                        if let Some(why) = p.last_failure(*generation) {
-                            log::info!("{generation}: last probe: {why}");
-                        }
-                        p.cancel(*generation, &mut self.parts.steering);
-                    }
                     if let Event::Cut {
                         generation,
                         was,
