@@ -304,11 +304,11 @@ impl Driver {
                     } else {
                         let mut r = Record::new(crate::report::unix_now(), Kind::Watch);
                         r.path = Some(path.display().to_string());
-                        crate::logging::with_fields(Some(&r), || {
-                            log::info!("reload requested (--watch: {} changed)", path.display());
-                        });
                         self.parts.control.publish(&r);
-                        self.reload(None, format!("watch {}", path.display()));
+                        let said =
+                            format!("reload requested (--watch: {} changed)", path.display());
+                        let source = format!("watch {}", path.display());
+                        self.reload(None, source, log::Level::Info, &said);
                     }
                 }
                 // A probe that succeeded has fed the machine a later time
@@ -384,8 +384,8 @@ impl Driver {
                     }
                 }
                 Signal::SIGHUP => {
-                    log::info!("reload requested (SIGHUP)");
-                    self.reload(None, "SIGHUP".to_string());
+                    let said = "reload requested (SIGHUP)";
+                    self.reload(None, "SIGHUP".to_string(), log::Level::Info, said);
                 }
                 Signal::SIGUSR2 => {
                     log::info!("upgrade requested (SIGUSR2)");
@@ -485,10 +485,9 @@ impl Driver {
         let replace = self.parts.steering.on_hangup(raw, &mut self.notices);
         self.log_notices();
         if replace && !self.machine.stopping() {
-            log::warn!(
-                "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)"
-            );
-            self.reload(None, "a serving socket stopped listening".to_string());
+            let said = "reload requested (the serving generation's socket stopped listening: a new generation gets a new one)";
+            let source = "a serving socket stopped listening".to_string();
+            self.reload(None, source, log::Level::Warn, said);
         }
     }
 
@@ -564,8 +563,9 @@ impl Driver {
                 self.upgrade(Some(id), timeout);
             }
             ControlEvent::Reload(id, pid) => {
-                log::info!("reload requested (control socket, pid {pid})");
-                self.reload(Some(id), format!("control pid {pid}"));
+                let said = format!("reload requested (control socket, pid {pid})");
+                let source = format!("control pid {pid}");
+                self.reload(Some(id), source, log::Level::Info, &said);
             }
             ControlEvent::ReloadWith(id, ..)
             | ControlEvent::Promote(id, _)
@@ -583,8 +583,8 @@ impl Driver {
                         promote_after,
                     },
                 };
-                log::info!("reload requested (control socket, pid {pid}): {strategy:?}");
-                self.requested(format!("control pid {pid}"));
+                let said = format!("reload requested (control socket, pid {pid}): {strategy:?}");
+                self.requested(format!("control pid {pid}"), log::Level::Info, &said);
                 let t = self.ticket(Some(id));
                 if let Some(m) = &mut self.parts.manager {
                     m.reload_requested();
@@ -688,12 +688,12 @@ impl Driver {
     }
 
     /// Ask for a reload (SIGHUP, or a control request to answer), asked by
-    /// `source`.
-    fn reload(&mut self, waiter: Option<ConnId>, source: String) {
+    /// `source` (logged as `said`).
+    fn reload(&mut self, waiter: Option<ConnId>, source: String, level: log::Level, said: &str) {
+        self.requested(source, level, said);
         if self.refused_during_handover(waiter) {
             return;
         }
-        self.requested(source);
         let t = self.ticket(waiter);
         if let Some(m) = &mut self.parts.manager {
             m.reload_requested();
@@ -701,10 +701,12 @@ impl Driver {
         self.feed(Input::Reload(t));
     }
 
-    /// A reload was asked for by `source`: an event.
-    fn requested(&mut self, source: String) {
+    /// A reload was asked for by `source`: the log line `said` (with the
+    /// event's fields) and the event.
+    fn requested(&mut self, source: String, level: log::Level, said: &str) {
         let mut r = Record::new(crate::report::unix_now(), Kind::ReloadRequested);
         r.source = Some(source);
+        crate::logging::with_fields(Some(&r), || log::log!(level, "{said}"));
         self.parts.control.publish(&r);
     }
 

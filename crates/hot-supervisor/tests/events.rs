@@ -349,6 +349,12 @@ fn json_logs_are_one_object_per_line_with_the_events_fields() {
             .iter()
             .any(|l| l["event"] == "spawned" && l["generation"] == 2 && l["pid"] == pid2)
     );
+    assert!(lines.iter().any(|l| {
+        l["event"] == "reload_requested"
+            && l["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("control pid"))
+    }));
 }
 
 #[test]
