@@ -520,3 +520,37 @@ fn workers_their_restarts_and_a_canary_cross_the_upgrade() {
     let failures = stats.failures.lock().unwrap().clone();
     assert!(failures.len() <= 4, "{failures:?}");
 }
+
+/// A child's channel crosses an in-place upgrade: the child, told by a
+/// forwarded SIGUSR1, fetches its sockets over it before and after.
+#[test]
+fn a_childs_channel_crosses_the_upgrade() {
+    let bin = Binary::new("upgrade-channel");
+    let out = bin.dir.path("fetched.json");
+    let child = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/channel_fetch.py");
+    let mut cmd = Command::new(&bin.path);
+    cmd.args(["--listen", "127.0.0.1:0", "--ready", "delay:100ms", "--"])
+        .arg(python3())
+        .arg(&child)
+        .arg(&out);
+    let sv = Supervisor::start_with(&mut cmd);
+    sv.wait_active(1);
+    let fetched = |n: u64| {
+        wait_until(WAIT, || {
+            let text = std::fs::read_to_string(&out).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (v["n"] == n).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("no fetch number {n}\n{}", sv.output()))
+    };
+    sv.signal(libc::SIGUSR1);
+    let before = fetched(1);
+    assert_eq!(before["answer"], "ok 1", "{before}");
+    assert_eq!(before["same"], true, "{before}");
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    sv.signal(libc::SIGUSR1);
+    let after = fetched(2);
+    assert_eq!(after["answer"], "ok 1", "{after}");
+    assert_eq!(after["same"], true, "{after}");
+}
