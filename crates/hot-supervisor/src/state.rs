@@ -24,7 +24,7 @@ pub struct State {
     pub format: String,
     /// [`VERSION`] of the writer.
     pub version: u32,
-    /// The writer's [`version`].
+    /// The writer's version (what `supervisor --version` says).
     pub writer: String,
     /// Every fd the state names (each open, each once).
     pub fds: Vec<RawFd>,

@@ -40,7 +40,7 @@ pub enum Stage {
 pub const EVENT_BUFFER: usize = 64 * 1024;
 
 /// At most this many event streams at once; more are refused. Counted
-/// apart from [`MAX_CONNECTIONS`], as waiting requesters are.
+/// apart from [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS), as waiting requesters are.
 pub const MAX_SUBSCRIBERS: usize = 32;
 
 /// One control connection.

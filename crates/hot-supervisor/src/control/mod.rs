@@ -9,7 +9,7 @@
 //! once the supervisor is about to exit, `status` at once with a JSON
 //! object. `fds` and `listen` are answered with `ok N` and N listener
 //! descriptions, the sockets attached with `SCM_RIGHTS` in batches of at
-//! most [`SCM_MAX_FD`] ([`Transfer`]), sent without ever blocking. The
+//! most [`SCM_MAX_FD`](hot_supervisor::parse::control::SCM_MAX_FD) ([`Transfer`]), sent without ever blocking. The
 //! parsing is pure, in [`hot_supervisor::parse::control`]; the driver owns
 //! the connections.
 //!

@@ -1,0 +1,242 @@
+//! Processes that exit: a generation's or a worker's, while starting,
+//! serving, canary or draining; crash restarts with backoff and the start
+//! limit. Never starts a generation a policy forbids.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn handle_exit(&mut self, now: Instant, g: Generation, ended: Ended) {
+        // A generation that could not be spawned counts as exit status 127,
+        // as a shell reports a command it cannot run.
+        let status = match ended {
+            Ended::Exited(s) => s,
+            Ended::SpawnFailed(_) => ExitStatus::Code(127),
+        };
+        // Killed by the stop signal we sent it: a clean stop (uvicorn and
+        // Puma drain, then re-raise SIGTERM).
+        let stopped_cleanly = status == ExitStatus::Signal(self.cfg.stop_signal)
+            && matches!(self.generations.get(&g), Some(State::Draining { .. }));
+        if self.exit_with == Some(g) {
+            self.exit_status = Some(if stopped_cleanly {
+                ExitStatus::Code(0)
+            } else {
+                status
+            });
+        }
+        match self.generations.get(&g) {
+            None => return,
+            Some(State::Starting { .. }) => {
+                let why = match ended {
+                    Ended::SpawnFailed(e) => StartFailure::Spawn(e),
+                    Ended::Exited(s) => StartFailure::Exited(s),
+                };
+                self.fail_start(now, g, why, false, false);
+            }
+            Some(State::Active { since }) => {
+                let since = *since;
+                self.generations.remove(&g);
+                self.last_status = Some(status);
+                if now.saturating_duration_since(since) >= self.cfg.healthy_after {
+                    self.failures = 0;
+                }
+                // A canary takes over as a starting generation would.
+                let starting = self.starting().or_else(|| self.canary());
+                let restart = self.cfg.restart.restarts(status)
+                    && !self.stopping()
+                    && (starting.is_some() || self.may_start(now, status));
+                // A generation already starting takes over by itself.
+                let restart_in = if restart && starting.is_none() {
+                    Some(self.schedule_restart(now))
+                } else {
+                    None
+                };
+                self.report(Event::Crashed {
+                    generation: g,
+                    status,
+                    restart_in,
+                    starting,
+                });
+                if self.canary().is_some() && !self.stopping() {
+                    self.promote(now, true);
+                }
+                if !restart && starting.is_none() && !self.done {
+                    match self.stopping {
+                        Stopping::Graceful | Stopping::Forced | Stopping::HandedOff => {}
+                        _ => self.begin_stop(now, Some(status)),
+                    }
+                }
+            }
+            Some(
+                State::Draining { since, .. }
+                | State::Quiescing { since, .. }
+                | State::Canary { since },
+            ) => {
+                let since = *since;
+                self.generations.remove(&g);
+                self.report(Event::Drained {
+                    generation: g,
+                    after: now.saturating_duration_since(since),
+                    status,
+                });
+            }
+        }
+        self.maybe_exit();
+    }
+
+    /// A worker was reaped (or could not be spawned).
+    pub(super) fn handle_worker_exit(&mut self, now: Instant, g: Generation, w: u32, ended: Ended) {
+        let status = match &ended {
+            Ended::Exited(s) => *s,
+            Ended::SpawnFailed(_) => ExitStatus::Code(127),
+        };
+        let Some(worker) = self.worker_mut(g, w) else {
+            // A generation the machine has forgotten, or never had.
+            self.handle_exit(now, g, ended);
+            return;
+        };
+        if !worker.state.alive() {
+            return;
+        }
+        let was = std::mem::replace(&mut worker.state, WorkerState::Exited);
+        if let WorkerState::Retiring { restart: false, .. } = was {
+            // A rolling reload's old worker: its place is taken by a new
+            // one, or by a new old one if the reload is rolled back.
+            worker.state = WorkerState::Vacant;
+        }
+        let alive = self.alive_in(g);
+        let n = self.workers_per_generation();
+        let why = match &ended {
+            Ended::SpawnFailed(e) => StartFailure::Spawn(e.clone()),
+            Ended::Exited(s) => StartFailure::Exited(*s),
+        };
+        match self.generations.get(&g) {
+            None => {}
+            Some(State::Starting { .. }) if Some(g) == self.rolling_new() => {
+                let text = format!("worker {w} {}", describe(&why));
+                self.roll_back(now, text, Some(why));
+                if alive == 0 && self.generations.contains_key(&g) {
+                    self.handle_exit(now, g, ended);
+                }
+            }
+            Some(State::Starting { .. }) => {
+                if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                } else {
+                    self.fail_start(now, g, why, true, false);
+                }
+            }
+            Some(State::Active { .. }) => {
+                let restart = matches!(was, WorkerState::Retiring { restart: true, .. });
+                if matches!(was, WorkerState::Retiring { restart: false, .. }) {
+                    // A rolling reload's old worker: its share went first.
+                } else if (n > 1 || restart) && !self.stopping() {
+                    self.worker_crashed(now, g, w, status, &was);
+                } else if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                }
+                if self.generations.contains_key(&g)
+                    && alive == 0
+                    && !self.pools.get(&g).is_some_and(|p| {
+                        p.iter()
+                            .any(|x| matches!(x.state, WorkerState::Backoff { .. }))
+                    })
+                    && matches!(self.generations.get(&g), Some(State::Active { .. }))
+                {
+                    // Nothing left and nothing to restart: the generation
+                    // has ended, as if it were one process.
+                    self.handle_exit(now, g, Ended::Exited(status));
+                }
+            }
+            Some(State::Canary { .. }) => {
+                let text = format!("worker {w} {}", describe(&why));
+                self.roll_back(now, text, None);
+                if alive == 0 {
+                    self.handle_exit(now, g, ended);
+                }
+            }
+            Some(State::Quiescing { .. } | State::Draining { .. }) if alive == 0 => {
+                self.handle_exit(now, g, ended);
+            }
+            Some(State::Quiescing { .. } | State::Draining { .. }) => {}
+        }
+        self.roll(now);
+        self.fill(now);
+        self.maybe_exit();
+    }
+
+    /// A worker of a serving generation exited: restart it alone, with its
+    /// own backoff, if the crash policy says so.
+    pub(super) fn worker_crashed(
+        &mut self,
+        now: Instant,
+        g: Generation,
+        w: u32,
+        status: ExitStatus,
+        was: &WorkerState,
+    ) {
+        let healthy = matches!(was, WorkerState::Ready { since }
+            if now.saturating_duration_since(*since) >= self.cfg.healthy_after);
+        // One stopped for not being ready is started again whatever its
+        // status.
+        let wanted = self.cfg.restart.restarts(status)
+            || matches!(was, WorkerState::Retiring { restart: true, .. });
+        let restart = wanted && self.may_start(now, status);
+        let mut restart_in = None;
+        let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
+        if let Some(x) = self.worker_mut(g, w) {
+            if healthy {
+                x.failures = 0;
+            }
+            if restart {
+                let factor = 1u32.checked_shl(x.failures.min(31)).unwrap_or(u32::MAX);
+                let delay = initial.saturating_mul(factor).min(max);
+                x.failures = x.failures.saturating_add(1);
+                x.state = WorkerState::Backoff { at: now + delay };
+                restart_in = Some(delay);
+            }
+        }
+        self.report(Event::WorkerCrashed {
+            generation: g,
+            worker: w,
+            status,
+            restart_in,
+        });
+        if !restart && wanted {
+            // The start limit was hit: give up, as for a generation.
+            self.last_status = Some(status);
+            self.begin_stop(now, Some(status));
+        }
+    }
+
+    pub(super) fn schedule_restart(&mut self, now: Instant) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
+        let delay = self
+            .cfg
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.cfg.backoff_max);
+        self.failures = self.failures.saturating_add(1);
+        self.restart_at = Some(now + delay);
+        delay
+    }
+
+    /// Whether the start limit allows one more start by the crash policy;
+    /// if not, say so (the caller then stops with `status`).
+    pub(super) fn may_start(&mut self, now: Instant, status: ExitStatus) -> bool {
+        let Some(limit) = self.cfg.start_limit else {
+            return true;
+        };
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= limit.interval)
+        {
+            self.starts.pop_front();
+        }
+        if self.starts.len() < limit.burst as usize {
+            return true;
+        }
+        self.report(Event::StartLimitHit { limit, status });
+        false
+    }
+}
