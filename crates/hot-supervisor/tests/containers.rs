@@ -64,24 +64,9 @@ fn dead(pid: i32) -> bool {
     process_state(pid).is_none_or(|s| s == 'Z')
 }
 
-/// The health endpoint's address, as the log gives it.
-fn health_addr(sv: &Supervisor) -> SocketAddr {
-    let line = sv.wait_line("health endpoint http://", T);
-    let rest = line.split("health endpoint http://").nth(1).unwrap();
-    let addr = rest.split('/').next().unwrap();
-    addr.parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"))
-}
-
 /// `http_get`, which must succeed: the code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
-}
-
-/// The supervisor's resident memory in KiB (VmRSS).
-fn rss_kib(pid: i32) -> u64 {
-    let v = status_field(pid, "VmRSS");
-    v.trim_end_matches("kB").trim().parse().unwrap()
 }
 
 /// Unix time now, in seconds.
@@ -318,7 +303,7 @@ fn shutdown_delay_keeps_serving_new_connections_while_readyz_says_503() {
         .demo(&[])
         .start();
     sv.wait_active(1);
-    let health = health_addr(&sv);
+    let health = sv.health_addr();
     let addr = sv.listener_addr(0);
     let (code, body) = get(health, "/readyz");
     assert_eq!(code, 200, "{body}");
@@ -511,7 +496,7 @@ fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
         .command(["sh", "-c", script, &demo()])
         .start();
     sv.wait_active(1);
-    let health = health_addr(&sv);
+    let health = sv.health_addr();
     let (code, body) = get(health, "/livez");
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let (code, body) = get(health, "/readyz");
@@ -843,7 +828,7 @@ fn health_request_heads_over_8_kib_are_refused() {
         .args(["--health", "127.0.0.1:0"])
         .sleeper()
         .start();
-    let health = health_addr(&sv);
+    let health = sv.health_addr();
     assert_eq!(head_of_length(health, 8192), "HTTP/1.1 200 OK");
     for len in [8193, 8500, 9216, 9217, 20_000] {
         assert_eq!(

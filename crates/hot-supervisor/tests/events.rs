@@ -425,13 +425,7 @@ fn the_generation_cap_cuts_the_oldest_draining_generation_and_says_what_it_held(
     }
     assert_eq!(sv.status().generations.len(), 2);
     // Counted in /metrics.
-    let line = sv.wait_line("health endpoint http://", WAIT);
-    let health: std::net::SocketAddr = line
-        .split("health endpoint http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let health = sv.health_addr();
     let (code, text) = http_get(health, "/metrics").unwrap();
     assert_eq!(code, 200);
     let sample = |name: &str| -> f64 {

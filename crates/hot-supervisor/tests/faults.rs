@@ -40,15 +40,6 @@ fn assert_no_lasting_zombie(pid: i32, when: &str) {
     }
 }
 
-/// The resident set size of `pid`, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    status_field(pid, "VmRSS")
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Waits until the status lists only generation `g`: every older one has
 /// been reaped and forgotten (its sockets closed).
 fn wait_only(sv: &Supervisor, g: u64) {

@@ -522,6 +522,16 @@ impl Supervisor {
         self.wait_exit(WAIT).code()
     }
 
+    /// The `--health` endpoint's address, as the log gives it at start.
+    pub fn health_addr(&self) -> SocketAddr {
+        let line = self.wait_line("health endpoint http://", WAIT);
+        line.split("health endpoint http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> String {
         self.lines.0.lock().unwrap().join("\n")
@@ -728,6 +738,15 @@ pub fn process_state(pid: i32) -> Option<char> {
 /// Wait until `pid` is gone entirely (reaped, not a zombie).
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     wait_until(timeout, || (!process_exists(pid)).then_some(())).is_some()
+}
+
+/// The resident set size of `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: i32) -> u64 {
+    status_field(pid, "VmRSS")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
 }
 
 /// A field of /proc/PID/status, e.g. `SigBlk`.
