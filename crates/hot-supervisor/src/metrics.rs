@@ -165,7 +165,7 @@ pub fn render(status: &Status, counts: &Counts) -> String {
                 format!(
                     "{{listener=\"{}\",mode=\"{}\"}}",
                     label(&l.name),
-                    label(&l.mode)
+                    label(l.mode.as_str())
                 ),
                 counts.queued.get(i).copied().unwrap_or(0) as f64,
             )
@@ -188,7 +188,7 @@ pub fn render(status: &Status, counts: &Counts) -> String {
                 g.generation,
                 w.index,
                 w.pid.map_or_else(String::new, |p| p.to_string()),
-                label(&w.state)
+                label(w.state.as_str())
             );
             workers.push((labels, 1.0));
             restarts.push((

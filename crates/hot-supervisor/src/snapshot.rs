@@ -106,7 +106,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
                 .map(|set| held(children, g, set)),
             generation: g.0,
             pid: children.pid(g).map(|p| p.as_raw()),
-            state: phase.as_str().to_string(),
+            state: phase,
             age_ms: children
                 .started(g)
                 .map(|s| millis(now.saturating_duration_since(s))),
@@ -125,7 +125,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
                     status::Worker {
                         index: w,
                         pid: pid.map(|p| p.as_raw()),
-                        state: phase.as_str().to_string(),
+                        state: phase,
                         restarts,
                         age_ms: children
                             .worker_started(g, w)
@@ -149,7 +149,10 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             address: l.bound.clone(),
             fd: child::LISTEN_FDS_START + i as i32,
             inherited: l.inherited,
-            mode: mode.as_str().to_string(),
+            mode: match mode {
+                crate::steer::Mode::Steer => status::Mode::Steer,
+                crate::steer::Mode::Shared(_) => status::Mode::Shared,
+            },
             spare_sockets: steering.spares(i),
         })
         .collect();

@@ -104,13 +104,118 @@ pub struct Listener {
     /// `steer` (a socket per generation, new connections routed) or
     /// `shared` (one socket for every generation).
     #[serde(default)]
-    pub mode: String,
+    pub mode: Mode,
     /// Steer mode: sockets of the supervisor's own in the group, never
     /// routed, that stand in for a leaving member so that the routed one
     /// never moves (closed at the next reload).
     #[serde(default)]
     pub spare_sockets: u32,
 }
+
+/// Where a generation is in its life (for status reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Started, not yet ready.
+    Starting,
+    /// Serving.
+    Active,
+    /// Replaced; no new connections; waiting for its queue to empty.
+    Quiescing,
+    /// Sent its stop signal; finishing its work.
+    Draining,
+    /// Ready, receiving a share of new connections beside the active one.
+    Canary,
+}
+
+impl Phase {
+    /// `starting`, `active`, `quiescing`, `draining` or `canary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Active => "active",
+            Phase::Quiescing => "quiescing",
+            Phase::Draining => "draining",
+            Phase::Canary => "canary",
+        }
+    }
+}
+
+/// Where a worker is (for status reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerPhase {
+    /// No process (not started yet in a rolling reload, or gone).
+    Vacant,
+    /// Started, not ready yet.
+    Starting,
+    /// Ready.
+    Ready,
+    /// Stopped alone (rolling reload), or stopped for not being ready.
+    Retiring,
+    /// Crashed, waiting for its restart.
+    Backoff,
+    /// Exited, not to be started again.
+    Exited,
+}
+
+impl WorkerPhase {
+    /// `vacant`, `starting`, `ready`, `retiring`, `backoff` or `exited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPhase::Vacant => "vacant",
+            WorkerPhase::Starting => "starting",
+            WorkerPhase::Ready => "ready",
+            WorkerPhase::Retiring => "retiring",
+            WorkerPhase::Backoff => "backoff",
+            WorkerPhase::Exited => "exited",
+        }
+    }
+}
+
+/// How a listener's sockets are shared between generations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A socket per generation, new connections routed.
+    #[default]
+    Steer,
+    /// One socket for every generation.
+    Shared,
+}
+
+impl Mode {
+    /// `steer` or `shared`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Steer => "steer",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// Display, and comparison with the name (`state == "active"`), for the
+/// enums shown by name.
+macro_rules! named {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+    )*};
+}
+named!(Phase, WorkerPhase, Mode);
 
 /// One generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,8 +224,9 @@ pub struct Generation {
     pub generation: u64,
     /// Its pid, if it was spawned.
     pub pid: Option<i32>,
-    /// `starting`, `active`, `quiescing` or `draining`.
-    pub state: String,
+    /// Where it is in its life (`starting`, `active`, `quiescing`,
+    /// `draining`, `canary` in the JSON).
+    pub state: Phase,
     /// Time since it was spawned, in milliseconds.
     pub age_ms: Option<u64>,
     /// Time in its current state, in milliseconds.
@@ -153,8 +259,8 @@ pub struct Worker {
     /// Its pid, while it has a process.
     pub pid: Option<i32>,
     /// `starting`, `ready`, `retiring` (stopped alone), `backoff`
-    /// (crashed, restarting) or `vacant` (no process).
-    pub state: String,
+    /// (crashed, restarting), `exited` or `vacant` (no process).
+    pub state: WorkerPhase,
     /// Times it was restarted after exiting on its own.
     pub restarts: u64,
     /// Time since its process was spawned, in milliseconds.
@@ -228,11 +334,7 @@ impl Status {
                 } else {
                     ""
                 };
-                let mode = if l.mode.is_empty() {
-                    String::new()
-                } else {
-                    format!("  {}", l.mode)
-                };
+                let mode = format!("  {}", l.mode);
                 let _ = writeln!(
                     out,
                     "  fd {:<3} {:<width$}  {}{mode}{from}",
@@ -362,14 +464,14 @@ mod tests {
                 address: "127.0.0.1:8080".into(),
                 fd: 3,
                 inherited: false,
-                mode: "steer".into(),
+                mode: Mode::Steer,
                 spare_sockets: 0,
             }],
             generations: vec![
                 Generation {
                     generation: 6,
                     pid: Some(100),
-                    state: "draining".into(),
+                    state: Phase::Draining,
                     age_ms: Some(90_000),
                     state_ms: 2_100,
                     status: None,
@@ -381,7 +483,7 @@ mod tests {
                 Generation {
                     generation: 7,
                     pid: Some(101),
-                    state: "active".into(),
+                    state: Phase::Active,
                     age_ms: Some(2_300),
                     state_ms: 2_100,
                     status: Some("serving\n3".into()),
@@ -391,14 +493,14 @@ mod tests {
                         Worker {
                             index: 0,
                             pid: Some(101),
-                            state: "ready".into(),
+                            state: WorkerPhase::Ready,
                             restarts: 0,
                             age_ms: Some(2_300),
                         },
                         Worker {
                             index: 1,
                             pid: Some(105),
-                            state: "ready".into(),
+                            state: WorkerPhase::Ready,
                             restarts: 2,
                             age_ms: Some(300),
                         },

@@ -563,7 +563,10 @@ fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
     let queued = sample(
         &m,
         "supervisor_listener_queued_connections",
-        &[("listener", &listener.name), ("mode", &listener.mode)],
+        &[
+            ("listener", &listener.name),
+            ("mode", listener.mode.as_str()),
+        ],
     );
     assert_eq!(queued, 0.0, "nothing connects meanwhile");
     // Two reloads took a new generation to ready; generations 1 and 2

@@ -474,7 +474,7 @@ fn workers_their_restarts_and_a_canary_cross_the_upgrade() {
             .map(|e| {
                 e.workers
                     .iter()
-                    .map(|w| (w.index, w.pid, w.state.clone()))
+                    .map(|w| (w.index, w.pid, w.state.to_string()))
                     .collect()
             })
             .unwrap_or_default()
@@ -529,7 +529,7 @@ fn a_childs_channel_crosses_the_upgrade() {
     let out = bin.dir.path("fetched.json");
     let child = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/children/channel_fetch.py");
     let mut cmd = Command::new(&bin.path);
-    cmd.args(["--listen", "127.0.0.1:0", "--ready", "delay:100ms", "--"])
+    cmd.args(["--listen", "127.0.0.1:0", "--ready", "notify", "--"])
         .arg(python3())
         .arg(&child)
         .arg(&out);

@@ -845,64 +845,7 @@ pub struct Saved {
     surge: u32,
 }
 
-/// Where a generation is in its life (for status reports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Started, not yet ready.
-    Starting,
-    /// Serving.
-    Active,
-    /// Replaced; no new connections; waiting for its queue to empty.
-    Quiescing,
-    /// Sent its stop signal; finishing its work.
-    Draining,
-    /// Ready, receiving a share of new connections beside the active one.
-    Canary,
-}
-
-impl Phase {
-    /// `starting`, `active`, `quiescing`, `draining` or `canary`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Active => "active",
-            Phase::Quiescing => "quiescing",
-            Phase::Draining => "draining",
-            Phase::Canary => "canary",
-        }
-    }
-}
-
-/// Where a worker is (for status reports).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerPhase {
-    /// No process (not started yet in a rolling reload, or gone).
-    Vacant,
-    /// Started, not ready yet.
-    Starting,
-    /// Ready.
-    Ready,
-    /// Stopped alone (rolling reload), or stopped for not being ready.
-    Retiring,
-    /// Crashed, waiting for its restart.
-    Backoff,
-    /// Exited, not to be started again.
-    Exited,
-}
-
-impl WorkerPhase {
-    /// `vacant`, `starting`, `ready`, `retiring`, `backoff` or `exited`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerPhase::Vacant => "vacant",
-            WorkerPhase::Starting => "starting",
-            WorkerPhase::Ready => "ready",
-            WorkerPhase::Retiring => "retiring",
-            WorkerPhase::Backoff => "backoff",
-            WorkerPhase::Exited => "exited",
-        }
-    }
-}
+pub use hot_supervisor::status::{Phase, WorkerPhase};
 
 impl Machine {
     fn find(&self, f: impl Fn(&State) -> bool) -> Option<Generation> {

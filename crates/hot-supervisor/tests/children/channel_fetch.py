@@ -1,8 +1,8 @@
 """A child that fetches its sockets over its channel (SUPERVISOR_CHANNEL_FD)
 each time it gets SIGUSR1, and writes what it found to the file named by
 its argument: {"n": how many fetches, "answer": the first line, "same":
-whether the socket is the one it inherited at fd 3}. A fixture of the
-tests."""
+whether the socket is the one it inherited at fd 3}. It says READY=1 once
+it handles SIGUSR1. A fixture of the tests."""
 
 import array
 import json
@@ -43,5 +43,9 @@ def fetch(*_):
 
 signal.signal(signal.SIGUSR1, fetch)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+# Ready only once SIGUSR1 is handled (its default would end the process).
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+notify.close()
 while True:
     signal.pause()

@@ -276,7 +276,7 @@ impl StatusExt for Status {
     fn states(&self) -> Vec<(u64, Option<i32>, String)> {
         self.generations
             .iter()
-            .map(|e| (e.generation, e.pid, e.state.clone()))
+            .map(|e| (e.generation, e.pid, e.state.to_string()))
             .collect()
     }
 }
