@@ -26,6 +26,13 @@
 //! indices); on finding one it stops changing that group and shares the
 //! routed socket from then on, rather than misroute.
 //!
+//! A reload asks nothing of the kernel per listener before the new
+//! generation starts: the next generation's member of each group is made
+//! ahead of time, once the loop has nothing else to do (a *reserve*, see
+//! [`Steering::replenish`]), and the program, which the kernel keeps per
+//! group, is attached only when it changes (once per group per reload,
+//! when the new generation is routed).
+//!
 //! It never spawns, signals or logs lifecycle events: it answers the
 //! driver's calls with fds, counts and reasons.
 
@@ -83,16 +90,24 @@ struct Member {
     /// and in the group, where closing our copy would shift the mirror of
     /// the group's order.
     pinned: bool,
+    /// The next generation's socket, made ahead of time (see
+    /// [`Steering::replenish`]): in the group, owned by nobody, never
+    /// routed, so it receives nothing until a generation takes it.
+    reserve: bool,
+    /// Its inode (for the stranger check), read once.
+    ino: Option<u64>,
 }
 
 impl Member {
     fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
         Member {
+            ino: inode(fd.as_fd()),
             fd,
             owner,
             retired: false,
             spare: false,
             pinned: false,
+            reserve: false,
         }
     }
 }
@@ -134,6 +149,9 @@ struct SavedSlot {
     v6only: bool,
     frozen: bool,
     shared_addr: Option<SocketAddr>,
+    /// The members made ahead of time for the next generation (indices).
+    #[serde(default)]
+    reserves: Vec<usize>,
 }
 
 /// Where one listener's traffic goes.
@@ -157,6 +175,10 @@ struct Slot {
     /// A shared TCP listener's address, to bind it again if a server
     /// shuts it down.
     shared_addr: Option<SocketAddr>,
+    /// The program last attached to the group, as the kernel holds it (it
+    /// keeps one per group, through members joining and leaving): an
+    /// attach that would change nothing is skipped. Empty: unknown.
+    attached: Vec<(u16, u8, u8, u32)>,
 }
 
 impl Notice {
@@ -264,6 +286,9 @@ pub struct Steering {
     held: bool,
     /// Generations reaped while held, released once no longer held.
     deferred: Vec<Generation>,
+    /// Making a reserve failed (see [`Steering::replenish`]): not tried
+    /// again until a generation's sockets are given back.
+    no_reserves: bool,
 }
 
 /// The owner, in a supervisor that took the sockets over, of every socket
@@ -277,11 +302,28 @@ impl Saved {
     /// has exited), no probe rule.
     pub fn into_previous(mut self) -> Saved {
         for s in &mut self.slots {
-            for m in &mut s.members {
-                m.1 = Some(PREVIOUS);
+            // A TCP socket of the previous supervisor's own that no
+            // generation holds and nothing is routed to (its reserve, or a
+            // spare) is the first generation's socket here: it has
+            // received nothing, and it leaves the group at once when closed
+            // (shutdown), whoever else holds it. Taking it rather than
+            // joining a new member keeps the members below the routed one
+            // from piling up across chained takeovers. (UDP members leave
+            // only when every holder has closed them: those stay the
+            // previous supervisor's, closed once it is gone.)
+            let mut reserve = None;
+            if s.stream && s.mode == Mode::Steer && !s.frozen {
+                reserve =
+                    s.reserves.first().copied().or_else(|| {
+                        (0..s.members.len()).find(|&k| k != s.routed && s.members[k].3)
+                    });
+            }
+            for (k, m) in s.members.iter_mut().enumerate() {
+                m.1 = (Some(k) != reserve).then_some(PREVIOUS);
                 m.2 = false;
                 m.3 = false;
             }
+            s.reserves = reserve.into_iter().collect();
             s.probe = None;
         }
         self.unwatched.clear();
@@ -294,6 +336,10 @@ impl Steering {
     /// Another supervisor takes the sockets over: change no group from now.
     pub fn hold(&mut self) {
         self.held = true;
+        // The other supervisor attaches programs of its own from now on.
+        for s in &mut self.slots {
+            s.attached.clear();
+        }
     }
 
     /// Whether another supervisor is taking the sockets over.
@@ -336,6 +382,15 @@ impl Steering {
     /// The previous supervisor has exited: close its sockets (each leaves
     /// its group, mirrored as usual).
     pub fn release_previous(&mut self, notices: &mut Vec<Notice>) {
+        let closing: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.mode == Mode::Steer
+                    && !s.frozen
+                    && s.members.iter().any(|m| m.owner == Some(PREVIOUS))
+            })
+            .collect();
+        self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -364,7 +419,81 @@ impl Steering {
                 changed.push(i);
             }
         }
+        self.attach_all(&changed, notices);
+    }
+
+    /// Make the next generation's socket of every steered listener ahead
+    /// of time, so that a reload asks nothing of the kernel per listener
+    /// before the new generation starts. Called by the driver when no
+    /// generation is starting (off a reload's critical path): for each
+    /// steered group without a reserve, a spare socket becomes its
+    /// reserve, or a new member joins (last, under the group's program,
+    /// which routes nothing to it); the retired members it lets go are
+    /// closed. At most `budget` new members a call (so the loop is never
+    /// held for long); returns whether some group still lacks one.
+    ///
+    /// A reserve is also what keeps sockets from piling up: it is the last
+    /// member whenever a replaced generation's socket is closed, so the
+    /// routed member never has to move and no spare is needed; and a
+    /// supervisor that takes the sockets over starts its first generation
+    /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
+    pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
+        if self.held || self.no_reserves {
+            return false;
+        }
+        let mut made = 0;
+        let mut changed = Vec::new();
+        let mut left = false;
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer || slot.frozen || slot.members.iter().any(|m| m.reserve) {
+                continue;
+            }
+            // A spare listens in the group and has received nothing.
+            if let Some(m) = slot
+                .members
+                .iter_mut()
+                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
+            {
+                m.spare = false;
+                m.retired = false;
+                m.reserve = true;
+                continue;
+            }
+            if made == budget {
+                left = true;
+                break;
+            }
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member {
+                        reserve: true,
+                        ..Member::new(fd, None)
+                    });
+                    made += 1;
+                    changed.push(i);
+                }
+                Err(e) => {
+                    // Out of fds, most likely: reloads join as before, and
+                    // reserves are tried again once a generation is gone.
+                    log::debug!(
+                        "listener {:?}: no socket made ahead of time: {e:#}",
+                        self.slots[i].listener.name
+                    );
+                    self.no_reserves = true;
+                    break;
+                }
+            }
+        }
+        // Strangers first (closing moves the last member), then what the
+        // reserves let go.
         self.after_change(&changed, notices);
+        for i in changed {
+            if self.slots[i].mode == Mode::Steer {
+                self.flush_retired(i, notices);
+            }
+        }
+        left
     }
 
     /// Take the bound listeners; `steer` asks for steer mode wherever it
@@ -389,6 +518,7 @@ impl Steering {
             held: false,
             deferred: Vec::new(),
             split: Vec::new(),
+            no_reserves: false,
         };
         for i in 0..s.slots.len() {
             s.start_steering(i);
@@ -572,6 +702,9 @@ impl Steering {
                     v6only: s.v6only,
                     frozen: s.frozen,
                     shared_addr: s.shared_addr,
+                    reserves: (0..s.members.len())
+                        .filter(|&k| s.members[k].reserve)
+                        .collect(),
                 })
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
@@ -597,12 +730,13 @@ impl Steering {
                 members: s
                     .members
                     .into_iter()
-                    .map(|(fd, owner, retired, spare, pinned)| Member {
-                        fd: adopt.take(fd),
-                        owner,
+                    .enumerate()
+                    .map(|(k, (fd, owner, retired, spare, pinned))| Member {
+                        reserve: s.reserves.contains(&k) && owner.is_none(),
                         retired,
                         spare,
                         pinned,
+                        ..Member::new(adopt.take(fd), owner)
                     })
                     .collect(),
                 routed: s.routed,
@@ -612,6 +746,7 @@ impl Steering {
                 v6only: s.v6only,
                 frozen: s.frozen,
                 shared_addr: s.shared_addr,
+                attached: Vec::new(),
             })
             .collect();
         Steering {
@@ -623,6 +758,7 @@ impl Steering {
             held: false,
             deferred: Vec::new(),
             split: saved.split,
+            no_reserves: false,
         }
     }
 
@@ -641,6 +777,23 @@ impl Steering {
     /// generation, or the restart of a crashed one), else a new member that
     /// receives nothing yet; for each shared listener the one socket.
     pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
+        // The groups where `g` takes a reserve are looked at for strangers
+        // first, as a join would be (a group found frozen gives `g` the
+        // routed socket instead).
+        let taking: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.mode == Mode::Steer
+                    && !s.frozen
+                    && !s.members.iter().any(|m| m.owner == Some(g))
+                    && !s
+                        .members
+                        .get(s.routed)
+                        .is_some_and(|m| m.owner.is_none() && !m.retired)
+                    && s.members.iter().any(|m| m.reserve)
+            })
+            .collect();
+        self.screen(&taking, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -661,6 +814,12 @@ impl Steering {
                 continue;
             }
             if slot.frozen {
+                continue;
+            }
+            // The socket made ahead of time: nothing to ask of the kernel.
+            if let Some(m) = slot.members.iter_mut().find(|m| m.reserve) {
+                m.reserve = false;
+                m.owner = Some(g);
                 continue;
             }
             match self.join(i) {
@@ -735,7 +894,7 @@ impl Steering {
             // generation that was already starting.
             let routed = self.slots[i].routed;
             for m in self.slots[i].members.iter_mut().enumerate() {
-                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned {
+                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned && !m.1.reserve {
                     m.1.retired = true;
                 }
             }
@@ -786,6 +945,21 @@ impl Steering {
             self.deferred.push(g);
             return;
         }
+        self.no_reserves = false;
+        // Strangers first: closing a member moves the group's last member,
+        // which may be a stranger's.
+        let closing: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.mode == Mode::Steer
+                    && !s.frozen
+                    && s.members
+                        .iter()
+                        .enumerate()
+                        .any(|(k, m)| m.owner == Some(g) && k != s.routed && !m.pinned)
+            })
+            .collect();
+        self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             if self.slots[i].mode != Mode::Steer {
@@ -818,7 +992,20 @@ impl Steering {
                 changed.push(i);
             }
         }
-        self.after_change(&changed, notices);
+        self.attach_all(&changed, notices);
+    }
+
+    /// Attach the program of each group in `slots` (a no-op where it is
+    /// attached already).
+    fn attach_all(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
+        for &i in slots {
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
     }
 
     /// Close the retired members of slot `i` without ever moving the routed
@@ -1002,9 +1189,9 @@ impl Steering {
             }
             let owner = m.owner;
             drop(m);
-            if !self.slots[i].members.is_empty()
-                && let Err(e) = self.attach(i)
-            {
+            if self.slots[i].members.is_empty() {
+                self.slots[i].attached.clear();
+            } else if let Err(e) = self.attach(i) {
                 notices.push(Notice::Failed {
                     listener: self.slots[i].listener.name.clone(),
                     why: format!("attach the program: {e}"),
@@ -1087,9 +1274,15 @@ impl Steering {
         self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
     }
 
-    /// The spare sockets in listener `i`'s group.
+    /// The spare sockets in listener `i`'s group: the supervisor's own
+    /// members that no generation holds (spares, and the reserve made for
+    /// the next generation).
     pub fn spares(&self, i: usize) -> u32 {
-        self.slots[i].members.iter().filter(|m| m.spare).count() as u32
+        self.slots[i]
+            .members
+            .iter()
+            .filter(|m| m.spare || m.reserve)
+            .count() as u32
     }
 
     /// Connections waiting in each listener's serving socket, in order.
@@ -1149,7 +1342,7 @@ impl Steering {
                 set.extend(inode(fd));
             }
             for m in &s.members {
-                set.extend(inode(m.fd.as_fd()));
+                set.extend(m.ino);
             }
         }
         set
@@ -1224,9 +1417,10 @@ impl Steering {
         // and draining generations too) until the program follows. So it
         // follows at once, before anything else (the stranger check reads
         // every listening socket of the machine).
-        if !self.slots[i].members.is_empty()
-            && let Err(e) = self.attach(i)
-        {
+        if self.slots[i].members.is_empty() {
+            // The group is gone, and its program with it.
+            self.slots[i].attached.clear();
+        } else if let Err(e) = self.attach(i) {
             notices.push(Notice::Failed {
                 listener: self.slots[i].listener.name.clone(),
                 why: format!("attach the program: {e}"),
@@ -1237,6 +1431,14 @@ impl Steering {
     /// After members joined or left: look for strangers, then re-attach
     /// the program of every changed group.
     fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
+        self.screen(changed, notices);
+        self.attach_all(changed, notices);
+    }
+
+    /// Look for strangers in the groups of `slots` (one sock_diag dump for
+    /// them all); freeze each group that has one.
+    fn screen(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
+        let changed = slots;
         if changed.is_empty() {
             return;
         }
@@ -1263,12 +1465,6 @@ impl Steering {
                     who: describe_holders(&strangers),
                 });
             }
-            if let Err(e) = self.attach(i) {
-                notices.push(Notice::Failed {
-                    listener: self.slots[i].listener.name.clone(),
-                    why: format!("attach the program: {e}"),
-                });
-            }
         }
     }
 
@@ -1289,22 +1485,37 @@ impl Steering {
 
     /// Attach slot `i`'s program: everything to the routed member, except
     /// a probe's source port.
-    fn attach(&self, i: usize) -> Result<(), Errno> {
+    ///
+    /// The kernel keeps one program per reuseport group (`reuse->prog`,
+    /// carried over when members join and leave), so a group needs an
+    /// attach only when its program changes: one that would attach the
+    /// program already there is skipped (an attach is a system call that
+    /// also converts and compiles the program, tens of microseconds).
+    fn attach(&mut self, i: usize) -> Result<(), Errno> {
         if self.held {
             return Ok(());
         }
-        let s = &self.slots[i];
+        let weights = self.weights(i);
+        let s = &mut self.slots[i];
         // Any member attaches the program to the whole group; an empty
         // group has nothing to route (its next member gets the program).
         let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
+            s.attached.clear();
             return Ok(());
         };
         let prog = program(
             s.routed as u32,
-            &self.weights(i),
+            &weights,
             s.probe.map(|(p, k)| (p, k as u32)),
         );
-        attach_cbpf(m.fd.as_fd(), &prog)
+        let key: Vec<(u16, u8, u8, u32)> = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
+        if key == s.attached {
+            return Ok(());
+        }
+        s.attached.clear();
+        attach_cbpf(m.fd.as_fd(), &prog)?;
+        s.attached = key;
+        Ok(())
     }
 
     /// Slot `i`'s members and their weights under the current split: each
@@ -1354,6 +1565,7 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 v6only,
                 frozen: false,
                 shared_addr: None,
+                attached: Vec::new(),
             }
         }
         Err(why) => {
@@ -1371,6 +1583,7 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 v6only: tcp.is_some_and(|(_, only)| only),
                 frozen: false,
                 shared_addr: tcp.map(|(a, _)| a),
+                attached: Vec::new(),
             }
         }
     }
@@ -1553,13 +1766,18 @@ fn foreign_sockets(ports: &[(SocketAddr, bool)], own: &BTreeSet<u64>) -> Vec<(u1
             match sockinfo::listening(family, stream) {
                 Ok(list) => {
                     for (addr, uid, ino) in list {
-                        let same = ports.iter().any(|(ours, s)| {
-                            *s == stream
-                                && ours.port() == addr.port()
-                                && (ours.ip() == addr.ip()
-                                    || (ours.ip().is_unspecified() && addr.ip().is_unspecified()))
-                        });
-                        if ino != 0 && uid == me && same && !own.contains(&ino) {
+                        let same = || {
+                            ports.iter().any(|(ours, s)| {
+                                *s == stream
+                                    && ours.port() == addr.port()
+                                    && (ours.ip() == addr.ip()
+                                        || (ours.ip().is_unspecified()
+                                            && addr.ip().is_unspecified()))
+                            })
+                        };
+                        // Our own sockets first: most are, and that test is
+                        // a lookup, where `same` scans the ports.
+                        if ino != 0 && uid == me && !own.contains(&ino) && same() {
                             found.push((addr.port(), stream, ino));
                         }
                     }
@@ -1667,6 +1885,64 @@ mod tests {
         assert_eq!(p.len(), 9 + 4);
         assert_eq!((p[8].code, p[8].k), (0x06, 2));
         assert_eq!(p[9].code, 0x20);
+    }
+
+    /// The kernel keeps one program per reuseport group, not per socket:
+    /// attached once through one member, it routes for the whole group,
+    /// and it stays through members joining and leaving (the attach that
+    /// [`Steering::attach`] skips when the program is unchanged).
+    #[test]
+    fn the_kernel_keeps_the_program_per_group_through_joins_and_leaves() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::FromRawFd;
+        let bind = |port: u16| -> TcpListener {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Tcp,
+            )
+            .unwrap();
+            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+            let addr = SockaddrIn::new(127, 0, 0, 1, port);
+            bind(fd.as_raw_fd(), &addr).unwrap();
+            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+            // SAFETY: `fd` is a new listening socket; ownership moves.
+            let l = unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let a = bind(0);
+        let port = a.local_addr().unwrap().port();
+        let b = bind(port);
+        // Attached through `a`, member 0: everything to member 1 (`b`).
+        attach_cbpf(a.as_fd(), &program(1, &[], None)).unwrap();
+        let count = |members: &[&TcpListener], n: usize| -> Vec<usize> {
+            let mut got = vec![0; members.len()];
+            for _ in 0..n {
+                let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                // The handshake is complete on loopback when connect returns.
+                for (k, l) in members.iter().enumerate() {
+                    if l.accept().is_ok() {
+                        got[k] += 1;
+                    }
+                }
+            }
+            got
+        };
+        assert_eq!(count(&[&a, &b], 50), vec![0, 50]);
+        // Two more join (members 2 and 3), with no attach: still all to b.
+        let c = bind(port);
+        let d = bind(port);
+        assert_eq!(count(&[&a, &b, &c, &d], 50), vec![0, 50, 0, 0]);
+        // `c` leaves: the last member (`d`) takes its slot 2, `b` stays
+        // member 1, and the program still sends everything there.
+        nix::sys::socket::shutdown(c.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+        assert_eq!(count(&[&a, &b, &d], 50), vec![0, 50, 0]);
+        // `a`, through which it was attached, leaves: `d` becomes member 0
+        // and `b` is still member 1 under the same program.
+        drop(a);
+        assert_eq!(count(&[&b, &d], 50), vec![50, 0]);
     }
 
     /// The split program, run by the kernel on real connections: about the
