@@ -96,6 +96,12 @@ struct Member {
     reserve: bool,
     /// Its inode (for the stranger check), read once.
     ino: Option<u64>,
+    /// The previous supervisor's reserve or spare, taken over for this
+    /// one's first generation: the previous supervisor holds it too, and
+    /// may yet carry on with it (if that generation fails), so it is never
+    /// closed here before the previous supervisor is gone (a `shutdown`
+    /// would end it for both).
+    borrowed: bool,
 }
 
 impl Member {
@@ -108,6 +114,7 @@ impl Member {
             spare: false,
             pinned: false,
             reserve: false,
+            borrowed: false,
         }
     }
 }
@@ -152,6 +159,10 @@ struct SavedSlot {
     /// The members made ahead of time for the next generation (indices).
     #[serde(default)]
     reserves: Vec<usize>,
+    /// Taking over: the reserves that are the previous supervisor's
+    /// (indices; never written, set by [`Saved::into_previous`]).
+    #[serde(skip)]
+    borrowed: Vec<usize>,
 }
 
 /// Where one listener's traffic goes.
@@ -324,6 +335,7 @@ impl Saved {
                 m.3 = false;
             }
             s.reserves = reserve.into_iter().collect();
+            s.borrowed = s.reserves.clone();
             s.probe = None;
         }
         self.unwatched.clear();
@@ -397,6 +409,7 @@ impl Steering {
             if slot.mode != Mode::Steer {
                 // Frozen or shared: nothing is closed.
                 for m in &mut slot.members {
+                    m.borrowed = false;
                     if m.owner == Some(PREVIOUS) {
                         m.owner = None;
                     }
@@ -406,6 +419,7 @@ impl Steering {
             let routed = slot.routed;
             let mut any = false;
             for (k, m) in slot.members.iter_mut().enumerate() {
+                m.borrowed = false;
                 if m.owner != Some(PREVIOUS) {
                     continue;
                 }
@@ -439,6 +453,26 @@ impl Steering {
     /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
     pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
         if self.held || self.no_reserves {
+            return false;
+        }
+        let lacking =
+            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.members.iter().any(|m| m.reserve);
+        let missing = self.slots.iter().filter(|s| lacking(s)).count();
+        if missing == 0 {
+            return false;
+        }
+        // Reserves only where the fd limit leaves room for them and still
+        // for a reload that joins a new member for every steered listener,
+        // with a margin for everything else (control connections, notify
+        // sockets, pipes): a reserve must never be why something fails.
+        let held: usize = self.slots.iter().map(|s| s.members.len().max(1)).sum();
+        let steered = self.slots.iter().filter(|s| s.mode == Mode::Steer).count();
+        let limit = open_files_limit();
+        if held + missing + steered + FD_MARGIN > limit {
+            log::debug!(
+                "no sockets made ahead of time: {held} held, {missing} more and {steered} for a reload would pass the open-files limit ({limit}) less {FD_MARGIN}"
+            );
+            self.no_reserves = true;
             return false;
         }
         let mut made = 0;
@@ -705,6 +739,7 @@ impl Steering {
                     reserves: (0..s.members.len())
                         .filter(|&k| s.members[k].reserve)
                         .collect(),
+                    borrowed: Vec::new(),
                 })
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
@@ -733,6 +768,7 @@ impl Steering {
                     .enumerate()
                     .map(|(k, (fd, owner, retired, spare, pinned))| Member {
                         reserve: s.reserves.contains(&k) && owner.is_none(),
+                        borrowed: s.borrowed.contains(&k),
                         retired,
                         spare,
                         pinned,
@@ -980,6 +1016,11 @@ impl Steering {
                 // Keep it open: closing would move members around in a
                 // group where a stranger's position is unknown.
                 self.slots[i].members[k].owner = None;
+                continue;
+            }
+            if self.slots[i].members[k].borrowed {
+                // The previous supervisor's too: closed once it is gone.
+                self.slots[i].members[k].owner = Some(PREVIOUS);
                 continue;
             }
             self.slots[i].members[k].owner = None;
@@ -1537,6 +1578,22 @@ impl Steering {
             .collect();
         if out.len() < 2 { Vec::new() } else { out }
     }
+}
+
+/// Fds kept free of reserves (see [`Steering::replenish`]).
+const FD_MARGIN: usize = 64;
+
+/// The soft limit on open files (`RLIMIT_NOFILE`).
+fn open_files_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// The slot of a bound listener: steered if `steer` asks for it and the
