@@ -252,6 +252,64 @@ def item1(cfg, res: Results) -> None:
     log(f"item 1: reloads with {n} listeners, {cfg.pairs1} alternating pairs")
     runs = alternate(cfg, "i1", n, cfg.pairs1, cfg.child)
     pair_figures(res, "1", f"reload, {n} listeners", runs)
+    if cfg.strace:
+        for m in MODES:
+            sup = Sup(cfg.exe, cfg.tmp / f"i1-strace-{m}", cfg.child, n, m)
+            try:
+                sup.reload()
+                for phase, text in strace_phases(cfg, sup):
+                    res.add("1", f"strace, {m}, {phase}", "", text)
+            finally:
+                sup.stop()
+
+
+PHASES = (
+    ("write", "reload requested", "SIGHUP -> spawn"),
+    ("clone", None, "spawn -> ready line (READY=1, routing)"),
+    ("write", "ready in", "ready -> stop signal (quiesce)"),
+    ("write", "draining: sent", "stop signal -> drained"),
+    ("write", "drained in", "after (release, next reserves)"),
+)
+
+
+def strace_phases(cfg, sup: Sup) -> list[tuple[str, str]]:
+    """One reload under `strace -ttt -T`: the system calls of each phase
+    (their count, and their time as strace sees it: inflated by the tracing,
+    so compare counts and shares, not absolute times)."""
+    trace = sup.tmp / "strace.out"
+    tracer = subprocess.Popen(["strace", "-ttt", "-T", "-s", "100", "-p", str(sup.pid), "-o", str(trace)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(tracer)
+    time.sleep(0.5)  # pacing: strace attaches (it prints nothing while the supervisor sleeps)
+    if tracer.poll() is not None:
+        raise BenchError("strace could not attach (is it installed, and ptrace allowed?)")
+    sup.reload()
+    stop(tracer, signal.SIGINT)
+    phase = None
+    stats: dict[str, dict] = {}
+    rx = re.compile(r"(\d+\.\d+) (\w+)\((.*)<([\d.]+)>$")
+    for line in trace.read_text(errors="replace").splitlines():
+        m = rx.match(line.strip())
+        if not m:
+            continue
+        name, args, dur = m.group(2), m.group(3), float(m.group(4))
+        for call, text, label in PHASES:
+            if name.startswith(call) and (text is None or text in args):
+                if text is None and phase != PHASES[0][2]:
+                    continue
+                phase = label
+        if phase is None or name in ("poll", "ppoll", "restart_syscall"):
+            continue
+        st = stats.setdefault(phase, {})
+        c, t = st.get(name, (0, 0.0))
+        st[name] = (c + 1, t + dur)
+    out = []
+    for _, _, label in PHASES:
+        st = stats.get(label, {})
+        total = sum(c for c, _ in st.values())
+        top = sorted(st.items(), key=lambda kv: -kv[1][0])[:7]
+        out.append((label, f"{total} calls: " + ", ".join(f"{n} {c}" for n, (c, _) in top)))
+    return out
 
 
 def item3(cfg, res: Results) -> None:
@@ -504,6 +562,7 @@ def main() -> int:
     ap.add_argument("--svg", type=Path, default=ROOT / "target" / "bench" / "steer.svg")
     ap.add_argument("--csv", type=Path, default=ROOT / "target" / "bench" / "steer.csv")
     ap.add_argument("--quick", action="store_true", help="few samples: a smoke test of the script")
+    ap.add_argument("--strace", action="store_true", help="item 1: the system calls of each phase of a reload")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     cfg = ap.parse_args()
     items = {int(x) for x in cfg.items.split(",") if x}

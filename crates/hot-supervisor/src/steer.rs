@@ -813,23 +813,10 @@ impl Steering {
     /// generation, or the restart of a crashed one), else a new member that
     /// receives nothing yet; for each shared listener the one socket.
     pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
-        // The groups where `g` takes a reserve are looked at for strangers
-        // first, as a join would be (a group found frozen gives `g` the
-        // routed socket instead).
-        let taking: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                let s = &self.slots[i];
-                s.mode == Mode::Steer
-                    && !s.frozen
-                    && !s.members.iter().any(|m| m.owner == Some(g))
-                    && !s
-                        .members
-                        .get(s.routed)
-                        .is_some_and(|m| m.owner.is_none() && !m.retired)
-                    && s.members.iter().any(|m| m.reserve)
-            })
-            .collect();
-        self.screen(&taking, notices);
+        // Taking a reserve changes no group, so it needs no look for
+        // strangers (a stranger that joined behind it shifts nothing until
+        // a member leaves, and every close is preceded by a look: see
+        // `release`); the reload so asks nothing of the kernel here.
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];

@@ -569,8 +569,8 @@ fn stranger_accepts(fd: &OwnedFd) -> bool {
 }
 
 /// Another process of the same user joins the group: the next reload finds
-/// it, says so, and shares the serving socket from then on; the stranger
-/// never gets a connection.
+/// it (before any socket leaves the group), says so, and shares the serving
+/// socket from then on; the stranger never gets a connection.
 #[test]
 fn a_stranger_in_the_reuseport_group_is_detected_and_gets_nothing() {
     let mut sv = Supervisor::builder()
@@ -598,9 +598,11 @@ fn a_stranger_in_the_reuseport_group_is_detected_and_gets_nothing() {
     );
     let st = sv.status();
     assert_eq!(st.listeners[0].mode, "shared", "{st:#?}");
-    // Shared from now on: generation 2 has the serving socket itself.
+    // Generation 2 started on the socket made for it ahead of time (taking
+    // it changed nothing in the group); the stranger is found before
+    // anything leaves the group (generation 1's socket goes), and the
+    // listener is shared from then on (below).
     let gen2 = sv.wait_active(2);
-    assert_eq!(fd_target(gen2, 3), fd_target(gen1, 3));
     let by = burst(addr, 30, "after the reload");
     assert!(by.keys().all(|g| *g == 1 || *g == 2), "{by:?}");
     assert!(wait_gone(gen1, WAIT), "generation 1 was not reaped");
@@ -613,6 +615,12 @@ fn a_stranger_in_the_reuseport_group_is_detected_and_gets_nothing() {
         !stranger_accepts(&intruder),
         "the stranger got a connection"
     );
+    // Shared from now on: generation 3 has the serving socket itself.
+    let answer = sv.reload_and_wait();
+    assert_eq!(answer.code, Some(0), "{answer:?}");
+    let gen3 = sv.wait_active(3);
+    assert_eq!(fd_target(gen3, 3), fd_target(gen2, 3));
+    assert_eq!(accept_queue(&intruder), 0, "routed to the stranger");
     assert_eq!(sv.terminate(), Some(0));
 }
 
