@@ -300,6 +300,9 @@ pub struct Steering {
     /// Making a reserve failed (see [`Steering::replenish`]): not tried
     /// again until a generation's sockets are given back.
     no_reserves: bool,
+    /// Groups that got a reserve and have not yet been looked at for
+    /// strangers (see [`Steering::replenish`]).
+    unscreened: Vec<usize>,
 }
 
 /// The owner, in a supervisor that took the sockets over, of every socket
@@ -452,7 +455,32 @@ impl Steering {
     /// supervisor that takes the sockets over starts its first generation
     /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
     pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
-        if self.held || self.no_reserves {
+        if self.held {
+            return false;
+        }
+        let left = self.make_reserves(budget);
+        if !left && !self.unscreened.is_empty() {
+            // Once for all the batches (a look at every listening socket of
+            // the machine, so never once per batch): strangers first, as
+            // closing moves the last member; then what the reserves let go.
+            let mut changed = std::mem::take(&mut self.unscreened);
+            changed.sort_unstable();
+            changed.dedup();
+            self.after_change(&changed, notices);
+            for i in changed {
+                if self.slots[i].mode == Mode::Steer {
+                    self.flush_retired(i, notices);
+                }
+            }
+        }
+        left
+    }
+
+    /// The batch of [`Steering::replenish`]: reserves for at most `budget`
+    /// groups (the groups that got one are left in `unscreened`); whether
+    /// some group still lacks one.
+    fn make_reserves(&mut self, budget: usize) -> bool {
+        if self.no_reserves {
             return false;
         }
         let lacking =
@@ -519,14 +547,7 @@ impl Steering {
                 }
             }
         }
-        // Strangers first (closing moves the last member), then what the
-        // reserves let go.
-        self.after_change(&changed, notices);
-        for i in changed {
-            if self.slots[i].mode == Mode::Steer {
-                self.flush_retired(i, notices);
-            }
-        }
+        self.unscreened.extend(changed);
         left
     }
 
@@ -553,6 +574,7 @@ impl Steering {
             deferred: Vec::new(),
             split: Vec::new(),
             no_reserves: false,
+            unscreened: Vec::new(),
         };
         for i in 0..s.slots.len() {
             s.start_steering(i);
@@ -795,6 +817,7 @@ impl Steering {
             deferred: Vec::new(),
             split: saved.split,
             no_reserves: false,
+            unscreened: Vec::new(),
         }
     }
 
