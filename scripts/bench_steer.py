@@ -20,7 +20,7 @@ reload by reload, so that both meet the same machine:
    under examples/load (16 keep-alive connections), with the steps from its log:
    the sockets received, its generation started, ready, serving; a reload
    (not timed) after each. Failed requests of the load (expected 0).
-3. Per-reload overhead with one listener: 21 alternating pairs, the same two
+3. Per-reload overhead with one listener: 41 alternating pairs, the same two
    figures as item 1.
 4. Idle RSS (VmRSS) of this build against --base-bin-dir's (one listener, after
    a reload, 3 supervisors each, side by side), and the context switches of each
@@ -573,7 +573,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     cfg = ap.parse_args()
     items = {int(x) for x in cfg.items.split(",") if x}
-    cfg.pairs1, cfg.pairs3, cfg.takeovers, cfg.growth_reloads, cfg.idle = (9, 21, 7, 5, 10.0)
+    cfg.pairs1, cfg.pairs3, cfg.takeovers, cfg.growth_reloads, cfg.idle = (9, 41, 7, 5, 10.0)
     cfg.listener_counts, cfg.worker_counts = (1, 10, 100, 1000, 5000), (1, 4, 16, 64)
     if cfg.quick:
         cfg.pairs1, cfg.pairs3, cfg.takeovers, cfg.growth_reloads, cfg.idle = (2, 3, 1, 2, 1.0)

@@ -485,6 +485,22 @@ impl Steering {
         }
         let lacking =
             |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.members.iter().any(|m| m.reserve);
+        // A spare listens in the group and has received nothing: it becomes
+        // the reserve, with no fd more.
+        for slot in self.slots.iter_mut() {
+            if !lacking(slot) {
+                continue;
+            }
+            if let Some(m) = slot
+                .members
+                .iter_mut()
+                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
+            {
+                m.spare = false;
+                m.retired = false;
+                m.reserve = true;
+            }
+        }
         let missing = self.slots.iter().filter(|s| lacking(s)).count();
         if missing == 0 {
             return false;
@@ -503,23 +519,16 @@ impl Steering {
             self.no_reserves = true;
             return false;
         }
+        // At least an eighth of the groups a turn: every turn also polls
+        // every generation's socket (for a hang-up), so a fixed batch would
+        // make the whole cost grow with the square of the listeners.
+        let budget = budget.max(steered.div_ceil(8));
         let mut made = 0;
         let mut changed = Vec::new();
         let mut left = false;
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if slot.mode != Mode::Steer || slot.frozen || slot.members.iter().any(|m| m.reserve) {
-                continue;
-            }
-            // A spare listens in the group and has received nothing.
-            if let Some(m) = slot
-                .members
-                .iter_mut()
-                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
-            {
-                m.spare = false;
-                m.retired = false;
-                m.reserve = true;
                 continue;
             }
             if made == budget {
