@@ -477,7 +477,7 @@ def item5(cfg, res: Results) -> dict:
     for kind in ("listeners", "workers"):
         for (m, n), v in sorted(growth[kind].items(), key=lambda kv: (kv[0][1], kv[0][0])):
             res.add("5", f"{n:>5} {kind}, {m}: ready in; SIGHUP->line; CPU/reload; RSS; fds",
-                    f"{v['ready_in']:.2f}; {v['hup_to_line']:.2f}; {v['cpu']:.0f} ms; {v['rss']:,} kB; {v['fds']}")
+                    f"{v['ready_in']:.2f}; {v['hup_to_line']:.2f}; {v['cpu']:.1f} ms; {v['rss']:,} kB; {v['fds']}")
     return growth
 
 
@@ -518,17 +518,20 @@ def svg_plot(growth: dict, path: Path, title: str) -> None:
             yv = Y(10 ** e)
             out.append(f'<line x1="{x0}" y1="{yv:.1f}" x2="{x0 + w}" y2="{yv:.1f}" stroke="#eee"/>')
             out.append(f'<text x="{x0 - 5}" y="{yv + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
-        # A line of slope 1 (linear growth) through the first point of the
-        # first series, for reference.
+        # A line of slope 1 (linear growth) through the last point of the
+        # first series, for reference: a steeper series grows faster than
+        # linearly there.
         if series and series[0][2]:
-            bx, by = series[0][2][0]
-            ex = 10 ** xb
-            ey = by * ex / bx
-            out.append(f'<line x1="{X(bx):.1f}" y1="{Y(by):.1f}" x2="{X(ex):.1f}" y2="{Y(ey):.1f}" '
-                       'stroke="#bbb" stroke-dasharray="4,4"/>')
+            bx, by = series[0][2][-1]
+            sx = 10 ** xa
+            sy = by * sx / bx
+            clip = f"clip{len(out)}"
+            out.append(f'<clipPath id="{clip}"><rect x="{x0}" y="{y0}" width="{w}" height="{h}"/></clipPath>')
+            out.append(f'<line x1="{X(sx):.1f}" y1="{Y(sy):.1f}" x2="{X(bx):.1f}" y2="{Y(by):.1f}" '
+                       f'stroke="#bbb" stroke-dasharray="4,4" clip-path="url(#{clip})"/>')
         out.append(f'<text x="{x0 + w / 2}" y="{y0 + h + 32}" text-anchor="middle">{xlabel}</text>')
-        out.append(f'<text x="{x0 - 42}" y="{y0 + h / 2}" text-anchor="middle" '
-                   f'transform="rotate(-90 {x0 - 42} {y0 + h / 2})">{ylabel}</text>')
+        out.append(f'<text x="{x0 - 55}" y="{y0 + h / 2}" text-anchor="middle" '
+                   f'transform="rotate(-90 {x0 - 55} {y0 + h / 2})">{ylabel}</text>')
         for k, (label, color, data, dash) in enumerate(series):
             data = [(x, y) for x, y in data if x > 0 and y > 0]
             d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in data)
@@ -554,8 +557,8 @@ def svg_plot(growth: dict, path: Path, title: str) -> None:
     panel(90, 360, pw, ph, series("listeners", "rss"), "listeners", "kB", "supervisor RSS after the reloads")
     panel(570, 360, pw, ph, series("workers", "hup_to_line") + series("workers", "cpu", dash="2,3"),
           "workers", "ms", "reload time and CPU against workers")
-    out.append(f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle" fill="#666">dashed grey: linear growth '
-               "from the first point; log-log axes</text>")
+    out.append(f'<text x="{W / 2}" y="{H - 10}" text-anchor="middle" fill="#666">log-log axes; dashed grey: '
+               "linear growth (slope 1) into the last point of the first series; dotted: the second figure</text>")
     out.append("</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out) + "\n")
