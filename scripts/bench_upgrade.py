@@ -150,10 +150,10 @@ class Run:
             res.setdefault(("takeover", cond, "serving"), []).append(serving)
             res.setdefault(("takeover", cond, "old gone"), []).append(gone)
             self.sup = new
-            # The old generations' sockets stand in the groups as spares
-            # until the next reload (README: Taking over): one per listener
-            # per takeover without a reload in between. Reload, as a service
-            # would before its next takeover.
+            # A reload between takeovers, as a service may do. (Builds
+            # before the sockets made ahead of time needed it: the old
+            # generations' sockets stood in the groups as spares until the
+            # next reload, one per listener per takeover.)
             client(self.exe, "reload", "--control", self.control)
 
 

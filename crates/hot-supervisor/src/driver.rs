@@ -57,6 +57,10 @@ pub fn handled_signals() -> SigSet {
 /// generation (as tini and dumb-init do).
 pub const FORWARDED: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGWINCH];
 
+/// The most sockets made ahead of time in one turn of the loop (about
+/// 2 ms of the kernel's work; see [`crate::steer::Steering::replenish`]).
+const RESERVE_BATCH: usize = 128;
+
 /// Say so when a step of the loop took long (the kernel's work on many
 /// reuseport groups: sockets joining, programs attached).
 fn slow(what: &str, began: Instant) {
@@ -214,7 +218,17 @@ impl Driver {
                 self.parts.control.answer_stop(code, Instant::now());
                 return Ok(code);
             }
-            let woken = self.wait()?;
+            // The next generation's sockets, made while nothing starts (off
+            // a reload's critical path), a batch a turn; more to make:
+            // poll without waiting.
+            let more = !self.machine.stopping()
+                && self.machine.starting().is_none()
+                && self
+                    .parts
+                    .steering
+                    .replenish(RESERVE_BATCH, &mut self.notices);
+            self.log_notices();
+            let woken = self.wait(more)?;
             // A listening socket that a server shut down has left its group
             // already: the bookkeeping follows before anything else changes
             // the group (the server's exit, reaped below, would).
@@ -321,7 +335,7 @@ impl Driver {
 
     /// One `poll` over every part's fds until the earliest deadline; the
     /// watches that woke.
-    fn wait(&mut self) -> Result<Vec<Watch>> {
+    fn wait(&mut self, now_only: bool) -> Result<Vec<Watch>> {
         let deadline = [
             self.machine.next_deadline(),
             self.parts.deadline(),
@@ -331,6 +345,7 @@ impl Driver {
         .flatten()
         .min();
         let timeout = match deadline {
+            _ if now_only => PollTimeout::ZERO,
             None => PollTimeout::NONE,
             Some(d) => {
                 // Round up, so that we never wake just before a deadline

@@ -106,8 +106,9 @@ pub struct Listener {
     #[serde(default)]
     pub mode: Mode,
     /// Steer mode: sockets of the supervisor's own in the group, never
-    /// routed, that stand in for a leaving member so that the routed one
-    /// never moves (closed at the next reload).
+    /// routed, that no generation holds: the one made ahead of time for
+    /// the next generation, and any that stood in for a leaving member so
+    /// that the routed one never moves (closed at the next reload).
     #[serde(default)]
     pub spare_sockets: u32,
 }

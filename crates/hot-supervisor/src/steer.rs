@@ -26,6 +26,13 @@
 //! indices); on finding one it stops changing that group and shares the
 //! routed socket from then on, rather than misroute.
 //!
+//! A reload asks nothing of the kernel per listener before the new
+//! generation starts: the next generation's member of each group is made
+//! ahead of time, once the loop has nothing else to do (a *reserve*, see
+//! [`Steering::replenish`]), and the program, which the kernel keeps per
+//! group, is attached only when it changes (once per group per reload,
+//! when the new generation is routed).
+//!
 //! It never spawns, signals or logs lifecycle events: it answers the
 //! driver's calls with fds, counts and reasons.
 
@@ -83,16 +90,31 @@ struct Member {
     /// and in the group, where closing our copy would shift the mirror of
     /// the group's order.
     pinned: bool,
+    /// The next generation's socket, made ahead of time (see
+    /// [`Steering::replenish`]): in the group, owned by nobody, never
+    /// routed, so it receives nothing until a generation takes it.
+    reserve: bool,
+    /// Its inode (for the stranger check), read once.
+    ino: Option<u64>,
+    /// The previous supervisor's reserve or spare, taken over for this
+    /// one's first generation: the previous supervisor holds it too, and
+    /// may yet carry on with it (if that generation fails), so it is never
+    /// closed here before the previous supervisor is gone (a `shutdown`
+    /// would end it for both).
+    borrowed: bool,
 }
 
 impl Member {
     fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
         Member {
+            ino: inode(fd.as_fd()),
             fd,
             owner,
             retired: false,
             spare: false,
             pinned: false,
+            reserve: false,
+            borrowed: false,
         }
     }
 }
@@ -134,6 +156,13 @@ struct SavedSlot {
     v6only: bool,
     frozen: bool,
     shared_addr: Option<SocketAddr>,
+    /// The members made ahead of time for the next generation (indices).
+    #[serde(default)]
+    reserves: Vec<usize>,
+    /// Taking over: the reserves that are the previous supervisor's
+    /// (indices; never written, set by [`Saved::into_previous`]).
+    #[serde(skip)]
+    borrowed: Vec<usize>,
 }
 
 /// Where one listener's traffic goes.
@@ -157,6 +186,10 @@ struct Slot {
     /// A shared TCP listener's address, to bind it again if a server
     /// shuts it down.
     shared_addr: Option<SocketAddr>,
+    /// The program last attached to the group, as the kernel holds it (it
+    /// keeps one per group, through members joining and leaving): an
+    /// attach that would change nothing is skipped. Empty: unknown.
+    attached: Vec<(u16, u8, u8, u32)>,
 }
 
 impl Notice {
@@ -264,6 +297,12 @@ pub struct Steering {
     held: bool,
     /// Generations reaped while held, released once no longer held.
     deferred: Vec<Generation>,
+    /// Making a reserve failed (see [`Steering::replenish`]): not tried
+    /// again until a generation's sockets are given back.
+    no_reserves: bool,
+    /// Groups that got a reserve and have not yet been looked at for
+    /// strangers (see [`Steering::replenish`]).
+    unscreened: Vec<usize>,
 }
 
 /// The owner, in a supervisor that took the sockets over, of every socket
@@ -277,11 +316,29 @@ impl Saved {
     /// has exited), no probe rule.
     pub fn into_previous(mut self) -> Saved {
         for s in &mut self.slots {
-            for m in &mut s.members {
-                m.1 = Some(PREVIOUS);
+            // A TCP socket of the previous supervisor's own that no
+            // generation holds and nothing is routed to (its reserve, or a
+            // spare) is the first generation's socket here: it has
+            // received nothing, and it leaves the group at once when closed
+            // (shutdown), whoever else holds it. Taking it rather than
+            // joining a new member keeps the members below the routed one
+            // from piling up across chained takeovers. (UDP members leave
+            // only when every holder has closed them: those stay the
+            // previous supervisor's, closed once it is gone.)
+            let mut reserve = None;
+            if s.stream && s.mode == Mode::Steer && !s.frozen {
+                reserve =
+                    s.reserves.first().copied().or_else(|| {
+                        (0..s.members.len()).find(|&k| k != s.routed && s.members[k].3)
+                    });
+            }
+            for (k, m) in s.members.iter_mut().enumerate() {
+                m.1 = (Some(k) != reserve).then_some(PREVIOUS);
                 m.2 = false;
                 m.3 = false;
             }
+            s.reserves = reserve.into_iter().collect();
+            s.borrowed = s.reserves.clone();
             s.probe = None;
         }
         self.unwatched.clear();
@@ -294,6 +351,10 @@ impl Steering {
     /// Another supervisor takes the sockets over: change no group from now.
     pub fn hold(&mut self) {
         self.held = true;
+        // The other supervisor attaches programs of its own from now on.
+        for s in &mut self.slots {
+            s.attached.clear();
+        }
     }
 
     /// Whether another supervisor is taking the sockets over.
@@ -336,12 +397,22 @@ impl Steering {
     /// The previous supervisor has exited: close its sockets (each leaves
     /// its group, mirrored as usual).
     pub fn release_previous(&mut self, notices: &mut Vec<Notice>) {
+        let closing: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.mode == Mode::Steer
+                    && !s.frozen
+                    && s.members.iter().any(|m| m.owner == Some(PREVIOUS))
+            })
+            .collect();
+        self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if slot.mode != Mode::Steer {
                 // Frozen or shared: nothing is closed.
                 for m in &mut slot.members {
+                    m.borrowed = false;
                     if m.owner == Some(PREVIOUS) {
                         m.owner = None;
                     }
@@ -351,6 +422,7 @@ impl Steering {
             let routed = slot.routed;
             let mut any = false;
             for (k, m) in slot.members.iter_mut().enumerate() {
+                m.borrowed = false;
                 if m.owner != Some(PREVIOUS) {
                     continue;
                 }
@@ -364,7 +436,128 @@ impl Steering {
                 changed.push(i);
             }
         }
-        self.after_change(&changed, notices);
+        self.attach_all(&changed, notices);
+    }
+
+    /// Make the next generation's socket of every steered listener ahead
+    /// of time, so that a reload asks nothing of the kernel per listener
+    /// before the new generation starts. Called by the driver when no
+    /// generation is starting (off a reload's critical path): for each
+    /// steered group without a reserve, a spare socket becomes its
+    /// reserve, or a new member joins (last, under the group's program,
+    /// which routes nothing to it); the retired members it lets go are
+    /// closed. At most `budget` new members a call (so the loop is never
+    /// held for long); returns whether some group still lacks one.
+    ///
+    /// A reserve is also what keeps sockets from piling up: it is the last
+    /// member whenever a replaced generation's socket is closed, so the
+    /// routed member never has to move and no spare is needed; and a
+    /// supervisor that takes the sockets over starts its first generation
+    /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
+    pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
+        if self.held {
+            return false;
+        }
+        let left = self.make_reserves(budget);
+        if !left && !self.unscreened.is_empty() {
+            // Once for all the batches (a look at every listening socket of
+            // the machine, so never once per batch): strangers first, as
+            // closing moves the last member; then what the reserves let go.
+            let mut changed = std::mem::take(&mut self.unscreened);
+            changed.sort_unstable();
+            changed.dedup();
+            self.after_change(&changed, notices);
+            for i in changed {
+                if self.slots[i].mode == Mode::Steer {
+                    self.flush_retired(i, notices);
+                }
+            }
+        }
+        left
+    }
+
+    /// The batch of [`Steering::replenish`]: reserves for at most `budget`
+    /// groups (the groups that got one are left in `unscreened`); whether
+    /// some group still lacks one.
+    fn make_reserves(&mut self, budget: usize) -> bool {
+        if self.no_reserves {
+            return false;
+        }
+        let lacking =
+            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.members.iter().any(|m| m.reserve);
+        // A spare listens in the group and has received nothing: it becomes
+        // the reserve, with no fd more.
+        for slot in self.slots.iter_mut() {
+            if !lacking(slot) {
+                continue;
+            }
+            if let Some(m) = slot
+                .members
+                .iter_mut()
+                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
+            {
+                m.spare = false;
+                m.retired = false;
+                m.reserve = true;
+            }
+        }
+        let missing = self.slots.iter().filter(|s| lacking(s)).count();
+        if missing == 0 {
+            return false;
+        }
+        // Reserves only where the fd limit leaves room for them and still
+        // for a reload that joins a new member for every steered listener,
+        // with a margin for everything else (control connections, notify
+        // sockets, pipes): a reserve must never be why something fails.
+        let held: usize = self.slots.iter().map(|s| s.members.len().max(1)).sum();
+        let steered = self.slots.iter().filter(|s| s.mode == Mode::Steer).count();
+        let limit = open_files_limit();
+        if held + missing + steered + FD_MARGIN > limit {
+            log::debug!(
+                "no sockets made ahead of time: {held} held, {missing} more and {steered} for a reload would pass the open-files limit ({limit}) less {FD_MARGIN}"
+            );
+            self.no_reserves = true;
+            return false;
+        }
+        // At least an eighth of the groups a turn: every turn also polls
+        // every generation's socket (for a hang-up), so a fixed batch would
+        // make the whole cost grow with the square of the listeners.
+        let budget = budget.max(steered.div_ceil(8));
+        let mut made = 0;
+        let mut changed = Vec::new();
+        let mut left = false;
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.mode != Mode::Steer || slot.frozen || slot.members.iter().any(|m| m.reserve) {
+                continue;
+            }
+            if made == budget {
+                left = true;
+                break;
+            }
+            match self.join(i) {
+                Ok(fd) => {
+                    self.slots[i].members.push(Member {
+                        reserve: true,
+                        ..Member::new(fd, None)
+                    });
+                    made += 1;
+                    changed.push(i);
+                }
+                Err(e) => {
+                    // Out of fds, most likely: reloads join as before, and
+                    // reserves are tried again once a generation is gone.
+                    log::debug!(
+                        "listener {:?}: no socket made ahead of time: {e:#}",
+                        self.slots[i].listener.name
+                    );
+                    self.no_reserves = true;
+                    break;
+                }
+            }
+        }
+        self.unscreened.extend(changed);
+        left
     }
 
     /// Take the bound listeners; `steer` asks for steer mode wherever it
@@ -389,6 +582,8 @@ impl Steering {
             held: false,
             deferred: Vec::new(),
             split: Vec::new(),
+            no_reserves: false,
+            unscreened: Vec::new(),
         };
         for i in 0..s.slots.len() {
             s.start_steering(i);
@@ -629,6 +824,10 @@ impl Steering {
                     v6only: s.v6only,
                     frozen: s.frozen,
                     shared_addr: s.shared_addr,
+                    reserves: (0..s.members.len())
+                        .filter(|&k| s.members[k].reserve)
+                        .collect(),
+                    borrowed: Vec::new(),
                 })
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
@@ -654,12 +853,14 @@ impl Steering {
                 members: s
                     .members
                     .into_iter()
-                    .map(|(fd, owner, retired, spare, pinned)| Member {
-                        fd: adopt.take(fd),
-                        owner,
+                    .enumerate()
+                    .map(|(k, (fd, owner, retired, spare, pinned))| Member {
+                        reserve: s.reserves.contains(&k) && owner.is_none(),
+                        borrowed: s.borrowed.contains(&k),
                         retired,
                         spare,
                         pinned,
+                        ..Member::new(adopt.take(fd), owner)
                     })
                     .collect(),
                 routed: s.routed,
@@ -669,6 +870,7 @@ impl Steering {
                 v6only: s.v6only,
                 frozen: s.frozen,
                 shared_addr: s.shared_addr,
+                attached: Vec::new(),
             })
             .collect();
         Steering {
@@ -680,6 +882,8 @@ impl Steering {
             held: false,
             deferred: Vec::new(),
             split: saved.split,
+            no_reserves: false,
+            unscreened: Vec::new(),
         }
     }
 
@@ -698,6 +902,10 @@ impl Steering {
     /// generation, or the restart of a crashed one), else a new member that
     /// receives nothing yet; for each shared listener the one socket.
     pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
+        // Taking a reserve changes no group, so it needs no look for
+        // strangers (a stranger that joined behind it shifts nothing until
+        // a member leaves, and every close is preceded by a look: see
+        // `release`); the reload so asks nothing of the kernel here.
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -718,6 +926,12 @@ impl Steering {
                 continue;
             }
             if slot.frozen {
+                continue;
+            }
+            // The socket made ahead of time: nothing to ask of the kernel.
+            if let Some(m) = slot.members.iter_mut().find(|m| m.reserve) {
+                m.reserve = false;
+                m.owner = Some(g);
                 continue;
             }
             match self.join(i) {
@@ -792,7 +1006,7 @@ impl Steering {
             // generation that was already starting.
             let routed = self.slots[i].routed;
             for m in self.slots[i].members.iter_mut().enumerate() {
-                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned {
+                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned && !m.1.reserve {
                     m.1.retired = true;
                 }
             }
@@ -843,6 +1057,21 @@ impl Steering {
             self.deferred.push(g);
             return;
         }
+        self.no_reserves = false;
+        // Strangers first: closing a member moves the group's last member,
+        // which may be a stranger's.
+        let closing: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.mode == Mode::Steer
+                    && !s.frozen
+                    && s.members
+                        .iter()
+                        .enumerate()
+                        .any(|(k, m)| m.owner == Some(g) && k != s.routed && !m.pinned)
+            })
+            .collect();
+        self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             if self.slots[i].mode != Mode::Steer {
@@ -865,6 +1094,11 @@ impl Steering {
                 self.slots[i].members[k].owner = None;
                 continue;
             }
+            if self.slots[i].members[k].borrowed {
+                // The previous supervisor's too: closed once it is gone.
+                self.slots[i].members[k].owner = Some(PREVIOUS);
+                continue;
+            }
             self.slots[i].members[k].owner = None;
             if self.slots[i].members[k].pinned {
                 // Handed out (UDP): it stays, receiving nothing.
@@ -875,7 +1109,20 @@ impl Steering {
                 changed.push(i);
             }
         }
-        self.after_change(&changed, notices);
+        self.attach_all(&changed, notices);
+    }
+
+    /// Attach the program of each group in `slots` (a no-op where it is
+    /// attached already).
+    fn attach_all(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
+        for &i in slots {
+            if let Err(e) = self.attach(i) {
+                notices.push(Notice::Failed {
+                    listener: self.slots[i].listener.name.clone(),
+                    why: format!("attach the program: {e}"),
+                });
+            }
+        }
     }
 
     /// Close the retired members of slot `i` without ever moving the routed
@@ -1059,9 +1306,9 @@ impl Steering {
             }
             let owner = m.owner;
             drop(m);
-            if !self.slots[i].members.is_empty()
-                && let Err(e) = self.attach(i)
-            {
+            if self.slots[i].members.is_empty() {
+                self.slots[i].attached.clear();
+            } else if let Err(e) = self.attach(i) {
                 notices.push(Notice::Failed {
                     listener: self.slots[i].listener.name.clone(),
                     why: format!("attach the program: {e}"),
@@ -1144,9 +1391,15 @@ impl Steering {
         self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
     }
 
-    /// The spare sockets in listener `i`'s group.
+    /// The spare sockets in listener `i`'s group: the supervisor's own
+    /// members that no generation holds (spares, and the reserve made for
+    /// the next generation).
     pub fn spares(&self, i: usize) -> u32 {
-        self.slots[i].members.iter().filter(|m| m.spare).count() as u32
+        self.slots[i]
+            .members
+            .iter()
+            .filter(|m| m.spare || m.reserve)
+            .count() as u32
     }
 
     /// Connections waiting in each listener's serving socket, in order.
@@ -1206,7 +1459,7 @@ impl Steering {
                 set.extend(inode(fd));
             }
             for m in &s.members {
-                set.extend(inode(m.fd.as_fd()));
+                set.extend(m.ino);
             }
         }
         set
@@ -1281,9 +1534,10 @@ impl Steering {
         // and draining generations too) until the program follows. So it
         // follows at once, before anything else (the stranger check reads
         // every listening socket of the machine).
-        if !self.slots[i].members.is_empty()
-            && let Err(e) = self.attach(i)
-        {
+        if self.slots[i].members.is_empty() {
+            // The group is gone, and its program with it.
+            self.slots[i].attached.clear();
+        } else if let Err(e) = self.attach(i) {
             notices.push(Notice::Failed {
                 listener: self.slots[i].listener.name.clone(),
                 why: format!("attach the program: {e}"),
@@ -1294,6 +1548,14 @@ impl Steering {
     /// After members joined or left: look for strangers, then re-attach
     /// the program of every changed group.
     fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
+        self.screen(changed, notices);
+        self.attach_all(changed, notices);
+    }
+
+    /// Look for strangers in the groups of `slots` (one sock_diag dump for
+    /// them all); freeze each group that has one.
+    fn screen(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
+        let changed = slots;
         if changed.is_empty() {
             return;
         }
@@ -1320,12 +1582,6 @@ impl Steering {
                     who: describe_holders(&strangers),
                 });
             }
-            if let Err(e) = self.attach(i) {
-                notices.push(Notice::Failed {
-                    listener: self.slots[i].listener.name.clone(),
-                    why: format!("attach the program: {e}"),
-                });
-            }
         }
     }
 
@@ -1346,22 +1602,37 @@ impl Steering {
 
     /// Attach slot `i`'s program: everything to the routed member, except
     /// a probe's source port.
-    fn attach(&self, i: usize) -> Result<(), Errno> {
+    ///
+    /// The kernel keeps one program per reuseport group (`reuse->prog`,
+    /// carried over when members join and leave), so a group needs an
+    /// attach only when its program changes: one that would attach the
+    /// program already there is skipped (an attach is a system call that
+    /// also converts and compiles the program, tens of microseconds).
+    fn attach(&mut self, i: usize) -> Result<(), Errno> {
         if self.held {
             return Ok(());
         }
-        let s = &self.slots[i];
+        let weights = self.weights(i);
+        let s = &mut self.slots[i];
         // Any member attaches the program to the whole group; an empty
         // group has nothing to route (its next member gets the program).
         let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
+            s.attached.clear();
             return Ok(());
         };
         let prog = program(
             s.routed as u32,
-            &self.weights(i),
+            &weights,
             s.probe.map(|(p, k)| (p, k as u32)),
         );
-        attach_cbpf(m.fd.as_fd(), &prog)
+        let key: Vec<(u16, u8, u8, u32)> = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
+        if key == s.attached {
+            return Ok(());
+        }
+        s.attached.clear();
+        attach_cbpf(m.fd.as_fd(), &prog)?;
+        s.attached = key;
+        Ok(())
     }
 
     /// Slot `i`'s members and their weights under the current split: each
@@ -1383,6 +1654,22 @@ impl Steering {
             .collect();
         if out.len() < 2 { Vec::new() } else { out }
     }
+}
+
+/// Fds kept free of reserves (see [`Steering::replenish`]).
+const FD_MARGIN: usize = 64;
+
+/// The soft limit on open files (`RLIMIT_NOFILE`).
+fn open_files_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// The slot of a bound listener: steered if `steer` asks for it and the
@@ -1411,6 +1698,7 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 v6only,
                 frozen: false,
                 shared_addr: None,
+                attached: Vec::new(),
             }
         }
         Err(why) => {
@@ -1428,6 +1716,7 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 v6only: tcp.is_some_and(|(_, only)| only),
                 frozen: false,
                 shared_addr: tcp.map(|(a, _)| a),
+                attached: Vec::new(),
             }
         }
     }
@@ -1610,13 +1899,18 @@ fn foreign_sockets(ports: &[(SocketAddr, bool)], own: &BTreeSet<u64>) -> Vec<(u1
             match sockinfo::listening(family, stream) {
                 Ok(list) => {
                     for (addr, uid, ino) in list {
-                        let same = ports.iter().any(|(ours, s)| {
-                            *s == stream
-                                && ours.port() == addr.port()
-                                && (ours.ip() == addr.ip()
-                                    || (ours.ip().is_unspecified() && addr.ip().is_unspecified()))
-                        });
-                        if ino != 0 && uid == me && same && !own.contains(&ino) {
+                        let same = || {
+                            ports.iter().any(|(ours, s)| {
+                                *s == stream
+                                    && ours.port() == addr.port()
+                                    && (ours.ip() == addr.ip()
+                                        || (ours.ip().is_unspecified()
+                                            && addr.ip().is_unspecified()))
+                            })
+                        };
+                        // Our own sockets first: most are, and that test is
+                        // a lookup, where `same` scans the ports.
+                        if ino != 0 && uid == me && !own.contains(&ino) && same() {
                             found.push((addr.port(), stream, ino));
                         }
                     }
@@ -1724,6 +2018,64 @@ mod tests {
         assert_eq!(p.len(), 9 + 4);
         assert_eq!((p[8].code, p[8].k), (0x06, 2));
         assert_eq!(p[9].code, 0x20);
+    }
+
+    /// The kernel keeps one program per reuseport group, not per socket:
+    /// attached once through one member, it routes for the whole group,
+    /// and it stays through members joining and leaving (the attach that
+    /// [`Steering::attach`] skips when the program is unchanged).
+    #[test]
+    fn the_kernel_keeps_the_program_per_group_through_joins_and_leaves() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::FromRawFd;
+        let bind = |port: u16| -> TcpListener {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Tcp,
+            )
+            .unwrap();
+            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+            let addr = SockaddrIn::new(127, 0, 0, 1, port);
+            bind(fd.as_raw_fd(), &addr).unwrap();
+            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+            // SAFETY: `fd` is a new listening socket; ownership moves.
+            let l = unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+            l.set_nonblocking(true).unwrap();
+            l
+        };
+        let a = bind(0);
+        let port = a.local_addr().unwrap().port();
+        let b = bind(port);
+        // Attached through `a`, member 0: everything to member 1 (`b`).
+        attach_cbpf(a.as_fd(), &program(1, &[], None)).unwrap();
+        let count = |members: &[&TcpListener], n: usize| -> Vec<usize> {
+            let mut got = vec![0; members.len()];
+            for _ in 0..n {
+                let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                // The handshake is complete on loopback when connect returns.
+                for (k, l) in members.iter().enumerate() {
+                    if l.accept().is_ok() {
+                        got[k] += 1;
+                    }
+                }
+            }
+            got
+        };
+        assert_eq!(count(&[&a, &b], 50), vec![0, 50]);
+        // Two more join (members 2 and 3), with no attach: still all to b.
+        let c = bind(port);
+        let d = bind(port);
+        assert_eq!(count(&[&a, &b, &c, &d], 50), vec![0, 50, 0, 0]);
+        // `c` leaves: the last member (`d`) takes its slot 2, `b` stays
+        // member 1, and the program still sends everything there.
+        nix::sys::socket::shutdown(c.as_raw_fd(), nix::sys::socket::Shutdown::Read).unwrap();
+        assert_eq!(count(&[&a, &b, &d], 50), vec![0, 50, 0]);
+        // `a`, through which it was attached, leaves: `d` becomes member 0
+        // and `b` is still member 1 under the same program.
+        drop(a);
+        assert_eq!(count(&[&b, &d], 50), vec![50, 0]);
     }
 
     /// The split program, run by the kernel on real connections: about the

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
@@ -238,4 +238,78 @@ fn a_worker_pool_is_taken_over_by_one_of_another_size() {
     load.expect_served(1, 30, "after the takeover");
     assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
     load.finish_clean("a worker pool taken over", 60);
+}
+
+/// Sockets do not pile up across chained takeovers (issue 25): after five
+/// takeovers in a row, each under load, the serving supervisor holds as
+/// many fds as after one, and as many sockets listen on the port: the
+/// serving generation's and the one made ahead of time for the next.
+#[test]
+fn chained_takeovers_leave_the_fd_count_where_one_leaves_it() {
+    let dir = TempDir::new("takeover-chain");
+    let first = old_supervisor(&dir, &[]);
+    let addr = first.listener_addr(0);
+    let port = addr.port();
+    let listener = first.status().listeners[0].clone();
+    let load = Load::start_closing(addr, 2, Duration::from_secs(120));
+    load.expect_served(2, 20, "before the takeovers");
+    let mut current = first;
+    let mut after_one: Option<BTreeMap<i32, String>> = None;
+    for round in 1..=5 {
+        let next = new_supervisor(&current, &["--listen", &listener.address], &[]);
+        next.wait_status("the new supervisor serving", WAIT, |s| {
+            (s.supervisor.pid == next.pid as u32 && s.in_state("active").is_some()).then_some(())
+        });
+        let status = current.wait_exit(WAIT);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {round}: {}",
+            current.output()
+        );
+        // Settled: what listens on the port is the new supervisor's own,
+        // two sockets (the old generations' are closed once the old
+        // supervisor is gone), and the fds are as after the first takeover
+        // (the first one: the same kinds twice in a row, so that a
+        // connection of a readiness probe on its way out is not counted).
+        let kinds = |m: &BTreeMap<i32, String>| -> Vec<String> {
+            let mut k: Vec<String> = m
+                .values()
+                .map(|t| t.split(':').next().unwrap_or("").to_string())
+                .collect();
+            k.sort();
+            k
+        };
+        let mut last: Option<Vec<String>> = None;
+        let settled = wait_until(WAIT, || {
+            let open = next.fds_without_control_connections();
+            let own: BTreeSet<&String> = open.values().collect();
+            let on_port = listening_sockets("tcp", port);
+            if on_port.len() != 2 || !on_port.iter().all(|s| own.contains(s)) {
+                return None;
+            }
+            let now = kinds(&open);
+            let same = match &after_one {
+                Some(one) => kinds(one) == now,
+                None => last.as_ref() == Some(&now),
+            };
+            last = Some(now);
+            same.then_some(open)
+        });
+        let open = settled.unwrap_or_else(|| {
+            panic!(
+                "round {round}: never settled to two sockets on the port and the fds of the first takeover: {:?} listen; it holds {:?}; after the first takeover {:?}\n{}",
+                listening_sockets("tcp", port),
+                fds(next.pid),
+                after_one,
+                next.output()
+            )
+        });
+        if after_one.is_none() {
+            after_one = Some(open);
+        }
+        load.expect_served(1, 20, &format!("after takeover {round}"));
+        current = next;
+    }
+    load.finish_clean("five chained takeovers", 100);
 }
