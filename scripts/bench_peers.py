@@ -216,7 +216,8 @@ class Started:
         self.tool, self.port, self.tmp = tool, port, tmp
         self.procs: list[subprocess.Popen] = []
         self.extra_pids: set[int] = set()
-        self.cli: list[subprocess.Popen] = []
+        self.cli: list[Spawned] = []
+        self.conns: list[socket.socket] = []
 
     def popen(self, cmd, env=None, log_name="manager.log", **kw) -> subprocess.Popen:
         out = open(self.tmp / log_name, "ab")
@@ -282,6 +283,36 @@ class Tool:
                     pass
 
 
+class Spawned:
+    """A command run as an operator's shell runs it (posix_spawn, no
+    Python-side set-up to delay it), reaped later."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.status = pid, None
+
+    def poll(self):
+        if self.status is None:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = st
+        return self.status
+
+    def wait(self, timeout: float = 60):
+        if wait_for(lambda: self.poll() is not None, timeout, 0.005) is None and self.poll() is None:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout)
+        return self.status
+
+    def kill(self):
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def spawn(argv, env=None) -> Spawned:
+    null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    return Spawned(os.posix_spawn(path, argv, env if env is not None else os.environ, file_actions=null))
+
+
 def is_ours(pid: int, s: Started) -> bool:
     """pid still runs an app of this run (its environment names our version file)."""
     try:
@@ -291,10 +322,13 @@ def is_ours(pid: int, s: Started) -> bool:
 
 
 class Supervisor(Tool):
-    def __init__(self, bin_dir: Path, pair: str, workers: int) -> None:
+    def __init__(self, bin_dir: Path, pair: str, workers: int, ready: str = "") -> None:
         self.bin = bin_dir / "supervisor"
         self.pair, self.workers = pair, workers
+        self.ready = ready or ("notify" if pair == "go" else "http:/")
         self.name = "supervisor" if pair == "go" else f"supervisor --workers {workers}"
+        if ready:
+            self.name += f" --ready {ready}"
         self.probe_us = 1000 if pair == "go" else 5000
 
     def missing(self):
@@ -308,16 +342,22 @@ class Supervisor(Tool):
     def start(self, s, env):
         cmd = [str(self.bin), "-l", f"127.0.0.1:{s.port}", "--control", str(s.tmp / "ctl")]
         if self.pair == "go":
-            cmd += ["--ready", "notify", "--", str(OUT / "peer-inherit")]
+            cmd += ["--ready", self.ready, "--", str(OUT / "peer-inherit")]
         else:
-            cmd += ["--workers", str(self.workers), "--ready", "http:/", "--", "node",
+            cmd += ["--workers", str(self.workers), "--ready", self.ready, "--", "node",
                     str(PEERS / "express" / "server.js")]
         s.sup = s.popen(cmd, env=env)
 
     def reload(self, s, how=""):
         if how == "cli":
-            s.cli.append(subprocess.Popen([str(self.bin), "reload", "--control", str(s.tmp / "ctl")],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            s.cli.append(spawn([str(self.bin), "reload", "--control", str(s.tmp / "ctl")]))
+        elif how == "control":
+            # What `echo reload | socat - UNIX-CONNECT:...` or a deploy
+            # script does (docs/control.md): one line, the answer read later.
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(str(s.tmp / "ctl"))
+            c.sendall(b"reload\n")
+            s.conns.append(c)
         else:
             os.kill(s.sup.pid, signal.SIGHUP)
 
@@ -367,8 +407,7 @@ class Pm2(Tool):
             raise RuntimeError(f"pm2 start failed: {r.stdout}{r.stderr}")
 
     def reload(self, s, how=""):
-        s.cli.append(subprocess.Popen([str(self.cli), "reload", "peer"], env=self.env(s),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        s.cli.append(spawn([str(self.cli), "reload", "peer"], env=self.env(s)))
 
     def manager_pid(self, s):
         try:
@@ -572,6 +611,14 @@ def reload_once(tool: Tool, s: Started, version: int, port: int, how: str = "") 
                 c.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 pass
+    for c in s.conns:
+        c.settimeout(60)
+        try:
+            c.recv(4096)
+        except OSError:
+            pass
+        c.close()
+    s.conns.clear()
     return {"version": version, "t": t, "seen_new": t_new if new else None, "old_gone": t_gone if gone else None}
 
 
@@ -593,6 +640,7 @@ def probe_times(path: Path, reloads: list) -> None:
         last_old = max((x[0] for x in after if x[2] < v), default=None)
         switched = next((x for x in after if x[2] == v and (last_old is None or x[0] > last_old)), None)
         r["first_new_ms"] = (first[1] - t) * 1e3 if first else None
+        r["last_old_ms"] = (last_old - t) * 1e3 if last_old is not None else None
         r["reload_ms"] = (switched[1] - t) * 1e3 if switched else None
 
 
@@ -657,14 +705,18 @@ def breakdown(tools: dict, args, base: Path) -> dict:
     supervisor's own log times (request seen, child started, child ready)."""
     res = {}
     n = args.breakdown_reloads
-    cases = [("tableflip", tools.get("tableflip"), ""), ("supervisor, SIGHUP", tools.get("supervisor"), ""),
-             ("supervisor, supervisor reload", tools.get("supervisor"), "cli")]
+    cases = [("tableflip: SIGHUP", tools.get("tableflip"), ""),
+             ("supervisor: SIGHUP", tools.get("supervisor"), ""),
+             ("supervisor: `reload` line on the control socket", tools.get("supervisor"), "control"),
+             ("supervisor: `supervisor reload` command", tools.get("supervisor"), "cli"),
+             ("supervisor --ready tcp (a probe, for servers without READY=1): SIGHUP",
+              tools.get("supervisor --ready tcp"), "")]
     for r in range(args.runs):
         order = cases if r % 2 == 0 else list(reversed(cases))
         for label, tool, how in order:
             if tool is None:
                 continue
-            d = base / f"breakdown-{r}-{label.replace(' ', '_').replace(',', '')}"
+            d = base / f"breakdown-{r}-{re.sub(r'[^A-Za-z0-9]+', '_', label)}"
             d.mkdir(parents=True, exist_ok=True)
             port = free_port()
             (d / "version").write_text("1\n")
@@ -973,6 +1025,8 @@ def main() -> int:
                         results.append(r)
         bd = {}
         go_tools = {t.name: t for t in tools if t.pair == "go"}
+        if "supervisor" in go_tools:
+            go_tools["supervisor --ready tcp"] = Supervisor(bin_dir, "go", args.workers, "tcp")
         if "tableflip" in go_tools and "supervisor" in go_tools:
             log("breakdown: tableflip against the supervisor, idle")
             bd = breakdown(go_tools, args, base)
