@@ -341,7 +341,10 @@ class Supervisor(Tool):
 
     def start(self, s, env):
         cmd = [str(self.bin), "-l", f"127.0.0.1:{s.port}", "--control", str(s.tmp / "ctl")]
-        if self.pair == "go":
+        if self.pair == "go" and self.ready == "tcp":
+            # A server that cannot send READY=1 (the probe alone proves it ready).
+            cmd += ["--ready", "tcp", "--", "env", "-u", "NOTIFY_SOCKET", str(OUT / "peer-inherit")]
+        elif self.pair == "go":
             cmd += ["--ready", self.ready, "--", str(OUT / "peer-inherit")]
         else:
             cmd += ["--workers", str(self.workers), "--ready", self.ready, "--", "node",
@@ -709,7 +712,7 @@ def breakdown(tools: dict, args, base: Path) -> dict:
              ("supervisor: SIGHUP", tools.get("supervisor"), ""),
              ("supervisor: `reload` line on the control socket", tools.get("supervisor"), "control"),
              ("supervisor: `supervisor reload` command", tools.get("supervisor"), "cli"),
-             ("supervisor --ready tcp (a probe, for servers without READY=1): SIGHUP",
+             ("supervisor --ready tcp, the server sending no READY=1: SIGHUP",
               tools.get("supervisor --ready tcp"), "")]
     for r in range(args.runs):
         order = cases if r % 2 == 0 else list(reversed(cases))
@@ -859,8 +862,8 @@ def svg(rows: list, path: Path, meta: str) -> None:
     # Left: failed requests (linear).
     lx, lw = 70, 400
     fmax = max([r[f"{l}_failed"] or 0 for r in rows for l in LOADS] + [1])
-    step = 10 ** max(0, len(str(int(fmax))) - 1)
-    fmax = (int(fmax // step) + 1) * step
+    ticks = [m * 10 ** e for e in range(8) for m in (1, 2, 5)]
+    fmax = 4 * next(t for t in ticks if 4 * t >= fmax)
     text(lx, top - 10, "failed requests per run (median)", weight="bold")
     for k in range(5):
         v = fmax * k / 4
