@@ -218,6 +218,7 @@ class Started:
         self.extra_pids: set[int] = set()
         self.cli: list[Spawned] = []
         self.conns: list[socket.socket] = []
+        self.note: dict = {}
 
     def popen(self, cmd, env=None, log_name="manager.log", **kw) -> subprocess.Popen:
         out = open(self.tmp / log_name, "ab")
@@ -408,6 +409,14 @@ class Pm2(Tool):
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"pm2 start failed: {r.stdout}{r.stderr}")
+        # How long PM2's own command takes to reach its daemon and back,
+        # which every `pm2 reload` pays first.
+        took = []
+        for _ in range(3):
+            t = time.monotonic()
+            spawn([str(self.cli), "ping"], env=self.env(s)).wait(60)
+            took.append((time.monotonic() - t) * 1e3)
+        s.note = {"pm2_ping_ms": statistics.median(took)}
 
     def reload(self, s, how=""):
         s.cli.append(spawn([str(self.cli), "reload", "peer"], env=self.env(s)))
@@ -583,6 +592,7 @@ def one_run(tool: Tool, load: str, args, run_dir: Path, reloads: int, idle_reloa
             after = cpu_ns(mp)
             if before is not None and after is not None:
                 res["cpu_ms_per_reload"] = (after - before) / 1e6 / idle_reloads
+        res.update(s.note)
         if tool.name.startswith("supervisor"):
             res["log"] = supervisor_log_times(run_dir / "manager.log")
     finally:
@@ -782,6 +792,9 @@ def summarise(results: list, tools: list) -> list:
         row["rss_mb"] = median([r["rss_kb"] / 1024 if r.get("rss_kb") else None for r in mine])
         row["cpu_ms_per_reload"] = median([r.get("cpu_ms_per_reload") for r in mine])
         row["reloads"] = len(rel)
+        row["pm2_ping_ms"] = median([r.get("pm2_ping_ms") for r in mine])
+        row["ready_log_ms"] = median([(x["ready"] - x["requested"]) * 1e3 for r in mine for x in r.get("log", [])
+                                      if x.get("ready") and x.get("requested")])
         rows.append(row)
     return rows
 
@@ -1045,8 +1058,19 @@ def main() -> int:
     main_table = table(rows, args.runs, missing)
     bd_table = breakdown_table(bd) if bd else ""
     ver_lines = "\n".join(f"- {k}: {v}" for k, v in versions.items())
+    notes = []
+    for r in rows:
+        if r.get("pm2_ping_ms"):
+            notes.append(f"- `pm2 ping` (PM2's command to its daemon and back, which `pm2 reload` pays first): "
+                         f"{r['pm2_ping_ms']:,.0f} ms")
+        if r.get("ready_log_ms"):
+            notes.append(f"- {r['tool']}: reload request to the new generation ready, from its log, under load: "
+                         f"{r['ready_log_ms']:,.1f} ms")
+    note_lines = "\n".join(notes)
     print(f"Peers ({meta}; {took:.0f} s)\n")
     print(main_table)
+    if note_lines:
+        print("\n" + note_lines)
     if bd_table:
         print("\nReload time taken apart (Go server, idle; times from the reload request):\n")
         print(bd_table)
@@ -1059,6 +1083,8 @@ def main() -> int:
     log(f"picture: {svg_path}; data: {OUT / 'results.json'}")
     if args.docs:
         block = (f"Measured by `scripts/bench_peers.py --docs` ({meta}; {took / 60:.0f} minutes):\n\n{main_table}\n")
+        if note_lines:
+            block += f"\n{note_lines}\n"
         if bd_table:
             block += f"\nReload time taken apart (Go server, idle, times from the reload request):\n\n{bd_table}\n"
         block += f"\nVersions:\n\n{ver_lines}\n"
