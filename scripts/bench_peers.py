@@ -323,11 +323,13 @@ def is_ours(pid: int, s: Started) -> bool:
 
 
 class Supervisor(Tool):
-    def __init__(self, bin_dir: Path, pair: str, workers: int, ready: str = "") -> None:
+    def __init__(self, bin_dir: Path, pair: str, workers: int, ready: str = "", rolling: bool = False) -> None:
         self.bin = bin_dir / "supervisor"
-        self.pair, self.workers = pair, workers
+        self.pair, self.workers, self.rolling = pair, workers, rolling
         self.ready = ready or ("notify" if pair == "go" else "http:/")
         self.name = "supervisor" if pair == "go" else f"supervisor --workers {workers}"
+        if rolling:
+            self.name += " --reload rolling"
         if ready:
             self.name += f" --ready {ready}"
         self.probe_us = 1000 if pair == "go" else 5000
@@ -344,11 +346,15 @@ class Supervisor(Tool):
         cmd = [str(self.bin), "-l", f"127.0.0.1:{s.port}", "--control", str(s.tmp / "ctl")]
         if self.pair == "go" and self.ready == "tcp":
             # A server that cannot send READY=1 (the probe alone proves it ready).
-            cmd += ["--ready", "tcp", "--", "env", "-u", "NOTIFY_SOCKET", str(OUT / "peer-inherit")]
+            env = dict(env, PEER_NO_NOTIFY="1")
+            cmd += ["--ready", "tcp", "--", str(OUT / "peer-inherit")]
         elif self.pair == "go":
             cmd += ["--ready", self.ready, "--", str(OUT / "peer-inherit")]
         else:
-            cmd += ["--workers", str(self.workers), "--ready", self.ready, "--", "node",
+            cmd += ["--workers", str(self.workers), "--ready", self.ready]
+            if self.rolling:
+                cmd += ["--reload", "rolling"]
+            cmd += ["--", "node",
                     str(PEERS / "express" / "server.js")]
         s.sup = s.popen(cmd, env=env)
 
@@ -997,7 +1003,8 @@ def main() -> int:
     pairs = set(args.only.split(",")) if args.only else {"express", "go"}
     candidates = []
     if "express" in pairs:
-        candidates += [Pm2(args.workers), Supervisor(bin_dir, "express", args.workers)]
+        candidates += [Pm2(args.workers), Supervisor(bin_dir, "express", args.workers),
+                       Supervisor(bin_dir, "express", args.workers, rolling=True)]
     if "go" in pairs:
         candidates += [Tableflip(), Supervisor(bin_dir, "go", args.workers), ServerStarter()]
     missing, tools = {}, []

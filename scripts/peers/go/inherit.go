@@ -3,7 +3,8 @@
 // The server on an inherited listener: from the supervisor (LISTEN_FDS,
 // checked against LISTEN_PID, as systemd socket activation gives it) or from
 // Server::Starter (SERVER_STARTER_PORT="ADDR=FD"). It sends READY=1 to
-// $NOTIFY_SOCKET once it serves (where there is one) and drains on SIGTERM.
+// $NOTIFY_SOCKET once it serves (where there is one, unless $PEER_NO_NOTIFY
+// is set) and drains on SIGTERM.
 package main
 
 import (
@@ -62,10 +63,12 @@ func main() {
 	<-served
 }
 
-// notify sends one sd_notify datagram to $NOTIFY_SOCKET, if set.
+// notify sends one sd_notify datagram to $NOTIFY_SOCKET, if set and not
+// switched off by $PEER_NO_NOTIFY (a server that cannot send READY=1, proved
+// ready by the supervisor's probe instead).
 func notify(state string) {
 	path := os.Getenv("NOTIFY_SOCKET")
-	if path == "" {
+	if path == "" || os.Getenv("PEER_NO_NOTIFY") != "" {
 		return
 	}
 	conn, err := net.Dial("unixgram", path)
