@@ -1023,7 +1023,7 @@ def main() -> int:
     versions = {t.name: t.version() for t in tools}
     versions["wrk"] = run_out(["wrk", "-v"]).splitlines()[0] if run_out(["wrk", "-v"]) else "?"
     versions["Go (client, servers)"] = run_out(["go", "version"])
-    versions["kernel"] = f"Linux {platform.release()}, {os.cpu_count()} CPUs"
+    versions["kernel"] = f"Linux {platform.release().split('-')[0]}, {os.cpu_count()} CPUs"
     for k, v in versions.items():
         log(f"version: {k}: {v}")
 
@@ -1060,7 +1060,7 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     took = time.monotonic() - t0
     rows = summarise(results, tools)
-    meta = (f"{args.runs} run(s), {args.reloads} reload(s) under each load, {args.conns} connections, "
+    meta = (f"{args.runs} runs, {args.reloads} reloads under each load, {args.conns} connections, "
             f"{args.seconds:g} s; {versions['kernel']}")
     main_table = table(rows, args.runs, missing)
     bd_table = breakdown_table(bd) if bd else ""
