@@ -931,10 +931,25 @@ def svg(rows: list, path: Path, meta: str) -> None:
     path.write_text("\n".join(parts) + "\n")
 
 
+SHORT = {
+    "PM2 cluster": "PM2|cluster",
+    "tableflip": "tableflip|(Go)",
+    "supervisor": "supervisor|(Go)",
+    "Server::Starter": "Server::|Starter (Go)",
+}
+
+
 def label(parts, x, y, name):
     from xml.sax.saxutils import escape
 
-    words = name.split(" ", 1)
+    if name in SHORT:
+        words = SHORT[name].split("|")
+    elif "rolling" in name:
+        words = ["supervisor", "rolling"]
+    elif name.startswith("supervisor --workers"):
+        words = ["supervisor", f"{name.split()[-1]} workers"]
+    else:
+        words = name.split(" ", 1)
     for k, w in enumerate(words):
         parts.append(f'<text x="{x:.1f}" y="{y + 13 * k:.1f}" text-anchor="middle" font-size="10">{escape(w)}</text>')
 
@@ -989,7 +1004,15 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated pairs to run: express,go")
     ap.add_argument("--bin-dir", type=Path, help="use DIR/supervisor instead of building")
     ap.add_argument("--docs", action="store_true", help="write the table into docs/performance.md and docs/peers.svg")
+    ap.add_argument("--replot", action="store_true",
+                    help="draw the picture again from target/peers/results.json (with --docs: docs/peers.svg) and exit")
     args = ap.parse_args()
+    if args.replot:
+        data = json.loads((OUT / "results.json").read_text())
+        path = (ROOT / "docs" / "peers.svg") if args.docs else (OUT / "peers.svg")
+        svg(data["rows"], path, data["meta"])
+        log(f"picture: {path}")
+        return 0
     if args.setup:
         setup()
         return 0
