@@ -1083,7 +1083,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     took = time.monotonic() - t0
     rows = summarise(results, tools)
-    meta = (f"{args.runs} runs, {args.reloads} reloads under each load, {args.conns} connections, "
+    plural = lambda n, w: f"{n} {w}" + ("" if n == 1 else "s")  # noqa: E731
+    meta = (f"{plural(args.runs, 'run')}, {plural(args.reloads, 'reload')} under each load, {args.conns} connections, "
             f"{args.seconds:g} s; {versions['kernel']}")
     main_table = table(rows, args.runs, missing)
     bd_table = breakdown_table(bd) if bd else ""
