@@ -94,20 +94,12 @@ fn find(all: &[Record], from: usize, what: &str, f: impl Fn(&Record) -> bool) ->
 /// The Python example server through `sh`: a configuration file saying
 /// `bad` makes a generation fail at start.
 fn start(config: &Path, extra: &[&str]) -> Supervisor {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/children/python/server.py");
     Supervisor::builder()
         .tcp()
         .notify()
         .drain_timeout("10s")
         .args(extra)
-        .command([
-            "sh".to_string(),
-            "-c".into(),
-            r#"if grep -q bad "$0" 2>/dev/null; then exit 1; fi; exec "$1" "$2""#.into(),
-            config.to_str().unwrap().into(),
-            python3(),
-            server.to_str().unwrap().into(),
-        ])
+        .command(python_server_unless_bad(config))
         .start()
 }
 

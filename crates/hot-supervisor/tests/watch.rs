@@ -15,7 +15,6 @@ use common::*;
 /// G`), started through `sh` so that a configuration file saying `bad`
 /// makes a generation fail at start.
 fn start(config: &Path, watch: &[&Path], extra: &[&str]) -> Supervisor {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/children/python/server.py");
     let mut b = Supervisor::builder().tcp().drain_timeout("10s").args(extra);
     if !extra.contains(&"--ready") {
         b = b.notify();
@@ -26,15 +25,7 @@ fn start(config: &Path, watch: &[&Path], extra: &[&str]) -> Supervisor {
     for p in watch {
         b = b.arg("--watch").arg(p);
     }
-    b.command([
-        "sh".to_string(),
-        "-c".into(),
-        r#"if grep -q bad "$0" 2>/dev/null; then exit 1; fi; exec "$1" "$2""#.into(),
-        config.to_str().unwrap().into(),
-        python3(),
-        server.to_str().unwrap().into(),
-    ])
-    .start()
+    b.command(python_server_unless_bad(config)).start()
 }
 
 /// Wait until generation `g` serves, and check no later one was started.

@@ -740,6 +740,21 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     wait_until(timeout, || (!process_exists(pid)).then_some(())).is_some()
 }
 
+/// The Python example server (READY=1 once it serves; answers `generation
+/// G`) as a command run through `sh`, so that a configuration file
+/// `config` saying `bad` makes a generation fail at start.
+pub fn python_server_unless_bad(config: &Path) -> Vec<String> {
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/children/python/server.py");
+    vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"if grep -q bad "$0" 2>/dev/null; then exit 1; fi; exec "$1" "$2""#.into(),
+        config.to_str().unwrap().into(),
+        python3(),
+        server.to_str().unwrap().into(),
+    ]
+}
+
 /// The resident set size of `pid`, in KiB (`VmRSS`).
 pub fn rss_kib(pid: i32) -> u64 {
     status_field(pid, "VmRSS")
