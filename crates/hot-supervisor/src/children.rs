@@ -66,6 +66,9 @@ pub struct Saved {
     /// restarted alone read the files again).
     #[serde(default)]
     gen_env: Vec<(Generation, Vec<(String, String)>)>,
+    /// The soft open-files limit the children get back.
+    #[serde(default)]
+    nofile: Option<u64>,
 }
 
 /// One process as carried across an in-place upgrade.
@@ -136,6 +139,9 @@ pub struct Children {
     gen_env: BTreeMap<Generation, Vec<(String, String)>>,
     /// When each `--env-file` was last read whole.
     files_read: BTreeMap<std::path::PathBuf, Instant>,
+    /// The soft open-files limit the supervisor started with, which the
+    /// children get back (it raised its own to the hard limit).
+    nofile: Option<u64>,
 }
 
 /// Read every `--env-file` of `files` (in order), then the `--env`
@@ -182,6 +188,7 @@ impl Children {
             groups: std::collections::VecDeque::new(),
             gen_env: BTreeMap::new(),
             files_read: BTreeMap::new(),
+            nofile: None,
         })
     }
 
@@ -209,6 +216,7 @@ impl Children {
                 .collect(),
             groups: self.groups.iter().copied().collect(),
             gen_env: self.gen_env.clone().into_iter().collect(),
+            nofile: self.nofile,
         }
     }
 
@@ -237,7 +245,14 @@ impl Children {
             groups: saved.groups.into_iter().collect(),
             gen_env: saved.gen_env.into_iter().collect(),
             files_read: BTreeMap::new(),
+            nofile: saved.nofile,
         }
+    }
+
+    /// Give the children `soft` back as their soft open-files limit (the
+    /// supervisor's own, before it raised it).
+    pub fn give_back_nofile(&mut self, soft: Option<u64>) {
+        self.nofile = soft;
     }
 
     /// The command being run.
@@ -304,6 +319,7 @@ impl Children {
             !fds.is_empty(),
             self.command.stop_signal as i32,
         )?
+        .with_nofile(self.nofile)
         .with_credentials(self.command.credentials.clone())
         .with_chdir(self.command.chdir.as_deref())?;
         let mut placed = fds.to_vec();

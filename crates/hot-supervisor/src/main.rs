@@ -278,6 +278,40 @@ fn readiness(
     })
 }
 
+/// The soft open-files limit this process started with, if it raised it
+/// (set once, at the start of a run).
+static NOFILE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// Raise the soft open-files limit to the hard one, as systemd advises a
+/// program that needs many descriptors to do (each steered listener takes
+/// up to three, and `LimitNOFILE=`'s soft default is 1,024): the soft
+/// limit it had, if it was lower, which the children get back.
+fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return None;
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
+    // hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::debug!("could not raise the open-files limit from {soft}");
+        return None;
+    }
+    log::debug!(
+        "open-files limit raised from {soft} to {} (the children get {soft} back)",
+        lim.rlim_max
+    );
+    Some(soft)
+}
+
 /// The machine's settings.
 fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steering) -> Config {
     Config {
@@ -432,6 +466,7 @@ fn run(args: cli::Args) -> Result<i32> {
     // First, before any other descriptor is opened: the sockets a launcher
     // may have handed us as fds 3, 4, ...
     let inherited = listen::inherited()?;
+    let _ = NOFILE.set(raise_open_files_limit());
     // Fail before binding anything if the command cannot run at all; each
     // generation resolves it again, so a deploy may replace it.
     if let Err(e) = spawn::resolve(&args.command[0]) {
@@ -630,7 +665,8 @@ fn serve(
     };
     let auto = matches!(args.ready, cli::Ready::Auto);
     let watcher = watcher(&args)?;
-    let children = children::Children::new(command(args, setup, &control_path))?;
+    let mut children = children::Children::new(command(args, setup, &control_path))?;
+    children.give_back_nofile(NOFILE.get().copied().flatten());
     let parts = parts::Parts {
         children,
         steering,

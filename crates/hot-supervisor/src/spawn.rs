@@ -185,6 +185,9 @@ pub struct Plan {
     credentials: Option<Credentials>,
     /// Run in this directory.
     chdir: Option<CString>,
+    /// The soft open-files limit the child gets back (the one the
+    /// supervisor started with, before it raised its own), if lower.
+    nofile: Option<u64>,
 }
 
 /// Who a child runs as (`--user`, `--group`), resolved before the fork.
@@ -324,7 +327,17 @@ impl Plan {
             parent_death_signal,
             credentials: None,
             chdir: None,
+            nofile: None,
         })
+    }
+
+    /// Give the child `soft` back as its soft open-files limit (at least
+    /// room for its listeners and 64 more), as systemd advises for a
+    /// program that raised its own: servers written for `select()` break
+    /// above 1,024.
+    pub fn with_nofile(mut self, soft: Option<u64>) -> Plan {
+        self.nofile = soft;
+        self
     }
 
     /// Run the child as `who` (the supervisor must be root).
@@ -450,6 +463,7 @@ fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) 
         parent,
         parent_death_signal: plan.parent_death_signal,
         chdir: plan.chdir.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        nofile: plan.nofile.unwrap_or(0),
         uid: plan.credentials.as_ref().map(|c| c.uid),
         gid: plan.credentials.as_ref().map(|c| c.gid),
         groups: plan
@@ -605,6 +619,8 @@ struct ChildSetup {
     parent_death_signal: i32,
     /// The working directory, or null.
     chdir: *const libc::c_char,
+    /// The soft open-files limit to give back (0: leave it).
+    nofile: u64,
     /// Credentials to take, if any.
     uid: Option<libc::uid_t>,
     gid: Option<libc::gid_t>,
@@ -623,7 +639,7 @@ struct ChildSetup {
 /// Runs between `fork` and `execve` and calls only async-signal-safe
 /// functions (`setpgid`, `rt_sigaction`, `rt_sigprocmask`, `chdir`,
 /// `setgroups`, `setgid`, `setuid`, `prctl`, `getppid`,
-/// `fcntl`, `dup2`, `close_range`, `getrlimit`, `getpid`, `execve`, `write`,
+/// `fcntl`, `dup2`, `close_range`, `getrlimit`, `setrlimit`, `getpid`, `execve`, `write`,
 /// `_exit`) on memory prepared before the fork: no allocation, no locks, no
 /// formatting, no panics (no indexing that can fail, no unwrap).
 ///
@@ -776,6 +792,20 @@ unsafe fn child_after_fork(s: &ChildSetup) -> ! {
             };
             for fd in end..max {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+
+        // The soft open-files limit the supervisor started with, once the
+        // fds are placed (which may need more): never below what is open.
+        if s.nofile > 0 {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                let want = s.nofile.max(end as u64 + 64).min(lim.rlim_max);
+                if want < lim.rlim_cur {
+                    lim.rlim_cur = want;
+                    // A failure leaves the higher limit: harmless.
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
             }
         }
 

@@ -428,3 +428,37 @@ fn a_crash_restart_with_a_broken_env_file_is_a_failed_start() {
     let want = format!("{}:1: ", file.display());
     assert!(sv.has_line(&want), "the log names FILE:LINE");
 }
+
+/// The soft and hard open-files limits of `pid`, from /proc/PID/limits.
+fn open_files_limits(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut n = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+#[test]
+fn the_supervisor_raises_its_open_files_limit_and_the_child_gets_the_old_one_back() {
+    // As under systemd's default LimitNOFILE= (soft 1,024), when the hard
+    // limit is higher: the supervisor needs up to three fds per listener.
+    let hard = open_files_limits(std::process::id() as i32).1;
+    assert!(
+        hard > 1024,
+        "needs a hard open-files limit above 1,024 (it is {hard})"
+    );
+    let mut sv = Supervisor::builder()
+        .launcher(["sh", "-c", "ulimit -S -n 1024 && exec \"$0\" \"$@\""])
+        .tcp()
+        .ready("delay:10ms")
+        .sleeper()
+        .start();
+    let pid = sv.wait_active(1);
+    assert_eq!(open_files_limits(sv.pid), (hard, hard));
+    assert_eq!(open_files_limits(pid), (1024, hard));
+    assert_eq!(sv.terminate(), Some(0));
+}
