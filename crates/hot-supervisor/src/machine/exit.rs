@@ -30,7 +30,7 @@ impl Machine {
                     Ended::SpawnFailed(e) => StartFailure::Spawn(e),
                     Ended::Exited(s) => StartFailure::Exited(s),
                 };
-                self.fail_start(now, g, why, false, false);
+                self.fail_start(now, g, why, Left::Nothing);
             }
             Some(State::Active { since }) => {
                 let since = *since;
@@ -122,7 +122,7 @@ impl Machine {
                 if alive == 0 {
                     self.handle_exit(now, g, ended);
                 } else {
-                    self.fail_start(now, g, why, true, false);
+                    self.fail_start(now, g, why, Left::Running);
                 }
             }
             Some(State::Active { .. }) => {
@@ -182,14 +182,13 @@ impl Machine {
             || matches!(was, WorkerState::Retiring { restart: true, .. });
         let restart = wanted && self.may_start(now, status);
         let mut restart_in = None;
-        let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
+        let cfg = self.cfg.clone();
         if let Some(x) = self.worker_mut(g, w) {
             if healthy {
                 x.failures = 0;
             }
             if restart {
-                let factor = 1u32.checked_shl(x.failures.min(31)).unwrap_or(u32::MAX);
-                let delay = initial.saturating_mul(factor).min(max);
+                let delay = backoff(&cfg, x.failures);
                 x.failures = x.failures.saturating_add(1);
                 x.state = WorkerState::Backoff { at: now + delay };
                 restart_in = Some(delay);
@@ -209,12 +208,7 @@ impl Machine {
     }
 
     pub(super) fn schedule_restart(&mut self, now: Instant) -> Duration {
-        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
-        let delay = self
-            .cfg
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.cfg.backoff_max);
+        let delay = backoff(&self.cfg, self.failures);
         self.failures = self.failures.saturating_add(1);
         self.restart_at = Some(now + delay);
         delay
@@ -239,4 +233,14 @@ impl Machine {
         self.report(Event::StartLimitHit { limit, status });
         false
     }
+}
+
+/// The delay before a restart after `failures` failures in a row (of a
+/// generation, or of one worker): the initial delay, doubled with each
+/// failure, capped.
+fn backoff(cfg: &Config, failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX);
+    cfg.backoff_initial
+        .saturating_mul(factor)
+        .min(cfg.backoff_max)
 }

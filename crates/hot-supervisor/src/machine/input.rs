@@ -85,7 +85,7 @@ impl Machine {
                         self.handle_ready(now, g);
                     } else {
                         let why = StartFailure::NotReady(self.cfg.ready_timeout);
-                        self.fail_start(now, g, why, true, false);
+                        self.fail_start(now, g, why, Left::Running);
                     }
                 }
                 Due::Measure => self.measure(now, g),

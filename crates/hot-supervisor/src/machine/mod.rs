@@ -587,6 +587,20 @@ enum Ended {
     SpawnFailed(String),
 }
 
+/// What is left of a generation whose start failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// No process: nothing to stop.
+    Nothing,
+    /// Processes that never received a connection: they get their stop
+    /// signal at once.
+    Running,
+    /// Processes that had a share of new connections (a rolling reload's
+    /// new workers): in steer mode they quiesce first, so that their queue
+    /// is answered.
+    Serving,
+}
+
 /// Which deadline of a worker passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WorkerDue {

@@ -109,10 +109,7 @@ impl Machine {
         if counted {
             self.starts.push_back(now);
         }
-        let wait = match self.cfg.ready {
-            ReadyMode::Notify | ReadyMode::Probe => self.cfg.ready_timeout,
-            ReadyMode::Delay(d) => d,
-        };
+        let wait = self.ready_wait();
         if let Some(x) = self.worker_mut(g, w) {
             x.state = WorkerState::Starting {
                 spawned: now,
@@ -196,9 +193,13 @@ impl Machine {
         });
         match self.generations.get(&new) {
             Some(State::Starting { .. }) => {
-                let still = self.alive_in(new) > 0;
+                let left = match (self.alive_in(new) > 0, traffic) {
+                    (false, _) => Left::Nothing,
+                    (true, false) => Left::Running,
+                    (true, true) => Left::Serving,
+                };
                 let failure = failure.unwrap_or(StartFailure::RolledBack);
-                self.fail_start(now, new, failure, still, traffic);
+                self.fail_start(now, new, failure, left);
             }
             Some(State::Canary { .. }) => self.retire(now, new),
             _ => {}

@@ -221,8 +221,7 @@ impl Machine {
         now: Instant,
         g: Generation,
         why: StartFailure,
-        still_running: bool,
-        quiesce_first: bool,
+        left: Left,
     ) {
         let Some(State::Starting { cause, tickets, .. }) = self.generations.remove(&g) else {
             return;
@@ -276,14 +275,12 @@ impl Machine {
                 stopping: self.stopping(),
             },
         );
-        if still_running {
-            if quiesce_first && self.cfg.quiesce.is_some() {
-                // A rolling reload's workers had a share of new
-                // connections: their queue is answered before they stop.
-                self.retire(now, g);
-            } else {
-                self.drain(now, g);
-            }
+        match left {
+            Left::Nothing => {}
+            // A rolling reload's workers had a share of new connections:
+            // their queue is answered before they stop.
+            Left::Serving if self.cfg.quiesce.is_some() => self.retire(now, g),
+            Left::Serving | Left::Running => self.drain(now, g),
         }
         if let Some(status) = stop_with {
             self.begin_stop(now, Some(status));
@@ -311,10 +308,7 @@ impl Machine {
         self.cap(now);
         self.last += 1;
         let g = Generation(self.last);
-        let wait = match self.cfg.ready {
-            ReadyMode::Notify | ReadyMode::Probe => self.cfg.ready_timeout,
-            ReadyMode::Delay(d) => d,
-        };
+        let wait = self.ready_wait();
         self.generations.insert(
             g,
             State::Starting {

@@ -140,7 +140,7 @@ impl Machine {
         for g in gens {
             match self.generations.get(&g) {
                 Some(State::Starting { .. }) => {
-                    self.fail_start(now, g, StartFailure::Stopping, true, false);
+                    self.fail_start(now, g, StartFailure::Stopping, Left::Running);
                 }
                 Some(State::Active { .. } | State::Canary { .. }) => self.retire(now, g),
                 _ => {}
@@ -170,7 +170,7 @@ impl Machine {
         for g in gens {
             match self.generations.get(&g) {
                 Some(State::Starting { .. }) => {
-                    self.fail_start(now, g, StartFailure::Stopping, true, false);
+                    self.fail_start(now, g, StartFailure::Stopping, Left::Running);
                 }
                 Some(State::Active { .. } | State::Quiescing { .. } | State::Canary { .. }) => {
                     self.drain(now, g);

@@ -368,4 +368,13 @@ impl Machine {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// How long a new generation or worker has to become ready: the ready
+    /// timeout, or the delay that makes it ready.
+    pub(super) fn ready_wait(&self) -> Duration {
+        match self.cfg.ready {
+            ReadyMode::Notify | ReadyMode::Probe => self.cfg.ready_timeout,
+            ReadyMode::Delay(d) => d,
+        }
+    }
 }
