@@ -449,3 +449,37 @@ fn an_upgrade_in_place_ends_the_stream_after_its_event_and_a_new_one_follows_on(
         is(r, Kind::ReloadSucceeded, 2)
     });
 }
+
+#[test]
+fn a_takeover_ends_the_stream_after_its_event_naming_the_new_supervisor() {
+    let dir = TempDir::new("events-takeover");
+    let mut old = Supervisor::builder()
+        .listen("127.0.0.1:0")
+        .control(dir.path("c.sock"))
+        .notify()
+        .demo(&[])
+        .start();
+    old.wait_active(1);
+    let ev = Events::subscribe(&old);
+    let mut cmd = std::process::Command::new(supervisor_bin());
+    cmd.arg("--takeover")
+        .arg(&old.control)
+        .arg("--control")
+        .arg(&old.control)
+        .arg("--")
+        .arg(demo());
+    let mut new = Supervisor::start_with(&mut cmd);
+    wait_until(WAIT, || ev.ended().then_some(())).expect("the stream ends at the takeover");
+    let all = ev.all();
+    let last = all.last().expect("events");
+    assert_eq!(last.event, Kind::Takeover, "{all:#?}");
+    assert_eq!(last.pid, Some(new.pid));
+    // The old supervisor goes once the new one serves; the new one streams.
+    assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
+    let again = Events::subscribe(&new);
+    assert_eq!(new.reload_and_wait().code, Some(0));
+    again.wait("a reload by the new supervisor", |r| {
+        is(r, Kind::ReloadSucceeded, 2)
+    });
+    assert_eq!(new.terminate(), Some(0));
+}
