@@ -654,6 +654,14 @@ impl Steering {
             if let Some(m) = slot.members.iter_mut().find(|m| m.reserve) {
                 m.reserve = false;
                 m.owner = Some(g);
+                // While it is not routed the routed member may be the last
+                // one no more: spare sockets left behind while it was can
+                // go now, as when a new member joins (below). After the
+                // routing they could not, and would pile up reload after
+                // reload.
+                if self.flush_retired(i, notices) {
+                    changed.push(i);
+                }
                 continue;
             }
             match self.join(i) {
