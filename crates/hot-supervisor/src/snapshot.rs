@@ -154,6 +154,7 @@ pub fn status(src: &Sources<'_>) -> status::Status {
                 crate::steer::Mode::Shared(_) => status::Mode::Shared,
             },
             spare_sockets: steering.spares(i),
+            reserve_sockets: steering.reserves(i),
         })
         .collect();
     let command = children

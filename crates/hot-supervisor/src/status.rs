@@ -111,6 +111,10 @@ pub struct Listener {
     /// that the routed one never moves (closed at the next reload).
     #[serde(default)]
     pub spare_sockets: u32,
+    /// Of those, the ones made ahead of time for the next generation (a
+    /// reserve: at most one).
+    #[serde(default)]
+    pub reserve_sockets: u32,
 }
 
 /// Where a generation is in its life (for status reports).
@@ -467,6 +471,7 @@ mod tests {
                 inherited: false,
                 mode: Mode::Steer,
                 spare_sockets: 0,
+                reserve_sockets: 0,
             }],
             generations: vec![
                 Generation {

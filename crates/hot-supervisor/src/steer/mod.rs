@@ -978,6 +978,12 @@ impl Steering {
         self.slots.iter().any(|s| s.mode == Mode::Steer && s.stream)
     }
 
+    /// The reserve in listener `i`'s group (0 or 1): the member made ahead
+    /// of time for the next generation.
+    pub fn reserves(&self, i: usize) -> u32 {
+        self.slots[i].members.iter().filter(|m| m.reserve).count() as u32
+    }
+
     /// The spare sockets in listener `i`'s group: the supervisor's own
     /// members that no generation holds (spares, and the reserve made for
     /// the next generation).

@@ -623,6 +623,16 @@ impl Supervisor {
         quiet.unwrap_or_else(|| panic!("control connections still open after {WAIT:?}"))
     }
 
+    /// The spares alone: the idle sockets less the reserves made ahead of
+    /// time for the next generation.
+    pub fn spares_only(&self) -> usize {
+        self.status()
+            .listeners
+            .iter()
+            .map(|l| (l.spare_sockets - l.reserve_sockets) as usize)
+            .sum()
+    }
+
     /// The spare sockets the supervisor holds in its reuseport groups (see
     /// the status's `spare_sockets`): fds that are neither a generation's
     /// socket nor leaked, and come and go between reloads.
