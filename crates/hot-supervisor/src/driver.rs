@@ -390,11 +390,7 @@ impl Driver {
                     for r in self.parts.children.reap() {
                         match r.worker {
                             Some((g, w)) => self.feed(Input::WorkerExited(g, w, r.status)),
-                            None => log::debug!(
-                                "reaped orphan pid {}: {}",
-                                r.pid,
-                                crate::report::describe_status(r.status)
-                            ),
+                            None => log::debug!("reaped orphan pid {}: {}", r.pid, r.status),
                         }
                     }
                 }

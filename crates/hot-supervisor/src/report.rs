@@ -71,7 +71,7 @@ impl Report {
                     Cause::Reload => String::new(),
                     _ => self.hint(why),
                 };
-                let what = format!("{} {}{hint}", who.who(*generation), describe_failure(why));
+                let what = format!("{} {}{hint}", who.who(*generation), why);
                 let next = match (serving, restart_in) {
                     (Some(s), _) => format!("; {} still serving", who.who(*s)),
                     (None, Some(d)) => format!("; starting again in {}", human(*d)),
@@ -113,7 +113,7 @@ impl Report {
                 let how = if *status == ExitStatus::Signal(stop_signal as i32) {
                     "exited on its stop signal".to_string()
                 } else {
-                    describe_status(*status)
+                    status.to_string()
                 };
                 log::info!(
                     "{} drained in {} ({how})",
@@ -132,11 +132,7 @@ impl Report {
                     (None, Some(s)) => format!("{s} is starting"),
                     (None, None) => "not restarting".to_string(),
                 };
-                log::warn!(
-                    "{} {} while serving; {next}",
-                    who.who(*generation),
-                    describe_status(*status)
-                );
+                log::warn!("{} {} while serving; {next}", who.who(*generation), status);
             }
             Event::ReloadQueued { starting } => {
                 log::info!("reload queued: {} is still starting", who.who(*starting));
@@ -149,7 +145,7 @@ impl Report {
                 "{} starts within {}: giving up (start limit; the last one {})",
                 limit.burst,
                 human(limit.interval),
-                describe_status(*status)
+                status
             ),
             Event::Stopping => log::info!("stopping every generation"),
             Event::HandedOff => log::info!(
@@ -170,7 +166,7 @@ impl Report {
                 log::warn!(
                     "{} {} while serving; {next} (the other workers serve on)",
                     who.who_worker(*generation, *worker),
-                    describe_status(*status)
+                    status
                 );
             }
             Event::WorkerNotReady { generation, worker } => log::warn!(
@@ -289,7 +285,7 @@ impl Report {
                 stopping,
             } => {
                 self.reloads_failed += 1;
-                let what = format!("{} {}", who.who(*generation), describe_failure(why));
+                let what = format!("{} {}", who.who(*generation), why);
                 self.last_failed_reload = Some(what.clone());
                 self.last_failure = Some(what.clone());
                 let tail = match (serving, stopping) {
@@ -453,27 +449,6 @@ pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// `exited with status 1`, `killed by signal 9 (SIGKILL)`.
-pub fn describe_status(s: ExitStatus) -> String {
-    match s {
-        ExitStatus::Code(c) => format!("exited with status {c}"),
-        ExitStatus::Signal(n) => match Signal::try_from(n) {
-            Ok(sig) => format!("killed by signal {n} ({sig})"),
-            Err(_) => format!("killed by signal {n}"),
-        },
-    }
-}
-
-fn describe_failure(f: &StartFailure) -> String {
-    match f {
-        StartFailure::Spawn(e) => format!("could not be started: {e}"),
-        StartFailure::Exited(s) => format!("{} before it was ready", describe_status(*s)),
-        StartFailure::NotReady(d) => format!("was not ready within {}", human(*d)),
-        StartFailure::Stopping => "was stopped before it was ready".to_string(),
-        StartFailure::RolledBack => "was rolled back".to_string(),
-    }
 }
 
 /// `generation 6 80%, generation 7 20%`.

@@ -11,8 +11,8 @@ use std::time::Duration;
 use hot_supervisor::events::{Kind, Record};
 
 use crate::children::Children;
-use crate::machine::{Event, ExitStatus, Generation, ReloadOutcome, StartFailure};
-use crate::report::{describe_status, unix_now};
+use crate::machine::{Event, ExitStatus, Generation, ReloadOutcome};
+use crate::report::unix_now;
 
 /// An event about generation `g` (its pid, if known).
 pub fn about(kind: Kind, g: Generation, children: &Children) -> Record {
@@ -36,20 +36,7 @@ fn ms(d: Duration) -> Option<f64> {
 }
 
 fn status(s: ExitStatus) -> Option<String> {
-    Some(describe_status(s))
-}
-
-/// Why a start failed, in words.
-pub fn failure(why: &StartFailure) -> String {
-    match why {
-        StartFailure::Spawn(e) => format!("could not be started: {e}"),
-        StartFailure::Exited(s) => format!("exited before it was ready ({})", describe_status(*s)),
-        StartFailure::NotReady(d) => {
-            format!("not ready within {}", hot_supervisor::duration::human(*d))
-        }
-        StartFailure::Stopping => "the supervisor is stopping".into(),
-        StartFailure::RolledBack => "rolled back".into(),
-    }
+    Some(s.to_string())
 }
 
 /// The records of one machine event, the first the one its log line
@@ -70,7 +57,7 @@ pub fn of_event(e: &Event, children: &Children) -> Vec<Record> {
             generation, why, ..
         } => {
             let mut r = about(Kind::StartFailed, *generation, children);
-            r.reason = Some(failure(why));
+            r.reason = Some(why.to_string());
             vec![r]
         }
         Event::Draining { generation } => vec![about(Kind::Stopping, *generation, children)],
@@ -186,7 +173,7 @@ pub fn of_event(e: &Event, children: &Children) -> Vec<Record> {
             generation, why, ..
         } => {
             let mut r = about(Kind::RolledBack, *generation, children);
-            r.reason = Some(why.clone());
+            r.reason = Some(why.to_string());
             vec![r]
         }
         Event::Stopping => vec![Record::new(unix_now(), Kind::Stop)],
@@ -233,7 +220,7 @@ pub fn of_outcome(o: &ReloadOutcome, ok: bool, text: &str) -> Option<Record> {
             generation, why, ..
         } => {
             r.generation = Some(generation.0);
-            r.reason = Some(failure(why));
+            r.reason = Some(why.to_string());
         }
         ReloadOutcome::Refused(why) => r.reason = Some(format!("refused: {why}")),
         ReloadOutcome::Canary {

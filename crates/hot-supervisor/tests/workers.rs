@@ -539,7 +539,7 @@ fn a_crashing_canary_is_rolled_back_at_once() {
     let pid = sv.status().generation(2).unwrap().workers[0].pid.unwrap();
     // SAFETY: kill(2) on a worker of our supervisor.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    sv.wait_line("rolled back (worker 0 was killed by signal 9)", WAIT);
+    sv.wait_line("rolled back (worker 0 killed by signal 9 (SIGKILL))", WAIT);
     sv.wait_status("the expected state", WAIT, |s: &Status| {
         (s.generation(2).is_none()).then_some(())
     });

@@ -5,7 +5,11 @@
 use super::*;
 
 impl Machine {
-    pub(super) fn handle_exit(&mut self, now: Instant, g: Generation, ended: Ended) {
+    /// Generation `g` has ended: its last process is gone (or none could
+    /// be spawned) and none will be started again. A start that fails, a
+    /// crash of the serving generation (restart, or stop, by the crash
+    /// policy), the end of a drain; `g` is forgotten.
+    pub(super) fn generation_ended(&mut self, now: Instant, g: Generation, ended: Ended) {
         // A generation that could not be spawned counts as exit status 127,
         // as a shell reports a command it cannot run.
         let status = match ended {
@@ -15,7 +19,7 @@ impl Machine {
         // Killed by the stop signal we sent it: a clean stop (uvicorn and
         // Puma drain, then re-raise SIGTERM).
         let stopped_cleanly = status == ExitStatus::Signal(self.cfg.stop_signal)
-            && matches!(self.generations.get(&g), Some(State::Draining { .. }));
+            && matches!(self.state(g), Some(State::Draining { .. }));
         if self.exit_with == Some(g) {
             self.exit_status = Some(if stopped_cleanly {
                 ExitStatus::Code(0)
@@ -23,7 +27,7 @@ impl Machine {
                 status
             });
         }
-        match self.generations.get(&g) {
+        match self.state(g) {
             None => return,
             Some(State::Starting { .. }) => {
                 let why = match ended {
@@ -34,7 +38,7 @@ impl Machine {
             }
             Some(State::Active { since }) => {
                 let since = *since;
-                self.generations.remove(&g);
+                self.gens.remove(&g);
                 self.last_status = Some(status);
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
@@ -72,7 +76,7 @@ impl Machine {
                 | State::Canary { since },
             ) => {
                 let since = *since;
-                self.generations.remove(&g);
+                self.gens.remove(&g);
                 self.report(Event::Drained {
                     generation: g,
                     after: now.saturating_duration_since(since),
@@ -83,15 +87,19 @@ impl Machine {
         self.maybe_exit();
     }
 
-    /// A worker was reaped (or could not be spawned).
-    pub(super) fn handle_worker_exit(&mut self, now: Instant, g: Generation, w: u32, ended: Ended) {
+    /// A worker was reaped (or could not be spawned): what it means for
+    /// its generation (a failed start, a rollback, a restart of the
+    /// worker alone); then, if it was the generation's last process and
+    /// none will be started again, the generation has ended
+    /// ([`Machine::generation_ended`], the one place a generation ends).
+    pub(super) fn worker_exited(&mut self, now: Instant, g: Generation, w: u32, ended: Ended) {
         let status = match &ended {
             Ended::Exited(s) => *s,
             Ended::SpawnFailed(_) => ExitStatus::Code(127),
         };
         let Some(worker) = self.worker_mut(g, w) else {
             // A generation the machine has forgotten, or never had.
-            self.handle_exit(now, g, ended);
+            self.generation_ended(now, g, ended);
             return;
         };
         if !worker.state.alive() {
@@ -109,59 +117,54 @@ impl Machine {
             Ended::SpawnFailed(e) => StartFailure::Spawn(e.clone()),
             Ended::Exited(s) => StartFailure::Exited(*s),
         };
-        match self.generations.get(&g) {
-            None => {}
+        match self.state(g) {
+            None | Some(State::Quiescing { .. } | State::Draining { .. }) => {}
             Some(State::Starting { .. }) if Some(g) == self.rolling_new() => {
-                let text = format!("worker {w} {}", describe(&why));
-                self.roll_back(now, text, Some(why));
-                if alive == 0 && self.generations.contains_key(&g) {
-                    self.handle_exit(now, g, ended);
-                }
+                let cause = RollbackCause::Worker {
+                    worker: w,
+                    why: why.clone(),
+                };
+                self.roll_back(now, cause, Some(why));
             }
-            Some(State::Starting { .. }) => {
-                if alive == 0 {
-                    self.handle_exit(now, g, ended);
-                } else {
-                    self.fail_start(now, g, why, Left::Running);
-                }
+            // The last one gone: the generation's end says why it failed.
+            Some(State::Starting { .. }) if alive > 0 => {
+                self.fail_start(now, g, why, Left::Running);
             }
+            Some(State::Starting { .. }) => {}
             Some(State::Active { .. }) => {
                 let restart = matches!(was, WorkerState::Retiring { restart: true, .. });
-                if matches!(was, WorkerState::Retiring { restart: false, .. }) {
-                    // A rolling reload's old worker: its share went first.
-                } else if (n > 1 || restart) && !self.stopping() {
+                // A rolling reload's old worker: its share went first.
+                let replaced = matches!(was, WorkerState::Retiring { restart: false, .. });
+                if !replaced && (n > 1 || restart) && !self.stopping() {
                     self.worker_crashed(now, g, w, status, &was);
-                } else if alive == 0 {
-                    self.handle_exit(now, g, ended);
-                }
-                if self.generations.contains_key(&g)
-                    && alive == 0
-                    && !self.pools.get(&g).is_some_and(|p| {
-                        p.iter()
-                            .any(|x| matches!(x.state, WorkerState::Backoff { .. }))
-                    })
-                    && matches!(self.generations.get(&g), Some(State::Active { .. }))
-                {
-                    // Nothing left and nothing to restart: the generation
-                    // has ended, as if it were one process.
-                    self.handle_exit(now, g, Ended::Exited(status));
                 }
             }
             Some(State::Canary { .. }) => {
-                let text = format!("worker {w} {}", describe(&why));
-                self.roll_back(now, text, None);
-                if alive == 0 {
-                    self.handle_exit(now, g, ended);
-                }
+                let cause = RollbackCause::Worker {
+                    worker: w,
+                    why: why.clone(),
+                };
+                self.roll_back(now, cause, None);
             }
-            Some(State::Quiescing { .. } | State::Draining { .. }) if alive == 0 => {
-                self.handle_exit(now, g, ended);
-            }
-            Some(State::Quiescing { .. } | State::Draining { .. }) => {}
+        }
+        if alive == 0 && !self.restarts_pending(g) && self.gens.contains_key(&g) {
+            self.generation_ended(now, g, ended);
         }
         self.roll(now);
         self.fill(now);
         self.maybe_exit();
+    }
+
+    /// Whether a worker of `g` waits for its restart: only the serving
+    /// generation's, and not once the supervisor stops.
+    fn restarts_pending(&self, g: Generation) -> bool {
+        self.gens.get(&g).is_some_and(|x| {
+            matches!(x.state, State::Active { .. })
+                && !self.stopping()
+                && x.workers
+                    .iter()
+                    .any(|w| matches!(w.state, WorkerState::Backoff { .. }))
+        })
     }
 
     /// A worker of a serving generation exited: restart it alone, with its

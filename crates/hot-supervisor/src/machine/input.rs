@@ -12,17 +12,17 @@ impl Machine {
         }
         let now = self.tick(now);
         match input {
-            Input::WorkerReady(g, w) => self.handle_worker_ready(now, g, w),
+            Input::WorkerReady(g, w) => self.worker_ready(now, g, w),
             Input::WorkerExited(g, w, status) => {
-                self.handle_worker_exit(now, g, w, Ended::Exited(status));
+                self.worker_exited(now, g, w, Ended::Exited(status));
             }
             Input::WorkerSpawnFailed(g, w, why) => {
                 // A generation's workers are spawned in order, all at once:
                 // those after one that could not be spawned never were,
                 // and now never will be (the start has failed).
-                if matches!(self.generations.get(&g), Some(State::Starting { .. }))
+                if matches!(self.state(g), Some(State::Starting { .. }))
                     && Some(g) != self.rolling_new()
-                    && let Some(pool) = self.pools.get_mut(&g)
+                    && let Some(pool) = self.pool_mut(g)
                 {
                     for x in pool.iter_mut().skip(w as usize + 1) {
                         if matches!(x.state, WorkerState::Starting { .. }) {
@@ -30,7 +30,7 @@ impl Machine {
                         }
                     }
                 }
-                self.handle_worker_exit(now, g, w, Ended::SpawnFailed(why));
+                self.worker_exited(now, g, w, Ended::SpawnFailed(why));
             }
             Input::Reload(t) => self.handle_reload(now, t, self.cfg.reload),
             Input::ReloadWith(t, strategy) => self.handle_reload(now, t, strategy),
@@ -51,15 +51,14 @@ impl Machine {
         let now = self.tick(now);
         let rolling = self.rolling_new();
         let due: Vec<(Generation, Due)> = self
-            .generations
-            .iter()
+            .states()
             .filter_map(|(g, s)| match s {
-                State::Starting { .. } if Some(*g) == rolling => None,
-                State::Starting { deadline, .. } if *deadline <= now => Some((*g, Due::Ready)),
+                State::Starting { .. } if Some(g) == rolling => None,
+                State::Starting { deadline, .. } if *deadline <= now => Some((g, Due::Ready)),
                 State::Draining {
                     deadline: Some(d), ..
-                } if *d <= now => Some((*g, Due::Drain)),
-                State::Quiescing { check_at, .. } if *check_at <= now => Some((*g, Due::Measure)),
+                } if *d <= now => Some((g, Due::Drain)),
+                State::Quiescing { check_at, .. } if *check_at <= now => Some((g, Due::Measure)),
                 _ => None,
             })
             .collect();
@@ -67,8 +66,7 @@ impl Machine {
             match due {
                 Due::Drain => {
                     // Re-check: an earlier entry of `due` may have changed it.
-                    let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g)
-                    else {
+                    let Some(State::Draining { deadline, .. }) = self.state_mut(g) else {
                         continue;
                     };
                     if deadline.take().is_none() {
@@ -82,7 +80,11 @@ impl Machine {
                 }
                 Due::Ready => {
                     if let ReadyMode::Delay(_) = self.cfg.ready {
-                        self.handle_ready(now, g);
+                        // Alive for the delay: each worker is ready, so
+                        // the generation is, by the one ready path.
+                        for w in self.starting_workers(g) {
+                            self.worker_ready(now, g, w);
+                        }
                     } else {
                         let why = StartFailure::NotReady(self.cfg.ready_timeout);
                         self.fail_start(now, g, why, Left::Running);
@@ -97,8 +99,7 @@ impl Machine {
             }
             // Re-check: an earlier entry may have changed it.
             let Some(state) = self
-                .pools
-                .get(&g)
+                .pool(g)
                 .and_then(|p| p.get(w as usize))
                 .map(|x| x.state.clone())
             else {
@@ -109,7 +110,7 @@ impl Machine {
                     // A delay is readiness by definition; for a probe or
                     // READY=1, a timeout is a failure, never readiness.
                     if let ReadyMode::Delay(_) = self.cfg.ready {
-                        self.handle_worker_ready(now, g, w);
+                        self.worker_ready(now, g, w);
                     } else {
                         self.worker_not_ready(now, g, w);
                     }

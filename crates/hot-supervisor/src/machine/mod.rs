@@ -240,15 +240,66 @@ pub enum StartFailure {
     RolledBack,
 }
 
-/// A short description of a failure, for the machine's own texts.
-fn describe(why: &StartFailure) -> String {
-    match why {
-        StartFailure::Spawn(e) => format!("could not be started: {e}"),
-        StartFailure::Exited(ExitStatus::Code(c)) => format!("exited with status {c}"),
-        StartFailure::Exited(ExitStatus::Signal(n)) => format!("was killed by signal {n}"),
-        StartFailure::NotReady(d) => format!("was not ready within {}ms", d.as_millis()),
-        StartFailure::Stopping => "was stopped: the supervisor is stopping".into(),
-        StartFailure::RolledBack => "was rolled back".into(),
+/// The one wording of how a process ended: `exited with status 1`,
+/// `killed by signal 9 (SIGKILL)`. The log, the answers and the event
+/// stream render it; none words it again.
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(c) => write!(f, "exited with status {c}"),
+            ExitStatus::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
+                Ok(sig) => write!(f, "killed by signal {n} ({sig})"),
+                Err(_) => write!(f, "killed by signal {n}"),
+            },
+        }
+    }
+}
+
+/// The one wording of a failed start, said of the generation (or worker)
+/// that failed: `exited with status 1 before it was ready`, `was not
+/// ready within 5s`.
+impl fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartFailure::Spawn(e) => write!(f, "could not be started: {e}"),
+            StartFailure::Exited(s) => write!(f, "{s} before it was ready"),
+            StartFailure::NotReady(d) => write!(
+                f,
+                "was not ready within {}",
+                hot_supervisor::duration::human(*d)
+            ),
+            StartFailure::Stopping => write!(f, "was stopped before it was ready"),
+            StartFailure::RolledBack => write!(f, "was rolled back"),
+        }
+    }
+}
+
+/// Why a canary or a rolling reload was rolled back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RollbackCause {
+    /// `supervisor rollback`.
+    Asked,
+    /// A worker of the new generation failed: it ended (a canary's may
+    /// have been ready), could not be spawned, or was not ready in time.
+    Worker {
+        /// Its index.
+        worker: u32,
+        /// What happened to it.
+        why: StartFailure,
+    },
+}
+
+impl fmt::Display for RollbackCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackCause::Asked => write!(f, "asked"),
+            // A canary's worker may have been ready: say only how it ended.
+            RollbackCause::Worker {
+                worker,
+                why: StartFailure::Exited(s),
+            } => write!(f, "worker {worker} {s}"),
+            RollbackCause::Worker { worker, why } => write!(f, "worker {worker} {why}"),
+        }
     }
 }
 
@@ -488,8 +539,8 @@ pub enum Event {
         generation: Generation,
         /// The generation serving everything again.
         serving: Generation,
-        /// Why (`asked`, or what failed).
-        why: String,
+        /// Why.
+        why: RollbackCause,
     },
     /// A graceful stop began.
     Stopping,
@@ -681,6 +732,14 @@ enum State {
     },
 }
 
+/// One generation: where it is in its life, and its processes.
+#[derive(Clone, Debug)]
+struct Gen {
+    state: State,
+    /// Its workers (index = worker number).
+    workers: Vec<Worker>,
+}
+
 /// One worker of a generation.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Worker {
@@ -739,6 +798,25 @@ impl Worker {
             restarts: 0,
         }
     }
+
+    /// The one worker of a generation in `state` (saved by a version
+    /// without workers).
+    fn alone(state: &State) -> Worker {
+        let state = match *state {
+            State::Starting {
+                spawned, deadline, ..
+            } => WorkerState::Starting { spawned, deadline },
+            State::Active { since }
+            | State::Canary { since }
+            | State::Quiescing { since, .. }
+            | State::Draining { since, .. } => WorkerState::Ready { since },
+        };
+        Worker {
+            state,
+            failures: 0,
+            restarts: 0,
+        }
+    }
 }
 
 impl WorkerState {
@@ -789,7 +867,9 @@ impl Rollout {
 #[derive(Debug)]
 pub struct Machine {
     cfg: Config,
-    generations: BTreeMap<Generation, State>,
+    /// Every generation the machine tracks, with its workers: one map, so
+    /// that a generation and its workers come and go together.
+    gens: BTreeMap<Generation, Gen>,
     last: u64,
     /// Reload requests waiting for the current start to end (at most one
     /// queued reload, answering all of them).
@@ -811,8 +891,6 @@ pub struct Machine {
     now: Instant,
     /// When the recent starts counted by the start limit happened.
     starts: VecDeque<Instant>,
-    /// Each generation's workers (index = worker number).
-    pools: BTreeMap<Generation, Vec<Worker>>,
     /// The rolling or canary reload under way.
     rollout: Option<Rollout>,
     /// The strategy of the queued reload.
@@ -863,7 +941,54 @@ pub use hot_supervisor::status::{Phase, WorkerPhase};
 
 impl Machine {
     fn find(&self, f: impl Fn(&State) -> bool) -> Option<Generation> {
-        self.generations.iter().find(|(_, s)| f(s)).map(|(g, _)| *g)
+        self.states().find(|(_, s)| f(s)).map(|(g, _)| g)
+    }
+
+    /// Every generation with its state, oldest first.
+    fn states(&self) -> impl Iterator<Item = (Generation, &State)> {
+        self.gens.iter().map(|(g, x)| (*g, &x.state))
+    }
+
+    fn state(&self, g: Generation) -> Option<&State> {
+        self.gens.get(&g).map(|x| &x.state)
+    }
+
+    fn state_mut(&mut self, g: Generation) -> Option<&mut State> {
+        self.gens.get_mut(&g).map(|x| &mut x.state)
+    }
+
+    /// Move `g` to `state`, its workers unchanged.
+    fn set_state(&mut self, g: Generation, state: State) {
+        match self.gens.get_mut(&g) {
+            Some(x) => x.state = state,
+            None => {
+                debug_assert!(false, "{g} is not known");
+                self.gens.insert(
+                    g,
+                    Gen {
+                        state,
+                        workers: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn pool(&self, g: Generation) -> Option<&Vec<Worker>> {
+        self.gens.get(&g).map(|x| &x.workers)
+    }
+
+    fn pool_mut(&mut self, g: Generation) -> Option<&mut Vec<Worker>> {
+        self.gens.get_mut(&g).map(|x| &mut x.workers)
+    }
+
+    fn worker(&self, g: Generation, w: u32) -> Option<&Worker> {
+        self.pool(g).and_then(|p| p.get(w as usize))
+    }
+
+    /// Every worker of every generation.
+    fn all_workers(&self) -> impl Iterator<Item = &Worker> {
+        self.gens.values().flat_map(|x| x.workers.iter())
     }
 
     /// Answer the reload requests `tickets`, if there are any.
@@ -882,12 +1007,11 @@ impl Machine {
     }
 
     /// After every input: a rollout whose new generation is gone ends;
-    /// shares that name a generation no longer serving are dropped; the
-    /// workers of forgotten generations go.
+    /// shares that name a generation no longer serving are dropped.
     fn tidy(&mut self) {
         if let Some(r) = &self.rollout
             && !matches!(
-                self.generations.get(&r.new_generation()),
+                self.state(r.new_generation()),
                 Some(State::Starting { .. } | State::Canary { .. })
             )
         {
@@ -899,20 +1023,14 @@ impl Machine {
                 Some(State::Active { .. } | State::Canary { .. } | State::Starting { .. })
             )
         };
-        if self
-            .split
-            .iter()
-            .any(|(g, _)| !serving(self.generations.get(g)))
-        {
+        if self.split.iter().any(|(g, _)| !serving(self.state(*g))) {
             self.set_split(Vec::new());
         }
-        let known = &self.generations;
-        self.pools.retain(|g, _| known.contains_key(g));
     }
 
     fn check(&mut self) {
         self.tidy();
-        let count = |f: fn(&State) -> bool| self.generations.values().filter(|s| f(s)).count();
+        let count = |f: fn(&State) -> bool| self.states().filter(|(_, s)| f(s)).count();
         debug_assert!(count(|s| matches!(s, State::Starting { .. })) <= 1);
         debug_assert!(count(|s| matches!(s, State::Active { .. })) <= 1);
         debug_assert!(count(|s| matches!(s, State::Canary { .. })) <= 1);

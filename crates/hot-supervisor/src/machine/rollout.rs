@@ -14,18 +14,17 @@ impl Machine {
         };
         let n = self.workers_per_generation();
         let count = |m: &Machine, g: Generation, f: fn(&WorkerState) -> bool| {
-            m.pools
-                .get(&g)
+            m.pool(g)
                 .map_or(0, |p| p.iter().filter(|x| f(&x.state)).count() as u32)
         };
         let ready = |s: &WorkerState| matches!(s, WorkerState::Ready { .. });
         let new_ready = count(self, new, ready);
         if new_ready >= n {
             self.rollout = None;
-            self.handle_ready(now, new);
+            self.generation_ready(now, new);
             return;
         }
-        let old_serves = matches!(self.generations.get(&old), Some(State::Active { .. }));
+        let old_serves = matches!(self.state(old), Some(State::Active { .. }));
         let old_ready = if old_serves {
             count(self, old, ready)
         } else {
@@ -34,7 +33,7 @@ impl Machine {
         let extra = (old_ready + new_ready)
             .saturating_sub(n)
             .min(old_ready.saturating_sub(1));
-        let victims: Vec<u32> = self.pools.get(&old).map_or(Vec::new(), |p| {
+        let victims: Vec<u32> = self.pool(old).map_or(Vec::new(), |p| {
             (0..p.len())
                 .rev()
                 .filter(|&w| ready(&p[w].state))
@@ -67,7 +66,7 @@ impl Machine {
         let used = count(self, new, |s| !matches!(s, WorkerState::Vacant));
         let room = (n + k).saturating_sub(self.alive_workers());
         let want = k.saturating_sub(starting).min(n - used).min(room);
-        let vacant: Vec<u32> = self.pools.get(&new).map_or(Vec::new(), |p| {
+        let vacant: Vec<u32> = self.pool(new).map_or(Vec::new(), |p| {
             (0..p.len())
                 .filter(|&w| p[w].state == WorkerState::Vacant)
                 .take(want as usize)
@@ -90,7 +89,7 @@ impl Machine {
             return;
         };
         let cap = self.workers_per_generation() + self.surge;
-        let vacant: Vec<u32> = self.pools.get(&g).map_or(Vec::new(), |p| {
+        let vacant: Vec<u32> = self.pool(g).map_or(Vec::new(), |p| {
             (0..p.len())
                 .filter(|&w| p[w].state == WorkerState::Vacant)
                 .map(|w| w as u32)
@@ -143,7 +142,7 @@ impl Machine {
         let Some(Rollout::Canary { old, new, .. }) = self.rollout.take() else {
             return;
         };
-        self.generations.insert(new, State::Active { since: now });
+        self.set_state(new, State::Active { since: now });
         self.set_split(Vec::new());
         self.push(Action::Route(new));
         self.report(Event::Promoted {
@@ -151,7 +150,7 @@ impl Machine {
             replaced: old,
             automatic,
         });
-        if matches!(self.generations.get(&old), Some(State::Active { .. })) {
+        if matches!(self.state(old), Some(State::Active { .. })) {
             self.retire(now, old);
         }
         self.start_queued(now);
@@ -161,7 +160,7 @@ impl Machine {
         let outcome = match &self.rollout {
             Some(r) => {
                 let (old, new) = (r.old_generation(), r.new_generation());
-                self.roll_back(now, "asked".into(), Some(StartFailure::RolledBack));
+                self.roll_back(now, RollbackCause::Asked, Some(StartFailure::RolledBack));
                 ReloadOutcome::RolledBack {
                     generation: new,
                     serving: old,
@@ -176,7 +175,12 @@ impl Machine {
     /// Undo the rollout: everything to the old generation again; the new
     /// one quiesces if it had a share (else it is stopped at once); a
     /// rolling reload's old workers that were stopped start again.
-    pub(super) fn roll_back(&mut self, now: Instant, why: String, failure: Option<StartFailure>) {
+    pub(super) fn roll_back(
+        &mut self,
+        now: Instant,
+        why: RollbackCause,
+        failure: Option<StartFailure>,
+    ) {
         let Some(r) = self.rollout.take() else {
             return;
         };
@@ -191,7 +195,7 @@ impl Machine {
             serving: old,
             why,
         });
-        match self.generations.get(&new) {
+        match self.state(new) {
             Some(State::Starting { .. }) => {
                 let left = match (self.alive_in(new) > 0, traffic) {
                     (false, _) => Left::Nothing,
@@ -220,13 +224,12 @@ impl Machine {
     }
 
     pub(super) fn worker_mut(&mut self, g: Generation, w: u32) -> Option<&mut Worker> {
-        self.pools.get_mut(&g).and_then(|p| p.get_mut(w as usize))
+        self.pool_mut(g).and_then(|p| p.get_mut(w as usize))
     }
 
     /// Workers of `g` alive.
     pub(super) fn alive_in(&self, g: Generation) -> u32 {
-        self.pools
-            .get(&g)
+        self.pool(g)
             .map_or(0, |p| p.iter().filter(|x| x.state.alive()).count() as u32)
     }
 }

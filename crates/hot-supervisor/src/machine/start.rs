@@ -6,23 +6,18 @@
 use super::*;
 
 impl Machine {
-    pub(super) fn handle_ready(&mut self, now: Instant, g: Generation) {
+    /// Every worker of starting generation `g` is ready (the only way
+    /// here is [`Machine::worker_ready`], directly or through a
+    /// rolling reload's [`Machine::roll`]): the switch, or a canary's
+    /// share.
+    pub(super) fn generation_ready(&mut self, now: Instant, g: Generation) {
         let Some(State::Starting {
             spawned, tickets, ..
-        }) = self.generations.get(&g)
+        }) = self.state(g)
         else {
-            // A duplicate READY=1, or one from a generation already being
-            // stopped: neither changes who serves.
             return;
         };
         let (after, tickets) = (now.saturating_duration_since(*spawned), tickets.clone());
-        if let Some(pool) = self.pools.get_mut(&g) {
-            for w in pool.iter_mut() {
-                if let WorkerState::Starting { .. } = w.state {
-                    w.state = WorkerState::Ready { since: now };
-                }
-            }
-        }
         if let Some(Rollout::Canary {
             old,
             new,
@@ -33,7 +28,7 @@ impl Machine {
             && new == g
         {
             // A canary: ready, but only a share of new connections.
-            self.generations.insert(g, State::Canary { since: now });
+            self.set_state(g, State::Canary { since: now });
             if let Some(Rollout::Canary { promote_at, .. }) = &mut self.rollout {
                 *promote_at = promote_after.map(|d| now + d);
             }
@@ -65,12 +60,12 @@ impl Machine {
         let replaced = self.active();
         // A generation that served long enough before being replaced ends
         // any crash streak, as if it had exited after a healthy run.
-        if let Some(State::Active { since }) = replaced.and_then(|r| self.generations.get(&r))
+        if let Some(State::Active { since }) = replaced.and_then(|r| self.state(r))
             && now.saturating_duration_since(*since) >= self.cfg.healthy_after
         {
             self.failures = 0;
         }
-        self.generations.insert(g, State::Active { since: now });
+        self.set_state(g, State::Active { since: now });
         self.set_split(Vec::new());
         self.push(Action::Route(g));
         self.report(Event::Ready {
@@ -123,17 +118,15 @@ impl Machine {
                 self.cap(now);
                 self.last += 1;
                 let g = Generation(self.last);
-                self.generations.insert(
-                    g,
-                    State::Starting {
-                        spawned: now,
-                        // Unused: each worker has its own deadline.
-                        deadline: now + self.cfg.ready_timeout,
-                        cause: Cause::Reload,
-                        tickets,
-                    },
-                );
-                self.pools.insert(g, vec![Worker::vacant(); n as usize]);
+                let state = State::Starting {
+                    spawned: now,
+                    // Unused: each worker has its own deadline.
+                    deadline: now + self.cfg.ready_timeout,
+                    cause: Cause::Reload,
+                    tickets,
+                };
+                let workers = vec![Worker::vacant(); n as usize];
+                self.gens.insert(g, Gen { state, workers });
                 self.rollout = Some(Rollout::Rolling {
                     old,
                     new: g,
@@ -161,7 +154,7 @@ impl Machine {
         }
     }
 
-    pub(super) fn handle_worker_ready(&mut self, now: Instant, g: Generation, w: u32) {
+    pub(super) fn worker_ready(&mut self, now: Instant, g: Generation, w: u32) {
         let Some(worker) = self.worker_mut(g, w) else {
             return;
         };
@@ -170,15 +163,15 @@ impl Machine {
             return;
         }
         worker.state = WorkerState::Ready { since: now };
-        match self.generations.get(&g) {
+        match self.state(g) {
             Some(State::Starting { .. }) if Some(g) == self.rolling_new() => self.roll(now),
             Some(State::Starting { .. }) => {
-                let all = self.pools.get(&g).is_some_and(|p| {
+                let all = self.pool(g).is_some_and(|p| {
                     p.iter()
                         .all(|x| matches!(x.state, WorkerState::Ready { .. }))
                 });
                 if all {
-                    self.handle_ready(now, g);
+                    self.generation_ready(now, g);
                 }
             }
             _ => {}
@@ -189,13 +182,19 @@ impl Machine {
     pub(super) fn worker_not_ready(&mut self, now: Instant, g: Generation, w: u32) {
         let why = StartFailure::NotReady(self.cfg.ready_timeout);
         if Some(g) == self.rolling_new() {
-            let text = format!("worker {w} {}", describe(&why));
-            self.roll_back(now, text, Some(why));
+            let cause = RollbackCause::Worker {
+                worker: w,
+                why: why.clone(),
+            };
+            self.roll_back(now, cause, Some(why));
             return;
         }
         if self.canary() == Some(g) {
-            let text = format!("worker {w} {}", describe(&why));
-            self.roll_back(now, text, None);
+            let cause = RollbackCause::Worker {
+                worker: w,
+                why: why.clone(),
+            };
+            self.roll_back(now, cause, None);
         }
         self.report(Event::WorkerNotReady {
             generation: g,
@@ -223,7 +222,11 @@ impl Machine {
         why: StartFailure,
         left: Left,
     ) {
-        let Some(State::Starting { cause, tickets, .. }) = self.generations.remove(&g) else {
+        let Some(Gen {
+            state: State::Starting { cause, tickets, .. },
+            workers,
+        }) = self.gens.remove(&g)
+        else {
             return;
         };
         if self.rollout.as_ref().map(Rollout::new_generation) == Some(g) {
@@ -275,6 +278,15 @@ impl Machine {
                 stopping: self.stopping(),
             },
         );
+        if left != Left::Nothing {
+            // Its processes stay known until each is reaped; `retire` or
+            // `drain` below gives it its state.
+            let state = State::Draining {
+                since: now,
+                deadline: None,
+            };
+            self.gens.insert(g, Gen { state, workers });
+        }
         match left {
             Left::Nothing => {}
             // A rolling reload's workers had a share of new connections:
@@ -309,15 +321,12 @@ impl Machine {
         self.last += 1;
         let g = Generation(self.last);
         let wait = self.ready_wait();
-        self.generations.insert(
-            g,
-            State::Starting {
-                spawned: now,
-                deadline: now + wait,
-                cause,
-                tickets,
-            },
-        );
+        let state = State::Starting {
+            spawned: now,
+            deadline: now + wait,
+            cause,
+            tickets,
+        };
         let worker = Worker {
             state: WorkerState::Starting {
                 spawned: now,
@@ -326,8 +335,8 @@ impl Machine {
             failures: 0,
             restarts: 0,
         };
-        self.pools
-            .insert(g, vec![worker; self.workers_per_generation() as usize]);
+        let workers = vec![worker; self.workers_per_generation() as usize];
+        self.gens.insert(g, Gen { state, workers });
         self.push(Action::Spawn(g));
     }
 
@@ -344,18 +353,17 @@ impl Machine {
         };
         loop {
             let live = self
-                .generations
-                .values()
-                .filter(|s| !matches!(s, State::Draining { deadline: None, .. }))
+                .states()
+                .filter(|(_, s)| !matches!(s, State::Draining { deadline: None, .. }))
                 .count();
             if live < max {
                 return;
             }
-            let Some((g, was)) = self.generations.iter().find_map(|(g, s)| match s {
-                State::Quiescing { .. } => Some((*g, Phase::Quiescing)),
+            let Some((g, was)) = self.states().find_map(|(g, s)| match s {
+                State::Quiescing { .. } => Some((g, Phase::Quiescing)),
                 State::Draining {
                     deadline: Some(_), ..
-                } => Some((*g, Phase::Draining)),
+                } => Some((g, Phase::Draining)),
                 _ => None,
             }) else {
                 return;
@@ -365,11 +373,11 @@ impl Machine {
                 was,
                 max,
             });
-            let since = match self.generations.get(&g) {
+            let since = match self.state(g) {
                 Some(State::Draining { since, .. }) => *since,
                 _ => now,
             };
-            self.generations.insert(
+            self.set_state(
                 g,
                 State::Draining {
                     since,

@@ -16,7 +16,7 @@ impl Machine {
             empty_since,
             queued,
             ..
-        }) = self.generations.get_mut(&g)
+        }) = self.state_mut(g)
         else {
             return;
         };
@@ -47,7 +47,7 @@ impl Machine {
             check_at,
             queued,
             ..
-        }) = self.generations.get_mut(&g)
+        }) = self.state_mut(g)
         else {
             return;
         };
@@ -106,9 +106,9 @@ impl Machine {
             Stopping::Graceful => {
                 self.stopping = Stopping::Forced;
                 self.report(Event::ForcedStop);
-                let gens: Vec<Generation> = self.generations.keys().copied().collect();
+                let gens: Vec<Generation> = self.gens.keys().copied().collect();
                 for g in gens {
-                    if let Some(State::Draining { deadline, .. }) = self.generations.get_mut(&g)
+                    if let Some(State::Draining { deadline, .. }) = self.state_mut(g)
                         && deadline.take().is_some()
                     {
                         self.actions.push_back(Action::Kill(g));
@@ -136,9 +136,9 @@ impl Machine {
         // The generations served well: whatever they exit with, the
         // supervisor that hands over exits 0.
         self.exit_status = Some(ExitStatus::Code(0));
-        let gens: Vec<Generation> = self.generations.keys().copied().collect();
+        let gens: Vec<Generation> = self.gens.keys().copied().collect();
         for g in gens {
-            match self.generations.get(&g) {
+            match self.state(g) {
                 Some(State::Starting { .. }) => {
                     self.fail_start(now, g, StartFailure::Stopping, Left::Running);
                 }
@@ -166,9 +166,9 @@ impl Machine {
             Some(s) => self.exit_status = Some(s),
             None => self.exit_with = self.active().or(self.starting()),
         }
-        let gens: Vec<Generation> = self.generations.keys().copied().collect();
+        let gens: Vec<Generation> = self.gens.keys().copied().collect();
         for g in gens {
-            match self.generations.get(&g) {
+            match self.state(g) {
                 Some(State::Starting { .. }) => {
                     self.fail_start(now, g, StartFailure::Stopping, Left::Running);
                 }
@@ -182,7 +182,7 @@ impl Machine {
     }
 
     pub(super) fn maybe_exit(&mut self) {
-        if self.stopping() && self.generations.is_empty() && !self.done {
+        if self.stopping() && self.gens.is_empty() && !self.done {
             self.done = true;
             let code = self.exit_status.map_or(0, ExitStatus::shell_code);
             self.push(Action::Exit(code));
@@ -196,7 +196,7 @@ impl Machine {
             self.drain(now, g);
             return;
         }
-        self.generations.insert(
+        self.set_state(
             g,
             State::Quiescing {
                 since: now,
@@ -211,7 +211,7 @@ impl Machine {
 
     /// Send the stop signal and start the drain clock.
     pub(super) fn drain(&mut self, now: Instant, g: Generation) {
-        self.generations.insert(
+        self.set_state(
             g,
             State::Draining {
                 since: now,

@@ -1411,3 +1411,48 @@ fn time_never_goes_backwards() {
     m.handle(ms(t0, 100), Input::Reload(1));
     m.handle(ms(t0, 50), Input::Stop);
 }
+
+#[test]
+fn workers_the_start_limit_hit_by_the_last_worker_alive_ends_the_generation() {
+    // Two workers, two starts allowed per minute (the first start used
+    // one): both crash and wait for their restart; the first restart
+    // uses the second start and crashes again, which the limit refuses.
+    // Nothing is alive then and the other worker will not be restarted:
+    // the generation has ended and the supervisor exits with the crash
+    // status, rather than wait for processes that are gone.
+    let t0 = Instant::now();
+    let mut m = Machine::new(
+        Config {
+            workers: 2,
+            start_limit: Some(StartLimit {
+                burst: 2,
+                interval: Duration::from_secs(60),
+            }),
+            ..steer_cfg()
+        },
+        t0,
+    );
+    m.handle(ms(t0, 10), Input::WorkerReady(G1, 0));
+    m.handle(ms(t0, 10), Input::WorkerReady(G1, 1));
+    assert_eq!(m.active(), Some(G1));
+    all_actions(&mut m);
+    m.handle(ms(t0, 100), Input::WorkerExited(G1, 0, ExitStatus::Code(3)));
+    m.handle(ms(t0, 150), Input::WorkerExited(G1, 1, ExitStatus::Code(3)));
+    m.handle_timeout(ms(t0, 200));
+    let acts = all_actions(&mut m);
+    assert!(acts.contains(&Action::SpawnWorker(G1, 0)), "{acts:?}");
+    m.handle(ms(t0, 210), Input::WorkerExited(G1, 0, ExitStatus::Code(3)));
+    let acts = all_actions(&mut m);
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Report(Event::StartLimitHit { .. }))),
+        "{acts:?}"
+    );
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Report(Event::Drained { generation: G1, .. }))),
+        "{acts:?}"
+    );
+    assert_eq!(acts.last(), Some(&Action::Exit(3)), "{acts:?}");
+    assert!(m.is_done());
+}

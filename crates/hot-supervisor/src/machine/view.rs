@@ -9,7 +9,7 @@ impl Machine {
     pub fn new(cfg: Config, now: Instant) -> Machine {
         let mut m = Machine {
             cfg,
-            generations: BTreeMap::new(),
+            gens: BTreeMap::new(),
             last: 0,
             queued: None,
             restart_at: None,
@@ -22,7 +22,6 @@ impl Machine {
             restarts: 0,
             now,
             starts: VecDeque::new(),
-            pools: BTreeMap::new(),
             rollout: None,
             queued_strategy: None,
             split: Vec::new(),
@@ -40,11 +39,7 @@ impl Machine {
     pub fn save(&self) -> Saved {
         debug_assert!(self.actions.is_empty(), "saved with actions pending");
         Saved {
-            generations: self
-                .generations
-                .iter()
-                .map(|(g, s)| (*g, s.clone()))
-                .collect(),
+            generations: self.states().map(|(g, s)| (g, s.clone())).collect(),
             last: self.last,
             queued: self.queued.clone(),
             restart_at: self.restart_at,
@@ -57,7 +52,11 @@ impl Machine {
             restarts: self.restarts,
             now: self.now,
             starts: self.starts.clone(),
-            pools: self.pools.iter().map(|(g, p)| (*g, p.clone())).collect(),
+            pools: self
+                .gens
+                .iter()
+                .map(|(g, x)| (*g, x.workers.clone()))
+                .collect(),
             rollout: self.rollout.clone(),
             queued_strategy: self.queued_strategy,
             split: self.split.clone(),
@@ -69,9 +68,22 @@ impl Machine {
     /// Its time is `now` at the earliest (the clock goes on through exec,
     /// but the carried instants are approximations).
     pub fn restore(cfg: Config, saved: Saved, now: Instant) -> Machine {
+        let mut pools: BTreeMap<Generation, Vec<Worker>> = saved.pools.into_iter().collect();
+        let gens = saved
+            .generations
+            .into_iter()
+            .map(|(g, state)| {
+                // A state saved by a version without workers has no pools:
+                // each generation gets its one worker, in its phase.
+                let workers = pools
+                    .remove(&g)
+                    .unwrap_or_else(|| vec![Worker::alone(&state)]);
+                (g, Gen { state, workers })
+            })
+            .collect();
         Machine {
             cfg,
-            generations: saved.generations.into_iter().collect(),
+            gens,
             last: saved.last,
             queued: saved.queued,
             restart_at: saved.restart_at,
@@ -84,45 +96,12 @@ impl Machine {
             restarts: saved.restarts,
             now: saved.now.max(now),
             starts: saved.starts,
-            pools: saved.pools.into_iter().collect(),
             rollout: saved.rollout,
             queued_strategy: saved.queued_strategy,
             split: saved.split,
             surge: saved.surge.max(1),
             actions: VecDeque::new(),
         }
-        .with_pools()
-    }
-
-    /// A state saved by a version without workers has no pools: each
-    /// generation gets its one worker, in its generation's phase.
-    pub(super) fn with_pools(mut self) -> Machine {
-        let gens: Vec<(Generation, State)> = self
-            .generations
-            .iter()
-            .filter(|(g, _)| !self.pools.contains_key(g))
-            .map(|(g, s)| (*g, s.clone()))
-            .collect();
-        for (g, s) in gens {
-            let state = match s {
-                State::Starting {
-                    spawned, deadline, ..
-                } => WorkerState::Starting { spawned, deadline },
-                State::Active { since } | State::Canary { since } => WorkerState::Ready { since },
-                State::Quiescing { since, .. } | State::Draining { since, .. } => {
-                    WorkerState::Ready { since }
-                }
-            };
-            self.pools.insert(
-                g,
-                vec![Worker {
-                    state,
-                    failures: 0,
-                    restarts: 0,
-                }],
-            );
-        }
-        self
     }
 
     /// What to do when the active generation exits on its own, from now.
@@ -139,8 +118,8 @@ impl Machine {
     /// When [`Machine::handle_timeout`] must be called next, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         let rolling = self.rolling_new();
-        let timers = self.generations.iter().filter_map(|(g, s)| match s {
-            State::Starting { .. } if Some(*g) == rolling => None,
+        let timers = self.states().filter_map(|(g, s)| match s {
+            State::Starting { .. } if Some(g) == rolling => None,
             State::Starting { deadline, .. } => Some(*deadline),
             State::Draining { deadline, .. } => *deadline,
             State::Quiescing { check_at, .. } => Some(*check_at),
@@ -169,8 +148,8 @@ impl Machine {
     pub(super) fn worker_timers(&self) -> Vec<(Generation, u32, Instant, WorkerDue)> {
         let rolling = self.rolling_new();
         let mut out = Vec::new();
-        for (g, pool) in &self.pools {
-            let state = self.generations.get(g);
+        for (g, x) in &self.gens {
+            let (state, pool) = (Some(&x.state), &x.workers);
             let alone = matches!(state, Some(State::Active { .. } | State::Canary { .. }))
                 || Some(*g) == rolling;
             let draining = matches!(state, Some(State::Draining { .. }));
@@ -219,7 +198,7 @@ impl Machine {
 
     /// Generation `g`'s workers: index, phase, since when, restarts.
     pub fn workers(&self, g: Generation) -> Vec<(u32, WorkerPhase, Option<Instant>, u64)> {
-        let Some(pool) = self.pools.get(&g) else {
+        let Some(pool) = self.pool(g) else {
             return Vec::new();
         };
         pool.iter()
@@ -240,15 +219,13 @@ impl Machine {
 
     /// Whether worker `w` of `g` was spawned and has not proven ready yet.
     pub fn worker_starting(&self, g: Generation, w: u32) -> bool {
-        self.pools
-            .get(&g)
-            .and_then(|p| p.get(w as usize))
+        self.worker(g, w)
             .is_some_and(|x| matches!(x.state, WorkerState::Starting { .. }))
     }
 
     /// The workers of `g` that have not proven ready yet.
     pub fn starting_workers(&self, g: Generation) -> Vec<u32> {
-        self.pools.get(&g).map_or_else(Vec::new, |p| {
+        self.pool(g).map_or_else(Vec::new, |p| {
             p.iter()
                 .enumerate()
                 .filter(|(_, x)| matches!(x.state, WorkerState::Starting { .. }))
@@ -259,10 +236,11 @@ impl Machine {
 
     /// The generations with a worker that has not proven ready yet.
     pub fn generations_with_starting_workers(&self) -> Vec<Generation> {
-        self.pools
+        self.gens
             .iter()
-            .filter(|(_, p)| {
-                p.iter()
+            .filter(|(_, x)| {
+                x.workers
+                    .iter()
                     .any(|x| matches!(x.state, WorkerState::Starting { .. }))
             })
             .map(|(g, _)| *g)
@@ -272,19 +250,12 @@ impl Machine {
     /// Whether worker `w` of `g` has a process the machine has not yet
     /// seen exit.
     pub fn worker_alive(&self, g: Generation, w: u32) -> bool {
-        self.pools
-            .get(&g)
-            .and_then(|p| p.get(w as usize))
-            .is_some_and(|x| x.state.alive())
+        self.worker(g, w).is_some_and(|x| x.state.alive())
     }
 
     /// Workers alive, every generation counted.
     pub fn alive_workers(&self) -> u32 {
-        self.pools
-            .values()
-            .flat_map(|p| p.iter())
-            .filter(|w| w.state.alive())
-            .count() as u32
+        self.all_workers().filter(|w| w.state.alive()).count() as u32
     }
 
     /// The generation currently serving, if any.
@@ -299,14 +270,13 @@ impl Machine {
 
     /// Every generation with its phase and when it entered that phase.
     pub fn phases(&self) -> Vec<(Generation, Phase, Instant)> {
-        self.generations
-            .iter()
+        self.states()
             .map(|(g, s)| match s {
-                State::Starting { spawned, .. } => (*g, Phase::Starting, *spawned),
-                State::Active { since } => (*g, Phase::Active, *since),
-                State::Quiescing { since, .. } => (*g, Phase::Quiescing, *since),
-                State::Draining { since, .. } => (*g, Phase::Draining, *since),
-                State::Canary { since } => (*g, Phase::Canary, *since),
+                State::Starting { spawned, .. } => (g, Phase::Starting, *spawned),
+                State::Active { since } => (g, Phase::Active, *since),
+                State::Quiescing { since, .. } => (g, Phase::Quiescing, *since),
+                State::Draining { since, .. } => (g, Phase::Draining, *since),
+                State::Canary { since } => (g, Phase::Canary, *since),
             })
             .collect()
     }
@@ -319,7 +289,7 @@ impl Machine {
     /// Whether the machine still tracks generation `g` (its exit has not
     /// been handled yet).
     pub fn knows(&self, g: Generation) -> bool {
-        self.generations.contains_key(&g)
+        self.gens.contains_key(&g)
     }
 
     /// Whether replaced generations quiesce before they are stopped
@@ -345,9 +315,8 @@ impl Machine {
     /// generation or queued behind it).
     pub fn pending_reloads(&self) -> usize {
         let carried: usize = self
-            .generations
-            .values()
-            .map(|s| match s {
+            .states()
+            .map(|(_, s)| match s {
                 State::Starting { tickets, .. } => tickets.len(),
                 _ => 0,
             })
