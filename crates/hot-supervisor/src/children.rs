@@ -377,16 +377,6 @@ impl Children {
         self.map.get(&(g, w)).map(|c| c.pid)
     }
 
-    /// Whether any process of `g` has not been reaped.
-    pub fn live(&self, g: Generation) -> bool {
-        self.map.iter().any(|((h, _), c)| *h == g && !c.reaped)
-    }
-
-    /// Whether any process of `g` is still known (reaped or not).
-    pub fn has(&self, g: Generation) -> bool {
-        self.of(g).next().is_some()
-    }
-
     /// When `g` was spawned (its first worker still known).
     pub fn started(&self, g: Generation) -> Option<Instant> {
         self.of(g).map(|(_, c)| c.started).min()

@@ -1005,19 +1005,6 @@ impl Driver {
 
     /// Carry out the machine's actions; an `Exit` is kept in `self.exit`.
     fn execute(&mut self) {
-        // First, the sockets of generations already gone: a generation
-        // spawned by these actions (a reload queued while the first
-        // generation started, which has just failed) then takes over the
-        // routed socket and the clients queued on it, as a crash restart
-        // does, instead of a socket of its own while those are reset. (Its
-        // reaped processes are forgotten only after the actions, whose
-        // reports name their pids.)
-        for g in self.parts.steering.owners() {
-            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.live(g)
-            {
-                self.parts.steering.release(g, &mut self.notices);
-            }
-        }
         let steer = self.machine.quiesces();
         while let Some(action) = self.machine.poll_action() {
             let now = Instant::now();
@@ -1062,6 +1049,20 @@ impl Driver {
                         if let Some(why) = p.last_failure(g) {
                             log::info!("{g}: last probe: {why}");
                         }
+                        p.cancel(g, &mut self.parts.steering);
+                    }
+                }
+                Action::Release(g) => {
+                    // Before any spawn that follows it: a generation
+                    // spawned by these actions (a reload queued while the
+                    // first generation started, which has just failed)
+                    // then takes over the routed socket and the clients
+                    // queued on it, as a crash restart does, instead of a
+                    // socket of its own while those are reset. (Its reaped
+                    // processes are forgotten only after the actions,
+                    // whose reports name their pids.)
+                    self.parts.steering.release(g, &mut self.notices);
+                    if let Some(p) = &mut self.parts.prober {
                         p.cancel(g, &mut self.parts.steering);
                     }
                 }
@@ -1130,7 +1131,7 @@ impl Driver {
                 }
             }
         }
-        self.release_gone();
+        self.forget_gone();
         self.log_notices();
         self.advance_takeover();
         self.drain_progress(Instant::now());
@@ -1141,11 +1142,21 @@ impl Driver {
         }
     }
 
-    /// Forget the processes the machine is done with; a generation the
-    /// machine is done with and no process of which is left gives its
-    /// sockets back. (The sockets of the supervisor taken over from go
-    /// once it has exited: see `predecessor_step`.)
-    fn release_gone(&mut self) {
+    /// Forget the processes the machine is done with, their channels,
+    /// environments and probes. (Their sockets went at the machine's
+    /// `Action::Release`; those of the supervisor taken over from go once
+    /// it has exited: see `predecessor_step`.)
+    fn forget_gone(&mut self) {
+        debug_assert!(
+            self.parts.steering.held()
+                || self
+                    .parts
+                    .steering
+                    .owners()
+                    .iter()
+                    .all(|g| *g == crate::steer::PREVIOUS || self.machine.knows(*g)),
+            "a generation the machine has forgotten still owns sockets"
+        );
         let machine = &self.machine;
         self.parts
             .children
@@ -1159,15 +1170,6 @@ impl Driver {
             p.retain(&mut self.parts.steering, |g, w| {
                 machine.worker_starting(g, w)
             });
-        }
-        for g in self.parts.steering.owners() {
-            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.has(g)
-            {
-                self.parts.steering.release(g, &mut self.notices);
-                if let Some(p) = &mut self.parts.prober {
-                    p.cancel(g, &mut self.parts.steering);
-                }
-            }
         }
     }
 

@@ -145,11 +145,16 @@ fn every_test_the_guarantees_table_names_exists() {
             };
             named += 1;
             // `file::test` for tests/FILE.rs, `module::tests::test` for a
-            // unit test in src/MODULE.rs or src/MODULE/tests.rs.
-            let name = name.rsplit("::").next().unwrap_or(name);
+            // unit test in src/MODULE.rs or src/MODULE/tests.rs,
+            // `module::tests::part::test` for one in src/MODULE/tests/PART.rs.
+            let (path, name) = name.rsplit_once("::").unwrap_or(("", name));
             let source = std::fs::read_to_string(tests.join(format!("{file}.rs")))
                 .or_else(|_| std::fs::read_to_string(tests.join(format!("../src/{file}.rs"))))
                 .or_else(|_| std::fs::read_to_string(tests.join(format!("../src/{file}/tests.rs"))))
+                .or_else(|_| {
+                    let part = path.replace("::", "/");
+                    std::fs::read_to_string(tests.join(format!("../src/{file}/{part}.rs")))
+                })
                 .unwrap_or_default();
             if !source.contains(&format!("fn {name}(")) {
                 missing.push(quoted.to_string());

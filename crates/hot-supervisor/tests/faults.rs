@@ -214,8 +214,9 @@ fn reload_bursts_coalesce_and_status_keeps_answering() {
 fn orphans_and_daemons_are_reaped_without_false_warnings() {
     let dir = TempDir::new("orphans");
     let daemon_done = dir.path("daemon-done");
+    // The daemon writes its pid once it is done, then exits.
     let script = format!(
-        "[ \"$SUPERVISOR_GENERATION\" = 1 ] && (setsid sh -c 'sleep 0.2; touch {}' &) ; trap 'sh -c \"sleep 0.3\" & exit 0' TERM; sleep 300 & wait",
+        "[ \"$SUPERVISOR_GENERATION\" = 1 ] && (setsid sh -c 'sleep 0.2; echo $$ > {0}.tmp; mv {0}.tmp {0}' &) ; trap 'sh -c \"sleep 0.3\" & exit 0' TERM; sleep 300 & wait",
         daemon_done.display()
     );
     let mut sv = Supervisor::builder()
@@ -223,11 +224,20 @@ fn orphans_and_daemons_are_reaped_without_false_warnings() {
         .sh(&script)
         .start();
     sv.wait_active(1);
+    let daemon: i32 = wait_until(T, || std::fs::read_to_string(&daemon_done).ok())
+        .expect("the daemon never ran")
+        .trim()
+        .parse()
+        .unwrap();
+    // The daemon exits: it must be reaped, not left a zombie (until it is
+    // gone, it is not yet "left behind").
     assert!(
-        wait_until(T, || daemon_done.exists().then_some(())).is_some(),
-        "the daemon never ran"
+        wait_until(T, || (!std::path::Path::new(&format!("/proc/{daemon}"))
+            .exists())
+        .then_some(()))
+        .is_some(),
+        "the daemon (pid {daemon}) was never reaped"
     );
-    // The daemon has exited: it must have been reaped, not left a zombie.
     assert_no_lasting_zombie(sv.pid, "after the daemon exited");
     sv.signal(libc::SIGHUP);
     sv.wait_active(2);

@@ -38,7 +38,7 @@ impl Machine {
             }
             Some(State::Active { since }) => {
                 let since = *since;
-                self.gens.remove(&g);
+                self.forget(g);
                 self.last_status = Some(status);
                 if now.saturating_duration_since(since) >= self.cfg.healthy_after {
                     self.failures = 0;
@@ -76,7 +76,7 @@ impl Machine {
                 | State::Canary { since },
             ) => {
                 let since = *since;
-                self.gens.remove(&g);
+                self.forget(g);
                 self.report(Event::Drained {
                     generation: g,
                     after: now.saturating_duration_since(since),

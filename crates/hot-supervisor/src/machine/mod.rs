@@ -40,15 +40,24 @@
 //! - once stopping, nothing new is spawned.
 
 //!
+//! One map holds every generation, each owning its workers ([`Gen`]):
+//! a worker's readiness is the one way to its generation's
+//! ([`Machine::worker_ready`]), a worker's exit the one way to its
+//! generation's end ([`Machine::worker_exited`] then
+//! [`Machine::generation_ended`]).
+//!
 //! The files follow the phases: [`view`] (making one, reading it),
 //! [`input`] (the entry points), [`start`] (reloads, spawns, readiness, the
 //! switch, failed starts), [`rollout`] (rolling and canary reloads),
 //! [`stop`] (quiescing, draining, stopping, handing off), [`exit`]
-//! (processes that exit, crash restarts); the types are here.
+//! (processes that exit, crash restarts), [`saved`] (the state an in-place
+//! upgrade carries); the types are here, the unit tests in `tests/`, a
+//! file per phase.
 
 mod exit;
 mod input;
 mod rollout;
+mod saved;
 mod start;
 mod stop;
 mod view;
@@ -594,6 +603,10 @@ pub enum Action {
     /// This generation failed to start: stop verifying its readiness
     /// (saying what the probe last found).
     Abandon(Generation),
+    /// Generation `g` is gone (no process of it is left): close its own
+    /// sockets (steer mode; a routed one stays for its successor) and
+    /// end its probe.
+    Release(Generation),
     /// Log this event.
     Report(Event),
     /// Answer these reload requests.
@@ -904,40 +917,8 @@ pub struct Machine {
     actions: VecDeque<Action>,
 }
 
-/// The machine's state as carried across an in-place upgrade (everything
-/// but the settings, which the new image reads from its command line, and
-/// the actions, which are all carried out before an upgrade).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Saved {
-    generations: Vec<(Generation, State)>,
-    last: u64,
-    queued: Option<Vec<Ticket>>,
-    #[serde(with = "crate::carry::mono::opt")]
-    restart_at: Option<Instant>,
-    failures: u32,
-    stopping: Stopping,
-    exit_with: Option<Generation>,
-    exit_status: Option<ExitStatus>,
-    last_status: Option<ExitStatus>,
-    done: bool,
-    restarts: u64,
-    #[serde(with = "crate::carry::mono")]
-    now: Instant,
-    #[serde(with = "crate::carry::mono::seq")]
-    starts: VecDeque<Instant>,
-    #[serde(default)]
-    pools: Vec<(Generation, Vec<Worker>)>,
-    #[serde(default)]
-    rollout: Option<Rollout>,
-    #[serde(default)]
-    queued_strategy: Option<Strategy>,
-    #[serde(default)]
-    split: Vec<(Generation, u32)>,
-    #[serde(default)]
-    surge: u32,
-}
-
 pub use hot_supervisor::status::{Phase, WorkerPhase};
+pub use saved::Saved;
 
 impl Machine {
     fn find(&self, f: impl Fn(&State) -> bool) -> Option<Generation> {
@@ -984,6 +965,14 @@ impl Machine {
 
     fn worker(&self, g: Generation, w: u32) -> Option<&Worker> {
         self.pool(g).and_then(|p| p.get(w as usize))
+    }
+
+    /// Generation `g` has ended: forget it, its workers with it, and
+    /// have its sockets released.
+    fn forget(&mut self, g: Generation) {
+        if self.gens.remove(&g).is_some() {
+            self.push(Action::Release(g));
+        }
     }
 
     /// Every worker of every generation.

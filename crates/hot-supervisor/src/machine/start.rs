@@ -278,7 +278,9 @@ impl Machine {
                 stopping: self.stopping(),
             },
         );
-        if left != Left::Nothing {
+        if left == Left::Nothing {
+            self.push(Action::Release(g));
+        } else {
             // Its processes stay known until each is reaped; `retire` or
             // `drain` below gives it its state.
             let state = State::Draining {

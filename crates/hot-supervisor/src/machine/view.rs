@@ -1,5 +1,5 @@
-//! Making a machine (new, or restored after an in-place upgrade) and what
-//! the driver and the status may read of it. Reads only: nothing here
+//! Making a new machine, and what the driver and the status may read of
+//! it. Reads only: nothing here
 //! changes a generation.
 
 use super::*;
@@ -30,78 +30,6 @@ impl Machine {
         };
         m.spawn(now, Cause::Initial, Vec::new());
         m
-    }
-
-    /// The state to carry across an in-place upgrade.
-    ///
-    /// # Panics
-    /// In debug builds, if actions are still waiting to be carried out.
-    pub fn save(&self) -> Saved {
-        debug_assert!(self.actions.is_empty(), "saved with actions pending");
-        Saved {
-            generations: self.states().map(|(g, s)| (g, s.clone())).collect(),
-            last: self.last,
-            queued: self.queued.clone(),
-            restart_at: self.restart_at,
-            failures: self.failures,
-            stopping: self.stopping,
-            exit_with: self.exit_with,
-            exit_status: self.exit_status,
-            last_status: self.last_status,
-            done: self.done,
-            restarts: self.restarts,
-            now: self.now,
-            starts: self.starts.clone(),
-            pools: self
-                .gens
-                .iter()
-                .map(|(g, x)| (*g, x.workers.clone()))
-                .collect(),
-            rollout: self.rollout.clone(),
-            queued_strategy: self.queued_strategy,
-            split: self.split.clone(),
-            surge: self.surge,
-        }
-    }
-
-    /// The machine an upgrade carried across, with this image's settings.
-    /// Its time is `now` at the earliest (the clock goes on through exec,
-    /// but the carried instants are approximations).
-    pub fn restore(cfg: Config, saved: Saved, now: Instant) -> Machine {
-        let mut pools: BTreeMap<Generation, Vec<Worker>> = saved.pools.into_iter().collect();
-        let gens = saved
-            .generations
-            .into_iter()
-            .map(|(g, state)| {
-                // A state saved by a version without workers has no pools:
-                // each generation gets its one worker, in its phase.
-                let workers = pools
-                    .remove(&g)
-                    .unwrap_or_else(|| vec![Worker::alone(&state)]);
-                (g, Gen { state, workers })
-            })
-            .collect();
-        Machine {
-            cfg,
-            gens,
-            last: saved.last,
-            queued: saved.queued,
-            restart_at: saved.restart_at,
-            failures: saved.failures,
-            stopping: saved.stopping,
-            exit_with: saved.exit_with,
-            exit_status: saved.exit_status,
-            last_status: saved.last_status,
-            done: saved.done,
-            restarts: saved.restarts,
-            now: saved.now.max(now),
-            starts: saved.starts,
-            rollout: saved.rollout,
-            queued_strategy: saved.queued_strategy,
-            split: saved.split,
-            surge: saved.surge.max(1),
-            actions: VecDeque::new(),
-        }
     }
 
     /// What to do when the active generation exits on its own, from now.

@@ -770,11 +770,15 @@ impl Steering {
         }
     }
 
-    /// The generations that still own a socket (for the driver's sweep of
-    /// gone generations).
+    /// The generations that still own a socket in a steered group (the
+    /// driver checks, in debug builds, that each is one the machine still
+    /// knows).
     pub fn owners(&self) -> BTreeSet<Generation> {
+        // A group that stopped changing (shared now) keeps its members,
+        // owners and all, until the supervisor exits.
         self.slots
             .iter()
+            .filter(|s| s.mode == Mode::Steer)
             .flat_map(|s| s.members.iter().filter_map(|m| m.owner))
             .collect()
     }
