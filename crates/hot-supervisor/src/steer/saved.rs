@@ -171,3 +171,118 @@ impl Steering {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener's saved form as written since the reserves were added:
+    /// a steered TCP group (a routed member, a retired spare, a starting
+    /// generation's member under a probe, the reserve) and a frozen UDP
+    /// group (a handed-out member of the previous supervisor's).
+    const CURRENT: &str = r#"{
+        "slots": [
+            {
+                "listener": {"name": "http", "bound": "127.0.0.1:8080",
+                    "starter_key": "127.0.0.1:8080", "inherited": false,
+                    "fd": null, "created": null, "lock": null},
+                "mode": "Steer",
+                "members": [[5, 1, false, false, false], [6, null, true, true, false],
+                    [7, 2, false, false, false], [8, null, false, false, false]],
+                "routed": 0,
+                "probe": [40000, 2],
+                "stream": true,
+                "addr": "127.0.0.1:8080",
+                "v6only": false,
+                "frozen": false,
+                "shared_addr": null,
+                "reserves": [3]
+            },
+            {
+                "listener": {"name": "dns", "bound": "udp:[::1]:5353",
+                    "starter_key": "udp:[::1]:5353", "inherited": true,
+                    "fd": null, "created": null, "lock": null},
+                "mode": {"Shared": "another process joined its reuseport group"},
+                "members": [[9, 0, false, false, true], [10, null, false, false, false]],
+                "routed": 1,
+                "probe": null,
+                "stream": false,
+                "addr": "[::1]:5353",
+                "v6only": true,
+                "frozen": true,
+                "shared_addr": null,
+                "reserves": []
+            }
+        ],
+        "unwatched": [9],
+        "steer": true,
+        "split": [[1, 90], [2, 10]]
+    }"#;
+
+    fn value(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// What is read is written back as it was: the format stays the one
+    /// older supervisors write and read.
+    #[test]
+    fn the_saved_form_is_written_as_it_is_read() {
+        let saved: Saved = serde_json::from_str(CURRENT).unwrap();
+        assert_eq!(serde_json::to_value(&saved).unwrap(), value(CURRENT));
+    }
+
+    /// A state written before the reserves and the split (as the build of
+    /// 0940d0a wrote it) is read, with none of either.
+    #[test]
+    fn a_saved_form_without_reserves_or_split_is_read() {
+        let mut old = value(CURRENT);
+        old.as_object_mut().unwrap().remove("split");
+        for s in old["slots"].as_array_mut().unwrap() {
+            s.as_object_mut().unwrap().remove("reserves");
+        }
+        let saved: Saved = serde_json::from_value(old.clone()).unwrap();
+        let mut want = old;
+        want["split"] = serde_json::json!([]);
+        for s in want["slots"].as_array_mut().unwrap() {
+            s["reserves"] = serde_json::json!([]);
+        }
+        assert_eq!(serde_json::to_value(&saved).unwrap(), want);
+    }
+
+    /// Taking over: every member is the previous supervisor's but the TCP
+    /// group's reserve (the new supervisor's first generation takes it);
+    /// nothing is retired or spare; no probe, no split, nothing unwatched.
+    #[test]
+    fn taken_over_every_member_is_the_previous_supervisors_but_the_reserve() {
+        let saved: Saved = serde_json::from_str(CURRENT).unwrap();
+        let mut want = value(CURRENT);
+        want["slots"][0]["members"] = serde_json::json!([
+            [5, 0, false, false, false],
+            [6, 0, false, false, false],
+            [7, 0, false, false, false],
+            [8, null, false, false, false]
+        ]);
+        want["slots"][0]["probe"] = serde_json::Value::Null;
+        want["slots"][1]["members"] =
+            serde_json::json!([[9, 0, false, false, true], [10, 0, false, false, false]]);
+        want["unwatched"] = serde_json::json!([]);
+        want["split"] = serde_json::json!([]);
+        let taken = saved.into_previous();
+        assert_eq!(serde_json::to_value(&taken).unwrap(), want);
+        assert_eq!(taken.slots[0].borrowed, vec![3]);
+        assert!(taken.slots[1].borrowed.is_empty());
+        // Without a reserve, a spare of the group's is taken instead.
+        let mut no_reserve = value(CURRENT);
+        no_reserve["slots"][0]["reserves"] = serde_json::json!([]);
+        let taken = serde_json::from_value::<Saved>(no_reserve)
+            .unwrap()
+            .into_previous();
+        let members = serde_json::to_value(&taken).unwrap()["slots"][0]["members"].clone();
+        assert_eq!(
+            members[1],
+            serde_json::json!([6, null, false, false, false])
+        );
+        assert_eq!(taken.slots[0].reserves, vec![1]);
+        assert_eq!(taken.slots[0].borrowed, vec![1]);
+    }
+}
