@@ -19,9 +19,9 @@ impl Steering {
             }
             match s.mode {
                 Mode::Steer => {
-                    for (k, m) in s.members.iter().enumerate() {
+                    for (k, m) in s.group.iter().enumerate() {
                         let raw = m.fd.as_raw_fd();
-                        if (m.owner.is_some() || (k == s.routed && !m.retired))
+                        if (m.owner.is_some() || (k == s.group.routed() && !m.retired))
                             && !self.unwatched.contains(&raw)
                         {
                             out.push((raw, m.fd.as_fd()));
@@ -94,13 +94,13 @@ impl Steering {
                 return ok;
             }
             let Some(k) = self.slots[i]
-                .members
+                .group
                 .iter()
                 .position(|m| m.fd.as_raw_fd() == raw)
             else {
                 continue;
             };
-            if listening(self.slots[i].members[k].fd.as_fd()) {
+            if listening(self.slots[i].group[k].fd.as_fd()) {
                 self.unwatched.insert(raw);
                 return false;
             }
@@ -110,37 +110,24 @@ impl Steering {
             // routed member's new place, or, if the dead one was routed, at
             // the newest member until the replacement generation is ready.
             let slot = &mut self.slots[i];
-            let was_routed = slot.routed == k;
-            let m = slot.members.swap_remove(k);
-            let last = slot.members.len();
-            if slot.routed == last {
-                slot.routed = k;
-            }
+            let was_routed = slot.group.routed() == k;
+            let m = slot.group.remove(k);
             if was_routed {
                 // The newest generation's socket (it is starting, or about
                 // to be replaced by the generation started below), never a
                 // spare or a socket of a gone generation.
-                slot.routed = slot
-                    .members
+                let newest = slot
+                    .group
                     .iter()
                     .enumerate()
                     .filter(|(_, m)| !m.spare && !m.retired && m.owner.is_some())
                     .max_by_key(|(_, m)| m.owner)
                     .map_or(0, |(j, _)| j);
-            }
-            if let Some((port, j)) = slot.probe {
-                slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
+                slot.group.set_routed(newest);
             }
             let owner = m.owner;
             drop(m);
-            if self.slots[i].members.is_empty() {
-                self.slots[i].attached.clear();
-            } else if let Err(e) = self.attach(i) {
-                notices.push(Notice::Failed {
-                    listener: self.slots[i].listener.name.clone(),
-                    why: format!("attach the program: {e}"),
-                });
-            }
+            self.attach_after_leave(i, notices);
             notices.push(Notice::Relistened {
                 listener: self.slots[i].listener.name.clone(),
                 generation: owner,

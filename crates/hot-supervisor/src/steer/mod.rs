@@ -55,6 +55,7 @@ use crate::machine::Generation;
 
 mod bpf;
 mod fetch;
+mod group;
 mod hangup;
 mod saved;
 mod strangers;
@@ -62,6 +63,7 @@ mod strangers;
 pub use saved::Saved;
 
 use bpf::{attach_cbpf, program};
+use group::Group;
 use strangers::{describe_holders, foreign_sockets, inode};
 
 /// How a listener is handed to the generations.
@@ -136,12 +138,10 @@ impl Member {
 struct Slot {
     listener: Listener,
     mode: Mode,
-    /// Steer mode: the members in the kernel's order (index = position).
-    members: Vec<Member>,
-    /// Steer mode: the index of the member that takes new connections.
-    routed: usize,
-    /// A probe's source port and the member index it goes to.
-    probe: Option<(u16, usize)>,
+    /// Steer mode: the reuseport group's members in the kernel's order,
+    /// the routed one, the probe's, the program attached. (Shared mode:
+    /// none, or the one member of a listener that fell back from steering.)
+    group: Group<Member>,
     /// TCP (else UDP).
     stream: bool,
     /// Where new members bind.
@@ -152,10 +152,6 @@ struct Slot {
     /// A shared TCP listener's address, to bind it again if a server
     /// shuts it down.
     shared_addr: Option<SocketAddr>,
-    /// The program last attached to the group, as the kernel holds it (it
-    /// keeps one per group, through members joining and leaving): an
-    /// attach that would change nothing is skipped. Empty: unknown.
-    attached: Vec<(u16, u8, u8, u32)>,
 }
 
 impl Notice {
@@ -197,7 +193,7 @@ impl Slot {
     /// The one socket of a shared listener: the listener's own, or, for a
     /// listener that fell back from steering, the routed member.
     fn shared_fd(&self) -> BorrowedFd<'_> {
-        match self.members.get(self.routed) {
+        match self.group.routed_member() {
             Some(m) => m.fd.as_fd(),
             None => self.listener.fd(),
         }
@@ -282,7 +278,7 @@ impl Steering {
         self.held = true;
         // The other supervisor attaches programs of its own from now on.
         for s in &mut self.slots {
-            s.attached.clear();
+            s.group.forget_program();
         }
     }
 
@@ -331,7 +327,7 @@ impl Steering {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
                     && !s.frozen
-                    && s.members.iter().any(|m| m.owner == Some(PREVIOUS))
+                    && s.group.iter().any(|m| m.owner == Some(PREVIOUS))
             })
             .collect();
         self.screen(&closing, notices);
@@ -340,7 +336,7 @@ impl Steering {
             let slot = &mut self.slots[i];
             if slot.mode != Mode::Steer {
                 // Frozen or shared: nothing is closed.
-                for m in &mut slot.members {
+                for m in slot.group.iter_mut() {
                     m.borrowed = false;
                     if m.owner == Some(PREVIOUS) {
                         m.owner = None;
@@ -348,9 +344,9 @@ impl Steering {
                 }
                 continue;
             }
-            let routed = slot.routed;
+            let routed = slot.group.routed();
             let mut any = false;
-            for (k, m) in slot.members.iter_mut().enumerate() {
+            for (k, m) in slot.group.iter_mut().enumerate() {
                 m.borrowed = false;
                 if m.owner != Some(PREVIOUS) {
                     continue;
@@ -413,7 +409,7 @@ impl Steering {
             return false;
         }
         let lacking =
-            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.members.iter().any(|m| m.reserve);
+            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.group.iter().any(|m| m.reserve);
         // A spare listens in the group and has received nothing: it becomes
         // the reserve, with no fd more.
         for slot in self.slots.iter_mut() {
@@ -421,7 +417,7 @@ impl Steering {
                 continue;
             }
             if let Some(m) = slot
-                .members
+                .group
                 .iter_mut()
                 .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
             {
@@ -438,7 +434,7 @@ impl Steering {
         // for a reload that joins a new member for every steered listener,
         // with a margin for everything else (control connections, notify
         // sockets, pipes): a reserve must never be why something fails.
-        let held: usize = self.slots.iter().map(|s| s.members.len().max(1)).sum();
+        let held: usize = self.slots.iter().map(|s| s.group.len().max(1)).sum();
         let steered = self.slots.iter().filter(|s| s.mode == Mode::Steer).count();
         let limit = open_files_limit();
         if held + missing + steered + FD_MARGIN > limit {
@@ -457,7 +453,7 @@ impl Steering {
         let mut left = false;
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer || slot.frozen || slot.members.iter().any(|m| m.reserve) {
+            if slot.mode != Mode::Steer || slot.frozen || slot.group.iter().any(|m| m.reserve) {
                 continue;
             }
             if made == budget {
@@ -466,7 +462,7 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member {
+                    self.slots[i].group.push(Member {
                         reserve: true,
                         ..Member::new(fd, None)
                     });
@@ -560,7 +556,7 @@ impl Steering {
     pub fn open(&mut self, spec: &crate::listen::Spec) -> Result<usize, String> {
         if let Some(i) = self.slots.iter().position(|s| s.listener.name == spec.name) {
             let slot = &self.slots[i];
-            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+            let fd = match (&slot.mode, slot.group.routed_member()) {
                 (Mode::Steer, Some(m)) => m.fd.as_fd(),
                 _ => slot.shared_fd(),
             };
@@ -601,7 +597,7 @@ impl Steering {
     pub fn agreeing(&self, addr: &crate::listen::Addr, taken: &BTreeSet<usize>) -> Option<usize> {
         (0..self.slots.len()).find(|i| {
             let slot = &self.slots[*i];
-            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+            let fd = match (&slot.mode, slot.group.routed_member()) {
                 (Mode::Steer, Some(m)) => m.fd.as_fd(),
                 _ => slot.shared_fd(),
             };
@@ -636,22 +632,23 @@ impl Steering {
             }
             // Another worker of `g`: the generation's socket is shared by
             // its workers.
-            if slot.members.iter().any(|m| m.owner == Some(g)) {
+            if slot.group.iter().any(|m| m.owner == Some(g)) {
                 continue;
             }
             if slot
-                .members
-                .get(slot.routed)
+                .group
+                .routed_member()
                 .is_some_and(|m| m.owner.is_none() && !m.retired)
             {
-                slot.members[slot.routed].owner = Some(g);
+                let routed = slot.group.routed();
+                slot.group[routed].owner = Some(g);
                 continue;
             }
             if slot.frozen {
                 continue;
             }
             // The socket made ahead of time: nothing to ask of the kernel.
-            if let Some(m) = slot.members.iter_mut().find(|m| m.reserve) {
+            if let Some(m) = slot.group.iter_mut().find(|m| m.reserve) {
                 m.reserve = false;
                 m.owner = Some(g);
                 // While it is not routed the routed member may be the last
@@ -666,7 +663,7 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member::new(fd, Some(g)));
+                    self.slots[i].group.push(Member::new(fd, Some(g)));
                     // The routed member is no longer the last one: sockets
                     // retired meanwhile can go without moving it.
                     self.flush_retired(i, notices);
@@ -687,8 +684,8 @@ impl Steering {
         // A group found frozen just now gives `g` the routed socket (below),
         // not the member that joined for it: that one is not `g`'s.
         for slot in self.slots.iter_mut().filter(|s| s.mode != Mode::Steer) {
-            let routed = slot.routed;
-            for (k, m) in slot.members.iter_mut().enumerate() {
+            let routed = slot.group.routed();
+            for (k, m) in slot.group.iter_mut().enumerate() {
                 if k != routed && m.owner == Some(g) {
                     m.owner = None;
                 }
@@ -698,8 +695,8 @@ impl Steering {
             .iter()
             .map(|slot| match slot.mode {
                 Mode::Steer => {
-                    let own = slot.members.iter().find(|m| m.owner == Some(g));
-                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                    let own = slot.group.iter().find(|m| m.owner == Some(g));
+                    own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
                 Mode::Shared(_) => slot.shared_fd(),
             })
@@ -719,13 +716,13 @@ impl Steering {
             if slot.mode != Mode::Steer && !slot.frozen {
                 continue;
             }
-            let Some(k) = slot.members.iter().position(|m| m.owner == Some(g)) else {
+            let Some(k) = slot.group.iter().position(|m| m.owner == Some(g)) else {
                 continue;
             };
-            if k != slot.routed {
-                slot.routed = k;
-                if slot.probe.is_some_and(|(_, j)| j == k) {
-                    slot.probe = None;
+            if k != slot.group.routed() {
+                slot.group.set_routed(k);
+                if slot.group.probe().is_some_and(|(_, j)| j == k) {
+                    slot.group.set_probe(None);
                 }
                 changed.push(i);
             }
@@ -734,8 +731,8 @@ impl Steering {
             }
             // An orphan: the crashed generation's socket, replaced by a
             // generation that was already starting.
-            let routed = self.slots[i].routed;
-            for m in self.slots[i].members.iter_mut().enumerate() {
+            let routed = self.slots[i].group.routed();
+            for m in self.slots[i].group.iter_mut().enumerate() {
                 if m.0 != routed && m.1.owner.is_none() && !m.1.pinned && !m.1.reserve {
                     m.1.retired = true;
                 }
@@ -775,7 +772,7 @@ impl Steering {
     pub fn owners(&self) -> BTreeSet<Generation> {
         self.slots
             .iter()
-            .flat_map(|s| s.members.iter().filter_map(|m| m.owner))
+            .flat_map(|s| s.group.iter().filter_map(|m| m.owner))
             .collect()
     }
 
@@ -795,10 +792,10 @@ impl Steering {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
                     && !s.frozen
-                    && s.members
+                    && s.group
                         .iter()
                         .enumerate()
-                        .any(|(k, m)| m.owner == Some(g) && k != s.routed && !m.pinned)
+                        .any(|(k, m)| m.owner == Some(g) && k != s.group.routed() && !m.pinned)
             })
             .collect();
         self.screen(&closing, notices);
@@ -807,34 +804,30 @@ impl Steering {
             if self.slots[i].mode != Mode::Steer {
                 continue;
             }
-            let Some(k) = self.slots[i]
-                .members
-                .iter()
-                .position(|m| m.owner == Some(g))
-            else {
+            let Some(k) = self.slots[i].group.iter().position(|m| m.owner == Some(g)) else {
                 continue;
             };
-            if k == self.slots[i].routed {
-                self.slots[i].members[k].owner = None;
+            if k == self.slots[i].group.routed() {
+                self.slots[i].group[k].owner = None;
                 continue;
             }
             if self.slots[i].frozen {
                 // Keep it open: closing would move members around in a
                 // group where a stranger's position is unknown.
-                self.slots[i].members[k].owner = None;
+                self.slots[i].group[k].owner = None;
                 continue;
             }
-            if self.slots[i].members[k].borrowed {
+            if self.slots[i].group[k].borrowed {
                 // The previous supervisor's too: closed once it is gone.
-                self.slots[i].members[k].owner = Some(PREVIOUS);
+                self.slots[i].group[k].owner = Some(PREVIOUS);
                 continue;
             }
-            self.slots[i].members[k].owner = None;
-            if self.slots[i].members[k].pinned {
+            self.slots[i].group[k].owner = None;
+            if self.slots[i].group[k].pinned {
                 // Handed out (UDP): it stays, receiving nothing.
                 continue;
             }
-            self.slots[i].members[k].retired = true;
+            self.slots[i].group[k].retired = true;
             if self.flush_retired(i, notices) {
                 changed.push(i);
             }
@@ -867,32 +860,29 @@ impl Steering {
     fn flush_retired(&mut self, i: usize, notices: &mut Vec<Notice>) -> bool {
         let mut changed = false;
         // Each pass closes one member or ends: bounded by the member count.
-        for _ in 0..=self.slots[i].members.len() * 2 {
+        for _ in 0..=self.slots[i].group.len() * 2 {
             let slot = &self.slots[i];
-            let Some(last) = slot.members.len().checked_sub(1) else {
+            let Some(last) = slot.group.len().checked_sub(1) else {
                 break;
             };
             // A member that no longer listens has left the group already
             // (a server shut it down): closing it moves nothing.
             let safe = |k: usize| {
-                k == last || slot.routed != last || !listening(slot.members[k].fd.as_fd())
+                k == last || slot.group.routed() != last || !listening(slot.group[k].fd.as_fd())
             };
-            if let Some(k) = (0..=last)
-                .rev()
-                .find(|&k| slot.members[k].retired && safe(k))
-            {
+            if let Some(k) = (0..=last).rev().find(|&k| slot.group[k].retired && safe(k)) {
                 self.remove(i, k, notices);
                 changed = true;
                 continue;
             }
             // A retired member (not a spare) that only the spare can free.
-            let Some(k) = (0..=last).find(|&k| slot.members[k].retired && !slot.members[k].spare)
+            let Some(k) = (0..=last).find(|&k| slot.group[k].retired && !slot.group[k].spare)
             else {
                 break;
             };
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member {
+                    self.slots[i].group.push(Member {
                         retired: true,
                         spare: true,
                         ..Member::new(fd, None)
@@ -946,10 +936,10 @@ impl Steering {
             .iter()
             .filter(|s| s.mode == Mode::Steer || s.frozen)
             .flat_map(|s| {
-                s.members
+                s.group
                     .iter()
                     .enumerate()
-                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.routed)
+                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.group.routed())
                     .map(move |(_, m)| queue_length(m.fd.as_fd(), s.stream))
             })
             .sum()
@@ -964,7 +954,7 @@ impl Steering {
             .iter()
             .filter(|s| s.mode == Mode::Steer || s.frozen)
         {
-            for m in s.members.iter().filter(|m| m.owner == Some(g)) {
+            for m in s.group.iter().filter(|m| m.owner == Some(g)) {
                 any = true;
                 n += queue_length(m.fd.as_fd(), s.stream);
             }
@@ -981,7 +971,7 @@ impl Steering {
     /// The reserve in listener `i`'s group (0 or 1): the member made ahead
     /// of time for the next generation.
     pub fn reserves(&self, i: usize) -> u32 {
-        self.slots[i].members.iter().filter(|m| m.reserve).count() as u32
+        self.slots[i].group.iter().filter(|m| m.reserve).count() as u32
     }
 
     /// The spare sockets in listener `i`'s group: the supervisor's own
@@ -989,7 +979,7 @@ impl Steering {
     /// the next generation).
     pub fn spares(&self, i: usize) -> u32 {
         self.slots[i]
-            .members
+            .group
             .iter()
             .filter(|m| m.spare || m.reserve)
             .count() as u32
@@ -999,7 +989,7 @@ impl Steering {
     pub fn serving_queues(&self) -> Vec<u64> {
         self.slots
             .iter()
-            .map(|s| match (s.members.get(s.routed), s.listener.fd_opt()) {
+            .map(|s| match (s.group.routed_member(), s.listener.fd_opt()) {
                 (Some(m), _) => queue_length(m.fd.as_fd(), s.stream),
                 (None, Some(fd)) => {
                     let stream =
@@ -1015,7 +1005,7 @@ impl Steering {
     /// index and the address to connect to.
     pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {
         self.slots.iter().enumerate().find_map(|(i, s)| {
-            let own = s.members.iter().any(|m| m.owner == Some(g));
+            let own = s.group.iter().any(|m| m.owner == Some(g));
             (s.mode == Mode::Steer && s.stream && own).then(|| (i, connect_addr(s.addr)))
         })
     }
@@ -1024,20 +1014,21 @@ impl Steering {
     /// socket (a readiness probe); `None` ends the exception.
     pub fn set_probe(&mut self, i: usize, rule: Option<(u16, Generation)>) -> Result<()> {
         let slot = &mut self.slots[i];
-        slot.probe = match rule {
+        let probe = match rule {
             Some((port, g)) => {
-                let k = slot.members.iter().position(|m| m.owner == Some(g));
+                let k = slot.group.iter().position(|m| m.owner == Some(g));
                 Some((port, k.context("the generation has no socket of its own")?))
             }
             None => None,
         };
+        slot.group.set_probe(probe);
         Ok(self.attach(i)?)
     }
 
     /// `g`'s own socket of listener `i`, and whether it is TCP.
     pub fn socket_of(&self, i: usize, g: Generation) -> Option<BorrowedFd<'_>> {
         let s = &self.slots[i];
-        s.members
+        s.group
             .iter()
             .find(|m| m.owner == Some(g))
             .map(|m| m.fd.as_fd())
@@ -1051,7 +1042,7 @@ impl Steering {
             if let Some(fd) = s.listener.fd_opt() {
                 set.extend(inode(fd));
             }
-            for m in &s.members {
+            for m in s.group.iter() {
                 set.extend(m.ino);
             }
         }
@@ -1095,18 +1086,11 @@ impl Steering {
         Ok(fd)
     }
 
-    /// Close member `k` of slot `i`, mirroring the kernel: the last member
-    /// moves into its slot.
+    /// Close member `k` of slot `i`: it leaves the group, and the group's
+    /// mirror follows the kernel (see [`Group::remove`]).
     fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
         let slot = &mut self.slots[i];
-        let m = slot.members.swap_remove(k);
-        let last = slot.members.len();
-        if slot.routed == last {
-            slot.routed = k;
-        }
-        if let Some((port, j)) = slot.probe {
-            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
-        }
+        let m = slot.group.remove(k);
         self.unwatched.remove(&m.fd.as_raw_fd());
         let slot = &mut self.slots[i];
         let queued = queue_length(m.fd.as_fd(), slot.stream);
@@ -1127,10 +1111,16 @@ impl Steering {
         // and draining generations too) until the program follows. So it
         // follows at once, before anything else (the stranger check reads
         // every listening socket of the machine).
-        if self.slots[i].members.is_empty() {
-            // The group is gone, and its program with it.
-            self.slots[i].attached.clear();
-        } else if let Err(e) = self.attach(i) {
+        self.attach_after_leave(i, notices);
+    }
+
+    /// After a member left slot `i`'s group: attach the program that routes
+    /// by the new indices (an empty group has none: it went with the group).
+    fn attach_after_leave(&mut self, i: usize, notices: &mut Vec<Notice>) {
+        if self.slots[i].group.is_empty() {
+            return;
+        }
+        if let Err(e) = self.attach(i) {
             notices.push(Notice::Failed {
                 listener: self.slots[i].listener.name.clone(),
                 why: format!("attach the program: {e}"),
@@ -1185,7 +1175,7 @@ impl Steering {
         let slot = &mut self.slots[i];
         slot.frozen = true;
         slot.mode = Mode::Shared("another process joined its reuseport group".into());
-        slot.probe = None;
+        slot.group.set_probe(None);
         // Owners stay: a generation already started holds its own socket
         // and accepts on nothing else, so it is routed there when ready
         // (best effort: a member that joined after the stranger may not be
@@ -1209,23 +1199,24 @@ impl Steering {
         let s = &mut self.slots[i];
         // Any member attaches the program to the whole group; an empty
         // group has nothing to route (its next member gets the program).
-        let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
-            s.attached.clear();
+        let Some(m) = s.group.routed_member().or(s.group.first()) else {
+            s.group.forget_program();
             return Ok(());
         };
         let prog = program(
-            s.routed as u32,
+            s.group.routed() as u32,
             &weights,
-            s.probe.map(|(p, k)| (p, k as u32)),
+            s.group.probe().map(|(p, k)| (p, k as u32)),
         );
-        let key: Vec<(u16, u8, u8, u32)> = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
-        if key == s.attached {
+        let key: group::Program = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
+        if key == *s.group.attached() {
             return Ok(());
         }
-        s.attached.clear();
-        attach_cbpf(m.fd.as_fd(), &prog)?;
-        s.attached = key;
-        Ok(())
+        let r = attach_cbpf(m.fd.as_fd(), &prog);
+        // A failed attach leaves the kernel's program unknown.
+        s.group
+            .set_attached(if r.is_ok() { key } else { Vec::new() });
+        r
     }
 
     /// Slot `i`'s members and their weights under the current split: each
@@ -1239,7 +1230,7 @@ impl Steering {
             .filter(|(_, w)| *w > 0)
             .filter_map(|(g, w)| {
                 let k = s
-                    .members
+                    .group
                     .iter()
                     .position(|m| m.owner == Some(*g) && !m.retired)?;
                 Some((k as u32, *w))
@@ -1283,15 +1274,12 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
             Slot {
                 listener,
                 mode: Mode::Steer,
-                members: vec![Member::new(fd, None)],
-                routed: 0,
-                probe: None,
+                group: Group::new(vec![Member::new(fd, None)], 0, None),
                 stream,
                 addr,
                 v6only,
                 frozen: false,
                 shared_addr: None,
-                attached: Vec::new(),
             }
         }
         Err(why) => {
@@ -1302,14 +1290,11 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 stream: tcp.is_some(),
                 listener,
                 mode: Mode::Shared(why),
-                members: Vec::new(),
-                routed: 0,
-                probe: None,
+                group: Group::none(),
                 addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
                 v6only: tcp.is_some_and(|(_, only)| only),
                 frozen: false,
                 shared_addr: tcp.map(|(a, _)| a),
-                attached: Vec::new(),
             }
         }
     }

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 
 use nix::sys::socket::Backlog;
 
-use super::{Member, Mode, PREVIOUS, Slot, Steering};
+use super::{Group, Member, Mode, PREVIOUS, Slot, Steering};
 use crate::listen::{Listener, SocketOptions};
 use crate::machine::Generation;
 
@@ -94,23 +94,21 @@ impl Steering {
                     listener: s.listener.save(keep),
                     mode: s.mode.clone(),
                     members: s
-                        .members
+                        .group
                         .iter()
                         .map(|m| {
                             let fd = keep.fd(m.fd.as_fd());
                             (fd, m.owner, m.retired, m.spare, m.pinned)
                         })
                         .collect(),
-                    routed: s.routed,
-                    probe: s.probe,
+                    routed: s.group.routed(),
+                    probe: s.group.probe(),
                     stream: s.stream,
                     addr: s.addr,
                     v6only: s.v6only,
                     frozen: s.frozen,
                     shared_addr: s.shared_addr,
-                    reserves: (0..s.members.len())
-                        .filter(|&k| s.members[k].reserve)
-                        .collect(),
+                    reserves: (0..s.group.len()).filter(|&k| s.group[k].reserve).collect(),
                     borrowed: Vec::new(),
                 })
                 .collect(),
@@ -134,27 +132,27 @@ impl Steering {
             .map(|s| Slot {
                 listener: Listener::restore(s.listener, adopt),
                 mode: s.mode,
-                members: s
-                    .members
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, (fd, owner, retired, spare, pinned))| Member {
-                        reserve: s.reserves.contains(&k) && owner.is_none(),
-                        borrowed: s.borrowed.contains(&k),
-                        retired,
-                        spare,
-                        pinned,
-                        ..Member::new(adopt.take(fd), owner)
-                    })
-                    .collect(),
-                routed: s.routed,
-                probe: s.probe,
+                group: Group::new(
+                    s.members
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (fd, owner, retired, spare, pinned))| Member {
+                            reserve: s.reserves.contains(&k) && owner.is_none(),
+                            borrowed: s.borrowed.contains(&k),
+                            retired,
+                            spare,
+                            pinned,
+                            ..Member::new(adopt.take(fd), owner)
+                        })
+                        .collect(),
+                    s.routed,
+                    s.probe,
+                ),
                 stream: s.stream,
                 addr: s.addr,
                 v6only: s.v6only,
                 frozen: s.frozen,
                 shared_addr: s.shared_addr,
-                attached: Vec::new(),
             })
             .collect();
         Steering {
