@@ -1017,8 +1017,7 @@ impl Driver {
         // reaped processes are forgotten only after the actions, whose
         // reports name their pids.)
         for g in self.parts.steering.owners() {
-            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.live(g)
-            {
+            if !self.machine.knows(g) && !self.parts.children.live(g) {
                 self.parts.steering.release(g, &mut self.notices);
             }
         }
@@ -1165,8 +1164,7 @@ impl Driver {
             });
         }
         for g in self.parts.steering.owners() {
-            if g != crate::steer::PREVIOUS && !self.machine.knows(g) && !self.parts.children.has(g)
-            {
+            if !self.machine.knows(g) && !self.parts.children.has(g) {
                 self.parts.steering.release(g, &mut self.notices);
                 if let Some(p) = &mut self.parts.prober {
                     p.cancel(g, &mut self.parts.steering);

@@ -69,7 +69,9 @@ impl Steering {
             if let (Mode::Steer, Some(m)) = (&slot.mode, slot.group.get_mut(routed)) {
                 // A UDP member stays in the group as long as anyone holds
                 // it (only a TCP member leaves at shutdown()).
-                m.pinned |= !slot.stream;
+                if !slot.stream {
+                    m.role.pin();
+                }
             }
             let slot = &self.slots[i];
             let fd = match (&slot.mode, slot.group.get(routed)) {
@@ -94,7 +96,7 @@ impl Steering {
             let slot = &self.slots[i];
             let fd = match slot.mode {
                 Mode::Steer => {
-                    let own = slot.group.iter().find(|m| m.owner == Some(g));
+                    let own = slot.group.iter().find(|m| m.role.held_by(g));
                     own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
                 Mode::Shared(_) => slot.shared_fd(),

@@ -21,7 +21,8 @@ impl Steering {
                 Mode::Steer => {
                     for (k, m) in s.group.iter().enumerate() {
                         let raw = m.fd.as_raw_fd();
-                        if (m.owner.is_some() || (k == s.group.routed() && !m.retired))
+                        if (m.role.owner() != Owner::Nobody
+                            || (k == s.group.routed() && !m.role.is_retired()))
                             && !self.unwatched.contains(&raw)
                         {
                             out.push((raw, m.fd.as_fd()));
@@ -70,7 +71,7 @@ impl Steering {
                     self.unwatched.insert(raw);
                     notices.push(Notice::Relistened {
                         listener: name,
-                        generation: None,
+                        owner: Owner::Nobody,
                         failed: Some("another process holds sockets on its port".into()),
                     });
                     return false;
@@ -88,7 +89,7 @@ impl Steering {
                 let ok = failed.is_none();
                 notices.push(Notice::Relistened {
                     listener: name,
-                    generation: None,
+                    owner: Owner::Nobody,
                     failed,
                 });
                 return ok;
@@ -120,17 +121,17 @@ impl Steering {
                     .group
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| !m.spare && !m.retired && m.owner.is_some())
-                    .max_by_key(|(_, m)| m.owner)
+                    .filter(|(_, m)| m.role.owner() != Owner::Nobody)
+                    .max_by_key(|(_, m)| m.role.generation())
                     .map_or(0, |(j, _)| j);
                 slot.group.set_routed(newest);
             }
-            let owner = m.owner;
+            let owner = m.role.owner();
             drop(m);
             self.attach_after_leave(i, notices);
             notices.push(Notice::Relistened {
                 listener: self.slots[i].listener.name.clone(),
-                generation: owner,
+                owner,
                 failed: None,
             });
             return was_routed;

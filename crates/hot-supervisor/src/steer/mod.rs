@@ -57,6 +57,7 @@ mod bpf;
 mod fetch;
 mod group;
 mod hangup;
+mod member;
 mod saved;
 mod strangers;
 
@@ -64,6 +65,8 @@ pub use saved::Saved;
 
 use bpf::{attach_cbpf, program};
 use group::Group;
+pub use member::Owner;
+use member::{Member, Role};
 use strangers::{describe_holders, foreign_sockets, inode};
 
 /// How a listener is handed to the generations.
@@ -81,54 +84,6 @@ impl Mode {
         match self {
             Mode::Steer => "steer",
             Mode::Shared(_) => "shared",
-        }
-    }
-}
-
-/// One socket of a group.
-#[derive(Debug)]
-struct Member {
-    fd: OwnedFd,
-    /// The generation it belongs to; `None` once that generation is gone
-    /// (a routed socket waiting for the crash restart that takes it over).
-    owner: Option<Generation>,
-    /// Its generation is gone and nothing is routed to it: it is closed as
-    /// soon as that moves no routed member (see [`Steering::flush_retired`]).
-    retired: bool,
-    /// A socket of the supervisor's own that only stands in the group so
-    /// that a leaving member's slot is filled by it rather than by the
-    /// routed member; retired from the start, never routed.
-    spare: bool,
-    /// A UDP socket handed out over the control socket (`fds`): never
-    /// closed while the supervisor runs, since the holder keeps it bound
-    /// and in the group, where closing our copy would shift the mirror of
-    /// the group's order.
-    pinned: bool,
-    /// The next generation's socket, made ahead of time (see
-    /// [`Steering::replenish`]): in the group, owned by nobody, never
-    /// routed, so it receives nothing until a generation takes it.
-    reserve: bool,
-    /// Its inode (for the stranger check), read once.
-    ino: Option<u64>,
-    /// The previous supervisor's reserve or spare, taken over for this
-    /// one's first generation: the previous supervisor holds it too, and
-    /// may yet carry on with it (if that generation fails), so it is never
-    /// closed here before the previous supervisor is gone (a `shutdown`
-    /// would end it for both).
-    borrowed: bool,
-}
-
-impl Member {
-    fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
-        Member {
-            ino: inode(fd.as_fd()),
-            fd,
-            owner,
-            retired: false,
-            spare: false,
-            pinned: false,
-            reserve: false,
-            borrowed: false,
         }
     }
 }
@@ -169,12 +124,13 @@ impl Notice {
             ),
             Notice::Relistened {
                 listener,
-                generation,
+                owner,
                 failed,
             } => {
-                let whose = match generation {
-                    Some(g) => format!("{g}'s socket"),
-                    None => "the shared socket".to_string(),
+                let whose = match owner {
+                    Owner::Generation(g) => format!("{g}'s socket"),
+                    Owner::Previous => "the previous supervisor's socket".to_string(),
+                    Owner::Nobody => "the shared socket".to_string(),
                 };
                 match failed {
                     None => log::warn!(
@@ -231,8 +187,9 @@ pub enum Notice {
     Relistened {
         /// The listener's name.
         listener: String,
-        /// The generation it belongs to, if any (none: a shared socket).
-        generation: Option<Generation>,
+        /// Who held it (nobody: a shared socket, or a routed one of a gone
+        /// generation).
+        owner: Owner,
         /// `None` if listening again worked, else why not.
         failed: Option<String>,
     },
@@ -266,11 +223,6 @@ pub struct Steering {
     /// strangers (see [`Steering::replenish`]).
     unscreened: Vec<usize>,
 }
-
-/// The owner, in a supervisor that took the sockets over, of every socket
-/// the previous supervisor's generations held (its own generations count
-/// from 1).
-pub const PREVIOUS: Generation = Generation(0);
 
 impl Steering {
     /// Another supervisor takes the sockets over: change no group from now.
@@ -327,7 +279,7 @@ impl Steering {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
                     && !s.frozen
-                    && s.group.iter().any(|m| m.owner == Some(PREVIOUS))
+                    && s.group.iter().any(|m| m.role.owner() == Owner::Previous)
             })
             .collect();
         self.screen(&closing, notices);
@@ -337,25 +289,14 @@ impl Steering {
             if slot.mode != Mode::Steer {
                 // Frozen or shared: nothing is closed.
                 for m in slot.group.iter_mut() {
-                    m.borrowed = false;
-                    if m.owner == Some(PREVIOUS) {
-                        m.owner = None;
-                    }
+                    m.role.previous_gone(false);
                 }
                 continue;
             }
             let routed = slot.group.routed();
             let mut any = false;
             for (k, m) in slot.group.iter_mut().enumerate() {
-                m.borrowed = false;
-                if m.owner != Some(PREVIOUS) {
-                    continue;
-                }
-                m.owner = None;
-                if k != routed && !m.pinned {
-                    m.retired = true;
-                    any = true;
-                }
+                any |= m.role.previous_gone(k != routed);
             }
             if any && self.flush_retired(i, notices) {
                 changed.push(i);
@@ -408,8 +349,9 @@ impl Steering {
         if self.no_reserves {
             return false;
         }
-        let lacking =
-            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.group.iter().any(|m| m.reserve);
+        let lacking = |s: &Slot| {
+            s.mode == Mode::Steer && !s.frozen && !s.group.iter().any(|m| m.role.is_reserve())
+        };
         // A spare listens in the group and has received nothing: it becomes
         // the reserve, with no fd more.
         for slot in self.slots.iter_mut() {
@@ -419,11 +361,9 @@ impl Steering {
             if let Some(m) = slot
                 .group
                 .iter_mut()
-                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
+                .find(|m| m.role.is_spare() && listening(m.fd.as_fd()))
             {
-                m.spare = false;
-                m.retired = false;
-                m.reserve = true;
+                m.role = Role::RESERVE;
             }
         }
         let missing = self.slots.iter().filter(|s| lacking(s)).count();
@@ -453,7 +393,10 @@ impl Steering {
         let mut left = false;
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer || slot.frozen || slot.group.iter().any(|m| m.reserve) {
+            if slot.mode != Mode::Steer
+                || slot.frozen
+                || slot.group.iter().any(|m| m.role.is_reserve())
+            {
                 continue;
             }
             if made == budget {
@@ -462,10 +405,7 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].group.push(Member {
-                        reserve: true,
-                        ..Member::new(fd, None)
-                    });
+                    self.slots[i].group.push(Member::new(fd, Role::RESERVE));
                     made += 1;
                     changed.push(i);
                 }
@@ -632,25 +572,19 @@ impl Steering {
             }
             // Another worker of `g`: the generation's socket is shared by
             // its workers.
-            if slot.group.iter().any(|m| m.owner == Some(g)) {
+            if slot.group.iter().any(|m| m.role.held_by(g)) {
                 continue;
             }
-            if slot
-                .group
-                .routed_member()
-                .is_some_and(|m| m.owner.is_none() && !m.retired)
-            {
-                let routed = slot.group.routed();
-                slot.group[routed].owner = Some(g);
+            let routed = slot.group.routed();
+            if slot.group.get_mut(routed).is_some_and(|m| m.role.take(g)) {
                 continue;
             }
             if slot.frozen {
                 continue;
             }
             // The socket made ahead of time: nothing to ask of the kernel.
-            if let Some(m) = slot.group.iter_mut().find(|m| m.reserve) {
-                m.reserve = false;
-                m.owner = Some(g);
+            if let Some(m) = slot.group.iter_mut().find(|m| m.role.is_reserve()) {
+                m.role.take(g);
                 // While it is not routed the routed member may be the last
                 // one no more: spare sockets left behind while it was can
                 // go now, as when a new member joins (below). After the
@@ -663,7 +597,9 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].group.push(Member::new(fd, Some(g)));
+                    self.slots[i]
+                        .group
+                        .push(Member::new(fd, Role::live(Owner::Generation(g))));
                     // The routed member is no longer the last one: sockets
                     // retired meanwhile can go without moving it.
                     self.flush_retired(i, notices);
@@ -686,8 +622,8 @@ impl Steering {
         for slot in self.slots.iter_mut().filter(|s| s.mode != Mode::Steer) {
             let routed = slot.group.routed();
             for (k, m) in slot.group.iter_mut().enumerate() {
-                if k != routed && m.owner == Some(g) {
-                    m.owner = None;
+                if k != routed && m.role.held_by(g) {
+                    m.role.disown();
                 }
             }
         }
@@ -695,7 +631,7 @@ impl Steering {
             .iter()
             .map(|slot| match slot.mode {
                 Mode::Steer => {
-                    let own = slot.group.iter().find(|m| m.owner == Some(g));
+                    let own = slot.group.iter().find(|m| m.role.held_by(g));
                     own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
                 Mode::Shared(_) => slot.shared_fd(),
@@ -716,7 +652,7 @@ impl Steering {
             if slot.mode != Mode::Steer && !slot.frozen {
                 continue;
             }
-            let Some(k) = slot.group.iter().position(|m| m.owner == Some(g)) else {
+            let Some(k) = slot.group.iter().position(|m| m.role.held_by(g)) else {
                 continue;
             };
             if k != slot.group.routed() {
@@ -732,9 +668,9 @@ impl Steering {
             // An orphan: the crashed generation's socket, replaced by a
             // generation that was already starting.
             let routed = self.slots[i].group.routed();
-            for m in self.slots[i].group.iter_mut().enumerate() {
-                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned && !m.1.reserve {
-                    m.1.retired = true;
+            for (k, m) in self.slots[i].group.iter_mut().enumerate() {
+                if k != routed {
+                    m.role.retire_orphan();
                 }
             }
             self.flush_retired(i, notices);
@@ -767,12 +703,14 @@ impl Steering {
         }
     }
 
-    /// The generations that still own a socket (for the driver's sweep of
-    /// gone generations).
+    /// The generations of this supervisor's that still hold a socket (for
+    /// the driver's sweep of gone generations; the previous supervisor's
+    /// sockets, after a takeover, are let go by
+    /// [`Steering::release_previous`]).
     pub fn owners(&self) -> BTreeSet<Generation> {
         self.slots
             .iter()
-            .flat_map(|s| s.group.iter().filter_map(|m| m.owner))
+            .flat_map(|s| s.group.iter().filter_map(|m| m.role.generation()))
             .collect()
     }
 
@@ -792,43 +730,33 @@ impl Steering {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
                     && !s.frozen
-                    && s.group
-                        .iter()
-                        .enumerate()
-                        .any(|(k, m)| m.owner == Some(g) && k != s.group.routed() && !m.pinned)
+                    && s.group.iter().enumerate().any(|(k, m)| {
+                        m.role.held_by(g) && k != s.group.routed() && !m.role.pinned()
+                    })
             })
             .collect();
         self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
+            // A frozen group is not changed at all (closing would move
+            // members around in a group where a stranger's position is
+            // unknown): its members keep their owners.
             if self.slots[i].mode != Mode::Steer {
                 continue;
             }
-            let Some(k) = self.slots[i].group.iter().position(|m| m.owner == Some(g)) else {
+            let slot = &mut self.slots[i];
+            let Some(k) = slot.group.iter().position(|m| m.role.held_by(g)) else {
                 continue;
             };
-            if k == self.slots[i].group.routed() {
-                self.slots[i].group[k].owner = None;
+            if k == slot.group.routed() {
+                // A crash: the restart takes it over.
+                slot.group[k].role.disown();
                 continue;
             }
-            if self.slots[i].frozen {
-                // Keep it open: closing would move members around in a
-                // group where a stranger's position is unknown.
-                self.slots[i].group[k].owner = None;
-                continue;
-            }
-            if self.slots[i].group[k].borrowed {
-                // The previous supervisor's too: closed once it is gone.
-                self.slots[i].group[k].owner = Some(PREVIOUS);
-                continue;
-            }
-            self.slots[i].group[k].owner = None;
-            if self.slots[i].group[k].pinned {
-                // Handed out (UDP): it stays, receiving nothing.
-                continue;
-            }
-            self.slots[i].group[k].retired = true;
-            if self.flush_retired(i, notices) {
+            // Retired, unless the previous supervisor holds it too (closed
+            // once it is gone) or it is handed out (UDP: it stays,
+            // receiving nothing).
+            if slot.group[k].role.release() && self.flush_retired(i, notices) {
                 changed.push(i);
             }
         }
@@ -870,23 +798,23 @@ impl Steering {
             let safe = |k: usize| {
                 k == last || slot.group.routed() != last || !listening(slot.group[k].fd.as_fd())
             };
-            if let Some(k) = (0..=last).rev().find(|&k| slot.group[k].retired && safe(k)) {
+            if let Some(k) = (0..=last)
+                .rev()
+                .find(|&k| slot.group[k].role.is_retired() && safe(k))
+            {
                 self.remove(i, k, notices);
                 changed = true;
                 continue;
             }
             // A retired member (not a spare) that only the spare can free.
-            let Some(k) = (0..=last).find(|&k| slot.group[k].retired && !slot.group[k].spare)
+            let Some(k) =
+                (0..=last).find(|&k| slot.group[k].role == Role::Retired { spare: false })
             else {
                 break;
             };
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].group.push(Member {
-                        retired: true,
-                        spare: true,
-                        ..Member::new(fd, None)
-                    });
+                    self.slots[i].group.push(Member::new(fd, Role::SPARE));
                     self.remove(i, k, notices);
                     changed = true;
                 }
@@ -939,7 +867,7 @@ impl Steering {
                 s.group
                     .iter()
                     .enumerate()
-                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.group.routed())
+                    .filter(move |(k, m)| m.role.held_by(g) && *k != s.group.routed())
                     .map(move |(_, m)| queue_length(m.fd.as_fd(), s.stream))
             })
             .sum()
@@ -954,7 +882,7 @@ impl Steering {
             .iter()
             .filter(|s| s.mode == Mode::Steer || s.frozen)
         {
-            for m in s.group.iter().filter(|m| m.owner == Some(g)) {
+            for m in s.group.iter().filter(|m| m.role.held_by(g)) {
                 any = true;
                 n += queue_length(m.fd.as_fd(), s.stream);
             }
@@ -971,7 +899,11 @@ impl Steering {
     /// The reserve in listener `i`'s group (0 or 1): the member made ahead
     /// of time for the next generation.
     pub fn reserves(&self, i: usize) -> u32 {
-        self.slots[i].group.iter().filter(|m| m.reserve).count() as u32
+        self.slots[i]
+            .group
+            .iter()
+            .filter(|m| m.role.is_reserve())
+            .count() as u32
     }
 
     /// The spare sockets in listener `i`'s group: the supervisor's own
@@ -981,7 +913,7 @@ impl Steering {
         self.slots[i]
             .group
             .iter()
-            .filter(|m| m.spare || m.reserve)
+            .filter(|m| m.role.is_spare() || m.role.is_reserve())
             .count() as u32
     }
 
@@ -1005,7 +937,7 @@ impl Steering {
     /// index and the address to connect to.
     pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {
         self.slots.iter().enumerate().find_map(|(i, s)| {
-            let own = s.group.iter().any(|m| m.owner == Some(g));
+            let own = s.group.iter().any(|m| m.role.held_by(g));
             (s.mode == Mode::Steer && s.stream && own).then(|| (i, connect_addr(s.addr)))
         })
     }
@@ -1016,7 +948,7 @@ impl Steering {
         let slot = &mut self.slots[i];
         let probe = match rule {
             Some((port, g)) => {
-                let k = slot.group.iter().position(|m| m.owner == Some(g));
+                let k = slot.group.iter().position(|m| m.role.held_by(g));
                 Some((port, k.context("the generation has no socket of its own")?))
             }
             None => None,
@@ -1030,7 +962,7 @@ impl Steering {
         let s = &self.slots[i];
         s.group
             .iter()
-            .find(|m| m.owner == Some(g))
+            .find(|m| m.role.held_by(g))
             .map(|m| m.fd.as_fd())
     }
 
@@ -1229,10 +1161,7 @@ impl Steering {
             .iter()
             .filter(|(_, w)| *w > 0)
             .filter_map(|(g, w)| {
-                let k = s
-                    .group
-                    .iter()
-                    .position(|m| m.owner == Some(*g) && !m.retired)?;
+                let k = s.group.iter().position(|m| m.role.held_by(*g))?;
                 Some((k as u32, *w))
             })
             .collect();
@@ -1274,7 +1203,7 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
             Slot {
                 listener,
                 mode: Mode::Steer,
-                group: Group::new(vec![Member::new(fd, None)], 0, None),
+                group: Group::new(vec![Member::new(fd, Role::live(Owner::Nobody))], 0, None),
                 stream,
                 addr,
                 v6only,

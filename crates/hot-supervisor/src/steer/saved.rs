@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 
 use nix::sys::socket::Backlog;
 
-use super::{Group, Member, Mode, PREVIOUS, Slot, Steering};
+use super::{Group, Member, Mode, Owner, Role, Slot, Steering};
 use crate::listen::{Listener, SocketOptions};
 use crate::machine::Generation;
 
@@ -28,8 +28,8 @@ pub struct Saved {
 struct SavedSlot {
     listener: crate::listen::Saved,
     mode: Mode,
-    /// (fd, owner, retired, spare, pinned), in the kernel's order.
-    members: Vec<(i32, Option<Generation>, bool, bool, bool)>,
+    /// In the kernel's order.
+    members: Vec<SavedMember>,
     routed: usize,
     probe: Option<(u16, usize)>,
     stream: bool,
@@ -44,6 +44,91 @@ struct SavedSlot {
     /// (indices; never written, set by [`Saved::into_previous`]).
     #[serde(skip)]
     borrowed: Vec<usize>,
+}
+
+/// One member as saved. Written as the tuple `(fd, owner, retired, spare,
+/// pinned)`, as every earlier version wrote it (see [`MemberWire`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "MemberWire", into = "MemberWire")]
+struct SavedMember {
+    /// Its number in the state's fds.
+    fd: i32,
+    owner: Owner,
+    retired: bool,
+    spare: bool,
+    pinned: bool,
+}
+
+/// A member as written: (fd, owner, retired, spare, pinned), the owner
+/// `null` for nobody, and [`PREVIOUS`] for the previous supervisor's.
+type MemberWire = (i32, Option<Generation>, bool, bool, bool);
+
+/// The owner written for the previous supervisor's sockets, after a
+/// takeover (this supervisor's generations count from 1).
+const PREVIOUS: Generation = Generation(0);
+
+impl From<MemberWire> for SavedMember {
+    fn from((fd, owner, retired, spare, pinned): MemberWire) -> SavedMember {
+        let owner = match owner {
+            None => Owner::Nobody,
+            Some(PREVIOUS) => Owner::Previous,
+            Some(g) => Owner::Generation(g),
+        };
+        SavedMember {
+            fd,
+            owner,
+            retired,
+            spare,
+            pinned,
+        }
+    }
+}
+
+impl From<SavedMember> for MemberWire {
+    fn from(m: SavedMember) -> MemberWire {
+        let owner = match m.owner {
+            Owner::Nobody => None,
+            Owner::Previous => Some(PREVIOUS),
+            Owner::Generation(g) => Some(g),
+        };
+        (m.fd, owner, m.retired, m.spare, m.pinned)
+    }
+}
+
+impl SavedMember {
+    /// Member `fd` with its role; and whether it is a reserve (those are
+    /// listed by index beside the members).
+    fn new(fd: i32, role: Role) -> (SavedMember, bool) {
+        let (owner, retired, spare, pinned) = match role {
+            Role::Reserve { .. } => (Owner::Nobody, false, false, false),
+            Role::Live { owner, pinned, .. } => (owner, false, false, pinned),
+            Role::Retired { spare } => (Owner::Nobody, true, spare, false),
+        };
+        let m = SavedMember {
+            fd,
+            owner,
+            retired,
+            spare,
+            pinned,
+        };
+        (m, role.is_reserve())
+    }
+
+    /// Its role, given whether it is listed as a reserve and as borrowed.
+    /// Supervisors write only what [`SavedMember::new`] writes: a reserve
+    /// and a retired member are nobody's and not handed out, and only a
+    /// retired member is a spare.
+    fn role(self, reserve: bool, borrowed: bool) -> Role {
+        match self.owner {
+            Owner::Nobody if reserve => Role::Reserve { borrowed },
+            Owner::Nobody if self.retired => Role::Retired { spare: self.spare },
+            owner => Role::Live {
+                owner,
+                pinned: self.pinned,
+                borrowed,
+            },
+        }
+    }
 }
 
 impl Saved {
@@ -63,15 +148,18 @@ impl Saved {
             // previous supervisor's, closed once it is gone.)
             let mut reserve = None;
             if s.stream && s.mode == Mode::Steer && !s.frozen {
-                reserve =
-                    s.reserves.first().copied().or_else(|| {
-                        (0..s.members.len()).find(|&k| k != s.routed && s.members[k].3)
-                    });
+                reserve = s.reserves.first().copied().or_else(|| {
+                    (0..s.members.len()).find(|&k| k != s.routed && s.members[k].spare)
+                });
             }
             for (k, m) in s.members.iter_mut().enumerate() {
-                m.1 = (Some(k) != reserve).then_some(PREVIOUS);
-                m.2 = false;
-                m.3 = false;
+                m.owner = if Some(k) == reserve {
+                    Owner::Nobody
+                } else {
+                    Owner::Previous
+                };
+                m.retired = false;
+                m.spare = false;
             }
             s.reserves = reserve.into_iter().collect();
             s.borrowed = s.reserves.clone();
@@ -90,26 +178,26 @@ impl Steering {
             slots: self
                 .slots
                 .iter()
-                .map(|s| SavedSlot {
-                    listener: s.listener.save(keep),
-                    mode: s.mode.clone(),
-                    members: s
+                .map(|s| {
+                    let (members, reserves): (Vec<SavedMember>, Vec<bool>) = s
                         .group
                         .iter()
-                        .map(|m| {
-                            let fd = keep.fd(m.fd.as_fd());
-                            (fd, m.owner, m.retired, m.spare, m.pinned)
-                        })
-                        .collect(),
-                    routed: s.group.routed(),
-                    probe: s.group.probe(),
-                    stream: s.stream,
-                    addr: s.addr,
-                    v6only: s.v6only,
-                    frozen: s.frozen,
-                    shared_addr: s.shared_addr,
-                    reserves: (0..s.group.len()).filter(|&k| s.group[k].reserve).collect(),
-                    borrowed: Vec::new(),
+                        .map(|m| SavedMember::new(keep.fd(m.fd.as_fd()), m.role))
+                        .unzip();
+                    SavedSlot {
+                        listener: s.listener.save(keep),
+                        mode: s.mode.clone(),
+                        members,
+                        routed: s.group.routed(),
+                        probe: s.group.probe(),
+                        stream: s.stream,
+                        addr: s.addr,
+                        v6only: s.v6only,
+                        frozen: s.frozen,
+                        shared_addr: s.shared_addr,
+                        reserves: (0..reserves.len()).filter(|&k| reserves[k]).collect(),
+                        borrowed: Vec::new(),
+                    }
                 })
                 .collect(),
             unwatched: self.unwatched.iter().copied().collect(),
@@ -136,13 +224,9 @@ impl Steering {
                     s.members
                         .into_iter()
                         .enumerate()
-                        .map(|(k, (fd, owner, retired, spare, pinned))| Member {
-                            reserve: s.reserves.contains(&k) && owner.is_none(),
-                            borrowed: s.borrowed.contains(&k),
-                            retired,
-                            spare,
-                            pinned,
-                            ..Member::new(adopt.take(fd), owner)
+                        .map(|(k, m)| {
+                            let role = m.role(s.reserves.contains(&k), s.borrowed.contains(&k));
+                            Member::new(adopt.take(m.fd), role)
                         })
                         .collect(),
                     s.routed,
@@ -245,6 +329,58 @@ mod tests {
             s["reserves"] = serde_json::json!([]);
         }
         assert_eq!(serde_json::to_value(&saved).unwrap(), want);
+    }
+
+    /// The members of the state above in their roles; every role is
+    /// written so as to be read back the same (but borrowing: a state is
+    /// never written while another supervisor's sockets are borrowed).
+    #[test]
+    fn members_are_read_in_their_roles() {
+        let roles = |s: &SavedSlot| -> Vec<Role> {
+            let reads = |(k, m): (usize, &SavedMember)| {
+                m.role(s.reserves.contains(&k), s.borrowed.contains(&k))
+            };
+            s.members.iter().enumerate().map(reads).collect()
+        };
+        let saved: Saved = serde_json::from_str(CURRENT).unwrap();
+        let of = |g| Role::live(Owner::Generation(Generation(g)));
+        assert_eq!(
+            roles(&saved.slots[0]),
+            vec![of(1), Role::SPARE, of(2), Role::RESERVE]
+        );
+        let handed = Role::Live {
+            owner: Owner::Previous,
+            pinned: true,
+            borrowed: false,
+        };
+        assert_eq!(
+            roles(&saved.slots[1]),
+            vec![handed, Role::live(Owner::Nobody)]
+        );
+        let taken = saved.into_previous();
+        assert_eq!(
+            roles(&taken.slots[0]),
+            vec![
+                Role::live(Owner::Previous),
+                Role::live(Owner::Previous),
+                Role::live(Owner::Previous),
+                Role::Reserve { borrowed: true }
+            ]
+        );
+        for role in [
+            of(3),
+            Role::live(Owner::Previous),
+            Role::live(Owner::Nobody),
+            handed,
+            Role::RESERVE,
+            Role::SPARE,
+            Role::Retired { spare: false },
+        ] {
+            let (m, reserve) = SavedMember::new(7, role);
+            assert_eq!(m.role(reserve, false), role);
+            let wire = serde_json::to_value(m).unwrap();
+            assert_eq!(serde_json::from_value::<SavedMember>(wire).unwrap(), m);
+        }
     }
 
     /// Taking over: every member is the previous supervisor's but the TCP
