@@ -99,7 +99,7 @@ impl Steering {
                     let own = slot.group.iter().find(|m| m.role.held_by(g));
                     own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
-                Mode::Shared(_) => slot.shared_fd(),
+                Mode::Frozen(_) | Mode::Shared(_) => slot.shared_fd(),
             };
             out.push(handed(slot, fd)?);
         }

@@ -29,7 +29,7 @@ impl Steering {
                         }
                     }
                 }
-                Mode::Shared(_) => {
+                Mode::Frozen(_) | Mode::Shared(_) => {
                     let fd = s.shared_fd();
                     if !self.unwatched.contains(&fd.as_raw_fd()) {
                         out.push((fd.as_raw_fd(), fd));

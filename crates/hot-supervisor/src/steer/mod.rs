@@ -70,21 +70,34 @@ use member::{Member, Role};
 use strangers::{describe_holders, foreign_sockets, inode};
 
 /// How a listener is handed to the generations.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// One socket per generation, new connections routed.
     Steer,
+    /// Steered until a stranger joined the group or the kernel refused a
+    /// change: the group is never changed again (no member joins or
+    /// leaves), later generations share the routed socket, and the program
+    /// still routes to a generation that holds a socket of its own there.
+    /// The reason, for the log.
+    Frozen(String),
     /// The same socket for every generation; the reason, for the log.
     Shared(String),
 }
 
 impl Mode {
-    /// `steer` or `shared`.
+    /// `steer` or `shared` (a frozen group's socket is shared), as the
+    /// status says.
     pub fn as_str(&self) -> &'static str {
         match self {
             Mode::Steer => "steer",
-            Mode::Shared(_) => "shared",
+            Mode::Frozen(_) | Mode::Shared(_) => "shared",
         }
+    }
+
+    /// Whether the listener's group is routed by the program (steer mode,
+    /// or frozen).
+    fn routes(&self) -> bool {
+        matches!(self, Mode::Steer | Mode::Frozen(_))
     }
 }
 
@@ -102,8 +115,6 @@ struct Slot {
     /// Where new members bind.
     addr: SocketAddr,
     v6only: bool,
-    /// A stranger was found: members are never added or removed again.
-    frozen: bool,
     /// A shared TCP listener's address, to bind it again if a server
     /// shuts it down.
     shared_addr: Option<SocketAddr>,
@@ -277,9 +288,7 @@ impl Steering {
         let closing: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 let s = &self.slots[i];
-                s.mode == Mode::Steer
-                    && !s.frozen
-                    && s.group.iter().any(|m| m.role.owner() == Owner::Previous)
+                s.mode == Mode::Steer && s.group.iter().any(|m| m.role.owner() == Owner::Previous)
             })
             .collect();
         self.screen(&closing, notices);
@@ -349,9 +358,8 @@ impl Steering {
         if self.no_reserves {
             return false;
         }
-        let lacking = |s: &Slot| {
-            s.mode == Mode::Steer && !s.frozen && !s.group.iter().any(|m| m.role.is_reserve())
-        };
+        let lacking =
+            |s: &Slot| s.mode == Mode::Steer && !s.group.iter().any(|m| m.role.is_reserve());
         // A spare listens in the group and has received nothing: it becomes
         // the reserve, with no fd more.
         for slot in self.slots.iter_mut() {
@@ -393,10 +401,7 @@ impl Steering {
         let mut left = false;
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer
-                || slot.frozen
-                || slot.group.iter().any(|m| m.role.is_reserve())
-            {
+            if slot.mode != Mode::Steer || slot.group.iter().any(|m| m.role.is_reserve()) {
                 continue;
             }
             if made == budget {
@@ -579,9 +584,6 @@ impl Steering {
             if slot.group.get_mut(routed).is_some_and(|m| m.role.take(g)) {
                 continue;
             }
-            if slot.frozen {
-                continue;
-            }
             // The socket made ahead of time: nothing to ask of the kernel.
             if let Some(m) = slot.group.iter_mut().find(|m| m.role.is_reserve()) {
                 m.role.take(g);
@@ -607,8 +609,7 @@ impl Steering {
                 }
                 Err(e) => {
                     let slot = &mut self.slots[i];
-                    slot.frozen = true;
-                    slot.mode = Mode::Shared(format!("steering failed: {e:#}"));
+                    slot.mode = Mode::Frozen(format!("steering failed: {e:#}"));
                     notices.push(Notice::Failed {
                         listener: slot.listener.name.clone(),
                         why: format!("{e:#}"),
@@ -634,7 +635,7 @@ impl Steering {
                     let own = slot.group.iter().find(|m| m.role.held_by(g));
                     own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
-                Mode::Shared(_) => slot.shared_fd(),
+                Mode::Frozen(_) | Mode::Shared(_) => slot.shared_fd(),
             })
             .collect()
     }
@@ -649,7 +650,7 @@ impl Steering {
             // new generation's own socket, if it has one: that socket is
             // the only one it accepts on (changing the program moves no
             // member); nothing is ever closed in it.
-            if slot.mode != Mode::Steer && !slot.frozen {
+            if !slot.mode.routes() {
                 continue;
             }
             let Some(k) = slot.group.iter().position(|m| m.role.held_by(g)) else {
@@ -662,7 +663,7 @@ impl Steering {
                 }
                 changed.push(i);
             }
-            if slot.frozen {
+            if slot.mode != Mode::Steer {
                 continue;
             }
             // An orphan: the crashed generation's socket, replaced by a
@@ -691,7 +692,7 @@ impl Steering {
     pub fn split(&mut self, shares: &[(Generation, u32)], notices: &mut Vec<Notice>) {
         self.split = shares.to_vec();
         for i in 0..self.slots.len() {
-            if self.slots[i].mode != Mode::Steer && !self.slots[i].frozen {
+            if !self.slots[i].mode.routes() {
                 continue;
             }
             if let Err(e) = self.attach(i) {
@@ -729,7 +730,6 @@ impl Steering {
             .filter(|&i| {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
-                    && !s.frozen
                     && s.group.iter().enumerate().any(|(k, m)| {
                         m.role.held_by(g) && k != s.group.routed() && !m.role.pinned()
                     })
@@ -862,7 +862,7 @@ impl Steering {
     pub fn queued(&self, g: Generation) -> u64 {
         self.slots
             .iter()
-            .filter(|s| s.mode == Mode::Steer || s.frozen)
+            .filter(|s| s.mode.routes())
             .flat_map(|s| {
                 s.group
                     .iter()
@@ -877,11 +877,7 @@ impl Steering {
     pub fn queue_of(&self, g: Generation) -> Option<u64> {
         let mut any = false;
         let mut n = 0;
-        for s in self
-            .slots
-            .iter()
-            .filter(|s| s.mode == Mode::Steer || s.frozen)
-        {
+        for s in self.slots.iter().filter(|s| s.mode.routes()) {
             for m in s.group.iter().filter(|m| m.role.held_by(g)) {
                 any = true;
                 n += queue_length(m.fd.as_fd(), s.stream);
@@ -1105,8 +1101,7 @@ impl Steering {
     /// believe) and never change the group again.
     fn freeze(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        slot.frozen = true;
-        slot.mode = Mode::Shared("another process joined its reuseport group".into());
+        slot.mode = Mode::Frozen("another process joined its reuseport group".into());
         slot.group.set_probe(None);
         // Owners stay: a generation already started holds its own socket
         // and accepts on nothing else, so it is routed there when ready
@@ -1207,7 +1202,6 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 stream,
                 addr,
                 v6only,
-                frozen: false,
                 shared_addr: None,
             }
         }
@@ -1222,7 +1216,6 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 group: Group::none(),
                 addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
                 v6only: tcp.is_some_and(|(_, only)| only),
-                frozen: false,
                 shared_addr: tcp.map(|(a, _)| a),
             }
         }

@@ -27,7 +27,7 @@ pub struct Saved {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct SavedSlot {
     listener: crate::listen::Saved,
-    mode: Mode,
+    mode: SavedMode,
     /// In the kernel's order.
     members: Vec<SavedMember>,
     routed: usize,
@@ -44,6 +44,36 @@ struct SavedSlot {
     /// (indices; never written, set by [`Saved::into_previous`]).
     #[serde(skip)]
     borrowed: Vec<usize>,
+}
+
+/// A listener's mode as saved, with `frozen` beside it: a frozen group is
+/// written as shared, and frozen (see [`SavedMode::new`]).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum SavedMode {
+    Steer,
+    Shared(String),
+}
+
+impl SavedMode {
+    /// The mode as written, and whether it is frozen.
+    fn new(mode: &Mode) -> (SavedMode, bool) {
+        match mode {
+            Mode::Steer => (SavedMode::Steer, false),
+            Mode::Frozen(why) => (SavedMode::Shared(why.clone()), true),
+            Mode::Shared(why) => (SavedMode::Shared(why.clone()), false),
+        }
+    }
+
+    /// The mode read, given whether it is frozen. (Supervisors freeze only
+    /// a group they also write as shared.)
+    fn mode(self, frozen: bool) -> Mode {
+        match (self, frozen) {
+            (SavedMode::Steer, false) => Mode::Steer,
+            (SavedMode::Steer, true) => Mode::Frozen("steering stopped".into()),
+            (SavedMode::Shared(why), true) => Mode::Frozen(why),
+            (SavedMode::Shared(why), false) => Mode::Shared(why),
+        }
+    }
 }
 
 /// One member as saved. Written as the tuple `(fd, owner, retired, spare,
@@ -147,7 +177,7 @@ impl Saved {
             // only when every holder has closed them: those stay the
             // previous supervisor's, closed once it is gone.)
             let mut reserve = None;
-            if s.stream && s.mode == Mode::Steer && !s.frozen {
+            if s.stream && s.mode == SavedMode::Steer && !s.frozen {
                 reserve = s.reserves.first().copied().or_else(|| {
                     (0..s.members.len()).find(|&k| k != s.routed && s.members[k].spare)
                 });
@@ -184,16 +214,17 @@ impl Steering {
                         .iter()
                         .map(|m| SavedMember::new(keep.fd(m.fd.as_fd()), m.role))
                         .unzip();
+                    let (mode, frozen) = SavedMode::new(&s.mode);
                     SavedSlot {
                         listener: s.listener.save(keep),
-                        mode: s.mode.clone(),
+                        mode,
                         members,
                         routed: s.group.routed(),
                         probe: s.group.probe(),
                         stream: s.stream,
                         addr: s.addr,
                         v6only: s.v6only,
-                        frozen: s.frozen,
+                        frozen,
                         shared_addr: s.shared_addr,
                         reserves: (0..reserves.len()).filter(|&k| reserves[k]).collect(),
                         borrowed: Vec::new(),
@@ -219,7 +250,7 @@ impl Steering {
             .into_iter()
             .map(|s| Slot {
                 listener: Listener::restore(s.listener, adopt),
-                mode: s.mode,
+                mode: s.mode.mode(s.frozen),
                 group: Group::new(
                     s.members
                         .into_iter()
@@ -235,7 +266,6 @@ impl Steering {
                 stream: s.stream,
                 addr: s.addr,
                 v6only: s.v6only,
-                frozen: s.frozen,
                 shared_addr: s.shared_addr,
             })
             .collect();
@@ -380,6 +410,28 @@ mod tests {
             assert_eq!(m.role(reserve, false), role);
             let wire = serde_json::to_value(m).unwrap();
             assert_eq!(serde_json::from_value::<SavedMember>(wire).unwrap(), m);
+        }
+    }
+
+    /// A frozen group is written as shared, and frozen; every mode is
+    /// read back as it was written.
+    #[test]
+    fn a_frozen_group_is_written_as_shared_and_frozen() {
+        let saved: Saved = serde_json::from_str(CURRENT).unwrap();
+        let modes: Vec<Mode> = saved
+            .slots
+            .into_iter()
+            .map(|s| s.mode.mode(s.frozen))
+            .collect();
+        let why = "another process joined its reuseport group".to_string();
+        assert_eq!(modes, vec![Mode::Steer, Mode::Frozen(why)]);
+        for mode in [
+            Mode::Steer,
+            Mode::Frozen("steering failed: EMFILE".into()),
+            Mode::Shared("--handoff shared".into()),
+        ] {
+            let (written, frozen) = SavedMode::new(&mode);
+            assert_eq!(written.mode(frozen), mode);
         }
     }
 
