@@ -239,7 +239,7 @@ impl Member {
     /// A member with its role.
     pub fn new(fd: OwnedFd, role: Role) -> Member {
         Member {
-            ino: super::strangers::inode(fd.as_fd()),
+            ino: hot_supervisor::sockinfo::inode(fd.as_fd()),
             fd,
             role,
         }

@@ -67,7 +67,6 @@ use bpf::{attach_cbpf, program};
 use group::Group;
 pub use member::Owner;
 use member::{Member, Role};
-use strangers::{describe_holders, foreign_sockets, inode};
 
 /// How a listener is handed to the generations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -962,21 +961,6 @@ impl Steering {
             .map(|m| m.fd.as_fd())
     }
 
-    /// Every socket the supervisor holds for the listeners (for the
-    /// stranger check and the tests' fd accounting).
-    fn own_inodes(&self) -> BTreeSet<u64> {
-        let mut set = BTreeSet::new();
-        for s in &self.slots {
-            if let Some(fd) = s.listener.fd_opt() {
-                set.extend(inode(fd));
-            }
-            for m in s.group.iter() {
-                set.extend(m.ino);
-            }
-        }
-        set
-    }
-
     /// A new member for slot `i`, joined to the group.
     fn join(&self, i: usize) -> Result<OwnedFd> {
         let s = &self.slots[i];
@@ -1061,53 +1045,6 @@ impl Steering {
     fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
         self.screen(changed, notices);
         self.attach_all(changed, notices);
-    }
-
-    /// Look for strangers in the groups of `slots` (one sock_diag dump for
-    /// them all); freeze each group that has one.
-    fn screen(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
-        let changed = slots;
-        if changed.is_empty() {
-            return;
-        }
-        let own = self.own_inodes();
-        let found = foreign_sockets(
-            &changed
-                .iter()
-                .map(|&i| (self.slots[i].addr, self.slots[i].stream))
-                .collect::<Vec<_>>(),
-            &own,
-        );
-        for &i in changed {
-            let port = self.slots[i].addr.port();
-            let stream = self.slots[i].stream;
-            let strangers: Vec<u64> = found
-                .iter()
-                .filter(|(p, s, _)| *p == port && *s == stream)
-                .map(|(_, _, ino)| *ino)
-                .collect();
-            if !strangers.is_empty() {
-                self.freeze(i);
-                notices.push(Notice::Stranger {
-                    listener: self.slots[i].listener.name.clone(),
-                    who: describe_holders(&strangers),
-                });
-            }
-        }
-    }
-
-    /// A stranger joined slot `i`: give up members of starting
-    /// generations (they were never routed, and may not be where we
-    /// believe) and never change the group again.
-    fn freeze(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        slot.mode = Mode::Frozen("another process joined its reuseport group".into());
-        slot.group.set_probe(None);
-        // Owners stay: a generation already started holds its own socket
-        // and accepts on nothing else, so it is routed there when ready
-        // (best effort: a member that joined after the stranger may not be
-        // where the list says). Later generations share the routed socket,
-        // and no member is closed again while the supervisor runs.
     }
 
     /// Attach slot `i`'s program: everything to the routed member, except
