@@ -3,9 +3,11 @@
 //! hang-up, and a new socket put in its place. It never decides a reload:
 //! it says whether the serving generation was hit.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use super::*;
+use super::member::Owner;
+use super::socket::listening;
+use super::{Mode, Notice, Steering};
 
 impl Steering {
     /// The listening TCP sockets that generations hold (polled for a

@@ -20,11 +20,12 @@
 //!
 //! The kernel numbers a group's members in the order they joined and moves
 //! the last member into the slot of one that leaves; this part keeps its own
-//! copy of that order and re-attaches the program after every change. After
-//! every change it also looks for sockets on the same port that are not its
-//! own (another process of the same user can join the group and shift the
-//! indices); on finding one it stops changing that group and shares the
-//! routed socket from then on, rather than misroute.
+//! copy of that order (a [`group::Group`], where that rule is written once)
+//! and re-attaches the program after every change. After every change it
+//! also looks for sockets on the same port that are not its own (another
+//! process of the same user can join the group and shift the indices); on
+//! finding one it stops changing that group (it is [`Mode::Frozen`]) and
+//! shares the routed socket from then on, rather than misroute.
 //!
 //! A reload asks nothing of the kernel per listener before the new
 //! generation starts: the next generation's member of each group is made
@@ -34,19 +35,22 @@
 //! when the new generation is routed).
 //!
 //! It never spawns, signals or logs lifecycle events: it answers the
-//! driver's calls with fds, counts and reasons. The program itself is in
-//! [`bpf`], the search for strangers in [`strangers`].
+//! driver's calls with fds, counts and reasons. Here are the listeners and
+//! the calls that change what each generation gets (giving sockets,
+//! routing, splitting, releasing); in the submodules: the program
+//! ([`bpf`]), a group's order ([`group`]), a member's role ([`member`]),
+//! the reserves and spares ([`reserve`]), making sockets ([`socket`]), the
+//! search for strangers ([`strangers`]), a socket a server shut down
+//! ([`hangup`]), duplicates for holders outside ([`fetch`]) and the saved
+//! form ([`saved`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
-    SockaddrStorage, bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{Backlog, SockType, getsockopt, sockopt};
 
 use crate::listen::{Listener, SocketOptions};
 use hot_supervisor::sockinfo::queue_length;
@@ -58,7 +62,9 @@ mod fetch;
 mod group;
 mod hangup;
 mod member;
+mod reserve;
 mod saved;
+mod socket;
 mod strangers;
 
 pub use saved::Saved;
@@ -67,6 +73,7 @@ use bpf::{attach_cbpf, program};
 use group::Group;
 pub use member::Owner;
 use member::{Member, Role};
+use socket::{steer_kind, tcp_address};
 
 /// How a listener is handed to the generations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,8 +113,9 @@ struct Slot {
     listener: Listener,
     mode: Mode,
     /// Steer mode: the reuseport group's members in the kernel's order,
-    /// the routed one, the probe's, the program attached. (Shared mode:
-    /// none, or the one member of a listener that fell back from steering.)
+    /// the routed one, the probe's, the program attached. (Frozen: the
+    /// group as it stands, no longer changed; shared: none, or the one
+    /// member of a listener that fell back from steering at start.)
     group: Group<Member>,
     /// TCP (else UDP).
     stream: bool,
@@ -311,122 +319,6 @@ impl Steering {
             }
         }
         self.attach_all(&changed, notices);
-    }
-
-    /// Make the next generation's socket of every steered listener ahead
-    /// of time, so that a reload asks nothing of the kernel per listener
-    /// before the new generation starts. Called by the driver when no
-    /// generation is starting (off a reload's critical path): for each
-    /// steered group without a reserve, a spare socket becomes its
-    /// reserve, or a new member joins (last, under the group's program,
-    /// which routes nothing to it); the retired members it lets go are
-    /// closed. At most `budget` new members a call (so the loop is never
-    /// held for long); returns whether some group still lacks one.
-    ///
-    /// A reserve is also what keeps sockets from piling up: it is the last
-    /// member whenever a replaced generation's socket is closed, so the
-    /// routed member never has to move and no spare is needed; and a
-    /// supervisor that takes the sockets over starts its first generation
-    /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
-    pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
-        if self.held {
-            return false;
-        }
-        let left = self.make_reserves(budget);
-        if !left && !self.unscreened.is_empty() {
-            // Once for all the batches (a look at every listening socket of
-            // the machine, so never once per batch): strangers first, as
-            // closing moves the last member; then what the reserves let go.
-            let mut changed = std::mem::take(&mut self.unscreened);
-            changed.sort_unstable();
-            changed.dedup();
-            self.after_change(&changed, notices);
-            for i in changed {
-                if self.slots[i].mode == Mode::Steer {
-                    self.flush_retired(i, notices);
-                }
-            }
-        }
-        left
-    }
-
-    /// The batch of [`Steering::replenish`]: reserves for at most `budget`
-    /// groups (the groups that got one are left in `unscreened`); whether
-    /// some group still lacks one.
-    fn make_reserves(&mut self, budget: usize) -> bool {
-        if self.no_reserves {
-            return false;
-        }
-        let lacking =
-            |s: &Slot| s.mode == Mode::Steer && !s.group.iter().any(|m| m.role.is_reserve());
-        // A spare listens in the group and has received nothing: it becomes
-        // the reserve, with no fd more.
-        for slot in self.slots.iter_mut() {
-            if !lacking(slot) {
-                continue;
-            }
-            if let Some(m) = slot
-                .group
-                .iter_mut()
-                .find(|m| m.role.is_spare() && listening(m.fd.as_fd()))
-            {
-                m.role = Role::RESERVE;
-            }
-        }
-        let missing = self.slots.iter().filter(|s| lacking(s)).count();
-        if missing == 0 {
-            return false;
-        }
-        // Reserves only where the fd limit leaves room for them and still
-        // for a reload that joins a new member for every steered listener,
-        // with a margin for everything else (control connections, notify
-        // sockets, pipes): a reserve must never be why something fails.
-        let held: usize = self.slots.iter().map(|s| s.group.len().max(1)).sum();
-        let steered = self.slots.iter().filter(|s| s.mode == Mode::Steer).count();
-        let limit = open_files_limit();
-        if held + missing + steered + FD_MARGIN > limit {
-            log::debug!(
-                "no sockets made ahead of time: {held} held, {missing} more and {steered} for a reload would pass the open-files limit ({limit}) less {FD_MARGIN}"
-            );
-            self.no_reserves = true;
-            return false;
-        }
-        // At least an eighth of the groups a turn: every turn also polls
-        // every generation's socket (for a hang-up), so a fixed batch would
-        // make the whole cost grow with the square of the listeners.
-        let budget = budget.max(steered.div_ceil(8));
-        let mut made = 0;
-        let mut changed = Vec::new();
-        let mut left = false;
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer || slot.group.iter().any(|m| m.role.is_reserve()) {
-                continue;
-            }
-            if made == budget {
-                left = true;
-                break;
-            }
-            match self.join(i) {
-                Ok(fd) => {
-                    self.slots[i].group.push(Member::new(fd, Role::RESERVE));
-                    made += 1;
-                    changed.push(i);
-                }
-                Err(e) => {
-                    // Out of fds, most likely: reloads join as before, and
-                    // reserves are tried again once a generation is gone.
-                    log::debug!(
-                        "listener {:?}: no socket made ahead of time: {e:#}",
-                        self.slots[i].listener.name
-                    );
-                    self.no_reserves = true;
-                    break;
-                }
-            }
-        }
-        self.unscreened.extend(changed);
-        left
     }
 
     /// Take the bound listeners; `steer` asks for steer mode wherever it
@@ -775,87 +667,6 @@ impl Steering {
         }
     }
 
-    /// Close the retired members of slot `i` without ever moving the routed
-    /// member. The kernel fills a leaving member's slot with the group's
-    /// last member; were that the routed one, the program's index would
-    /// point past the end until re-attached, and new connections would be
-    /// spread by hash over every member meanwhile. So when the routed member
-    /// is last, a spare socket of the supervisor's joins first and is the
-    /// one that moves; spares are closed later, when that moves no routed
-    /// member (once the next generation's socket has joined, it is the last
-    /// one). Returns whether the group changed.
-    fn flush_retired(&mut self, i: usize, notices: &mut Vec<Notice>) -> bool {
-        let mut changed = false;
-        // Each pass closes one member or ends: bounded by the member count.
-        for _ in 0..=self.slots[i].group.len() * 2 {
-            let slot = &self.slots[i];
-            let Some(last) = slot.group.len().checked_sub(1) else {
-                break;
-            };
-            // A member that no longer listens has left the group already
-            // (a server shut it down): closing it moves nothing.
-            let safe = |k: usize| {
-                k == last || slot.group.routed() != last || !listening(slot.group[k].fd.as_fd())
-            };
-            if let Some(k) = (0..=last)
-                .rev()
-                .find(|&k| slot.group[k].role.is_retired() && safe(k))
-            {
-                self.remove(i, k, notices);
-                changed = true;
-                continue;
-            }
-            // A retired member (not a spare) that only the spare can free.
-            let Some(k) =
-                (0..=last).find(|&k| slot.group[k].role == Role::Retired { spare: false })
-            else {
-                break;
-            };
-            match self.join(i) {
-                Ok(fd) => {
-                    self.slots[i].group.push(Member::new(fd, Role::SPARE));
-                    self.remove(i, k, notices);
-                    changed = true;
-                }
-                Err(e) => {
-                    // Without a spare, closing would move the routed member:
-                    // it waits for the next generation's socket instead.
-                    log::debug!("no spare socket ({e:#}): closing later");
-                    break;
-                }
-            }
-        }
-        changed
-    }
-
-    /// A new listening TCP socket on `addr`, without `SO_REUSEPORT` (for a
-    /// shared listener).
-    fn bind_plain(&self, addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
-        let family = match addr {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let fd = socket(
-            family,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::Tcp,
-        )
-        .context("socket")?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
-        if family == AddressFamily::Inet6 {
-            setsockopt(&fd, sockopt::Ipv6V6Only, &v6only).context("IPV6_V6ONLY")?;
-        }
-        self.options.apply(fd.as_fd(), true)?;
-        match addr {
-            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
-        }
-        .with_context(|| format!("bind {addr} again"))?;
-        listen(&fd, self.backlog).context("listen")?;
-        Ok(fd)
-    }
-
     /// Connections waiting in `g`'s own steered sockets (not counting a
     /// socket that is still routed).
     pub fn queued(&self, g: Generation) -> u64 {
@@ -961,43 +772,6 @@ impl Steering {
             .map(|m| m.fd.as_fd())
     }
 
-    /// A new member for slot `i`, joined to the group.
-    fn join(&self, i: usize) -> Result<OwnedFd> {
-        let s = &self.slots[i];
-        let (family, ty, proto) = match (s.addr, s.stream) {
-            (SocketAddr::V4(_), true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
-            (SocketAddr::V6(_), true) => {
-                (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp)
-            }
-            (SocketAddr::V4(_), false) => {
-                (AddressFamily::Inet, SockType::Datagram, SockProtocol::Udp)
-            }
-            (SocketAddr::V6(_), false) => {
-                (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp)
-            }
-        };
-        let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).context("socket")?;
-        setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
-        if s.stream {
-            setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
-        }
-        if family == AddressFamily::Inet6 {
-            setsockopt(&fd, sockopt::Ipv6V6Only, &s.v6only).context("IPV6_V6ONLY")?;
-        }
-        if !s.listener.inherited {
-            self.options.apply(fd.as_fd(), s.stream)?;
-        }
-        match s.addr {
-            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
-        }
-        .with_context(|| format!("bind a new socket to {}", s.addr))?;
-        if s.stream {
-            listen(&fd, self.backlog).context("listen")?;
-        }
-        Ok(fd)
-    }
-
     /// Close member `k` of slot `i`: it leaves the group, and the group's
     /// mirror follows the kernel (see [`Group::remove`]).
     fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
@@ -1101,22 +875,6 @@ impl Steering {
     }
 }
 
-/// Fds kept free of reserves (see [`Steering::replenish`]).
-const FD_MARGIN: usize = 64;
-
-/// The soft limit on open files (`RLIMIT_NOFILE`).
-fn open_files_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-}
-
 /// The slot of a bound listener: steered if `steer` asks for it and the
 /// socket can be (TCP or UDP with `SO_REUSEPORT`), else shared.
 fn slot_for(mut listener: Listener, steer: bool) -> Slot {
@@ -1157,53 +915,6 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
             }
         }
     }
-}
-
-/// Whether a listener can be steered: TCP or UDP, with `SO_REUSEPORT`
-/// set. Returns (is TCP, bound address, IPV6_V6ONLY).
-fn steer_kind(fd: BorrowedFd<'_>) -> Result<(bool, SocketAddr, bool), String> {
-    let ty: SockType = getsockopt(&fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
-    let stream = match ty {
-        SockType::Stream => true,
-        SockType::Datagram => false,
-        _ => return Err("neither TCP nor UDP".into()),
-    };
-    let addr: SockaddrStorage =
-        getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
-    let (addr, v6only) = if let Some(a) = addr.as_sockaddr_in() {
-        (SocketAddr::from(*a), false)
-    } else if let Some(a) = addr.as_sockaddr_in6() {
-        let only = getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false);
-        (SocketAddr::from(*a), only)
-    } else {
-        return Err("a Unix socket (no reuseport groups)".into());
-    };
-    if !getsockopt(&fd, sockopt::ReusePort).unwrap_or(false) {
-        return Err("the socket was handed over without SO_REUSEPORT, so it cannot be joined (a systemd socket unit needs ReusePort=yes)".into());
-    }
-    Ok((stream, addr, v6only))
-}
-
-/// A TCP (IPv4 or IPv6) socket's address and `IPV6_V6ONLY`; `None` for
-/// any other socket.
-fn tcp_address(fd: BorrowedFd<'_>) -> Option<(SocketAddr, bool)> {
-    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Stream {
-        return None;
-    }
-    let a: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
-    if let Some(a) = a.as_sockaddr_in() {
-        return Some((SocketAddr::from(*a), false));
-    }
-    let a = a.as_sockaddr_in6()?;
-    Some((
-        SocketAddr::from(*a),
-        getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false),
-    ))
-}
-
-/// Whether a socket is listening (`SO_ACCEPTCONN`).
-fn listening(fd: BorrowedFd<'_>) -> bool {
-    getsockopt(&fd, sockopt::AcceptConn).unwrap_or(true)
 }
 
 /// Where a probe connects for a listener bound to `addr`: loopback for a
