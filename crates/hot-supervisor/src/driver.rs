@@ -1154,7 +1154,7 @@ impl Driver {
                     .steering
                     .owners()
                     .iter()
-                    .all(|g| *g == crate::steer::PREVIOUS || self.machine.knows(*g)),
+                    .all(|g| self.machine.knows(*g)),
             "a generation the machine has forgotten still owns sockets"
         );
         let machine = &self.machine;

@@ -627,7 +627,7 @@ fn serve(
             supervisor_child::protocol::LISTEN_FDS_START + i as i32,
             mode.as_str()
         );
-        if let (true, steer::Mode::Shared(why)) = (setup.steer, mode) {
+        if let (true, steer::Mode::Frozen(why) | steer::Mode::Shared(why)) = (setup.steer, mode) {
             log::info!("listener {:?} is shared by every generation: {why}", l.name);
         }
     }

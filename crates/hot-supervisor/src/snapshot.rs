@@ -151,7 +151,9 @@ pub fn status(src: &Sources<'_>) -> status::Status {
             inherited: l.inherited,
             mode: match mode {
                 crate::steer::Mode::Steer => status::Mode::Steer,
-                crate::steer::Mode::Shared(_) => status::Mode::Shared,
+                crate::steer::Mode::Frozen(_) | crate::steer::Mode::Shared(_) => {
+                    status::Mode::Shared
+                }
             },
             spare_sockets: steering.spares(i),
             reserve_sockets: steering.reserves(i),

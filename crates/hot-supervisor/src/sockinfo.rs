@@ -1,9 +1,10 @@
 //! What the kernel says about sockets, asked without side effects: the
-//! accept queue of a listening socket (`TCP_INFO`), the listening sockets
-//! of the machine (sock_diag), which process accepted a connection
-//! (sock_diag or `/proc/net/tcp`, then `/proc/PID/fd`). Used by the
-//! supervisor's steering and probes, and by the tests that check them.
-//! Holds no state; never changes a socket.
+//! accept queue of a listening socket (`TCP_INFO`), a socket's inode, the
+//! listening sockets of the machine (sock_diag), which processes hold a
+//! socket and which process accepted a connection (sock_diag or
+//! `/proc/net/tcp`, then `/proc/PID/fd`). Used by the supervisor's
+//! steering (its search for strangers) and probes, and by the tests that
+//! check them. Holds no state; never changes a socket.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -383,6 +384,39 @@ pub fn holds_socket(pid: i32, inode: u64) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
 }
 
+/// The inode of a socket (as `/proc/net/*` and `/proc/PID/fd` show it).
+pub fn inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino)
+}
+
+/// The processes holding one of the sockets `inodes` open, as (pid,
+/// command name), in `/proc`'s order; those whose fds cannot be read (other
+/// users' processes, without privilege) are not seen.
+pub fn holders(inodes: &[u64]) -> Vec<(i32, String)> {
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut who = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return who;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            who.push((pid, comm.trim().to_string()));
+        }
+    }
+    who
+}
+
 /// `pid` and its descendants, from `/proc/PID/task/TID/children` (a server
 /// whose worker processes accept, such as gunicorn or nginx, holds the
 /// accepted socket in a child of the process the supervisor started).
@@ -439,6 +473,28 @@ mod tests {
         drop(accepted);
         // Another process's socket is not ours.
         assert!(!holds_socket(1, ino) || me == 1);
+    }
+
+    #[test]
+    fn a_socket_is_found_by_its_inode_in_its_holder() {
+        use std::os::fd::AsFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino = inode(listener.as_fd()).expect("a socket has an inode");
+        let me = std::process::id() as i32;
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(holders(&[ino]).contains(&(me, comm.trim().to_string())));
+        // This process is among the listening sockets' holders the kernel
+        // lists, with its uid.
+        let listed = listening(libc::AF_INET, true).unwrap();
+        let uid = nix::unistd::geteuid().as_raw();
+        assert!(
+            listed
+                .iter()
+                .any(|&(a, u, i)| a == listener.local_addr().unwrap() && u == uid && i == ino),
+            "{listed:?}"
+        );
+        drop(listener);
+        assert!(!holders(&[ino]).iter().any(|(pid, _)| *pid == me));
     }
 
     #[test]

@@ -65,14 +65,16 @@ impl Steering {
         let mut out = Vec::new();
         for i in self.pick(names)? {
             let slot = &mut self.slots[i];
-            let routed = slot.routed;
-            if let (Mode::Steer, Some(m)) = (&slot.mode, slot.members.get_mut(routed)) {
+            let routed = slot.group.routed();
+            if let (Mode::Steer, Some(m)) = (&slot.mode, slot.group.get_mut(routed)) {
                 // A UDP member stays in the group as long as anyone holds
                 // it (only a TCP member leaves at shutdown()).
-                m.pinned |= !slot.stream;
+                if !slot.stream {
+                    m.role.pin();
+                }
             }
             let slot = &self.slots[i];
-            let fd = match (&slot.mode, slot.members.get(routed)) {
+            let fd = match (&slot.mode, slot.group.get(routed)) {
                 (Mode::Steer, Some(m)) => m.fd.as_fd(),
                 _ => slot.shared_fd(),
             };
@@ -94,10 +96,10 @@ impl Steering {
             let slot = &self.slots[i];
             let fd = match slot.mode {
                 Mode::Steer => {
-                    let own = slot.members.iter().find(|m| m.owner == Some(g));
-                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                    let own = slot.group.iter().find(|m| m.role.held_by(g));
+                    own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
-                Mode::Shared(_) => slot.shared_fd(),
+                Mode::Frozen(_) | Mode::Shared(_) => slot.shared_fd(),
             };
             out.push(handed(slot, fd)?);
         }

@@ -3,9 +3,11 @@
 //! hang-up, and a new socket put in its place. It never decides a reload:
 //! it says whether the serving generation was hit.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use super::*;
+use super::member::Owner;
+use super::socket::listening;
+use super::{Mode, Notice, Steering};
 
 impl Steering {
     /// The listening TCP sockets that generations hold (polled for a
@@ -19,16 +21,17 @@ impl Steering {
             }
             match s.mode {
                 Mode::Steer => {
-                    for (k, m) in s.members.iter().enumerate() {
+                    for (k, m) in s.group.iter().enumerate() {
                         let raw = m.fd.as_raw_fd();
-                        if (m.owner.is_some() || (k == s.routed && !m.retired))
+                        if (m.role.owner() != Owner::Nobody
+                            || (k == s.group.routed() && !m.role.is_retired()))
                             && !self.unwatched.contains(&raw)
                         {
                             out.push((raw, m.fd.as_fd()));
                         }
                     }
                 }
-                Mode::Shared(_) => {
+                Mode::Frozen(_) | Mode::Shared(_) => {
                     let fd = s.shared_fd();
                     if !self.unwatched.contains(&fd.as_raw_fd()) {
                         out.push((fd.as_raw_fd(), fd));
@@ -70,7 +73,7 @@ impl Steering {
                     self.unwatched.insert(raw);
                     notices.push(Notice::Relistened {
                         listener: name,
-                        generation: None,
+                        owner: Owner::Nobody,
                         failed: Some("another process holds sockets on its port".into()),
                     });
                     return false;
@@ -88,19 +91,19 @@ impl Steering {
                 let ok = failed.is_none();
                 notices.push(Notice::Relistened {
                     listener: name,
-                    generation: None,
+                    owner: Owner::Nobody,
                     failed,
                 });
                 return ok;
             }
             let Some(k) = self.slots[i]
-                .members
+                .group
                 .iter()
                 .position(|m| m.fd.as_raw_fd() == raw)
             else {
                 continue;
             };
-            if listening(self.slots[i].members[k].fd.as_fd()) {
+            if listening(self.slots[i].group[k].fd.as_fd()) {
                 self.unwatched.insert(raw);
                 return false;
             }
@@ -110,40 +113,27 @@ impl Steering {
             // routed member's new place, or, if the dead one was routed, at
             // the newest member until the replacement generation is ready.
             let slot = &mut self.slots[i];
-            let was_routed = slot.routed == k;
-            let m = slot.members.swap_remove(k);
-            let last = slot.members.len();
-            if slot.routed == last {
-                slot.routed = k;
-            }
+            let was_routed = slot.group.routed() == k;
+            let m = slot.group.remove(k);
             if was_routed {
                 // The newest generation's socket (it is starting, or about
                 // to be replaced by the generation started below), never a
                 // spare or a socket of a gone generation.
-                slot.routed = slot
-                    .members
+                let newest = slot
+                    .group
                     .iter()
                     .enumerate()
-                    .filter(|(_, m)| !m.spare && !m.retired && m.owner.is_some())
-                    .max_by_key(|(_, m)| m.owner)
+                    .filter(|(_, m)| m.role.owner() != Owner::Nobody)
+                    .max_by_key(|(_, m)| m.role.generation())
                     .map_or(0, |(j, _)| j);
+                slot.group.set_routed(newest);
             }
-            if let Some((port, j)) = slot.probe {
-                slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
-            }
-            let owner = m.owner;
+            let owner = m.role.owner();
             drop(m);
-            if self.slots[i].members.is_empty() {
-                self.slots[i].attached.clear();
-            } else if let Err(e) = self.attach(i) {
-                notices.push(Notice::Failed {
-                    listener: self.slots[i].listener.name.clone(),
-                    why: format!("attach the program: {e}"),
-                });
-            }
+            self.attach_after_leave(i, notices);
             notices.push(Notice::Relistened {
                 listener: self.slots[i].listener.name.clone(),
-                generation: owner,
+                owner,
                 failed: None,
             });
             return was_routed;

@@ -20,11 +20,12 @@
 //!
 //! The kernel numbers a group's members in the order they joined and moves
 //! the last member into the slot of one that leaves; this part keeps its own
-//! copy of that order and re-attaches the program after every change. After
-//! every change it also looks for sockets on the same port that are not its
-//! own (another process of the same user can join the group and shift the
-//! indices); on finding one it stops changing that group and shares the
-//! routed socket from then on, rather than misroute.
+//! copy of that order (a [`group::Group`], where that rule is written once)
+//! and re-attaches the program after every change. After every change it
+//! also looks for sockets on the same port that are not its own (another
+//! process of the same user can join the group and shift the indices); on
+//! finding one it stops changing that group (it is [`Mode::Frozen`]) and
+//! shares the routed socket from then on, rather than misroute.
 //!
 //! A reload asks nothing of the kernel per listener before the new
 //! generation starts: the next generation's member of each group is made
@@ -34,19 +35,22 @@
 //! when the new generation is routed).
 //!
 //! It never spawns, signals or logs lifecycle events: it answers the
-//! driver's calls with fds, counts and reasons. The program itself is in
-//! [`bpf`], the search for strangers in [`strangers`].
+//! driver's calls with fds, counts and reasons. Here are the listeners and
+//! the calls that change what each generation gets (giving sockets,
+//! routing, splitting, releasing); in the submodules: the program
+//! ([`bpf`]), a group's order ([`group`]), a member's role ([`member`]),
+//! the reserves and spares ([`reserve`]), making sockets ([`socket`]), the
+//! search for strangers ([`strangers`]), a socket a server shut down
+//! ([`hangup`]), duplicates for holders outside ([`fetch`]) and the saved
+//! form ([`saved`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
-    SockaddrStorage, bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt,
-};
+use nix::sys::socket::{Backlog, SockType, getsockopt, sockopt};
 
 use crate::listen::{Listener, SocketOptions};
 use hot_supervisor::sockinfo::queue_length;
@@ -55,79 +59,51 @@ use crate::machine::Generation;
 
 mod bpf;
 mod fetch;
+mod group;
 mod hangup;
+mod member;
+mod reserve;
 mod saved;
+mod socket;
 mod strangers;
 
 pub use saved::Saved;
 
 use bpf::{attach_cbpf, program};
-use strangers::{describe_holders, foreign_sockets, inode};
+use group::Group;
+pub use member::Owner;
+use member::{Member, Role};
+use socket::{steer_kind, tcp_address};
 
 /// How a listener is handed to the generations.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// One socket per generation, new connections routed.
     Steer,
+    /// Steered until a stranger joined the group or the kernel refused a
+    /// change: the group is never changed again (no member joins or
+    /// leaves), later generations share the routed socket, and the program
+    /// still routes to a generation that holds a socket of its own there.
+    /// The reason, for the log.
+    Frozen(String),
     /// The same socket for every generation; the reason, for the log.
     Shared(String),
 }
 
 impl Mode {
-    /// `steer` or `shared`.
+    /// `steer` or `shared` (a frozen group's socket is shared), as the
+    /// status says.
     pub fn as_str(&self) -> &'static str {
         match self {
             Mode::Steer => "steer",
-            Mode::Shared(_) => "shared",
+            Mode::Frozen(_) | Mode::Shared(_) => "shared",
         }
     }
-}
 
-/// One socket of a group.
-#[derive(Debug)]
-struct Member {
-    fd: OwnedFd,
-    /// The generation it belongs to; `None` once that generation is gone
-    /// (a routed socket waiting for the crash restart that takes it over).
-    owner: Option<Generation>,
-    /// Its generation is gone and nothing is routed to it: it is closed as
-    /// soon as that moves no routed member (see [`Steering::flush_retired`]).
-    retired: bool,
-    /// A socket of the supervisor's own that only stands in the group so
-    /// that a leaving member's slot is filled by it rather than by the
-    /// routed member; retired from the start, never routed.
-    spare: bool,
-    /// A UDP socket handed out over the control socket (`fds`): never
-    /// closed while the supervisor runs, since the holder keeps it bound
-    /// and in the group, where closing our copy would shift the mirror of
-    /// the group's order.
-    pinned: bool,
-    /// The next generation's socket, made ahead of time (see
-    /// [`Steering::replenish`]): in the group, owned by nobody, never
-    /// routed, so it receives nothing until a generation takes it.
-    reserve: bool,
-    /// Its inode (for the stranger check), read once.
-    ino: Option<u64>,
-    /// The previous supervisor's reserve or spare, taken over for this
-    /// one's first generation: the previous supervisor holds it too, and
-    /// may yet carry on with it (if that generation fails), so it is never
-    /// closed here before the previous supervisor is gone (a `shutdown`
-    /// would end it for both).
-    borrowed: bool,
-}
-
-impl Member {
-    fn new(fd: OwnedFd, owner: Option<Generation>) -> Member {
-        Member {
-            ino: inode(fd.as_fd()),
-            fd,
-            owner,
-            retired: false,
-            spare: false,
-            pinned: false,
-            reserve: false,
-            borrowed: false,
-        }
+    /// Whether the listener's group is routed by the program (steer mode,
+    /// or frozen).
+    fn routes(&self) -> bool {
+        matches!(self, Mode::Steer | Mode::Frozen(_))
     }
 }
 
@@ -136,26 +112,19 @@ impl Member {
 struct Slot {
     listener: Listener,
     mode: Mode,
-    /// Steer mode: the members in the kernel's order (index = position).
-    members: Vec<Member>,
-    /// Steer mode: the index of the member that takes new connections.
-    routed: usize,
-    /// A probe's source port and the member index it goes to.
-    probe: Option<(u16, usize)>,
+    /// Steer mode: the reuseport group's members in the kernel's order,
+    /// the routed one, the probe's, the program attached. (Frozen: the
+    /// group as it stands, no longer changed; shared: none, or the one
+    /// member of a listener that fell back from steering at start.)
+    group: Group<Member>,
     /// TCP (else UDP).
     stream: bool,
     /// Where new members bind.
     addr: SocketAddr,
     v6only: bool,
-    /// A stranger was found: members are never added or removed again.
-    frozen: bool,
     /// A shared TCP listener's address, to bind it again if a server
     /// shuts it down.
     shared_addr: Option<SocketAddr>,
-    /// The program last attached to the group, as the kernel holds it (it
-    /// keeps one per group, through members joining and leaving): an
-    /// attach that would change nothing is skipped. Empty: unknown.
-    attached: Vec<(u16, u8, u8, u32)>,
 }
 
 impl Notice {
@@ -173,12 +142,13 @@ impl Notice {
             ),
             Notice::Relistened {
                 listener,
-                generation,
+                owner,
                 failed,
             } => {
-                let whose = match generation {
-                    Some(g) => format!("{g}'s socket"),
-                    None => "the shared socket".to_string(),
+                let whose = match owner {
+                    Owner::Generation(g) => format!("{g}'s socket"),
+                    Owner::Previous => "the previous supervisor's socket".to_string(),
+                    Owner::Nobody => "the shared socket".to_string(),
                 };
                 match failed {
                     None => log::warn!(
@@ -197,7 +167,7 @@ impl Slot {
     /// The one socket of a shared listener: the listener's own, or, for a
     /// listener that fell back from steering, the routed member.
     fn shared_fd(&self) -> BorrowedFd<'_> {
-        match self.members.get(self.routed) {
+        match self.group.routed_member() {
             Some(m) => m.fd.as_fd(),
             None => self.listener.fd(),
         }
@@ -235,8 +205,9 @@ pub enum Notice {
     Relistened {
         /// The listener's name.
         listener: String,
-        /// The generation it belongs to, if any (none: a shared socket).
-        generation: Option<Generation>,
+        /// Who held it (nobody: a shared socket, or a routed one of a gone
+        /// generation).
+        owner: Owner,
         /// `None` if listening again worked, else why not.
         failed: Option<String>,
     },
@@ -271,18 +242,13 @@ pub struct Steering {
     unscreened: Vec<usize>,
 }
 
-/// The owner, in a supervisor that took the sockets over, of every socket
-/// the previous supervisor's generations held (its own generations count
-/// from 1).
-pub const PREVIOUS: Generation = Generation(0);
-
 impl Steering {
     /// Another supervisor takes the sockets over: change no group from now.
     pub fn hold(&mut self) {
         self.held = true;
         // The other supervisor attaches programs of its own from now on.
         for s in &mut self.slots {
-            s.attached.clear();
+            s.group.forget_program();
         }
     }
 
@@ -329,9 +295,7 @@ impl Steering {
         let closing: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 let s = &self.slots[i];
-                s.mode == Mode::Steer
-                    && !s.frozen
-                    && s.members.iter().any(|m| m.owner == Some(PREVIOUS))
+                s.mode == Mode::Steer && s.group.iter().any(|m| m.role.owner() == Owner::Previous)
             })
             .collect();
         self.screen(&closing, notices);
@@ -340,153 +304,21 @@ impl Steering {
             let slot = &mut self.slots[i];
             if slot.mode != Mode::Steer {
                 // Frozen or shared: nothing is closed.
-                for m in &mut slot.members {
-                    m.borrowed = false;
-                    if m.owner == Some(PREVIOUS) {
-                        m.owner = None;
-                    }
+                for m in slot.group.iter_mut() {
+                    m.role.previous_gone(false);
                 }
                 continue;
             }
-            let routed = slot.routed;
+            let routed = slot.group.routed();
             let mut any = false;
-            for (k, m) in slot.members.iter_mut().enumerate() {
-                m.borrowed = false;
-                if m.owner != Some(PREVIOUS) {
-                    continue;
-                }
-                m.owner = None;
-                if k != routed && !m.pinned {
-                    m.retired = true;
-                    any = true;
-                }
+            for (k, m) in slot.group.iter_mut().enumerate() {
+                any |= m.role.previous_gone(k != routed);
             }
             if any && self.flush_retired(i, notices) {
                 changed.push(i);
             }
         }
         self.attach_all(&changed, notices);
-    }
-
-    /// Make the next generation's socket of every steered listener ahead
-    /// of time, so that a reload asks nothing of the kernel per listener
-    /// before the new generation starts. Called by the driver when no
-    /// generation is starting (off a reload's critical path): for each
-    /// steered group without a reserve, a spare socket becomes its
-    /// reserve, or a new member joins (last, under the group's program,
-    /// which routes nothing to it); the retired members it lets go are
-    /// closed. At most `budget` new members a call (so the loop is never
-    /// held for long); returns whether some group still lacks one.
-    ///
-    /// A reserve is also what keeps sockets from piling up: it is the last
-    /// member whenever a replaced generation's socket is closed, so the
-    /// routed member never has to move and no spare is needed; and a
-    /// supervisor that takes the sockets over starts its first generation
-    /// on the previous supervisor's reserve (see [`Saved::into_previous`]).
-    pub fn replenish(&mut self, budget: usize, notices: &mut Vec<Notice>) -> bool {
-        if self.held {
-            return false;
-        }
-        let left = self.make_reserves(budget);
-        if !left && !self.unscreened.is_empty() {
-            // Once for all the batches (a look at every listening socket of
-            // the machine, so never once per batch): strangers first, as
-            // closing moves the last member; then what the reserves let go.
-            let mut changed = std::mem::take(&mut self.unscreened);
-            changed.sort_unstable();
-            changed.dedup();
-            self.after_change(&changed, notices);
-            for i in changed {
-                if self.slots[i].mode == Mode::Steer {
-                    self.flush_retired(i, notices);
-                }
-            }
-        }
-        left
-    }
-
-    /// The batch of [`Steering::replenish`]: reserves for at most `budget`
-    /// groups (the groups that got one are left in `unscreened`); whether
-    /// some group still lacks one.
-    fn make_reserves(&mut self, budget: usize) -> bool {
-        if self.no_reserves {
-            return false;
-        }
-        let lacking =
-            |s: &Slot| s.mode == Mode::Steer && !s.frozen && !s.members.iter().any(|m| m.reserve);
-        // A spare listens in the group and has received nothing: it becomes
-        // the reserve, with no fd more.
-        for slot in self.slots.iter_mut() {
-            if !lacking(slot) {
-                continue;
-            }
-            if let Some(m) = slot
-                .members
-                .iter_mut()
-                .find(|m| m.spare && m.owner.is_none() && listening(m.fd.as_fd()))
-            {
-                m.spare = false;
-                m.retired = false;
-                m.reserve = true;
-            }
-        }
-        let missing = self.slots.iter().filter(|s| lacking(s)).count();
-        if missing == 0 {
-            return false;
-        }
-        // Reserves only where the fd limit leaves room for them and still
-        // for a reload that joins a new member for every steered listener,
-        // with a margin for everything else (control connections, notify
-        // sockets, pipes): a reserve must never be why something fails.
-        let held: usize = self.slots.iter().map(|s| s.members.len().max(1)).sum();
-        let steered = self.slots.iter().filter(|s| s.mode == Mode::Steer).count();
-        let limit = open_files_limit();
-        if held + missing + steered + FD_MARGIN > limit {
-            log::debug!(
-                "no sockets made ahead of time: {held} held, {missing} more and {steered} for a reload would pass the open-files limit ({limit}) less {FD_MARGIN}"
-            );
-            self.no_reserves = true;
-            return false;
-        }
-        // At least an eighth of the groups a turn: every turn also polls
-        // every generation's socket (for a hang-up), so a fixed batch would
-        // make the whole cost grow with the square of the listeners.
-        let budget = budget.max(steered.div_ceil(8));
-        let mut made = 0;
-        let mut changed = Vec::new();
-        let mut left = false;
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            if slot.mode != Mode::Steer || slot.frozen || slot.members.iter().any(|m| m.reserve) {
-                continue;
-            }
-            if made == budget {
-                left = true;
-                break;
-            }
-            match self.join(i) {
-                Ok(fd) => {
-                    self.slots[i].members.push(Member {
-                        reserve: true,
-                        ..Member::new(fd, None)
-                    });
-                    made += 1;
-                    changed.push(i);
-                }
-                Err(e) => {
-                    // Out of fds, most likely: reloads join as before, and
-                    // reserves are tried again once a generation is gone.
-                    log::debug!(
-                        "listener {:?}: no socket made ahead of time: {e:#}",
-                        self.slots[i].listener.name
-                    );
-                    self.no_reserves = true;
-                    break;
-                }
-            }
-        }
-        self.unscreened.extend(changed);
-        left
     }
 
     /// Take the bound listeners; `steer` asks for steer mode wherever it
@@ -560,7 +392,7 @@ impl Steering {
     pub fn open(&mut self, spec: &crate::listen::Spec) -> Result<usize, String> {
         if let Some(i) = self.slots.iter().position(|s| s.listener.name == spec.name) {
             let slot = &self.slots[i];
-            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+            let fd = match (&slot.mode, slot.group.routed_member()) {
                 (Mode::Steer, Some(m)) => m.fd.as_fd(),
                 _ => slot.shared_fd(),
             };
@@ -601,7 +433,7 @@ impl Steering {
     pub fn agreeing(&self, addr: &crate::listen::Addr, taken: &BTreeSet<usize>) -> Option<usize> {
         (0..self.slots.len()).find(|i| {
             let slot = &self.slots[*i];
-            let fd = match (&slot.mode, slot.members.get(slot.routed)) {
+            let fd = match (&slot.mode, slot.group.routed_member()) {
                 (Mode::Steer, Some(m)) => m.fd.as_fd(),
                 _ => slot.shared_fd(),
             };
@@ -636,24 +468,16 @@ impl Steering {
             }
             // Another worker of `g`: the generation's socket is shared by
             // its workers.
-            if slot.members.iter().any(|m| m.owner == Some(g)) {
+            if slot.group.iter().any(|m| m.role.held_by(g)) {
                 continue;
             }
-            if slot
-                .members
-                .get(slot.routed)
-                .is_some_and(|m| m.owner.is_none() && !m.retired)
-            {
-                slot.members[slot.routed].owner = Some(g);
-                continue;
-            }
-            if slot.frozen {
+            let routed = slot.group.routed();
+            if slot.group.get_mut(routed).is_some_and(|m| m.role.take(g)) {
                 continue;
             }
             // The socket made ahead of time: nothing to ask of the kernel.
-            if let Some(m) = slot.members.iter_mut().find(|m| m.reserve) {
-                m.reserve = false;
-                m.owner = Some(g);
+            if let Some(m) = slot.group.iter_mut().find(|m| m.role.is_reserve()) {
+                m.role.take(g);
                 // While it is not routed the routed member may be the last
                 // one no more: spare sockets left behind while it was can
                 // go now, as when a new member joins (below). After the
@@ -666,7 +490,9 @@ impl Steering {
             }
             match self.join(i) {
                 Ok(fd) => {
-                    self.slots[i].members.push(Member::new(fd, Some(g)));
+                    self.slots[i]
+                        .group
+                        .push(Member::new(fd, Role::live(Owner::Generation(g))));
                     // The routed member is no longer the last one: sockets
                     // retired meanwhile can go without moving it.
                     self.flush_retired(i, notices);
@@ -674,8 +500,7 @@ impl Steering {
                 }
                 Err(e) => {
                     let slot = &mut self.slots[i];
-                    slot.frozen = true;
-                    slot.mode = Mode::Shared(format!("steering failed: {e:#}"));
+                    slot.mode = Mode::Frozen(format!("steering failed: {e:#}"));
                     notices.push(Notice::Failed {
                         listener: slot.listener.name.clone(),
                         why: format!("{e:#}"),
@@ -687,10 +512,10 @@ impl Steering {
         // A group found frozen just now gives `g` the routed socket (below),
         // not the member that joined for it: that one is not `g`'s.
         for slot in self.slots.iter_mut().filter(|s| s.mode != Mode::Steer) {
-            let routed = slot.routed;
-            for (k, m) in slot.members.iter_mut().enumerate() {
-                if k != routed && m.owner == Some(g) {
-                    m.owner = None;
+            let routed = slot.group.routed();
+            for (k, m) in slot.group.iter_mut().enumerate() {
+                if k != routed && m.role.held_by(g) {
+                    m.role.disown();
                 }
             }
         }
@@ -698,10 +523,10 @@ impl Steering {
             .iter()
             .map(|slot| match slot.mode {
                 Mode::Steer => {
-                    let own = slot.members.iter().find(|m| m.owner == Some(g));
-                    own.unwrap_or(&slot.members[slot.routed]).fd.as_fd()
+                    let own = slot.group.iter().find(|m| m.role.held_by(g));
+                    own.unwrap_or(&slot.group[slot.group.routed()]).fd.as_fd()
                 }
-                Mode::Shared(_) => slot.shared_fd(),
+                Mode::Frozen(_) | Mode::Shared(_) => slot.shared_fd(),
             })
             .collect()
     }
@@ -716,28 +541,28 @@ impl Steering {
             // new generation's own socket, if it has one: that socket is
             // the only one it accepts on (changing the program moves no
             // member); nothing is ever closed in it.
-            if slot.mode != Mode::Steer && !slot.frozen {
+            if !slot.mode.routes() {
                 continue;
             }
-            let Some(k) = slot.members.iter().position(|m| m.owner == Some(g)) else {
+            let Some(k) = slot.group.iter().position(|m| m.role.held_by(g)) else {
                 continue;
             };
-            if k != slot.routed {
-                slot.routed = k;
-                if slot.probe.is_some_and(|(_, j)| j == k) {
-                    slot.probe = None;
+            if k != slot.group.routed() {
+                slot.group.set_routed(k);
+                if slot.group.probe().is_some_and(|(_, j)| j == k) {
+                    slot.group.set_probe(None);
                 }
                 changed.push(i);
             }
-            if slot.frozen {
+            if slot.mode != Mode::Steer {
                 continue;
             }
             // An orphan: the crashed generation's socket, replaced by a
             // generation that was already starting.
-            let routed = self.slots[i].routed;
-            for m in self.slots[i].members.iter_mut().enumerate() {
-                if m.0 != routed && m.1.owner.is_none() && !m.1.pinned && !m.1.reserve {
-                    m.1.retired = true;
+            let routed = self.slots[i].group.routed();
+            for (k, m) in self.slots[i].group.iter_mut().enumerate() {
+                if k != routed {
+                    m.role.retire_orphan();
                 }
             }
             self.flush_retired(i, notices);
@@ -758,7 +583,7 @@ impl Steering {
     pub fn split(&mut self, shares: &[(Generation, u32)], notices: &mut Vec<Notice>) {
         self.split = shares.to_vec();
         for i in 0..self.slots.len() {
-            if self.slots[i].mode != Mode::Steer && !self.slots[i].frozen {
+            if !self.slots[i].mode.routes() {
                 continue;
             }
             if let Err(e) = self.attach(i) {
@@ -770,16 +595,17 @@ impl Steering {
         }
     }
 
-    /// The generations that still own a socket in a steered group (the
-    /// driver checks, in debug builds, that each is one the machine still
-    /// knows).
+    /// The generations of this supervisor's that still own a socket in a
+    /// steered group (the driver checks, in debug builds, that each is one
+    /// the machine still knows; the previous supervisor's sockets, after a
+    /// takeover, are let go by [`Steering::release_previous`]).
     pub fn owners(&self) -> BTreeSet<Generation> {
-        // A group that stopped changing (shared now) keeps its members,
-        // owners and all, until the supervisor exits.
+        // A group that stopped changing (frozen, or shared) keeps its
+        // members, owners and all, until the supervisor exits.
         self.slots
             .iter()
             .filter(|s| s.mode == Mode::Steer)
-            .flat_map(|s| s.members.iter().filter_map(|m| m.owner))
+            .flat_map(|s| s.group.iter().filter_map(|m| m.role.generation()))
             .collect()
     }
 
@@ -798,48 +624,33 @@ impl Steering {
             .filter(|&i| {
                 let s = &self.slots[i];
                 s.mode == Mode::Steer
-                    && !s.frozen
-                    && s.members
-                        .iter()
-                        .enumerate()
-                        .any(|(k, m)| m.owner == Some(g) && k != s.routed && !m.pinned)
+                    && s.group.iter().enumerate().any(|(k, m)| {
+                        m.role.held_by(g) && k != s.group.routed() && !m.role.pinned()
+                    })
             })
             .collect();
         self.screen(&closing, notices);
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
+            // A frozen group is not changed at all (closing would move
+            // members around in a group where a stranger's position is
+            // unknown): its members keep their owners.
             if self.slots[i].mode != Mode::Steer {
                 continue;
             }
-            let Some(k) = self.slots[i]
-                .members
-                .iter()
-                .position(|m| m.owner == Some(g))
-            else {
+            let slot = &mut self.slots[i];
+            let Some(k) = slot.group.iter().position(|m| m.role.held_by(g)) else {
                 continue;
             };
-            if k == self.slots[i].routed {
-                self.slots[i].members[k].owner = None;
+            if k == slot.group.routed() {
+                // A crash: the restart takes it over.
+                slot.group[k].role.disown();
                 continue;
             }
-            if self.slots[i].frozen {
-                // Keep it open: closing would move members around in a
-                // group where a stranger's position is unknown.
-                self.slots[i].members[k].owner = None;
-                continue;
-            }
-            if self.slots[i].members[k].borrowed {
-                // The previous supervisor's too: closed once it is gone.
-                self.slots[i].members[k].owner = Some(PREVIOUS);
-                continue;
-            }
-            self.slots[i].members[k].owner = None;
-            if self.slots[i].members[k].pinned {
-                // Handed out (UDP): it stays, receiving nothing.
-                continue;
-            }
-            self.slots[i].members[k].retired = true;
-            if self.flush_retired(i, notices) {
+            // Retired, unless the previous supervisor holds it too (closed
+            // once it is gone) or it is handed out (UDP: it stays,
+            // receiving nothing).
+            if slot.group[k].role.release() && self.flush_retired(i, notices) {
                 changed.push(i);
             }
         }
@@ -859,101 +670,17 @@ impl Steering {
         }
     }
 
-    /// Close the retired members of slot `i` without ever moving the routed
-    /// member. The kernel fills a leaving member's slot with the group's
-    /// last member; were that the routed one, the program's index would
-    /// point past the end until re-attached, and new connections would be
-    /// spread by hash over every member meanwhile. So when the routed member
-    /// is last, a spare socket of the supervisor's joins first and is the
-    /// one that moves; spares are closed later, when that moves no routed
-    /// member (once the next generation's socket has joined, it is the last
-    /// one). Returns whether the group changed.
-    fn flush_retired(&mut self, i: usize, notices: &mut Vec<Notice>) -> bool {
-        let mut changed = false;
-        // Each pass closes one member or ends: bounded by the member count.
-        for _ in 0..=self.slots[i].members.len() * 2 {
-            let slot = &self.slots[i];
-            let Some(last) = slot.members.len().checked_sub(1) else {
-                break;
-            };
-            // A member that no longer listens has left the group already
-            // (a server shut it down): closing it moves nothing.
-            let safe = |k: usize| {
-                k == last || slot.routed != last || !listening(slot.members[k].fd.as_fd())
-            };
-            if let Some(k) = (0..=last)
-                .rev()
-                .find(|&k| slot.members[k].retired && safe(k))
-            {
-                self.remove(i, k, notices);
-                changed = true;
-                continue;
-            }
-            // A retired member (not a spare) that only the spare can free.
-            let Some(k) = (0..=last).find(|&k| slot.members[k].retired && !slot.members[k].spare)
-            else {
-                break;
-            };
-            match self.join(i) {
-                Ok(fd) => {
-                    self.slots[i].members.push(Member {
-                        retired: true,
-                        spare: true,
-                        ..Member::new(fd, None)
-                    });
-                    self.remove(i, k, notices);
-                    changed = true;
-                }
-                Err(e) => {
-                    // Without a spare, closing would move the routed member:
-                    // it waits for the next generation's socket instead.
-                    log::debug!("no spare socket ({e:#}): closing later");
-                    break;
-                }
-            }
-        }
-        changed
-    }
-
-    /// A new listening TCP socket on `addr`, without `SO_REUSEPORT` (for a
-    /// shared listener).
-    fn bind_plain(&self, addr: SocketAddr, v6only: bool) -> Result<OwnedFd> {
-        let family = match addr {
-            SocketAddr::V4(_) => AddressFamily::Inet,
-            SocketAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let fd = socket(
-            family,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::Tcp,
-        )
-        .context("socket")?;
-        setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
-        if family == AddressFamily::Inet6 {
-            setsockopt(&fd, sockopt::Ipv6V6Only, &v6only).context("IPV6_V6ONLY")?;
-        }
-        self.options.apply(fd.as_fd(), true)?;
-        match addr {
-            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
-        }
-        .with_context(|| format!("bind {addr} again"))?;
-        listen(&fd, self.backlog).context("listen")?;
-        Ok(fd)
-    }
-
     /// Connections waiting in `g`'s own steered sockets (not counting a
     /// socket that is still routed).
     pub fn queued(&self, g: Generation) -> u64 {
         self.slots
             .iter()
-            .filter(|s| s.mode == Mode::Steer || s.frozen)
+            .filter(|s| s.mode.routes())
             .flat_map(|s| {
-                s.members
+                s.group
                     .iter()
                     .enumerate()
-                    .filter(move |(k, m)| m.owner == Some(g) && *k != s.routed)
+                    .filter(move |(k, m)| m.role.held_by(g) && *k != s.group.routed())
                     .map(move |(_, m)| queue_length(m.fd.as_fd(), s.stream))
             })
             .sum()
@@ -963,12 +690,8 @@ impl Steering {
     pub fn queue_of(&self, g: Generation) -> Option<u64> {
         let mut any = false;
         let mut n = 0;
-        for s in self
-            .slots
-            .iter()
-            .filter(|s| s.mode == Mode::Steer || s.frozen)
-        {
-            for m in s.members.iter().filter(|m| m.owner == Some(g)) {
+        for s in self.slots.iter().filter(|s| s.mode.routes()) {
+            for m in s.group.iter().filter(|m| m.role.held_by(g)) {
                 any = true;
                 n += queue_length(m.fd.as_fd(), s.stream);
             }
@@ -985,7 +708,11 @@ impl Steering {
     /// The reserve in listener `i`'s group (0 or 1): the member made ahead
     /// of time for the next generation.
     pub fn reserves(&self, i: usize) -> u32 {
-        self.slots[i].members.iter().filter(|m| m.reserve).count() as u32
+        self.slots[i]
+            .group
+            .iter()
+            .filter(|m| m.role.is_reserve())
+            .count() as u32
     }
 
     /// The spare sockets in listener `i`'s group: the supervisor's own
@@ -993,9 +720,9 @@ impl Steering {
     /// the next generation).
     pub fn spares(&self, i: usize) -> u32 {
         self.slots[i]
-            .members
+            .group
             .iter()
-            .filter(|m| m.spare || m.reserve)
+            .filter(|m| m.role.is_spare() || m.role.is_reserve())
             .count() as u32
     }
 
@@ -1003,7 +730,7 @@ impl Steering {
     pub fn serving_queues(&self) -> Vec<u64> {
         self.slots
             .iter()
-            .map(|s| match (s.members.get(s.routed), s.listener.fd_opt()) {
+            .map(|s| match (s.group.routed_member(), s.listener.fd_opt()) {
                 (Some(m), _) => queue_length(m.fd.as_fd(), s.stream),
                 (None, Some(fd)) => {
                     let stream =
@@ -1019,7 +746,7 @@ impl Steering {
     /// index and the address to connect to.
     pub fn probe_target(&self, g: Generation) -> Option<(usize, SocketAddr)> {
         self.slots.iter().enumerate().find_map(|(i, s)| {
-            let own = s.members.iter().any(|m| m.owner == Some(g));
+            let own = s.group.iter().any(|m| m.role.held_by(g));
             (s.mode == Mode::Steer && s.stream && own).then(|| (i, connect_addr(s.addr)))
         })
     }
@@ -1028,89 +755,31 @@ impl Steering {
     /// socket (a readiness probe); `None` ends the exception.
     pub fn set_probe(&mut self, i: usize, rule: Option<(u16, Generation)>) -> Result<()> {
         let slot = &mut self.slots[i];
-        slot.probe = match rule {
+        let probe = match rule {
             Some((port, g)) => {
-                let k = slot.members.iter().position(|m| m.owner == Some(g));
+                let k = slot.group.iter().position(|m| m.role.held_by(g));
                 Some((port, k.context("the generation has no socket of its own")?))
             }
             None => None,
         };
+        slot.group.set_probe(probe);
         Ok(self.attach(i)?)
     }
 
     /// `g`'s own socket of listener `i`, and whether it is TCP.
     pub fn socket_of(&self, i: usize, g: Generation) -> Option<BorrowedFd<'_>> {
         let s = &self.slots[i];
-        s.members
+        s.group
             .iter()
-            .find(|m| m.owner == Some(g))
+            .find(|m| m.role.held_by(g))
             .map(|m| m.fd.as_fd())
     }
 
-    /// Every socket the supervisor holds for the listeners (for the
-    /// stranger check and the tests' fd accounting).
-    fn own_inodes(&self) -> BTreeSet<u64> {
-        let mut set = BTreeSet::new();
-        for s in &self.slots {
-            if let Some(fd) = s.listener.fd_opt() {
-                set.extend(inode(fd));
-            }
-            for m in &s.members {
-                set.extend(m.ino);
-            }
-        }
-        set
-    }
-
-    /// A new member for slot `i`, joined to the group.
-    fn join(&self, i: usize) -> Result<OwnedFd> {
-        let s = &self.slots[i];
-        let (family, ty, proto) = match (s.addr, s.stream) {
-            (SocketAddr::V4(_), true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
-            (SocketAddr::V6(_), true) => {
-                (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp)
-            }
-            (SocketAddr::V4(_), false) => {
-                (AddressFamily::Inet, SockType::Datagram, SockProtocol::Udp)
-            }
-            (SocketAddr::V6(_), false) => {
-                (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp)
-            }
-        };
-        let fd = socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).context("socket")?;
-        setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
-        if s.stream {
-            setsockopt(&fd, sockopt::ReuseAddr, &true).context("SO_REUSEADDR")?;
-        }
-        if family == AddressFamily::Inet6 {
-            setsockopt(&fd, sockopt::Ipv6V6Only, &s.v6only).context("IPV6_V6ONLY")?;
-        }
-        if !s.listener.inherited {
-            self.options.apply(fd.as_fd(), s.stream)?;
-        }
-        match s.addr {
-            SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-            SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
-        }
-        .with_context(|| format!("bind a new socket to {}", s.addr))?;
-        if s.stream {
-            listen(&fd, self.backlog).context("listen")?;
-        }
-        Ok(fd)
-    }
-
-    /// Close member `k` of slot `i`, mirroring the kernel: the last member
-    /// moves into its slot.
+    /// Close member `k` of slot `i`: it leaves the group, and the group's
+    /// mirror follows the kernel (see [`Group::remove`]).
     fn remove(&mut self, i: usize, k: usize, notices: &mut Vec<Notice>) {
         let slot = &mut self.slots[i];
-        let m = slot.members.swap_remove(k);
-        let last = slot.members.len();
-        if slot.routed == last {
-            slot.routed = k;
-        }
-        if let Some((port, j)) = slot.probe {
-            slot.probe = (j != k).then_some((port, if j == last { k } else { j }));
-        }
+        let m = slot.group.remove(k);
         self.unwatched.remove(&m.fd.as_raw_fd());
         let slot = &mut self.slots[i];
         let queued = queue_length(m.fd.as_fd(), slot.stream);
@@ -1131,10 +800,16 @@ impl Steering {
         // and draining generations too) until the program follows. So it
         // follows at once, before anything else (the stranger check reads
         // every listening socket of the machine).
-        if self.slots[i].members.is_empty() {
-            // The group is gone, and its program with it.
-            self.slots[i].attached.clear();
-        } else if let Err(e) = self.attach(i) {
+        self.attach_after_leave(i, notices);
+    }
+
+    /// After a member left slot `i`'s group: attach the program that routes
+    /// by the new indices (an empty group has none: it went with the group).
+    fn attach_after_leave(&mut self, i: usize, notices: &mut Vec<Notice>) {
+        if self.slots[i].group.is_empty() {
+            return;
+        }
+        if let Err(e) = self.attach(i) {
             notices.push(Notice::Failed {
                 listener: self.slots[i].listener.name.clone(),
                 why: format!("attach the program: {e}"),
@@ -1147,54 +822,6 @@ impl Steering {
     fn after_change(&mut self, changed: &[usize], notices: &mut Vec<Notice>) {
         self.screen(changed, notices);
         self.attach_all(changed, notices);
-    }
-
-    /// Look for strangers in the groups of `slots` (one sock_diag dump for
-    /// them all); freeze each group that has one.
-    fn screen(&mut self, slots: &[usize], notices: &mut Vec<Notice>) {
-        let changed = slots;
-        if changed.is_empty() {
-            return;
-        }
-        let own = self.own_inodes();
-        let found = foreign_sockets(
-            &changed
-                .iter()
-                .map(|&i| (self.slots[i].addr, self.slots[i].stream))
-                .collect::<Vec<_>>(),
-            &own,
-        );
-        for &i in changed {
-            let port = self.slots[i].addr.port();
-            let stream = self.slots[i].stream;
-            let strangers: Vec<u64> = found
-                .iter()
-                .filter(|(p, s, _)| *p == port && *s == stream)
-                .map(|(_, _, ino)| *ino)
-                .collect();
-            if !strangers.is_empty() {
-                self.freeze(i);
-                notices.push(Notice::Stranger {
-                    listener: self.slots[i].listener.name.clone(),
-                    who: describe_holders(&strangers),
-                });
-            }
-        }
-    }
-
-    /// A stranger joined slot `i`: give up members of starting
-    /// generations (they were never routed, and may not be where we
-    /// believe) and never change the group again.
-    fn freeze(&mut self, i: usize) {
-        let slot = &mut self.slots[i];
-        slot.frozen = true;
-        slot.mode = Mode::Shared("another process joined its reuseport group".into());
-        slot.probe = None;
-        // Owners stay: a generation already started holds its own socket
-        // and accepts on nothing else, so it is routed there when ready
-        // (best effort: a member that joined after the stranger may not be
-        // where the list says). Later generations share the routed socket,
-        // and no member is closed again while the supervisor runs.
     }
 
     /// Attach slot `i`'s program: everything to the routed member, except
@@ -1213,23 +840,24 @@ impl Steering {
         let s = &mut self.slots[i];
         // Any member attaches the program to the whole group; an empty
         // group has nothing to route (its next member gets the program).
-        let Some(m) = s.members.get(s.routed).or(s.members.first()) else {
-            s.attached.clear();
+        let Some(m) = s.group.routed_member().or(s.group.first()) else {
+            s.group.forget_program();
             return Ok(());
         };
         let prog = program(
-            s.routed as u32,
+            s.group.routed() as u32,
             &weights,
-            s.probe.map(|(p, k)| (p, k as u32)),
+            s.group.probe().map(|(p, k)| (p, k as u32)),
         );
-        let key: Vec<(u16, u8, u8, u32)> = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
-        if key == s.attached {
+        let key: group::Program = prog.iter().map(|f| (f.code, f.jt, f.jf, f.k)).collect();
+        if key == *s.group.attached() {
             return Ok(());
         }
-        s.attached.clear();
-        attach_cbpf(m.fd.as_fd(), &prog)?;
-        s.attached = key;
-        Ok(())
+        let r = attach_cbpf(m.fd.as_fd(), &prog);
+        // A failed attach leaves the kernel's program unknown.
+        s.group
+            .set_attached(if r.is_ok() { key } else { Vec::new() });
+        r
     }
 
     /// Slot `i`'s members and their weights under the current split: each
@@ -1242,31 +870,12 @@ impl Steering {
             .iter()
             .filter(|(_, w)| *w > 0)
             .filter_map(|(g, w)| {
-                let k = s
-                    .members
-                    .iter()
-                    .position(|m| m.owner == Some(*g) && !m.retired)?;
+                let k = s.group.iter().position(|m| m.role.held_by(*g))?;
                 Some((k as u32, *w))
             })
             .collect();
         if out.len() < 2 { Vec::new() } else { out }
     }
-}
-
-/// Fds kept free of reserves (see [`Steering::replenish`]).
-const FD_MARGIN: usize = 64;
-
-/// The soft limit on open files (`RLIMIT_NOFILE`).
-fn open_files_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the kernel to write into.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
-    }
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// The slot of a bound listener: steered if `steer` asks for it and the
@@ -1287,15 +896,11 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
             Slot {
                 listener,
                 mode: Mode::Steer,
-                members: vec![Member::new(fd, None)],
-                routed: 0,
-                probe: None,
+                group: Group::new(vec![Member::new(fd, Role::live(Owner::Nobody))], 0, None),
                 stream,
                 addr,
                 v6only,
-                frozen: false,
                 shared_addr: None,
-                attached: Vec::new(),
             }
         }
         Err(why) => {
@@ -1306,64 +911,13 @@ fn slot_for(mut listener: Listener, steer: bool) -> Slot {
                 stream: tcp.is_some(),
                 listener,
                 mode: Mode::Shared(why),
-                members: Vec::new(),
-                routed: 0,
-                probe: None,
+                group: Group::none(),
                 addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
                 v6only: tcp.is_some_and(|(_, only)| only),
-                frozen: false,
                 shared_addr: tcp.map(|(a, _)| a),
-                attached: Vec::new(),
             }
         }
     }
-}
-
-/// Whether a listener can be steered: TCP or UDP, with `SO_REUSEPORT`
-/// set. Returns (is TCP, bound address, IPV6_V6ONLY).
-fn steer_kind(fd: BorrowedFd<'_>) -> Result<(bool, SocketAddr, bool), String> {
-    let ty: SockType = getsockopt(&fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
-    let stream = match ty {
-        SockType::Stream => true,
-        SockType::Datagram => false,
-        _ => return Err("neither TCP nor UDP".into()),
-    };
-    let addr: SockaddrStorage =
-        getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
-    let (addr, v6only) = if let Some(a) = addr.as_sockaddr_in() {
-        (SocketAddr::from(*a), false)
-    } else if let Some(a) = addr.as_sockaddr_in6() {
-        let only = getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false);
-        (SocketAddr::from(*a), only)
-    } else {
-        return Err("a Unix socket (no reuseport groups)".into());
-    };
-    if !getsockopt(&fd, sockopt::ReusePort).unwrap_or(false) {
-        return Err("the socket was handed over without SO_REUSEPORT, so it cannot be joined (a systemd socket unit needs ReusePort=yes)".into());
-    }
-    Ok((stream, addr, v6only))
-}
-
-/// A TCP (IPv4 or IPv6) socket's address and `IPV6_V6ONLY`; `None` for
-/// any other socket.
-fn tcp_address(fd: BorrowedFd<'_>) -> Option<(SocketAddr, bool)> {
-    if getsockopt(&fd, sockopt::SockType).ok()? != SockType::Stream {
-        return None;
-    }
-    let a: SockaddrStorage = getsockname(fd.as_raw_fd()).ok()?;
-    if let Some(a) = a.as_sockaddr_in() {
-        return Some((SocketAddr::from(*a), false));
-    }
-    let a = a.as_sockaddr_in6()?;
-    Some((
-        SocketAddr::from(*a),
-        getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false),
-    ))
-}
-
-/// Whether a socket is listening (`SO_ACCEPTCONN`).
-fn listening(fd: BorrowedFd<'_>) -> bool {
-    getsockopt(&fd, sockopt::AcceptConn).unwrap_or(true)
 }
 
 /// Where a probe connects for a listener bound to `addr`: loopback for a
