@@ -822,11 +822,7 @@ impl Driver {
     /// Taking over: once a generation of ours serves, tell the old
     /// supervisor; if the first one fails, give up and exit.
     fn advance_takeover(&mut self) {
-        let crate::handoff::Handoff::TakingOver {
-            from: t,
-            failed,
-            restart,
-        } = &mut self.parts.handoff
+        let crate::handoff::Handoff::TakingOver { from: t, failed } = &mut self.parts.handoff
         else {
             return;
         };
@@ -839,9 +835,6 @@ impl Driver {
             // is told to go.
             self.parts.steering.disown_files(false);
             self.parts.control.disown_file(false);
-            if let Some(policy) = restart.take() {
-                self.machine.set_restart(policy);
-            }
             match t.drain() {
                 Ok(()) => log::info!(
                     "{} serves: supervisor pid {peer} told to let its generations go",

@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::control::ConnId;
-use crate::machine::{Generation, RestartPolicy};
+use crate::machine::Generation;
 
 /// Which hand-off is under way.
 #[derive(Default)]
@@ -42,9 +42,6 @@ pub enum Handoff {
         from: crate::takeover::Sink,
         /// The first generation failed to start: give up and exit.
         failed: bool,
-        /// The crash policy asked for, applied once the other supervisor
-        /// is told to go (until then a failed start is final).
-        restart: Option<RestartPolicy>,
     },
 }
 

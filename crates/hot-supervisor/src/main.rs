@@ -319,6 +319,7 @@ fn config(args: &cli::Args, ready: machine::ReadyMode, steering: &steer::Steerin
         ready_timeout: args.ready_timeout,
         drain_timeout: args.drain_timeout,
         restart: args.restart.into(),
+        first_start_final: false,
         backoff_initial: Duration::from_millis(100),
         backoff_max: Duration::from_secs(10),
         healthy_after: Duration::from_secs(10),
@@ -634,11 +635,8 @@ fn serve(
     let mut cfg = config(&args, ready, &steering);
     // Taking over, a first generation that fails is not started again: the
     // old supervisor carries on, this one exits. The policy asked for
-    // applies once the old one has been told to go.
-    let restart = cfg.restart;
-    if takeover.is_some() {
-        cfg.restart = machine::RestartPolicy::Never;
-    }
+    // applies once a generation has served (and the old one is told to go).
+    cfg.first_start_final = takeover.is_some();
     if let Some(h) = &health {
         log::info!(
             "health endpoint http://{}/ (/livez, /readyz, /metrics)",
@@ -678,7 +676,6 @@ fn serve(
             Some(from) => handoff::Handoff::TakingOver {
                 from,
                 failed: false,
-                restart: Some(restart),
             },
             None => handoff::Handoff::Idle,
         },

@@ -45,7 +45,7 @@ impl Machine {
                 }
                 // A canary takes over as a starting generation would.
                 let starting = self.starting().or_else(|| self.canary());
-                let restart = self.cfg.restart.restarts(status)
+                let restart = self.restart_policy().restarts(status)
                     && !self.stopping()
                     && (starting.is_some() || self.may_start(now, status));
                 // A generation already starting takes over by itself.
@@ -181,7 +181,7 @@ impl Machine {
             if now.saturating_duration_since(*since) >= self.cfg.healthy_after);
         // One stopped for not being ready is started again whatever its
         // status.
-        let wanted = self.cfg.restart.restarts(status)
+        let wanted = self.restart_policy().restarts(status)
             || matches!(was, WorkerState::Retiring { restart: true, .. });
         let restart = wanted && self.may_start(now, status);
         let mut restart_in = None;

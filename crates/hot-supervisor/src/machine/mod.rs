@@ -149,6 +149,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Crash policy.
     pub restart: RestartPolicy,
+    /// Taking over from another supervisor: until a generation of this
+    /// one has served, a failed start is not tried again (the other
+    /// supervisor carries on; this one exits), whatever `restart` says.
+    pub first_start_final: bool,
     /// First restart delay after a crash; doubles with each further crash.
     pub backoff_initial: Duration,
     /// Upper bound of the restart delay.
@@ -900,6 +904,8 @@ pub struct Machine {
     done: bool,
     /// Generations started by the crash policy so far.
     restarts: u64,
+    /// A generation has been active (see [`Config::first_start_final`]).
+    served: bool,
     /// The latest time seen (time must never go backwards).
     now: Instant,
     /// When the recent starts counted by the start limit happened.

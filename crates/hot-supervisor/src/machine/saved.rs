@@ -102,6 +102,9 @@ impl Machine {
             last_status: saved.last_status,
             done: saved.done,
             restarts: saved.restarts,
+            // An upgrade is refused while a takeover is under way: a
+            // machine carried across one is past its first start.
+            served: true,
             now: saved.now.max(now),
             starts: saved.starts,
             rollout: saved.rollout,

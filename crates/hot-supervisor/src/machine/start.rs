@@ -66,6 +66,7 @@ impl Machine {
             self.failures = 0;
         }
         self.set_state(g, State::Active { since: now });
+        self.served = true;
         self.set_split(Vec::new());
         self.push(Action::Route(g));
         self.report(Event::Ready {
@@ -255,7 +256,7 @@ impl Machine {
                 }
             };
             self.last_status = Some(status);
-            if self.cfg.restart.restarts(status) && self.may_start(now, status) {
+            if self.restart_policy().restarts(status) && self.may_start(now, status) {
                 restart_in = Some(self.schedule_restart(now));
             } else {
                 stop_with = Some(status);

@@ -20,6 +20,7 @@ impl Machine {
             last_status: None,
             done: false,
             restarts: 0,
+            served: false,
             now,
             starts: VecDeque::new(),
             rollout: None,
@@ -32,9 +33,15 @@ impl Machine {
         m
     }
 
-    /// What to do when the active generation exits on its own, from now.
-    pub fn set_restart(&mut self, policy: RestartPolicy) {
-        self.cfg.restart = policy;
+    /// The crash policy in force: [`Config::restart`], except that while
+    /// taking over, until a generation of ours has served, a failed start
+    /// is final ([`Config::first_start_final`]).
+    pub(super) fn restart_policy(&self) -> RestartPolicy {
+        if self.cfg.first_start_final && !self.served {
+            RestartPolicy::Never
+        } else {
+            self.cfg.restart
+        }
     }
 
     /// The next action for the driver, in order.

@@ -291,3 +291,46 @@ fn a_failed_start_releases_its_sockets_before_the_queued_reload_spawns() {
     // A generation still running is never released.
     assert!(!acts.contains(&Action::Release(G2)), "{acts:?}");
 }
+
+#[test]
+fn taking_over_a_failed_first_start_is_final_then_the_policy_applies() {
+    // While taking over: the first generation exits before it is ready;
+    // under `always` it would be restarted, but the old supervisor still
+    // serves, so this one stops with the failure.
+    let first_start_final = |t0| {
+        Machine::new(
+            Config {
+                first_start_final: true,
+                ..cfg(ReadyMode::Notify, RestartPolicy::Always)
+            },
+            t0,
+        )
+    };
+    let t0 = Instant::now();
+    let mut m = first_start_final(t0);
+    actions(&mut m);
+    m.handle(ms(t0, 50), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
+    let acts = actions(&mut m);
+    assert!(spawns(&acts).is_empty(), "{acts:?}");
+    assert_eq!(acts.last(), Some(&Action::Exit(1)), "{acts:?}");
+    assert!(m.is_done());
+
+    // Once a generation has served, the policy asked for applies: a crash
+    // is restarted.
+    let mut m = first_start_final(t0);
+    actions(&mut m);
+    m.handle(ms(t0, 50), Input::WorkerReady(G1, 0));
+    m.handle(ms(t0, 900), Input::WorkerExited(G1, 0, ExitStatus::Code(1)));
+    let acts = actions(&mut m);
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Report(Event::Crashed {
+                restart_in: Some(_),
+                ..
+            })
+        )),
+        "{acts:?}"
+    );
+    assert!(!m.is_done());
+}

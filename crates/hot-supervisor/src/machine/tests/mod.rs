@@ -34,6 +34,7 @@ fn cfg(ready: ReadyMode, restart: RestartPolicy) -> Config {
         workers: 1,
         reload: Strategy::AllAtOnce,
         max_generations: None,
+        first_start_final: false,
     }
 }
 
