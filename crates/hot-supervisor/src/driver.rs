@@ -23,6 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::children::Reaping;
 use crate::control::{self, ConnId, ControlEvent};
 use crate::health;
 use crate::machine::{Action, Event, Generation, Input, Machine, Strategy, Ticket};
@@ -203,8 +204,11 @@ impl Driver {
     pub fn run(mut self) -> Result<i32> {
         self.execute();
         loop {
+            // Not while a worker's exec status is awaited: the next image
+            // could not read it (it comes within the bound).
             if let crate::handoff::Handoff::ExecDue { waiter, requested } = self.parts.handoff
                 && self.exit.is_none()
+                && !self.parts.children.exec_pending()
             {
                 self.parts.handoff = crate::handoff::Handoff::Idle;
                 self.exec_upgrade(waiter, requested);
@@ -255,6 +259,10 @@ impl Driver {
                 let now = Instant::now();
                 match w {
                     Watch::Signals => {}
+                    Watch::Exec(g, w) => {
+                        let started = self.parts.children.on_exec_status(g, w);
+                        self.exec_settled(started.into_iter().collect());
+                    }
                     Watch::Notify(g, w) => self.read_notify(g, w),
                     Watch::Channel(g, w) => self.serve_channel((g, w), now),
                     Watch::Control(c) => {
@@ -287,6 +295,8 @@ impl Driver {
             }
             if self.exit.is_none() {
                 let now = Instant::now();
+                let started = self.parts.children.on_exec_timeout(now);
+                self.exec_settled(started);
                 self.parts.control.on_timeout(now);
                 self.parts.channels.on_timeout(now);
                 if let Some(m) = &mut self.parts.manager {
@@ -387,7 +397,22 @@ impl Driver {
             };
             match sig {
                 Signal::SIGCHLD => {
-                    for r in self.parts.children.reap() {
+                    // Workers reaped before their exec status was read are
+                    // told as started (or failed) first: their spawn came
+                    // before their exit.
+                    let (started, exited): (Vec<_>, Vec<_>) = self
+                        .parts
+                        .children
+                        .reap()
+                        .into_iter()
+                        .partition(|r| matches!(r, Reaping::Started(_)));
+                    let started = started.into_iter().filter_map(|r| match r {
+                        Reaping::Started(s) => Some(s),
+                        Reaping::Exited(_) => None,
+                    });
+                    self.exec_settled(started.collect());
+                    for r in exited {
+                        let Reaping::Exited(r) = r else { continue };
                         match r.worker {
                             Some((g, w)) => self.feed(Input::WorkerExited(g, w, r.status)),
                             None => log::debug!(
@@ -1029,22 +1054,17 @@ impl Driver {
                 Action::Spawn(g) => {
                     // The machine decides what a worker that could not be
                     // spawned means: once the start has failed, no worker
-                    // of the generation is left to start.
+                    // of the generation is left to start. (Each is probed
+                    // once it has exec'd: see `exec_settled`.)
                     for w in 0..self.machine.workers_per_generation() {
                         if self.machine.worker_starting(g, w) {
                             self.spawn(g, w);
                         }
                     }
-                    let started = self.machine.starting_workers(g);
-                    self.probe(g, &started, now);
                 }
-                Action::SpawnWorker(g, w) => {
-                    // Each new worker is verified on its own: in a rolling
-                    // reload, and when one is restarted alone.
-                    if self.spawn(g, w) {
-                        self.probe(g, &[w], now);
-                    }
-                }
+                // Each new worker is verified on its own: in a rolling
+                // reload, and when one is restarted alone.
+                Action::SpawnWorker(g, w) => self.spawn(g, w),
                 Action::Stop(g) => self.parts.children.stop(g),
                 Action::Kill(g) => self.parts.children.kill(g),
                 Action::StopWorker(g, w) => self.parts.children.stop_worker(g, w),
@@ -1175,15 +1195,15 @@ impl Driver {
         }
     }
 
-    /// Spawn worker `w` of `g` on `g`'s sockets; whether it started (a
-    /// failure is fed to the machine).
-    fn spawn(&mut self, g: Generation, w: u32) -> bool {
+    /// Fork worker `w` of `g` on `g`'s sockets (a failure is fed to the
+    /// machine; its exec status comes later, see `exec_settled`).
+    fn spawn(&mut self, g: Generation, w: u32) {
         let now = Instant::now();
         if self.parts.steering.held() {
             let why = "another supervisor is taking over".to_string();
             self.machine
                 .handle(now, Input::WorkerSpawnFailed(g, w, why));
-            return false;
+            return;
         }
         let steering = &mut self.parts.steering;
         let names: Vec<String> = steering.listeners().map(|(l, _)| l.name.clone()).collect();
@@ -1208,6 +1228,8 @@ impl Driver {
             self.parts.channels.add((g, w), ours);
         }
         match spawned {
+            // Said at once, as when the spawn waited for the exec: the log
+            // and the events keep the order the requests were handled in.
             Ok(pid) => {
                 let workers = self.machine.workers_per_generation() > 1;
                 let mut r = Record::new(crate::report::unix_now(), Kind::Spawned);
@@ -1222,13 +1244,39 @@ impl Driver {
                     }
                 });
                 self.parts.control.publish(&r);
-                true
             }
             Err(e) => {
                 self.machine
                     .handle(now, Input::WorkerSpawnFailed(g, w, format!("{e:#}")));
-                false
             }
+        }
+    }
+
+    /// Workers whose exec status came back: each of the `started` is
+    /// probed, if readiness is; then the workers that could not exec are
+    /// fed to the machine, in the order their spawns would have failed had
+    /// each waited for its own status.
+    fn exec_settled(&mut self, started: Vec<crate::children::Started>) {
+        let now = Instant::now();
+        for crate::children::Started { worker: (g, w) } in started {
+            if self.machine.worker_starting(g, w) {
+                self.probe(g, &[w], now);
+            }
+        }
+        while let Some(((g, w), e)) = self.parts.children.next_failure() {
+            let before = self.machine.starting_workers(g);
+            self.machine.handle(
+                Instant::now(),
+                Input::WorkerSpawnFailed(g, w, format!("{e:#}")),
+            );
+            // The workers spawned after it are, to the machine, never
+            // spawned (the start has failed): so they must not be.
+            for x in before {
+                if x > w && !self.machine.worker_alive(g, x) {
+                    self.parts.children.abandon(g, x);
+                }
+            }
+            self.execute();
         }
     }
 
