@@ -70,7 +70,7 @@ enum Exec {
     Pending(spawn::Pending),
     /// It could not exec (it is reaped): told once every worker of its
     /// generation spawned before it has exec'd.
-    Failed(anyhow::Error),
+    Failed(spawn::SpawnError),
 }
 
 /// Where an exec status stands, without what it holds.
@@ -234,12 +234,8 @@ pub fn read_env(
     for path in files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
-        let parsed = hot_supervisor::envfile::parse(&text).map_err(|e| {
-            match e.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-                Some((line, what)) => anyhow::anyhow!("{}:{line}: {what}", path.display()),
-                None => anyhow::anyhow!("--env-file {}: {e}", path.display()),
-            }
-        })?;
+        let parsed = hot_supervisor::envfile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.line, e.what))?;
         env.extend(parsed);
     }
     env.extend(args.iter().cloned());
@@ -482,7 +478,7 @@ impl Children {
     fn settle(
         c: &mut Child,
         worker: (Generation, u32),
-        outcome: Result<()>,
+        outcome: Result<(), spawn::SpawnError>,
         reaped: bool,
     ) -> Option<Started> {
         match outcome {
@@ -503,7 +499,7 @@ impl Children {
     /// still awaits its status (as when each spawn waited for its own). It
     /// is forgotten here (it never was a process of the generation's), and
     /// the error says why.
-    pub fn next_failure(&mut self) -> Option<((Generation, u32), anyhow::Error)> {
+    pub fn next_failure(&mut self) -> Option<((Generation, u32), spawn::SpawnError)> {
         let key = first_failure(self.map.iter().map(|(k, c)| (*k, c.exec.stands())))?;
         let c = self.map.remove(&key)?;
         self.groups.retain(|&p| p != c.pid.as_raw());

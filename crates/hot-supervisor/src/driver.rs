@@ -1267,7 +1267,7 @@ impl Driver {
             let before = self.machine.starting_workers(g);
             self.machine.handle(
                 Instant::now(),
-                Input::WorkerSpawnFailed(g, w, format!("{e:#}")),
+                Input::WorkerSpawnFailed(g, w, e.to_string()),
             );
             // The workers spawned after it are, to the machine, never
             // spawned (the start has failed): so they must not be.

@@ -50,7 +50,7 @@ const EXEC_STATUS_BOUND: Duration = Duration::from_secs(2);
 /// The step of the child's setup that failed, sent in a [`Report`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-enum Step {
+pub enum Step {
     /// `setpgid(0, 0)`.
     ProcessGroup = 1,
     /// `rt_sigaction` to SIG_DFL; the detail is the signal number.
@@ -133,45 +133,138 @@ impl Report {
         }
     }
 
-    /// The error the parent returns for this report, naming the step and the
-    /// OS reason.
-    fn error(&self, program: &str) -> anyhow::Error {
-        let err = io::Error::from_raw_os_error(self.errno);
-        let d = self.detail;
-        let first = supervisor_child::protocol::LISTEN_FDS_START;
-        let what = match Step::from_code(self.step) {
-            Some(Step::ProcessGroup) => "move to a new process group".to_string(),
-            Some(Step::SignalDisposition) => {
-                format!("reset the disposition of signal {d}")
-            }
-            Some(Step::SignalMask) => "clear the signal mask".to_string(),
-            Some(Step::ParentDeathSignal) => {
-                format!("set the parent-death signal to {d}")
-            }
-            Some(Step::ParentGone) => {
-                return anyhow::anyhow!(
-                    "child for {program}: the supervisor exited before the child could exec"
-                );
-            }
-            Some(Step::StatusPipe) => {
-                format!("move the exec-status pipe to fd {d} or above")
-            }
-            Some(Step::MoveListener) => {
-                format!("move listener {d} out of the listener fd range")
-            }
-            Some(Step::PlaceListener) => {
-                format!("place listener {d} at fd {}", first.saturating_add(d))
-            }
-            Some(Step::Exec) => return anyhow::anyhow!("exec {program}: {err}"),
-            Some(Step::Chdir) => "change to the working directory".to_string(),
-            Some(Step::Groups) => "set the supplementary groups".to_string(),
-            Some(Step::Gid) => format!("set the group id to {d}"),
-            Some(Step::Uid) => format!("set the user id to {d}"),
-            None => format!("unknown step {}", self.step),
-        };
-        anyhow::anyhow!("child for {program}: {what}: {err}")
+    /// The error the parent returns for this report.
+    fn error(&self, program: &str) -> SpawnError {
+        let program = program.to_string();
+        let (errno, detail) = (self.errno, self.detail);
+        match Step::from_code(self.step) {
+            Some(Step::Exec) => SpawnError::Exec { program, errno },
+            Some(Step::ParentGone) => SpawnError::ParentGone { program },
+            Some(step) => SpawnError::Setup {
+                program,
+                step,
+                errno,
+                detail,
+            },
+            None => SpawnError::UnknownStep {
+                program,
+                code: self.step,
+                errno,
+            },
+        }
     }
 }
+
+/// Why a child could not be spawned: the supervisor could not fork it, or
+/// the child said on its status pipe what failed before or in its exec.
+/// Its text is what the log and the reload's answer say.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The exec-status pipe could not be made (`pipe2`).
+    Pipe(Errno),
+    /// `fork` failed.
+    Fork(io::Error),
+    /// The `execve` of the program failed (errno).
+    Exec {
+        /// The program, as resolved.
+        program: String,
+        /// Why.
+        errno: i32,
+    },
+    /// A step of the child's setup before the exec failed (errno, and the
+    /// step's detail: see [`Step`]).
+    Setup {
+        /// The program, as resolved.
+        program: String,
+        /// The step.
+        step: Step,
+        /// Why.
+        errno: i32,
+        /// The signal, fd, listener or id the step was about.
+        detail: i32,
+    },
+    /// The supervisor exited before the child could exec.
+    ParentGone {
+        /// The program, as resolved.
+        program: String,
+    },
+    /// The child reported a step this supervisor does not know.
+    UnknownStep {
+        /// The program, as resolved.
+        program: String,
+        /// The step's code.
+        code: u32,
+        /// Why.
+        errno: i32,
+    },
+    /// The child's report was cut short (its length in bytes).
+    ShortReport {
+        /// The program, as resolved.
+        program: String,
+        /// The bytes that came.
+        bytes: usize,
+    },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let os = |errno: i32| io::Error::from_raw_os_error(errno);
+        match self {
+            SpawnError::Pipe(e) => write!(f, "create exec-status pipe: {e}"),
+            SpawnError::Fork(e) => write!(f, "fork: {e}"),
+            SpawnError::Exec { program, errno } => write!(f, "exec {program}: {}", os(*errno)),
+            SpawnError::ParentGone { program } => write!(
+                f,
+                "child for {program}: the supervisor exited before the child could exec"
+            ),
+            SpawnError::Setup {
+                program,
+                step,
+                errno,
+                detail: d,
+            } => {
+                write!(f, "child for {program}: ")?;
+                let first = supervisor_child::protocol::LISTEN_FDS_START;
+                match step {
+                    Step::ProcessGroup => write!(f, "move to a new process group"),
+                    Step::SignalDisposition => write!(f, "reset the disposition of signal {d}"),
+                    Step::SignalMask => write!(f, "clear the signal mask"),
+                    Step::ParentDeathSignal => write!(f, "set the parent-death signal to {d}"),
+                    Step::StatusPipe => write!(f, "move the exec-status pipe to fd {d} or above"),
+                    Step::MoveListener => {
+                        write!(f, "move listener {d} out of the listener fd range")
+                    }
+                    Step::PlaceListener => {
+                        write!(f, "place listener {d} at fd {}", first.saturating_add(*d))
+                    }
+                    Step::Chdir => write!(f, "change to the working directory"),
+                    Step::Groups => write!(f, "set the supplementary groups"),
+                    Step::Gid => write!(f, "set the group id to {d}"),
+                    Step::Uid => write!(f, "set the user id to {d}"),
+                    // Their own variants; never sent as a setup step.
+                    Step::Exec => write!(f, "exec"),
+                    Step::ParentGone => write!(f, "the supervisor exited"),
+                }?;
+                write!(f, ": {}", os(*errno))
+            }
+            SpawnError::UnknownStep {
+                program,
+                code,
+                errno,
+            } => write!(
+                f,
+                "child for {program}: unknown step {code}: {}",
+                os(*errno)
+            ),
+            SpawnError::ShortReport { program, bytes } => write!(
+                f,
+                "child for {program} failed before exec (a {bytes}-byte status report)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
 
 /// Everything the child of one spawn needs, built in the parent.
 pub struct Plan {
@@ -417,18 +510,22 @@ fn executable(path: &Path) -> Result<()> {
 ///
 /// # Errors
 /// `pipe2` or `fork` failed: no child exists.
-pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pending> {
+pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pending, SpawnError> {
     spawn_within(plan, listeners, EXEC_STATUS_BOUND)
 }
 
 /// [`spawn`], the child's exec status awaited at most `bound`.
-fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) -> Result<Pending> {
+fn spawn_within(
+    plan: &mut Plan,
+    listeners: &[BorrowedFd<'_>],
+    bound: Duration,
+) -> Result<Pending, SpawnError> {
     // Non-blocking: the loop reads it when poll says so, and a read of a
     // pipe whose child is alive and silent must not wait. (The child's
     // end too: its one write of 12 bytes goes into an empty pipe.)
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .context("create exec-status pipe")?;
+            .map_err(SpawnError::Pipe)?;
 
     // Everything the child touches is prepared here: no allocation after fork.
     let argv: Vec<*const libc::c_char> = plan
@@ -481,7 +578,7 @@ fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) 
     // async-signal-safe and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(io::Error::last_os_error()).context("fork");
+        return Err(SpawnError::Fork(io::Error::last_os_error()));
     }
     if pid == 0 {
         // SAFETY: we are the freshly forked child; every pointer in `child`
@@ -562,7 +659,7 @@ impl Pending {
     /// has neither exec'd nor failed; `Ok` once it exec'd; `Err` if it
     /// failed (it is reaped here then, so that no zombie and no stray pid
     /// remains: it exits right after its report).
-    pub fn on_readable(&mut self) -> Option<Result<()>> {
+    pub fn on_readable(&mut self) -> Option<Result<(), SpawnError>> {
         match self.read() {
             Read::Again => None,
             Read::Done => Some(self.outcome(true)),
@@ -572,7 +669,7 @@ impl Pending {
 
     /// `now` is past the deadline: the child counts as started (a warning
     /// names its pid). `None` before the deadline.
-    pub fn on_timeout(&mut self, now: Instant) -> Option<Result<()>> {
+    pub fn on_timeout(&mut self, now: Instant) -> Option<Result<(), SpawnError>> {
         (now >= self.deadline).then(|| {
             let why = format!(
                 "no exec status within {}",
@@ -586,7 +683,7 @@ impl Pending {
     /// saw it): everything it wrote is in the pipe, so its status is known
     /// now, as it was when it was read before the child could be reaped.
     /// The caller reaps it.
-    pub fn on_exit(mut self) -> Result<()> {
+    pub fn on_exit(mut self) -> Result<(), SpawnError> {
         match self.read() {
             // The write end is closed with the child: EOF must follow the
             // data. Were it not, the child said nothing: as EOF.
@@ -611,7 +708,7 @@ impl Pending {
 
     /// The status once nothing more will come: nothing read means the exec
     /// succeeded. A failed child is reaped first when `reap`.
-    fn outcome(&self, reap: bool) -> Result<()> {
+    fn outcome(&self, reap: bool) -> Result<(), SpawnError> {
         let n = self.got;
         if n == 0 {
             return Ok(());
@@ -622,10 +719,10 @@ impl Pending {
             let _ = waitpid(self.pid, None);
         }
         if n != self.report.len() {
-            bail!(
-                "child for {} failed before exec (a {n}-byte status report)",
-                self.program
-            );
+            return Err(SpawnError::ShortReport {
+                program: self.program.clone(),
+                bytes: n,
+            });
         }
         Err(Report::decode(&self.report).error(&self.program))
     }
@@ -633,7 +730,7 @@ impl Pending {
     /// Give up on the status (`why`): the child counts as started. A
     /// failure report written later may then meet no reader; the child
     /// blocks SIGPIPE before writing, so it still exits with 127.
-    fn unconfirmed(&self, why: &str) -> Result<()> {
+    fn unconfirmed(&self, why: &str) -> Result<(), SpawnError> {
         log::warn!(
             "pid {}: exec of {} not confirmed ({why}); treating it as started",
             self.pid,
@@ -1009,7 +1106,7 @@ mod tests {
 
     /// Wait for `pending`'s exec status as the supervisor's loop does:
     /// poll its pipe until it says something or the deadline passes.
-    fn settle(mut pending: Pending) -> Result<Pid> {
+    fn settle(mut pending: Pending) -> Result<Pid, SpawnError> {
         let pid = pending.pid();
         loop {
             let left = pending.deadline().saturating_duration_since(Instant::now());
@@ -1069,6 +1166,22 @@ mod tests {
                 .to_string()
                 .starts_with("child for x: unknown step 99: ")
         );
+        let short = SpawnError::ShortReport {
+            program: "/srv/app".into(),
+            bytes: 5,
+        };
+        assert_eq!(
+            short.to_string(),
+            "child for /srv/app failed before exec (a 5-byte status report)"
+        );
+        assert_eq!(
+            SpawnError::Pipe(Errno::EMFILE).to_string(),
+            "create exec-status pipe: EMFILE: Too many open files"
+        );
+        assert_eq!(
+            SpawnError::Fork(io::Error::from_raw_os_error(libc::EAGAIN)).to_string(),
+            "fork: Resource temporarily unavailable (os error 11)"
+        );
     }
 
     #[test]
@@ -1076,6 +1189,10 @@ mod tests {
         let dir = TempDir::new("exec");
         let program = dir.not_a_program();
         let e = settle(spawn(&mut plan(program.as_os_str(), 0), &[]).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, SpawnError::Exec { errno, .. } if errno == libc::ENOEXEC),
+            "{e:?}"
+        );
         assert_eq!(
             e.to_string(),
             format!(
@@ -1091,6 +1208,18 @@ mod tests {
     #[test]
     fn parent_death_signal_failure_is_reported() {
         let e = settle(spawn(&mut plan(OsStr::new("true"), 65), &[]).unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SpawnError::Setup {
+                    step: Step::ParentDeathSignal,
+                    errno: libc::EINVAL,
+                    detail: 65,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let msg = e.to_string();
         assert!(
             msg.starts_with("child for /")
