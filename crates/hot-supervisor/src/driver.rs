@@ -765,7 +765,8 @@ impl Driver {
         let Some(stream) = self.parts.control.take_stream(id) else {
             return;
         };
-        let mut keep = crate::carry::Keep::default();
+        // Duplicates, made while each part lends its fds: what is sent.
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::Duplicates);
         let payload = crate::takeover::Payload {
             format: crate::takeover::FORMAT.to_string(),
             version: crate::takeover::VERSION,
@@ -775,18 +776,15 @@ impl Driver {
             control: self.parts.control.save_listener(&mut keep),
             health: self.parts.health.as_ref().map(|h| h.save(&mut keep)),
         };
-        let fds: Vec<std::os::fd::BorrowedFd<'_>> = keep
-            .list()
-            .into_iter()
-            // SAFETY: every fd listed was just read from a part that owns
-            // it and keeps it open for the duration of this call.
-            .map(|raw| unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) })
-            .collect();
-        match crate::takeover::Source::new(stream, pid, &payload, &fds) {
+        let n = keep.numbers().len();
+        let source = keep
+            .into_duplicates()
+            .context("dup")
+            .and_then(|fds| crate::takeover::Source::new(stream, pid, &payload, fds));
+        match source {
             Ok(source) => {
                 log::info!(
-                    "supervisor pid {pid} takes over: {} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)",
-                    fds.len()
+                    "supervisor pid {pid} takes over: {n} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)"
                 );
                 let mut r = Record::new(crate::report::unix_now(), Kind::Takeover);
                 r.pid = Some(pid);
@@ -900,15 +898,20 @@ impl Driver {
         let refuse = self.parts.handoff.may_upgrade(self.machine.stopping());
         let started = match refuse {
             Err(why) => Err(anyhow::anyhow!(why)),
-            Ok(()) => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
-                crate::upgrade::Check::start(
-                    &self.settings.binary,
-                    state,
-                    timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
-                    waiter,
-                    now,
-                )
-            }),
+            Ok(()) => {
+                // Only the numbers: the check reads the state, nothing is
+                // carried.
+                let state = self.save(waiter, now, &mut crate::carry::Keep::default());
+                crate::upgrade::write_state(&state).and_then(|state| {
+                    crate::upgrade::Check::start(
+                        &self.settings.binary,
+                        state,
+                        timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
+                        waiter,
+                        now,
+                    )
+                })
+            }
         };
         match started {
             Ok(check) => {
@@ -956,20 +959,24 @@ impl Driver {
         }
     }
 
-    /// Everything the next image needs, and the fds it names.
-    fn save(&self, waiter: Option<ConnId>, requested: Instant) -> (crate::state::State, Vec<i32>) {
-        let mut keep = crate::carry::Keep::default();
-        let steering = self.parts.steering.save(&mut keep);
-        let children = self.parts.children.save(&mut keep);
-        let control = self.parts.control.save(&mut keep);
-        let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
-        let channels = self.parts.channels.save(&mut keep);
-        let state = crate::state::State {
+    /// Everything the next image needs; `keep` gets every fd it names.
+    fn save(
+        &self,
+        waiter: Option<ConnId>,
+        requested: Instant,
+        keep: &mut crate::carry::Keep,
+    ) -> crate::state::State {
+        let steering = self.parts.steering.save(keep);
+        let children = self.parts.children.save(keep);
+        let control = self.parts.control.save(keep);
+        let health = self.parts.health.as_ref().map(|h| h.save(keep));
+        let channels = self.parts.channels.save(keep);
+        crate::state::State {
             channels,
             format: crate::state::FORMAT.to_string(),
             version: crate::state::VERSION,
             writer: crate::upgrade::version().to_string(),
-            fds: keep.list(),
+            fds: keep.numbers(),
             machine: self.machine.save(),
             children,
             steering,
@@ -994,8 +1001,14 @@ impl Driver {
                 from_version: crate::upgrade::version().to_string(),
                 upgraded_at: crate::report::unix_now(),
             },
-        };
-        (state, keep.list())
+        }
+    }
+
+    /// Set the close-on-exec flag of every fd the state names again: the
+    /// exec that was to carry them failed.
+    fn uncarry(&self) {
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::Back);
+        let _ = self.save(None, Instant::now(), &mut keep);
     }
 
     /// Exec the new image with the state as it is now; returns only if
@@ -1006,10 +1019,16 @@ impl Driver {
         }
         // Whatever the service manager is owed goes out first.
         self.tell_manager();
-        let (state, keep) = self.save(waiter, requested);
+        // Every fd the state names loses its close-on-exec flag as its part
+        // lends it (nothing forks from here to the exec).
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::AcrossExec);
+        let state = self.save(waiter, requested, &mut keep);
         let fd = match crate::upgrade::write_state(&state) {
             Ok(fd) => fd,
-            Err(e) => return self.upgrade_failed(waiter, &format!("{e:#}")),
+            Err(e) => {
+                self.uncarry();
+                return self.upgrade_failed(waiter, &format!("{e:#}"));
+            }
         };
         let mut r = Record::new(crate::report::unix_now(), Kind::Upgrade);
         r.path = Some(self.settings.binary.display().to_string());
@@ -1023,12 +1042,8 @@ impl Driver {
         });
         self.parts.control.publish(&r);
         self.parts.control.end_streams();
-        let e = crate::upgrade::exec(
-            &self.settings.binary,
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &keep,
-            None,
-        );
+        let e = crate::upgrade::exec(&self.settings.binary, fd.as_fd(), None);
+        self.uncarry();
         self.upgrade_failed(waiter, &format!("{e:#}"));
     }
 
