@@ -38,8 +38,8 @@ const PID_DIGITS: usize = 20;
 ///
 /// The loop goes on meanwhile, but what waits for the status waits too: an
 /// in-place upgrade (the next image could not read a pipe of this one's),
-/// and the workers spawned after a worker, whose failure would be told
-/// only after its own. A healthy exec takes milliseconds, but one that
+/// and the failure of a worker spawned after this one, told only once this
+/// one's status is known. A healthy exec takes milliseconds, but one that
 /// stalls (the binary on a hung network mount, a file lease being broken)
 /// can block in the kernel for minutes. Two seconds is far above any
 /// healthy exec. Past the bound the child is treated as started; if its
