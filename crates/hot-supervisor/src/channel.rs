@@ -17,7 +17,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use hot_supervisor::parse::control::{Line, Request, answer, parse_request, take_line};
+use hot_supervisor::parse::control::{
+    Line, Request, RequestError, answer, parse_request, take_line,
+};
 
 use crate::control::{SendStep, Transfer, send_some};
 use crate::machine::Generation;
@@ -138,7 +140,7 @@ impl Channels {
                             buf.extend_from_slice(&chunk[..n]);
                             match take_line(buf) {
                                 Line::Incomplete => continue,
-                                Line::TooLong => break Err("request too long".to_string()),
+                                Line::TooLong => break Err(RequestError::TooLong),
                                 Line::Complete(l) => break parse_request(l),
                             }
                         }
@@ -169,8 +171,12 @@ impl Channels {
                         self.refuse(who, &why, now);
                         None
                     }
+                    Err(RequestError::TooLong) => {
+                        self.refuse(who, "request too long", now);
+                        None
+                    }
                     Err(why) => {
-                        self.refuse(who, &why, now);
+                        self.refuse(who, &why.to_string(), now);
                         None
                     }
                 }

@@ -1,11 +1,20 @@
-//! The generations' processes: spawning them, signalling them, reaping
-//! them, and reading their notify sockets.
+//! The generations' processes: spawning them, awaiting their exec status,
+//! signalling them, reaping them, and reading their notify sockets.
 //!
-//! Owns each worker's pid (until it is reaped), its notify socket and
-//! its last `STATUS=` (a generation is one worker, or N with `--workers`).
-//! A worker is named by its generation and index. It signals only pids it has not yet reaped, so a pid
-//! is never reused under it. It never decides anything: the driver tells it
-//! what to do and feeds what it reports to the machine.
+//! Owns each worker's pid (until it is reaped), its exec-status pipe
+//! (until the status is known), its notify socket and its last `STATUS=`
+//! (a generation is one worker, or N with `--workers`). A worker is named
+//! by its generation and index. It signals only pids it has not yet
+//! reaped, so a pid is never reused under it. It never decides anything:
+//! the driver tells it what to do and feeds what it reports to the
+//! machine.
+//!
+//! A spawn returns once the worker is forked; its exec status is polled
+//! with the rest ([`Children::exec_interest`]). The machine hears of a
+//! worker that could not exec as it did when each spawn waited for its
+//! status: the failures of a generation's workers in their order, each
+//! once every worker spawned before it has exec'd
+//! ([`Children::next_failure`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -48,6 +57,73 @@ struct Child {
     reaped: bool,
     /// The last `STATUS=` text.
     status: Option<String>,
+    /// Its exec status, while it is awaited or not yet told.
+    exec: Exec,
+}
+
+/// Where a worker's exec status stands.
+#[derive(Debug)]
+enum Exec {
+    /// Known and told (or carried across an upgrade: known then).
+    Done,
+    /// Awaited on its pipe.
+    Pending(spawn::Pending),
+    /// It could not exec (it is reaped): told once every worker of its
+    /// generation spawned before it has exec'd.
+    Failed(spawn::SpawnError),
+}
+
+/// Where an exec status stands, without what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stands {
+    Done,
+    Pending,
+    Failed,
+}
+
+impl Exec {
+    fn stands(&self) -> Stands {
+        match self {
+            Exec::Done => Stands::Done,
+            Exec::Pending(_) => Stands::Pending,
+            Exec::Failed(_) => Stands::Failed,
+        }
+    }
+}
+
+/// Of `workers` (in order), the first failed one with no worker of its
+/// generation below it still pending.
+fn first_failure(
+    workers: impl Iterator<Item = ((Generation, u32), Stands)>,
+) -> Option<(Generation, u32)> {
+    let mut pending_in = None;
+    for ((g, w), stands) in workers {
+        match stands {
+            _ if pending_in == Some(g) => {}
+            Stands::Pending => pending_in = Some(g),
+            Stands::Failed => return Some((g, w)),
+            Stands::Done => {}
+        }
+    }
+    None
+}
+
+/// A worker whose exec status came back: it exec'd (or counts as started).
+#[derive(Debug)]
+pub struct Started {
+    /// Its generation and index.
+    pub worker: (Generation, u32),
+}
+
+/// What [`Children::reap`] found, in order.
+#[derive(Debug)]
+pub enum Reaping {
+    /// A worker reaped before its exec status was read: it had exec'd
+    /// (its exit follows). One that had not, and failed, is told by
+    /// [`Children::next_failure`], never as an exit.
+    Started(Started),
+    /// A process reaped.
+    Exited(Reaped),
 }
 
 /// The processes as carried across an in-place upgrade.
@@ -158,12 +234,8 @@ pub fn read_env(
     for path in files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("--env-file {}: {e}", path.display()))?;
-        let parsed = hot_supervisor::envfile::parse(&text).map_err(|e| {
-            match e.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-                Some((line, what)) => anyhow::anyhow!("{}:{line}: {what}", path.display()),
-                None => anyhow::anyhow!("--env-file {}: {e}", path.display()),
-            }
-        })?;
+        let parsed = hot_supervisor::envfile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.line, e.what))?;
         env.extend(parsed);
     }
     env.extend(args.iter().cloned());
@@ -234,6 +306,7 @@ impl Children {
                     notify: crate::notify::NotifySocket::restore(c.notify, adopt),
                     reaped: c.reaped,
                     status: c.status,
+                    exec: Exec::Done,
                 };
                 ((g, c.worker), child)
             })
@@ -260,11 +333,13 @@ impl Children {
         &self.command
     }
 
-    /// Fork and exec worker `w` of generation `g` with `fds` at 3, 4, ...
-    /// and their `names` and Server::Starter keys.
+    /// Fork worker `w` of generation `g` with `fds` at 3, 4, ... and their
+    /// `names` and Server::Starter keys. Its exec status comes later: see
+    /// [`Children::on_exec_status`].
     ///
     /// # Errors
-    /// The notify socket, fork or exec failed (the message says which).
+    /// The environment, the notify socket or the fork failed (the message
+    /// says which): no process exists.
     pub fn spawn(
         &mut self,
         (g, w): (Generation, u32),
@@ -324,7 +399,8 @@ impl Children {
         .with_chdir(self.command.chdir.as_deref())?;
         let mut placed = fds.to_vec();
         placed.extend(channel);
-        let pid = spawn::spawn(&mut plan, &placed)?;
+        let pending = spawn::spawn(&mut plan, &placed)?;
+        let pid = pending.pid();
         if self.groups.len() >= GROUPS_KEPT {
             self.groups.pop_front();
         }
@@ -338,9 +414,118 @@ impl Children {
                 notify,
                 reaped: false,
                 status: None,
+                exec: Exec::Pending(pending),
             },
         );
         Ok(pid)
+    }
+
+    /// The exec-status pipes to poll.
+    pub fn exec_interest(&self) -> Vec<((Generation, u32), BorrowedFd<'_>)> {
+        self.map
+            .iter()
+            .filter_map(|(k, c)| match &c.exec {
+                Exec::Pending(p) => Some((*k, p.fd())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When the first exec status awaited is given up on.
+    pub fn exec_deadline(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter_map(|c| match &c.exec {
+                Exec::Pending(p) => Some(p.deadline()),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Whether any worker's exec status is awaited or not yet told.
+    pub fn exec_pending(&self) -> bool {
+        self.map.values().any(|c| !matches!(c.exec, Exec::Done))
+    }
+
+    /// Worker `w` of `g`'s exec-status pipe is readable: whether it
+    /// started. A failure is kept for [`Children::next_failure`] (the
+    /// process is reaped).
+    pub fn on_exec_status(&mut self, g: Generation, w: u32) -> Option<Started> {
+        let c = self.map.get_mut(&(g, w))?;
+        let Exec::Pending(p) = &mut c.exec else {
+            return None;
+        };
+        let outcome = p.on_readable()?;
+        Self::settle(c, (g, w), outcome, true)
+    }
+
+    /// The workers whose exec status is given up on by `now`: they count
+    /// as started.
+    pub fn on_exec_timeout(&mut self, now: Instant) -> Vec<Started> {
+        let mut out = Vec::new();
+        for (k, c) in &mut self.map {
+            if let Exec::Pending(p) = &mut c.exec
+                && let Some(outcome) = p.on_timeout(now)
+            {
+                out.extend(Self::settle(c, *k, outcome, true));
+            }
+        }
+        out
+    }
+
+    /// Record `c`'s exec status: started, or failed (reaped, when
+    /// `reaped`: by reading its report; otherwise its reaper will).
+    fn settle(
+        c: &mut Child,
+        worker: (Generation, u32),
+        outcome: Result<(), spawn::SpawnError>,
+        reaped: bool,
+    ) -> Option<Started> {
+        match outcome {
+            Ok(()) => {
+                c.exec = Exec::Done;
+                Some(Started { worker })
+            }
+            Err(e) => {
+                c.exec = Exec::Failed(e);
+                c.reaped |= reaped;
+                None
+            }
+        }
+    }
+
+    /// The next worker that could not exec, to tell the machine: the
+    /// lowest of a generation's failed workers, once no worker below it
+    /// still awaits its status (as when each spawn waited for its own). It
+    /// is forgotten here (it never was a process of the generation's), and
+    /// the error says why.
+    pub fn next_failure(&mut self) -> Option<((Generation, u32), spawn::SpawnError)> {
+        let key = first_failure(self.map.iter().map(|(k, c)| (*k, c.exec.stands())))?;
+        let c = self.map.remove(&key)?;
+        self.groups.retain(|&p| p != c.pid.as_raw());
+        match c.exec {
+            Exec::Failed(e) => Some((key, e)),
+            _ => None,
+        }
+    }
+
+    /// Worker `w` of `g` never was, says the machine (a worker spawned
+    /// before it could not exec, and the machine counts those after it as
+    /// never spawned, as they were when each spawn waited for its own
+    /// status): SIGKILL its process group if it is not reaped, and forget
+    /// it, so that its exit is an orphan's.
+    pub fn abandon(&mut self, g: Generation, w: u32) {
+        let Some(c) = self.map.remove(&(g, w)) else {
+            return;
+        };
+        if !c.reaped {
+            log::debug!(
+                "pid {}: killed, its generation's start failed before it",
+                c.pid
+            );
+            let _ = killpg(c.pid, Signal::SIGKILL);
+            let _ = kill(c.pid, Signal::SIGKILL);
+        }
     }
 
     /// The notify sockets to poll.
@@ -477,8 +662,11 @@ impl Children {
     /// Collect every exited child. A generation is killed as a whole
     /// process group first, while the exited leader's zombie still holds
     /// the group id, so no helper it left behind outlives it and no pid is
-    /// signalled after it could have been reused.
-    pub fn reap(&mut self) -> Vec<Reaped> {
+    /// signalled after it could have been reused. A worker whose exec
+    /// status was still awaited has it read first, from the pipe its exit
+    /// closed: one that exec'd is [`Reaping::Started`] before its exit,
+    /// one that failed is reaped and kept for [`Children::next_failure`].
+    pub fn reap(&mut self) -> Vec<Reaping> {
         let mut out = Vec::new();
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
@@ -499,6 +687,20 @@ impl Children {
                 .iter()
                 .find(|(_, c)| c.pid == pid && !c.reaped)
                 .map(|(k, _)| *k);
+            if let Some(k) = worker
+                && let Some(c) = self.map.get_mut(&k)
+                && let Exec::Pending(p) = std::mem::replace(&mut c.exec, Exec::Done)
+            {
+                match Self::settle(c, k, p.on_exit(), false) {
+                    Some(started) => out.push(Reaping::Started(started)),
+                    None => {
+                        // It never exec'd: reaped, and told as a failure.
+                        c.reaped = true;
+                        let _ = waitpid(pid, None);
+                        continue;
+                    }
+                }
+            }
             if worker.is_some() {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
@@ -516,11 +718,11 @@ impl Children {
             {
                 c.reaped = true;
             }
-            out.push(Reaped {
+            out.push(Reaping::Exited(Reaped {
                 worker,
                 pid,
                 status,
-            });
+            }));
         }
     }
 
@@ -686,4 +888,31 @@ fn pidfd_open(pid: Pid) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: the kernel just returned this new descriptor; nothing else
     // owns it.
     Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_told_once_every_worker_below_it_has_exec_d() {
+        use Stands::{Done, Failed, Pending};
+        let (g1, g2) = (Generation(1), Generation(2));
+        let first = |list: &[((Generation, u32), Stands)]| first_failure(list.iter().copied());
+        assert_eq!(first(&[((g1, 0), Pending), ((g1, 1), Failed)]), None);
+        assert_eq!(
+            first(&[((g1, 0), Done), ((g1, 1), Failed), ((g1, 2), Failed)]),
+            Some((g1, 1))
+        );
+        // A worker pending in one generation holds back only its own.
+        assert_eq!(
+            first(&[((g1, 0), Pending), ((g1, 1), Failed), ((g2, 3), Failed)]),
+            Some((g2, 3))
+        );
+        assert_eq!(
+            first(&[((g1, 0), Failed), ((g1, 1), Pending)]),
+            Some((g1, 0))
+        );
+        assert_eq!(first(&[((g1, 0), Done), ((g2, 0), Pending)]), None);
+    }
 }

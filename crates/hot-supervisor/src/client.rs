@@ -17,6 +17,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 
 use crate::cli::Client;
 use crate::control::{self, Request};
+use hot_supervisor::parse::control::Answer;
 use hot_supervisor::status::Status;
 
 /// Exit status when the supervisor answered with an error.
@@ -112,8 +113,8 @@ pub fn run(client: Client) -> i32 {
         Err(e) => return unreachable(&e),
     };
     let text = match answer {
-        Ok(text) => text,
-        Err(text) => {
+        Answer::Ok(text) => text,
+        Answer::Error(text) => {
             let what = match request {
                 Request::Reload | Request::ReloadWith(_) => "reload failed",
                 Request::Promote => "promote failed",
@@ -369,8 +370,9 @@ impl Session {
         })
     }
 
-    /// Send the request; read the one answer line.
-    fn ask(&mut self, request: &Request) -> Result<Result<String, String>, String> {
+    /// Send the request; read the one answer line. (The error, no answer,
+    /// is only ever printed.)
+    fn ask(&mut self, request: &Request) -> Result<Answer, String> {
         let shown = self.path.display().to_string();
         self.request = request.clone();
         if let Err(e) = self

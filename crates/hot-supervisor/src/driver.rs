@@ -23,6 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::children::Reaping;
 use crate::control::{self, ConnId, ControlEvent};
 use crate::health;
 use crate::machine::{Action, Event, Generation, Input, Machine, Strategy, Ticket};
@@ -203,8 +204,11 @@ impl Driver {
     pub fn run(mut self) -> Result<i32> {
         self.execute();
         loop {
+            // Not while a worker's exec status is awaited: the next image
+            // could not read it (it comes within the bound).
             if let crate::handoff::Handoff::ExecDue { waiter, requested } = self.parts.handoff
                 && self.exit.is_none()
+                && !self.parts.children.exec_pending()
             {
                 self.parts.handoff = crate::handoff::Handoff::Idle;
                 self.exec_upgrade(waiter, requested);
@@ -255,6 +259,10 @@ impl Driver {
                 let now = Instant::now();
                 match w {
                     Watch::Signals => {}
+                    Watch::Exec(g, w) => {
+                        let started = self.parts.children.on_exec_status(g, w);
+                        self.exec_settled(started.into_iter().collect());
+                    }
                     Watch::Notify(g, w) => self.read_notify(g, w),
                     Watch::Channel(g, w) => self.serve_channel((g, w), now),
                     Watch::Control(c) => {
@@ -287,6 +295,8 @@ impl Driver {
             }
             if self.exit.is_none() {
                 let now = Instant::now();
+                let started = self.parts.children.on_exec_timeout(now);
+                self.exec_settled(started);
                 self.parts.control.on_timeout(now);
                 self.parts.channels.on_timeout(now);
                 if let Some(m) = &mut self.parts.manager {
@@ -387,7 +397,22 @@ impl Driver {
             };
             match sig {
                 Signal::SIGCHLD => {
-                    for r in self.parts.children.reap() {
+                    // Workers reaped before their exec status was read are
+                    // told as started (or failed) first: their spawn came
+                    // before their exit.
+                    let (started, exited): (Vec<_>, Vec<_>) = self
+                        .parts
+                        .children
+                        .reap()
+                        .into_iter()
+                        .partition(|r| matches!(r, Reaping::Started(_)));
+                    let started = started.into_iter().filter_map(|r| match r {
+                        Reaping::Started(s) => Some(s),
+                        Reaping::Exited(_) => None,
+                    });
+                    self.exec_settled(started.collect());
+                    for r in exited {
+                        let Reaping::Exited(r) = r else { continue };
                         match r.worker {
                             Some((g, w)) => self.feed(Input::WorkerExited(g, w, r.status)),
                             None => log::debug!("reaped orphan pid {}: {}", r.pid, r.status),
@@ -736,7 +761,8 @@ impl Driver {
         let Some(stream) = self.parts.control.take_stream(id) else {
             return;
         };
-        let mut keep = crate::carry::Keep::default();
+        // Duplicates, made while each part lends its fds: what is sent.
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::Duplicates);
         let payload = crate::takeover::Payload {
             format: crate::takeover::FORMAT.to_string(),
             version: crate::takeover::VERSION,
@@ -746,18 +772,15 @@ impl Driver {
             control: self.parts.control.save_listener(&mut keep),
             health: self.parts.health.as_ref().map(|h| h.save(&mut keep)),
         };
-        let fds: Vec<std::os::fd::BorrowedFd<'_>> = keep
-            .list()
-            .into_iter()
-            // SAFETY: every fd listed was just read from a part that owns
-            // it and keeps it open for the duration of this call.
-            .map(|raw| unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) })
-            .collect();
-        match crate::takeover::Source::new(stream, pid, &payload, &fds) {
+        let n = keep.numbers().len();
+        let source = keep
+            .into_duplicates()
+            .context("dup")
+            .and_then(|fds| crate::takeover::Source::new(stream, pid, &payload, fds));
+        match source {
             Ok(source) => {
                 log::info!(
-                    "supervisor pid {pid} takes over: {} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)",
-                    fds.len()
+                    "supervisor pid {pid} takes over: {n} socket(s) handed over; groups, control socket and new generations are its own now (this supervisor serves until it is told to drain)"
                 );
                 let mut r = Record::new(crate::report::unix_now(), Kind::Takeover);
                 r.pid = Some(pid);
@@ -864,15 +887,20 @@ impl Driver {
         let refuse = self.parts.handoff.may_upgrade(self.machine.stopping());
         let started = match refuse {
             Err(why) => Err(anyhow::anyhow!(why)),
-            Ok(()) => crate::upgrade::write_state(&self.save(waiter, now).0).and_then(|state| {
-                crate::upgrade::Check::start(
-                    &self.settings.binary,
-                    state,
-                    timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
-                    waiter,
-                    now,
-                )
-            }),
+            Ok(()) => {
+                // Only the numbers: the check reads the state, nothing is
+                // carried.
+                let state = self.save(waiter, now, &mut crate::carry::Keep::default());
+                crate::upgrade::write_state(&state).and_then(|state| {
+                    crate::upgrade::Check::start(
+                        &self.settings.binary,
+                        state,
+                        timeout.unwrap_or(crate::upgrade::DEFAULT_TIMEOUT),
+                        waiter,
+                        now,
+                    )
+                })
+            }
         };
         match started {
             Ok(check) => {
@@ -920,20 +948,24 @@ impl Driver {
         }
     }
 
-    /// Everything the next image needs, and the fds it names.
-    fn save(&self, waiter: Option<ConnId>, requested: Instant) -> (crate::state::State, Vec<i32>) {
-        let mut keep = crate::carry::Keep::default();
-        let steering = self.parts.steering.save(&mut keep);
-        let children = self.parts.children.save(&mut keep);
-        let control = self.parts.control.save(&mut keep);
-        let health = self.parts.health.as_ref().map(|h| h.save(&mut keep));
-        let channels = self.parts.channels.save(&mut keep);
-        let state = crate::state::State {
+    /// Everything the next image needs; `keep` gets every fd it names.
+    fn save(
+        &self,
+        waiter: Option<ConnId>,
+        requested: Instant,
+        keep: &mut crate::carry::Keep,
+    ) -> crate::state::State {
+        let steering = self.parts.steering.save(keep);
+        let children = self.parts.children.save(keep);
+        let control = self.parts.control.save(keep);
+        let health = self.parts.health.as_ref().map(|h| h.save(keep));
+        let channels = self.parts.channels.save(keep);
+        crate::state::State {
             channels,
             format: crate::state::FORMAT.to_string(),
             version: crate::state::VERSION,
             writer: crate::upgrade::version().to_string(),
-            fds: keep.list(),
+            fds: keep.numbers(),
             machine: self.machine.save(),
             children,
             steering,
@@ -958,8 +990,14 @@ impl Driver {
                 from_version: crate::upgrade::version().to_string(),
                 upgraded_at: crate::report::unix_now(),
             },
-        };
-        (state, keep.list())
+        }
+    }
+
+    /// Set the close-on-exec flag of every fd the state names again: the
+    /// exec that was to carry them failed.
+    fn uncarry(&self) {
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::Back);
+        let _ = self.save(None, Instant::now(), &mut keep);
     }
 
     /// Exec the new image with the state as it is now; returns only if
@@ -970,10 +1008,16 @@ impl Driver {
         }
         // Whatever the service manager is owed goes out first.
         self.tell_manager();
-        let (state, keep) = self.save(waiter, requested);
+        // Every fd the state names loses its close-on-exec flag as its part
+        // lends it (nothing forks from here to the exec).
+        let mut keep = crate::carry::Keep::new(crate::carry::Carry::AcrossExec);
+        let state = self.save(waiter, requested, &mut keep);
         let fd = match crate::upgrade::write_state(&state) {
             Ok(fd) => fd,
-            Err(e) => return self.upgrade_failed(waiter, &format!("{e:#}")),
+            Err(e) => {
+                self.uncarry();
+                return self.upgrade_failed(waiter, &format!("{e:#}"));
+            }
         };
         let mut r = Record::new(crate::report::unix_now(), Kind::Upgrade);
         r.path = Some(self.settings.binary.display().to_string());
@@ -987,12 +1031,8 @@ impl Driver {
         });
         self.parts.control.publish(&r);
         self.parts.control.end_streams();
-        let e = crate::upgrade::exec(
-            &self.settings.binary,
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &keep,
-            None,
-        );
+        let e = crate::upgrade::exec(&self.settings.binary, fd.as_fd(), None);
+        self.uncarry();
         self.upgrade_failed(waiter, &format!("{e:#}"));
     }
 
@@ -1005,22 +1045,17 @@ impl Driver {
                 Action::Spawn(g) => {
                     // The machine decides what a worker that could not be
                     // spawned means: once the start has failed, no worker
-                    // of the generation is left to start.
+                    // of the generation is left to start. (Each is probed
+                    // once it has exec'd: see `exec_settled`.)
                     for w in 0..self.machine.workers_per_generation() {
                         if self.machine.worker_starting(g, w) {
                             self.spawn(g, w);
                         }
                     }
-                    let started = self.machine.starting_workers(g);
-                    self.probe(g, &started, now);
                 }
-                Action::SpawnWorker(g, w) => {
-                    // Each new worker is verified on its own: in a rolling
-                    // reload, and when one is restarted alone.
-                    if self.spawn(g, w) {
-                        self.probe(g, &[w], now);
-                    }
-                }
+                // Each new worker is verified on its own: in a rolling
+                // reload, and when one is restarted alone.
+                Action::SpawnWorker(g, w) => self.spawn(g, w),
                 Action::Stop(g) => self.parts.children.stop(g),
                 Action::Kill(g) => self.parts.children.kill(g),
                 Action::StopWorker(g, w) => self.parts.children.stop_worker(g, w),
@@ -1166,15 +1201,15 @@ impl Driver {
         }
     }
 
-    /// Spawn worker `w` of `g` on `g`'s sockets; whether it started (a
-    /// failure is fed to the machine).
-    fn spawn(&mut self, g: Generation, w: u32) -> bool {
+    /// Fork worker `w` of `g` on `g`'s sockets (a failure is fed to the
+    /// machine; its exec status comes later, see `exec_settled`).
+    fn spawn(&mut self, g: Generation, w: u32) {
         let now = Instant::now();
         if self.parts.steering.held() {
             let why = "another supervisor is taking over".to_string();
             self.machine
                 .handle(now, Input::WorkerSpawnFailed(g, w, why));
-            return false;
+            return;
         }
         let steering = &mut self.parts.steering;
         let names: Vec<String> = steering.listeners().map(|(l, _)| l.name.clone()).collect();
@@ -1199,6 +1234,8 @@ impl Driver {
             self.parts.channels.add((g, w), ours);
         }
         match spawned {
+            // Said at once, as when the spawn waited for the exec: the log
+            // and the events keep the order the requests were handled in.
             Ok(pid) => {
                 let workers = self.machine.workers_per_generation() > 1;
                 let mut r = Record::new(crate::report::unix_now(), Kind::Spawned);
@@ -1213,13 +1250,41 @@ impl Driver {
                     }
                 });
                 self.parts.control.publish(&r);
-                true
             }
             Err(e) => {
                 self.machine
                     .handle(now, Input::WorkerSpawnFailed(g, w, format!("{e:#}")));
-                false
             }
+        }
+    }
+
+    /// Workers whose exec status came back: each of the `started` is
+    /// probed, if readiness is; then the workers that could not exec are
+    /// fed to the machine, in the order their spawns would have failed had
+    /// each waited for its own status.
+    fn exec_settled(&mut self, started: Vec<crate::children::Started>) {
+        let now = Instant::now();
+        for crate::children::Started { worker: (g, w) } in started {
+            // A ready delay counts from now.
+            self.machine.handle(now, Input::WorkerExecuted(g, w));
+            if self.machine.worker_starting(g, w) {
+                self.probe(g, &[w], now);
+            }
+        }
+        while let Some(((g, w), e)) = self.parts.children.next_failure() {
+            let before = self.machine.starting_workers(g);
+            self.machine.handle(
+                Instant::now(),
+                Input::WorkerSpawnFailed(g, w, e.to_string()),
+            );
+            // The workers spawned after it are, to the machine, never
+            // spawned (the start has failed): so they must not be.
+            for x in before {
+                if x > w && !self.machine.worker_alive(g, x) {
+                    self.parts.children.abandon(g, x);
+                }
+            }
+            self.execute();
         }
     }
 

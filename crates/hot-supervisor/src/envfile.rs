@@ -12,6 +12,23 @@
 /// One `KEY=VALUE`.
 pub type Assignment = (String, String);
 
+/// What is wrong in an environment file: the line it starts on, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileError {
+    /// The line (from 1) where the assignment starts.
+    pub line: usize,
+    /// What is wrong with it.
+    pub what: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+impl std::error::Error for FileError {}
+
 /// Parse `KEY=VALUE` (the `--env` form: the value is taken as it is).
 ///
 /// # Errors
@@ -39,11 +56,12 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse an environment file's text. Errors name the line.
+/// Parse an environment file's text.
 ///
 /// # Errors
-/// A line that is not an assignment, an invalid key, an unterminated quote.
-pub fn parse(text: &str) -> Result<Vec<Assignment>, String> {
+/// A line that is not an assignment, an invalid key, an unterminated quote;
+/// the error names the line.
+pub fn parse(text: &str) -> Result<Vec<Assignment>, FileError> {
     let mut out = Vec::new();
     let mut rest = text;
     let mut line_no = 0usize;
@@ -65,10 +83,16 @@ pub fn parse(text: &str) -> Result<Vec<Assignment>, String> {
             .filter(|&i| rest.as_bytes()[i] == b'=')
         else {
             let shown: String = rest.lines().next().unwrap_or("").chars().take(40).collect();
-            return Err(format!("line {start_line}: '{shown}' is not KEY=VALUE"));
+            return Err(FileError {
+                line: start_line,
+                what: format!("'{shown}' is not KEY=VALUE"),
+            });
         };
         let key = rest[..eq].trim_end_matches([' ', '\t']);
-        check_key(key).map_err(|why| format!("line {start_line}: {why}"))?;
+        check_key(key).map_err(|what| FileError {
+            line: start_line,
+            what,
+        })?;
         rest = rest[eq + 1..].trim_start_matches([' ', '\t']);
         let mut value = String::new();
         let mut chars = rest.char_indices().peekable();
@@ -116,7 +140,10 @@ pub fn parse(text: &str) -> Result<Vec<Assignment>, String> {
                         value.push(q);
                     }
                     if !closed {
-                        return Err(format!("line {start_line}: unterminated {quote} quote"));
+                        return Err(FileError {
+                            line: start_line,
+                            what: format!("unterminated {quote} quote"),
+                        });
                     }
                 }
                 ' ' | '\t' => pending_blanks.push(c),
@@ -160,11 +187,24 @@ mod tests {
     fn errors_name_the_line() {
         assert_eq!(
             parse("A=1\nnot an assignment\n").unwrap_err(),
+            FileError {
+                line: 2,
+                what: "'not an assignment' is not KEY=VALUE".into()
+            }
+        );
+        assert_eq!(
+            parse("A=1\nnot an assignment\n").unwrap_err().to_string(),
             "line 2: 'not an assignment' is not KEY=VALUE"
         );
-        assert!(parse("1A=x").unwrap_err().contains("line 1: the key '1A'"));
-        assert!(parse("A=\"open\n").unwrap_err().contains("unterminated"));
-        assert!(parse("A-B=1").unwrap_err().contains("holds '-'"));
+        assert!(
+            parse("1A=x")
+                .unwrap_err()
+                .to_string()
+                .contains("line 1: the key '1A'")
+        );
+        let e = parse("X=1\nA=\"open\n").unwrap_err();
+        assert!(e.line == 2 && e.what.contains("unterminated"), "{e}");
+        assert!(parse("A-B=1").unwrap_err().what.contains("holds '-'"));
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub enum Handoff {
     /// An upgrade's new binary is being checked.
     Checking(crate::upgrade::Check),
     /// The check said yes: the exec is due at the top of the loop (the
-    /// connection to answer, when it was asked for).
+    /// connection to answer, when it was asked for), once no worker's exec
+    /// status is awaited (the next image could not read it; each comes
+    /// within its bound). A takeover needs no such wait: the processes stay
+    /// with this supervisor, whose loop goes on.
     ExecDue {
         /// The requester.
         waiter: Option<ConnId>,

@@ -38,6 +38,7 @@ mod upgrade;
 mod users;
 mod watch;
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -59,17 +60,13 @@ fn main() -> ExitCode {
     }
     // An in-place upgrade's state, if this image was started by one; the
     // variables go, so that no child inherits them.
-    let handed = upgrade::handed();
     let check = std::env::var_os(upgrade::CHECK_VAR).is_some();
-    for var in [
-        upgrade::STATE_VAR,
-        upgrade::OLD_EXE_VAR,
-        upgrade::REFUSED_VAR,
-        upgrade::CHECK_VAR,
-    ] {
-        // SAFETY: no other thread exists yet (nothing has been started).
-        unsafe { std::env::remove_var(var) };
-    }
+    // SAFETY: no other thread exists yet (nothing has been started), and
+    // nothing has opened an fd yet.
+    let handed = unsafe {
+        std::env::remove_var(upgrade::CHECK_VAR);
+        upgrade::take_handed()
+    };
     if let Some(what) = cli::generate_requested() {
         return generate(what);
     }
@@ -91,7 +88,8 @@ fn main() -> ExitCode {
     }
     logging::init(cli.run.log_format);
     let result = match handed {
-        Some(h) => resume(cli.run, h),
+        Some(Ok(h)) => resume(cli.run, h),
+        Some(Err(e)) => Err(e.context("cannot carry on from the upgrade's state")),
         None => run(cli.run),
     };
     match result {
@@ -377,12 +375,16 @@ fn binary_path() -> std::path::PathBuf {
 }
 
 /// Carry on from the state an in-place upgrade handed this image.
-fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result<i32> {
-    let (state_fd, old_exe, refused) = handed;
+fn resume(args: cli::Args, handed: upgrade::Handed) -> Result<i32> {
+    let upgrade::Handed {
+        state: state_fd,
+        old_exe,
+        refused,
+    } = handed;
     // Everything is read and checked before a single fd is adopted: a new
     // image that refuses goes back to the old one, which must find every
     // fd and file as it left them.
-    let checked = upgrade::read_handed(state_fd).and_then(|state| {
+    let checked = upgrade::read_handed(state_fd.as_fd()).and_then(|state| {
         let adopt = carry::Adopt::new(&state.fds)?;
         let mut setup = setup_args(&args)?;
         setup.env.clone_from(&state.children.env);
@@ -393,9 +395,9 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
         Ok(c) => c,
         Err(e) => {
             let why = format!("{e:#}");
-            if let (Some(old), None) = (old_exe, &refused) {
+            if let (Some(old), None) = (&old_exe, &refused) {
                 log::error!("cannot take over from the old image ({why}): going back to it");
-                let e = upgrade::go_back(state_fd, old, &why);
+                let e = upgrade::go_back(state_fd.as_fd(), old.as_fd(), &why);
                 return Err(e.context(format!("cannot take over from the old image ({why})")));
             }
             return Err(e.context("cannot carry on from the upgrade's state"));
@@ -435,11 +437,8 @@ fn resume(args: cli::Args, handed: (i32, Option<i32>, Option<String>)) -> Result
     }
     let channels = channel::Channels::restore(state.channels, &mut adopt);
     adopt.close_rest();
-    for fd in std::iter::once(state_fd).chain(old_exe) {
-        // SAFETY: the state's memfd and the old binary's fd were left open
-        // for this image, which owns them now and is done with them.
-        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    }
+    // The state's memfd and the old binary's fd: done with.
+    drop((state_fd, old_exe));
     let parts = parts::Parts {
         children,
         steering,

@@ -44,6 +44,8 @@ pub struct Parts {
 pub enum Watch {
     /// The signalfd.
     Signals,
+    /// A worker's exec-status pipe (its generation and index).
+    Exec(Generation, u32),
     /// The control socket or one of its connections.
     Control(control::Watch),
     /// A worker's notify socket (its generation and index).
@@ -72,6 +74,7 @@ impl Parts {
     /// The earliest deadline of any part.
     pub fn deadline(&self) -> Option<Instant> {
         [
+            self.children.exec_deadline(),
             self.control.deadline(),
             self.manager.as_ref().and_then(ServiceManager::deadline),
             self.prober.as_ref().and_then(Prober::deadline),
@@ -99,6 +102,12 @@ impl Parts {
                 PollFlags::POLLOUT
             }
         };
+        // First: a worker's exec is told before anything it then did
+        // (its READY=1 may be in the same wake-up).
+        for ((g, w), fd) in self.children.exec_interest() {
+            watch.push(Watch::Exec(g, w));
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         for (w, fd, input) in self.control.interest() {
             watch.push(Watch::Control(w));
             fds.push(PollFd::new(fd, flags(input)));

@@ -9,8 +9,10 @@
 //! before `execve`. Any failure after the fork (a step of the setup or the
 //! `execve` itself) travels back through a CLOEXEC pipe as a fixed-size
 //! [`Report`], as `Command` does it; EOF on the pipe means the exec
-//! succeeded. The parent waits for that answer at most [`EXEC_STATUS_BOUND`]:
-//! it is the supervisor's only thread.
+//! succeeded. [`spawn`] returns as soon as the child is forked, with the
+//! pipe's read end in a [`Pending`]: the supervisor's loop polls it beside
+//! everything else (it is the supervisor's only thread, and must not wait
+//! on one child), at most [`EXEC_STATUS_BOUND`].
 //!
 //! The supervisor process blocks most signals for its signalfd and Rust's
 //! runtime ignores SIGPIPE; the child restores an empty mask and default
@@ -26,29 +28,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::waitpid;
 use nix::unistd::{AccessFlags, Pid, access};
 
 /// Width of the `LISTEN_PID` digit slot: enough for any 64-bit pid.
 const PID_DIGITS: usize = 20;
 
-/// How long [`spawn`] waits for the child to exec or report a failure.
+/// How long a child's exec status is awaited (see [`Pending`]).
 ///
-/// The parent is the supervisor's only thread: while it waits, signals, the
-/// control socket and every deadline wait too. A healthy exec takes
-/// milliseconds, but one that stalls (the binary on a hung network mount, a
-/// file lease being broken) can block in the kernel for minutes. Two seconds
-/// is far above any healthy exec and short enough that a stop request or a
-/// status query is answered late rather than never. Past the bound the child
-/// is treated as started; if its exec fails later, it exits with status 127
-/// and is reaped like any other child.
+/// The loop goes on meanwhile, but what waits for the status waits too: an
+/// in-place upgrade (the next image could not read a pipe of this one's),
+/// and the failure of a worker spawned after this one, told only once this
+/// one's status is known. A healthy exec takes milliseconds, but one that
+/// stalls (the binary on a hung network mount, a file lease being broken)
+/// can block in the kernel for minutes. Two seconds is far above any
+/// healthy exec. Past the bound the child is treated as started; if its
+/// exec fails later, it exits with status 127 and is reaped like any other
+/// child.
 const EXEC_STATUS_BOUND: Duration = Duration::from_secs(2);
 
 /// The step of the child's setup that failed, sent in a [`Report`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-enum Step {
+pub enum Step {
     /// `setpgid(0, 0)`.
     ProcessGroup = 1,
     /// `rt_sigaction` to SIG_DFL; the detail is the signal number.
@@ -131,45 +133,138 @@ impl Report {
         }
     }
 
-    /// The error the parent returns for this report, naming the step and the
-    /// OS reason.
-    fn error(&self, program: &str) -> anyhow::Error {
-        let err = io::Error::from_raw_os_error(self.errno);
-        let d = self.detail;
-        let first = supervisor_child::protocol::LISTEN_FDS_START;
-        let what = match Step::from_code(self.step) {
-            Some(Step::ProcessGroup) => "move to a new process group".to_string(),
-            Some(Step::SignalDisposition) => {
-                format!("reset the disposition of signal {d}")
-            }
-            Some(Step::SignalMask) => "clear the signal mask".to_string(),
-            Some(Step::ParentDeathSignal) => {
-                format!("set the parent-death signal to {d}")
-            }
-            Some(Step::ParentGone) => {
-                return anyhow::anyhow!(
-                    "child for {program}: the supervisor exited before the child could exec"
-                );
-            }
-            Some(Step::StatusPipe) => {
-                format!("move the exec-status pipe to fd {d} or above")
-            }
-            Some(Step::MoveListener) => {
-                format!("move listener {d} out of the listener fd range")
-            }
-            Some(Step::PlaceListener) => {
-                format!("place listener {d} at fd {}", first.saturating_add(d))
-            }
-            Some(Step::Exec) => return anyhow::anyhow!("exec {program}: {err}"),
-            Some(Step::Chdir) => "change to the working directory".to_string(),
-            Some(Step::Groups) => "set the supplementary groups".to_string(),
-            Some(Step::Gid) => format!("set the group id to {d}"),
-            Some(Step::Uid) => format!("set the user id to {d}"),
-            None => format!("unknown step {}", self.step),
-        };
-        anyhow::anyhow!("child for {program}: {what}: {err}")
+    /// The error the parent returns for this report.
+    fn error(&self, program: &str) -> SpawnError {
+        let program = program.to_string();
+        let (errno, detail) = (self.errno, self.detail);
+        match Step::from_code(self.step) {
+            Some(Step::Exec) => SpawnError::Exec { program, errno },
+            Some(Step::ParentGone) => SpawnError::ParentGone { program },
+            Some(step) => SpawnError::Setup {
+                program,
+                step,
+                errno,
+                detail,
+            },
+            None => SpawnError::UnknownStep {
+                program,
+                code: self.step,
+                errno,
+            },
+        }
     }
 }
+
+/// Why a child could not be spawned: the supervisor could not fork it, or
+/// the child said on its status pipe what failed before or in its exec.
+/// Its text is what the log and the reload's answer say.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The exec-status pipe could not be made (`pipe2`).
+    Pipe(Errno),
+    /// `fork` failed.
+    Fork(io::Error),
+    /// The `execve` of the program failed (errno).
+    Exec {
+        /// The program, as resolved.
+        program: String,
+        /// Why.
+        errno: i32,
+    },
+    /// A step of the child's setup before the exec failed (errno, and the
+    /// step's detail: see [`Step`]).
+    Setup {
+        /// The program, as resolved.
+        program: String,
+        /// The step.
+        step: Step,
+        /// Why.
+        errno: i32,
+        /// The signal, fd, listener or id the step was about.
+        detail: i32,
+    },
+    /// The supervisor exited before the child could exec.
+    ParentGone {
+        /// The program, as resolved.
+        program: String,
+    },
+    /// The child reported a step this supervisor does not know.
+    UnknownStep {
+        /// The program, as resolved.
+        program: String,
+        /// The step's code.
+        code: u32,
+        /// Why.
+        errno: i32,
+    },
+    /// The child's report was cut short (its length in bytes).
+    ShortReport {
+        /// The program, as resolved.
+        program: String,
+        /// The bytes that came.
+        bytes: usize,
+    },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let os = |errno: i32| io::Error::from_raw_os_error(errno);
+        match self {
+            SpawnError::Pipe(e) => write!(f, "create exec-status pipe: {e}"),
+            SpawnError::Fork(e) => write!(f, "fork: {e}"),
+            SpawnError::Exec { program, errno } => write!(f, "exec {program}: {}", os(*errno)),
+            SpawnError::ParentGone { program } => write!(
+                f,
+                "child for {program}: the supervisor exited before the child could exec"
+            ),
+            SpawnError::Setup {
+                program,
+                step,
+                errno,
+                detail: d,
+            } => {
+                write!(f, "child for {program}: ")?;
+                let first = supervisor_child::protocol::LISTEN_FDS_START;
+                match step {
+                    Step::ProcessGroup => write!(f, "move to a new process group"),
+                    Step::SignalDisposition => write!(f, "reset the disposition of signal {d}"),
+                    Step::SignalMask => write!(f, "clear the signal mask"),
+                    Step::ParentDeathSignal => write!(f, "set the parent-death signal to {d}"),
+                    Step::StatusPipe => write!(f, "move the exec-status pipe to fd {d} or above"),
+                    Step::MoveListener => {
+                        write!(f, "move listener {d} out of the listener fd range")
+                    }
+                    Step::PlaceListener => {
+                        write!(f, "place listener {d} at fd {}", first.saturating_add(*d))
+                    }
+                    Step::Chdir => write!(f, "change to the working directory"),
+                    Step::Groups => write!(f, "set the supplementary groups"),
+                    Step::Gid => write!(f, "set the group id to {d}"),
+                    Step::Uid => write!(f, "set the user id to {d}"),
+                    // Their own variants; never sent as a setup step.
+                    Step::Exec => write!(f, "exec"),
+                    Step::ParentGone => write!(f, "the supervisor exited"),
+                }?;
+                write!(f, ": {}", os(*errno))
+            }
+            SpawnError::UnknownStep {
+                program,
+                code,
+                errno,
+            } => write!(
+                f,
+                "child for {program}: unknown step {code}: {}",
+                os(*errno)
+            ),
+            SpawnError::ShortReport { program, bytes } => write!(
+                f,
+                "child for {program} failed before exec (a {bytes}-byte status report)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
 
 /// Everything the child of one spawn needs, built in the parent.
 pub struct Plan {
@@ -408,24 +503,29 @@ fn executable(path: &Path) -> Result<()> {
         .with_context(|| format!("command {} is not executable", path.display()))
 }
 
-/// Fork and exec `plan` with `listeners` at fds 3.. (in order).
-///
-/// Returns once the child has called `execve` successfully, or after
-/// [`EXEC_STATUS_BOUND`] if it has neither exec'd nor failed by then (a
-/// warning names the pid; a later exec failure shows as exit status 127 when
-/// the child is reaped). If it failed before or in `execve`, the child is
-/// reaped here and the error names the step and the OS reason.
+/// Fork `plan` with `listeners` at fds 3.. (in order), and return at once:
+/// the child's exec status comes back on the [`Pending`]'s pipe, which the
+/// caller polls (the supervisor's loop, with everything else it waits
+/// for).
 ///
 /// # Errors
-/// `pipe2` or `fork` failed, or the child could not set itself up or exec.
-pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pid> {
+/// `pipe2` or `fork` failed: no child exists.
+pub fn spawn(plan: &mut Plan, listeners: &[BorrowedFd<'_>]) -> Result<Pending, SpawnError> {
     spawn_within(plan, listeners, EXEC_STATUS_BOUND)
 }
 
-/// [`spawn`], waiting at most `bound` for the child's exec status.
-fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) -> Result<Pid> {
+/// [`spawn`], the child's exec status awaited at most `bound`.
+fn spawn_within(
+    plan: &mut Plan,
+    listeners: &[BorrowedFd<'_>],
+    bound: Duration,
+) -> Result<Pending, SpawnError> {
+    // Non-blocking: the loop reads it when poll says so, and a read of a
+    // pipe whose child is alive and silent must not wait. (The child's
+    // end too: its one write of 12 bytes goes into an empty pipe.)
     let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create exec-status pipe")?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(SpawnError::Pipe)?;
 
     // Everything the child touches is prepared here: no allocation after fork.
     let argv: Vec<*const libc::c_char> = plan
@@ -478,7 +578,7 @@ fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) 
     // async-signal-safe and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(io::Error::last_os_error()).context("fork");
+        return Err(SpawnError::Fork(io::Error::last_os_error()));
     }
     if pid == 0 {
         // SAFETY: we are the freshly forked child; every pointer in `child`
@@ -488,96 +588,156 @@ fn spawn_within(plan: &mut Plan, listeners: &[BorrowedFd<'_>], bound: Duration) 
     }
     let pid = Pid::from_raw(pid);
     // Only the child may hold the write end now, so EOF means it exec'd (or
-    // died).
+    // died). (A sibling forked later inherits only the read end, which is
+    // close-on-exec and holds no pipe open for writing.)
     drop(write_end);
     // Also set the group from the parent, so that the process group exists
     // before we might signal it, whichever of the two runs first. EACCES
     // (the child already exec'd) is fine: it did it itself.
     let _ = nix::unistd::setpgid(pid, pid);
-
-    let mut report = [0u8; Report::LEN];
-    let n = match read_status(&read_end, &mut report, bound) {
-        Ok(n) => n,
-        Err(e) => {
-            // The child exists either way: the caller must own and reap it.
-            // Returning drops the read end; a failure report written later
-            // may then meet no reader, and the child blocks SIGPIPE before
-            // writing, so it still exits with 127.
-            log::warn!(
-                "pid {pid}: exec of {} not confirmed ({e}); treating it as started",
-                plan.program_display
-            );
-            return Ok(pid);
-        }
-    };
-    if n == 0 {
-        return Ok(pid);
-    }
-    // The child failed and is exiting with 127 right after its report;
-    // reap it now so that no zombie and no stray pid remains.
-    let _ = waitpid(pid, None);
-    if n != report.len() {
-        bail!(
-            "child for {} failed before exec (a {n}-byte status report)",
-            plan.program_display
-        );
-    }
-    Err(Report::decode(&report).error(&plan.program_display))
+    Ok(Pending {
+        pid,
+        pipe: read_end,
+        report: [0; Report::LEN],
+        got: 0,
+        deadline: Instant::now() + bound,
+        bound,
+        program: plan.program_display.clone(),
+    })
 }
 
-/// Why [`read_status`] gave up before EOF or a full report.
+/// A child forked whose exec status has not come back yet: the read end
+/// of its status pipe, the part of a [`Report`] read so far, and how long
+/// it is awaited.
+///
+/// The status is one of: EOF with nothing read (the child exec'd, or died
+/// before it could say anything), a full report (it failed, and exits
+/// with 127 right after), or nothing by the deadline. A healthy exec
+/// takes milliseconds, but one that stalls (the binary on a hung network
+/// mount, a file lease being broken) can block in the kernel for minutes:
+/// past [`EXEC_STATUS_BOUND`] the child is treated as started, and if its
+/// exec fails later it exits with status 127 and is reaped like any other
+/// child.
 #[derive(Debug)]
-enum StatusWait {
-    /// The bound passed with the pipe still open and not full.
-    TimedOut(Duration),
-    /// poll or read failed.
+pub struct Pending {
+    pid: Pid,
+    pipe: OwnedFd,
+    report: [u8; Report::LEN],
+    got: usize,
+    deadline: Instant,
+    bound: Duration,
+    program: String,
+}
+
+/// What reading the status pipe came to.
+enum Read {
+    /// Nothing more for now: the child has neither exec'd nor failed.
+    Again,
+    /// EOF, or a full report (nothing more will come).
+    Done,
+    /// read failed.
     Failed(Errno),
 }
 
-impl std::fmt::Display for StatusWait {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StatusWait::TimedOut(bound) => write!(
-                f,
-                "no exec status within {}",
-                hot_supervisor::duration::human(*bound)
-            ),
-            StatusWait::Failed(e) => write!(f, "read exec-status pipe: {e}"),
-        }
+impl Pending {
+    /// The child's pid.
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
-}
 
-/// Read the child's report into `buf` until EOF or `buf` is full, waiting
-/// with `poll` so that the wait ends within `bound`. Returns the byte count:
-/// 0 means the exec succeeded.
-fn read_status(fd: &OwnedFd, buf: &mut [u8], bound: Duration) -> Result<usize, StatusWait> {
-    let deadline = Instant::now() + bound;
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // Round up: a timeout truncated to 0 ms would spin until the deadline.
-        let ms = left.as_nanos().div_ceil(1_000_000);
-        let timeout = PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX));
-        let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut pfd, timeout) {
-            // Nothing yet; the loop re-checks the clock, as poll may also
-            // return early.
-            Ok(0) if left.is_zero() => {
-                return Err(StatusWait::TimedOut(bound));
-            }
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => return Err(StatusWait::Failed(e)),
-        }
-        // poll said readable (data or EOF), so this read does not block.
-        match nix::unistd::read(fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(StatusWait::Failed(e)),
+    /// The status pipe, to poll for input.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// When the child counts as started whatever its pipe says.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The pipe is readable: read what it holds. `None` while the child
+    /// has neither exec'd nor failed; `Ok` once it exec'd; `Err` if it
+    /// failed (it is reaped here then, so that no zombie and no stray pid
+    /// remains: it exits right after its report).
+    pub fn on_readable(&mut self) -> Option<Result<(), SpawnError>> {
+        match self.read() {
+            Read::Again => None,
+            Read::Done => Some(self.outcome(true)),
+            Read::Failed(e) => Some(self.unconfirmed(&format!("read exec-status pipe: {e}"))),
         }
     }
-    Ok(got)
+
+    /// `now` is past the deadline: the child counts as started (a warning
+    /// names its pid). `None` before the deadline.
+    pub fn on_timeout(&mut self, now: Instant) -> Option<Result<(), SpawnError>> {
+        (now >= self.deadline).then(|| {
+            let why = format!(
+                "no exec status within {}",
+                hot_supervisor::duration::human(self.bound)
+            );
+            self.unconfirmed(&why)
+        })
+    }
+
+    /// The child has exited and is not reaped yet (`waitid` with `WNOWAIT`
+    /// saw it): everything it wrote is in the pipe, so its status is known
+    /// now, as it was when it was read before the child could be reaped.
+    /// The caller reaps it.
+    pub fn on_exit(mut self) -> Result<(), SpawnError> {
+        match self.read() {
+            // The write end is closed with the child: EOF must follow the
+            // data. Were it not, the child said nothing: as EOF.
+            Read::Done | Read::Again => self.outcome(false),
+            Read::Failed(e) => self.unconfirmed(&format!("read exec-status pipe: {e}")),
+        }
+    }
+
+    /// Read until the pipe is empty, at EOF, or the report is full.
+    fn read(&mut self) -> Read {
+        while self.got < self.report.len() {
+            match nix::unistd::read(&self.pipe, &mut self.report[self.got..]) {
+                Ok(0) => return Read::Done,
+                Ok(n) => self.got += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Read::Again,
+                Err(e) => return Read::Failed(e),
+            }
+        }
+        Read::Done
+    }
+
+    /// The status once nothing more will come: nothing read means the exec
+    /// succeeded. A failed child is reaped first when `reap`.
+    fn outcome(&self, reap: bool) -> Result<(), SpawnError> {
+        let n = self.got;
+        if n == 0 {
+            return Ok(());
+        }
+        if reap {
+            // The child failed and is exiting with 127 right after its
+            // report.
+            let _ = waitpid(self.pid, None);
+        }
+        if n != self.report.len() {
+            return Err(SpawnError::ShortReport {
+                program: self.program.clone(),
+                bytes: n,
+            });
+        }
+        Err(Report::decode(&self.report).error(&self.program))
+    }
+
+    /// Give up on the status (`why`): the child counts as started. A
+    /// failure report written later may then meet no reader; the child
+    /// blocks SIGPIPE before writing, so it still exits with 127.
+    fn unconfirmed(&self, why: &str) -> Result<(), SpawnError> {
+        log::warn!(
+            "pid {}: exec of {} not confirmed ({why}); treating it as started",
+            self.pid,
+            self.program
+        );
+        Ok(())
+    }
 }
 
 /// For each target fd `3 + i` of the placement, the sources that sit
@@ -944,6 +1104,31 @@ mod tests {
         }
     }
 
+    /// Wait for `pending`'s exec status as the supervisor's loop does:
+    /// poll its pipe until it says something or the deadline passes.
+    fn settle(mut pending: Pending) -> Result<Pid, SpawnError> {
+        let pid = pending.pid();
+        loop {
+            let left = pending.deadline().saturating_duration_since(Instant::now());
+            // Rounded up: a timeout truncated to 0 ms would spin.
+            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+            let mut pfd = [nix::poll::PollFd::new(
+                pending.fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+            if let Some(r) = pending.on_readable() {
+                return r.map(|()| pid);
+            }
+            if let Some(r) = pending.on_timeout(Instant::now()) {
+                return r.map(|()| pid);
+            }
+        }
+    }
+
     fn plan(program: &OsStr, parent_death_signal: i32) -> Plan {
         Plan::new(
             &[program.to_os_string()],
@@ -981,13 +1166,33 @@ mod tests {
                 .to_string()
                 .starts_with("child for x: unknown step 99: ")
         );
+        let short = SpawnError::ShortReport {
+            program: "/srv/app".into(),
+            bytes: 5,
+        };
+        assert_eq!(
+            short.to_string(),
+            "child for /srv/app failed before exec (a 5-byte status report)"
+        );
+        assert_eq!(
+            SpawnError::Pipe(Errno::EMFILE).to_string(),
+            "create exec-status pipe: EMFILE: Too many open files"
+        );
+        assert_eq!(
+            SpawnError::Fork(io::Error::from_raw_os_error(libc::EAGAIN)).to_string(),
+            "fork: Resource temporarily unavailable (os error 11)"
+        );
     }
 
     #[test]
     fn exec_failure_is_reported() {
         let dir = TempDir::new("exec");
         let program = dir.not_a_program();
-        let e = spawn(&mut plan(program.as_os_str(), 0), &[]).unwrap_err();
+        let e = settle(spawn(&mut plan(program.as_os_str(), 0), &[]).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, SpawnError::Exec { errno, .. } if errno == libc::ENOEXEC),
+            "{e:?}"
+        );
         assert_eq!(
             e.to_string(),
             format!(
@@ -1002,7 +1207,19 @@ mod tests {
     /// Before each step reported itself, this spawn "succeeded".
     #[test]
     fn parent_death_signal_failure_is_reported() {
-        let e = spawn(&mut plan(OsStr::new("true"), 65), &[]).unwrap_err();
+        let e = settle(spawn(&mut plan(OsStr::new("true"), 65), &[]).unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SpawnError::Setup {
+                    step: Step::ParentDeathSignal,
+                    errno: libc::EINVAL,
+                    detail: 65,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let msg = e.to_string();
         assert!(
             msg.starts_with("child for /")
@@ -1068,7 +1285,7 @@ mod tests {
         // 3..LIMIT+11 holds the status pipe, which cannot move above it.
         let listeners = vec![null.as_fd(); LIMIT as usize + 8];
         let end = supervisor_child::protocol::LISTEN_FDS_START + listeners.len() as RawFd;
-        let e = spawn(&mut plan(OsStr::new("true"), 0), &listeners).unwrap_err();
+        let e = settle(spawn(&mut plan(OsStr::new("true"), 0), &listeners).unwrap()).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains(&format!(
@@ -1148,8 +1365,9 @@ mod tests {
         let listeners = vec![null.as_fd(); 200];
         let bound = Duration::from_millis(300);
         let start = Instant::now();
-        let pid =
-            spawn_within(&mut plan, &listeners, bound).expect("a stalled exec counts as started");
+        let pending = spawn_within(&mut plan, &listeners, bound).expect("forked");
+        assert!(start.elapsed() < bound, "spawn returns at once");
+        let pid = settle(pending).expect("a stalled exec counts as started");
         let waited = start.elapsed();
         lease.child = Some(pid);
         assert!(

@@ -28,7 +28,7 @@
 //! of the old generations (which every one of them held).
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
@@ -88,25 +88,22 @@ pub struct Source {
 }
 
 impl Source {
-    /// Send `payload` and duplicates of `fds` (each with the number it has
-    /// here) to the new supervisor on `stream`.
+    /// Send `payload` and `fds` (duplicates, each with the number the
+    /// payload names it by) to the new supervisor on `stream`.
     ///
     /// # Errors
-    /// The payload cannot be serialized, or an fd duplicated.
+    /// The payload cannot be serialized.
     pub fn new(
         stream: UnixStream,
         peer: i32,
         payload: &Payload,
-        fds: &[BorrowedFd<'_>],
+        fds: Vec<(RawFd, OwnedFd)>,
     ) -> Result<Source> {
         let json = serde_json::to_string(payload).context("serialize the takeover")?;
         let items = fds
-            .iter()
-            .map(|fd| {
-                let line = format!("{}\n", std::os::fd::AsRawFd::as_raw_fd(fd));
-                Ok((line, fd.try_clone_to_owned().context("dup")?))
-            })
-            .collect::<Result<Vec<(String, OwnedFd)>>>()?;
+            .into_iter()
+            .map(|(number, fd)| (format!("{number}\n"), fd))
+            .collect();
         stream
             .set_nonblocking(true)
             .context("make the takeover connection non-blocking")?;

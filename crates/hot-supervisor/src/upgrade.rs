@@ -317,41 +317,36 @@ impl Drop for Check {
     }
 }
 
-/// Replace this image with `binary`, handing it `state` (the fd of a
-/// [`write_state`] memfd) and the fds `keep` lists. Returns only if `execve`
-/// failed, with every close-on-exec flag as it was.
-pub fn exec(binary: &Path, state: RawFd, keep: &[RawFd], refused: Option<&str>) -> anyhow::Error {
+/// Replace this image with `binary`, handing it `state` (a
+/// [`write_state`] memfd). The fds the state names must have lost their
+/// close-on-exec flag already (a [`crate::carry::Keep`] with
+/// [`crate::carry::Carry::AcrossExec`]). Returns only if `execve` failed,
+/// with the flags of `state` and of the running binary's fd as they were.
+pub fn exec(binary: &Path, state: BorrowedFd<'_>, refused: Option<&str>) -> anyhow::Error {
     // The running binary, for a new image that refuses the state to come
     // back to (the file at `binary` may be the new one already).
     let old = match std::fs::File::open("/proc/self/exe") {
         Ok(f) => OwnedFd::from(f),
         Err(e) => return anyhow!("open /proc/self/exe: {e}"),
     };
-    exec_with(binary, state, old.as_raw_fd(), keep, refused)
+    exec_with(binary, state, old.as_fd(), refused)
 }
 
 /// [`exec`], naming `old` as the old binary's fd.
 fn exec_with(
     binary: &Path,
-    state: RawFd,
-    old: RawFd,
-    keep: &[RawFd],
+    state: BorrowedFd<'_>,
+    old: BorrowedFd<'_>,
     refused: Option<&str>,
 ) -> anyhow::Error {
-    let mut carried: Vec<RawFd> = keep.to_vec();
-    carried.push(state);
-    carried.push(old);
     let set = |cloexec: bool| {
-        for &fd in &carried {
-            let flag = if cloexec {
-                FdFlag::FD_CLOEXEC
-            } else {
-                FdFlag::empty()
-            };
-            // SAFETY: every fd here is owned by a part of this process (or
-            // by this function) and stays open throughout.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            let _ = fcntl(borrowed, FcntlArg::F_SETFD(flag));
+        let flag = if cloexec {
+            FdFlag::FD_CLOEXEC
+        } else {
+            FdFlag::empty()
+        };
+        for fd in [state, old] {
+            let _ = fcntl(fd, FcntlArg::F_SETFD(flag));
         }
     };
     let argv: Vec<CString> = std::env::args_os()
@@ -371,8 +366,8 @@ fn exec_with(
         })
         .collect();
     let extra = [
-        Some(format!("{STATE_VAR}={state}")),
-        Some(format!("{OLD_EXE_VAR}={old}")),
+        Some(format!("{STATE_VAR}={}", state.as_raw_fd())),
+        Some(format!("{OLD_EXE_VAR}={}", old.as_raw_fd())),
         refused.map(|why| format!("{REFUSED_VAR}={}", why.replace('\0', " "))),
     ];
     env.extend(
@@ -393,29 +388,74 @@ fn exec_with(
 
 /// A new image that cannot take the state goes back to the old binary
 /// (the fd the old image left open) with the same state and the reason.
-/// Returns only if that fails too.
-pub fn go_back(state: RawFd, old_exe: RawFd, why: &str) -> anyhow::Error {
-    // The fds the state names, read without trusting the rest of it.
-    let keep = read_raw(state)
-        .ok()
-        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
-        .and_then(|v| v.get("fds").cloned())
-        .and_then(|f| serde_json::from_value::<Vec<RawFd>>(f).ok())
-        .unwrap_or_default();
-    let path = PathBuf::from(format!("/proc/self/fd/{old_exe}"));
+/// The fds the state names go as they came: this image took none of them
+/// (it checks the whole state first), so their close-on-exec flags are
+/// still clear. Returns only if that fails too.
+pub fn go_back(state: BorrowedFd<'_>, old_exe: BorrowedFd<'_>, why: &str) -> anyhow::Error {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", old_exe.as_raw_fd()));
     // The old image closes the fd it is handed as "old binary": this one,
     // so that nothing is left open.
-    exec_with(&path, state, old_exe, &keep, Some(why))
+    exec_with(&path, state, old_exe, Some(why))
 }
 
-/// The state handed to this image, if it was started by an upgrade: the
-/// fd, the old binary's fd, and the refusal reason if a new image went
-/// back to this one.
-pub fn handed() -> Option<(RawFd, Option<RawFd>, Option<String>)> {
-    let fd: RawFd = std::env::var(STATE_VAR).ok()?.parse().ok()?;
-    let old = std::env::var(OLD_EXE_VAR).ok().and_then(|v| v.parse().ok());
-    let refused = std::env::var(REFUSED_VAR).ok();
-    Some((fd, old, refused))
+/// What an upgrade handed this image: the state's memfd, the old binary's
+/// fd, and the refusal reason if a new image went back to this one.
+#[derive(Debug)]
+pub struct Handed {
+    /// The state, at offset 0 (read with `pread`).
+    pub state: OwnedFd,
+    /// The old binary, for going back to it.
+    pub old_exe: Option<OwnedFd>,
+    /// Why a new image refused the state, if one went back to this one.
+    pub refused: Option<String>,
+}
+
+/// Take what an upgrade handed this image, if it was started by one, and
+/// remove the variables that say so, so that no child inherits them and
+/// nothing takes their fds twice.
+///
+/// # Errors
+/// The variables name an fd that is not open.
+///
+/// # Safety
+/// Call while the process has one thread (the variables are removed), and
+/// before anything opens an fd that could take a number they name: at the
+/// start of `main`.
+pub unsafe fn take_handed() -> Option<Result<Handed>> {
+    let number = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+    };
+    let (state, old, refused) = (
+        number(STATE_VAR),
+        number(OLD_EXE_VAR),
+        std::env::var(REFUSED_VAR).ok(),
+    );
+    for var in [STATE_VAR, OLD_EXE_VAR, REFUSED_VAR] {
+        // SAFETY: one thread, as the caller guarantees.
+        unsafe { std::env::remove_var(var) };
+    }
+    let own = |raw: RawFd, var: &str| -> Result<OwnedFd> {
+        // SAFETY: F_GETFD on any number is harmless; it only asks whether
+        // the fd is open.
+        if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            bail!("fd {raw} named by {var} is not open");
+        }
+        // SAFETY: the old image opened this fd for this one, cleared its
+        // close-on-exec flag and named it in `var`, which was just removed:
+        // it is owned here once, before anything else could (the caller's
+        // guarantee), and by nothing else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    };
+    let handed = own(state?, STATE_VAR).and_then(|state| {
+        Ok(Handed {
+            state,
+            old_exe: old.map(|o| own(o, OLD_EXE_VAR)).transpose()?,
+            refused,
+        })
+    });
+    Some(handed)
 }
 
 /// Read the handed state from `fd` (without taking it: a refusal must be
@@ -423,21 +463,19 @@ pub fn handed() -> Option<(RawFd, Option<RawFd>, Option<String>)> {
 ///
 /// # Errors
 /// As [`read_state`].
-pub fn read_handed(fd: RawFd) -> Result<State> {
+pub fn read_handed(fd: BorrowedFd<'_>) -> Result<State> {
     parse_state(&read_raw(fd)?)
 }
 
-/// The bytes of the state at `fd`, read from offset 0.
-fn read_raw(fd: RawFd) -> Result<Vec<u8>> {
-    // SAFETY: the fd was named by STATE_VAR; it is borrowed only for the
-    // reads here (pread from offset 0, so the offset does not matter).
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+/// The bytes of the state at `fd`, read from offset 0 (pread: the offset
+/// does not matter, and stays as it is for the image it may go back to).
+fn read_raw(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let mut text = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut at = 0i64;
     loop {
-        let n = nix::sys::uio::pread(borrowed, &mut chunk, at)
-            .with_context(|| format!("read the upgrade state from fd {fd}"))?;
+        let n = nix::sys::uio::pread(fd, &mut chunk, at)
+            .with_context(|| format!("read the upgrade state from fd {}", fd.as_raw_fd()))?;
         if n == 0 {
             break;
         }

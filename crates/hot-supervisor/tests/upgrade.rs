@@ -379,6 +379,59 @@ fn a_starting_generation_and_its_waiting_reload_request_cross_the_upgrade() {
     );
 }
 
+/// A release that passes the check, then cannot be executed: the exec in
+/// place fails after the state was written and its fds made inheritable.
+const UNEXECUTABLE_RELEASE: &str = "#!/bin/sh\nchmod 644 '@BIN@'\necho 'ok 9.9.9'\n";
+
+/// The fds of `pid` above 2 whose close-on-exec flag is clear, with what
+/// they are.
+fn inheritable_fds(pid: i32) -> Vec<(i32, String)> {
+    fds(pid)
+        .into_iter()
+        .filter(|(fd, _)| *fd > 2)
+        .filter(|(fd, _)| {
+            // Gone meanwhile (a control connection closing): not ours.
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).is_ok_and(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
+                    .is_some_and(|flags| flags & i64::from(libc::O_CLOEXEC) == 0)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn an_exec_that_fails_after_the_check_leaves_every_fd_close_on_exec() {
+    let bin = Binary::new("upgrade-noexec");
+    let sv = bin.start(&[], &[]);
+    let child = sv.pid_of(1);
+    let fds_before = fd_count(&sv);
+    // (What it inherited from the test, if anything, stays as it came.)
+    let inherited = inheritable_fds(sv.pid);
+    bin.replace_with(
+        UNEXECUTABLE_RELEASE
+            .replace("@BIN@", bin.path.to_str().unwrap())
+            .as_bytes(),
+        0o755,
+    );
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(1), "{text}\n{}", sv.output());
+    assert!(
+        text.contains("execve") && text.contains("EACCES") && text.ends_with("carries on"),
+        "{text}"
+    );
+    // Every fd the state named has its close-on-exec flag back: none would
+    // leak into a process the supervisor starts.
+    assert_eq!(fd_count(&sv), fds_before);
+    assert_eq!(inheritable_fds(sv.pid), inherited, "after the failed exec");
+    assert_eq!(sv.status().supervisor.upgrades, 0);
+    assert_eq!(sv.pid_of(1), child);
+    bin.restore();
+    let (code, text) = upgrade(&sv, &[]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// A stand-in for a new release that passes the check but refuses the
 /// state once executed in place: it hands the real binary a copy of the
 /// state marked with a version from the future, and in place of the old

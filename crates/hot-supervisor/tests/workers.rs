@@ -718,3 +718,142 @@ fn canary_and_whole_reloads_with_probes_verify_every_worker() {
     wait_workers_ready(&sv, 3, 3);
     load.finish_clean("canary and whole reloads with probes", 100);
 }
+
+/// Holds a write lease on a file: whoever opens it (an `execve` of it too)
+/// blocks in the kernel until the lease is released (or the kernel's
+/// lease-break time, 45 s by default, has passed), as an exec from a hung
+/// network mount would.
+struct Lease(std::fs::File);
+
+impl Lease {
+    fn take(path: &std::path::Path) -> Lease {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on an fd we own. Taking the lease makes this
+        // process its owner, which a lease break would send SIGIO (whose
+        // default action ends the test binary): F_SETOWN 0 after it.
+        let (lease, owner) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK),
+                libc::fcntl(fd, libc::F_SETOWN, 0),
+            )
+        };
+        assert_eq!(
+            lease,
+            0,
+            "take a write lease on {} (file leases needed by this test): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(owner, 0, "F_SETOWN: {}", std::io::Error::last_os_error());
+        Lease(file)
+    }
+
+    fn release(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on an fd we own.
+        let r = unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        assert_eq!(r, 0, "release lease: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `release`.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+}
+
+/// Sixteen workers whose exec stalls in the kernel (their program is under
+/// a file lease): each is forked at once and its exec status awaited by
+/// the loop, which answers the status and reads signals meanwhile. (When
+/// each spawn waited for its own status, the first answer came after
+/// 16 × 2 s.) Past the bound they count as started; once the exec can go
+/// on, the generation serves.
+#[test]
+fn sixteen_workers_stalled_in_exec_leave_the_loop_free() {
+    let dir = TempDir::new("stalled-exec");
+    let script = dir.path("server.py");
+    std::fs::write(&script, SERVER).unwrap();
+    let program = dir.path("server");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\nexec {} {}\n", python3(), script.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let lease = Lease::take(&program);
+    let sv = Supervisor::builder()
+        .tcp()
+        .ready("notify")
+        .args(["--workers", "16"])
+        .command([program.to_str().unwrap()])
+        .start();
+
+    // Answered while every worker is forked and in its exec.
+    let forked = sv.wait_status("16 workers forked", WAIT, |s: &Status| {
+        let g = s.generation(1)?;
+        (g.workers.iter().filter(|w| w.pid.is_some()).count() == 16).then(|| g.clone())
+    });
+    assert!(
+        forked.workers.iter().all(|w| w.state == "starting"),
+        "{forked:?}"
+    );
+    let ages: Vec<u64> = forked.workers.iter().filter_map(|w| w.age_ms).collect();
+    eprintln!("status answered with 16 workers forked {ages:?} ms ago");
+    // The signal, sent after that answer, is read before any exec status
+    // is given up on: the loop ran while all sixteen were awaited.
+    sv.signal(libc::SIGUSR1);
+    let said = "received SIGUSR1: no generation serves to forward it to";
+    sv.wait_line(said, WAIT);
+    let out = sv.output();
+    let line = |needle: &str| out.lines().position(|l| l.contains(needle));
+    assert!(
+        line("not confirmed").is_none_or(|n| n > line(said).unwrap()),
+        "an exec status was given up on before the signal was read:\n{out}"
+    );
+
+    // Past the bound each counts as started (said once per worker); once
+    // the lease goes, every one execs and the generation serves.
+    sv.wait_line("not confirmed", WAIT);
+    lease.release();
+    let st = wait_workers_ready(&sv, 1, 16);
+    let pids =
+        |g: &Generation| -> BTreeSet<i32> { g.workers.iter().filter_map(|w| w.pid).collect() };
+    assert_eq!(pids(st.generation(1).unwrap()), pids(&forked));
+}
+
+/// Eight workers of a command that cannot be executed: all are forked
+/// before any exec status is known, but the machine hears one failure (the
+/// first worker's, as when each spawn waited for its own status), and the
+/// supervisor stops at once with 127.
+#[test]
+fn eight_workers_that_cannot_exec_fail_the_start_once() {
+    let dir = TempDir::new("noexec-workers");
+    let script = dir.path("no-shebang");
+    std::fs::write(&script, "echo hi\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .args(["--workers", "8"])
+        .command([&script])
+        .start();
+    assert_eq!(sv.wait_exit(WAIT).code(), Some(127));
+    let out = sv.output();
+    assert_eq!(
+        out.matches("generation 1 could not be started: exec ")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("Exec format error"), "{out}");
+    assert_eq!(out.matches(") started").count(), 8, "{out}");
+}

@@ -42,7 +42,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::fetch::{SCM_MAX_FD, parse_fd_line, parse_fds_header};
+use crate::protocol::fetch::{Answer, SCM_MAX_FD, parse_fd_line, parse_fds_header};
 use crate::protocol::{SUPERVISOR_CHANNEL_FD, SUPERVISOR_CONTROL};
 
 /// How long a request waits for each part of its answer.
@@ -276,8 +276,8 @@ fn converse(
         {
             let header = String::from_utf8_lossy(&data[..pos]).into_owned();
             match parse_fds_header(&header).map_err(|e| invalid(format!("{shown}: {e}")))? {
-                Ok(n) => expected = Some(n),
-                Err(text) => return Err(io::Error::other(text)),
+                Answer::Ok(n) => expected = Some(n),
+                Answer::Error(text) => return Err(io::Error::other(text)),
             }
             data.drain(..=pos);
         }

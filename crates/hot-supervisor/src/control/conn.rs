@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use hot_supervisor::parse::control::{
-    Line, MAX_REQUEST, Request, answer, parse_request, take_line,
+    Line, Request, RequestError, answer, parse_request, take_line,
 };
 
 use super::transfer::{SendStep, Transfer, send_some};
@@ -64,7 +64,7 @@ pub enum ReadStep {
     /// Nothing complete yet.
     Pending,
     /// A request, or the error to answer with.
-    Request(Result<Request, String>),
+    Request(Result<Request, RequestError>),
     /// The peer left without a request: close quietly.
     Gone,
 }
@@ -154,7 +154,7 @@ impl Conn {
                         return ReadStep::Gone;
                     }
                     return match take_line(buf) {
-                        Line::TooLong => ReadStep::Request(Err(too_long())),
+                        Line::TooLong => ReadStep::Request(Err(RequestError::TooLong)),
                         Line::Complete(l) => ReadStep::Request(parse_request(l)),
                         Line::Incomplete => ReadStep::Request(parse_request(buf)),
                     };
@@ -163,7 +163,7 @@ impl Conn {
                     buf.extend_from_slice(&chunk[..n]);
                     match take_line(buf) {
                         Line::Incomplete => continue,
-                        Line::TooLong => return ReadStep::Request(Err(too_long())),
+                        Line::TooLong => return ReadStep::Request(Err(RequestError::TooLong)),
                         Line::Complete(l) => return ReadStep::Request(parse_request(l)),
                     }
                 }
@@ -236,8 +236,4 @@ impl Conn {
             }
         }
     }
-}
-
-fn too_long() -> String {
-    format!("request longer than {MAX_REQUEST} bytes")
 }

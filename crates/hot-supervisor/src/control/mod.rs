@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-pub use hot_supervisor::parse::control::{Request, answer, parse_answer};
+pub use hot_supervisor::parse::control::{Request, RequestError, answer, parse_answer};
 use hot_supervisor::parse::listen::Spec;
 
 /// A connection must send its request within this time.
@@ -570,7 +570,7 @@ impl ControlServer {
     fn request(
         &mut self,
         id: ConnId,
-        request: Result<Request, String>,
+        request: Result<Request, RequestError>,
         now: Instant,
     ) -> Option<ControlEvent> {
         let waiting = self.conns.len() - self.busy();
@@ -581,7 +581,7 @@ impl ControlServer {
         match request {
             Err(why) => {
                 log::warn!("control connection from pid {pid}: {why}");
-                self.answer(id, false, &why, now);
+                self.answer(id, false, &why.to_string(), now);
                 None
             }
             Ok(r) if uid != 0 && uid != me && !r.sends_fds() => {

@@ -12,6 +12,7 @@ impl Machine {
         }
         let now = self.tick(now);
         match input {
+            Input::WorkerExecuted(g, w) => self.worker_executed(now, g, w),
             Input::WorkerReady(g, w) => self.worker_ready(now, g, w),
             Input::WorkerExited(g, w, status) => {
                 self.worker_exited(now, g, w, Ended::Exited(status));
@@ -53,7 +54,7 @@ impl Machine {
         let due: Vec<(Generation, Due)> = self
             .states()
             .filter_map(|(g, s)| match s {
-                State::Starting { .. } if Some(g) == rolling => None,
+                State::Starting { .. } if Some(g) == rolling || self.exec_pending(g) => None,
                 State::Starting { deadline, .. } if *deadline <= now => Some((g, Due::Ready)),
                 State::Draining {
                     deadline: Some(d), ..

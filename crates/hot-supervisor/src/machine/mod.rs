@@ -638,6 +638,9 @@ pub enum Input {
     /// Undo a canary or a rolling reload: the old generation serves
     /// everything, the new one quiesces and stops.
     Rollback(Ticket),
+    /// A worker's exec succeeded (or its status did not come within the
+    /// bound, and it counts as started).
+    WorkerExecuted(Generation, u32),
     /// A worker sent `READY=1`.
     WorkerReady(Generation, u32),
     /// A worker was reaped.
@@ -781,6 +784,11 @@ enum WorkerState {
         spawned: Instant,
         #[serde(with = "crate::carry::mono")]
         deadline: Instant,
+        /// Its exec succeeded ([`Input::WorkerExecuted`]): a ready delay
+        /// counts from then. (An upgrade waits for every exec status, so
+        /// a saved worker has always exec'd.)
+        #[serde(default = "executed_before")]
+        executed: bool,
     },
     /// Ready.
     Ready {
@@ -807,6 +815,12 @@ enum WorkerState {
     Exited,
 }
 
+/// A worker saved without `executed` was saved by a version that waited
+/// for every exec.
+fn executed_before() -> bool {
+    true
+}
+
 impl Worker {
     fn vacant() -> Worker {
         Worker {
@@ -822,7 +836,11 @@ impl Worker {
         let state = match *state {
             State::Starting {
                 spawned, deadline, ..
-            } => WorkerState::Starting { spawned, deadline },
+            } => WorkerState::Starting {
+                spawned,
+                deadline,
+                executed: true,
+            },
             State::Active { since }
             | State::Canary { since }
             | State::Quiescing { since, .. }

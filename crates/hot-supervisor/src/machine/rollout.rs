@@ -113,6 +113,7 @@ impl Machine {
             x.state = WorkerState::Starting {
                 spawned: now,
                 deadline: now + wait,
+                executed: false,
             };
         }
         self.push(Action::SpawnWorker(g, w));

@@ -155,6 +155,31 @@ impl Machine {
         }
     }
 
+    /// A worker's exec succeeded. With a ready delay, the delay counts
+    /// from now: a process still in exec is not yet alive for it (a hung
+    /// exec must not make a generation ready).
+    pub(super) fn worker_executed(&mut self, now: Instant, g: Generation, w: u32) {
+        let ReadyMode::Delay(d) = self.cfg.ready else {
+            if let Some(WorkerState::Starting { executed, .. }) =
+                self.worker_mut(g, w).map(|x| &mut x.state)
+            {
+                *executed = true;
+            }
+            return;
+        };
+        let Some(WorkerState::Starting {
+            executed, deadline, ..
+        }) = self.worker_mut(g, w).map(|x| &mut x.state)
+        else {
+            return;
+        };
+        *executed = true;
+        *deadline = (*deadline).max(now + d);
+        if let Some(State::Starting { deadline, .. }) = self.state_mut(g) {
+            *deadline = (*deadline).max(now + d);
+        }
+    }
+
     pub(super) fn worker_ready(&mut self, now: Instant, g: Generation, w: u32) {
         let Some(worker) = self.worker_mut(g, w) else {
             return;
@@ -334,6 +359,7 @@ impl Machine {
             state: WorkerState::Starting {
                 spawned: now,
                 deadline: now + wait,
+                executed: false,
             },
             failures: 0,
             restarts: 0,

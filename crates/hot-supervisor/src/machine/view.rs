@@ -54,7 +54,7 @@ impl Machine {
     pub fn next_deadline(&self) -> Option<Instant> {
         let rolling = self.rolling_new();
         let timers = self.states().filter_map(|(g, s)| match s {
-            State::Starting { .. } if Some(g) == rolling => None,
+            State::Starting { .. } if Some(g) == rolling || self.exec_pending(g) => None,
             State::Starting { deadline, .. } => Some(*deadline),
             State::Draining { deadline, .. } => *deadline,
             State::Quiescing { check_at, .. } => Some(*check_at),
@@ -91,6 +91,10 @@ impl Machine {
             for (w, worker) in pool.iter().enumerate() {
                 let w = w as u32;
                 match worker.state {
+                    // A ready delay counts from the exec.
+                    WorkerState::Starting {
+                        executed: false, ..
+                    } if self.delays() => {}
                     WorkerState::Starting { deadline, .. } if alone => {
                         out.push((*g, w, deadline, WorkerDue::Ready));
                     }
@@ -105,6 +109,28 @@ impl Machine {
             }
         }
         out
+    }
+
+    /// Whether readiness is a delay.
+    pub(super) fn delays(&self) -> bool {
+        matches!(self.cfg.ready, ReadyMode::Delay(_))
+    }
+
+    /// With a ready delay: whether a worker of `g` has not exec'd yet (the
+    /// generation's delay then waits for [`Input::WorkerExecuted`]).
+    pub(super) fn exec_pending(&self, g: Generation) -> bool {
+        self.delays()
+            && self.pool(g).is_some_and(|p| {
+                p.iter().any(|x| {
+                    matches!(
+                        x.state,
+                        WorkerState::Starting {
+                            executed: false,
+                            ..
+                        }
+                    )
+                })
+            })
     }
 
     /// The generation of a rolling reload under way, if any.

@@ -10,7 +10,8 @@
 
 use crate::parse::listen::{Spec, valid_name as valid_wire_name};
 pub use supervisor_child::protocol::fetch::{
-    KINDS, SCM_MAX_FD, answer, fd_line, fds_header, parse_answer, parse_fd_line, parse_fds_header,
+    Answer, BadAnswer, KINDS, SCM_MAX_FD, answer, fd_line, fds_header, parse_answer, parse_fd_line,
+    parse_fds_header,
 };
 
 /// Longest request line accepted (the real ones are a few bytes).
@@ -109,12 +110,110 @@ impl Request {
     }
 }
 
+/// What is wrong with a request line. Its text (`Display`) is what the
+/// control socket answers: what was given, shown short and escaped, and
+/// what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Longer than [`MAX_REQUEST`] bytes without a newline.
+    TooLong,
+    /// Not a request at all (the line, shown short).
+    Unknown(String),
+    /// `upgrade 0s`.
+    ZeroUpgradeTimeout,
+    /// `upgrade DUR` with no duration (the argument shown short, and the
+    /// duration parser's reason).
+    BadUpgradeTimeout(String, String),
+    /// `reload ...` with no strategy that parses.
+    Reload(ReloadError),
+    /// `fds` with names that are not ASCII (the names, shown short).
+    NamesNotAscii(String),
+    /// A name that cannot be a listener's, in `fds` or `listen` (the
+    /// request's word, the name shown short).
+    BadName(&'static str, String),
+    /// `listen` with a line that is not UTF-8 (shown short).
+    ListenNotUtf8(String),
+    /// `listen` without both a name and an address.
+    ListenUsage,
+    /// `listen NAME ADDR` with an address that does not parse (why).
+    ListenAddress(String),
+}
+
+/// What is wrong with the words after `reload `.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadError {
+    /// Neither `rolling K` nor `canary PCT [DUR]`.
+    Usage,
+    /// A number out of its range (what it is, its maximum, the word shown
+    /// short).
+    Number(&'static str, u32, String),
+    /// The canary's promote-after duration (shown short).
+    PromoteAfter(String),
+}
+
+/// The requests, for an unknown one's answer.
+const EXPECTED: &str = "reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR";
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
+            RequestError::Unknown(line) => {
+                write!(f, "unknown request {line:?} (expected {EXPECTED})")
+            }
+            RequestError::ZeroUpgradeTimeout => {
+                write!(f, "upgrade: the timeout must be more than 0")
+            }
+            RequestError::BadUpgradeTimeout(arg, why) => write!(
+                f,
+                "upgrade: bad timeout {arg:?}: {}",
+                why.chars().take(200).collect::<String>().escape_debug()
+            ),
+            RequestError::Reload(e) => write!(f, "reload: {e}"),
+            RequestError::NamesNotAscii(names) => {
+                write!(f, "fds: names are ASCII, not {names:?}")
+            }
+            RequestError::BadName(request, name) => write!(
+                f,
+                "{request}: invalid listener name {name:?} (1 to 255 printable ASCII characters without ':' or space)"
+            ),
+            RequestError::ListenNotUtf8(line) => write!(f, "listen: not UTF-8: {line:?}"),
+            RequestError::ListenUsage => write!(f, "listen: expected `listen NAME ADDR`"),
+            // The message quotes the address: shown short and escaped.
+            RequestError::ListenAddress(why) => write!(
+                f,
+                "listen: {}",
+                why.chars().take(200).collect::<String>().escape_debug()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Usage => write!(
+                f,
+                "expected `reload`, `reload rolling K` or `reload canary PCT [DUR]`"
+            ),
+            ReloadError::Number(what, max, word) => {
+                write!(f, "{what} must be a number from 1 to {max}, not {word:?}")
+            }
+            ReloadError::PromoteAfter(word) => {
+                write!(f, "bad promote-after duration {word:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
 /// Parse a request line (without its newline; a `\r` before it is
 /// tolerated).
 ///
 /// # Errors
-/// The line is not a known request; the message says what was expected.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+/// The line is not a known request; the error says what was wrong.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     match line {
         b"reload" => return Ok(Request::Reload),
@@ -133,69 +232,50 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         let arg = String::from_utf8_lossy(rest).into_owned();
         return match crate::duration::parse(&arg) {
             Ok(d) if !d.is_zero() => Ok(Request::Upgrade(Some(d))),
-            Ok(_) => Err("upgrade: the timeout must be more than 0".to_string()),
-            Err(e) => Err(format!(
-                "upgrade: bad timeout {:?}: {}",
-                shown(rest),
-                e.chars().take(200).collect::<String>().escape_debug()
-            )),
+            Ok(_) => Err(RequestError::ZeroUpgradeTimeout),
+            Err(e) => Err(RequestError::BadUpgradeTimeout(shown(rest), e)),
         };
     }
     if let Some(rest) = line.strip_prefix(b"reload ") {
-        return parse_reload(rest).map(Request::ReloadWith);
+        return parse_reload(rest)
+            .map(Request::ReloadWith)
+            .map_err(RequestError::Reload);
     }
     if let Some(rest) = line.strip_prefix(b"fds ") {
-        let rest = std::str::from_utf8(rest)
-            .map_err(|_| format!("fds: names are ASCII, not {:?}", shown(rest)))?;
+        let rest =
+            std::str::from_utf8(rest).map_err(|_| RequestError::NamesNotAscii(shown(rest)))?;
         let mut names = Vec::new();
         for name in rest.split(' ').filter(|n| !n.is_empty()) {
             if !valid_wire_name(name) {
-                return Err(format!(
-                    "fds: invalid listener name {:?} (1 to 255 printable ASCII characters without ':' or space)",
-                    shown(name.as_bytes())
-                ));
+                return Err(RequestError::BadName("fds", shown(name.as_bytes())));
             }
             names.push(name.to_string());
         }
         return Ok(Request::Fds(names));
     }
     if let Some(rest) = line.strip_prefix(b"listen ") {
-        let rest = std::str::from_utf8(rest)
-            .map_err(|_| format!("listen: not UTF-8: {:?}", shown(rest)))?;
+        let rest =
+            std::str::from_utf8(rest).map_err(|_| RequestError::ListenNotUtf8(shown(rest)))?;
         let Some((name, addr)) = rest.split_once(' ') else {
-            return Err("listen: expected `listen NAME ADDR`".into());
+            return Err(RequestError::ListenUsage);
         };
         if !valid_wire_name(name) {
-            return Err(format!(
-                "listen: invalid listener name {:?} (1 to 255 printable ASCII characters without ':' or space)",
-                shown(name.as_bytes())
-            ));
+            return Err(RequestError::BadName("listen", shown(name.as_bytes())));
         }
-        // The message quotes the address: shown short and escaped.
-        let spec = Spec::named(name, addr).map_err(|e| {
-            let short: String = e.chars().take(200).collect();
-            format!("listen: {}", short.escape_debug())
-        })?;
+        let spec = Spec::named(name, addr).map_err(RequestError::ListenAddress)?;
         return Ok(Request::Listen(spec));
     }
-    Err(format!(
-        "unknown request {:?} (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR)",
-        shown(line)
-    ))
+    Err(RequestError::Unknown(shown(line)))
 }
 
 /// The words after `reload `: `rolling K` or `canary PCT [DUR]`.
-fn parse_reload(rest: &[u8]) -> Result<ReloadKind, String> {
-    let usage = "reload: expected `reload`, `reload rolling K` or `reload canary PCT [DUR]`";
-    let text = std::str::from_utf8(rest).map_err(|_| usage.to_string())?;
+fn parse_reload(rest: &[u8]) -> Result<ReloadKind, ReloadError> {
+    let text = std::str::from_utf8(rest).map_err(|_| ReloadError::Usage)?;
     let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
-    let number = |w: &str, what: &str, max: u32| -> Result<u32, String> {
+    let number = |w: &str, what: &'static str, max: u32| -> Result<u32, ReloadError> {
         match w.parse::<u32>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "reload: {what} must be a number from 1 to {max}, not {:?}",
-                w.chars().take(40).collect::<String>()
-            )),
+            _ => Err(ReloadError::Number(what, max, w.chars().take(40).collect())),
         }
     };
     match words.as_slice() {
@@ -211,13 +291,10 @@ fn parse_reload(rest: &[u8]) -> Result<ReloadKind, String> {
                     percent,
                     promote_after: Some(d),
                 }),
-                _ => Err(format!(
-                    "reload: bad promote-after duration {:?}",
-                    dur.chars().take(40).collect::<String>()
-                )),
+                _ => Err(ReloadError::PromoteAfter(dur.chars().take(40).collect())),
             }
         }
-        _ => Err(usage.to_string()),
+        _ => Err(ReloadError::Usage),
     }
 }
 
@@ -257,10 +334,15 @@ mod tests {
         let r = Request::Upgrade(Some(std::time::Duration::from_millis(2500)));
         assert_eq!(parse_request(r.line().as_bytes()), Ok(r));
         for bad in [&b"upgrade 0s"[..], b"upgrade soon", b"upgrade -1s"] {
-            assert!(parse_request(bad).unwrap_err().starts_with("upgrade: "));
+            assert!(
+                parse_request(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("upgrade: ")
+            );
         }
         for bad in [&b""[..], b"RELOAD", b"\xff\xfe", b"stop\0"] {
-            let e = parse_request(bad).unwrap_err();
+            let e = parse_request(bad).unwrap_err().to_string();
             assert!(
                 e.contains(
                     "expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR"
@@ -271,12 +353,18 @@ mod tests {
         assert!(
             parse_request(b"reload now")
                 .unwrap_err()
+                .to_string()
                 .starts_with("reload: ")
         );
         // Garbage is shown short and escaped, never as raw bytes.
-        let e = parse_request(&[b'x'; 500]).unwrap_err();
+        let e = parse_request(&[b'x'; 500]).unwrap_err().to_string();
         assert!(e.len() < 200, "{e}");
-        assert!(!parse_request(b"\x1b[2J").unwrap_err().contains('\x1b'));
+        assert!(
+            !parse_request(b"\x1b[2J")
+                .unwrap_err()
+                .to_string()
+                .contains('\x1b')
+        );
     }
 
     #[test]
@@ -312,7 +400,7 @@ mod tests {
             b"reload canary 20 1s x",
             b"reload \xff",
         ] {
-            let e = parse_request(bad).unwrap_err();
+            let e = parse_request(bad).unwrap_err().to_string();
             assert!(e.starts_with("reload: "), "{e}");
         }
     }
@@ -368,9 +456,62 @@ mod tests {
             (b"listen x 127.0.0.1:99999", "invalid address"),
             (b"listen x nowhere", "invalid address"),
         ] {
-            let e = parse_request(bad).unwrap_err();
+            let e = parse_request(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn errors_say_what_was_wrong() {
+        assert_eq!(parse_request(b"listen x"), Err(RequestError::ListenUsage));
+        assert_eq!(
+            parse_request(b"upgrade 0s"),
+            Err(RequestError::ZeroUpgradeTimeout)
+        );
+        assert_eq!(
+            parse_request(b"reload rolling 0"),
+            Err(RequestError::Reload(ReloadError::Number(
+                "K",
+                1024,
+                "0".into()
+            )))
+        );
+        assert_eq!(
+            parse_request(b"fds a:b"),
+            Err(RequestError::BadName("fds", "a:b".into()))
+        );
+        // The texts the control socket answers with.
+        for (line, text) in [
+            (
+                &b"RELOAD"[..],
+                "unknown request \"RELOAD\" (expected reload [rolling K|canary PCT [DUR]], promote, rollback, status, events, stop, upgrade [DUR], fds [NAME...] or listen NAME ADDR)",
+            ),
+            (b"upgrade 0s", "upgrade: the timeout must be more than 0"),
+            (
+                b"reload canary 100",
+                "reload: the canary's percent must be a number from 1 to 99, not \"100\"",
+            ),
+            (
+                b"reload canary 5 x",
+                "reload: bad promote-after duration \"x\"",
+            ),
+            (
+                b"reload x",
+                "reload: expected `reload`, `reload rolling K` or `reload canary PCT [DUR]`",
+            ),
+            (b"fds \xff", "fds: names are ASCII, not \"\u{fffd}\""),
+            (
+                b"listen a:b x",
+                "listen: invalid listener name \"a:b\" (1 to 255 printable ASCII characters without ':' or space)",
+            ),
+            (b"listen \xff", "listen: not UTF-8: \"\u{fffd}\""),
+        ] {
+            assert_eq!(parse_request(line).unwrap_err().to_string(), text);
+        }
+        assert_eq!(
+            RequestError::TooLong.to_string(),
+            format!("request longer than {MAX_REQUEST} bytes")
+        );
     }
 
     #[test]
@@ -403,7 +544,10 @@ mod tests {
                     r.as_str().as_bytes()
                 ),
                 Ok(r) => assert!(data.starts_with(r.as_str().as_bytes())),
-                Err(e) => assert!(e.len() < 600 && !e.contains(char::is_control), "{e:?}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.len() < 600 && !e.contains(char::is_control), "{e:?}")
+                }
             }
             match take_line(&data) {
                 Line::Complete(l) => {

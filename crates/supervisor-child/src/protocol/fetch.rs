@@ -53,18 +53,49 @@ pub fn fd_line(name: &str, kind: &str, address: &str) -> Result<String, String> 
     Ok(format!("{name} {kind} {address}\n"))
 }
 
+/// What the supervisor answered: `ok TEXT` (`ok N` before file
+/// descriptors), or `error TEXT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer<T = String> {
+    /// `ok`: the request succeeded; the text (or the count of fds).
+    Ok(T),
+    /// `error TEXT`: the request failed, for this reason.
+    Error(String),
+}
+
+/// A line that is not an answer of the protocol's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadAnswer {
+    /// Neither `ok` nor `error` (the line, shown short).
+    Unexpected(String),
+    /// `ok` without the count of the fds that follow (what came after
+    /// `ok`).
+    NoCount(String),
+}
+
+impl std::fmt::Display for BadAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadAnswer::Unexpected(shown) => write!(f, "unexpected answer {shown:?}"),
+            BadAnswer::NoCount(n) => write!(f, "expected `ok N`, got `ok {n}`"),
+        }
+    }
+}
+
+impl std::error::Error for BadAnswer {}
+
 /// Parse the first line of an `fds` or `listen` answer (without its
-/// newline): `Ok(Ok(n))` for `ok N`, `Ok(Err(text))` for `error TEXT`.
+/// newline): `ok N` or `error TEXT`.
 ///
 /// # Errors
-/// Neither form: a description of the line.
-pub fn parse_fds_header(line: &str) -> Result<Result<usize, String>, String> {
+/// Neither form.
+pub fn parse_fds_header(line: &str) -> Result<Answer<usize>, BadAnswer> {
     match parse_answer(line)? {
-        Ok(n) => match n.parse::<usize>() {
-            Ok(n) => Ok(Ok(n)),
-            Err(_) => Err(format!("expected `ok N`, got `ok {n}`")),
+        Answer::Ok(n) => match n.parse::<usize>() {
+            Ok(n) => Ok(Answer::Ok(n)),
+            Err(_) => Err(BadAnswer::NoCount(n)),
         },
-        Err(text) => Ok(Err(text)),
+        Answer::Error(text) => Ok(Answer::Error(text)),
     }
 }
 
@@ -100,23 +131,20 @@ pub fn answer(ok: bool, text: &str) -> String {
     format!("{} {text}\n", if ok { "ok" } else { "error" })
 }
 
-/// Parse an answer line (without its newline) into `Ok(text)` for `ok` and
-/// `Err(text)` for `error`.
+/// Parse an answer line (without its newline): `ok TEXT` or `error TEXT`.
 ///
 /// # Errors
-/// Neither form: the outer error holds a description of the line.
-#[allow(clippy::type_complexity)]
-pub fn parse_answer(line: &str) -> Result<Result<String, String>, String> {
+/// Neither form.
+pub fn parse_answer(line: &str) -> Result<Answer, BadAnswer> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if let Some(text) = line.strip_prefix("ok ") {
-        Ok(Ok(text.to_string()))
+        Ok(Answer::Ok(text.to_string()))
     } else if line == "ok" {
-        Ok(Ok(String::new()))
+        Ok(Answer::Ok(String::new()))
     } else if let Some(text) = line.strip_prefix("error ") {
-        Ok(Err(text.to_string()))
+        Ok(Answer::Error(text.to_string()))
     } else {
-        let shown: String = line.chars().take(60).collect();
-        Err(format!("unexpected answer {shown:?}"))
+        Err(BadAnswer::Unexpected(line.chars().take(60).collect()))
     }
 }
 
@@ -128,9 +156,12 @@ mod tests {
     #[test]
     fn fd_lines() {
         assert_eq!(fds_header(3), "ok 3\n");
-        assert_eq!(parse_fds_header("ok 3"), Ok(Ok(3)));
-        assert_eq!(parse_fds_header("error no"), Ok(Err("no".into())));
-        assert!(parse_fds_header("ok three").is_err());
+        assert_eq!(parse_fds_header("ok 3"), Ok(Answer::Ok(3)));
+        assert_eq!(parse_fds_header("error no"), Ok(Answer::Error("no".into())));
+        assert_eq!(
+            parse_fds_header("ok three").unwrap_err().to_string(),
+            "expected `ok N`, got `ok three`"
+        );
         let line = fd_line("http", "tcp", "[::1]:8080").unwrap();
         assert_eq!(line, "http tcp [::1]:8080\n");
         assert_eq!(
@@ -158,13 +189,16 @@ mod tests {
             "ok generation 2 ready\n"
         );
         assert_eq!(answer(false, "a\nb\r"), "error a b \n");
-        assert_eq!(parse_answer("ok fine"), Ok(Ok("fine".into())));
-        assert_eq!(parse_answer("ok"), Ok(Ok(String::new())));
-        assert_eq!(parse_answer("error no\r"), Ok(Err("no".into())));
-        assert!(parse_answer("HTTP/1.1 400").is_err());
+        assert_eq!(parse_answer("ok fine"), Ok(Answer::Ok("fine".into())));
+        assert_eq!(parse_answer("ok"), Ok(Answer::Ok(String::new())));
+        assert_eq!(parse_answer("error no\r"), Ok(Answer::Error("no".into())));
+        assert_eq!(
+            parse_answer("HTTP/1.1 400").unwrap_err().to_string(),
+            "unexpected answer \"HTTP/1.1 400\""
+        );
         let text = "generation 7 (pid 4211) ready in 180ms";
         let line = answer(true, text);
-        assert_eq!(parse_answer(line.trim_end()), Ok(Ok(text.into())));
+        assert_eq!(parse_answer(line.trim_end()), Ok(Answer::Ok(text.into())));
     }
 
     #[test]
@@ -178,7 +212,14 @@ mod tests {
             assert!(!body.contains(['\n', '\r']), "{line:?}");
             let want = text.replace(['\n', '\r'], " ");
             let got = parse_answer(body).unwrap();
-            assert_eq!(got, if ok { Ok(want) } else { Err(want) });
+            assert_eq!(
+                got,
+                if ok {
+                    Answer::Ok(want)
+                } else {
+                    Answer::Error(want)
+                }
+            );
             // Whatever else comes back is described, not trusted.
             let _ = parse_answer(&String::from_utf8_lossy(&rng.bytes(40)));
         }

@@ -20,15 +20,22 @@ fn delay_mode_is_ready_at_its_deadline() {
         t0,
     );
     assert_eq!(actions(&mut m), vec![Action::Spawn(G1)]);
-    assert_eq!(m.next_deadline(), Some(ms(t0, 1000)));
-    m.handle_timeout(ms(t0, 999));
+    // The delay counts from the exec: none while the exec is pending,
+    // however long it takes.
+    assert_eq!(m.next_deadline(), None);
+    m.handle_timeout(ms(t0, 1500));
+    assert_eq!(m.active(), None, "ready before its exec");
+    m.handle(ms(t0, 1600), Input::WorkerExecuted(G1, 0));
+    assert_eq!(m.next_deadline(), Some(ms(t0, 2600)));
+    m.handle_timeout(ms(t0, 2599));
     assert!(actions(&mut m).is_empty());
-    m.handle_timeout(ms(t0, 1000));
+    m.handle_timeout(ms(t0, 2600));
     assert_eq!(m.active(), Some(G1));
     // READY=1 before the delay also counts.
-    m.handle(ms(t0, 1100), Input::Reload(1));
+    m.handle(ms(t0, 2700), Input::Reload(1));
     let _ = actions(&mut m);
-    m.handle(ms(t0, 1200), Input::WorkerReady(G2, 0));
+    m.handle(ms(t0, 2710), Input::WorkerExecuted(G2, 0));
+    m.handle(ms(t0, 2800), Input::WorkerReady(G2, 0));
     assert_eq!(m.active(), Some(G2));
 }
 
