@@ -3,7 +3,7 @@
 //! mask, default dispositions, its own process group, LISTEN_PID equal to
 //! its pid, and none of the supervisor's own protocol variables.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Bad input: a one-line error on stderr naming the problem, a non-zero
 //! exit, nothing left running or bound.
 
-mod common;
+use super::common;
 
 use std::process::{Command, Output};
 

@@ -10,7 +10,7 @@
 //! installs in `target/test-venv`: it is ignored too, and `.ci/run` runs
 //! it.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -1040,27 +1040,15 @@ fn a_first_generation_never_ready_hits_the_start_limit_with_a_hint() {
 
 // --- 6. --user ---------------------------------------------------------
 
-/// A free TCP port below 1024 on 127.0.0.1.
-fn free_privileged_port() -> u16 {
-    (900..1024)
-        .rev()
-        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("no free port in 900..1024 on 127.0.0.1")
-}
-
 /// Run a supervisor with `--user nobody` whose runtime directory is
 /// `runtime`: the child runs as nobody on a privileged port and is ready
 /// by its own READY=1; the control socket stays root's.
 fn serve_as_nobody(runtime: &TempDir) {
-    // One at a time: a free privileged port is free only until another
-    // test of this binary binds it.
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let (_port_held, port) = privileged_port();
     let (uid, gid) = user_ids("nobody").expect("no user nobody");
     let bin = TempDir::new("bin");
     let demo = world_executable_copy(&PathBuf::from(demo()), &bin);
     let supervisor = world_executable_copy(Path::new(supervisor_bin()), &bin);
-    let port = free_privileged_port();
     let sv = Supervisor::builder()
         .listen(&format!("127.0.0.1:{port}"))
         .notify()

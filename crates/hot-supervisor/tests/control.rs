@@ -3,7 +3,7 @@
 //! reloads, the socket's permissions, hostile or careless peers, and the
 //! socket file's life cycle.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};

@@ -14,7 +14,7 @@
 //! supervisor-child --features axum --examples`) and runs them with
 //! `--ignored`.
 
-mod common;
+use super::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -3,7 +3,7 @@
 //! that never reads slows nothing; the generation cap cuts the oldest
 //! draining generation and says what it held.
 
-mod common;
+use super::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

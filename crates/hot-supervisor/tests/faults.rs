@@ -3,7 +3,7 @@
 //! table. Real processes, real sockets on loopback, real signals; every loop
 //! is bounded in count and time.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

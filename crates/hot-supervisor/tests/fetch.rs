@@ -2,7 +2,7 @@
 //! fds`, listeners opened at run time (`listen`, `supervisor listen`), the
 //! README's Python client, and what fetching leaves behind.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -622,11 +622,7 @@ fn a_privileged_port_for_an_unprivileged_child() {
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let script = python_child(&dir);
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    // A free port below 1024 on loopback.
-    let port = (600..1024u16)
-        .rev()
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below 1024");
+    let (_port_held, port) = privileged_port();
     let python = python3_for_others();
     let sv = Supervisor::builder()
         .listen("web=127.0.0.1:0")

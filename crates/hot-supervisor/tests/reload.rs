@@ -2,7 +2,7 @@
 //! generation, failing new generations roll back, stubborn old ones are
 //! killed after the drain timeout.
 
-mod common;
+use super::common;
 
 use std::time::Duration;
 

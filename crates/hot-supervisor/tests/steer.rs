@@ -6,7 +6,7 @@
 //! real loopback sockets and check what clients see and what the kernel
 //! lists: which sockets exist, who holds them, who accepted what.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Stopping: exit status propagation, forced stop, no zombies, nothing
 //! left behind.
 
-mod common;
+use super::common;
 
 use std::time::{Duration, Instant};
 

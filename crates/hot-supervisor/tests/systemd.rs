@@ -5,7 +5,7 @@
 //! that checks every message, in order, with MONOTONIC_USEC against the
 //! clock.
 
-mod common;
+use super::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! it is ready the old one lets its generations go and exits 0; if the new
 //! generation fails, the old supervisor carries on.
 
-mod common;
+use super::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

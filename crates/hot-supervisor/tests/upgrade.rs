@@ -7,7 +7,7 @@
 //! a new (or broken) one in its place as a deploy would: by renaming a file
 //! over it.
 
-mod common;
+use super::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

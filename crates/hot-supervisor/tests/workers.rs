@@ -6,7 +6,7 @@
 //! request is a new connection that the kernel (and the supervisor's BPF
 //! program) places anew.
 
-mod common;
+use super::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

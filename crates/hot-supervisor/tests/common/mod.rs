@@ -40,7 +40,8 @@ pub fn supervisor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_supervisor")
 }
 
-/// An example binary (built by `cargo test`, not by `cargo test --test x`).
+/// An example binary (built by `cargo test`, not by `cargo test --test
+/// integration`).
 pub fn example(name: &str) -> PathBuf {
     let bin = PathBuf::from(supervisor_bin());
     let path = bin
@@ -1521,6 +1522,19 @@ pub fn python3_for_others() -> std::path::PathBuf {
         .expect(
             "this test needs a python3 on PATH that another user can run (apt-get install python3)",
         )
+}
+
+/// A free TCP port below 1024 on 127.0.0.1, and a guard that keeps every
+/// other test from being given one until it is dropped: a free port is
+/// free only until the test it was found for binds it.
+pub fn privileged_port() -> (std::sync::MutexGuard<'static, ()>, u16) {
+    static ONE: Mutex<()> = Mutex::new(());
+    let held = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (600..1024)
+        .rev()
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free port in 600..1024 on 127.0.0.1");
+    (held, port)
 }
 
 /// Whether the tests run as root (some need it: a pid namespace, `--user`).
