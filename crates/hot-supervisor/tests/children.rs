@@ -8,11 +8,11 @@
 //! `#[ignore]`d, with the tool named in the reason, so that a plain
 //! `cargo test` on a machine without them says so in its summary ("4
 //! ignored") instead of passing them unseen. Run them with
-//! `cargo test --test children -- --ignored` (`.ci/run` does, after
+//! `cargo test --test integration -- --ignored children::` (`.ci/run` does, after
 //! installing the tools): there a missing tool is a failure that names the
 //! package to install.
 
-mod common;
+use super::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -160,7 +160,7 @@ fn child_library_readme_shows_the_front_page_server() {
 // non-Rust child of tests/reload.rs, which reloads it ten times under load.
 
 #[test]
-#[ignore = "needs gunicorn (apt-get install gunicorn): cargo test --test children -- --ignored"]
+#[ignore = "needs gunicorn (apt-get install gunicorn): cargo test --test integration -- --ignored children::"]
 fn gunicorn_unmodified_reloads_under_load() {
     // A well-known server nobody here wrote: gunicorn reads LISTEN_FDS,
     // checks LISTEN_PID and sends READY=1 by itself.
@@ -180,16 +180,15 @@ fn gunicorn_unmodified_reloads_under_load() {
         ],
     );
     reload_under_load("gunicorn", &sv, |_| {});
-    assert!(
-        sv.has_line("status: Gunicorn arbiter booted"),
-        "{}",
-        sv.output()
-    );
+    // Its own STATUS=, as the status shows it for the serving generation.
+    sv.wait_status("gunicorn's STATUS=", T, |st| {
+        (st.in_state("active")?.status.as_deref() == Some("Gunicorn arbiter booted")).then_some(())
+    });
     stop("gunicorn", sv);
 }
 
 #[test]
-#[ignore = "needs go (apt-get install golang-go): cargo test --test children -- --ignored"]
+#[ignore = "needs go (apt-get install golang-go): cargo test --test integration -- --ignored children::"]
 fn go_child_reloads_under_load() {
     let go = tool_or_fail("go", "go", "golang-go");
     let dir = TempDir::new("go");
@@ -216,7 +215,7 @@ fn go_child_reloads_under_load() {
 }
 
 #[test]
-#[ignore = "needs nodejs (apt-get install nodejs): cargo test --test children -- --ignored"]
+#[ignore = "needs nodejs (apt-get install nodejs): cargo test --test integration -- --ignored children::"]
 fn node_child_reloads_under_load() {
     let node = tool_or_fail("node", "node", "nodejs");
     let script = children_dir().join("node/server.js");
@@ -240,7 +239,7 @@ fn write_nginx_conf(dir: &TempDir, listen: &str, generation: u64) {
 }
 
 #[test]
-#[ignore = "needs nginx (apt-get install nginx): cargo test --test children -- --ignored"]
+#[ignore = "needs nginx (apt-get install nginx): cargo test --test integration -- --ignored children::"]
 fn nginx_reloads_a_changed_configuration_under_load() {
     let nginx = tool_or_fail("nginx", "nginx", "nginx");
     let dir = TempDir::new("nginx");

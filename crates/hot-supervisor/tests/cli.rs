@@ -1,7 +1,7 @@
 //! Bad input: a one-line error on stderr naming the problem, a non-zero
 //! exit, nothing left running or bound.
 
-mod common;
+use super::common;
 
 use std::process::{Command, Output};
 
@@ -139,6 +139,19 @@ fn unix_socket_of_a_live_process_is_refused_a_stale_one_replaced() {
     assert!(line.contains("is in use by a running process"), "{line}");
     assert!(path.exists(), "the live socket's file was removed");
     drop(live); // Now the file is stale: nobody accepts on it.
+    // Once no process holds the socket: a process another test forks holds
+    // a copy of every fd of this one until it execs (the socket is
+    // close-on-exec), and a socket held there still takes connections.
+    let stale = wait_until(WAIT, || {
+        std::os::unix::net::UnixStream::connect(&path)
+            .is_err()
+            .then_some(())
+    });
+    assert!(
+        stale.is_some(),
+        "{} still takes connections",
+        path.display()
+    );
     let mut sv = Supervisor::builder()
         .listen(&arg)
         .ready("delay:10ms")

@@ -4,11 +4,13 @@
 //! `--env`/`--env-file`/`--chdir`, and drain progress lines.
 //!
 //! Tests that need root (a pid namespace, `--user`) are ignored with that
-//! reason; `.ci/run` runs them as root (`cargo test -- --ignored`). The `/metrics` test parses the exposition with the
-//! Python `prometheus-client` package from the virtual environment that
-//! `.ci/run` installs in `target/test-venv`, and says "skipped" without it.
+//! reason; `.ci/run` runs them as root (`cargo test -- --ignored`). The
+//! `/metrics` test parses the exposition with the Python
+//! `prometheus-client` package from the virtual environment that `.ci/run`
+//! installs in `target/test-venv`: it is ignored too, and `.ci/run` runs
+//! it.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -152,7 +154,8 @@ fn as_pid_1_it_reaps_orphans_forwards_signals_and_exits_with_the_child_status() 
         "{}",
         cmdline(host_pid)
     );
-    sv.wait_active(1);
+    let gen1 = sv.wait_active(1);
+    let events = sv.events();
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
     assert!(
         wait_until(T, || read().contains("traps set").then_some(())).is_some(),
@@ -228,8 +231,22 @@ fn as_pid_1_it_reaps_orphans_forwards_signals_and_exits_with_the_child_status() 
     kill(host_pid, libc::SIGTERM);
     let status = sv.wait_exit(T);
     assert_eq!(status.code(), Some(3), "{}", sv.output());
-    assert!(sv.has_line("drained in"), "{}", sv.output());
-    assert!(sv.has_line("exiting with status 3"), "{}", sv.output());
+    let all = events.until_end();
+    let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+    assert_eq!(
+        (
+            exited.pid,
+            exited.reason.as_deref(),
+            exited.status.as_deref()
+        ),
+        (Some(gen1), Some("drained"), Some("exited with status 3")),
+        "{all:#?}"
+    );
+    assert_eq!(
+        all.last().map(|r| (r.event, r.status.as_deref())),
+        Some((Kind::Exit, Some("exit status 3"))),
+        "{all:#?}"
+    );
     assert!(wait_gone(host_pid, T));
 }
 
@@ -248,7 +265,6 @@ fn a_sigkilled_supervisor_leaves_nothing_running_nor_holding_the_port() {
         trap 'echo INT >> "$0"; kill -TERM $w; wait $w; echo "worker exited $?" >> "$0"; exit 0' INT
         sh -c 'export LISTEN_PID=$$; exec "$0"' "$1" &
         w=$!
-        echo "worker-pid $w"
         wait $w
     "#;
     let sv = Supervisor::builder()
@@ -258,7 +274,7 @@ fn a_sigkilled_supervisor_leaves_nothing_running_nor_holding_the_port() {
         .command(["sh", "-c", script, file.to_str().unwrap(), &demo()])
         .start();
     let shell = sv.wait_active(1);
-    let worker = sv.printed_pid("worker-pid");
+    let worker = wait_child(shell, &demo());
     let _reaper = Reaper::Groups(vec![shell, worker]);
     let addr = sv.listener_addr(0);
     let port = addr.port();
@@ -302,7 +318,8 @@ fn shutdown_delay_keeps_serving_new_connections_while_readyz_says_503() {
         .args(["--shutdown-delay", "2s", "--health", "127.0.0.1:0"])
         .demo(&[])
         .start();
-    sv.wait_active(1);
+    let gen1 = sv.wait_active(1);
+    let events = sv.events();
     let health = sv.health_addr();
     let addr = sv.listener_addr(0);
     let (code, body) = get(health, "/readyz");
@@ -334,14 +351,29 @@ fn shutdown_delay_keeps_serving_new_connections_while_readyz_says_503() {
     }
     let served = load.finish_clean("load during the shutdown delay", 1);
     assert!(fresh >= 10, "only {fresh} new connections served");
-    sv.wait_line("serving on for the 2s shutdown delay", T);
     // Then the normal stop.
     let status = sv.wait_exit(T);
     let total = t0.elapsed();
     assert_eq!(status.code(), Some(0), "{}", sv.output());
     assert!(total >= Duration::from_secs(2), "stopped after {total:?}");
-    assert!(sv.has_line("drained in"), "{}", sv.output());
-    assert!(!sv.has_line("killing every generation"), "{}", sv.output());
+    // The delay, then the stop: generation 1 drained, nothing forced.
+    let all = events.until_end();
+    let stops: Vec<(Option<&str>, Option<f64>)> = matching(&all, |r| r.event == Kind::Stop)
+        .iter()
+        .map(|r| (r.reason.as_deref(), r.duration_ms))
+        .collect();
+    assert_eq!(
+        stops,
+        [(Some("shutdown delay"), Some(2000.0)), (None, None)],
+        "{all:#?}"
+    );
+    let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+    assert_eq!(
+        (exited.pid, exited.reason.as_deref()),
+        (Some(gen1), Some("drained")),
+        "{all:#?}"
+    );
+    assert!(!all.iter().any(|r| r.event == Kind::Killed), "{all:#?}");
     eprintln!(
         "shutdown delay: {fresh} new connections and {} keep-alive requests served after SIGTERM \
          (0 failures), {not_ready} /readyz answers all 503, exited after {total:?}",
@@ -359,9 +391,20 @@ fn a_second_stop_request_ends_the_shutdown_delay() {
             .sleeper()
             .start();
         let pid = sv.wait_active(1);
+        let events = sv.events();
         let t0 = Instant::now();
         sv.signal(libc::SIGTERM);
-        sv.wait_line("serving on for the 10s shutdown delay", T);
+        let delay = events.first("the shutdown delay", |r| r.event == Kind::Stop);
+        assert_eq!(
+            (delay.reason.as_deref(), delay.duration_ms),
+            (Some("shutdown delay"), Some(10_000.0)),
+            "{delay:?}"
+        );
+        // The operator is told how to end it.
+        sv.wait_line(
+            "serving on for the 10s shutdown delay (a second stop request ends it now)",
+            T,
+        );
         assert!(process_exists(pid) && process_state(pid) != Some('Z'));
         if second == "SIGTERM" {
             sv.signal(libc::SIGTERM);
@@ -378,8 +421,15 @@ fn a_second_stop_request_ends_the_shutdown_delay() {
             sv.output()
         );
         // A normal stop (the generation drains), not a forced one.
-        assert!(sv.has_line("stopping every generation"), "{}", sv.output());
-        assert!(!sv.has_line("killing every generation"), "{}", sv.output());
+        let all = events.until_end();
+        let stops: Vec<Option<&str>> = matching(&all, |r| r.event == Kind::Stop)
+            .iter()
+            .map(|r| r.reason.as_deref())
+            .collect();
+        assert_eq!(stops, [Some("shutdown delay"), None], "{second}: {all:#?}");
+        let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+        assert_eq!(exited.reason.as_deref(), Some("drained"), "{all:#?}");
+        assert!(!all.iter().any(|r| r.event == Kind::Killed), "{all:#?}");
     }
 }
 
@@ -392,10 +442,10 @@ fn venv_python() -> PathBuf {
 
 /// The exposition parsed by `prometheus_client`: each family's name (as
 /// the parser gives it) with its type and samples `(name, labels,
-/// value)`. `None` if the parser is not installed.
+/// value)`. Fails if the parser is not installed.
 type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
 
-fn parse_metrics(text: &str) -> Option<Families> {
+fn parse_metrics(text: &str) -> Families {
     const SCRIPT: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -411,9 +461,11 @@ print(json.dumps(out))
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !usable {
-        return None;
-    }
+    assert!(
+        usable,
+        "{} cannot import prometheus_client: .ci/run installs it (python3 -m venv target/test-venv; target/test-venv/bin/pip install prometheus-client)",
+        python.display()
+    );
     let mut child = Command::new(&python)
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
@@ -457,7 +509,7 @@ print(json.dumps(out))
             .collect();
         families.insert(name.clone(), (kind, samples));
     }
-    Some(families)
+    families
 }
 
 /// The value of sample `name` with exactly `labels`; fails if absent.
@@ -481,7 +533,8 @@ fn kind<'a>(f: &'a Families, name: &str) -> &'a str {
 }
 
 #[test]
-fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
+#[ignore = "needs prometheus-client in target/test-venv (.ci/run installs it)"]
+fn metrics_count_what_happened() {
     let test_start = unix_now();
     // Generation 3 is a broken release; the others serve, with a grace
     // for idle keep-alive connections that keeps a drain going for 2 s.
@@ -526,13 +579,7 @@ fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
 
     let (code, text) = get(health, "/metrics");
     assert_eq!(code, 200, "{text}");
-    let Some(m) = parse_metrics(&text) else {
-        eprintln!(
-            "metrics: skipped: {} cannot import prometheus_client (.ci/run installs it)",
-            venv_python().display()
-        );
-        return;
-    };
+    let m = parse_metrics(&text);
     assert_eq!(sample(&m, "supervisor_serving_generation", &[]), 5.0);
     for (state, n) in [
         ("starting", 0.0),
@@ -591,8 +638,6 @@ fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
         assert_eq!(kind(&m, family), want, "{family}");
     }
 
-    garbage(&sv, health);
-
     // A stop: /readyz answers 503 at once and /metrics says stopping
     // while generation 5 drains (an idle keep-alive connection holds the
     // drain for its 2 s grace).
@@ -603,12 +648,47 @@ fn metrics_count_what_happened_and_the_health_port_shrugs_off_garbage() {
     assert_eq!((code, body.as_str()), (503, "not ready: stopping\n"));
     let (code, text) = get(health, "/metrics");
     assert_eq!(code, 200);
-    let m = parse_metrics(&text).unwrap();
+    let m = parse_metrics(&text);
     assert_eq!(sample(&m, "supervisor_stopping", &[]), 1.0);
     assert_eq!(
         sample(&m, "supervisor_generations", &[("state", "draining")]),
         1.0
     );
+    drop(idle);
+    assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
+}
+
+#[test]
+fn the_health_port_shrugs_off_garbage_and_readyz_turns_at_a_stop() {
+    // A grace for idle keep-alive connections keeps a drain going for 2 s.
+    let mut sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        .args(["--health", "127.0.0.1:0"])
+        .demo(&["--idle-grace", "2s"])
+        .start();
+    let gen1 = sv.wait_active(1);
+    let health = sv.health_addr();
+    // The start-up line tells the operator where it is.
+    sv.wait_line(&format!("health endpoint http://{health}/ "), T);
+    let (code, body) = get(health, "/livez");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = get(health, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("generation 1 (pid {gen1})")),
+        "{body}"
+    );
+
+    garbage(&sv, health);
+
+    // A stop: /readyz answers 503 at once, while generation 1 drains (an
+    // idle keep-alive connection holds the drain for its 2 s grace).
+    let mut idle = Client::new(sv.listener_addr(0));
+    assert!(matches!(idle.get("/"), Reply::Ok { generation: 1, .. }));
+    sv.signal(libc::SIGTERM);
+    let (code, body) = get(health, "/readyz");
+    assert_eq!((code, body.as_str()), (503, "not ready: stopping\n"));
     drop(idle);
     assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
 }
@@ -844,10 +924,31 @@ fn health_request_heads_over_8_kib_are_refused() {
 
 // --- 5. The start limit ------------------------------------------------
 
+/// The generations a supervisor started, from its JSON log: (generation,
+/// pid), in order.
+fn spawned(sv: &Supervisor) -> Vec<(u64, i32)> {
+    sv.logged_records()
+        .iter()
+        .filter(|r| r.event == Kind::Spawned)
+        .map(|r| (r.generation.unwrap(), r.pid.unwrap()))
+        .collect()
+}
+
+/// The stops a supervisor's JSON log records (the start limit hit, then
+/// the stop itself): their reasons and statuses.
+fn logged_stops(sv: &Supervisor) -> Vec<(Option<String>, Option<String>)> {
+    sv.logged_records()
+        .into_iter()
+        .filter(|r| r.event == Kind::Stop)
+        .map(|r| (r.reason, r.status))
+        .collect()
+}
+
 #[test]
 fn a_crash_loop_hits_the_start_limit_and_exits_with_the_child_status() {
     let t0 = Instant::now();
-    let mut sv = Supervisor::builder().command(["false"]).start();
+    // It ends before anyone could subscribe: its log is JSON.
+    let mut sv = Supervisor::builder().json_log().command(["false"]).start();
     let status = sv.wait_exit(T);
     let took = t0.elapsed();
     assert_eq!(status.code(), Some(1), "{}", sv.output());
@@ -857,12 +958,26 @@ fn a_crash_loop_hits_the_start_limit_and_exits_with_the_child_status() {
         "gave up after {took:?}\n{}",
         sv.output()
     );
+    let started = spawned(&sv);
     assert_eq!(
-        sv.output().matches(") started").count(),
-        5,
+        started.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
         "{}",
         sv.output()
     );
+    assert_eq!(
+        logged_stops(&sv),
+        [
+            (
+                Some("start limit hit".to_string()),
+                Some("exited with status 1".to_string())
+            ),
+            (None, None)
+        ],
+        "{}",
+        sv.output()
+    );
+    // The operator is told why it gave up.
     assert!(
         sv.has_line("5 starts within 10s: giving up"),
         "{}",
@@ -875,51 +990,65 @@ fn a_first_generation_never_ready_hits_the_start_limit_with_a_hint() {
     let mut sv = Supervisor::builder()
         .notify()
         .ready_timeout("200ms")
+        .json_log()
         .sleeper()
         .start();
     let status = sv.wait_exit(T);
     assert_eq!(status.code(), Some(1), "{}", sv.output());
+    let started = spawned(&sv);
     assert_eq!(
-        sv.output().matches(") started").count(),
-        5,
+        started.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
         "{}",
         sv.output()
     );
+    // Each one not ready in time; then the start limit.
+    let failed: Vec<(Option<u64>, Option<String>)> = sv
+        .logged_records()
+        .into_iter()
+        .filter(|r| r.event == Kind::StartFailed)
+        .map(|r| (r.generation, r.reason))
+        .collect();
+    assert_eq!(
+        failed,
+        (1..=5)
+            .map(|g| (Some(g), Some("was not ready within 200ms".to_string())))
+            .collect::<Vec<_>>(),
+        "{}",
+        sv.output()
+    );
+    assert_eq!(
+        logged_stops(&sv)
+            .into_iter()
+            .map(|(reason, _)| reason)
+            .collect::<Vec<_>>(),
+        [Some("start limit hit".to_string()), None],
+        "{}",
+        sv.output()
+    );
+    // The hint the operator reads.
     assert!(
         sv.has_line("no READY=1 received: does the server send it? otherwise use --ready delay:DUR, tcp or http:PATH"),
         "{}",
         sv.output()
     );
-    assert!(sv.has_line("giving up"), "{}", sv.output());
     // Each was stopped and reaped.
-    for pid in sv.all_generation_pids() {
-        assert!(wait_gone(pid, T), "generation pid {pid} left behind");
+    for (g, pid) in started {
+        assert!(wait_gone(pid, T), "generation {g} (pid {pid}) left behind");
     }
 }
 
 // --- 6. --user ---------------------------------------------------------
 
-/// A free TCP port below 1024 on 127.0.0.1.
-fn free_privileged_port() -> u16 {
-    (900..1024)
-        .rev()
-        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("no free port in 900..1024 on 127.0.0.1")
-}
-
 /// Run a supervisor with `--user nobody` whose runtime directory is
 /// `runtime`: the child runs as nobody on a privileged port and is ready
 /// by its own READY=1; the control socket stays root's.
 fn serve_as_nobody(runtime: &TempDir) {
-    // One at a time: a free privileged port is free only until another
-    // test of this binary binds it.
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let (_port_held, port) = privileged_port();
     let (uid, gid) = user_ids("nobody").expect("no user nobody");
     let bin = TempDir::new("bin");
     let demo = world_executable_copy(&PathBuf::from(demo()), &bin);
     let supervisor = world_executable_copy(Path::new(supervisor_bin()), &bin);
-    let port = free_privileged_port();
     let sv = Supervisor::builder()
         .listen(&format!("127.0.0.1:{port}"))
         .notify()
@@ -929,7 +1058,6 @@ fn serve_as_nobody(runtime: &TempDir) {
         .command([demo.to_str().unwrap()])
         .start();
     let pid = sv.wait_active(1);
-    sv.wait_line(&format!("generation 1 (pid {pid}) ready in"), T);
     let ids = |field| status_field(pid, field);
     assert_eq!(ids("Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
     assert_eq!(ids("Gid"), format!("{gid}\t{gid}\t{gid}\t{gid}"));
@@ -1168,6 +1296,7 @@ fn a_slow_drain_is_reported_every_5_seconds() {
         .sh("trap 'sleep 6; exit 0' TERM; sleep 300 & wait")
         .start();
     let pid = sv.wait_active(1);
+    let events = sv.events();
     let from = sv.cursor();
     let t0 = Instant::now();
     sv.signal(libc::SIGTERM);
@@ -1183,5 +1312,16 @@ fn a_slow_drain_is_reported_every_5_seconds() {
     );
     assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
     assert_eq!(sv.output().matches("still draining:").count(), 1);
-    assert!(sv.has_line("drained in"), "{}", sv.output());
+    // Then it drained, after its 6 s.
+    let all = events.until_end();
+    let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+    assert_eq!(
+        (
+            exited.pid,
+            exited.reason.as_deref(),
+            exited.status.as_deref()
+        ),
+        (Some(pid), Some("drained"), Some("exited with status 0")),
+        "{all:#?}"
+    );
 }

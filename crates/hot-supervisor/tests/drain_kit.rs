@@ -9,18 +9,19 @@
 //! - `STOPPING=1` and `STATUS=` progress reach the supervisor;
 //! - the health state turns to 503 `draining` at the first signal.
 //!
-//! The axum server on the kit needs `--features axum`
-//! (`cargo test --features axum --test drain_kit`); without it, its parts
-//! print `skipped`.
+//! The axum server on the kit needs the child library's `axum` feature: its
+//! tests are ignored, and `.ci/run` builds the example (`cargo build -p
+//! supervisor-child --features axum --examples`) and runs them with
+//! `--ignored`.
 
-mod common;
+use super::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Builder, Load, Supervisor, WAIT, example, wait_gone};
+use common::{Builder, Events, Kind, Load, Supervisor, WAIT, example, wait_gone};
 use supervisor_child::protocol::SUPERVISOR_DRAIN_TIMEOUT_MS;
 
 /// Reloads under keep-alive load.
@@ -53,15 +54,18 @@ fn reload_under_keep_alive(name: &str, server: &PathBuf) -> Measured {
         .command([server])
         .start();
     let mut old_pid = sv.wait_active(1);
+    let events = sv.events();
     let load = Load::start(sv.listener_addr(0), CLIENTS, Duration::from_secs(240));
     load.expect_served(1, 50, &format!("{name}: first generation"));
     for g in 2..=RELOADS + 1 {
         sv.signal(libc::SIGHUP);
         let pid = sv.wait_active(g);
         load.expect_served(g, 50, &format!("{name}: traffic to generation {g}"));
-        sv.wait_line(
-            &format!("generation {} (pid {old_pid}) drained in", g - 1),
-            WAIT,
+        let exited = events.first_of(Kind::Exited, g - 1);
+        assert_eq!(
+            (exited.pid, exited.reason.as_deref()),
+            (Some(old_pid), Some("drained")),
+            "{name}: {exited:?}"
         );
         assert!(
             wait_gone(old_pid, WAIT),
@@ -180,11 +184,26 @@ impl Raw {
 
 /// Reloads, then waits until generation 1 (pid `old`) has told the
 /// supervisor it is stopping: its stop signal arrived and the kit sent
-/// `STOPPING=1`.
-fn reload_until_stopping(sv: &Supervisor, old: i32) {
+/// `STOPPING=1` (which only the log tells). Subscribed to the events
+/// first: they follow generation 1 to its end.
+fn reload_until_stopping(sv: &Supervisor, old: i32) -> Events {
+    let events = sv.events();
     sv.signal(libc::SIGHUP);
     sv.wait_active(2);
     sv.wait_line(&format!("generation 1 (pid {old}) is stopping"), WAIT);
+    events
+}
+
+/// How generation 1 (pid `old`) ended: its exit event's status, once it
+/// has drained.
+fn drained_status(events: &Events, old: i32) -> String {
+    let exited = events.first_of(Kind::Exited, 1);
+    assert_eq!(
+        (exited.pid, exited.reason.as_deref()),
+        (Some(old), Some("drained")),
+        "{exited:?}"
+    );
+    exited.status.expect("how it exited")
 }
 
 fn demo_builder() -> Builder {
@@ -200,14 +219,13 @@ fn health_flips_at_the_first_signal(sv: &Supervisor) {
     let ready = conn.get("/healthz");
     assert_eq!((ready.code, ready.close), (200, false), "{ready:?}");
     assert_eq!(ready.body.trim(), "ready");
-    reload_until_stopping(sv, old);
+    let events = reload_until_stopping(sv, old);
     let draining = conn.get("/healthz");
     assert_eq!((draining.code, draining.close), (503, true), "{draining:?}");
     assert_eq!(draining.body.trim(), "draining");
     drop(conn);
     assert!(wait_gone(old, WAIT), "generation 1 did not exit");
-    let drained = sv.wait_line(&format!("generation 1 (pid {old}) drained in"), WAIT);
-    assert!(drained.contains("(exited with status 0)"), "{drained}");
+    assert_eq!(drained_status(&events, old), "exited with status 0");
 }
 
 #[test]
@@ -230,14 +248,14 @@ fn axum_kit_health_flips_to_draining_at_the_first_signal() {
 }
 
 /// A request that takes 20 s is in flight on generation 1 when it is
-/// stopped; returns the connection carrying it and generation 1's pid, once
-/// generation 1 is draining.
-fn slow_request_then_reload(sv: &Supervisor) -> (Raw, i32) {
+/// stopped; returns the connection carrying it, generation 1's pid and
+/// the events since the reload, once generation 1 is draining.
+fn slow_request_then_reload(sv: &Supervisor) -> (Raw, i32, Events) {
     let old = sv.wait_active(1);
     let mut slow = Raw::connect(sv.listener_addr(0));
     slow.send("/?delay=20000");
-    reload_until_stopping(sv, old);
-    (slow, old)
+    let events = reload_until_stopping(sv, old);
+    (slow, old, events)
 }
 
 /// STOPPING=1 and then the kit's progress reach the supervisor; a second
@@ -246,13 +264,14 @@ fn slow_request_then_reload(sv: &Supervisor) -> (Raw, i32) {
 #[test]
 fn second_stop_signal_forces_the_exit_at_once() {
     let sv = demo_builder().drain_timeout("30s").demo(&[]).start();
-    let (_slow, old) = slow_request_then_reload(&sv);
-    sv.wait_line(
-        &format!(
-            "generation 1 (pid {old}) status: draining: 1 request in flight, 1 connection open"
-        ),
-        WAIT,
-    );
+    let (_slow, old, events) = slow_request_then_reload(&sv);
+    // Its progress (STATUS=), as the status shows it.
+    sv.wait_status("generation 1's drain progress", WAIT, |st| {
+        let g = st.generations.iter().find(|g| g.generation == 1)?;
+        (g.pid == Some(old)
+            && g.status.as_deref() == Some("draining: 1 request in flight, 1 connection open"))
+        .then_some(())
+    });
     let forced = Instant::now();
     // SAFETY: kill(2) on generation 1, a child of our supervisor that has
     // not been reaped (it is still draining).
@@ -262,11 +281,7 @@ fn second_stop_signal_forces_the_exit_at_once() {
         "generation 1 still running 5 s after the second SIGTERM"
     );
     let took = forced.elapsed();
-    let drained = sv.wait_line(&format!("generation 1 (pid {old}) drained in"), WAIT);
-    assert!(
-        drained.contains("status 143") || drained.contains("(exited with status 143)"),
-        "{drained}"
-    );
+    assert_eq!(drained_status(&events, old), "exited with status 143");
     assert!(took < Duration::from_secs(2), "forced exit took {took:?}");
 }
 
@@ -284,7 +299,7 @@ fn drain_deadline_comes_from_the_supervisor_variable() {
         .start();
     // The demo server logs the deadline it took at its start.
     sv.wait_line("drain deadline 2700ms", WAIT);
-    let (_slow, old) = slow_request_then_reload(&sv);
+    let (_slow, old, events) = slow_request_then_reload(&sv);
     let stopping = Instant::now();
     sv.wait_line(
         &format!(
@@ -293,8 +308,7 @@ fn drain_deadline_comes_from_the_supervisor_variable() {
         WAIT,
     );
     let took = stopping.elapsed();
-    let drained = sv.wait_line(&format!("generation 1 (pid {old}) drained in"), WAIT);
-    assert!(drained.contains("(exited with status 1)"), "{drained}");
+    assert_eq!(drained_status(&events, old), "exited with status 1");
     assert!(
         took < Duration::from_millis(2900),
         "the drain outlived its deadline: {took:?}"

@@ -3,93 +3,14 @@
 //! that never reads slows nothing; the generation cap cuts the oldest
 //! draining generation and says what it held.
 
-mod common;
+use super::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
-use hot_supervisor::events::{Kind, Record};
-
-/// A subscriber reading the event stream on a thread.
-struct Events {
-    got: Arc<Mutex<Vec<Record>>>,
-    ended: Arc<Mutex<bool>>,
-    stream: UnixStream,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Events {
-    fn subscribe(sv: &Supervisor) -> Events {
-        let mut stream = UnixStream::connect(&sv.control).expect("connect to the control socket");
-        stream.write_all(b"events\n").unwrap();
-        let mut lines = BufReader::new(stream.try_clone().unwrap());
-        let mut first = String::new();
-        lines.read_line(&mut first).unwrap();
-        assert_eq!(first, "ok events\n");
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let ended = Arc::new(Mutex::new(false));
-        let (g, e) = (got.clone(), ended.clone());
-        let reader = std::thread::spawn(move || {
-            for line in lines.lines() {
-                let Ok(line) = line else { break };
-                let r: Record = serde_json::from_str(&line)
-                    .unwrap_or_else(|err| panic!("not an event: {line:?}: {err}"));
-                g.lock().unwrap().push(r);
-            }
-            *e.lock().unwrap() = true;
-        });
-        Events {
-            got,
-            ended,
-            stream,
-            reader: Some(reader),
-        }
-    }
-
-    fn all(&self) -> Vec<Record> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// Wait for an event matching `f`; all events so far.
-    fn wait(&self, what: &str, f: impl Fn(&Record) -> bool) -> Vec<Record> {
-        wait_until(WAIT, || {
-            let all = self.all();
-            all.iter().any(&f).then_some(all)
-        })
-        .unwrap_or_else(|| panic!("no event {what}; got {:#?}", self.all()))
-    }
-
-    fn ended(&self) -> bool {
-        *self.ended.lock().unwrap()
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn is(r: &Record, kind: Kind, g: u64) -> bool {
-    r.event == kind && r.generation == Some(g)
-}
-
-/// The position of the first event matching `f`, after `from`.
-fn find(all: &[Record], from: usize, what: &str, f: impl Fn(&Record) -> bool) -> usize {
-    all[from..]
-        .iter()
-        .position(f)
-        .map(|i| from + i)
-        .unwrap_or_else(|| panic!("no event {what} after #{from} in {all:#?}"))
-}
 
 /// The Python example server through `sh`: a configuration file saying
 /// `bad` makes a generation fail at start.
@@ -110,7 +31,7 @@ fn every_event_of_a_successful_and_a_failed_reload_arrives_in_order() {
     std::fs::write(&config, "good\n").unwrap();
     let mut sv = start(&config, &[]);
     sv.wait_active(1);
-    let ev = Events::subscribe(&sv);
+    let ev = sv.events();
     let load = Load::start_closing(sv.listener_addr(0), 4, Duration::from_secs(120));
     load.expect_served(1, 20, "generation 1");
 
@@ -264,7 +185,7 @@ fn a_subscriber_that_never_reads_slows_no_reload_and_is_dropped() {
     // supervisor's bound.
     let mut idle = UnixStream::connect(&sv.control).unwrap();
     idle.write_all(b"events\n").unwrap();
-    let reader = Events::subscribe(&sv);
+    let reader = sv.events();
     // Each reload is answered (the loop never waits for the idle
     // subscriber). A reload makes about 800 bytes of events: 400 of them
     // are more than the socket's buffer and the supervisor's bound
@@ -364,7 +285,7 @@ fn the_generation_cap_cuts_the_oldest_draining_generation_and_says_what_it_held(
         .demo(&["--idle-grace", "120s"])
         .start();
     sv.wait_active(1);
-    let ev = Events::subscribe(&sv);
+    let ev = sv.events();
     let addr = sv.listener_addr(0);
     let load = Load::start_closing(addr, 4, Duration::from_secs(120));
     let mut held = Vec::new();
@@ -438,7 +359,7 @@ fn the_generation_cap_cuts_the_oldest_draining_generation_and_says_what_it_held(
 fn an_upgrade_in_place_ends_the_stream_after_its_event_and_a_new_one_follows_on() {
     let sv = Supervisor::builder().tcp().notify().demo(&[]).start();
     sv.wait_active(1);
-    let ev = Events::subscribe(&sv);
+    let ev = sv.events();
     let out = sv.ctl(&["upgrade", "--timeout", "20s"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     wait_until(WAIT, || ev.ended().then_some(())).expect("the stream ends at the upgrade");
@@ -446,7 +367,7 @@ fn an_upgrade_in_place_ends_the_stream_after_its_event_and_a_new_one_follows_on(
     assert_eq!(all.last().map(|r| r.event), Some(Kind::Upgrade), "{all:#?}");
     assert_eq!(all.last().unwrap().pid, Some(sv.pid));
     // The new image streams to a new subscriber.
-    let again = Events::subscribe(&sv);
+    let again = sv.events();
     assert_eq!(sv.reload_and_wait().code, Some(0));
     again.wait("the reload after the upgrade", |r| {
         is(r, Kind::ReloadSucceeded, 2)
@@ -463,7 +384,7 @@ fn a_takeover_ends_the_stream_after_its_event_naming_the_new_supervisor() {
         .demo(&[])
         .start();
     old.wait_active(1);
-    let ev = Events::subscribe(&old);
+    let ev = old.events();
     let mut cmd = std::process::Command::new(supervisor_bin());
     cmd.arg("--takeover")
         .arg(&old.control)
@@ -479,7 +400,7 @@ fn a_takeover_ends_the_stream_after_its_event_naming_the_new_supervisor() {
     assert_eq!(last.pid, Some(new.pid));
     // The old supervisor goes once the new one serves; the new one streams.
     assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
-    let again = Events::subscribe(&new);
+    let again = new.events();
     assert_eq!(new.reload_and_wait().code, Some(0));
     again.wait("a reload by the new supervisor", |r| {
         is(r, Kind::ReloadSucceeded, 2)

@@ -2,7 +2,7 @@
 //! fds`, listeners opened at run time (`listen`, `supervisor listen`), the
 //! README's Python client, and what fetching leaves behind.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -74,21 +74,6 @@ fn ask(addr: SocketAddr) -> (u64, i32) {
     }
 }
 
-/// A `python3` that another user can run (a per-user install under a
-/// private home cannot be), from `PATH`.
-fn python_for_others() -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("python3"))
-        .filter_map(|p| p.canonicalize().ok())
-        .find(|p| {
-            let mode =
-                |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
-            mode(p) & 0o005 == 0o005 && p.ancestors().skip(1).all(|d| mode(d) & 0o001 != 0)
-        })
-}
-
 fn inode(fd: impl AsFd) -> u64 {
     nix::sys::stat::fstat(fd).unwrap().st_ino
 }
@@ -121,9 +106,12 @@ fn local_addr(fd: impl AsFd) -> String {
     }
 }
 
-/// Raise this process's soft fd limit to the hard one (children, the
-/// supervisor among them, inherit it); the limit reached.
-fn raise_fd_limit() -> u64 {
+/// Raise this process's soft fd limit to at least `need` (children, the
+/// supervisor among them, inherit it): up to the hard limit, and the hard
+/// limit too where the process may (root). Fails, saying how to fix it,
+/// where the machine's hard limit is lower: Linux's default is far above
+/// what these tests need.
+fn raise_fd_limit(need: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -131,11 +119,26 @@ fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit read and write one live rlimit struct.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        if lim.rlim_max < need {
+            // Only a privileged process may raise its hard limit.
+            let more = libc::rlimit {
+                rlim_cur: need,
+                rlim_max: need,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &more);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+        if lim.rlim_cur < need {
+            lim.rlim_cur = lim.rlim_max.min(need.max(lim.rlim_cur));
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
     }
-    lim.rlim_cur
+    assert!(
+        lim.rlim_cur >= need,
+        "this test needs {need} open files, and the hard limit here is {}: raise it (`ulimit -Hn {need}` as root, or LimitNOFILE=) or run the tests as root",
+        lim.rlim_max
+    );
 }
 
 /// The received fds are the supervisor's sockets (the same inodes the
@@ -213,11 +216,8 @@ fn fetched_sockets_are_the_supervisors_own_in_order() {
 /// order.
 #[test]
 fn a_thousand_listeners_in_one_fetch() {
-    let limit = raise_fd_limit();
-    if limit < 2600 {
-        eprintln!("skipped: the fd limit is {limit}, 1,000 listeners need about 2,600");
-        return;
-    }
+    // 1,000 listeners need about 2,600 fds.
+    raise_fd_limit(2600);
     let mut b = Supervisor::builder().ready("delay:10ms");
     for i in 0..1000 {
         b = b.listen(&format!("l{i}=127.0.0.1:0"));
@@ -270,10 +270,7 @@ except OSError:
 msg, anc, flags, _ = s.recvmsg(4096, socket.CMSG_SPACE(253 * 4))
 print(msg.decode().strip(), len(anc))
 "#;
-    let Some(python) = python_for_others() else {
-        eprintln!("skipped: no python3 that another user can run");
-        return;
-    };
+    let python = python3_for_others();
     let out = Command::new(python)
         .args(["-c", helper, sock.to_str().unwrap()])
         .uid(65534)
@@ -296,11 +293,8 @@ print(msg.decode().strip(), len(anc))
 /// and the client's own copies are gone with it.
 #[test]
 fn a_client_that_leaves_mid_transfer_leaks_nothing() {
-    let limit = raise_fd_limit();
-    if limit < 5000 {
-        eprintln!("skipped: the fd limit is {limit}, 2,000 listeners need about 5,000");
-        return;
-    }
+    // 2,000 listeners need about 5,000 fds.
+    raise_fd_limit(5000);
     let sv = Supervisor::builder()
         .tcp()
         .ready("delay:10ms")
@@ -628,15 +622,8 @@ fn a_privileged_port_for_an_unprivileged_child() {
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let script = python_child(&dir);
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    // A free port below 1024 on loopback.
-    let port = (600..1024u16)
-        .rev()
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below 1024");
-    let Some(python) = python_for_others() else {
-        eprintln!("skipped: no python3 that another user can run");
-        return;
-    };
+    let (_port_held, port) = privileged_port();
+    let python = python3_for_others();
     let sv = Supervisor::builder()
         .listen("web=127.0.0.1:0")
         .notify()

@@ -2,9 +2,9 @@
 //! generation, failing new generations roll back, stubborn old ones are
 //! killed after the drain timeout.
 
-mod common;
+use super::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -86,35 +86,46 @@ fn failing_new_generations_roll_back_while_the_old_one_keeps_serving() {
         .command([&script])
         .start();
     let gen1 = sv.wait_active(1);
+    let events = sv.events();
     let load = Load::start(sv.listener_addr(0), 16, Duration::from_secs(120));
     load.expect_served(1, 50, "before the reloads");
 
     // A release that exits at start. (It is gone before the status could
-    // show it: its pid is in the log only.)
+    // show it: its pid is in its spawned event.)
     std::fs::write(dir.path("mode"), "exit").unwrap();
     sv.signal(libc::SIGHUP);
-    let line = sv.wait_line("reload failed: generation 2", T);
-    assert!(
-        line.contains("exited with status 1 before it was ready")
-            && line.contains(&format!("generation 1 (pid {gen1}) still serving")),
-        "{line}"
+    let failed = events.first_of(Kind::ReloadFailed, 2);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("exited with status 1 before it was ready"),
+        "{failed:?}"
     );
-    let gen2 = sv.logged_pid(2, T);
+    let gen2 = events.first_of(Kind::Spawned, 2).pid.expect("a pid");
     assert!(wait_gone(gen2, T), "failed generation 2 was not reaped");
+    // Generation 1 still serves.
+    assert_eq!(sv.active_pid(), gen1);
     load.expect_served(1, 50, "generation 1 after the first failed reload");
 
     // A release that never becomes ready.
     std::fs::write(dir.path("mode"), "never").unwrap();
     sv.signal(libc::SIGHUP);
     let gen3 = sv.pid_of(3);
-    let line = sv.wait_line("reload failed: generation 3", T);
-    assert!(line.contains("was not ready within 1s"), "{line}");
-    assert!(line.contains("generation 1"), "{line}");
-    sv.wait_line(&format!("generation 3 (pid {gen3}) drained in"), T);
+    let failed = events.first_of(Kind::ReloadFailed, 3);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("was not ready within 1s"),
+        "{failed:?}"
+    );
+    assert_eq!(sv.active_pid(), gen1);
+    let exited = events.first_of(Kind::Exited, 3);
+    assert_eq!(
+        (exited.pid, exited.reason.as_deref()),
+        (Some(gen3), Some("drained")),
+        "{exited:?}"
+    );
     assert!(wait_gone(gen3, T), "failed generation 3 was not reaped");
     load.expect_served(1, 50, "generation 1 after the second failed reload");
     assert!(process_exists(gen1));
-    assert!(!sv.has_line(&format!("generation 1 (pid {gen1}) draining")));
     let st = sv.wait_generations(&[(1, gen1, "active")]);
     assert_eq!((st.reloads.failed, st.reloads.succeeded), (2, 0), "{st:#?}");
 
@@ -129,36 +140,63 @@ fn failing_new_generations_roll_back_while_the_old_one_keeps_serving() {
         "{served:?}"
     );
     assert_eq!(sv.terminate(), Some(0));
+    // Generation 1 was never asked to go before the good release's
+    // reload: its first step out (quiescing) comes after that request.
+    let all = events.until_end();
+    let requests: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].event == Kind::ReloadRequested)
+        .collect();
+    assert_eq!(requests.len(), 3, "{all:#?}");
+    let going = find(&all, 0, "generation 1 leaving", |r| {
+        r.generation == Some(1) && matches!(r.event, Kind::Quiescing | Kind::Stopping)
+    });
+    assert!(
+        going > requests[2],
+        "generation 1 was asked to go before the good release: {all:#?}"
+    );
 }
 
 #[test]
 fn old_generation_ignoring_its_stop_signal_is_killed_with_its_process_group() {
-    // The child ignores SIGTERM (and so does the grandchild it starts),
-    // and prints the grandchild's pid.
+    // The child ignores SIGTERM (and so does the grandchild it starts).
     let mut sv = Supervisor::builder()
         .tcp()
         .ready("delay:100ms")
         .drain_timeout("1s")
-        .sh("trap '' TERM; sleep 300 & echo \"grandchild $!\"; wait $!")
+        .sh("trap '' TERM; sleep 300 & wait $!")
         .start();
     let gen1 = sv.wait_active(1);
-    let grandchild = sv.printed_pid("grandchild");
+    let grandchild = wait_child(gen1, "sleep 300");
     assert!(process_exists(grandchild));
+    let events = sv.events();
     sv.signal(libc::SIGHUP);
     let gen2 = sv.wait_active(2);
-    // The drain timeout's warning and the kill are what this test checks:
-    // their log lines.
-    let draining = sv.wait_line(&format!("generation 1 (pid {gen1}) draining"), T);
-    let seen = Instant::now();
+    // Sent its stop signal, it outlives the drain timeout: killed, process
+    // group and all, at the timeout.
+    let stopping = events.first_of(Kind::Stopping, 1);
+    assert_eq!(stopping.pid, Some(gen1), "{stopping:?}");
+    // The operator's warning names it and the timeout.
     sv.wait_line(
         &format!("generation 1 (pid {gen1}) still running after the 1s drain timeout"),
         T,
     );
-    let line = sv.wait_line(&format!("generation 1 (pid {gen1}) drained in"), T);
-    assert!(line.contains("killed by signal 9"), "{line}");
+    let killed = events.first_of(Kind::Killed, 1);
+    assert_eq!(
+        (killed.pid, killed.reason.as_deref()),
+        (Some(gen1), Some("drain timeout")),
+        "{killed:?}"
+    );
+    let exited = events.first_of(Kind::Exited, 1);
+    assert_eq!(
+        exited.status.as_deref(),
+        Some("killed by signal 9 (SIGKILL)"),
+        "{exited:?}"
+    );
+    // From its stop signal to its exit: the drain timeout at least.
+    let took = exited.duration_ms.expect("how long it drained");
     assert!(
-        seen.elapsed() >= Duration::from_millis(800),
-        "killed before the drain timeout: {draining}"
+        took >= 1000.0,
+        "killed {took} ms after its stop signal, before the drain timeout"
     );
     assert!(wait_gone(gen1, T));
     assert!(
@@ -178,6 +216,7 @@ fn crashed_child_is_restarted_and_queued_clients_are_served() {
     let mut sv = Supervisor::builder().tcp().notify().demo(&[]).start();
     let gen1 = sv.wait_active(1);
     let addr = sv.listener_addr(0);
+    let events = sv.events();
     // SAFETY: kill(2) on the supervisor's child, which the status named.
     assert_eq!(unsafe { libc::kill(gen1, libc::SIGKILL) }, 0);
     assert!(wait_gone(gen1, T));
@@ -188,8 +227,26 @@ fn crashed_child_is_restarted_and_queued_clients_are_served() {
         Reply::Ok { generation, .. } => assert_eq!(generation, 2),
         Reply::Failed(why) => panic!("request during the restart failed: {why}"),
     }
-    let line = sv.wait_line(&format!("generation 1 (pid {gen1}) killed by signal 9"), T);
-    assert!(line.contains("restarting in 100ms"), "{line}");
+    let exited = events.first_of(Kind::Exited, 1);
+    assert_eq!(
+        (
+            exited.pid,
+            exited.reason.as_deref(),
+            exited.status.as_deref()
+        ),
+        (
+            Some(gen1),
+            Some("crashed"),
+            Some("killed by signal 9 (SIGKILL)")
+        ),
+        "{exited:?}"
+    );
+    let restart = events.first("a restart", |r| r.event == Kind::Restart);
+    assert_eq!(
+        (restart.replaced, restart.duration_ms),
+        (Some(1), Some(100.0)),
+        "{restart:?}"
+    );
     sv.wait_active(2);
     assert_eq!(sv.status().restarts, 1);
     assert_eq!(sv.terminate(), Some(0));
@@ -205,18 +262,24 @@ fn reload_requested_during_a_start_is_queued_and_runs_after_it() {
         .demo(&["--never-ready"])
         .start();
     sv.wait_active(1);
+    let events = sv.events();
     sv.signal(libc::SIGHUP);
     sv.wait_state(2, "starting", T);
     // Three more requests while generation 2 starts: one queued reload.
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGHUP);
-    sv.wait_line("reload queued: generation 2", T);
+    events.first_of(Kind::ReloadQueued, 2);
     sv.wait_active(2);
     sv.wait_active(3);
     assert_eq!(sv.terminate(), Some(0));
     // Signals may merge, but never more than one reload is queued: a
     // second queued reload would have started generation 4 the moment
     // generation 3 was ready, before the stop.
-    assert!(!sv.has_line("generation 4 (pid"), "{}", sv.output());
+    let all = events.until_end();
+    let spawned: Vec<Option<u64>> = matching(&all, |r| r.event == Kind::Spawned)
+        .iter()
+        .map(|r| r.generation)
+        .collect();
+    assert_eq!(spawned, [Some(2), Some(3)], "{all:#?}");
 }

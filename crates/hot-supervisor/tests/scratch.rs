@@ -11,7 +11,7 @@
 //! binary, so a plain `cargo test` ignores it; `.ci/run` builds the binary
 //! and runs it.
 
-mod common;
+use super::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! Stopping: exit status propagation, forced stop, no zombies, nothing
 //! left behind.
 
-mod common;
+use super::common;
 
 use std::time::{Duration, Instant};
 
@@ -9,12 +9,15 @@ use common::*;
 
 const T: Duration = WAIT;
 
-/// A supervisor with `--restart never --ready delay:10ms` around `sh -c
-/// SCRIPT`, run until it exits by itself: its exit code.
+/// A supervisor with `--restart never --ready READY` around `sh -c
+/// SCRIPT`, run until it exits by itself: its exit code. Its log is JSON,
+/// so that its lifecycle is known although it may end before anyone could
+/// subscribe to its events.
 fn never_restarted(ready: &str, script: &str) -> (i32, Supervisor) {
     let mut sv = Supervisor::builder()
         .restart("never")
         .ready(ready)
+        .json_log()
         .sh(script)
         .start();
     let status = sv.wait_exit(T);
@@ -33,18 +36,36 @@ fn restart_never_exits_with_the_child_status() {
         "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"])'; exit 4",
     );
     assert_eq!(code, 4, "{}", sv.output());
-    // The supervisor has exited: only its log can tell a child was started.
-    assert!(sv.has_line("generation 1 (pid"));
+    // One child was started, and not started again.
+    let spawned: Vec<Option<u64>> = sv
+        .logged_records()
+        .iter()
+        .filter(|r| r.event == Kind::Spawned)
+        .map(|r| r.generation)
+        .collect();
+    assert_eq!(spawned, [Some(1)], "{}", sv.output());
 }
 
 #[test]
 fn clean_exit_under_on_failure_is_not_restarted() {
     let mut sv = Supervisor::builder()
         .ready("delay:10ms")
+        .json_log()
         .sh("exit 0")
         .start();
     assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
-    assert!(!sv.has_line("generation 2"), "{}", sv.output());
+    let records = sv.logged_records();
+    let spawned: Vec<Option<u64>> = records
+        .iter()
+        .filter(|r| r.event == Kind::Spawned)
+        .map(|r| r.generation)
+        .collect();
+    assert_eq!(spawned, [Some(1)], "{}", sv.output());
+    assert!(
+        !records.iter().any(|r| r.generation == Some(2)),
+        "{}",
+        sv.output()
+    );
 }
 
 #[test]
@@ -72,15 +93,26 @@ fn sigterm_stops_and_propagates_the_child_status() {
         .ready("delay:50ms")
         .sh("trap 'trap - TERM; kill -TERM $$' TERM; sleep 300 & wait")
         .start();
-    sv.wait_active(1);
+    let pid = sv.wait_active(1);
+    let events = sv.events();
     let out = sv.ctl(&["stop"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(sv.wait_exit(T).code(), Some(0), "{}", sv.output());
-    assert!(sv.has_line("drained in"), "{}", sv.output());
-    assert!(
-        sv.has_line("(exited on its stop signal)"),
-        "{}",
-        sv.output()
+    // It drained, and ended on its stop signal (SIGTERM).
+    let all = events.until_end();
+    let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+    assert_eq!(
+        (
+            exited.pid,
+            exited.reason.as_deref(),
+            exited.status.as_deref()
+        ),
+        (
+            Some(pid),
+            Some("drained"),
+            Some("killed by signal 15 (SIGTERM)")
+        ),
+        "{all:#?}"
     );
 
     // One that dies of another signal when asked to stop: a failure.
@@ -97,10 +129,11 @@ fn second_stop_signal_kills_everything_at_once() {
     let mut sv = Supervisor::builder()
         .ready("delay:50ms")
         .drain_timeout("60s")
-        .sh("trap '' TERM INT; sleep 300 & echo \"grandchild $!\"; wait $!")
+        .sh("trap '' TERM INT; sleep 300 & wait $!")
         .start();
     let pid = sv.wait_active(1);
-    let grandchild = sv.printed_pid("grandchild");
+    let grandchild = wait_child(pid, "sleep 300");
+    let events = sv.events();
     sv.signal(libc::SIGINT);
     sv.wait_status("stopping, generation 1 draining", T, |st| {
         (st.supervisor.stopping && st.generation(1)?.state == "draining").then_some(())
@@ -112,7 +145,19 @@ fn second_stop_signal_kills_everything_at_once() {
         start.elapsed() < Duration::from_secs(30),
         "waited for the drain timeout"
     );
-    assert!(sv.has_line("second stop request: killing every generation now"));
+    // The second request forced the stop, and generation 1 was killed.
+    let all = events.until_end();
+    let stops: Vec<Option<&str>> = matching(&all, |r| r.event == Kind::Stop)
+        .iter()
+        .map(|r| r.reason.as_deref())
+        .collect();
+    assert_eq!(stops, [None, Some("forced")], "{all:#?}");
+    let exited = &all[find(&all, 0, "generation 1's exit", |r| is(r, Kind::Exited, 1))];
+    assert_eq!(
+        exited.status.as_deref(),
+        Some("killed by signal 9 (SIGKILL)"),
+        "{all:#?}"
+    );
     assert!(wait_gone(pid, T));
     assert!(wait_gone(grandchild, T), "grandchild left behind");
 }
@@ -127,6 +172,7 @@ fn stop_during_a_reload_stops_both_generations() {
         .start();
     // Generation 1 never gets ready within the test: stop it while it starts.
     let pid = sv.wait_state(1, "starting", T).pid.expect("a pid");
+    let events = sv.events();
     sv.signal(libc::SIGHUP);
     sv.wait_status("the reload pending", T, |st| {
         (st.reloads.pending == 1).then_some(())
@@ -138,7 +184,11 @@ fn stop_during_a_reload_stops_both_generations() {
     // and nothing is left.
     assert_eq!(code, Some(0), "{}", sv.output());
     assert!(wait_gone(pid, T));
-    assert!(!sv.has_line("generation 2 (pid"), "{}", sv.output());
+    let all = events.until_end();
+    assert!(
+        !all.iter().any(|r| r.event == Kind::Spawned),
+        "a generation was started: {all:#?}"
+    );
 }
 
 #[test]
@@ -275,10 +325,10 @@ fn processes_that_left_the_process_group_do_not_outlive_the_supervisor() {
     let mut sv = Supervisor::builder()
         .tcp()
         .ready("delay:50ms")
-        .sh("setsid sh -c 'echo \"escapee $$\"; exec sleep 300' & exec sleep 300")
+        .sh("setsid sh -c 'exec sleep 300' & exec sleep 300")
         .start();
-    sv.wait_active(1);
-    let escapee = sv.printed_pid("escapee");
+    let pid = sv.wait_active(1);
+    let escapee = wait_child(pid, "sleep 300");
     assert!(process_exists(escapee));
     assert_eq!(sv.terminate(), Some(0));
     assert!(
@@ -296,13 +346,15 @@ fn reload_and_stop_together_never_spawn_after_the_stop() {
         .sleeper()
         .start();
     sv.wait_active(1);
+    let events = sv.events();
     sv.signal(libc::SIGHUP);
     sv.signal(libc::SIGTERM);
     sv.wait_exit(T);
-    // The order of events after the fact: the log is the record.
-    let out = sv.output();
-    let stop = out.find("received SIGTERM").expect("stop logged");
-    if let Some(spawn) = out.find("generation 2 (pid") {
-        assert!(spawn < stop, "generation 2 started after the stop:\n{out}");
-    }
+    // The order of events after the fact: the stream is the record.
+    let all = events.until_end();
+    let stop = find(&all, 0, "the stop", |r| r.event == Kind::Stop);
+    assert!(
+        !all[stop..].iter().any(|r| r.event == Kind::Spawned),
+        "a generation started after the stop: {all:#?}"
+    );
 }

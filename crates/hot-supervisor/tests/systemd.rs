@@ -5,7 +5,7 @@
 //! that checks every message, in order, with MONOTONIC_USEC against the
 //! clock.
 
-mod common;
+use super::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -154,6 +154,7 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
     // The children never see the supervisor's own NOTIFY_SOCKET.
     let env = environ(p1);
     assert_ne!(env["NOTIFY_SOCKET"], manager.address);
+    let events = sv.events();
 
     // A good reload through the control socket.
     let before = monotonic_usec();
@@ -178,8 +179,8 @@ fn a_service_manager_hears_ready_reloading_status_and_stopping_in_order() {
     let a = sv.reload_and_wait();
     let after = monotonic_usec();
     assert_eq!(a.code, Some(1), "{a:?}");
-    // Gone before the answer: its start line in the log names its pid.
-    let p3 = sv.logged_pid(3, T);
+    // Gone before the answer: its spawned event names its pid.
+    let p3 = events.first_of(Kind::Spawned, 3).pid.expect("a pid");
     assert_reloading(
         &manager.next(&sv),
         before,

@@ -2,7 +2,7 @@
 //! `systemd-analyze verify` accepts them without a warning, and the service
 //! keeps the directives and timeout relations the supervisor relies on.
 
-mod common;
+use super::common;
 
 use std::path::Path;
 use std::process::Command;

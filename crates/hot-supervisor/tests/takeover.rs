@@ -3,7 +3,7 @@
 //! it is ready the old one lets its generations go and exits 0; if the new
 //! generation fails, the old supervisor carries on.
 
-mod common;
+use super::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -74,6 +74,7 @@ fn a_takeover_under_load_loses_nothing_and_the_old_supervisor_exits_0() {
     let keep_alive = Load::start(addr, 4, Duration::from_secs(60));
     let closing = Load::start_closing(addr, 2, Duration::from_secs(60));
     keep_alive.expect_served(2, 50, "before the takeover");
+    let old_events = old.events();
 
     // The same --listen as the old one's: it must agree with what is taken.
     let new = new_supervisor(&old, &["--listen", &listener.address], &[]);
@@ -94,10 +95,12 @@ fn a_takeover_under_load_loses_nothing_and_the_old_supervisor_exits_0() {
         wait_gone(old_child, WAIT),
         "the old generation is still there"
     );
-    assert!(
-        old.has_line("handing over"),
-        "the old supervisor never handed over:\n{}",
-        old.output()
+    // It handed its sockets over to the new one: its stream ended there.
+    let all = old_events.until_end();
+    assert_eq!(
+        all.last().map(|r| (r.event, r.pid)),
+        Some((Kind::Takeover, Some(new.pid))),
+        "the old supervisor never handed over: {all:#?}"
     );
     // The new one then closes the old generation's sockets: only its own
     // listen on the port (its generation's, and possibly one spare).

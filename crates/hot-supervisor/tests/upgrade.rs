@@ -7,7 +7,7 @@
 //! a new (or broken) one in its place as a deploy would: by renaming a file
 //! over it.
 
-mod common;
+use super::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,12 @@ fn an_upgrade_under_load_keeps_pid_children_sockets_and_a_draining_generation() 
     let bin = Binary::new("upgrade-load");
     // Every generation ignores SIGTERM: a replaced one drains until the
     // drain timeout's SIGKILL, so one is still draining at the upgrade.
-    let sv = bin.start(&["--drain-timeout", "3s"], &["--ignore-sigterm"]);
+    // (The log is JSON: its lifecycle records span the upgrade, which ends
+    // every event stream.)
+    let sv = bin.start(
+        &["--drain-timeout", "3s", "--log-format", "json"],
+        &["--ignore-sigterm"],
+    );
     let addr = sv.listener_addr(0);
     let fds_before = fd_count(&sv);
     let g1 = sv.pid_of(1);
@@ -172,8 +177,23 @@ fn an_upgrade_under_load_keeps_pid_children_sockets_and_a_draining_generation() 
         "generation 1 went after {most:?}, before its drain timeout (3s)"
     );
     sv.wait_generations(&[(2, sv.pid_of(2), "active")]);
-    assert!(
-        sv.has_line("generation 1") && sv.output().contains("SIGKILL"),
+    // Killed at the drain timeout (by the new image: the pid is the same).
+    let records = sv.logged_records();
+    let about_1: Vec<(Kind, Option<&str>, Option<&str>)> = records
+        .iter()
+        .filter(|r| r.generation == Some(1) && matches!(r.event, Kind::Killed | Kind::Exited))
+        .map(|r| (r.event, r.reason.as_deref(), r.status.as_deref()))
+        .collect();
+    assert_eq!(
+        about_1,
+        [
+            (Kind::Killed, Some("drain timeout"), None),
+            (
+                Kind::Exited,
+                Some("drained"),
+                Some("killed by signal 9 (SIGKILL)")
+            )
+        ],
         "{}",
         sv.output()
     );

@@ -4,7 +4,7 @@
 //! the generation numbers: after a burst, one more distinct change must
 //! give the generation exactly one higher.
 
-mod common;
+use super::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! request is a new connection that the kernel (and the supervisor's BPF
 //! program) places anew.
 
-mod common;
+use super::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -301,6 +301,7 @@ fn four_workers_serve_and_a_crashed_worker_is_replaced_alone() {
 
     // A worker that exits on its own between connections (it holds none):
     // restarted alone, the others serve on, no request fails.
+    let events = sv.events();
     let crashed = get(addr, "/crash").unwrap();
     let s = sv.wait_status("the expected state", WAIT, |s: &Status| {
         let w = &s.generation(1)?.workers[crashed.worker as usize];
@@ -319,10 +320,22 @@ fn four_workers_serve_and_a_crashed_worker_is_replaced_alone() {
         "only the crashed worker changed"
     );
     assert_eq!(s.generation(1).unwrap().state, "active");
-    assert!(sv.has_line(&format!(
-        "worker {} (pid {}) exited with status 1",
-        crashed.worker, crashed.pid
-    )));
+    let exited = events.first("the crashed worker's exit", |r| {
+        is(r, Kind::Exited, 1) && r.worker == Some(crashed.worker)
+    });
+    assert_eq!(
+        (
+            exited.pid,
+            exited.reason.as_deref(),
+            exited.status.as_deref()
+        ),
+        (
+            Some(crashed.pid),
+            Some("crashed"),
+            Some("exited with status 1")
+        ),
+        "{exited:?}"
+    );
     load.expect_served(1, 200, "after the crash");
     let metrics_pid = s.generation(1).unwrap().workers[0].pid.unwrap();
     let seen = load.finish_clean("a worker exiting between connections");
@@ -381,6 +394,7 @@ fn rolling_reloads_keep_at_most_n_plus_k_alive_and_lose_nothing() {
     let dir = TempDir::new("workers");
     let sv = start(&dir, 4, &[], &[]);
     let addr = sv.listener_addr(0);
+    let events = sv.events();
     let load = Load::start(addr, 8);
     load.expect_served(1, 100, "before the reload");
     for (g, k, flag) in [(2u64, 1usize, "--rolling"), (3, 2, "--rolling=2")] {
@@ -404,11 +418,10 @@ fn rolling_reloads_keep_at_most_n_plus_k_alive_and_lose_nothing() {
             "{flag}: the sampler never saw a new worker beside the old ones"
         );
         if k == 1 {
-            let line = format!(
-                "new connections split: generation {} 75%, generation {g} 25%",
-                g - 1
-            );
-            assert!(sv.has_line(&line), "{line}");
+            let shares = format!("generation {} 75%, generation {g} 25%", g - 1);
+            events.first(&format!("the split {shares}"), |r| {
+                r.event == Kind::Split && r.reason.as_deref() == Some(shares.as_str())
+            });
         }
         load.expect_served(g, 200, "after the rolling reload");
     }
@@ -423,6 +436,7 @@ fn a_failing_new_worker_rolls_a_rolling_reload_back() {
     // The second worker of generation 2 exits at start.
     let sv = start(&dir, 4, &["--reload", "rolling"], &[("FAIL", "2:1")]);
     let addr = sv.listener_addr(0);
+    let events = sv.events();
     let load = Load::start(addr, 8);
     load.expect_served(1, 100, "before the reload");
     let (code, text) = reload(&sv, &[]);
@@ -432,7 +446,12 @@ fn a_failing_new_worker_rolls_a_rolling_reload_back() {
         text.contains("generation 1 (pids"),
         "the old one still serves: {text}"
     );
-    assert!(sv.has_line("rolled back (worker 1 exited with status 1)"));
+    let back = events.first_of(Kind::RolledBack, 2);
+    assert_eq!(
+        back.reason.as_deref(),
+        Some("worker 1 exited with status 1"),
+        "{back:?}"
+    );
     // The old generation is whole again, the new one gone.
     sv.wait_status("the expected state", WAIT, |s: &Status| {
         let g1 = s.generation(1)?;
@@ -534,12 +553,18 @@ fn a_crashing_canary_is_rolled_back_at_once() {
     let dir = TempDir::new("workers");
     let sv = start(&dir, 2, &[], &[]);
     let addr = sv.listener_addr(0);
+    let events = sv.events();
     let (code, text) = reload(&sv, &["--canary", "50", "--promote-after", "10m"]);
     assert_eq!(code, Some(0), "{text}");
     let pid = sv.status().generation(2).unwrap().workers[0].pid.unwrap();
     // SAFETY: kill(2) on a worker of our supervisor.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    sv.wait_line("rolled back (worker 0 killed by signal 9 (SIGKILL))", WAIT);
+    let back = events.first_of(Kind::RolledBack, 2);
+    assert_eq!(
+        back.reason.as_deref(),
+        Some("worker 0 killed by signal 9 (SIGKILL)"),
+        "{back:?}"
+    );
     sv.wait_status("the expected state", WAIT, |s: &Status| {
         (s.generation(2).is_none()).then_some(())
     });

@@ -8,8 +8,12 @@
 //! Tests start a supervisor with [`Supervisor::builder`] and read what it
 //! does through its own interface: pids, generations, states and addresses
 //! from `supervisor status --json` (the library's [`Status`] type),
-//! reload outcomes from `supervisor reload`. The log is read only where
-//! the log itself is what a test checks, or where nothing else tells.
+//! reload outcomes from `supervisor reload`, the lifecycle as typed
+//! [`Record`]s from its event stream ([`Supervisor::events`]; from the
+//! `--log-format json` log, [`Supervisor::logged_records`], where a
+//! supervisor ends before a subscriber could be there), processes and
+//! sockets from `/proc`. The log's text is read only where the text itself
+//! is what a test checks: a message an operator reads.
 
 #![allow(dead_code)]
 
@@ -17,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use hot_supervisor::events::{Kind, Record};
 pub use hot_supervisor::status::{Generation, Status};
 
 /// The deadline of the harness's own waits.
@@ -34,7 +40,8 @@ pub fn supervisor_bin() -> &'static str {
     env!("CARGO_BIN_EXE_supervisor")
 }
 
-/// An example binary (built by `cargo test`, not by `cargo test --test x`).
+/// An example binary (built by `cargo test`, not by `cargo test --test
+/// integration`).
 pub fn example(name: &str) -> PathBuf {
     let bin = PathBuf::from(supervisor_bin());
     let path = bin
@@ -185,6 +192,12 @@ impl Builder {
         self.args(["--restart", policy])
     }
 
+    /// `--log-format json`: its lifecycle lines carry their event's fields
+    /// ([`Supervisor::logged_records`]).
+    pub fn json_log(self) -> Self {
+        self.args(["--log-format", "json"])
+    }
+
     /// `--control PATH`.
     pub fn control(self, path: impl AsRef<OsStr>) -> Self {
         self.arg("--control").arg(path)
@@ -279,6 +292,193 @@ impl StatusExt for Status {
             .map(|e| (e.generation, e.pid, e.state.to_string()))
             .collect()
     }
+}
+
+/// A subscriber to a supervisor's event stream (`events` on its control
+/// socket), read on a thread of its own: every [`Record`] from the moment
+/// it subscribed, in the order the supervisor published them. Waits are
+/// bounded by [`WAIT`]; dropping it ends the subscription.
+pub struct Events {
+    got: Arc<(Mutex<Received>, Condvar)>,
+    stream: UnixStream,
+    reader: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Received {
+    records: Vec<Record>,
+    /// Lines that were not a record (the test fails on them).
+    garbage: Vec<String>,
+    ended: bool,
+}
+
+impl Events {
+    /// Subscribe to the supervisor on `control`; returns once the
+    /// supervisor has taken the subscription (`ok events`), so that every
+    /// event after this call is seen.
+    pub fn subscribe_at(control: &Path) -> Events {
+        let stream = UnixStream::connect(control)
+            .unwrap_or_else(|e| panic!("events: connect to {}: {e}", control.display()));
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        (&stream).write_all(b"events\n").unwrap();
+        let mut lines = BufReader::new(stream.try_clone().unwrap());
+        let mut first = String::new();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        lines
+            .read_line(&mut first)
+            .unwrap_or_else(|e| panic!("events: no answer within {WAIT:?}: {e}"));
+        assert_eq!(first, "ok events\n", "events: the subscription was refused");
+        // The stream has no deadline: it lasts as long as the supervisor,
+        // or until the subscriber is dropped.
+        stream.set_read_timeout(None).unwrap();
+        let got: Arc<(Mutex<Received>, Condvar)> = Arc::default();
+        let shared = got.clone();
+        let reader = std::thread::spawn(move || {
+            let (m, cv) = &*shared;
+            for line in lines.lines() {
+                let Ok(line) = line else { break };
+                let mut r = m.lock().unwrap();
+                match serde_json::from_str::<Record>(&line) {
+                    Ok(record) => r.records.push(record),
+                    Err(e) => r.garbage.push(format!("{line:?}: {e}")),
+                }
+                cv.notify_all();
+            }
+            m.lock().unwrap().ended = true;
+            cv.notify_all();
+        });
+        Events {
+            got,
+            stream,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every event received so far.
+    pub fn all(&self) -> Vec<Record> {
+        let r = self.got.0.lock().unwrap();
+        assert!(
+            r.garbage.is_empty(),
+            "events: not records: {:#?}",
+            r.garbage
+        );
+        r.records.clone()
+    }
+
+    /// The number of events received so far (a cursor for
+    /// [`Events::wait_from`]).
+    pub fn len(&self) -> usize {
+        self.got.0.lock().unwrap().records.len()
+    }
+
+    /// Whether the stream has ended (the supervisor exited, upgraded or
+    /// was taken over).
+    pub fn ended(&self) -> bool {
+        self.got.0.lock().unwrap().ended
+    }
+
+    /// Wait for an event at or after position `from` that matches `f`
+    /// (`what` names it in the failure): its position and every event so
+    /// far. Fails after [`WAIT`], or once the stream has ended without one.
+    pub fn wait_from(
+        &self,
+        from: usize,
+        what: &str,
+        f: impl Fn(&Record) -> bool,
+    ) -> (usize, Vec<Record>) {
+        let deadline = Instant::now() + WAIT;
+        let (m, cv) = &*self.got;
+        let mut r = m.lock().unwrap();
+        loop {
+            assert!(
+                r.garbage.is_empty(),
+                "events: not records: {:#?}",
+                r.garbage
+            );
+            if let Some(i) = r.records.iter().skip(from).position(&f) {
+                return (from + i, r.records.clone());
+            }
+            let now = Instant::now();
+            if r.ended || now >= deadline {
+                let why = if r.ended {
+                    "the stream ended without it".to_string()
+                } else {
+                    format!("not within {WAIT:?}")
+                };
+                let got = r.records.clone();
+                drop(r);
+                panic!("no event {what} after #{from}: {why}; got {got:#?}");
+            }
+            r = cv.wait_timeout(r, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Wait for an event matching `f`: every event so far.
+    pub fn wait(&self, what: &str, f: impl Fn(&Record) -> bool) -> Vec<Record> {
+        self.wait_from(0, what, f).1
+    }
+
+    /// Wait for the first event matching `f`; that event.
+    pub fn first(&self, what: &str, f: impl Fn(&Record) -> bool) -> Record {
+        let (i, all) = self.wait_from(0, what, f);
+        all[i].clone()
+    }
+
+    /// Wait for the first event of `kind` about generation `g`; that event.
+    pub fn first_of(&self, kind: Kind, g: u64) -> Record {
+        self.first(&format!("{kind:?} of generation {g}"), |r| is(r, kind, g))
+    }
+
+    /// Wait until the stream ends (bounded): every event it carried.
+    pub fn until_end(&self) -> Vec<Record> {
+        let deadline = Instant::now() + WAIT;
+        let (m, cv) = &*self.got;
+        let mut r = m.lock().unwrap();
+        while !r.ended {
+            let now = Instant::now();
+            if now >= deadline {
+                let got = r.records.clone();
+                drop(r);
+                panic!("events: the stream did not end within {WAIT:?}; got {got:#?}");
+            }
+            r = cv.wait_timeout(r, deadline - now).unwrap().0;
+        }
+        assert!(
+            r.garbage.is_empty(),
+            "events: not records: {:#?}",
+            r.garbage
+        );
+        r.records.clone()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Whether `r` is an event of `kind` about generation `g`.
+pub fn is(r: &Record, kind: Kind, g: u64) -> bool {
+    r.event == kind && r.generation == Some(g)
+}
+
+/// The position of the first event matching `f` at or after `from`; fails,
+/// naming `what`, if there is none.
+pub fn find(all: &[Record], from: usize, what: &str, f: impl Fn(&Record) -> bool) -> usize {
+    all.iter()
+        .skip(from)
+        .position(f)
+        .map(|i| from + i)
+        .unwrap_or_else(|| panic!("no event {what} after #{from} in {all:#?}"))
+}
+
+/// The events of `all` matching `f`.
+pub fn matching(all: &[Record], f: impl Fn(&Record) -> bool) -> Vec<&Record> {
+    all.iter().filter(|r| f(r)).collect()
 }
 
 /// Run `supervisor ARGS` as a control client (bounded by `--timeout` where
@@ -522,14 +722,44 @@ impl Supervisor {
         self.wait_exit(WAIT).code()
     }
 
-    /// The `--health` endpoint's address, as the log gives it at start.
+    /// The `--health` endpoint's address, from the kernel: the one TCP
+    /// socket it holds listening on a port none of its listeners has.
     pub fn health_addr(&self) -> SocketAddr {
-        let line = self.wait_line("health endpoint http://", WAIT);
-        line.split("health endpoint http://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+        let mut last = Vec::new();
+        let found = wait_until(WAIT, || {
+            let ports: BTreeSet<u16> = self
+                .status()
+                .listeners
+                .iter()
+                .filter_map(|l| l.address.parse::<SocketAddr>().ok())
+                .map(|a| a.port())
+                .collect();
+            let held: BTreeSet<String> = fds(self.pid).into_values().collect();
+            let mut other = Vec::new();
+            for family in [libc::AF_INET, libc::AF_INET6] {
+                let list = hot_supervisor::sockinfo::listening(family, true)
+                    .unwrap_or_else(|e| panic!("sock_diag: {e}"));
+                other.extend(
+                    list.into_iter()
+                        .filter(|(addr, _, inode)| {
+                            !ports.contains(&addr.port())
+                                && held.contains(&format!("socket:[{inode}]"))
+                        })
+                        .map(|(addr, _, _)| addr),
+                );
+            }
+            last = other.clone();
+            match other[..] {
+                [addr] => Some(addr),
+                _ => None,
+            }
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no one health endpoint among the supervisor's listening sockets: {last:?}\n{}",
+                self.output()
+            )
+        })
     }
 
     /// Everything printed so far.
@@ -578,22 +808,33 @@ impl Supervisor {
             .any(|l| l.contains(needle))
     }
 
-    /// The pid of generation `g` as its start line in the log names it
-    /// (for a generation too short-lived to be seen in the status).
-    pub fn logged_pid(&self, g: u64, timeout: Duration) -> i32 {
-        let line = self.wait_line(&format!("generation {g} (pid "), timeout);
-        let rest = line.split(&format!("generation {g} (pid ")).nth(1).unwrap();
-        rest.split(')').next().unwrap().parse().unwrap()
+    /// Subscribe to its event stream (see [`Events`]).
+    pub fn events(&self) -> Events {
+        // The control socket is bound shortly after the start.
+        self.status();
+        Events::subscribe_at(&self.control)
     }
 
-    /// The pid a child printed as `TAG PID` on its own output (which the
-    /// supervisor passes through).
-    pub fn printed_pid(&self, tag: &str) -> i32 {
-        let line = self.wait_line(&format!("{tag} "), WAIT);
-        line.rsplit(' ')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no pid after {tag:?} in {line:?}"))
+    /// The lifecycle records its `--log-format json` log lines carry (see
+    /// [`Builder::json_log`]), in order: the whole life of a supervisor,
+    /// from before anyone could subscribe to its stream. Their `time` is
+    /// not kept (the log's is text).
+    pub fn logged_records(&self) -> Vec<Record> {
+        let lines = self.lines.0.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| {
+                let serde_json::Value::Object(mut m) = serde_json::from_str(l).ok()? else {
+                    return None;
+                };
+                m.get("event")?;
+                m.insert("time".into(), 0.0.into());
+                Some(
+                    serde_json::from_value(serde_json::Value::Object(m))
+                        .unwrap_or_else(|e| panic!("a log line with a bad event ({e}): {l}")),
+                )
+            })
+            .collect()
     }
 
     /// Its open fds, once it holds no accepted control connection (the
@@ -644,15 +885,6 @@ impl Supervisor {
             .sum()
     }
 
-    /// Wait until the log says generation `g` is ready; the line. Only for
-    /// when the status cannot answer (every control connection taken).
-    pub fn wait_ready_logged(&self, g: u64, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let pid = self.logged_pid(g, timeout);
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.wait_line(&format!("generation {g} (pid {pid}) ready in"), left)
-    }
-
     /// Send a signal to the supervisor.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the pid of our own unreaped child process.
@@ -680,16 +912,6 @@ impl Supervisor {
             ),
         }
     }
-
-    /// Pids of every generation the supervisor has started.
-    pub fn all_generation_pids(&self) -> Vec<i32> {
-        let lines = self.lines.0.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.contains(") started"))
-            .filter_map(|l| l.split("(pid ").nth(1)?.split(')').next()?.parse().ok())
-            .collect()
-    }
 }
 
 impl Drop for Supervisor {
@@ -715,11 +937,14 @@ impl Drop for Supervisor {
         if self.status.is_none() {
             // Children live in their own process groups: kill those first,
             // then the supervisor, so that nothing outlives a failed test.
-            for pid in self.all_generation_pids() {
-                if process_exists(pid) {
-                    // SAFETY: signalling a process group we started.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+            for pid in children_of(self.pid) {
+                if let Some(group) = process_group(pid) {
+                    // SAFETY: signalling a process group the supervisor
+                    // we started made.
+                    unsafe { libc::kill(-group, libc::SIGKILL) };
                 }
+                // SAFETY: signalling a child of the supervisor we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -743,6 +968,35 @@ pub fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(") ")?.1;
     after.chars().next()
+}
+
+/// The process group of `pid`, if it exists.
+pub fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command: state, ppid, pgrp.
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Wait until a child of `parent` whose command line is `cmd` appears
+/// (from /proc); its pid.
+pub fn wait_child(parent: i32, cmd: &str) -> i32 {
+    wait_until(WAIT, || {
+        children_of(parent).into_iter().find(|&p| cmdline(p) == cmd)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no child {cmd:?} of pid {parent} within {WAIT:?}; its children: {:?}",
+            children_of(parent)
+                .iter()
+                .map(|&p| (p, cmdline(p)))
+                .collect::<Vec<_>>()
+        )
+    })
 }
 
 /// Wait until `pid` is gone entirely (reaped, not a zombie).
@@ -1136,6 +1390,7 @@ pub fn reload_under_load(
     mut before_reload: impl FnMut(u64),
 ) -> u64 {
     let mut old_pid = sv.wait_active(1);
+    let events = sv.events();
     let load = Load::start(sv.listener_addr(0), clients, Duration::from_secs(240));
     load.expect_served(1, served, &format!("{name}: first generation"));
     for g in 2..=reloads + 1 {
@@ -1143,14 +1398,15 @@ pub fn reload_under_load(
         sv.signal(libc::SIGHUP);
         let pid = sv.wait_active(g);
         load.expect_served(g, served, &format!("{name}: traffic to the new generation"));
-        // How the old generation ended is in the log only.
-        let drained = sv.wait_line(
-            &format!("generation {} (pid {old_pid}) drained in", g - 1),
-            WAIT,
-        );
-        assert!(
-            drained.contains("(exited with status 0)"),
-            "{name}: generation {} did not drain cleanly: {drained}",
+        let exited = events.first_of(Kind::Exited, g - 1);
+        assert_eq!(
+            (
+                exited.pid,
+                exited.reason.as_deref(),
+                exited.status.as_deref()
+            ),
+            (Some(old_pid), Some("drained"), Some("exited with status 0")),
+            "{name}: generation {} did not drain cleanly: {exited:?}",
             g - 1
         );
         // Reaped by the supervisor, which is alive: not even a zombie.
@@ -1247,6 +1503,38 @@ pub fn python3() -> String {
         }
     })
     .clone()
+}
+
+/// A `python3` that another user can run (a per-user install under a
+/// private home cannot be), from `PATH`; fails, saying what to install,
+/// where there is none.
+pub fn python3_for_others() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("python3"))
+        .filter_map(|p| p.canonicalize().ok())
+        .find(|p| {
+            let mode =
+                |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+            mode(p) & 0o005 == 0o005 && p.ancestors().skip(1).all(|d| mode(d) & 0o001 != 0)
+        })
+        .expect(
+            "this test needs a python3 on PATH that another user can run (apt-get install python3)",
+        )
+}
+
+/// A free TCP port below 1024 on 127.0.0.1, and a guard that keeps every
+/// other test from being given one until it is dropped: a free port is
+/// free only until the test it was found for binds it.
+pub fn privileged_port() -> (std::sync::MutexGuard<'static, ()>, u16) {
+    static ONE: Mutex<()> = Mutex::new(());
+    let held = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (600..1024)
+        .rev()
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free port in 600..1024 on 127.0.0.1");
+    (held, port)
 }
 
 /// Whether the tests run as root (some need it: a pid namespace, `--user`).
