@@ -523,6 +523,61 @@ fn fifty_reloads_failed_starts_and_crashes_leave_no_socket_behind() {
     assert_eq!(sv.terminate(), Some(0));
 }
 
+/// Ten reloads within one `--quiesce`: the eleventh generation's socket is
+/// routed with the ten before it still in the group. None of those slots
+/// can be emptied while it is routed (a leaving member's slot takes the
+/// last member, which must not be the routed one), so once their
+/// generations are gone they are the supervisor's: nine spares and the
+/// reserve, every one listening, none of a gone generation. They go when
+/// the next generation is routed before them: at the next reload.
+#[test]
+fn spares_stand_for_the_generations_alive_at_once_and_go_at_the_next_reload() {
+    let sv = Supervisor::builder()
+        .tcp()
+        .notify()
+        // Far longer than ten reloads take.
+        .args(["--quiesce", "3s"])
+        .demo(&[])
+        .start();
+    sv.wait_active(1);
+    let port = sv.listener_addr(0).port();
+    for g in 2..=11 {
+        let answer = sv.reload_and_wait();
+        assert_eq!(answer.code, Some(0), "reload to generation {g}: {answer:?}");
+    }
+    let st = sv.status();
+    assert_eq!(st.generations.len(), 11, "all eleven hold sockets: {st:#?}");
+    // (The reserve is made on a turn of the loop with nothing to do.)
+    let listener = sv.wait_status("generation 11 alone, and a reserve", WAIT, |st| {
+        let alone = st.generations.len() == 1 && st.generations[0].generation == 11;
+        (alone && st.listeners[0].reserve_sockets == 1).then(|| st.listeners[0].clone())
+    });
+    assert_eq!(listener.spare_sockets, 10, "nine spares and the reserve");
+    let gen11 = sv.wait_active(11);
+    let own = fd_target(gen11, 3);
+    let sockets = listening_sockets("tcp", port);
+    assert_eq!(sockets.len(), 11, "{sockets:?}");
+    assert!(sockets.contains(&own), "{sockets:?}");
+    let held = sv.fds_without_control_connections();
+    assert!(
+        sockets.iter().all(|s| held.values().any(|t| t == s)),
+        "a listening socket the supervisor does not hold: {sockets:?} {held:?}"
+    );
+    // Generation 12 takes the lowest idle member, the first in the group:
+    // once it is routed, every spare comes after it and goes.
+    let answer = sv.reload_and_wait();
+    assert_eq!(answer.code, Some(0), "reload to generation 12: {answer:?}");
+    assert_eq!(sv.spares_only(), 0);
+    let own = fd_target(sv.wait_active(12), 3);
+    // Generations 11 and 12, and the reserve once made.
+    let sockets = wait_until(WAIT, || {
+        let now = listening_sockets("tcp", port);
+        (now.len() == 2 + sv.spares()).then_some(now)
+    })
+    .unwrap_or_else(|| panic!("{:?}", listening_sockets("tcp", port)));
+    assert!(sockets.contains(&own), "{sockets:?}");
+}
+
 /// A listening socket of the test's own on `port` with SO_REUSEPORT: a
 /// stranger in the supervisor's reuseport group.
 fn stranger(port: u16) -> OwnedFd {

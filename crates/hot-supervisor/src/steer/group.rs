@@ -19,7 +19,7 @@ use std::ops::{Deref, Index, IndexMut};
 pub(super) type Program = Vec<(u16, u8, u8, u32)>;
 
 /// One group's members in the kernel's order (index = position).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Group<M> {
     members: Vec<M>,
     /// The index of the member that takes new connections (past the end

@@ -1,12 +1,14 @@
 //! One member of a reuseport group: its socket, and what it is for (its
 //! [`Role`]: a generation's socket, the next generation's made ahead of
 //! time, or one waiting to be closed), with the changes of role that
-//! steering makes. The roles say which sockets may be closed and which
+//! steering makes, and what the decisions on reserves and spares read of
+//! it ([`Standing`]). The roles say which sockets may be closed and which
 //! generation a socket is given to; it never touches the group's order
 //! (see [`super::group`]) nor decides when a change is made.
 
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::socket::listening;
 use crate::machine::Generation;
 
 /// Who holds a member.
@@ -243,6 +245,28 @@ impl Member {
             fd,
             role,
         }
+    }
+}
+
+/// What the decisions on reserves and spares (see [`super::reserve`]) read
+/// of a member: its role, and whether it still listens. A [`Member`] asks
+/// the kernel; the unit tests' members are plain values, so that those
+/// decisions are tested without sockets.
+pub(super) trait Standing {
+    /// What it is for.
+    fn role(&self) -> Role;
+    /// Whether it still listens (a socket a server shut down has left its
+    /// group already; a UDP socket never listens).
+    fn listens(&self) -> bool;
+}
+
+impl Standing for Member {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn listens(&self) -> bool {
+        listening(self.fd.as_fd())
     }
 }
 

@@ -456,10 +456,11 @@ impl Steering {
     /// generation, or the restart of a crashed one), else a new member that
     /// receives nothing yet; for each shared listener the one socket.
     pub fn sockets_for(&mut self, g: Generation, notices: &mut Vec<Notice>) -> Vec<BorrowedFd<'_>> {
-        // Taking a reserve changes no group, so it needs no look for
-        // strangers (a stranger that joined behind it shifts nothing until
-        // a member leaves, and every close is preceded by a look: see
-        // `release`); the reload so asks nothing of the kernel here.
+        // Taking a reserve or a spare changes no group, so it needs no look
+        // for strangers (a stranger that joined behind it shifts nothing
+        // until a member leaves, and every close is preceded by a look: see
+        // `release`); the reload so asks nothing of the kernel here (but
+        // whether a spare before the reserve, if any, still listens).
         let mut changed = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -475,9 +476,16 @@ impl Steering {
             if slot.group.get_mut(routed).is_some_and(|m| m.role.take(g)) {
                 continue;
             }
-            // The socket made ahead of time: nothing to ask of the kernel.
-            if let Some(m) = slot.group.iter_mut().find(|m| m.role.is_reserve()) {
-                m.role.take(g);
+            // The socket made ahead of time, or a spare before it: nothing to
+            // ask of the kernel. The lowest idle member, so that as few
+            // members as can be stand before it once it is routed (see
+            // `reserve`).
+            if let Some(k) = reserve::idle_member(&slot.group) {
+                let role = &mut slot.group[k].role;
+                if role.is_spare() {
+                    *role = Role::RESERVE;
+                }
+                role.take(g);
                 // While it is not routed the routed member may be the last
                 // one no more: spare sockets left behind while it was can
                 // go now, as when a new member joins (below). After the
