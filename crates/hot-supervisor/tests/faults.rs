@@ -48,6 +48,43 @@ fn wait_only(sv: &Supervisor, g: u64) {
     });
 }
 
+/// The generations alive (from the status) and the event stream from
+/// then on (subscribed first, so that nothing falls between the two).
+fn watch(sv: &Supervisor) -> (Events, Vec<u64>) {
+    let events = sv.events();
+    let alive = sv
+        .status()
+        .generations
+        .iter()
+        .map(|g| g.generation)
+        .collect();
+    (events, alive)
+}
+
+/// How many generations older than `g` still held their sockets when `g`
+/// was routed, from what [`watch`] saw (a generation's `exited` comes
+/// after its sockets are released, `switched` when new connections go to
+/// `g`). The subscription ends here: it is a control connection, which
+/// the fd counts leave out only once none is open.
+fn older_alive_at_switch((events, alive): (Events, Vec<u64>), g: u64) -> usize {
+    let all = events.all();
+    drop(events);
+    let at = find(&all, 0, "the switch", |r| is(r, Kind::Switched, g));
+    let mut alive: std::collections::BTreeSet<u64> = alive.into_iter().collect();
+    for r in &all[..at] {
+        match (r.event, r.generation) {
+            (Kind::Spawned, Some(x)) if x < g => {
+                alive.insert(x);
+            }
+            (Kind::Exited, Some(x)) => {
+                alive.remove(&x);
+            }
+            _ => {}
+        }
+    }
+    alive.len()
+}
+
 /// 1,000 reloads in a row under load: zero failed requests; the
 /// supervisor's fd count and RSS after reload 1,000 equal those after
 /// reload 10 (RSS within 256 KiB); no zombie at any time.
@@ -63,17 +100,17 @@ fn a_thousand_reloads_under_load() {
     let load = Load::start(sv.listener_addr(0), 4, Duration::from_secs(300));
     let started = Instant::now();
     let mut at_ten = None;
+    let mut last = None;
     for n in 1..=1000u64 {
+        let mut seen = (n == 10 || n == 1000).then(|| watch(&sv));
         let a = sv.reload_and_wait();
         assert_eq!(a.code, Some(0), "reload {n}: {a:?}");
         if n % 100 == 0 {
             assert_no_lasting_zombie(sv.pid, &format!("after reload {n}"));
         }
         if n == 10 {
-            // For the message: the generations that held a socket when the
-            // reload was answered.
-            let held = sv.status().generations.len();
             wait_only(&sv, 11);
+            let held = older_alive_at_switch(seen.take().unwrap(), 11);
             at_ten = Some((
                 sv.fds_without_control_connections(),
                 sv.spares(),
@@ -86,9 +123,10 @@ fn a_thousand_reloads_under_load() {
             started.elapsed() < Duration::from_secs(280),
             "1,000 reloads took too long"
         );
+        last = seen.or(last);
     }
-    let held_end = sv.status().generations.len();
     wait_only(&sv, 1001);
+    let held_end = older_alive_at_switch(last.unwrap(), 1001);
     let (fds_ten, spares_ten, only_ten, rss_ten, held_ten) = at_ten.unwrap();
     let fds_end = sv.fds_without_control_connections();
     let spares_end = sv.spares();
@@ -98,10 +136,16 @@ fn a_thousand_reloads_under_load() {
     // routed socket was the last member; closed at the next reload) come
     // and go between reloads; everything else must be as it was.
     // (Besides them, the reserve made ahead of time for the next
-    // generation, at most one per listener, is not a spare.)
+    // generation, at most one per listener, is not a spare.) A member
+    // before the routed one cannot leave its slot while that one is
+    // routed, so the older generations still holding sockets when it was
+    // routed leave all but one of their slots as spares (the reserve takes
+    // one) however fast the pace: at most 8 unless reloads came faster
+    // than that, and never more than that.
+    let bound = |older: usize| older.saturating_sub(1).max(8);
     assert!(
-        only_ten <= 8 && only_end <= 8,
-        "spares: {only_ten} after reload 10 ({held_ten} generations when it was answered), {only_end} after reload 1,000 ({held_end})"
+        only_ten <= bound(held_ten) && only_end <= bound(held_end),
+        "spares: {only_ten} after reload 10 ({held_ten} older generations held sockets when generation 11 was routed), {only_end} after reload 1,000 ({held_end} for generation 1,001)"
     );
     assert_eq!(
         fds_end.len() - spares_end,
@@ -114,7 +158,7 @@ fn a_thousand_reloads_under_load() {
     );
     let served = load.finish_clean("1,000 reloads", 1000);
     eprintln!(
-        "1,000 reloads in {:?}: {} requests, fds {} -> {}, spares {only_ten} -> {only_end} (generations at the answer {held_ten}, {held_end}), RSS {rss_ten} -> {rss_end} KiB",
+        "1,000 reloads in {:?}: {} requests, fds {} -> {}, spares {only_ten} -> {only_end} (older generations at the switch {held_ten}, {held_end}), RSS {rss_ten} -> {rss_end} KiB",
         started.elapsed(),
         served.ok,
         fds_ten.len(),
