@@ -543,6 +543,7 @@ impl Steering {
     /// generations that nobody will take over are closed.
     pub fn route(&mut self, g: Generation, notices: &mut Vec<Notice>) {
         let mut changed = Vec::new();
+        let mut held = Vec::new();
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             // A frozen group (a stranger joined) is still re-pointed at the
@@ -562,7 +563,18 @@ impl Steering {
                 }
                 changed.push(i);
             }
-            if slot.mode != Mode::Steer {
+            held.push(i);
+        }
+        // The kernel routes by the program it has: point it at the new
+        // members before any member is closed below. Closing one moves the
+        // group's last member into its slot, and that may be the member
+        // the old program pointed at: new connections would be spread by
+        // hash over every member, old generations' included, until the new
+        // program is attached.
+        self.attach_all(&changed, notices);
+        let mut flushed = Vec::new();
+        for i in held {
+            if self.slots[i].mode != Mode::Steer {
                 continue;
             }
             // An orphan: the crashed generation's socket, replaced by a
@@ -573,16 +585,11 @@ impl Steering {
                     m.role.retire_orphan();
                 }
             }
-            self.flush_retired(i, notices);
-        }
-        for i in changed {
-            if let Err(e) = self.attach(i) {
-                notices.push(Notice::Failed {
-                    listener: self.slots[i].listener.name.clone(),
-                    why: format!("attach the program: {e}"),
-                });
+            if self.flush_retired(i, notices) {
+                flushed.push(i);
             }
         }
+        self.attach_all(&flushed, notices);
     }
 
     /// Share new connections between generations by weight (percent);
