@@ -104,10 +104,6 @@ pub(super) fn attach_cbpf(fd: BorrowedFd<'_>, prog: &[libc::sock_filter]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, bind, listen,
-        setsockopt, socket, sockopt,
-    };
     use std::os::fd::AsFd;
 
     #[test]
@@ -170,24 +166,7 @@ mod tests {
     #[test]
     fn the_kernel_keeps_the_program_per_group_through_joins_and_leaves() {
         use std::net::{TcpListener, TcpStream};
-        use std::os::fd::FromRawFd;
-        let bind = |port: u16| -> TcpListener {
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::Tcp,
-            )
-            .unwrap();
-            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
-            let addr = SockaddrIn::new(127, 0, 0, 1, port);
-            bind(fd.as_raw_fd(), &addr).unwrap();
-            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
-            // SAFETY: `fd` is a new listening socket; ownership moves.
-            let l = unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-            l.set_nonblocking(true).unwrap();
-            l
-        };
+        let bind = super::super::reuseport_listener;
         let a = bind(0);
         let port = a.local_addr().unwrap().port();
         let b = bind(port);
@@ -225,23 +204,8 @@ mod tests {
     /// asked share lands on each of two listening sockets.
     #[test]
     fn the_kernel_runs_the_split_program() {
-        use std::net::{TcpListener, TcpStream};
-        use std::os::fd::FromRawFd;
-        let bind = |port: u16| -> TcpListener {
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::Tcp,
-            )
-            .unwrap();
-            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
-            let addr = SockaddrIn::new(127, 0, 0, 1, port);
-            bind(fd.as_raw_fd(), &addr).unwrap();
-            listen(&fd, Backlog::new(1024).unwrap()).unwrap();
-            // SAFETY: `fd` is a new listening socket; ownership moves.
-            unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
-        };
+        use std::net::TcpStream;
+        let bind = super::super::reuseport_listener;
         let a = bind(0);
         let port = a.local_addr().unwrap().port();
         let b = bind(port);

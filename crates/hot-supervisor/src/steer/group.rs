@@ -225,25 +225,7 @@ mod tests {
         use super::super::bpf::{attach_cbpf, program};
         use std::net::{TcpListener, TcpStream};
         use std::os::fd::{AsFd, AsRawFd};
-        let bind = |port: u16| -> TcpListener {
-            use nix::sys::socket::{
-                AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, bind, listen,
-                setsockopt, socket, sockopt,
-            };
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::Tcp,
-            )
-            .unwrap();
-            setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
-            bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
-            listen(&fd, Backlog::new(64).unwrap()).unwrap();
-            let l = TcpListener::from(fd);
-            l.set_nonblocking(true).unwrap();
-            l
-        };
+        let bind = super::super::reuseport_listener;
         let first = bind(0);
         let port = first.local_addr().unwrap().port();
         let mut g = Group::new(vec![first], 0, None);

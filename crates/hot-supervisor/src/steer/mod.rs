@@ -948,3 +948,27 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
         _ => addr,
     }
 }
+
+/// For the unit tests that ask the kernel itself: a non-blocking TCP
+/// listener on 127.0.0.1:`port` (0: any) with `SO_REUSEPORT`, so that
+/// several on one port make a reuseport group.
+#[cfg(test)]
+fn reuseport_listener(port: u16) -> std::net::TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrIn, bind, listen,
+        setsockopt, socket, sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Tcp,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
+    listen(&fd, Backlog::new(1024).unwrap()).unwrap();
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true).unwrap();
+    l
+}
