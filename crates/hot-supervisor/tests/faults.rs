@@ -67,6 +67,8 @@ fn watch(sv: &Supervisor) -> (Events, Vec<u64>) {
 /// `g`). The subscription ends here: it is a control connection, which
 /// the fd counts leave out only once none is open.
 fn older_alive_at_switch((events, alive): (Events, Vec<u64>), g: u64) -> usize {
+    // Read by another thread: wait (bounded) until the switch is in.
+    events.wait_from(0, "the switch", |r| is(r, Kind::Switched, g));
     let all = events.all();
     drop(events);
     let at = find(&all, 0, "the switch", |r| is(r, Kind::Switched, g));
