@@ -26,6 +26,8 @@ use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 pub struct Keep {
     carry: Carry,
     numbers: Vec<RawFd>,
+    /// The same numbers, to find one fast (a state may name thousands).
+    seen: BTreeSet<RawFd>,
     /// With [`Carry::Duplicates`]: one for each number, in order.
     duplicates: Vec<OwnedFd>,
     /// The first duplicate that could not be made.
@@ -61,7 +63,7 @@ impl Keep {
     /// is carried once.
     pub fn fd(&mut self, fd: BorrowedFd<'_>) -> RawFd {
         let raw = fd.as_raw_fd();
-        if self.numbers.contains(&raw) {
+        if !self.seen.insert(raw) {
             return raw;
         }
         self.numbers.push(raw);

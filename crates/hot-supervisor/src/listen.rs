@@ -295,45 +295,64 @@ pub fn merge(
 
 /// Whether a socket is what `addr` asks for (port 0 asks for any port).
 pub fn agrees(addr: &Addr, fd: BorrowedFd<'_>) -> bool {
-    let Ok(bound) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
-        return false;
-    };
-    let Ok(ty) = nix::sys::socket::getsockopt(&fd, sockopt::SockType) else {
-        return false;
-    };
-    let inet = || -> Option<SocketAddr> {
-        if let Some(a) = bound.as_sockaddr_in() {
-            return Some(SocketAddr::from(*a));
+    Bound::of(fd).is_some_and(|b| b.agrees(addr))
+}
+
+/// What a socket is bound to, read once, to be compared with any number of
+/// `--listen` addresses ([`Bound::agrees`]) without asking the kernel again.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    ty: SockType,
+    addr: SockaddrStorage,
+}
+
+impl Bound {
+    /// The socket's type and address; none if the kernel will not say.
+    pub fn of(fd: BorrowedFd<'_>) -> Option<Bound> {
+        let addr = getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+        let ty = nix::sys::socket::getsockopt(&fd, sockopt::SockType).ok()?;
+        Some(Bound { ty, addr })
+    }
+
+    /// Whether the socket is what `addr` asks for (port 0 asks for any
+    /// port).
+    pub fn agrees(&self, addr: &Addr) -> bool {
+        let (bound, ty) = (&self.addr, self.ty);
+        let inet = || -> Option<SocketAddr> {
+            if let Some(a) = bound.as_sockaddr_in() {
+                return Some(SocketAddr::from(*a));
+            }
+            bound.as_sockaddr_in6().map(|a| SocketAddr::from(*a))
+        };
+        let port_ok = |want: u16, got: u16| want == 0 || want == got;
+        match addr {
+            Addr::Tcp(a) | Addr::Udp(a) => {
+                let want_ty = if matches!(addr, Addr::Tcp(_)) {
+                    SockType::Stream
+                } else {
+                    SockType::Datagram
+                };
+                ty == want_ty
+                    && inet().is_some_and(|b| b.ip() == a.ip() && port_ok(a.port(), b.port()))
+            }
+            Addr::TcpAll(p) | Addr::UdpAll(p) => {
+                let want_ty = if matches!(addr, Addr::TcpAll(_)) {
+                    SockType::Stream
+                } else {
+                    SockType::Datagram
+                };
+                ty == want_ty
+                    && inet().is_some_and(|b| b.ip().is_unspecified() && port_ok(*p, b.port()))
+            }
+            Addr::Unix(path) => bound
+                .as_unix_addr()
+                .and_then(|u| u.path())
+                .is_some_and(|p| p == path.as_path()),
+            Addr::UnixAbstract(name) => bound
+                .as_unix_addr()
+                .and_then(|u| u.as_abstract())
+                .is_some_and(|n| n == name.as_slice()),
         }
-        bound.as_sockaddr_in6().map(|a| SocketAddr::from(*a))
-    };
-    let port_ok = |want: u16, got: u16| want == 0 || want == got;
-    match addr {
-        Addr::Tcp(a) | Addr::Udp(a) => {
-            let want_ty = if matches!(addr, Addr::Tcp(_)) {
-                SockType::Stream
-            } else {
-                SockType::Datagram
-            };
-            ty == want_ty && inet().is_some_and(|b| b.ip() == a.ip() && port_ok(a.port(), b.port()))
-        }
-        Addr::TcpAll(p) | Addr::UdpAll(p) => {
-            let want_ty = if matches!(addr, Addr::TcpAll(_)) {
-                SockType::Stream
-            } else {
-                SockType::Datagram
-            };
-            ty == want_ty
-                && inet().is_some_and(|b| b.ip().is_unspecified() && port_ok(*p, b.port()))
-        }
-        Addr::Unix(path) => bound
-            .as_unix_addr()
-            .and_then(|u| u.path())
-            .is_some_and(|p| p == path.as_path()),
-        Addr::UnixAbstract(name) => bound
-            .as_unix_addr()
-            .and_then(|u| u.as_abstract())
-            .is_some_and(|n| n == name.as_slice()),
     }
 }
 

@@ -554,10 +554,12 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
     // The listeners given must be the ones taken (as for sockets handed
     // over by a launcher): a named one by its name, one without a name by
     // its address; the others are bound anew, after them.
-    let mut matched = std::collections::BTreeSet::new();
+    let bounds = steering.bounds();
+    let mut matched = vec![false; bounds.len()];
     for spec in &args.listen {
         let found = if spec.name_from_address {
-            steering.agreeing(&spec.addr, &matched)
+            (0..bounds.len())
+                .find(|&i| !matched[i] && bounds[i].as_ref().is_some_and(|b| b.agrees(&spec.addr)))
         } else {
             None
         };
@@ -567,7 +569,11 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
                 .open(spec)
                 .map_err(|e| anyhow::anyhow!("--listen {}: {e}", spec.text))?,
         };
-        matched.insert(i);
+        // A listener named by an option is matched too (a new one is not
+        // among those taken).
+        if let Some(m) = matched.get_mut(i) {
+            *m = true;
+        }
     }
     let health = match (args.health, old_health) {
         (Some(want), Some(h)) if h.address() == want => Some(h),

@@ -64,6 +64,26 @@ pub struct Payload {
     pub health: Option<crate::health::Saved>,
 }
 
+/// A payload's format and version, read before the rest (any JSON object
+/// has one; its other fields are skipped unread).
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default, deserialize_with = "lenient")]
+    format: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    version: Option<u64>,
+}
+
+/// A field of [`Head`] of another type than expected reads as missing.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
+}
+
 /// What the old supervisor hears back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Heard {
@@ -100,10 +120,17 @@ impl Source {
         fds: Vec<(RawFd, OwnedFd)>,
     ) -> Result<Source> {
         let json = serde_json::to_string(payload).context("serialize the takeover")?;
-        let items = fds
+        let items: Vec<(String, OwnedFd)> = fds
             .into_iter()
             .map(|(number, fd)| (format!("{number}\n"), fd))
             .collect();
+        // Room for the whole answer in the socket's buffer where the
+        // system allows it (net.core.wmem_max caps it; the kernel doubles
+        // what it is given): with thousands of listeners the payload is
+        // hundreds of kilobytes, and each time the buffer fills costs a
+        // round of both loops, which a busy machine may each delay.
+        let room = json.len() + items.iter().map(|(l, _)| l.len() + 64).sum::<usize>();
+        let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &room);
         stream
             .set_nonblocking(true)
             .context("make the takeover connection non-blocking")?;
@@ -212,24 +239,7 @@ pub fn fetch(path: &Path) -> Result<Taken> {
         .map_err(|e| anyhow!("take over from the supervisor at {}: {e}", path.display()))?;
     let text = String::from_utf8(answer.data).context("the takeover is not UTF-8")?;
     let mut lines = text.lines();
-    let json = lines.next().unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(json).context("the takeover's payload")?;
-    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
-        bail!(
-            "the supervisor at {} sent no takeover payload",
-            path.display()
-        );
-    }
-    let version = value.get("version").and_then(serde_json::Value::as_u64);
-    if version.is_none_or(|v| v > u64::from(VERSION)) {
-        bail!(
-            "the supervisor at {} hands over in version {version:?}; this binary ({}) takes versions up to {VERSION}: upgrade this binary, or the old one in place (supervisor upgrade) first",
-            path.display(),
-            crate::upgrade::version()
-        );
-    }
-    let payload: Payload =
-        serde_json::from_value(value).context("the takeover's payload is malformed")?;
+    let payload = read_payload(lines.next().unwrap_or_default(), path)?;
     let numbers = lines
         .map(|l| {
             l.trim()
@@ -243,6 +253,29 @@ pub fn fetch(path: &Path) -> Result<Taken> {
         fds: answer.fds,
         stream: answer.stream,
     })
+}
+
+/// The payload line from the supervisor at `path`: its format and version
+/// first (every other field skipped, nothing built), so that a payload this
+/// binary cannot read is refused by name rather than as malformed; then the
+/// payload itself, parsed once.
+fn read_payload(json: &str, path: &Path) -> Result<Payload> {
+    let head: Head = serde_json::from_str(json).context("the takeover's payload")?;
+    if head.format.as_deref() != Some(FORMAT) {
+        bail!(
+            "the supervisor at {} sent no takeover payload",
+            path.display()
+        );
+    }
+    let version = head.version;
+    if version.is_none_or(|v| v > u64::from(VERSION)) {
+        bail!(
+            "the supervisor at {} hands over in version {version:?}; this binary ({}) takes versions up to {VERSION}: upgrade this binary, or the old one in place (supervisor upgrade) first",
+            path.display(),
+            crate::upgrade::version()
+        );
+    }
+    serde_json::from_str(json).context("the takeover's payload is malformed")
 }
 
 /// The new supervisor's side once it serves on what it took: `drain` to
@@ -306,5 +339,50 @@ impl Sink {
                 Err(_) => return true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(json: &str) -> String {
+        format!(
+            "{:#}",
+            read_payload(json, Path::new("/run/c.sock")).expect_err(json)
+        )
+    }
+
+    #[test]
+    fn a_payload_of_another_format_or_a_later_version_is_refused_by_name() {
+        for json in [
+            r#"{"format":"something-else","version":1}"#,
+            r#"{"version":1}"#,
+            r#"{"format":7,"version":1}"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(
+                refusal(json),
+                "the supervisor at /run/c.sock sent no takeover payload",
+                "{json}"
+            );
+        }
+        let later = refusal(r#"{"format":"supervisor-takeover","version":2,"what":[1]}"#);
+        assert!(
+            later.starts_with("the supervisor at /run/c.sock hands over in version Some(2);"),
+            "{later}"
+        );
+        let none = refusal(r#"{"format":"supervisor-takeover","version":"1"}"#);
+        assert!(none.contains("hands over in version None"), "{none}");
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_or_lacks_a_field_is_malformed() {
+        assert!(refusal("not json").starts_with("the takeover's payload: "));
+        let missing = refusal(r#"{"format":"supervisor-takeover","version":1,"pid":3}"#);
+        assert!(
+            missing.starts_with("the takeover's payload is malformed: missing field"),
+            "{missing}"
+        );
     }
 }

@@ -206,6 +206,65 @@ fn a_shared_listener_is_taken_over_too() {
 }
 
 #[test]
+fn listen_options_without_a_name_are_matched_in_order_each_listener_once() {
+    let dir = TempDir::new("takeover-match");
+    let control = dir.path("c.sock");
+    let mut old = Supervisor::builder()
+        .tcp()
+        .tcp()
+        .tcp()
+        .control(&control)
+        .demo(&[])
+        .start();
+    old.wait_active(1);
+    let before: Vec<(String, String)> = old
+        .status()
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.clone()))
+        .collect();
+    assert_eq!(before.len(), 3, "{before:?}");
+    // Port 0 takes the first listener not yet taken; an address with its
+    // port takes that one, wherever it stands; a port-0 option left over
+    // once every listener is taken is bound anew.
+    let third = before[2].1.clone();
+    let new = new_supervisor(
+        &old,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &third,
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    new.wait_status("the new supervisor serving", WAIT, |s| {
+        (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then_some(())
+    });
+    let after: Vec<(String, String)> = new
+        .status()
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.clone()))
+        .collect();
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert_eq!(
+        after[..3],
+        before[..],
+        "the taken listeners, in their order"
+    );
+    assert!(
+        before.iter().all(|(_, a)| *a != after[3].1),
+        "the fourth is a new socket: {after:?}"
+    );
+    assert_eq!(old.wait_exit(WAIT).code(), Some(0), "{}", old.output());
+}
+
+#[test]
 fn a_takeover_from_nothing_is_a_clear_error() {
     let dir = TempDir::new("takeover-none");
     let out = Command::new(supervisor_bin())

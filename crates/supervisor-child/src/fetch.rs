@@ -269,7 +269,11 @@ fn converse(
     // Every fd received is owned here, so that any error closes them all.
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut expected: Option<usize> = None;
-    let mut buf = vec![0u8; 64 << 10];
+    // The lines in `data[..counted]` (after the header): each byte is
+    // looked at once, however large the answer (a takeover's preamble is
+    // hundreds of kilobytes).
+    let (mut lines, mut counted) = (0, 0);
+    let mut buf = vec![0u8; 256 << 10];
     loop {
         if expected.is_none()
             && let Some(pos) = data.iter().position(|&b| b == b'\n')
@@ -282,7 +286,8 @@ fn converse(
             data.drain(..=pos);
         }
         if let Some(n) = expected {
-            let lines = data.iter().filter(|&&b| b == b'\n').count();
+            lines += data[counted..].iter().filter(|&&b| b == b'\n').count();
+            counted = data.len();
             if lines > n + preamble || fds.len() > n {
                 return Err(invalid(format!(
                     "{shown} sent {lines} lines and {} fds for {n} sockets",

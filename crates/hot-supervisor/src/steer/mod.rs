@@ -412,7 +412,7 @@ impl Steering {
         let mut bound =
             crate::listen::bind_all(std::slice::from_ref(spec), &opts).map_err(|e| {
                 let why = format!("{e:#}");
-                match self.agreeing(&spec.addr, &BTreeSet::new()) {
+                match self.agreeing(&spec.addr) {
                     Some(i) if why.contains("EADDRINUSE") => format!(
                         "{why} (it is the address of this supervisor's listener {:?})",
                         self.slots[i].listener.name
@@ -427,18 +427,29 @@ impl Steering {
         Ok(i)
     }
 
-    /// The first listener, not among `taken`, whose socket is what `addr`
-    /// asks for (port 0: any port): for `--listen` options without a name,
-    /// matched against listeners taken over.
-    pub fn agreeing(&self, addr: &crate::listen::Addr, taken: &BTreeSet<usize>) -> Option<usize> {
-        (0..self.slots.len()).find(|i| {
-            let slot = &self.slots[*i];
-            let fd = match (&slot.mode, slot.group.routed_member()) {
-                (Mode::Steer, Some(m)) => m.fd.as_fd(),
-                _ => slot.shared_fd(),
-            };
-            !taken.contains(i) && crate::listen::agrees(addr, fd)
-        })
+    /// The first listener whose socket is what `addr` asks for (port 0:
+    /// any port).
+    pub fn agreeing(&self, addr: &crate::listen::Addr) -> Option<usize> {
+        self.bounds()
+            .iter()
+            .position(|b| b.as_ref().is_some_and(|b| b.agrees(addr)))
+    }
+
+    /// What each listener's socket is bound to, in fd order, read once: for
+    /// `--listen` options without a name, matched against listeners taken
+    /// over (thousands of options against thousands of listeners ask the
+    /// kernel once per listener).
+    pub fn bounds(&self) -> Vec<Option<crate::listen::Bound>> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let fd = match (&slot.mode, slot.group.routed_member()) {
+                    (Mode::Steer, Some(m)) => m.fd.as_fd(),
+                    _ => slot.shared_fd(),
+                };
+                crate::listen::Bound::of(fd)
+            })
+            .collect()
     }
 
     /// The listeners, in fd order.
