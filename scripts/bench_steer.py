@@ -19,7 +19,11 @@ reload by reload, so that both meet the same machine:
    start to its `told to let its generations go` line (it serves), idle, then
    under examples/load (16 keep-alive connections), with the steps from its log:
    the sockets received, its generation started, ready, serving; a reload
-   (not timed) after each. Failed requests of the load (expected 0).
+   (not timed) after each. Failed requests of the load (expected 0). The
+   same ratio from the supervisor's own count on that line (from its start,
+   so without the time this script takes to fork it), with its time on a CPU
+   and waiting for one (the kernel's schedstat), and whether the kernel
+   groups CPU weight by session (kernel.sched_autogroup_enabled).
 3. Per-reload overhead with one listener: 41 alternating pairs, the same two
    figures as item 1.
 4. Idle RSS (VmRSS) of this build against --base-bin-dir's (one listener, after
@@ -84,6 +88,9 @@ def line_time(line: str) -> float:
 
 
 def duration_ms(text: str) -> float:
+    mins = re.fullmatch(r"(\d+)m(\d+)s", text)
+    if mins:
+        return (int(mins.group(1)) * 60 + int(mins.group(2))) * 1e3
     m = re.fullmatch(r"([\d.]+)(ns|us|µs|ms|s)", text)
     if not m:
         raise BenchError(f"cannot read the duration {text!r}")
@@ -410,6 +417,15 @@ def item2(cfg, res: Results) -> None:
                     st.setdefault(name, []).append((t - prev) * 1e3)
                     prev = t
                 st.setdefault("start -> serving", []).append((line_time(serving) - t0) * 1e3)
+                # The supervisor's own count, from its start (so without the
+                # time this script takes to fork it), with its time on a CPU
+                # and waiting for one.
+                own = re.search(r"\((\S+) after this supervisor started(?:: (\S+) on a CPU, (\S+) waiting for one)?\)", serving)
+                if own:
+                    st.setdefault("own count: exec -> serving", []).append(duration_ms(own.group(1)))
+                    if own.group(2):
+                        st.setdefault("own count: on a CPU", []).append(duration_ms(own.group(2)))
+                        st.setdefault("own count: waiting for a CPU", []).append(duration_ms(own.group(3)))
                 st.setdefault("start -> old supervisor exited", []).append((gone - t0) * 1e3)
                 st.setdefault("fds after (settled)", []).append(0)
                 settle(sup.pid)
@@ -435,12 +451,26 @@ def item2(cfg, res: Results) -> None:
     loaded = median(steps["under load"]["start -> serving"])
     res.add("2", f"takeover, {n} listeners: start -> serving, under load / idle", f"{loaded:.0f} / {idle:.0f} ms",
             f"ratio {loaded / idle:.2f}; n={cfg.takeovers} each")
+    key = "own count: exec -> serving"
+    if key in steps["idle"] and key in steps["under load"]:
+        idle, loaded = median(steps["idle"][key]), median(steps["under load"][key])
+        res.add("2", f"takeover, {n} listeners: its own count, under load / idle", f"{loaded:.0f} / {idle:.0f} ms",
+                f"ratio {loaded / idle:.2f}; from the new supervisor's start")
+    res.add("2", "kernel.sched_autogroup_enabled", autogroup(),
+            "1: each session's processes share one CPU weight")
     for cond in ("idle", "under load"):
         for name, xs in steps[cond].items():
             if name == "start -> serving":
                 continue
             unit = "" if name.startswith("fds") else " ms"
             res.add("2", f"  {cond}: {name}", f"{median(xs):.1f}{unit}", f"min {min(xs):.1f}, max {max(xs):.1f}")
+
+
+def autogroup() -> str:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "absent"
 
 
 def item5(cfg, res: Results) -> dict:

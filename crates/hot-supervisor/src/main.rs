@@ -49,6 +49,7 @@ use nix::sys::socket::Backlog;
 use crate::machine::{Config, Machine};
 
 fn main() -> ExitCode {
+    let began = takeover::Began::now();
     logging::guard_standard_fds();
     if let Err(e) = sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
     let result = match handed {
         Some(Ok(h)) => resume(cli.run, h),
         Some(Err(e)) => Err(e.context("cannot carry on from the upgrade's state")),
-        None => run(cli.run),
+        None => run(cli.run, began),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
@@ -462,7 +463,9 @@ fn resume(args: cli::Args, handed: upgrade::Handed) -> Result<i32> {
     driver.run()
 }
 
-fn run(args: cli::Args) -> Result<i32> {
+/// `began`: when this process began (a takeover reports how long it took
+/// from then).
+fn run(args: cli::Args, began: takeover::Began) -> Result<i32> {
     // First, before any other descriptor is opened: the sockets a launcher
     // may have handed us as fds 3, 4, ...
     let inherited = listen::inherited()?;
@@ -484,7 +487,7 @@ fn run(args: cli::Args) -> Result<i32> {
                 "--takeover takes the sockets of the running supervisor: sockets handed over by a launcher (LISTEN_FDS) cannot be used as well"
             );
         }
-        return take_over(args, setup, &path);
+        return take_over(args, setup, &path, began);
     }
     let health = args.health.map(health::HealthServer::bind).transpose()?;
     let bind = listen::BindOptions {
@@ -509,7 +512,12 @@ fn run(args: cli::Args) -> Result<i32> {
 
 /// Start by taking every socket of the supervisor whose control socket is
 /// at `path` (see [`takeover`]).
-fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i32> {
+fn take_over(
+    args: cli::Args,
+    setup: Setup,
+    path: &std::path::Path,
+    began: takeover::Began,
+) -> Result<i32> {
     if let Some(c) = &args.control
         && c != path
     {
@@ -597,7 +605,7 @@ fn take_over(args: cli::Args, setup: Setup, path: &std::path::Path) -> Result<i3
         path.display(),
         steering.listeners().count()
     );
-    let sink = takeover::Sink::new(taken.stream, payload.pid);
+    let sink = takeover::Sink::new(taken.stream, payload.pid, began);
     serve(
         args,
         setup,

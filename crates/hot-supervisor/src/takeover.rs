@@ -255,6 +255,38 @@ pub fn fetch(path: &Path) -> Result<Taken> {
     })
 }
 
+/// When this process began, with its scheduler's counts then (a takeover
+/// reports the time from then: [`Sink::took`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Began {
+    at: Instant,
+    sched: Option<(std::time::Duration, std::time::Duration)>,
+}
+
+impl Began {
+    /// Now.
+    pub fn now() -> Began {
+        Began {
+            at: Instant::now(),
+            sched: schedstat(),
+        }
+    }
+}
+
+/// This thread's time on a CPU and waiting in a run queue, from
+/// `/proc/thread-self/schedstat` (nanoseconds; absent without
+/// `CONFIG_SCHED_INFO`).
+fn schedstat() -> Option<(std::time::Duration, std::time::Duration)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    let on = fields.next()?.ok()?;
+    let waiting = fields.next()?.ok()?;
+    Some((
+        std::time::Duration::from_nanos(on),
+        std::time::Duration::from_nanos(waiting),
+    ))
+}
+
 /// The payload line from the supervisor at `path`: its format and version
 /// first (every other field skipped, nothing built), so that a payload this
 /// binary cannot read is refused by name rather than as malformed; then the
@@ -286,16 +318,36 @@ pub struct Sink {
     /// The old supervisor's pid.
     pub peer: u32,
     drained: bool,
+    /// When this process began.
+    began: Began,
 }
 
 impl Sink {
-    /// The connection to the old supervisor, whose pid is `peer`.
-    pub fn new(stream: UnixStream, peer: u32) -> Sink {
+    /// The connection to the old supervisor, whose pid is `peer`; this
+    /// process `began`.
+    pub fn new(stream: UnixStream, peer: u32, began: Began) -> Sink {
         let _ = stream.set_nonblocking(true);
         Sink {
             stream,
             peer,
             drained: false,
+            began,
+        }
+    }
+
+    /// How long the takeover took, from this process's start, and how
+    /// much of that it spent on a CPU and waiting for one (the kernel's
+    /// count for this thread, where `/proc` has it): on a busy machine,
+    /// the part a supervisor's own work cannot shorten.
+    pub fn took(&self) -> String {
+        let took = hot_supervisor::duration::human(self.began.at.elapsed());
+        match (self.began.sched, schedstat()) {
+            (Some((on0, waiting0)), Some((on, waiting))) => format!(
+                "{took} after this supervisor started: {} on a CPU, {} waiting for one",
+                hot_supervisor::duration::human(on.saturating_sub(on0)),
+                hot_supervisor::duration::human(waiting.saturating_sub(waiting0))
+            ),
+            _ => format!("{took} after this supervisor started"),
         }
     }
 

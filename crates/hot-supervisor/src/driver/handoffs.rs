@@ -122,8 +122,9 @@ impl Driver {
             self.parts.control.disown_file(false);
             match t.drain() {
                 Ok(()) => log::info!(
-                    "{} serves: supervisor pid {peer} told to let its generations go",
-                    self.parts.children.who(g)
+                    "{} serves: supervisor pid {peer} told to let its generations go ({})",
+                    self.parts.children.who(g),
+                    t.took()
                 ),
                 Err(e) => log::warn!("{e:#}"),
             }
