@@ -422,7 +422,7 @@ def item2(cfg, res: Results) -> None:
                 # and waiting for one.
                 own = re.search(r"\((\S+) after this supervisor started(?:: (\S+) on a CPU, (\S+) waiting for one)?\)", serving)
                 if own:
-                    st.setdefault("own count: exec -> serving", []).append(duration_ms(own.group(1)))
+                    st.setdefault("own count: its start -> serving", []).append(duration_ms(own.group(1)))
                     if own.group(2):
                         st.setdefault("own count: on a CPU", []).append(duration_ms(own.group(2)))
                         st.setdefault("own count: waiting for a CPU", []).append(duration_ms(own.group(3)))
@@ -451,7 +451,7 @@ def item2(cfg, res: Results) -> None:
     loaded = median(steps["under load"]["start -> serving"])
     res.add("2", f"takeover, {n} listeners: start -> serving, under load / idle", f"{loaded:.0f} / {idle:.0f} ms",
             f"ratio {loaded / idle:.2f}; n={cfg.takeovers} each")
-    key = "own count: exec -> serving"
+    key = "own count: its start -> serving"
     if key in steps["idle"] and key in steps["under load"]:
         idle, loaded = median(steps["idle"][key]), median(steps["under load"][key])
         res.add("2", f"takeover, {n} listeners: its own count, under load / idle", f"{loaded:.0f} / {idle:.0f} ms",

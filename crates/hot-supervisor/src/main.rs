@@ -49,7 +49,6 @@ use nix::sys::socket::Backlog;
 use crate::machine::{Config, Machine};
 
 fn main() -> ExitCode {
-    let began = takeover::Began::now();
     logging::guard_standard_fds();
     if let Err(e) = sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -59,6 +58,7 @@ fn main() -> ExitCode {
         eprintln!("supervisor: error: block signals: {e}");
         return ExitCode::from(1);
     }
+    let began = takeover::Began::now();
     // An in-place upgrade's state, if this image was started by one; the
     // variables go, so that no child inherits them.
     let check = std::env::var_os(upgrade::CHECK_VAR).is_some();

@@ -26,6 +26,10 @@
 //! The new supervisor learns that the old one has exited when the
 //! connection ends after its `drain`; only then does it close the sockets
 //! of the old generations (which every one of them held).
+//!
+//! It also times the takeover for the new supervisor's log ([`Began`],
+//! [`Sink::took`]): from the start of `main`, with the thread's time on a
+//! CPU and waiting for one. It never decides when a generation serves.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
@@ -64,24 +68,78 @@ pub struct Payload {
     pub health: Option<crate::health::Saved>,
 }
 
-/// A payload's format and version, read before the rest (any JSON object
-/// has one; its other fields are skipped unread).
-#[derive(Deserialize)]
+/// A payload's format and version, read before the rest: from a JSON
+/// object, the two fields (of any other type: missing), every other field
+/// skipped unread; anything else than an object has neither.
+#[derive(Default)]
 struct Head {
-    #[serde(default, deserialize_with = "lenient")]
     format: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
     version: Option<u64>,
 }
 
-/// A field of [`Head`] of another type than expected reads as missing.
-fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).ok())
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Head, D::Error> {
+        d.deserialize_any(HeadVisitor)
+    }
+}
+
+struct HeadVisitor;
+
+impl<'de> serde::de::Visitor<'de> for HeadVisitor {
+    type Value = Head;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+        use serde::de::IgnoredAny;
+        let mut head = Head::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value: serde_json::Value = match key.as_ref() {
+                "format" | "version" => map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if key == "format" {
+                head.format = value.as_str().map(str::to_string);
+            } else {
+                head.version = value.as_u64();
+            }
+        }
+        Ok(head)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Head, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Head::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Head, E> {
+        Ok(Head::default())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Head, E> {
+        Ok(Head::default())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Head, E> {
+        Ok(Head::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Head, E> {
+        Ok(Head::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Head, E> {
+        Ok(Head::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<Head, E> {
+        Ok(Head::default())
+    }
 }
 
 /// What the old supervisor hears back.
@@ -125,12 +183,15 @@ impl Source {
             .map(|(number, fd)| (format!("{number}\n"), fd))
             .collect();
         // Room for the whole answer in the socket's buffer where the
-        // system allows it (net.core.wmem_max caps it; the kernel doubles
-        // what it is given): with thousands of listeners the payload is
+        // system allows it (net.core.wmem_max caps it, 208 KiB by default;
+        // the kernel doubles what it is given; never less than it has): with thousands of listeners the payload is
         // hundreds of kilobytes, and each time the buffer fills costs a
         // round of both loops, which a busy machine may each delay.
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt::SndBuf};
         let room = json.len() + items.iter().map(|(l, _)| l.len() + 64).sum::<usize>();
-        let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &room);
+        if getsockopt(&stream, SndBuf).is_ok_and(|now| now < room) {
+            let _ = setsockopt(&stream, SndBuf, &room);
+        }
         stream
             .set_nonblocking(true)
             .context("make the takeover connection non-blocking")?;
@@ -255,8 +316,8 @@ pub fn fetch(path: &Path) -> Result<Taken> {
     })
 }
 
-/// When this process began, with its scheduler's counts then (a takeover
-/// reports the time from then: [`Sink::took`]).
+/// When this process began (the start of `main`), with its scheduler's
+/// counts then (a takeover reports the time from then: [`Sink::took`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Began {
     at: Instant,
@@ -335,7 +396,7 @@ impl Sink {
         }
     }
 
-    /// How long the takeover took, from this process's start, and how
+    /// How long the takeover took, from the start of `main`, and how
     /// much of that it spent on a CPU and waiting for one (the kernel's
     /// count for this thread, where `/proc` has it): on a busy machine,
     /// the part a supervisor's own work cannot shorten.
@@ -412,6 +473,11 @@ mod tests {
             r#"{"version":1}"#,
             r#"{"format":7,"version":1}"#,
             r#"[1,2]"#,
+            r#"[1,2,3]"#,
+            r#"["supervisor-takeover",1]"#,
+            "null",
+            "5",
+            r#""x""#,
         ] {
             assert_eq!(
                 refusal(json),

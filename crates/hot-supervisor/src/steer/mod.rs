@@ -429,7 +429,7 @@ impl Steering {
 
     /// The first listener whose socket is what `addr` asks for (port 0:
     /// any port).
-    pub fn agreeing(&self, addr: &crate::listen::Addr) -> Option<usize> {
+    fn agreeing(&self, addr: &crate::listen::Addr) -> Option<usize> {
         self.bounds()
             .iter()
             .position(|b| b.as_ref().is_some_and(|b| b.agrees(addr)))
