@@ -41,6 +41,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::control::{SendStep, Transfer, send_some};
+use hot_supervisor::parse::control::fds_header;
 
 /// The payload's format name.
 pub const FORMAT: &str = "supervisor-takeover";
@@ -177,27 +178,34 @@ impl Source {
         payload: &Payload,
         fds: Vec<(RawFd, OwnedFd)>,
     ) -> Result<Source> {
-        let json = serde_json::to_string(payload).context("serialize the takeover")?;
-        let items: Vec<(String, OwnedFd)> = fds
-            .into_iter()
-            .map(|(number, fd)| (format!("{number}\n"), fd))
-            .collect();
+        // The header and the payload written once, into the buffer that is
+        // sent (hundreds of kilobytes with thousands of listeners; a few
+        // hundred bytes a listener, so rarely grown).
+        let mut head = Vec::with_capacity(4096 + 256 * fds.len());
+        head.extend_from_slice(fds_header(fds.len()).as_bytes());
+        serde_json::to_writer(&mut head, payload).context("serialize the takeover")?;
+        head.push(b'\n');
         // Room for the whole answer in the socket's buffer where the
         // system allows it (net.core.wmem_max caps it, 208 KiB by default;
-        // the kernel doubles what it is given; never less than it has): with thousands of listeners the payload is
-        // hundreds of kilobytes, and each time the buffer fills costs a
-        // round of both loops, which a busy machine may each delay.
+        // the kernel doubles what it is given; never less than it has):
+        // with thousands of listeners the payload is hundreds of
+        // kilobytes, and each time the buffer fills costs a round of both
+        // loops, which a busy machine may each delay.
         use nix::sys::socket::{getsockopt, setsockopt, sockopt::SndBuf};
-        let room = json.len() + items.iter().map(|(l, _)| l.len() + 64).sum::<usize>();
+        let room = head.len() + 64 * fds.len();
         if getsockopt(&stream, SndBuf).is_ok_and(|now| now < room) {
             let _ = setsockopt(&stream, SndBuf, &room);
         }
         stream
             .set_nonblocking(true)
             .context("make the takeover connection non-blocking")?;
+        let transfer = Transfer::with_head(head, fds, |number, data| {
+            // The number the payload names the fd by, a line each.
+            let _ = writeln!(data, "{number}");
+        });
         Ok(Source {
             stream,
-            transfer: Some(Transfer::with_preamble(json + "\n", items)),
+            transfer: Some(transfer),
             read: Vec::new(),
             drained: false,
             peer,

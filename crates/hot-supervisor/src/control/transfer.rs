@@ -71,22 +71,38 @@ impl Transfer {
     /// As [`Transfer::new`], with `preamble` (whole lines) between the
     /// header and the first description line.
     pub fn with_preamble(preamble: String, items: Vec<(String, OwnedFd)>) -> Transfer {
+        let mut head = fds_header(items.len()).into_bytes();
+        head.extend_from_slice(preamble.as_bytes());
+        Transfer::with_head(head, items, |line, data| {
+            data.extend_from_slice(line.as_bytes());
+        })
+    }
+
+    /// The answer whose header and preamble are `head` (already written:
+    /// a large preamble need not be copied), with each item's description
+    /// line written by `line` into the data of the batch that carries its
+    /// fd.
+    pub fn with_head<T>(
+        head: Vec<u8>,
+        items: Vec<(T, OwnedFd)>,
+        line: impl Fn(&T, &mut Vec<u8>),
+    ) -> Transfer {
         let mut batches = VecDeque::new();
-        let mut header = Some(fds_header(items.len()) + &preamble);
+        let mut head = Some(head);
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let mut data = header.take().unwrap_or_default().into_bytes();
+            let mut data = head.take().unwrap_or_default();
             let mut fds = Vec::new();
-            for (line, fd) in items.by_ref().take(SCM_MAX_FD) {
-                data.extend_from_slice(line.as_bytes());
+            for (item, fd) in items.by_ref().take(SCM_MAX_FD) {
+                line(&item, &mut data);
                 fds.push(fd);
             }
             batches.push_back(Batch { data, sent: 0, fds });
         }
-        if let Some(h) = header {
+        if let Some(data) = head {
             // No listener: the header alone.
             batches.push_back(Batch {
-                data: h.into_bytes(),
+                data,
                 sent: 0,
                 fds: Vec::new(),
             });
