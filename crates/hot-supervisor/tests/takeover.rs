@@ -205,6 +205,15 @@ fn a_shared_listener_is_taken_over_too() {
     load.finish_clean("a shared takeover", 60);
 }
 
+/// A supervisor's listeners, in order: each one's name and address.
+fn names_and_addresses(sv: &Supervisor) -> Vec<(String, String)> {
+    sv.status()
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address.clone()))
+        .collect()
+}
+
 #[test]
 fn listen_options_without_a_name_are_matched_in_order_each_listener_once() {
     let dir = TempDir::new("takeover-match");
@@ -217,12 +226,7 @@ fn listen_options_without_a_name_are_matched_in_order_each_listener_once() {
         .demo(&[])
         .start();
     old.wait_active(1);
-    let before: Vec<(String, String)> = old
-        .status()
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address.clone()))
-        .collect();
+    let before = names_and_addresses(&old);
     assert_eq!(before.len(), 3, "{before:?}");
     // Port 0 takes the first listener not yet taken; an address with its
     // port takes that one, wherever it stands; a port-0 option left over
@@ -245,12 +249,7 @@ fn listen_options_without_a_name_are_matched_in_order_each_listener_once() {
     new.wait_status("the new supervisor serving", WAIT, |s| {
         (s.supervisor.pid == new.pid as u32 && s.in_state("active").is_some()).then_some(())
     });
-    let after: Vec<(String, String)> = new
-        .status()
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address.clone()))
-        .collect();
+    let after = names_and_addresses(&new);
     assert_eq!(after.len(), 4, "{after:?}");
     assert_eq!(
         after[..3],
