@@ -42,7 +42,6 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
         .sleeper()
         .start();
     let pid = sv.wait_active(1);
-    let tcp_port = sv.listener_addr(0).port();
     let udp = sv.listener_address(2);
     let udp_port: u16 = udp
         .strip_prefix("udp:127.0.0.1:")
@@ -65,8 +64,11 @@ fn child_sees_exactly_its_listeners_and_a_clean_process_state() {
     assert_eq!(environ(pid)["SUPERVISOR_CHANNEL_FD"], "6");
     // Steered listeners: the port may also have the socket the supervisor
     // made ahead of time for the next generation.
-    let tcp = listening_sockets("tcp", tcp_port);
-    let udp = listening_sockets("udp", udp_port);
+    let tcp = listening_sockets("tcp", sv.listener_addr(0));
+    let udp = listening_sockets(
+        "udp",
+        std::net::SocketAddr::from(([127, 0, 0, 1], udp_port)),
+    );
     let unix = unix_inode(sock).expect("unix socket in /proc/net/unix");
     assert!(tcp.contains(&child_fds[&3]), "{child_fds:?}: {tcp:?}");
     assert_eq!(child_fds[&4], format!("socket:[{unix}]"));

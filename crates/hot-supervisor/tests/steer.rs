@@ -483,13 +483,13 @@ fn fifty_reloads_failed_starts_and_crashes_leave_no_socket_behind() {
             let spares = st.listeners[0].spare_sockets as usize;
             assert!(spares <= 8, "after event {i}: {spares} spare sockets");
             let sockets = wait_until(WAIT, || {
-                let s = listening_sockets("tcp", port);
+                let s = listening_sockets("tcp", addr);
                 (s.len() == 1 + spares).then_some(s)
             })
             .unwrap_or_else(|| {
                 panic!(
                     "after event {i}: listening sockets on port {port}: {:?} ({spares} spare)",
-                    listening_sockets("tcp", port)
+                    listening_sockets("tcp", addr)
                 )
             });
             assert!(sockets.contains(&own), "after event {i}: {sockets:?}");
@@ -540,7 +540,7 @@ fn spares_stand_for_the_generations_alive_at_once_and_go_at_the_next_reload() {
         .demo(&[])
         .start();
     sv.wait_active(1);
-    let port = sv.listener_addr(0).port();
+    let addr = sv.listener_addr(0);
     for g in 2..=11 {
         let answer = sv.reload_and_wait();
         assert_eq!(answer.code, Some(0), "reload to generation {g}: {answer:?}");
@@ -555,7 +555,7 @@ fn spares_stand_for_the_generations_alive_at_once_and_go_at_the_next_reload() {
     assert_eq!(listener.spare_sockets, 10, "nine spares and the reserve");
     let gen11 = sv.wait_active(11);
     let own = fd_target(gen11, 3);
-    let sockets = listening_sockets("tcp", port);
+    let sockets = listening_sockets("tcp", addr);
     assert_eq!(sockets.len(), 11, "{sockets:?}");
     assert!(sockets.contains(&own), "{sockets:?}");
     let held = sv.fds_without_control_connections();
@@ -571,10 +571,10 @@ fn spares_stand_for_the_generations_alive_at_once_and_go_at_the_next_reload() {
     let own = fd_target(sv.wait_active(12), 3);
     // Generations 11 and 12, and the reserve once made.
     let sockets = wait_until(WAIT, || {
-        let now = listening_sockets("tcp", port);
+        let now = listening_sockets("tcp", addr);
         (now.len() == 2 + sv.spares()).then_some(now)
     })
-    .unwrap_or_else(|| panic!("{:?}", listening_sockets("tcp", port)));
+    .unwrap_or_else(|| panic!("{:?}", listening_sockets("tcp", addr)));
     assert!(sockets.contains(&own), "{sockets:?}");
 }
 
@@ -844,7 +844,7 @@ fn a_second_supervisor_on_the_same_port_is_refused() {
         .start();
     let gen1 = first.wait_active(1);
     let addr = first.listener_addr(0);
-    let sockets = listening_sockets("tcp", addr.port());
+    let sockets = listening_sockets("tcp", addr);
     // (Its log is JSON: what it started is known although it exits at
     // once.)
     let mut second = Supervisor::builder()
@@ -869,7 +869,7 @@ fn a_second_supervisor_on_the_same_port_is_refused() {
         second.output()
     );
     assert_eq!(first.active_pid(), gen1);
-    assert_eq!(listening_sockets("tcp", addr.port()), sockets);
+    assert_eq!(listening_sockets("tcp", addr), sockets);
     assert_eq!(
         burst(addr, 20, "the first supervisor"),
         BTreeMap::from([(1, 20)])
@@ -891,19 +891,19 @@ fn each_generation_gets_its_own_socket_closed_after_it_exits() {
             .command(python_server())
             .start();
         let gen1 = sv.wait_active(1);
-        let port = sv.listener_addr(0).port();
+        let addr = sv.listener_addr(0);
         let first = fd_target(gen1, 3);
         // Besides generation 1's socket, at most the one the supervisor
         // makes ahead of time for the next generation (a spare, in the
         // status), once generation 1 is ready.
         let own = wait_until(WAIT, || {
-            let now = listening_sockets("tcp", port);
+            let now = listening_sockets("tcp", addr);
             (now.contains(&first) && now.len() == 1 + sv.spares()).then_some(())
         });
         assert!(
             own.is_some(),
             "{spec}: {:?} listen, generation 1's is {first}",
-            listening_sockets("tcp", port)
+            listening_sockets("tcp", addr)
         );
         let answer = sv.reload_and_wait();
         assert_eq!(answer.code, Some(0), "{spec}: {answer:?}");
@@ -922,7 +922,7 @@ fn each_generation_gets_its_own_socket_closed_after_it_exits() {
         }
         // What the kernel lists, then the status: generation 1 was still
         // alive (quiescing) when the lists were read.
-        let listening = listening_sockets("tcp", port);
+        let listening = listening_sockets("tcp", addr);
         let sv_fds: Vec<String> = fds(sv.pid).into_values().collect();
         let st = sv.status();
         assert_eq!(
@@ -933,18 +933,18 @@ fn each_generation_gets_its_own_socket_closed_after_it_exits() {
         assert_eq!(st.listeners[0].mode, "steer");
         assert!(
             listening.contains(&first) && listening.contains(&second),
-            "{spec}: both listen on port {port}: {listening:?}"
+            "{spec}: both listen on {addr}: {listening:?}"
         );
         // The others are the supervisor's spare sockets (the next
         // generation's, made ahead of time).
         let rest = wait_until(WAIT, || {
-            let now = listening_sockets("tcp", port);
+            let now = listening_sockets("tcp", addr);
             (now.len() == 2 + sv.spares()).then_some(())
         });
         assert!(
             rest.is_some(),
             "{spec}: {:?} listen; spares: {}",
-            listening_sockets("tcp", port),
+            listening_sockets("tcp", addr),
             sv.spares()
         );
         assert!(
@@ -956,7 +956,7 @@ fn each_generation_gets_its_own_socket_closed_after_it_exits() {
         // supervisor's may have taken its place in the group (so that
         // generation 2's did not move), counted by the status.
         let gone = wait_until(WAIT, || {
-            let now = listening_sockets("tcp", port);
+            let now = listening_sockets("tcp", addr);
             let spares = sv.spares();
             (!now.contains(&first) && now.contains(&second) && now.len() == 1 + spares)
                 .then_some(())
@@ -964,7 +964,7 @@ fn each_generation_gets_its_own_socket_closed_after_it_exits() {
         assert!(
             gone.is_some(),
             "{spec}: generation 1's socket still listens: {:?}",
-            listening_sockets("tcp", port)
+            listening_sockets("tcp", addr)
         );
         assert!(
             !fds(sv.pid).values().any(|t| *t == first),

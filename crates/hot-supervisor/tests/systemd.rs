@@ -379,7 +379,8 @@ fn systemd_socket_activate_hands_the_supervisor_a_socket_it_passes_on() {
     // and its fd 3 and the child's fd 3 are the launcher's socket.
     let socket = fds(sv.pid)[&3].clone();
     assert!(
-        listening_sockets("tcp", port).contains(&socket),
+        listening_sockets("tcp", std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .contains(&socket),
         "the supervisor's fd 3 ({socket}) does not listen on port {port}"
     );
     let p1 = sv.wait_active(1);

@@ -68,7 +68,6 @@ fn a_takeover_under_load_loses_nothing_and_the_old_supervisor_exits_0() {
     let dir = TempDir::new("takeover");
     let mut old = old_supervisor(&dir, &[]);
     let addr = old.listener_addr(0);
-    let port = addr.port();
     let listener = old.status().listeners[0].clone();
     let old_child = old.pid_of(2);
     let keep_alive = Load::start(addr, 4, Duration::from_secs(60));
@@ -105,13 +104,13 @@ fn a_takeover_under_load_loses_nothing_and_the_old_supervisor_exits_0() {
     // The new one then closes the old generation's sockets: only its own
     // listen on the port (its generation's, and possibly one spare).
     let own = wait_until(WAIT, || {
-        let n = listening_sockets("tcp", port).len();
+        let n = listening_sockets("tcp", addr).len();
         (n <= 1 + new.spares()).then_some(n)
     });
     assert!(
         own.is_some(),
         "the old generation's sockets still listen: {:?}\n{}",
-        listening_sockets("tcp", port),
+        listening_sockets("tcp", addr),
         new.output()
     );
     assert!(
@@ -151,12 +150,11 @@ fn a_failing_new_generation_leaves_the_old_supervisor_serving() {
     assert_control_locked(&dir.path("c.sock"));
     load.finish_clean("a failed takeover", 60);
     // Nothing of the new supervisor is left listening.
-    let port = addr.port();
     let left = wait_until(WAIT, || {
-        let n = listening_sockets("tcp", port).len();
+        let n = listening_sockets("tcp", addr).len();
         (n <= 1 + old.spares()).then_some(n)
     });
-    assert!(left.is_some(), "{:?}", listening_sockets("tcp", port));
+    assert!(left.is_some(), "{:?}", listening_sockets("tcp", addr));
 }
 
 #[test]
@@ -310,7 +308,6 @@ fn chained_takeovers_leave_the_fd_count_where_one_leaves_it() {
     let dir = TempDir::new("takeover-chain");
     let first = old_supervisor(&dir, &[]);
     let addr = first.listener_addr(0);
-    let port = addr.port();
     let listener = first.status().listeners[0].clone();
     let load = Load::start_closing(addr, 2, Duration::from_secs(120));
     load.expect_served(2, 20, "before the takeovers");
@@ -345,7 +342,7 @@ fn chained_takeovers_leave_the_fd_count_where_one_leaves_it() {
         let settled = wait_until(WAIT, || {
             let open = next.fds_without_control_connections();
             let own: BTreeSet<&String> = open.values().collect();
-            let on_port = listening_sockets("tcp", port);
+            let on_port = listening_sockets("tcp", addr);
             if on_port.len() != 2 || !on_port.iter().all(|s| own.contains(s)) {
                 return None;
             }
@@ -360,7 +357,7 @@ fn chained_takeovers_leave_the_fd_count_where_one_leaves_it() {
         let open = settled.unwrap_or_else(|| {
             panic!(
                 "round {round}: never settled to two sockets on the port and the fds of the first takeover: {:?} listen; it holds {:?}; after the first takeover {:?}\n{}",
-                listening_sockets("tcp", port),
+                listening_sockets("tcp", addr),
                 fds(next.pid),
                 after_one,
                 next.output()

@@ -902,14 +902,16 @@ pub fn socket_inode(table: &str, port: u16) -> Option<String> {
     None
 }
 
-/// The inodes of every socket listening on TCP `port` (state LISTEN), or
-/// bound to UDP `port` and unconnected (`table` is `tcp` or `udp`), IPv4
-/// and IPv6, as `socket:[INODE]` the way /proc/PID/fd shows them.
+/// The inodes of every socket listening on TCP address `at` (state
+/// LISTEN), or bound to UDP `at` and unconnected (`table` is `tcp` or
+/// `udp`), as `socket:[INODE]` the way /proc/PID/fd shows them. The
+/// address, not only the port: 127.0.0.1 and ::1 have ports of their own,
+/// and another test's listener may have the same number on the other.
 ///
 /// Asked of the kernel with sock_diag(7), which filters by state: after a
 /// few load tests /proc/net/tcp lists tens of thousands of connections in
 /// TIME_WAIT and takes seconds to read.
-pub fn listening_sockets(table: &str, port: u16) -> BTreeSet<String> {
+pub fn listening_sockets(table: &str, at: SocketAddr) -> BTreeSet<String> {
     let stream = match table {
         "tcp" => true,
         "udp" => false,
@@ -920,7 +922,7 @@ pub fn listening_sockets(table: &str, port: u16) -> BTreeSet<String> {
         let list = hot_supervisor::sockinfo::listening(family, stream)
             .unwrap_or_else(|e| panic!("sock_diag: {e}"));
         for (addr, _uid, inode) in list {
-            if addr.port() == port {
+            if addr.ip() == at.ip() && addr.port() == at.port() {
                 found.insert(format!("socket:[{inode}]"));
             }
         }
