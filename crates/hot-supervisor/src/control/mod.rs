@@ -276,14 +276,10 @@ impl ControlServer {
     /// A watched fd is ready.
     pub fn on_ready(&mut self, w: Watch, now: Instant) -> Vec<ControlEvent> {
         match w {
-            // A client writes its request as soon as it connects: read it
-            // now rather than after another turn of the loop (a turn polls
-            // every socket, thousands with thousands of listeners).
-            Watch::Accept => self
-                .accept(now)
-                .into_iter()
-                .filter_map(|id| self.serve(id, now))
-                .collect(),
+            Watch::Accept => {
+                self.accept(now);
+                Vec::new()
+            }
             Watch::Conn(id) => self.serve(id, now).into_iter().collect(),
         }
     }
@@ -417,16 +413,15 @@ impl ControlServer {
     }
 
     /// Accept every waiting connection; refuse other users' and any beyond
-    /// the limits. The connections added.
-    fn accept(&mut self, now: Instant) -> Vec<ConnId> {
-        let mut added = Vec::new();
+    /// the limits.
+    fn accept(&mut self, now: Instant) {
         use nix::sys::socket::{SockFlag, accept4, getsockopt, sockopt::PeerCredentials};
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         for _ in 0..MAX_CONNECTIONS {
             let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
             let raw = match accept4(self.listener.fd().as_raw_fd(), flags) {
                 Ok(fd) => fd,
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ECONNABORTED) => return added,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ECONNABORTED) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     // EMFILE and the like: leave the queue alone for a
@@ -438,7 +433,7 @@ impl ControlServer {
                         self.accept_failing = true;
                     }
                     self.accept_paused = Some(now + Duration::from_millis(100));
-                    return added;
+                    return;
                 }
             };
             if self.accept_failing {
@@ -476,9 +471,7 @@ impl ControlServer {
             }
             self.next += 1;
             self.conns.insert(self.next, conn);
-            added.push(self.next);
         }
-        added
     }
 
     /// A connection is readable or writable.
