@@ -41,11 +41,55 @@ fn assert_no_lasting_zombie(pid: i32, when: &str) {
 }
 
 /// Waits until the status lists only generation `g`: every older one has
-/// been reaped and forgotten (its sockets closed).
+/// been reaped and forgotten (its sockets closed), and each steered
+/// listener has its socket for the next generation (made once a reload is
+/// over, in a later turn of the loop).
 fn wait_only(sv: &Supervisor, g: u64) {
     sv.wait_status(&format!("only generation {g} left"), T, |st| {
-        (st.generations.len() == 1 && st.generations[0].generation == g).then_some(())
+        let settled = st
+            .listeners
+            .iter()
+            .all(|l| l.mode != "steer" || l.reserve_sockets >= 1);
+        (st.generations.len() == 1 && st.generations[0].generation == g && settled).then_some(())
     });
+}
+
+/// Whether `pid` sleeps in `poll` (its loop waits: the work of the last
+/// turn, such as making or closing sockets or asking the kernel about
+/// them, is done), from /proc/PID/stat and /proc/PID/syscall.
+fn asleep_in_poll(pid: i32) -> bool {
+    let polls = [
+        libc::SYS_ppoll,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_poll,
+    ];
+    let state = process_state(pid);
+    let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let number = call
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<i64>().ok());
+    state == Some('S') && number.is_some_and(|n| polls.contains(&n))
+}
+
+/// The supervisor's fds (without control connections) read while its
+/// loop sleeps, the same twice in a row: an answer to a status request can
+/// come before the rest of its turn's work (a socket being made, or one
+/// asking the kernel for the listening sockets), which a single read may
+/// catch.
+fn settled_fds(sv: &Supervisor) -> BTreeMap<i32, String> {
+    let fds = wait_until(T, || {
+        let asleep = || wait_until(T, || asleep_in_poll(sv.pid).then_some(())).is_some();
+        if !asleep() {
+            return None;
+        }
+        let first = sv.fds_without_control_connections();
+        if !asleep() {
+            return None;
+        }
+        (sv.fds_without_control_connections() == first).then_some(first)
+    });
+    fds.unwrap_or_else(|| panic!("the supervisor's fds did not settle within {T:?}"))
 }
 
 /// The generations alive (from the status) and the event stream from
@@ -114,7 +158,7 @@ fn a_thousand_reloads_under_load() {
             wait_only(&sv, 11);
             let held = older_alive_at_switch(seen.take().unwrap(), 11);
             at_ten = Some((
-                sv.fds_without_control_connections(),
+                settled_fds(&sv),
                 sv.spares(),
                 sv.spares_only(),
                 rss_kib(sv.pid),
@@ -130,7 +174,7 @@ fn a_thousand_reloads_under_load() {
     wait_only(&sv, 1001);
     let held_end = older_alive_at_switch(last.unwrap(), 1001);
     let (fds_ten, spares_ten, only_ten, rss_ten, held_ten) = at_ten.unwrap();
-    let fds_end = sv.fds_without_control_connections();
+    let fds_end = settled_fds(&sv);
     let spares_end = sv.spares();
     let only_end = sv.spares_only();
     let rss_end = rss_kib(sv.pid);
